@@ -1,0 +1,1 @@
+//! `sched-runtime image ...`: pull, list, inspect, remove, prune and unpack images.

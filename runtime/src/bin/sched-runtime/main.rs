@@ -1,0 +1,3 @@
+//! `sched-runtime`: a runc-compatible command line over the `runtime` library.
+mod image;
+fn main() {}

@@ -1,0 +1,15 @@
+//! sched's OCI runtime.
+//!
+//! Two halves live here:
+//!
+//! - **Containers** ([`container`]): an OCI bundle (`config.json` + rootfs) becomes an isolated,
+//!   limited process. [`container::Container`] carries one verb per file (`create`, `start`,
+//!   `kill`, `delete`, `state`); the process that runs inside the new namespaces is set up by
+//!   [`init`] (rootfs, mounts, devices, pivot_root, user, capabilities, rlimits); cgroups are
+//!   applied through youki's `libcgroups` in [`cgroups`]. All `unsafe` code of the crate lives in
+//!   [`sys`].
+//! - **Images** (`image`): references, the registry client, the content store, layer unpack and
+//!   overlay snapshots, and the image config -> OCI spec conversion.
+//!
+//! The `sched-runtime` binary is a thin runc-compatible CLI over this library.
+pub mod image;

@@ -1,0 +1,5 @@
+//! Shared helpers for sched's multi-process tests.
+//!
+//! The tests under `tests/tests/` start real processes: `sched-runtime` containers from a
+//! busybox-static rootfs, and (in later stages) servers and agents in a netns lab and a cgroup-v2
+//! VM. Every fixture cleans up what it made, also when the test fails.
