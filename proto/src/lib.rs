@@ -1,6 +1,42 @@
 //! The wire contracts of sched.
 //!
-//! This crate will own the `.proto` files of the public API (`sched.v1`, served by every
-//! `sched server`) and of the agent protocol (`agent.v1`, between servers and `sched-agent`),
-//! compiled in `build.rs` with tonic-prost-build and protox (no system `protoc`). It holds no
-//! logic: only generated types and their re-exports.
+//! This crate owns the `.proto` files (under `proto/`) and nothing else: `build.rs` compiles
+//! them with protox (no system `protoc`) and tonic-prost-build; this file wraps the generated
+//! code in modules named after the proto packages.
+//!
+//! - [`sched::v1`]: the public API served by every `sched server` (`ServiceApi`, `ClusterApi`)
+//!   and the domain messages (`ServiceSpec`, `Revision`, `Service`, `Task`, `Node`, `Event`).
+//! - [`agent::v1`]: the protocol between `sched-agent` and the servers (`AgentApi`: register,
+//!   heartbeat, a stream of assignments, task status reports).
+//! - [`raft::v1`]: server-to-server Raft traffic (`RaftPeer`): raft-rs messages carried as
+//!   bytes, and proposals forwarded from a follower to the leader. Internal to the cluster.
+//!
+//! [`FILE_DESCRIPTOR_SET`] is the encoded descriptor set of all three, for gRPC server
+//! reflection (so `grpcurl` can list and call everything).
+
+/// The public API, package `sched.v1`.
+pub mod sched {
+    /// Version 1 of the public API.
+    pub mod v1 {
+        tonic::include_proto!("sched.v1");
+    }
+}
+
+/// The agent protocol, package `agent.v1`.
+pub mod agent {
+    /// Version 1 of the agent protocol.
+    pub mod v1 {
+        tonic::include_proto!("agent.v1");
+    }
+}
+
+/// Server-to-server Raft traffic, package `raft.v1`.
+pub mod raft {
+    /// Version 1 of the peer protocol.
+    pub mod v1 {
+        tonic::include_proto!("raft.v1");
+    }
+}
+
+/// The encoded `FileDescriptorSet` of every proto file, for tonic-reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sched_descriptor");
