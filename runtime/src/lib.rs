@@ -13,3 +13,14 @@
 //!
 //! The `sched-runtime` binary is a thin runc-compatible CLI over this library.
 pub mod image;
+
+pub mod bundle;
+pub mod cgroups;
+pub mod container;
+pub mod error;
+mod init;
+pub mod state;
+mod sync;
+mod sys;
+
+pub use error::{Error, Result};

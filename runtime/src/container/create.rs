@@ -1,0 +1,172 @@
+//! `create`: sets a container up and leaves its init waiting for `start`.
+//!
+//! The parent (this process) validates the bundle, claims the id, forks the init into its pid
+//! namespace, puts it into its cgroup and applies the limits, then waits for the init to report
+//! "ready" or its error. Whatever fails, everything made so far is undone: the init is killed,
+//! the cgroup and the state directory are removed.
+
+use std::path::{Path, PathBuf};
+
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::stat::Mode;
+use nix::sys::wait::waitpid;
+use nix::unistd::{ForkResult, Pid};
+use oci_spec::runtime::LinuxNamespaceType;
+
+use super::Container;
+use crate::bundle::Bundle;
+use crate::cgroups::{ContainerCgroup, cgroup_path};
+use crate::error::{Context, Error, Result};
+use crate::init::{self, InitArgs};
+use crate::state::{EXEC_FIFO, PersistedState, StateRoot, process_start_time};
+use crate::{sync, sys};
+
+/// What `create` (and `run`) needs.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+}
+
+/// Undoes a half-made container when dropped unarmed.
+struct Rollback<'a> {
+    dir: &'a Path,
+    child: Option<Pid>,
+    cgroup: Option<ContainerCgroup>,
+    armed: bool,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(pid) = self.child {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+        if let Some(cgroup) = &self.cgroup {
+            if let Err(e) = cgroup.remove() {
+                tracing::warn!("cleanup after a failed create: {e}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.dir);
+    }
+}
+
+impl Container {
+    /// Creates a container. `signal_mask` is the mask the user's program gets (callers that block
+    /// signals to forward them pass the mask from before they blocked).
+    pub fn create(root: &StateRoot, opts: &CreateOptions, signal_mask: SigSet) -> Result<Container> {
+        crate::state::validate_id(&opts.id)?;
+        let bundle = Bundle::load(&opts.bundle)?;
+        let dir = root.claim(&opts.id)?;
+        let mut rollback = Rollback { dir: &dir, child: None, cgroup: None, armed: true };
+
+        let fifo_path = dir.join(EXEC_FIFO);
+        nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o600))
+            .context(|| format!("create {}", fifo_path.display()))?;
+        // Read-write: opening never blocks, and the init's read blocks until `start` writes.
+        let exec_fifo = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo_path)
+            .context(|| format!("open {}", fifo_path.display()))?;
+        let joins = init::open_joins(&bundle)?;
+        let cg_path = cgroup_path(&bundle.spec, &opts.id);
+        rollback.cgroup = Some(ContainerCgroup::open(&cg_path, &opts.id)?);
+        let (mut parent_end, child_end) = sync::channel()?;
+
+        enter_pid_namespace(&bundle, &joins)?;
+        let child = match sys::fork()? {
+            ForkResult::Child => {
+                drop(parent_end);
+                init::run(InitArgs { bundle: &bundle, channel: child_end, exec_fifo, joins, signal_mask })
+            }
+            ForkResult::Parent { child } => child,
+        };
+        drop(child_end);
+        drop(exec_fifo);
+        rollback.child = Some(child);
+        let resources = bundle.spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+        let cgroup = rollback.cgroup.as_ref().expect("set before the fork");
+        cgroup.enter_and_limit(child.as_raw(), resources)?;
+        parent_end.send_go()?;
+        parent_end.wait_ready()?;
+
+        let (pid_start_time, _) = process_start_time(child.as_raw())
+            .ok_or_else(|| Error::Init("the container init died right after setup".into()))?;
+        let state = PersistedState {
+            id: opts.id.clone(),
+            pid: child.as_raw(),
+            pid_start_time,
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            cgroup_path: cg_path,
+            created: now_rfc3339(),
+            annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+        };
+        root.save(&state)?;
+        if let Some(pid_file) = &opts.pid_file {
+            write_pid_file(pid_file, child.as_raw())?;
+        }
+        rollback.armed = false;
+        drop(rollback);
+        Ok(Container { dir, state })
+    }
+}
+
+/// A new pid namespace (or a joined one) applies to the children of the caller, so the parent
+/// enters it just before the fork and the init becomes its pid 1 (or a member).
+fn enter_pid_namespace(bundle: &Bundle, joins: &[init::NamespaceJoin]) -> Result<()> {
+    if let Some(join) = joins.iter().find(|j| j.typ == LinuxNamespaceType::Pid) {
+        return setns(&join.file, CloneFlags::CLONE_NEWPID).context(|| "join the pid namespace".into());
+    }
+    if bundle.namespaces().iter().any(|ns| ns.typ() == LinuxNamespaceType::Pid) {
+        unshare(CloneFlags::CLONE_NEWPID).context(|| "create the pid namespace".into())?;
+    }
+    Ok(())
+}
+
+/// Writes the pid file atomically, as containerd and conmon expect.
+fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let tmp = path.with_extension("sched-tmp");
+    std::fs::write(&tmp, pid.to_string()).context(|| format!("write pid file {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).context(|| format!("write pid file {}", path.display()))
+}
+
+/// The current UTC time in RFC 3339 with nanoseconds, like runc's `created`.
+fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        now.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_has_the_expected_shape() {
+        let t = super::now_rfc3339();
+        assert_eq!(t.len(), 30, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+    }
+}

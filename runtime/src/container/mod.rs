@@ -1,0 +1,61 @@
+//! Containers and their verbs, one file per verb: [`create`](Container::create),
+//! [`start`](Container::start), [`kill`](Container::kill), [`delete`](Container::delete),
+//! [`state`](Container::state), and [`run`](Container::run) (create + start + wait in the
+//! foreground).
+
+mod create;
+mod delete;
+mod kill;
+mod run;
+mod start;
+mod state;
+
+use std::path::PathBuf;
+
+pub use create::CreateOptions;
+pub use kill::parse_signal;
+pub use state::OciState;
+
+use crate::error::Result;
+use crate::state::{PersistedState, StateRoot, Status};
+
+/// A container known to the state root.
+#[derive(Debug, Clone)]
+pub struct Container {
+    dir: PathBuf,
+    state: PersistedState,
+}
+
+impl Container {
+    /// Loads container `id` from the state root.
+    pub fn load(root: &StateRoot, id: &str) -> Result<Container> {
+        let state = root.load(id)?;
+        Ok(Container { dir: root.container_dir(id)?, state })
+    }
+
+    /// The container's id.
+    pub fn id(&self) -> &str {
+        &self.state.id
+    }
+
+    /// Host pid of the container's init process.
+    pub fn pid(&self) -> i32 {
+        self.state.pid
+    }
+
+    /// The container's status now.
+    pub fn status(&self) -> Status {
+        self.state.status(&self.dir)
+    }
+
+    /// Every container under the state root, sorted by id.
+    pub fn list(root: &StateRoot) -> Result<Vec<Container>> {
+        root.ids()?
+            .iter()
+            .filter_map(|id| match Container::load(root, id) {
+                Err(crate::Error::NotFound(_)) => None,
+                other => Some(other),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,96 @@
+//! The container's init process: what runs in the child between the fork and the `execve` of the
+//! user's program.
+//!
+//! Order matters and follows runc: wait until the parent has put us in our cgroup; enter
+//! (`setns`) or create (`unshare`) the namespaces; hostname, sysctls and oom score; the root
+//! filesystem with its mounts, devices, masked and read-only paths, then `pivot_root`; rlimits,
+//! user, groups and capabilities; report "ready"; block on the exec FIFO until `start`; `execve`.
+//! Any error before "ready" travels back to the parent as text and the child exits.
+
+mod cgroup_mount;
+mod devices;
+mod exec;
+mod identity;
+mod mounts;
+mod namespaces;
+mod paths;
+mod rootfs;
+
+use std::fs::File;
+use std::io::Read;
+
+use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+use nix::sys::stat::{Mode, umask};
+
+use crate::bundle::Bundle;
+use crate::error::{Context, Result};
+use crate::sync::ChildChannel;
+use crate::sys;
+
+pub use namespaces::{NamespaceJoin, open_joins};
+
+/// What the parent hands to the child across the fork.
+pub struct InitArgs<'a> {
+    pub bundle: &'a Bundle,
+    pub channel: ChildChannel,
+    /// The exec FIFO, opened read-write so that opening it never blocks; reading it blocks until
+    /// `start` writes a byte.
+    pub exec_fifo: File,
+    /// Namespaces to join, opened by the parent.
+    pub joins: Vec<NamespaceJoin>,
+    /// The signal mask to restore before `execve` (`run` blocks signals to forward them).
+    pub signal_mask: SigSet,
+}
+
+/// Runs the container init in the forked child. Never returns.
+pub fn run(mut args: InitArgs<'_>) -> ! {
+    let target = match setup(&mut args) {
+        Ok(target) => target,
+        Err(err) => {
+            args.channel.send_error(&err);
+            sys::exit_now(1);
+        }
+    };
+    if let Err(err) = args.channel.send_ready() {
+        eprintln!("sched-runtime: {err}");
+        sys::exit_now(1);
+    }
+    // Created: wait for `start`. A read error or end of file means nobody will ever start us.
+    let mut byte = [0u8; 1];
+    match args.exec_fifo.read(&mut byte) {
+        Ok(1) => {}
+        _ => sys::exit_now(1),
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&args.signal_mask), None);
+    let err = target.exec();
+    eprintln!("sched-runtime: {err}");
+    sys::exit_now(127);
+}
+
+/// Every fallible step of the setup, in order. Returns the program to exec.
+fn setup(args: &mut InitArgs<'_>) -> Result<exec::ExecTarget> {
+    let spec = &args.bundle.spec;
+    // No descriptor of the runtime or the host may reach the container's program.
+    sys::cloexec_from(3)?;
+    // Other processes in the container must not reach us through /proc/PID (exe, fds, memory)
+    // while we still run the runtime's code; execve resets this for the user's program.
+    nix::sys::prctl::set_dumpable(false).context(|| "prctl(PR_SET_DUMPABLE)".into())?;
+    // Files and devices we create get exactly the modes we ask for.
+    umask(Mode::empty());
+    args.channel.wait_go()?;
+
+    namespaces::enter(args.bundle, &args.joins)?;
+    namespaces::configure(args.bundle)?;
+    rootfs::prepare(args.bundle)?;
+
+    let process = spec.process().as_ref().expect("validated: process exists");
+    identity::apply_rlimits(process)?;
+    if process.no_new_privileges() == Some(true) {
+        nix::sys::prctl::set_no_new_privs().context(|| "prctl(PR_SET_NO_NEW_PRIVS)".into())?;
+    }
+    identity::switch_user_and_capabilities(process)?;
+    nix::unistd::chdir(process.cwd())
+        .context(|| format!("chdir to process.cwd {}", process.cwd().display()))?;
+    umask(Mode::from_bits_truncate(process.user().umask().unwrap_or(0o022) as _));
+    exec::ExecTarget::resolve(process)
+}

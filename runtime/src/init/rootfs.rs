@@ -1,0 +1,108 @@
+//! The container's root filesystem: propagation, the spec's mounts, devices, masked and
+//! read-only paths, `pivot_root`, and a read-only root.
+//!
+//! Every target inside the rootfs is resolved with `pathrs` (openat2 `RESOLVE_IN_ROOT`), so a
+//! symlink planted in the image (`/proc -> /etc` and the like) can never send a mount onto a host
+//! path, and mounts are made onto the resolved file descriptor (`/proc/self/fd/N`), not onto a
+//! path that could be swapped in between (runc CVE-2021-30465).
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+
+use nix::fcntl::{OFlag, open};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::Mode;
+use pathrs::Root;
+
+use super::{devices, mounts, paths};
+use crate::bundle::Bundle;
+use crate::error::{Context, Error, Result};
+
+/// Sets up the whole root filesystem and pivots into it.
+pub fn prepare(bundle: &Bundle) -> Result<()> {
+    let spec = &bundle.spec;
+    let linux = spec.linux().as_ref();
+    if !bundle.has_namespace(oci_spec::runtime::LinuxNamespaceType::Mount) {
+        return Err(Error::ConfigInvalid("a mount namespace is required".into()));
+    }
+    // Nothing we mount may propagate back to the host.
+    let propagation = linux
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .map(mounts::propagation_flag)
+        .transpose()?
+        .unwrap_or(MsFlags::MS_SLAVE);
+    mount(None::<&str>, "/", None::<&str>, propagation | MsFlags::MS_REC, None::<&str>)
+        .context(|| "make / a slave mount".into())?;
+    // pivot_root needs the new root to be a mount point.
+    let rootfs = &bundle.rootfs;
+    mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .context(|| format!("bind {} onto itself", rootfs.display()))?;
+    let root = Root::open(rootfs).map_err(|e| Error::Io {
+        what: format!("open rootfs {}", rootfs.display()),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+
+    let spec_mounts = spec.mounts().as_deref().unwrap_or(&[]);
+    let has_cgroupns = bundle.has_namespace(oci_spec::runtime::LinuxNamespaceType::Cgroup);
+    let has_netns = bundle.has_namespace(oci_spec::runtime::LinuxNamespaceType::Network);
+    for m in spec_mounts {
+        mounts::mount_one(&root, m, &mounts::MountContext { has_cgroupns, has_netns, bundle })?;
+    }
+    let dev_is_bind = spec_mounts.iter().any(|m| {
+        m.destination() == Path::new("/dev") && mounts::is_bind(m)
+    });
+    if !dev_is_bind {
+        devices::create_default(&root, linux.and_then(|l| l.devices().as_deref()).unwrap_or(&[]))?;
+        devices::create_symlinks(&root, spec_mounts)?;
+    }
+    if let Some(linux) = linux {
+        for p in linux.masked_paths().iter().flatten() {
+            paths::mask(&root, Path::new(p))?;
+        }
+        for p in linux.readonly_paths().iter().flatten() {
+            paths::make_readonly(&root, Path::new(p))?;
+        }
+    }
+    drop(root);
+    pivot(rootfs)?;
+    if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .context(|| "remount the root read-only".into())?;
+    }
+    Ok(())
+}
+
+/// runc's pivot_root dance: pivot the new root over the old one in place, then detach the old
+/// root, so no path to the host's filesystem is left.
+fn pivot(rootfs: &Path) -> Result<()> {
+    let old_root = open("/", OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .context(|| "open the old root".into())?;
+    let new_root = open(rootfs, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .context(|| format!("open the rootfs {}", rootfs.display()))?;
+    nix::unistd::fchdir(new_root).context(|| "chdir to the rootfs".into())?;
+    nix::unistd::pivot_root(".", ".").context(|| "pivot_root".into())?;
+    nix::unistd::fchdir(old_root).context(|| "chdir to the old root".into())?;
+    mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
+        .context(|| "make the old root a slave".into())?;
+    umount2(".", MntFlags::MNT_DETACH).context(|| "detach the old root".into())?;
+    nix::unistd::chdir("/").context(|| "chdir to /".into())?;
+    let _ = nix::unistd::close(old_root);
+    let _ = nix::unistd::close(new_root);
+    Ok(())
+}
+
+/// The path through which the kernel reaches the file behind `fd` (a magic link in our /proc).
+pub fn fd_path(fd: &impl AsFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
+}
+
+/// Turns a pathrs error into ours.
+pub fn pathrs_error(what: String, e: pathrs::error::Error) -> Error {
+    Error::Io { what, source: std::io::Error::other(e.to_string()) }
+}
