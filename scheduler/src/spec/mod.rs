@@ -1,0 +1,102 @@
+//! The service spec: what a developer declares in `service.toml` and sends with `Apply`.
+//!
+//! [`ServiceSpec`] is the domain type the state machine stores in every revision. It is built
+//! either from a TOML file ([`parse_service_toml`], errors carry line and column) or from a gRPC
+//! `sched.v1.ServiceSpec` ([`ServiceSpec::from_proto`]); both paths end in the same
+//! [`validate`], so a request that bypasses the CLI is held to the same rules.
+
+mod convert;
+mod duration;
+mod toml_file;
+pub(crate) mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::{format_duration_ms, parse_duration_ms};
+pub use toml_file::{SpecFileError, parse_service_toml};
+pub use validate::{FieldError, validate};
+
+/// CPU limit given when the file sets none, in millicores.
+pub const DEFAULT_CPU_MILLIS: u32 = 100;
+/// Memory limit given when the file sets none, in MiB.
+pub const DEFAULT_MEMORY_MIB: u32 = 64;
+
+/// One version of a service's declaration. Equality decides whether an apply makes a new
+/// revision, so every field is part of it (maps are ordered to keep that deterministic).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub image: String,
+    /// Replaces the image's entrypoint and cmd when not empty.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cpu_millis: u32,
+    pub memory_mib: u32,
+    /// Container TCP ports.
+    pub ports: Vec<u16>,
+    pub count: u32,
+    pub autoscale: Option<Autoscale>,
+    pub health: Option<HealthCheck>,
+    pub deploy: Deploy,
+    pub routes: Vec<Route>,
+}
+
+/// Bounds and target of the CPU autoscaler.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Autoscale {
+    pub min: u32,
+    pub max: u32,
+    pub target_cpu_percent: u32,
+    pub scale_out_cooldown_ms: u64,
+    pub scale_in_cooldown_ms: u64,
+}
+
+/// How a task's health is probed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    Http,
+    Tcp,
+    Cmd,
+}
+
+/// A health probe and its timing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub kind: HealthKind,
+    /// HTTP only: the request path.
+    pub path: String,
+    /// HTTP and TCP: the container port probed.
+    pub port: u16,
+    /// CMD only: run inside the container; exit 0 is healthy.
+    pub command: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    /// Failures during this time after start do not count.
+    pub grace_ms: u64,
+}
+
+/// Rolling deployment bounds, as percentages of the desired count (ECS semantics).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deploy {
+    pub min_healthy_percent: u32,
+    pub max_percent: u32,
+}
+
+impl Default for Deploy {
+    fn default() -> Self {
+        Deploy { min_healthy_percent: 100, max_percent: 200 }
+    }
+}
+
+/// An ingress rule: requests for `host` (any host when empty) under `path_prefix` go to the
+/// container port `port` of healthy tasks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub path_prefix: String,
+    pub host: String,
+    pub port: u16,
+}

@@ -1,0 +1,379 @@
+//! `service.toml` -> [`ServiceSpec`], with errors that point into the file.
+//!
+//! Two passes: serde (with `deny_unknown_fields`, so a typo such as `cpus` is an error that
+//! lists the allowed keys) reads the file into raw structs whose values keep their byte spans;
+//! then defaults are filled in, durations parsed, and [`validate`] runs. Every error of either
+//! pass is reported with the field, its line and column, and what is allowed. The format is
+//! documented in `docs/service-toml.md`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    Autoscale, DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_MIB, Deploy, HealthCheck, HealthKind, Route,
+    ServiceSpec, parse_duration_ms, validate,
+};
+
+/// Health probe timing when the `[health]` table leaves it out.
+const DEFAULT_HEALTH_INTERVAL: &str = "10s";
+const DEFAULT_HEALTH_TIMEOUT: &str = "2s";
+const DEFAULT_HEALTH_RETRIES: u32 = 3;
+/// Autoscaler cooldowns when the `[autoscale]` table leaves them out.
+const DEFAULT_SCALE_OUT_COOLDOWN: &str = "30s";
+const DEFAULT_SCALE_IN_COOLDOWN: &str = "300s";
+
+/// Why a service file was rejected: one entry per problem, in file order.
+#[derive(Debug, thiserror::Error)]
+pub struct SpecFileError {
+    /// The file name used in messages.
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+/// One problem of a service file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The TOML path of the field (`health.port`), when known.
+    pub field: Option<String>,
+    /// 1-based line and column of the offending value.
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for SpecFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(f, "{} is not a valid service file ({n} problem{}):", self.file, if n == 1 { "" } else { "s" })?;
+        for p in &self.problems {
+            write!(f, "\n  {}:{}:{}: ", self.file, p.line, p.column)?;
+            if let Some(field) = &p.field {
+                write!(f, "`{field}`: ")?;
+            }
+            write!(f, "{}", p.message)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    image: Spanned<String>,
+    command: Option<Spanned<Vec<String>>>,
+    env: Option<Spanned<BTreeMap<Spanned<String>, String>>>,
+    cpu: Option<Spanned<u32>>,
+    memory: Option<Spanned<u32>>,
+    ports: Option<Spanned<Vec<u16>>>,
+    count: Option<Spanned<u32>>,
+    autoscale: Option<Spanned<RawAutoscale>>,
+    health: Option<Spanned<RawHealth>>,
+    deploy: Option<Spanned<RawDeploy>>,
+    route: Option<Vec<Spanned<RawRoute>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAutoscale {
+    min: Option<Spanned<u32>>,
+    max: Spanned<u32>,
+    target_cpu_percent: Spanned<u32>,
+    scale_out_cooldown: Option<Spanned<String>>,
+    scale_in_cooldown: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: Spanned<HealthKind>,
+    path: Option<Spanned<String>>,
+    port: Option<Spanned<u16>>,
+    command: Option<Spanned<Vec<String>>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<Spanned<u32>>,
+    grace: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeploy {
+    min_healthy_percent: Option<Spanned<u32>>,
+    max_percent: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path_prefix: Spanned<String>,
+    host: Option<Spanned<String>>,
+    port: Spanned<u16>,
+}
+
+/// Where each field's value sits in the file, to locate validation errors.
+#[derive(Default)]
+struct Spans(HashMap<String, Range<usize>>);
+
+impl Spans {
+    fn take<T>(&mut self, field: &str, value: Spanned<T>) -> T {
+        self.0.insert(field.to_string(), value.span());
+        value.into_inner()
+    }
+
+    fn take_opt<T>(&mut self, field: &str, value: Option<Spanned<T>>) -> Option<T> {
+        value.map(|v| self.take(field, v))
+    }
+
+    /// The span of `field`, else of its nearest enclosing table, else the file's start.
+    fn find(&self, field: &str) -> Range<usize> {
+        let mut path = field;
+        loop {
+            if let Some(span) = self.0.get(path) {
+                return span.clone();
+            }
+            match path.rfind(['.', '[']) {
+                Some(cut) => path = &path[..cut],
+                None => return 0..0,
+            }
+        }
+    }
+}
+
+/// Parses and validates a service file. `file` names it in messages.
+pub fn parse_service_toml(file: &str, text: &str) -> Result<ServiceSpec, SpecFileError> {
+    let located = |span: Range<usize>, field: Option<String>, message: String| {
+        let (line, column) = line_column(text, span.start);
+        Problem { field, line, column, message }
+    };
+    let fail = |problems: Vec<Problem>| SpecFileError { file: file.to_string(), problems };
+
+    let raw: RawService = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim().to_string();
+        let key = text.get(span.clone()).filter(|k| is_bare_key(k)).map(str::to_string);
+        fail(vec![located(span, key, message)])
+    })?;
+
+    let mut spans = Spans::default();
+    let mut problems = Vec::new();
+    let mut duration = |spans: &mut Spans, field: &str, value: Option<Spanned<String>>, default: &str| {
+        let (text_value, span) = match value {
+            Some(v) => {
+                let span = v.span();
+                (v.into_inner(), Some(span))
+            }
+            None => (default.to_string(), None),
+        };
+        if let Some(span) = &span {
+            spans.0.insert(field.to_string(), span.clone());
+        }
+        parse_duration_ms(&text_value).unwrap_or_else(|why| {
+            problems.push(located(span.unwrap_or(0..0), Some(field.to_string()), why));
+            // Validate the rest as if the default had been written, so one typo does not
+            // cascade into errors about the fields compared with it.
+            parse_duration_ms(default).unwrap_or(0)
+        })
+    };
+
+    let autoscale = raw.autoscale.map(|a| {
+        spans.0.insert("autoscale".into(), a.span());
+        let a = a.into_inner();
+        let max = spans.take("autoscale.max", a.max);
+        Autoscale {
+            min: spans.take_opt("autoscale.min", a.min).unwrap_or(1),
+            max,
+            target_cpu_percent: spans.take("autoscale.target_cpu_percent", a.target_cpu_percent),
+            scale_out_cooldown_ms: duration(&mut spans, "autoscale.scale_out_cooldown", a.scale_out_cooldown, DEFAULT_SCALE_OUT_COOLDOWN),
+            scale_in_cooldown_ms: duration(&mut spans, "autoscale.scale_in_cooldown", a.scale_in_cooldown, DEFAULT_SCALE_IN_COOLDOWN),
+        }
+    });
+    let health = raw.health.map(|h| {
+        spans.0.insert("health".into(), h.span());
+        let h = h.into_inner();
+        HealthCheck {
+            kind: spans.take("health.kind", h.kind),
+            path: spans.take_opt("health.path", h.path).unwrap_or_default(),
+            port: spans.take_opt("health.port", h.port).unwrap_or(0),
+            command: spans.take_opt("health.command", h.command).unwrap_or_default(),
+            interval_ms: duration(&mut spans, "health.interval", h.interval, DEFAULT_HEALTH_INTERVAL),
+            timeout_ms: duration(&mut spans, "health.timeout", h.timeout, DEFAULT_HEALTH_TIMEOUT),
+            retries: spans.take_opt("health.retries", h.retries).unwrap_or(DEFAULT_HEALTH_RETRIES),
+            grace_ms: duration(&mut spans, "health.grace", h.grace, "0s"),
+        }
+    });
+    let deploy = raw.deploy.map_or_else(Deploy::default, |d| {
+        spans.0.insert("deploy".into(), d.span());
+        let d = d.into_inner();
+        let defaults = Deploy::default();
+        Deploy {
+            min_healthy_percent: spans
+                .take_opt("deploy.min_healthy_percent", d.min_healthy_percent)
+                .unwrap_or(defaults.min_healthy_percent),
+            max_percent: spans.take_opt("deploy.max_percent", d.max_percent).unwrap_or(defaults.max_percent),
+        }
+    });
+    let routes = raw
+        .route
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            spans.0.insert(format!("route[{i}]"), r.span());
+            let r = r.into_inner();
+            Route {
+                path_prefix: spans.take(&format!("route[{i}].path_prefix"), r.path_prefix),
+                host: spans.take_opt(&format!("route[{i}].host"), r.host).unwrap_or_default(),
+                port: spans.take(&format!("route[{i}].port"), r.port),
+            }
+        })
+        .collect();
+    let env = raw.env.map_or_else(BTreeMap::new, |env| {
+        spans.0.insert("env".into(), env.span());
+        env.into_inner().into_iter().map(|(k, v)| (spans.take(&format!("env.{}", k.get_ref()), k), v)).collect()
+    });
+    let count = match raw.count {
+        Some(c) => spans.take("count", c),
+        None => autoscale.as_ref().map_or(1, |a| a.min),
+    };
+    let spec = ServiceSpec {
+        name: spans.take("name", raw.name),
+        image: spans.take("image", raw.image),
+        command: spans.take_opt("command", raw.command).unwrap_or_default(),
+        env,
+        cpu_millis: spans.take_opt("cpu", raw.cpu).unwrap_or(DEFAULT_CPU_MILLIS),
+        memory_mib: spans.take_opt("memory", raw.memory).unwrap_or(DEFAULT_MEMORY_MIB),
+        ports: spans.take_opt("ports", raw.ports).unwrap_or_default(),
+        count,
+        autoscale,
+        health,
+        deploy,
+        routes,
+    };
+    if let Err(errors) = validate(&spec) {
+        let reported: Vec<Option<String>> = problems.iter().map(|p| p.field.clone()).collect();
+        problems.extend(
+            errors
+                .into_iter()
+                .filter(|e| !reported.contains(&Some(e.field.clone())))
+                .map(|e| located(spans.find(&e.field), Some(e.field), e.message)),
+        );
+    }
+    if problems.is_empty() {
+        Ok(spec)
+    } else {
+        problems.sort_by_key(|p| (p.line, p.column));
+        Err(fail(problems))
+    }
+}
+
+fn is_bare_key(text: &str) -> bool {
+    !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../examples/quotes/service.toml");
+
+    fn problems(text: &str) -> Vec<Problem> {
+        parse_service_toml("service.toml", text).unwrap_err().problems
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let spec = parse_service_toml("service.toml", EXAMPLE).unwrap();
+        assert_eq!(spec.name, "quotes");
+        assert_eq!(spec.command, ["/bin/httpd", "-f", "-p", "8080"]);
+        assert_eq!(spec.env.get("GREETING").map(String::as_str), Some("hi"));
+        assert_eq!((spec.cpu_millis, spec.memory_mib, spec.count), (250, 128, 2));
+        assert_eq!(spec.ports, [8080]);
+        let auto = spec.autoscale.unwrap();
+        assert_eq!((auto.min, auto.max, auto.target_cpu_percent), (2, 50, 70));
+        assert_eq!((auto.scale_out_cooldown_ms, auto.scale_in_cooldown_ms), (10_000, 60_000));
+        let health = spec.health.unwrap();
+        assert_eq!(health.kind, HealthKind::Http);
+        assert_eq!((health.path.as_str(), health.port, health.retries), ("/health", 8080, 3));
+        assert_eq!((health.interval_ms, health.timeout_ms, health.grace_ms), (5_000, 2_000, 10_000));
+        assert_eq!(spec.deploy, Deploy { min_healthy_percent: 100, max_percent: 200 });
+        assert_eq!(spec.routes, [Route { path_prefix: "/api/v1".into(), host: "quotes.example".into(), port: 8080 }]);
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let spec = parse_service_toml("s.toml", "name = \"a\"\nimage = \"busybox\"\n").unwrap();
+        assert_eq!((spec.cpu_millis, spec.memory_mib, spec.count), (DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_MIB, 1));
+        assert!(spec.health.is_none() && spec.autoscale.is_none() && spec.routes.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_that_lists_allowed_keys() {
+        let p = problems("name = \"a\"\nimage = \"busybox\"\ncpus = 100\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].line, p[0].column), (3, 1));
+        assert_eq!(p[0].field.as_deref(), Some("cpus"));
+        assert!(p[0].message.contains("unknown field `cpus`"), "{}", p[0].message);
+        assert!(p[0].message.contains("`cpu`"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn unknown_key_in_a_table_is_an_error() {
+        let p = problems("name = \"a\"\nimage = \"busybox\"\nports = [80]\n[health]\nkind = \"tcp\"\nport = 80\nintervall = \"1s\"\n");
+        assert_eq!((p[0].line, p[0].column), (7, 1));
+        assert!(p[0].message.contains("unknown field `intervall`"));
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_column() {
+        let p = problems("name = \"a\"\nimage = \"busybox\"\nmemory = \"lots\"\n");
+        assert_eq!((p[0].line, p[0].column), (3, 10));
+        assert!(p[0].message.contains("expected u32"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn rule_violations_point_at_their_values() {
+        let text = "name = \"Quotes\"\nimage = \"busybox\"\nports = [8080]\ncount = 3\n[health]\nkind = \"http\"\npath = \"/h\"\nport = 9090\ninterval = \"5\"\n";
+        let p = problems(text);
+        let summary: Vec<_> = p.iter().map(|p| (p.field.clone().unwrap(), p.line, p.column)).collect();
+        assert_eq!(
+            summary,
+            [("name".to_string(), 1, 8), ("health.port".to_string(), 8, 8), ("health.interval".to_string(), 9, 12)]
+        );
+        assert!(p[2].message.contains("no unit"));
+    }
+
+    #[test]
+    fn invalid_kind_lists_the_allowed_kinds() {
+        let p = problems("name = \"a\"\nimage = \"busybox\"\n[health]\nkind = \"grpc\"\n");
+        assert_eq!(p[0].line, 4);
+        assert!(p[0].message.contains("`http`") && p[0].message.contains("`cmd`"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn syntax_error_is_located() {
+        let p = problems("name = \"a\"\nimage = busybox\n");
+        assert_eq!(p[0].line, 2);
+    }
+
+    #[test]
+    fn display_lists_every_problem_with_position() {
+        let err = parse_service_toml("q.toml", "name = \"a\"\nimage = \"busybox\"\ncpu = 0\nmemory = 1\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("q.toml is not a valid service file (2 problems):"), "{text}");
+        assert!(text.contains("q.toml:3:7: `cpu`: must be 1 to 256000 millicores"), "{text}");
+        assert!(text.contains("q.toml:4:10: `memory`: must be 4 to 1048576 MiB, got 1"), "{text}");
+    }
+}

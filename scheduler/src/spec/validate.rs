@@ -1,0 +1,282 @@
+//! The rules every [`ServiceSpec`] must meet, whichever way it arrived (TOML file or gRPC).
+//!
+//! Each broken rule becomes a [`FieldError`] naming the field by its TOML path
+//! (`health.port`, `route[1].path_prefix`, `env.MY_VAR`) and saying what is allowed, so the
+//! TOML parser can add the line and column and the gRPC API can return it as is.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use super::{HealthKind, ServiceSpec};
+
+/// Largest CPU limit accepted, in millicores (256 cores).
+pub const MAX_CPU_MILLIS: u32 = 256_000;
+/// Smallest memory limit accepted, in MiB: below this a runtime cannot start a process.
+pub const MIN_MEMORY_MIB: u32 = 4;
+/// Largest memory limit accepted, in MiB (1 TiB).
+pub const MAX_MEMORY_MIB: u32 = 1_048_576;
+/// Largest desired task count of one service.
+pub const MAX_COUNT: u32 = 10_000;
+
+/// One broken rule: which field, and what is wrong with it and allowed instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's TOML path, e.g. `health.port`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.field, self.message)
+    }
+}
+
+/// Checks every rule and returns all broken ones (not just the first).
+pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut fail = |field: &str, message: String| {
+        errors.push(FieldError { field: field.to_string(), message })
+    };
+
+    if let Err(why) = check_name(&spec.name) {
+        fail("name", why);
+    }
+    if let Err(why) = check_image(&spec.image) {
+        fail("image", why);
+    }
+    if let Some(first) = spec.command.first()
+        && first.is_empty()
+    {
+        fail("command", "the first element (the program) must not be empty".into());
+    }
+    for key in spec.env.keys() {
+        let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            fail(
+                &format!("env.{key}"),
+                format!("\"{key}\" is not a variable name: use letters, digits and '_', not starting with a digit"),
+            );
+        }
+    }
+    if spec.cpu_millis == 0 || spec.cpu_millis > MAX_CPU_MILLIS {
+        fail("cpu", format!("must be 1 to {MAX_CPU_MILLIS} millicores (1000 = one core), got {}", spec.cpu_millis));
+    }
+    if spec.memory_mib < MIN_MEMORY_MIB || spec.memory_mib > MAX_MEMORY_MIB {
+        fail("memory", format!("must be {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB, got {}", spec.memory_mib));
+    }
+    let mut seen = BTreeSet::new();
+    for port in &spec.ports {
+        if *port == 0 {
+            fail("ports", "ports must be 1 to 65535, got 0".into());
+        } else if !seen.insert(*port) {
+            fail("ports", format!("port {port} is listed twice"));
+        }
+    }
+    if spec.count > MAX_COUNT {
+        fail("count", format!("must be 0 to {MAX_COUNT}, got {}", spec.count));
+    }
+    if let Some(auto) = &spec.autoscale {
+        if auto.max == 0 || auto.max > MAX_COUNT {
+            fail("autoscale.max", format!("must be 1 to {MAX_COUNT}, got {}", auto.max));
+        }
+        if auto.min > auto.max {
+            fail("autoscale.min", format!("must not exceed autoscale.max ({}), got {}", auto.max, auto.min));
+        }
+        if spec.count < auto.min || spec.count > auto.max {
+            fail("count", format!("must lie between autoscale.min ({}) and autoscale.max ({}), got {}", auto.min, auto.max, spec.count));
+        }
+        if auto.target_cpu_percent == 0 || auto.target_cpu_percent > 100 {
+            fail("autoscale.target_cpu_percent", format!("must be 1 to 100, got {}", auto.target_cpu_percent));
+        }
+    }
+    if let Some(health) = &spec.health {
+        let port_needed = matches!(health.kind, HealthKind::Http | HealthKind::Tcp);
+        if port_needed && !spec.ports.contains(&health.port) {
+            fail("health.port", format!("must be one of the service's ports {:?}, got {}", spec.ports, health.port));
+        }
+        if health.kind == HealthKind::Http && !health.path.starts_with('/') {
+            fail("health.path", format!("an http check needs a path starting with '/', got \"{}\"", health.path));
+        }
+        if health.kind == HealthKind::Cmd && health.command.first().is_none_or(|c| c.is_empty()) {
+            fail("health.command", "a cmd check needs a command, e.g. [\"/bin/check\"]".into());
+        }
+        if health.interval_ms == 0 {
+            fail("health.interval", "must be longer than 0s".into());
+        }
+        if health.timeout_ms == 0 || health.timeout_ms > health.interval_ms {
+            fail("health.timeout", format!("must be longer than 0s and at most health.interval ({}ms), got {}ms", health.interval_ms, health.timeout_ms));
+        }
+        if health.retries == 0 {
+            fail("health.retries", "must be at least 1".into());
+        }
+    }
+    if spec.deploy.min_healthy_percent > 100 {
+        fail("deploy.min_healthy_percent", format!("must be 0 to 100, got {}", spec.deploy.min_healthy_percent));
+    }
+    if spec.deploy.max_percent < 100 || spec.deploy.max_percent > 400 {
+        fail("deploy.max_percent", format!("must be 100 to 400, got {}", spec.deploy.max_percent));
+    } else if spec.deploy.max_percent == 100 && spec.deploy.min_healthy_percent == 100 {
+        fail("deploy.max_percent", "with min_healthy_percent = 100 it must exceed 100, or a deployment could never replace a task".into());
+    }
+    for (i, route) in spec.routes.iter().enumerate() {
+        if !route.path_prefix.starts_with('/') {
+            fail(&format!("route[{i}].path_prefix"), format!("must start with '/', got \"{}\"", route.path_prefix));
+        }
+        if !route.host.is_empty() && check_host(&route.host).is_err() {
+            fail(&format!("route[{i}].host"), format!("\"{}\" is not a host name (letters, digits, '-' and '.')", route.host));
+        }
+        if !spec.ports.contains(&route.port) {
+            fail(&format!("route[{i}].port"), format!("must be one of the service's ports {:?}, got {}", spec.ports, route.port));
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// Service names become parts of host names and file names: DNS labels.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("\"{name}\" is not allowed: use 1-63 lowercase letters, digits and '-', starting with a letter and not ending with '-'"))
+    }
+}
+
+/// A loose check of an OCI reference: the registry client does the strict parse at pull time.
+fn check_image(image: &str) -> Result<(), String> {
+    if image.is_empty() {
+        return Err("must name an image, e.g. \"registry.local:5000/quotes:1.2\"".into());
+    }
+    if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("\"{image}\" contains whitespace"));
+    }
+    let name = image.split('@').next().unwrap_or(image);
+    let repository = match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => {
+            let tag_ok = !tag.is_empty()
+                && tag.len() <= 128
+                && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            if !tag_ok {
+                return Err(format!("tag \"{tag}\" is not allowed: use letters, digits, '_', '.' and '-'"));
+            }
+            repo
+        }
+        _ => name,
+    };
+    let path = repository.split_once('/').map_or(repository, |(first, rest)| {
+        if first.contains(['.', ':']) || first == "localhost" { rest } else { repository }
+    });
+    if path.is_empty() || path.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!("repository \"{path}\" must be non-empty and lowercase"));
+    }
+    Ok(())
+}
+
+fn check_host(host: &str) -> Result<(), ()> {
+    let ok = host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok { Ok(()) } else { Err(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Autoscale, Deploy, HealthCheck, Route};
+
+    fn minimal() -> ServiceSpec {
+        ServiceSpec {
+            name: "quotes".into(),
+            image: "127.0.0.1:5000/quotes:1.0".into(),
+            command: vec![],
+            env: Default::default(),
+            cpu_millis: 250,
+            memory_mib: 128,
+            ports: vec![8080],
+            count: 2,
+            autoscale: None,
+            health: None,
+            deploy: Deploy::default(),
+            routes: vec![],
+        }
+    }
+
+    fn fields(spec: &ServiceSpec) -> Vec<String> {
+        validate(spec).err().unwrap_or_default().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn minimal_spec_is_valid() {
+        assert_eq!(validate(&minimal()), Ok(()));
+    }
+
+    #[test]
+    fn names_must_be_dns_labels() {
+        for bad in ["", "Quotes", "9lives", "a_b", "end-", &"x".repeat(64)] {
+            let spec = ServiceSpec { name: bad.into(), ..minimal() };
+            assert_eq!(fields(&spec), ["name"], "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn images_need_lowercase_repository_and_valid_tag() {
+        for good in ["busybox", "library/busybox:1.36", "localhost:5000/a/b:v1", "r.io/x@sha256:abc"] {
+            assert_eq!(fields(&ServiceSpec { image: good.into(), ..minimal() }), Vec::<String>::new(), "{good}");
+        }
+        for bad in ["", "Busybox", "busybox:", "busy box", "r.io/x:t!g"] {
+            assert_eq!(fields(&ServiceSpec { image: bad.into(), ..minimal() }), ["image"], "{bad}");
+        }
+    }
+
+    #[test]
+    fn reports_every_broken_rule_at_once() {
+        let spec = ServiceSpec { cpu_millis: 0, memory_mib: 1, ports: vec![80, 80], ..minimal() };
+        assert_eq!(fields(&spec), ["cpu", "memory", "ports"]);
+    }
+
+    #[test]
+    fn health_and_routes_must_use_declared_ports() {
+        let spec = ServiceSpec {
+            health: Some(HealthCheck {
+                kind: HealthKind::Http,
+                path: "health".into(),
+                port: 9090,
+                command: vec![],
+                interval_ms: 1000,
+                timeout_ms: 2000,
+                retries: 0,
+                grace_ms: 0,
+            }),
+            routes: vec![Route { path_prefix: "/api".into(), host: "bad host".into(), port: 1 }],
+            ..minimal()
+        };
+        assert_eq!(
+            fields(&spec),
+            ["health.port", "health.path", "health.timeout", "health.retries", "route[0].host", "route[0].port"]
+        );
+    }
+
+    #[test]
+    fn count_must_lie_within_autoscale_bounds() {
+        let auto = Autoscale { min: 3, max: 5, target_cpu_percent: 70, scale_out_cooldown_ms: 0, scale_in_cooldown_ms: 0 };
+        let spec = ServiceSpec { count: 2, autoscale: Some(auto), ..minimal() };
+        let errors = validate(&spec).unwrap_err();
+        assert_eq!(errors[0].field, "count");
+        assert!(errors[0].message.contains("between autoscale.min (3) and autoscale.max (5)"));
+    }
+
+    #[test]
+    fn deploy_that_can_never_progress_is_rejected() {
+        let spec = ServiceSpec { deploy: Deploy { min_healthy_percent: 100, max_percent: 100 }, ..minimal() };
+        assert_eq!(fields(&spec), ["deploy.max_percent"]);
+    }
+}

@@ -1,0 +1,114 @@
+//! The commands that change the cluster state, as they are written into the Raft log.
+//!
+//! Commands are JSON inside a versioned envelope (`{"v":1,"command":{...}}`): a server that
+//! meets a version it does not know refuses it loudly instead of misreading it, and an upgrade
+//! that changes a command adds a new version beside the old one. Every value a command needs to
+//! be applied deterministically (the time, the resolved image digest, the ids of new tasks) is
+//! decided by the proposer and carried inside it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{DesiredState, HealthStatus, NodeStatus, Task, TaskState};
+use crate::spec::ServiceSpec;
+
+/// The command format this build writes and reads.
+pub const COMMAND_VERSION: u32 = 1;
+
+/// One change to the cluster state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Command {
+    /// Creates a service or adds a revision; an unchanged spec changes nothing.
+    ApplyService { spec: ServiceSpec, image_digest: String, now_ms: u64 },
+    /// Sets the desired task count (no new revision).
+    ScaleService { name: String, count: u32, now_ms: u64 },
+    /// Removes the service; its tasks are told to stop.
+    DeleteService { name: String, now_ms: u64 },
+    /// Adds a revision that copies an earlier one's spec (`None`: the one before the current).
+    RollbackService { name: String, to_revision: Option<u64>, now_ms: u64 },
+    /// Records a node, or updates the one with the same name.
+    RegisterNode {
+        name: String,
+        address: String,
+        cpu_millis: u32,
+        memory_mib: u32,
+        labels: BTreeMap<String, String>,
+        now_ms: u64,
+    },
+    /// Marks a node up or down (the leader decides from heartbeats).
+    SetNodeStatus { node_id: u64, status: NodeStatus, now_ms: u64 },
+    /// Creates or replaces tasks (the reconciler's placements).
+    PutTasks { tasks: Vec<Task>, now_ms: u64 },
+    /// Sets which state tasks should be in (e.g. stop before replacing).
+    SetTaskDesiredState { task_ids: Vec<String>, desired: DesiredState, now_ms: u64 },
+    /// An agent's report of a task's observed state.
+    ReportTaskStatus {
+        node_id: u64,
+        task_id: String,
+        state: TaskState,
+        exit_code: Option<i32>,
+        endpoints: Vec<String>,
+        health: HealthStatus,
+        message: String,
+        now_ms: u64,
+    },
+    /// Forgets tasks that are stopped for good.
+    RemoveTasks { task_ids: Vec<String> },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<C> {
+    v: u32,
+    command: C,
+}
+
+/// Why bytes from the log are not a command this build can apply.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("command format version {0} is not known to this build (it knows {COMMAND_VERSION}): upgrade this server")]
+    UnknownVersion(u32),
+    #[error("corrupt command: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+impl Command {
+    /// The bytes written into the Raft log.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&Envelope { v: COMMAND_VERSION, command: self }).expect("commands serialize")
+    }
+
+    /// Reads bytes written by [`Command::encode`] of this or an older version.
+    pub fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
+        #[derive(Deserialize)]
+        struct Version {
+            v: u32,
+        }
+        let version: Version = serde_json::from_slice(bytes)?;
+        if version.v != COMMAND_VERSION {
+            return Err(DecodeError::UnknownVersion(version.v));
+        }
+        let envelope: Envelope<Command> = serde_json::from_slice(bytes)?;
+        Ok(envelope.command)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_the_envelope() {
+        let cmd = Command::ScaleService { name: "quotes".into(), count: 3, now_ms: 7 };
+        let bytes = cmd.encode();
+        assert!(String::from_utf8_lossy(&bytes).starts_with("{\"v\":1,"));
+        assert_eq!(Command::decode(&bytes).unwrap(), cmd);
+    }
+
+    #[test]
+    fn refuses_an_unknown_version() {
+        let err = Command::decode(br#"{"v":2,"command":{"op":"future"}}"#).unwrap_err();
+        assert!(matches!(err, DecodeError::UnknownVersion(2)), "{err}");
+    }
+}

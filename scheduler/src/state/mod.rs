@@ -1,0 +1,306 @@
+//! The replicated cluster state: a pure, deterministic state machine.
+//!
+//! [`ClusterState::apply`] takes a [`Command`] from the Raft log and either changes the state
+//! and returns an [`Outcome`], or changes nothing and returns a [`Rejection`]. It reads no clock,
+//! no randomness and no I/O, so every server that applies the same log holds the same state; all
+//! maps are ordered, so two states compare and serialize identically. The whole state is the
+//! snapshot ([`ClusterState::to_snapshot`]).
+//!
+//! Besides services, tasks and nodes, the state holds the Raft voters' addresses
+//! ([`ClusterState::members`]), changed only by applied membership changes, so that a
+//! snapshot tells a new server where its peers are.
+
+mod command;
+mod model;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use command::{COMMAND_VERSION, Command, DecodeError};
+pub use model::{
+    DesiredState, EVENTS_PER_SERVICE, Event, HealthStatus, Node, NodeStatus, Revision, ServiceRecord,
+    ServiceSummary, Task, TaskState,
+};
+
+/// What an applied command did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A service after the change; `changed` is false when nothing had to change.
+    Service { service: ServiceSummary, changed: bool },
+    Deleted { name: String },
+    NodeRegistered { node_id: u64 },
+    Done,
+}
+
+/// Why a command changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    pub kind: RejectionKind,
+    pub message: String,
+}
+
+/// The class of a rejection, mapped to a gRPC status code by the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectionKind {
+    NotFound,
+    Invalid,
+    /// The request is valid but the state does not allow it now.
+    Conflict,
+}
+
+fn not_found(message: String) -> Rejection {
+    Rejection { kind: RejectionKind::NotFound, message }
+}
+
+fn invalid(message: String) -> Rejection {
+    Rejection { kind: RejectionKind::Invalid, message }
+}
+
+/// Everything the servers agree on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    services: BTreeMap<String, ServiceRecord>,
+    tasks: BTreeMap<String, Task>,
+    nodes: BTreeMap<u64, Node>,
+    next_node_id: u64,
+    /// Raft voter id -> gRPC address.
+    members: BTreeMap<u64, String>,
+}
+
+impl ClusterState {
+    /// A state that knows only the initial voters.
+    pub fn with_members(members: BTreeMap<u64, String>) -> ClusterState {
+        ClusterState { members, ..ClusterState::default() }
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &ServiceRecord> {
+        self.services.values()
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceRecord> {
+        self.services.get(name)
+    }
+
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.tasks.get(id)
+    }
+
+    pub fn tasks_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks.values().filter(move |t| t.service == service)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, id: u64) -> Option<&Node> {
+        self.nodes.get(&id)
+    }
+
+    pub fn members(&self) -> &BTreeMap<u64, String> {
+        &self.members
+    }
+
+    /// Records a voter's address (from an applied membership change).
+    pub fn set_member(&mut self, id: u64, address: String) {
+        self.members.insert(id, address);
+    }
+
+    /// Forgets a voter (from an applied membership change).
+    pub fn remove_member(&mut self, id: u64) {
+        self.members.remove(&id);
+    }
+
+    /// The snapshot: the whole state as JSON.
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("the state serializes")
+    }
+
+    pub fn from_snapshot(bytes: &[u8]) -> Result<ClusterState, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// Applies one command. On rejection the state is unchanged.
+    pub fn apply(&mut self, command: Command) -> Result<Outcome, Rejection> {
+        match command {
+            Command::ApplyService { spec, image_digest, now_ms } => Ok(self.apply_service(spec, image_digest, now_ms)),
+            Command::ScaleService { name, count, now_ms } => self.scale_service(&name, count, now_ms),
+            Command::DeleteService { name, now_ms } => self.delete_service(name, now_ms),
+            Command::RollbackService { name, to_revision, now_ms } => self.rollback_service(&name, to_revision, now_ms),
+            Command::RegisterNode { name, address, cpu_millis, memory_mib, labels, now_ms } => {
+                let existing = self.nodes.values_mut().find(|n| n.name == name);
+                let node_id = match existing {
+                    Some(node) => {
+                        *node = Node { address, cpu_millis, memory_mib, labels, status: NodeStatus::Ready, status_ms: now_ms, ..node.clone() };
+                        node.id
+                    }
+                    None => {
+                        self.next_node_id += 1;
+                        let id = self.next_node_id;
+                        let node = Node { id, name, address, cpu_millis, memory_mib, labels, status: NodeStatus::Ready, registered_ms: now_ms, status_ms: now_ms };
+                        self.nodes.insert(id, node);
+                        id
+                    }
+                };
+                Ok(Outcome::NodeRegistered { node_id })
+            }
+            Command::SetNodeStatus { node_id, status, now_ms } => {
+                let node = self.nodes.get_mut(&node_id).ok_or_else(|| not_found(format!("no node with id {node_id}")))?;
+                if node.status != status {
+                    node.status = status;
+                    node.status_ms = now_ms;
+                }
+                Ok(Outcome::Done)
+            }
+            Command::PutTasks { tasks, now_ms } => {
+                if let Some(t) = tasks.iter().find(|t| !self.services.contains_key(&t.service)) {
+                    return Err(not_found(format!("task {} belongs to unknown service {}", t.id, t.service)));
+                }
+                for mut task in tasks {
+                    task.updated_ms = now_ms;
+                    self.tasks.insert(task.id.clone(), task);
+                }
+                Ok(Outcome::Done)
+            }
+            Command::SetTaskDesiredState { task_ids, desired, now_ms } => {
+                if let Some(id) = task_ids.iter().find(|id| !self.tasks.contains_key(*id)) {
+                    return Err(not_found(format!("no task {id}")));
+                }
+                for id in task_ids {
+                    let task = self.tasks.get_mut(&id).expect("checked above");
+                    task.desired = desired;
+                    task.updated_ms = now_ms;
+                }
+                Ok(Outcome::Done)
+            }
+            Command::ReportTaskStatus { node_id, task_id, state, exit_code, endpoints, health, message, now_ms } => {
+                let task = self.tasks.get_mut(&task_id).ok_or_else(|| not_found(format!("no task {task_id}")))?;
+                if task.node_id != node_id {
+                    return Err(Rejection {
+                        kind: RejectionKind::Conflict,
+                        message: format!("task {task_id} is assigned to node {}, not node {node_id}", task.node_id),
+                    });
+                }
+                task.observed = state;
+                task.exit_code = exit_code.or(task.exit_code);
+                task.endpoints = endpoints;
+                task.health = health;
+                task.message = message;
+                task.updated_ms = now_ms;
+                Ok(Outcome::Done)
+            }
+            Command::RemoveTasks { task_ids } => {
+                for id in task_ids {
+                    self.tasks.remove(&id);
+                }
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    fn apply_service(&mut self, spec: crate::spec::ServiceSpec, image_digest: String, now_ms: u64) -> Outcome {
+        let name = spec.name.clone();
+        let Some(service) = self.services.get_mut(&name) else {
+            let count = spec.count;
+            let first = Revision { revision: 1, spec, image_digest, created_ms: now_ms, rolled_back_from: None };
+            let mut service = ServiceRecord {
+                name: name.clone(),
+                revisions: vec![first],
+                current: 1,
+                desired_count: count,
+                created_ms: now_ms,
+                updated_ms: now_ms,
+                events: Default::default(),
+            };
+            service.record(now_ms, format!("created at revision 1 with {count} task(s)"));
+            let summary = service.summary();
+            self.services.insert(name, service);
+            return Outcome::Service { service: summary, changed: true };
+        };
+        let current = service.current_revision();
+        if current.spec == spec && (image_digest.is_empty() || current.image_digest == image_digest) {
+            return Outcome::Service { service: service.summary(), changed: false };
+        }
+        let revision = service.revisions.last().map_or(0, |r| r.revision) + 1;
+        let count = spec.count;
+        service.revisions.push(Revision { revision, spec, image_digest, created_ms: now_ms, rolled_back_from: None });
+        service.current = revision;
+        service.desired_count = count;
+        service.updated_ms = now_ms;
+        service.record(now_ms, format!("revision {revision} applied with {count} task(s)"));
+        Outcome::Service { service: service.summary(), changed: true }
+    }
+
+    fn scale_service(&mut self, name: &str, count: u32, now_ms: u64) -> Result<Outcome, Rejection> {
+        let service = self.services.get_mut(name).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
+        if count > crate::spec::validate::MAX_COUNT {
+            return Err(invalid(format!("count must be 0 to {}, got {count}", crate::spec::validate::MAX_COUNT)));
+        }
+        if let Some(auto) = &service.current_revision().spec.autoscale
+            && (count < auto.min || count > auto.max)
+        {
+            return Err(invalid(format!(
+                "{name} autoscales between {} and {} tasks: scale within those bounds, or apply a spec with other bounds",
+                auto.min, auto.max
+            )));
+        }
+        let changed = service.desired_count != count;
+        if changed {
+            let before = service.desired_count;
+            service.desired_count = count;
+            service.updated_ms = now_ms;
+            service.record(now_ms, format!("scaled from {before} to {count} task(s)"));
+        }
+        Ok(Outcome::Service { service: service.summary(), changed })
+    }
+
+    fn delete_service(&mut self, name: String, now_ms: u64) -> Result<Outcome, Rejection> {
+        if self.services.remove(&name).is_none() {
+            return Err(not_found(format!("no service named \"{name}\"")));
+        }
+        for task in self.tasks.values_mut().filter(|t| t.service == name) {
+            task.desired = DesiredState::Stopped;
+            task.updated_ms = now_ms;
+        }
+        Ok(Outcome::Deleted { name })
+    }
+
+    fn rollback_service(&mut self, name: &str, to: Option<u64>, now_ms: u64) -> Result<Outcome, Rejection> {
+        let service = self.services.get_mut(name).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
+        let target = match to {
+            Some(rev) => rev,
+            None if service.current > 1 => service.current - 1,
+            None => return Err(Rejection { kind: RejectionKind::Conflict, message: format!("{name} has only revision 1: there is nothing to roll back to") }),
+        };
+        let Some(old) = service.revision(target).cloned() else {
+            let latest = service.revisions.last().map_or(0, |r| r.revision);
+            return Err(not_found(format!("{name} has no revision {target}: revisions are 1 to {latest}")));
+        };
+        if old.spec == service.current_revision().spec {
+            return Ok(Outcome::Service { service: service.summary(), changed: false });
+        }
+        let revision = service.revisions.last().map_or(0, |r| r.revision) + 1;
+        service.revisions.push(Revision {
+            revision,
+            spec: old.spec,
+            image_digest: old.image_digest,
+            created_ms: now_ms,
+            rolled_back_from: Some(target),
+        });
+        service.current = revision;
+        service.updated_ms = now_ms;
+        service.record(now_ms, format!("rolled back to the spec of revision {target} as revision {revision}"));
+        Ok(Outcome::Service { service: service.summary(), changed: true })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+//! The records the cluster state is made of: services with their revisions and events, tasks
+//! and nodes. Plain data (serde for snapshots); the rules that change them live in
+//! [`super::ClusterState::apply`].
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::ServiceSpec;
+
+/// How many events each service keeps; older ones are dropped first.
+pub const EVENTS_PER_SERVICE: usize = 100;
+
+/// One immutable version of a service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Revision {
+    pub revision: u64,
+    pub spec: ServiceSpec,
+    /// `sha256:...` resolved from the tag when the revision was made; empty when the registry
+    /// could not be asked (tasks then pull by tag).
+    pub image_digest: String,
+    pub created_ms: u64,
+    /// Set when a rollback made this revision: the revision whose spec it copies.
+    pub rolled_back_from: Option<u64>,
+}
+
+/// Something that happened to a service, for `describe`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub unix_ms: u64,
+    pub message: String,
+}
+
+/// A service: every revision ever made (oldest first), which one runs, how many tasks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub name: String,
+    pub revisions: Vec<Revision>,
+    /// The revision tasks should run.
+    pub current: u64,
+    pub desired_count: u32,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// The most recent events, oldest first, at most [`EVENTS_PER_SERVICE`].
+    pub events: VecDeque<Event>,
+}
+
+impl ServiceRecord {
+    /// The revision tasks should run.
+    pub fn current_revision(&self) -> &Revision {
+        self.revision(self.current).expect("the current revision is always kept")
+    }
+
+    pub fn revision(&self, revision: u64) -> Option<&Revision> {
+        self.revisions.iter().find(|r| r.revision == revision)
+    }
+
+    pub(crate) fn record(&mut self, unix_ms: u64, message: String) {
+        if self.events.len() == EVENTS_PER_SERVICE {
+            self.events.pop_front();
+        }
+        self.events.push_back(Event { unix_ms, message });
+    }
+
+    /// The fields a caller needs after a change, without the history.
+    pub fn summary(&self) -> ServiceSummary {
+        ServiceSummary {
+            name: self.name.clone(),
+            current: self.current_revision().clone(),
+            desired_count: self.desired_count,
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+        }
+    }
+}
+
+/// A service as returned from a write: its current revision and count.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub current: Revision,
+    pub desired_count: u32,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// What a task should be doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredState {
+    Running,
+    Stopped,
+}
+
+/// What a task was last seen doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Not placed on a node yet.
+    Pending,
+    /// Placed; the agent has not reported yet.
+    Assigned,
+    Preparing,
+    Running,
+    Exited,
+    Failed,
+    /// Its node went down.
+    Lost,
+}
+
+/// The result of the task's health check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Unknown,
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// One instance of a service revision, placed (or waiting to be placed) on a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub service: String,
+    pub revision: u64,
+    /// 0 while pending.
+    pub node_id: u64,
+    pub desired: DesiredState,
+    pub observed: TaskState,
+    /// `node_ip:host_port` per published port.
+    pub endpoints: Vec<String>,
+    pub exit_code: Option<i32>,
+    pub health: HealthStatus,
+    /// Why the task is in its state (pending reason, failure).
+    pub message: String,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// Whether a node is taking work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Ready,
+    Down,
+}
+
+/// A machine running `sched-agent`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: u64,
+    /// Stable across agent restarts; registrations are matched by it.
+    pub name: String,
+    /// Where its published ports are reachable.
+    pub address: String,
+    pub cpu_millis: u32,
+    pub memory_mib: u32,
+    pub labels: BTreeMap<String, String>,
+    pub status: NodeStatus,
+    pub registered_ms: u64,
+    /// When the status last changed.
+    pub status_ms: u64,
+}

@@ -1,0 +1,196 @@
+//! Table-style tests of the state machine: each feeds commands and asserts observable state.
+
+use super::*;
+use crate::spec::{Deploy, ServiceSpec};
+
+fn spec(image: &str, count: u32) -> ServiceSpec {
+    ServiceSpec {
+        name: "quotes".into(),
+        image: image.into(),
+        command: vec![],
+        env: Default::default(),
+        cpu_millis: 250,
+        memory_mib: 128,
+        ports: vec![8080],
+        count,
+        autoscale: None,
+        health: None,
+        deploy: Deploy::default(),
+        routes: vec![],
+    }
+}
+
+fn apply(state: &mut ClusterState, image: &str, count: u32, now_ms: u64) -> (u64, bool) {
+    match state.apply(Command::ApplyService { spec: spec(image, count), image_digest: String::new(), now_ms }).unwrap() {
+        Outcome::Service { service, changed } => (service.current.revision, changed),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn every_changed_apply_makes_a_revision_and_unchanged_makes_none() {
+    let mut state = ClusterState::default();
+    assert_eq!(apply(&mut state, "quotes:1.0", 2, 10), (1, true));
+    assert_eq!(apply(&mut state, "quotes:1.0", 2, 20), (1, false));
+    assert_eq!(apply(&mut state, "quotes:1.1", 2, 30), (2, true));
+    assert_eq!(apply(&mut state, "quotes:1.1", 3, 40), (3, true));
+    let service = state.service("quotes").unwrap();
+    let revisions: Vec<_> = service.revisions.iter().map(|r| (r.revision, r.spec.image.as_str(), r.created_ms)).collect();
+    assert_eq!(revisions, [(1, "quotes:1.0", 10), (2, "quotes:1.1", 30), (3, "quotes:1.1", 40)]);
+    assert_eq!((service.current, service.desired_count, service.updated_ms), (3, 3, 40));
+}
+
+#[test]
+fn rollback_copies_the_previous_spec_into_a_new_revision() {
+    let mut state = ClusterState::default();
+    apply(&mut state, "quotes:1.0", 2, 1);
+    apply(&mut state, "quotes:2.0", 2, 2);
+    let outcome = state.apply(Command::RollbackService { name: "quotes".into(), to_revision: None, now_ms: 3 }).unwrap();
+    let Outcome::Service { service, changed: true } = outcome else { panic!("{outcome:?}") };
+    assert_eq!((service.current.revision, service.current.spec.image.as_str()), (3, "quotes:1.0"));
+    assert_eq!(service.current.rolled_back_from, Some(1));
+    // Rolling back to the spec that already runs changes nothing.
+    let again = state.apply(Command::RollbackService { name: "quotes".into(), to_revision: Some(1), now_ms: 4 }).unwrap();
+    assert!(matches!(again, Outcome::Service { changed: false, .. }));
+}
+
+#[test]
+fn rollback_to_unknown_revision_names_the_range() {
+    let mut state = ClusterState::default();
+    apply(&mut state, "quotes:1.0", 2, 1);
+    let before = state.clone();
+    let err = state.apply(Command::RollbackService { name: "quotes".into(), to_revision: Some(9), now_ms: 2 }).unwrap_err();
+    assert_eq!(err.kind, RejectionKind::NotFound);
+    assert_eq!(err.message, "quotes has no revision 9: revisions are 1 to 1");
+    let err = state.apply(Command::RollbackService { name: "quotes".into(), to_revision: None, now_ms: 2 }).unwrap_err();
+    assert_eq!(err.kind, RejectionKind::Conflict);
+    assert_eq!(state, before);
+}
+
+#[test]
+fn scale_changes_count_without_a_revision_and_respects_autoscale_bounds() {
+    let mut state = ClusterState::default();
+    apply(&mut state, "quotes:1.0", 2, 1);
+    state.apply(Command::ScaleService { name: "quotes".into(), count: 5, now_ms: 2 }).unwrap();
+    let service = state.service("quotes").unwrap();
+    assert_eq!((service.current, service.desired_count), (1, 5));
+
+    let mut auto = spec("quotes:1.0", 3);
+    auto.autoscale = Some(crate::spec::Autoscale { min: 2, max: 4, target_cpu_percent: 70, scale_out_cooldown_ms: 0, scale_in_cooldown_ms: 0 });
+    state.apply(Command::ApplyService { spec: auto, image_digest: String::new(), now_ms: 3 }).unwrap();
+    let err = state.apply(Command::ScaleService { name: "quotes".into(), count: 9, now_ms: 4 }).unwrap_err();
+    assert_eq!(err.kind, RejectionKind::Invalid);
+    assert!(err.message.contains("between 2 and 4"), "{}", err.message);
+}
+
+#[test]
+fn delete_removes_the_service_and_stops_its_tasks() {
+    let mut state = ClusterState::default();
+    apply(&mut state, "quotes:1.0", 1, 1);
+    let task = Task {
+        id: "quotes-1".into(),
+        service: "quotes".into(),
+        revision: 1,
+        node_id: 0,
+        desired: DesiredState::Running,
+        observed: TaskState::Pending,
+        endpoints: vec![],
+        exit_code: None,
+        health: HealthStatus::Unknown,
+        message: String::new(),
+        created_ms: 1,
+        updated_ms: 1,
+    };
+    state.apply(Command::PutTasks { tasks: vec![task], now_ms: 2 }).unwrap();
+    assert_eq!(state.apply(Command::DeleteService { name: "quotes".into(), now_ms: 3 }).unwrap(), Outcome::Deleted { name: "quotes".into() });
+    assert!(state.service("quotes").is_none());
+    assert_eq!(state.task("quotes-1").unwrap().desired, DesiredState::Stopped);
+    let err = state.apply(Command::DeleteService { name: "quotes".into(), now_ms: 4 }).unwrap_err();
+    assert_eq!((err.kind, err.message.as_str()), (RejectionKind::NotFound, "no service named \"quotes\""));
+}
+
+#[test]
+fn nodes_are_matched_by_name_on_register() {
+    let mut state = ClusterState::default();
+    let register = |address: &str| Command::RegisterNode {
+        name: "node-a".into(),
+        address: address.into(),
+        cpu_millis: 2000,
+        memory_mib: 4096,
+        labels: Default::default(),
+        now_ms: 1,
+    };
+    assert_eq!(state.apply(register("10.0.0.1")).unwrap(), Outcome::NodeRegistered { node_id: 1 });
+    state.apply(Command::SetNodeStatus { node_id: 1, status: NodeStatus::Down, now_ms: 2 }).unwrap();
+    assert_eq!(state.apply(register("10.0.0.2")).unwrap(), Outcome::NodeRegistered { node_id: 1 });
+    let node = state.node(1).unwrap();
+    assert_eq!((node.address.as_str(), node.status), ("10.0.0.2", NodeStatus::Ready));
+    assert_eq!(state.nodes().count(), 1);
+}
+
+#[test]
+fn task_reports_from_the_wrong_node_are_refused() {
+    let mut state = ClusterState::default();
+    apply(&mut state, "quotes:1.0", 1, 1);
+    let task = Task {
+        id: "quotes-1".into(),
+        service: "quotes".into(),
+        revision: 1,
+        node_id: 2,
+        desired: DesiredState::Running,
+        observed: TaskState::Assigned,
+        endpoints: vec![],
+        exit_code: None,
+        health: HealthStatus::Unknown,
+        message: String::new(),
+        created_ms: 1,
+        updated_ms: 1,
+    };
+    state.apply(Command::PutTasks { tasks: vec![task], now_ms: 2 }).unwrap();
+    let report = |node_id| Command::ReportTaskStatus {
+        node_id,
+        task_id: "quotes-1".into(),
+        state: TaskState::Running,
+        exit_code: None,
+        endpoints: vec!["10.0.0.2:31000".into()],
+        health: HealthStatus::Healthy,
+        message: String::new(),
+        now_ms: 3,
+    };
+    assert_eq!(state.apply(report(3)).unwrap_err().kind, RejectionKind::Conflict);
+    state.apply(report(2)).unwrap();
+    assert_eq!(state.task("quotes-1").unwrap().observed, TaskState::Running);
+}
+
+#[test]
+fn event_log_is_bounded_per_service() {
+    let mut state = ClusterState::default();
+    apply(&mut state, "quotes:1.0", 1, 0);
+    for i in 0..(EVENTS_PER_SERVICE as u32 + 20) {
+        state.apply(Command::ScaleService { name: "quotes".into(), count: 2 + i % 2, now_ms: u64::from(i) + 1 }).unwrap();
+    }
+    let events = &state.service("quotes").unwrap().events;
+    assert_eq!(events.len(), EVENTS_PER_SERVICE);
+    assert_eq!(events.back().unwrap().unix_ms, u64::from(EVENTS_PER_SERVICE as u32 + 20));
+}
+
+#[test]
+fn same_commands_give_same_state_and_snapshot_round_trips() {
+    let commands = vec![
+        Command::ApplyService { spec: spec("quotes:1.0", 2), image_digest: String::new(), now_ms: 1 },
+        Command::ScaleService { name: "quotes".into(), count: 4, now_ms: 2 },
+        Command::ApplyService { spec: spec("quotes:1.1", 2), image_digest: "sha256:ab".into(), now_ms: 3 },
+        Command::ScaleService { name: "missing".into(), count: 4, now_ms: 4 },
+    ];
+    let run = || {
+        let mut state = ClusterState::with_members([(1, "127.0.0.1:1".to_string())].into());
+        for c in commands.clone() {
+            let _ = state.apply(Command::decode(&c.encode()).unwrap());
+        }
+        state
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a, b);
+    assert_eq!(a.to_snapshot(), b.to_snapshot());
+    assert_eq!(ClusterState::from_snapshot(&a.to_snapshot()).unwrap(), a);
+}
