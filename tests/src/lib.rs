@@ -3,3 +3,5 @@
 //! The tests under `tests/tests/` start real processes: `sched-runtime` containers from a
 //! busybox-static rootfs, and (in later stages) servers and agents in a netns lab and a cgroup-v2
 //! VM. Every fixture cleans up what it made, also when the test fails.
+
+pub mod bundle;
