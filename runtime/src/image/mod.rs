@@ -1,2 +1,40 @@
-//! Images: references, the registry client, the content store, layer unpack, snapshots and the
-//! image config -> OCI spec conversion. (Being built: see issue 3.)
+//! Images: from a reference in a registry to a container rootfs and an OCI spec.
+//!
+//! - [`reference`]: parse and normalise `busybox`, `ghcr.io/org/app@sha256:...`, ...
+//! - [`client`] + [`auth`]: the OCI distribution client (manifests, indexes, blobs; basic and
+//!   bearer-token auth; retries; resumable blob downloads).
+//! - [`store`]: the content store, blobs by digest, written atomically after verification.
+//! - [`unpack`]: safe layer extraction (nothing outside the target, ever).
+//! - [`snapshot`]: one directory per layer chain, overlay rootfs mounts, copy fallback, GC.
+//! - [`pull`]: the pull pipeline (parallel layers; download, hash and unpack in one pass).
+//! - [`records`]: what each pulled reference resolved to (the GC roots).
+//! - [`config_to_spec`]: image config + overrides -> OCI runtime spec.
+//! - [`service`]: [`ImageService`], the API the CLI and the agent use.
+//!
+//! Data dir layout (default `/var/lib/sched`): `blobs/sha256/<hex>`, `blobs/ingest/`,
+//! `images/<sha256(name)>.json`, `snapshots/<chain id hex>/fs`, `rootfs/<container>/{merged,upper,work}`.
+pub mod auth;
+pub mod client;
+pub mod config_to_spec;
+pub mod digest;
+pub mod error;
+pub mod manifest;
+pub mod pull;
+pub mod records;
+pub mod reference;
+pub mod service;
+pub mod snapshot;
+pub mod store;
+pub mod unpack;
+
+pub use auth::{CredentialStore, Credentials};
+pub use client::{ClientOptions, RegistryClient};
+pub use config_to_spec::{ProcessOverrides, config_to_spec};
+pub use digest::Digest;
+pub use error::ImageError;
+pub use manifest::{ImageConfig, Platform};
+pub use pull::{NoProgress, PullProgress};
+pub use records::ImageRecord;
+pub use reference::Reference;
+pub use service::{DEFAULT_DATA_DIR, ImageService, ImageServiceOptions, PreparedRootfs, PruneReport, RootfsMode};
+pub use snapshot::RootfsKind;

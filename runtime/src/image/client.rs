@@ -1,0 +1,444 @@
+//! The registry client: the OCI distribution API over reqwest + rustls. Manifests (by tag or
+//! digest, with the Accept header for OCI and Docker schema2 manifests and indexes) and blobs
+//! (streamed, resumed with `Range` when a connection drops). Every request goes through
+//! [`RegistryClient::send`], which adds authentication (anonymous, basic, or a bearer token
+//! fetched from the realm of a `WWW-Authenticate` challenge) and retries with exponential
+//! backoff. Plain HTTP is used only for insecure registries (loopback always, like docker).
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE, WWW_AUTHENTICATE};
+use reqwest::{Response, StatusCode};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::auth::{Challenge, CredentialStore, TokenResponse};
+use super::digest::Digest;
+use super::error::ImageError;
+use super::manifest::MANIFEST_ACCEPT;
+use super::reference::Reference;
+
+/// Manifests larger than this are refused (distribution's own limit is 4 MiB).
+const MAX_MANIFEST_BYTES: usize = 8 << 20;
+
+/// How the client reaches registries.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Registries (host[:port]) reached over plain HTTP. Loopback hosts always are.
+    pub insecure_registries: Vec<String>,
+    /// Credentials per registry; registries without an entry are accessed anonymously.
+    pub credentials: CredentialStore,
+    /// Attempts per request (and per blob download, counting resumes) before giving up.
+    pub max_attempts: u32,
+    /// The first backoff delay; it doubles after every failed attempt.
+    pub initial_backoff: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            insecure_registries: Vec::new(),
+            credentials: CredentialStore::default(),
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A manifest as fetched: its bytes (whose digest was checked), media type and digest.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub body: Vec<u8>,
+    pub media_type: Option<String>,
+    pub digest: Digest,
+}
+
+/// A client for OCI distribution registries; cheap to clone, shares connections and tokens.
+#[derive(Clone)]
+pub struct RegistryClient {
+    http: reqwest::Client,
+    options: Arc<ClientOptions>,
+    /// `Authorization` values that worked, per `registry/repository`, reused by later requests.
+    authorizations: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl RegistryClient {
+    pub fn new(options: ClientOptions) -> Result<Self, ImageError> {
+        // reqwest is built without a bundled crypto provider (ring instead of aws-lc-sys);
+        // installing fails harmlessly when another part of the process already did it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("sched/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| ImageError::Transport { url: String::new(), attempts: 0, reason: e.to_string() })?;
+        Ok(Self { http, options: Arc::new(options), authorizations: Arc::default() })
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// Whether `registry` is spoken to over plain HTTP.
+    pub fn is_insecure(&self, registry: &str) -> bool {
+        let host = host_without_port(registry);
+        host == "localhost"
+            || host == "::1"
+            || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+            || self.options.insecure_registries.iter().any(|r| r == registry || r == host)
+    }
+
+    fn base_url(&self, reference: &Reference) -> String {
+        let scheme = if self.is_insecure(reference.registry()) { "http" } else { "https" };
+        format!("{scheme}://{}/v2/{}", reference.api_host(), reference.repository())
+    }
+
+    /// Fetches the manifest `reference` names (its digest if it has one, else its tag) and
+    /// verifies its digest.
+    pub async fn get_manifest(&self, reference: &Reference) -> Result<FetchedManifest, ImageError> {
+        let url = format!("{}/manifests/{}", self.base_url(reference), reference.manifest_ref());
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
+        let resp = self.send(reference, &url, headers).await?;
+        let resp = expect_status(reference, &url, resp, &[StatusCode::OK]).await?;
+        let media_type = header_str(resp.headers(), CONTENT_TYPE);
+        let announced = header_str(resp.headers(), "docker-content-digest");
+        if resp.content_length().is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
+            return Err(invalid_manifest(&url, "it is larger than 8 MiB"));
+        }
+        let body = resp.bytes().await.map_err(|e| transport(&url, 1, &e))?;
+        if body.len() > MAX_MANIFEST_BYTES {
+            return Err(invalid_manifest(&url, "it is larger than 8 MiB"));
+        }
+        let digest = Digest::of(&body);
+        let expected = match (reference.digest(), announced) {
+            (Some(d), _) => Some(d.clone()),
+            (None, Some(h)) => Some(Digest::parse(&h).map_err(|_| invalid_manifest(&url, "bad Docker-Content-Digest header"))?),
+            (None, None) => None,
+        };
+        if let Some(expected) = expected {
+            if expected != digest {
+                return Err(ImageError::DigestMismatch {
+                    what: format!("manifest {reference}"),
+                    expected: expected.to_string(),
+                    actual: digest.to_string(),
+                });
+            }
+        }
+        Ok(FetchedManifest { body: body.to_vec(), media_type, digest })
+    }
+
+    /// Fetches a small blob (a config) into memory and verifies digest and size.
+    pub async fn get_blob_bytes(&self, reference: &Reference, digest: &Digest, size: u64) -> Result<Vec<u8>, ImageError> {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+        let collect = async {
+            let mut out = Vec::with_capacity(size.min(16 << 20) as usize);
+            while let Some(chunk) = rx.recv().await {
+                out.extend_from_slice(&chunk);
+            }
+            out
+        };
+        let (res, body) = tokio::join!(self.fetch_blob(reference, digest, size, tx, &|_| {}), collect);
+        res?;
+        digest.verify(&format!("blob {digest} of {reference}"), &body)?;
+        Ok(body)
+    }
+
+    /// Streams blob `digest` of `size` bytes into `tx`, chunk by chunk, as it arrives. When the
+    /// connection drops the download resumes with `Range` from the last byte received, so the
+    /// receiver sees every byte exactly once. The caller verifies the digest. Returns early
+    /// (Ok) if the receiver is dropped.
+    pub async fn fetch_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        tx: mpsc::Sender<Bytes>,
+        on_bytes: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), ImageError> {
+        let url = format!("{}/blobs/{digest}", self.base_url(reference));
+        let what = format!("blob {digest}");
+        let mut received: u64 = 0;
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let mut headers = HeaderMap::new();
+            if received > 0 {
+                let range = HeaderValue::from_str(&format!("bytes={received}-")).expect("ascii");
+                headers.insert(RANGE, range);
+            }
+            let resp = self.send(reference, &url, headers).await?;
+            let mut skip = 0u64;
+            let resp = if received == 0 {
+                expect_status(reference, &url, resp, &[StatusCode::OK]).await?
+            } else {
+                let resp = expect_status(reference, &url, resp, &[StatusCode::OK, StatusCode::PARTIAL_CONTENT]).await?;
+                if resp.status() == StatusCode::OK {
+                    // The server ignored Range: drop what we already have.
+                    skip = received;
+                } else {
+                    let cr = header_str(resp.headers(), CONTENT_RANGE).unwrap_or_default();
+                    if !cr.starts_with(&format!("bytes {received}-")) {
+                        return Err(ImageError::Transport {
+                            url,
+                            attempts: attempt,
+                            reason: format!("asked for bytes {received}- and got Content-Range {cr:?}"),
+                        });
+                    }
+                }
+                resp
+            };
+            let mut stream = resp.bytes_stream();
+            let mut failure = None;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(mut chunk) => {
+                        if skip > 0 {
+                            let n = skip.min(chunk.len() as u64);
+                            chunk = chunk.slice(n as usize..);
+                            skip -= n;
+                        }
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                        received += chunk.len() as u64;
+                        if received > size {
+                            return Err(ImageError::SizeMismatch { what, expected: size, actual: received });
+                        }
+                        on_bytes(chunk.len() as u64);
+                        if tx.send(chunk).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => {
+                        failure = Some(error_chain(&e));
+                        break;
+                    }
+                }
+            }
+            if failure.is_none() && received == size {
+                return Ok(());
+            }
+            let reason = failure.unwrap_or_else(|| format!("the connection closed after {received} of {size} bytes"));
+            if attempt >= self.options.max_attempts {
+                return Err(ImageError::Transport { url, attempts: attempt, reason });
+            }
+            warn!(%url, received, size, %reason, "blob download interrupted; resuming with Range");
+            tokio::time::sleep(self.backoff(attempt)).await;
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        self.options.initial_backoff * 2u32.saturating_pow(attempt.saturating_sub(1).min(6))
+    }
+
+    /// Sends a GET with authentication and retries: connection errors, 429 and 5xx are retried
+    /// with backoff; a 401 triggers one authentication round (basic or bearer token).
+    pub async fn send(&self, reference: &Reference, url: &str, headers: HeaderMap) -> Result<Response, ImageError> {
+        let key = reference.name();
+        let mut authenticated = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = self.http.get(url).headers(headers.clone());
+            let auth = self.authorizations.lock().expect("poisoned").get(&key).cloned();
+            if let Some(a) = &auth {
+                req = req.header(AUTHORIZATION, a);
+            }
+            let retry_reason = match req.send().await {
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                    if authenticated {
+                        return Err(self.unauthorized(reference, "the registry refused the credentials"));
+                    }
+                    let challenges: Vec<String> = resp
+                        .headers()
+                        .get_all(WWW_AUTHENTICATE)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok().map(str::to_string))
+                        .collect();
+                    self.authenticate(reference, &challenges).await?;
+                    authenticated = true;
+                    attempt -= 1;
+                    continue;
+                }
+                Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS || resp.status().is_server_error() => {
+                    if attempt >= self.options.max_attempts {
+                        return Ok(resp);
+                    }
+                    format!("HTTP {}", resp.status())
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) => {
+                    let reason = error_chain(&e);
+                    if attempt >= self.options.max_attempts {
+                        return Err(ImageError::Transport { url: url.to_string(), attempts: attempt, reason });
+                    }
+                    reason
+                }
+            };
+            let delay = self.backoff(attempt);
+            debug!(%url, attempt, ?delay, reason = %retry_reason, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn unauthorized(&self, reference: &Reference, what: &str) -> ImageError {
+        let has_creds = self.options.credentials.get(reference.registry()).is_some();
+        ImageError::Unauthorized {
+            registry: reference.registry().to_string(),
+            scope: format!("repository:{}:pull", reference.repository()),
+            reason: if has_creds {
+                format!("{what}; check the user name and password for {}", reference.registry())
+            } else {
+                format!("{what}; no credentials were given for {} (use --creds USER:PASSWORD or docker's config.json)", reference.registry())
+            },
+        }
+    }
+
+    /// Answers a 401 challenge: stores the `Authorization` value to use for this repository.
+    async fn authenticate(&self, reference: &Reference, challenges: &[String]) -> Result<(), ImageError> {
+        let creds = self.options.credentials.get(reference.registry()).cloned();
+        let parsed: Vec<Challenge> = challenges.iter().filter_map(|c| Challenge::parse(c)).collect();
+        let bearer = parsed.iter().find(|c| matches!(c, Challenge::Bearer { .. }));
+        let value = match (bearer, parsed.first()) {
+            (Some(Challenge::Bearer { realm, service, scope }), _) => {
+                let scope = scope.clone().unwrap_or_else(|| format!("repository:{}:pull", reference.repository()));
+                let token = self.fetch_token(reference, realm, service.as_deref(), &scope, creds.as_ref()).await?;
+                format!("Bearer {token}")
+            }
+            (_, Some(Challenge::Basic { .. })) => match creds {
+                Some(c) => c.basic_header(),
+                None => return Err(self.unauthorized(reference, "the registry requires basic authentication")),
+            },
+            _ => {
+                return Err(self.unauthorized(
+                    reference,
+                    &format!("the registry answered 401 with no usable challenge ({challenges:?})"),
+                ));
+            }
+        };
+        self.authorizations.lock().expect("poisoned").insert(reference.name(), value);
+        Ok(())
+    }
+
+    /// The bearer-token request: `GET realm?service=..&scope=..`, with basic credentials when
+    /// we have them (anonymous tokens otherwise).
+    async fn fetch_token(
+        &self,
+        reference: &Reference,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        creds: Option<&super::auth::Credentials>,
+    ) -> Result<String, ImageError> {
+        let mut url = reqwest::Url::parse(realm).map_err(|e| {
+            self.unauthorized(reference, &format!("the token realm {realm:?} is not a URL ({e})"))
+        })?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        if url.scheme() == "http" && !url.host_str().is_some_and(|h| self.is_insecure(h)) {
+            return Err(self.unauthorized(reference, &format!("refusing to send credentials to a plain-HTTP token realm {realm}")));
+        }
+        let mut last = String::new();
+        for attempt in 1..=self.options.max_attempts {
+            let mut req = self.http.get(url.clone());
+            if let Some(c) = creds {
+                req = req.header(AUTHORIZATION, c.basic_header());
+            }
+            match req.send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    let body: TokenResponse = resp.json().await.map_err(|e| {
+                        self.unauthorized(reference, &format!("the token server's answer is not token JSON ({e})"))
+                    })?;
+                    return body
+                        .into_token()
+                        .ok_or_else(|| self.unauthorized(reference, "the token server's answer holds no token"));
+                }
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN => {
+                    return Err(self.unauthorized(reference, &format!("the token server {realm} answered {}", resp.status())));
+                }
+                Ok(resp) => last = format!("HTTP {}", resp.status()),
+                Err(e) => last = error_chain(&e),
+            }
+            if attempt < self.options.max_attempts {
+                tokio::time::sleep(self.backoff(attempt)).await;
+            }
+        }
+        Err(ImageError::Transport { url: url.to_string(), attempts: self.options.max_attempts, reason: last })
+    }
+}
+
+fn host_without_port(registry: &str) -> &str {
+    if let Some(rest) = registry.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    registry.rsplit_once(':').map_or(registry, |(h, _)| h)
+}
+
+fn header_str(headers: &HeaderMap, name: impl reqwest::header::AsHeaderName) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+fn invalid_manifest(url: &str, reason: &str) -> ImageError {
+    ImageError::InvalidManifest { what: url.to_string(), reason: reason.to_string() }
+}
+
+fn transport(url: &str, attempts: u32, e: &reqwest::Error) -> ImageError {
+    ImageError::Transport { url: url.to_string(), attempts, reason: error_chain(e) }
+}
+
+/// An error with its sources, `a: b: c` (reqwest's own message hides the cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+async fn expect_status(reference: &Reference, url: &str, resp: Response, ok: &[StatusCode]) -> Result<Response, ImageError> {
+    if ok.contains(&resp.status()) {
+        return Ok(resp);
+    }
+    let status = resp.status().as_u16();
+    let mut body = resp.text().await.unwrap_or_default();
+    body.truncate(400);
+    Err(ImageError::Registry {
+        registry: reference.registry().to_string(),
+        url: url.to_string(),
+        status,
+        body: body.trim().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_are_insecure_others_are_not() {
+        let c = RegistryClient::new(ClientOptions {
+            insecure_registries: vec!["registry.lan:5000".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        for r in ["localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000", "registry.lan:5000"] {
+            assert!(c.is_insecure(r), "{r}");
+        }
+        for r in ["docker.io", "ghcr.io", "10.0.0.1:5000", "registry.lan:5001", "localhost.evil.com"] {
+            assert!(!c.is_insecure(r), "{r}");
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The one error type of the image module: every failure of a pull, unpack, snapshot or spec
+//! conversion, with a message that names what is wrong and what to do about it.
+use std::path::PathBuf;
+
+/// Everything that can go wrong with images.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("invalid image reference {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: String },
+
+    #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex digits>")]
+    InvalidDigest(String),
+
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}; nothing was stored")]
+    DigestMismatch { what: String, expected: String, actual: String },
+
+    #[error("size mismatch for {what}: the manifest says {expected} bytes, the registry sent {actual}; nothing was stored")]
+    SizeMismatch { what: String, expected: u64, actual: u64 },
+
+    #[error("registry {registry} refused access to {scope}: {reason}")]
+    Unauthorized { registry: String, scope: String, reason: String },
+
+    #[error("registry {registry}: GET {url} answered HTTP {status}: {body}")]
+    Registry { registry: String, url: String, status: u16, body: String },
+
+    #[error("request to {url} failed after {attempts} attempt(s): {reason}")]
+    Transport { url: String, attempts: u32, reason: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("refusing layer {layer}: entry {entry:?} {reason}; nothing outside the layer directory was written")]
+    UnsafeLayerEntry { layer: String, entry: String, reason: String },
+
+    #[error("layer {layer}: {reason}")]
+    InvalidLayer { layer: String, reason: String },
+
+    #[error("manifest {what}: {reason}")]
+    InvalidManifest { what: String, reason: String },
+
+    #[error("image config {what}: {reason}")]
+    InvalidConfig { what: String, reason: String },
+
+    #[error("{reference} has no image for {wanted} (the index offers: {available})")]
+    NoMatchingPlatform { reference: String, wanted: String, available: String },
+
+    #[error("image {0} is not in the local store; pull it first (sched-runtime image pull {0})")]
+    NotFound(String),
+
+    #[error("docker credentials {path}: {reason}")]
+    Credentials { path: PathBuf, reason: String },
+
+    #[error("cannot resolve user {user:?} in the image: {reason}")]
+    UnknownUser { user: String, reason: String },
+
+    #[error("mounting the overlay rootfs at {target} failed: {source}")]
+    Mount {
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{what} is in use by container(s) {users}; remove them first")]
+    InUse { what: String, users: String },
+}
+
+/// Shorthand for results of the image module.
+pub type Result<T, E = ImageError> = std::result::Result<T, E>;
+
+/// Attaches a path to an I/O error.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| ImageError::Io { path: path.into(), source })
+    }
+}
+
+impl<T> IoContext<T> for rustix::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| ImageError::Io { path: path.into(), source: e.into() })
+    }
+}
