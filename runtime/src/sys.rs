@@ -1,7 +1,7 @@
 //! The only place in the crate with `unsafe` code: thin wrappers over the few system calls that
 //! nix does not wrap safely. Each wrapper states and checks the invariant it relies on.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::unistd::ForkResult;
 
@@ -61,4 +61,18 @@ pub fn cloexec_from(first: RawFd) -> Result<()> {
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: `_exit` is async-signal-safe and never returns; nothing of ours runs afterwards.
     unsafe { libc::_exit(code) }
+}
+
+/// `open(2)` returning an owned descriptor.
+pub fn open(path: &std::path::Path, flags: nix::fcntl::OFlag) -> nix::Result<OwnedFd> {
+    let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty())?;
+    // SAFETY: `open` just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `openat2(2)` returning an owned descriptor.
+pub fn openat2(dir: BorrowedFd<'_>, path: &std::path::Path, how: nix::fcntl::OpenHow) -> nix::Result<OwnedFd> {
+    let fd = nix::fcntl::openat2(dir.as_raw_fd(), path, how)?;
+    // SAFETY: `openat2` just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

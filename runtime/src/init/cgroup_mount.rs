@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
-use pathrs::Root;
+use super::in_root::RootDir;
 
 use super::mounts::{MountContext, MountOptions, ensure_target, remount};
 use crate::error::{Context, Result};
@@ -25,7 +25,7 @@ struct Hierarchy {
 }
 
 /// Mounts the cgroup filesystem(s) at `dest`.
-pub fn mount_cgroup(root: &Root, dest: &Path, opts: &MountOptions, ctx: &MountContext<'_>) -> Result<()> {
+pub fn mount_cgroup(root: &RootDir, dest: &Path, opts: &MountOptions, ctx: &MountContext<'_>) -> Result<()> {
     let hierarchies = host_hierarchies()?;
     let flags = opts.flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let unified = hierarchies.iter().find(|h| h.mount_point == Path::new("/sys/fs/cgroup"));
@@ -46,7 +46,7 @@ pub fn mount_cgroup(root: &Root, dest: &Path, opts: &MountOptions, ctx: &MountCo
     Ok(())
 }
 
-fn mount_hierarchy(root: &Root, dest: &Path, h: &Hierarchy, flags: MsFlags, ctx: &MountContext<'_>) -> Result<()> {
+fn mount_hierarchy(root: &RootDir, dest: &Path, h: &Hierarchy, flags: MsFlags, ctx: &MountContext<'_>) -> Result<()> {
     let target = ensure_target(root, dest, true)?;
     if ctx.has_cgroupns {
         let data = (h.fstype == "cgroup").then_some(h.controllers.as_str());

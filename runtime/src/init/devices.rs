@@ -1,16 +1,13 @@
 //! `/dev` inside the container: the default character devices every container gets (null, zero,
 //! full, random, urandom, tty), the spec's `linux.devices`, and the standard symlinks.
 
-use std::fs::Permissions;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use nix::sys::stat::makedev;
+use nix::sys::stat::{SFlag, makedev};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount};
-use pathrs::{InodeType, Root};
 
+use super::in_root::RootDir;
 use super::mounts::resolve;
-use super::rootfs::pathrs_error;
 use crate::error::{Context, Error, Result};
 
 /// (path, major, minor) of the devices every container gets, all mode 0666 and owned by root.
@@ -24,20 +21,18 @@ const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
 ];
 
 /// Creates the default devices and the spec's devices with mknod.
-pub fn create_default(root: &Root, extra: &[LinuxDevice]) -> Result<()> {
+pub fn create_default(root: &RootDir, extra: &[LinuxDevice]) -> Result<()> {
     for (path, major, minor) in DEFAULT_DEVICES {
         if extra.iter().any(|d| d.path() == Path::new(path)) {
             continue;
         }
-        mknod(root, Path::new(path), InodeType::CharacterDevice(Permissions::from_mode(0o666), makedev(major, minor)))?;
+        root.mknod(Path::new(path), SFlag::S_IFCHR, 0o666, makedev(major, minor))?;
     }
     for d in extra {
-        let perm = Permissions::from_mode(d.file_mode().unwrap_or(0o666) & 0o7777);
-        let dev = makedev(d.major() as u64, d.minor() as u64);
-        let inode = match d.typ() {
-            LinuxDeviceType::C | LinuxDeviceType::U => InodeType::CharacterDevice(perm, dev),
-            LinuxDeviceType::B => InodeType::BlockDevice(perm, dev),
-            LinuxDeviceType::P => InodeType::Fifo(perm),
+        let kind = match d.typ() {
+            LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+            LinuxDeviceType::B => SFlag::S_IFBLK,
+            LinuxDeviceType::P => SFlag::S_IFIFO,
             LinuxDeviceType::A => {
                 return Err(Error::ConfigInvalid(format!(
                     "device {} has type 'a', which is only valid in cgroup rules",
@@ -45,7 +40,8 @@ pub fn create_default(root: &Root, extra: &[LinuxDevice]) -> Result<()> {
                 )));
             }
         };
-        mknod(root, d.path(), inode)?;
+        let mode = d.file_mode().unwrap_or(0o666) & 0o7777;
+        root.mknod(d.path(), kind, mode, makedev(d.major() as u64, d.minor() as u64))?;
         if d.uid().is_some() || d.gid().is_some() {
             let target = resolve(root, d.path())?;
             nix::unistd::chown(
@@ -59,21 +55,9 @@ pub fn create_default(root: &Root, extra: &[LinuxDevice]) -> Result<()> {
     Ok(())
 }
 
-fn mknod(root: &Root, path: &Path, inode: InodeType) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        root.mkdir_all(parent, &Permissions::from_mode(0o755))
-            .map_err(|e| pathrs_error(format!("create {}", parent.display()), e))?;
-    }
-    match root.create(path, &inode) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == pathrs::error::ErrorKind::OsError(Some(libc::EEXIST)) => Ok(()),
-        Err(e) => Err(pathrs_error(format!("create device {}", path.display()), e)),
-    }
-}
-
 /// /dev/fd, /dev/std{in,out,err}, /dev/ptmx (when /dev/pts is mounted) and /dev/core (when /proc
 /// is). An existing entry is left alone.
-pub fn create_symlinks(root: &Root, mounts: &[Mount]) -> Result<()> {
+pub fn create_symlinks(root: &RootDir, mounts: &[Mount]) -> Result<()> {
     let mounted = |dest: &str| mounts.iter().any(|m| m.destination() == Path::new(dest));
     let mut links: Vec<(&str, &str)> = vec![
         ("/dev/fd", "/proc/self/fd"),
@@ -88,11 +72,7 @@ pub fn create_symlinks(root: &Root, mounts: &[Mount]) -> Result<()> {
         links.push(("/dev/ptmx", "pts/ptmx"));
     }
     for (link, target) in links {
-        match root.create(link, &InodeType::Symlink(PathBuf::from(target))) {
-            Ok(()) => {}
-            Err(e) if e.kind() == pathrs::error::ErrorKind::OsError(Some(libc::EEXIST)) => {}
-            Err(e) => return Err(pathrs_error(format!("create symlink {link}"), e)),
-        }
+        root.symlink(Path::new(link), target)?;
     }
     Ok(())
 }

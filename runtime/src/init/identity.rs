@@ -46,9 +46,11 @@ fn rlimit_resource(typ: PosixRlimitType) -> Resource {
 pub fn switch_user_and_capabilities(process: &Process) -> Result<()> {
     let user = process.user();
     let wanted = process.capabilities().as_ref();
+    // Probed once: each probe is one prctl per capability.
+    let supported = caps::runtime::thread_all_supported();
+    let to_caps = |set: Option<&Capabilities>| to_caps(set, &supported);
     let bounding = to_caps(wanted.and_then(|c| c.bounding().as_ref()))?;
     // The bounding set can only shrink, and only while we hold CAP_SETPCAP.
-    let supported = caps::runtime::thread_all_supported();
     for cap in supported.difference(&bounding) {
         caps::drop(None, CapSet::Bounding, *cap).map_err(|e| cap_error("drop from the bounding set", *cap, e))?;
     }
@@ -89,8 +91,7 @@ fn cap_error(what: &str, cap: Cap, e: caps::errors::CapsError) -> Error {
 
 /// Converts the spec's capability names to the `caps` crate's, keeping only those this kernel
 /// knows (a spec may name newer ones; runc ignores those too).
-pub fn to_caps(set: Option<&Capabilities>) -> Result<HashSet<Cap>> {
-    let supported = caps::runtime::thread_all_supported();
+pub fn to_caps(set: Option<&Capabilities>, supported: &HashSet<Cap>) -> Result<HashSet<Cap>> {
     let mut out = HashSet::new();
     for cap in set.into_iter().flatten() {
         let name = serde_json::to_value(cap).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();

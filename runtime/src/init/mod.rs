@@ -11,6 +11,7 @@ mod cgroup_mount;
 mod devices;
 mod exec;
 mod identity;
+mod in_root;
 mod mounts;
 mod namespaces;
 mod paths;

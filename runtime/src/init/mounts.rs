@@ -2,16 +2,13 @@
 //! filesystem data), target creation inside the rootfs, and the mount itself. Cgroup mounts get
 //! their own treatment because hybrid and v1 hosts have one hierarchy per controller.
 
-use std::fs::Permissions;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use nix::mount::{MsFlags, mount};
 use oci_spec::runtime::Mount;
-use pathrs::Root;
-use pathrs::flags::OpenFlags;
-
-use super::rootfs::{fd_path, pathrs_error};
+use super::in_root::RootDir;
+use super::rootfs::fd_path;
 use crate::bundle::Bundle;
 use crate::error::{Context, Error, Result};
 
@@ -110,7 +107,7 @@ pub fn is_bind(m: &Mount) -> bool {
 }
 
 /// Makes one spec mount inside the rootfs.
-pub fn mount_one(root: &Root, m: &Mount, ctx: &MountContext<'_>) -> Result<()> {
+pub fn mount_one(root: &RootDir, m: &Mount, ctx: &MountContext<'_>) -> Result<()> {
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]))?;
     let dest = m.destination();
     let typ = m.typ().as_deref().unwrap_or("");
@@ -155,59 +152,38 @@ pub fn mount_one(root: &Root, m: &Mount, ctx: &MountContext<'_>) -> Result<()> {
 /// A resolved mount target: an `O_PATH` descriptor inside the rootfs, reached by the kernel
 /// through its magic link `/proc/self/fd/N` while this value lives.
 pub struct Target {
-    handle: pathrs::Handle,
+    fd: OwnedFd,
     path: String,
 }
 
 impl Target {
-    fn new(handle: pathrs::Handle) -> Target {
-        let path = fd_path(&handle);
-        Target { handle, path }
+    fn new(fd: OwnedFd) -> Target {
+        let path = fd_path(&fd);
+        Target { fd, path }
     }
 
     /// The `/proc/self/fd/N` path to hand to mount(2).
     pub fn as_str(&self) -> &str {
-        let _ = &self.handle;
+        let _ = &self.fd;
         &self.path
     }
 }
 
 /// Creates the mount target inside the rootfs if needed (a directory, or an empty file for a bind
 /// mount of a file) and resolves it.
-pub fn ensure_target(root: &Root, dest: &Path, dir: bool) -> Result<Target> {
-    let handle = if dir {
-        root.mkdir_all(dest, &Permissions::from_mode(0o755))
-            .map_err(|e| pathrs_error(format!("create mount point {}", dest.display()), e))?
-    } else {
-        match root.resolve(dest) {
-            Ok(h) => h,
-            Err(_) => {
-                if let Some(parent) = dest.parent() {
-                    root.mkdir_all(parent, &Permissions::from_mode(0o755)).map_err(|e| {
-                        pathrs_error(format!("create mount point {}", parent.display()), e)
-                    })?;
-                }
-                root.create_file(dest, OpenFlags::O_CREAT, &Permissions::from_mode(0o644))
-                    .map_err(|e| pathrs_error(format!("create mount point {}", dest.display()), e))?;
-                root.resolve(dest)
-                    .map_err(|e| pathrs_error(format!("resolve {}", dest.display()), e))?
-            }
-        }
-    };
-    Ok(Target::new(handle))
+pub fn ensure_target(root: &RootDir, dest: &Path, dir: bool) -> Result<Target> {
+    let fd = if dir { root.mkdir_all(dest, 0o755)? } else { root.create_file(dest, 0o644)? };
+    Ok(Target::new(fd))
 }
 
 /// Resolves an existing path inside the rootfs.
-pub fn resolve(root: &Root, dest: &Path) -> Result<Target> {
-    let handle = root
-        .resolve(dest)
-        .map_err(|e| pathrs_error(format!("resolve {} in the rootfs", dest.display()), e))?;
-    Ok(Target::new(handle))
+pub fn resolve(root: &RootDir, dest: &Path) -> Result<Target> {
+    Ok(Target::new(root.resolve(dest)?))
 }
 
 /// Remounts the mount at `dest` (resolved anew, so we reach the new mount, not the directory
 /// under it) with `flags`.
-pub fn remount(root: &Root, dest: &Path, flags: MsFlags) -> Result<()> {
+pub fn remount(root: &RootDir, dest: &Path, flags: MsFlags) -> Result<()> {
     let target = resolve(root, dest)?;
     mount(None::<&str>, target.as_str(), None::<&str>, flags | MsFlags::MS_REMOUNT, None::<&str>)
         .context(|| format!("remount {} ({flags:?})", dest.display()))

@@ -8,13 +8,13 @@
 use std::path::Path;
 
 use nix::mount::{MsFlags, mount};
-use pathrs::Root;
+use super::in_root::RootDir;
 
 use super::mounts::{Target, remount};
 use crate::error::{Context, Result};
 
 /// Resolves `path` inside the rootfs; `None` if it does not exist.
-fn existing(root: &Root, path: &Path) -> Result<Option<(Target, bool)>> {
+fn existing(root: &RootDir, path: &Path) -> Result<Option<(Target, bool)>> {
     match super::mounts::resolve(root, path) {
         Ok(target) => {
             let is_dir = std::fs::metadata(target.as_str())
@@ -27,7 +27,7 @@ fn existing(root: &Root, path: &Path) -> Result<Option<(Target, bool)>> {
 }
 
 /// Makes `path` unreadable inside the container.
-pub fn mask(root: &Root, path: &Path) -> Result<()> {
+pub fn mask(root: &RootDir, path: &Path) -> Result<()> {
     let Some((target, is_dir)) = existing(root, path)? else { return Ok(()) };
     if is_dir {
         mount(Some("tmpfs"), target.as_str(), Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0k"))
@@ -39,7 +39,7 @@ pub fn mask(root: &Root, path: &Path) -> Result<()> {
 }
 
 /// Makes `path` read-only inside the container.
-pub fn make_readonly(root: &Root, path: &Path) -> Result<()> {
+pub fn make_readonly(root: &RootDir, path: &Path) -> Result<()> {
     let Some((target, _)) = existing(root, path)? else { return Ok(()) };
     mount(Some(target.as_str()), target.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .context(|| format!("bind {} onto itself", path.display()))?;

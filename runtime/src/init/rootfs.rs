@@ -1,7 +1,7 @@
 //! The container's root filesystem: propagation, the spec's mounts, devices, masked and
 //! read-only paths, `pivot_root`, and a read-only root.
 //!
-//! Every target inside the rootfs is resolved with `pathrs` (openat2 `RESOLVE_IN_ROOT`), so a
+//! Every target inside the rootfs is resolved with openat2 `RESOLVE_IN_ROOT` ([`super::in_root`]), so a
 //! symlink planted in the image (`/proc -> /etc` and the like) can never send a mount onto a host
 //! path, and mounts are made onto the resolved file descriptor (`/proc/self/fd/N`), not onto a
 //! path that could be swapped in between (runc CVE-2021-30465).
@@ -12,7 +12,7 @@ use std::path::Path;
 use nix::fcntl::{OFlag, open};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::Mode;
-use pathrs::Root;
+use super::in_root::RootDir;
 
 use super::{devices, mounts, paths};
 use crate::bundle::Bundle;
@@ -37,10 +37,7 @@ pub fn prepare(bundle: &Bundle) -> Result<()> {
     let rootfs = &bundle.rootfs;
     mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .context(|| format!("bind {} onto itself", rootfs.display()))?;
-    let root = Root::open(rootfs).map_err(|e| Error::Io {
-        what: format!("open rootfs {}", rootfs.display()),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let root = RootDir::open(rootfs)?;
 
     let spec_mounts = spec.mounts().as_deref().unwrap_or(&[]);
     let has_cgroupns = bundle.has_namespace(oci_spec::runtime::LinuxNamespaceType::Cgroup);
@@ -100,9 +97,4 @@ fn pivot(rootfs: &Path) -> Result<()> {
 /// The path through which the kernel reaches the file behind `fd` (a magic link in our /proc).
 pub fn fd_path(fd: &impl AsFd) -> String {
     format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
-}
-
-/// Turns a pathrs error into ours.
-pub fn pathrs_error(what: String, e: pathrs::error::Error) -> Error {
-    Error::Io { what, source: std::io::Error::other(e.to_string()) }
 }
