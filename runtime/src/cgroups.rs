@@ -10,7 +10,7 @@ use libcgroups::common::{
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Spec};
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 
 /// The parent under which containers without a `linux.cgroupsPath` get their cgroup.
 pub const DEFAULT_PARENT: &str = "/sched-runtime";
@@ -68,5 +68,143 @@ impl ContainerCgroup {
 
     fn error(&self, e: impl std::fmt::Display) -> Error {
         Error::Cgroup { path: self.path.clone(), reason: e.to_string() }
+    }
+}
+
+/// One cgroup hierarchy mounted on the host.
+pub struct Hierarchy {
+    /// Where the host mounts it, e.g. /sys/fs/cgroup/memory.
+    pub mount_point: PathBuf,
+    /// "cgroup" (v1) or "cgroup2".
+    pub fstype: String,
+    /// The v1 super options that name the controllers, e.g. "memory" or "name=systemd".
+    pub controllers: String,
+}
+
+impl Hierarchy {
+    /// Whether a `/proc/PID/cgroup` line's controller list names this hierarchy.
+    pub fn matches(&self, controllers: &str) -> bool {
+        if self.fstype == "cgroup2" {
+            controllers.is_empty()
+        } else {
+            controllers.split(',').any(|c| !c.is_empty() && self.controllers.split(',').any(|h| h == c))
+        }
+    }
+}
+
+/// The (controllers, path) pairs of `/proc/<pid>/cgroup` (`self` for our own).
+pub fn membership(pid: &str) -> Result<Vec<(String, String)>> {
+    let path = format!("/proc/{pid}/cgroup");
+    let text = std::fs::read_to_string(&path).context(|| format!("read {path}"))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((ctrls.to_string(), path.to_string()))
+        })
+        .collect())
+}
+
+/// The directories of cgroup `path` in every hierarchy where process `pid` sits in it: what
+/// creating the container made, and what deleting it removes.
+pub fn dirs_of(pid: i32, path: &Path) -> Result<Vec<PathBuf>> {
+    let wanted = Path::new("/").join(path);
+    let hierarchies = host_hierarchies()?;
+    let mut dirs = Vec::new();
+    for (ctrls, member) in membership(&pid.to_string())? {
+        if Path::new(&member) != wanted {
+            continue;
+        }
+        for h in hierarchies.iter().filter(|h| h.matches(&ctrls)) {
+            let dir = h.mount_point.join(member.trim_start_matches('/'));
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+    }
+    Ok(dirs)
+}
+
+/// Kills whatever is left in each directory and removes it, retrying while the kernel still
+/// counts dying processes in it. A directory that is already gone is fine.
+pub fn remove_dirs(dirs: &[PathBuf], timeout: std::time::Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    for dir in dirs {
+        let mut pause = std::time::Duration::from_micros(500);
+        loop {
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+            match std::fs::remove_dir(dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    return Err(Error::Cgroup { path: dir.clone(), reason: format!("cannot remove it: {e}") });
+                }
+                Err(_) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The cgroup hierarchies mounted under /sys/fs/cgroup on the host, from /proc/self/mountinfo.
+pub fn host_hierarchies() -> Result<Vec<Hierarchy>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").context(|| "read /proc/self/mountinfo".into())?;
+    Ok(parse_mountinfo(&text))
+}
+
+fn parse_mountinfo(text: &str) -> Vec<Hierarchy> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some(mount_point) = left.split(' ').nth(4) else { continue };
+        let mut right = right.split(' ');
+        let (Some(fstype), _, Some(super_opts)) = (right.next(), right.next(), right.next()) else {
+            continue;
+        };
+        if !(fstype == "cgroup" || fstype == "cgroup2") || !mount_point.starts_with("/sys/fs/cgroup") {
+            continue;
+        }
+        let controllers = super_opts
+            .split(',')
+            .filter(|o| !matches!(*o, "rw" | "ro" | "nsdelegate" | "memory_recursiveprot" | "xattr" | "clone_children") && !o.starts_with("release_agent="))
+            .collect::<Vec<_>>()
+            .join(",");
+        out.push(Hierarchy { mount_point: PathBuf::from(mount_point), fstype: fstype.into(), controllers });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hybrid_mountinfo_lists_every_hierarchy() {
+        let text = "\
+30 25 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:4 - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:5 - cgroup2 cgroup2 rw,nsdelegate
+32 30 0:28 / /sys/fs/cgroup/systemd rw,nosuid shared:6 - cgroup cgroup rw,xattr,name=systemd
+35 30 0:31 / /sys/fs/cgroup/memory rw,nosuid shared:9 - cgroup cgroup rw,memory
+36 30 0:32 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:10 - cgroup cgroup rw,cpu,cpuacct
+40 25 0:40 / /proc rw - proc proc rw";
+        let h = parse_mountinfo(text);
+        let names: Vec<_> = h.iter().map(|h| (h.mount_point.display().to_string(), h.controllers.clone())).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("/sys/fs/cgroup/unified".into(), "".into()),
+                ("/sys/fs/cgroup/systemd".into(), "name=systemd".into()),
+                ("/sys/fs/cgroup/memory".into(), "memory".into()),
+                ("/sys/fs/cgroup/cpu,cpuacct".into(), "cpu,cpuacct".into()),
+            ]
+        );
     }
 }

@@ -51,6 +51,9 @@ pub struct PersistedState {
     pub rootfs: PathBuf,
     /// The cgroup path handed to libcgroups (relative to each hierarchy's root).
     pub cgroup_path: PathBuf,
+    /// The container's cgroup directories in every hierarchy (what delete removes).
+    #[serde(default)]
+    pub cgroup_dirs: Vec<PathBuf>,
     /// RFC 3339 creation time.
     pub created: String,
     pub annotations: std::collections::HashMap<String, String>,

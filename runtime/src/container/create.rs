@@ -104,6 +104,7 @@ impl Container {
             pid_start_time,
             bundle: bundle.dir.clone(),
             rootfs: bundle.rootfs.clone(),
+            cgroup_dirs: crate::cgroups::dirs_of(child.as_raw(), &cg_path)?,
             cgroup_path: cg_path,
             created: now_rfc3339(),
             annotations: bundle.spec.annotations().clone().unwrap_or_default(),
