@@ -8,6 +8,17 @@
 //!   files and gRPC requests alike.
 //! - [`state`]: the deterministic state machine the Raft log drives: services with every
 //!   revision, tasks, nodes, a bounded event log per service, and the voters' addresses.
+//! - [`raft`]: the Raft member (raft-rs `RawNode` on tokio, raft-engine log, snapshots, gRPC
+//!   transport, follower-to-leader forwarding, ReadIndex reads).
+//! - [`cli`]: the `sched` command line (server and client commands, tables, exit codes).
+//! - [`server`]: `sched server`: Raft plus the gRPC API, health and reflection on one port.
+//!
+//! Data flow of a write: `sched apply` -> `ServiceApi.Apply` on any server -> [`raft::Consensus`]
+//! (forwarded to the leader when needed) -> the Raft log -> every server's
+//! [`state::ClusterState::apply`] -> the answer returns to the proposer and the client.
 
+pub mod cli;
+pub mod raft;
+pub mod server;
 pub mod spec;
 pub mod state;

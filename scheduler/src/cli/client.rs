@@ -1,0 +1,78 @@
+//! Connecting to the cluster: the addresses from `--server` / `SCHED_SERVER` are tried in turn,
+//! moving on when a server cannot be reached or has no leader (UNAVAILABLE), and stopping at
+//! the first real answer (including a rejection, which another server would repeat).
+
+use std::future::Future;
+use std::time::Duration;
+
+use proto::sched::v1::cluster_api_client::ClusterApiClient;
+use proto::sched::v1::service_api_client::ServiceApiClient;
+use tonic::transport::{Channel, Endpoint};
+
+use super::CliError;
+
+/// The servers a command may ask, in order.
+pub struct Servers {
+    addresses: Vec<String>,
+}
+
+impl Servers {
+    /// Parses `ADDR[,ADDR...]` (HOST:PORT or a URL).
+    pub fn parse(list: &str) -> Result<Servers, CliError> {
+        let addresses: Vec<String> = list.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect();
+        if addresses.is_empty() {
+            return Err(CliError::BadInput("--server needs at least one HOST:PORT (or set SCHED_SERVER)".into()));
+        }
+        Ok(Servers { addresses })
+    }
+
+    /// Runs `call` against each server until one answers. UNAVAILABLE and connection failures
+    /// move on to the next server; other errors are final.
+    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, CliError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut failures = Vec::new();
+        for address in &self.addresses {
+            let url = if address.contains("://") { address.clone() } else { format!("http://{address}") };
+            let endpoint = match Endpoint::from_shared(url) {
+                Ok(e) => e.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(15)),
+                Err(_) => return Err(CliError::BadInput(format!("--server: \"{address}\" is not HOST:PORT"))),
+            };
+            let channel = match endpoint.connect().await {
+                Ok(channel) => channel,
+                Err(e) => {
+                    failures.push(format!("{address}: cannot connect ({})", source_chain(&e)));
+                    continue;
+                }
+            };
+            match call(channel).await {
+                Ok(answer) => return Ok(answer),
+                Err(status) if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown) => {
+                    failures.push(format!("{address}: {}", status.message()));
+                }
+                Err(status) => return Err(CliError::Rejected(status.message().to_string())),
+            }
+        }
+        Err(CliError::Unreachable(format!("no server could answer:\n  {}", failures.join("\n  "))))
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+pub fn services(channel: Channel) -> ServiceApiClient<Channel> {
+    ServiceApiClient::new(channel)
+}
+
+pub fn cluster(channel: Channel) -> ClusterApiClient<Channel> {
+    ClusterApiClient::new(channel)
+}

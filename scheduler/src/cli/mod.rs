@@ -1,0 +1,401 @@
+//! The `sched` command line: `sched server` and the client commands.
+//!
+//! Client commands talk to the servers named by `--server ADDR[,ADDR...]` (or `SCHED_SERVER`),
+//! trying them in turn. Exit codes: 0 done, 1 the request was rejected or the input is bad
+//! (fix it; retrying will not help), 2 no server could answer (the cluster is unreachable or
+//! has no leader).
+
+mod client;
+mod output;
+mod table;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use proto::sched::v1 as pb;
+
+use crate::raft::RaftOptions;
+use crate::server::{ServerConfig, run};
+use crate::spec::parse_service_toml;
+use client::Servers;
+
+/// The default API address of a server, and of `--server`.
+pub const DEFAULT_ADDRESS: &str = "127.0.0.1:7700";
+
+#[derive(Parser, Debug)]
+#[command(name = "sched", version, about = "A self-hosted Fargate: servers, and the client to drive them")]
+pub struct Cli {
+    /// Servers to ask, tried in turn: HOST:PORT[,HOST:PORT...].
+    #[arg(long, global = true, env = "SCHED_SERVER", default_value = DEFAULT_ADDRESS)]
+    pub server: String,
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CliCommand {
+    /// Run one Raft member with the gRPC API.
+    Server(ServerArgs),
+    /// Create or update a service from a service.toml file.
+    Apply {
+        file: PathBuf,
+    },
+    /// List services, tasks or nodes.
+    Get {
+        what: GetWhat,
+        /// Only the tasks of this service (get tasks).
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+        /// Answer from the asked server's copy without a ReadIndex round (may lag).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Show one service in full: spec, revisions, tasks, recent events.
+    Describe {
+        what: DescribeWhat,
+        name: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Set the desired task count of a service.
+    Scale { name: String, count: u32 },
+    /// Delete a service; its tasks are stopped.
+    Delete { name: String },
+    /// List every revision of a service.
+    History {
+        name: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Make a new revision with the spec of an earlier one.
+    Rollback {
+        name: String,
+        /// The revision to return to (default: the one before the current).
+        #[arg(long = "to")]
+        to: Option<u64>,
+    },
+    /// Show or change the servers of the cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// List the voters and the leader.
+    Members {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Add a server that was started with `sched server --join`.
+    Join { id: u64, address: String },
+    /// Remove a server from the voters.
+    Leave { id: u64 },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum GetWhat {
+    Services,
+    Tasks,
+    Nodes,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DescribeWhat {
+    Service,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// This server's Raft id (a positive integer, unique in the cluster).
+    #[arg(long)]
+    pub id: u64,
+    /// Where the Raft log and snapshots are kept.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The address to serve on, which peers and clients use: HOST:PORT.
+    #[arg(long, default_value = DEFAULT_ADDRESS)]
+    pub listen: String,
+    /// The servers of a new cluster, this one included: ID=HOST:PORT,... (read on first start
+    /// only; default: a one-server cluster of this server).
+    #[arg(long, conflicts_with = "join")]
+    pub initial_cluster: Option<String>,
+    /// Start empty and wait to be added with `sched cluster join ID ADDRESS`.
+    #[arg(long)]
+    pub join: bool,
+    /// Length of one Raft tick in milliseconds (heartbeats every tick; elections after 10).
+    #[arg(long, default_value_t = 100)]
+    pub tick_ms: u64,
+    /// Ticks without a leader before an election.
+    #[arg(long, default_value_t = 10)]
+    pub election_ticks: usize,
+    /// Applied entries between saved snapshots (each followed by log compaction).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot for followers that lag a little.
+    #[arg(long, default_value_t = 1_000)]
+    pub keep_entries: u64,
+}
+
+/// What went wrong, and which exit code it means.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("server: {0}")]
+    Server(#[from] crate::server::ServerError),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::BadInput(_) | CliError::Rejected(_) => ExitCode::from(1),
+            CliError::Unreachable(_) => ExitCode::from(2),
+            CliError::Server(_) => ExitCode::from(1),
+        }
+    }
+}
+
+/// Parses `1=127.0.0.1:7701,2=...`.
+pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, CliError> {
+    let mut members = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = || CliError::BadInput(format!("--initial-cluster: \"{item}\" is not ID=HOST:PORT (e.g. 1=127.0.0.1:7701)"));
+        let (id, address) = item.split_once('=').ok_or_else(bad)?;
+        let id: u64 = id.trim().parse().map_err(|_| bad())?;
+        if id == 0 || address.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+            return Err(bad());
+        }
+        if members.insert(id, address.trim().to_string()).is_some() {
+            return Err(CliError::BadInput(format!("--initial-cluster lists server {id} twice")));
+        }
+    }
+    Ok(members)
+}
+
+/// Runs one command to completion.
+pub async fn run_cli(cli: Cli) -> Result<(), CliError> {
+    let servers = || Servers::parse(&cli.server);
+    match cli.command {
+        CliCommand::Server(args) => serve(args).await,
+        CliCommand::Apply { file } => {
+            let name = file.display().to_string();
+            let text = std::fs::read_to_string(&file).map_err(|e| CliError::BadInput(format!("cannot read {name}: {e}")))?;
+            let spec = parse_service_toml(&name, &text).map_err(|e| CliError::BadInput(e.to_string()))?;
+            let request = pb::ApplyRequest { spec: Some(spec.to_proto()) };
+            let answer = servers()?
+                .call(|c| {
+                    let request = request.clone();
+                    async move { client::services(c).apply(request).await.map(|r| r.into_inner()) }
+                })
+                .await?;
+            let service = answer.service.unwrap_or_default();
+            if answer.changed {
+                println!("service {} applied: revision {}", service.name, service.revision);
+            } else {
+                println!("service {} unchanged: revision {}", service.name, service.revision);
+            }
+            Ok(())
+        }
+        CliCommand::Get { what, service, output, stale } => {
+            let servers = servers()?;
+            match what {
+                GetWhat::Services => {
+                    let services = servers
+                        .call(|c| async move { client::services(c).list_services(pb::ListServicesRequest { stale }).await.map(|r| r.into_inner().services) })
+                        .await?;
+                    print(output, || output::services_table(&services), || services.iter().map(output::service_json).collect());
+                }
+                GetWhat::Tasks => {
+                    let request = pb::ListTasksRequest { service: service.unwrap_or_default(), stale };
+                    let tasks = servers
+                        .call(|c| {
+                            let request = request.clone();
+                            async move { client::services(c).list_tasks(request).await.map(|r| r.into_inner().tasks) }
+                        })
+                        .await?;
+                    print(output, || output::tasks_table(&tasks), || tasks.iter().map(output::task_json).collect());
+                }
+                GetWhat::Nodes => {
+                    let nodes = servers
+                        .call(|c| async move { client::services(c).list_nodes(pb::ListNodesRequest { stale }).await.map(|r| r.into_inner().nodes) })
+                        .await?;
+                    print(output, || output::nodes_table(&nodes), || nodes.iter().map(output::node_json).collect());
+                }
+            }
+            Ok(())
+        }
+        CliCommand::Describe { what: DescribeWhat::Service, name, output } => {
+            let request = pb::DescribeServiceRequest { name, stale: false };
+            let d = servers()?
+                .call(|c| {
+                    let request = request.clone();
+                    async move { client::services(c).describe_service(request).await.map(|r| r.into_inner()) }
+                })
+                .await?;
+            print_one(output, || output::describe_text(&d), || {
+                serde_json::json!({
+                    "service": d.service.as_ref().map(output::service_json),
+                    "revisions": d.revisions.iter().map(output::revision_json).collect::<Vec<_>>(),
+                    "tasks": d.tasks.iter().map(output::task_json).collect::<Vec<_>>(),
+                    "events": d.events.iter().map(|e| serde_json::json!({"unix_ms": e.unix_ms, "message": e.message})).collect::<Vec<_>>(),
+                })
+            });
+            Ok(())
+        }
+        CliCommand::Scale { name, count } => {
+            let request = pb::ScaleRequest { name, count };
+            let answer = servers()?
+                .call(|c| {
+                    let request = request.clone();
+                    async move { client::services(c).scale(request).await.map(|r| r.into_inner()) }
+                })
+                .await?;
+            let service = answer.service.unwrap_or_default();
+            println!("service {} scaled to {} task(s)", service.name, service.desired_count);
+            Ok(())
+        }
+        CliCommand::Delete { name } => {
+            let request = pb::DeleteRequest { name: name.clone() };
+            servers()?
+                .call(|c| {
+                    let request = request.clone();
+                    async move { client::services(c).delete(request).await.map(|r| r.into_inner()) }
+                })
+                .await?;
+            println!("service {name} deleted");
+            Ok(())
+        }
+        CliCommand::History { name, output } => {
+            let request = pb::HistoryRequest { name, stale: false };
+            let h = servers()?
+                .call(|c| {
+                    let request = request.clone();
+                    async move { client::services(c).history(request).await.map(|r| r.into_inner()) }
+                })
+                .await?;
+            print(output, || output::history_table(&h.revisions, h.current), || h.revisions.iter().map(output::revision_json).collect());
+            Ok(())
+        }
+        CliCommand::Rollback { name, to } => {
+            let request = pb::RollbackRequest { name, to_revision: to.unwrap_or(0) };
+            let answer = servers()?
+                .call(|c| {
+                    let request = request.clone();
+                    async move { client::services(c).rollback(request).await.map(|r| r.into_inner()) }
+                })
+                .await?;
+            let service = answer.service.unwrap_or_default();
+            let from = service.current.as_ref().map_or(0, |r| r.rolled_back_from);
+            if from == 0 {
+                println!("service {} unchanged: revision {} already has that spec", service.name, service.revision);
+            } else {
+                println!("service {} rolled back to the spec of revision {from}: revision {}", service.name, service.revision);
+            }
+            Ok(())
+        }
+        CliCommand::Cluster { command } => cluster(servers()?, command).await,
+    }
+}
+
+async fn cluster(servers: Servers, command: ClusterCommand) -> Result<(), CliError> {
+    match command {
+        ClusterCommand::Members { output } => {
+            let m = servers
+                .call(|c| async move { client::cluster(c).members(pb::MembersRequest {}).await.map(|r| r.into_inner()) })
+                .await?;
+            print_one(output, || output::members_table(&m), || {
+                serde_json::json!({
+                    "members": m.members.iter().map(output::member_json).collect::<Vec<_>>(),
+                    "leader_id": m.leader_id, "term": m.term, "commit_index": m.commit_index,
+                    "applied_index": m.applied_index, "answered_by": m.answered_by,
+                })
+            });
+        }
+        ClusterCommand::Join { id, address } => {
+            let request = pb::JoinRequest { id, address: address.clone() };
+            servers
+                .call(|c| {
+                    let request = request.clone();
+                    async move { client::cluster(c).join(request).await.map(|r| r.into_inner()) }
+                })
+                .await?;
+            println!("server {id} at {address} is a member");
+        }
+        ClusterCommand::Leave { id } => {
+            servers
+                .call(|c| async move { client::cluster(c).leave(pb::LeaveRequest { id }).await.map(|r| r.into_inner()) })
+                .await?;
+            println!("server {id} removed from the cluster");
+        }
+    }
+    Ok(())
+}
+
+fn print(format: Format, table: impl FnOnce() -> String, json: impl FnOnce() -> Vec<serde_json::Value>) {
+    match format {
+        Format::Table => println!("{}", table()),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&json()).expect("json")),
+    }
+}
+
+fn print_one(format: Format, text: impl FnOnce() -> String, json: impl FnOnce() -> serde_json::Value) {
+    match format {
+        Format::Table => println!("{}", text()),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&json()).expect("json")),
+    }
+}
+
+async fn serve(args: ServerArgs) -> Result<(), CliError> {
+    if args.id == 0 {
+        return Err(CliError::BadInput("--id must be a positive integer".into()));
+    }
+    let initial_cluster = match (&args.initial_cluster, args.join) {
+        (_, true) => BTreeMap::new(),
+        (Some(text), false) => parse_initial_cluster(text)?,
+        (None, false) => [(args.id, args.listen.clone())].into(),
+    };
+    if let Some(listed) = initial_cluster.get(&args.id)
+        && *listed != args.listen
+    {
+        return Err(CliError::BadInput(format!(
+            "--initial-cluster says server {} is at {listed} but --listen is {}: make them the same",
+            args.id, args.listen
+        )));
+    }
+    if args.tick_ms == 0 || args.election_ticks < 2 {
+        return Err(CliError::BadInput("--tick-ms must be positive and --election-ticks at least 2".into()));
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| CliError::BadInput(format!("cannot listen on {}: {e}", args.listen)))?;
+    let mut raft = RaftOptions::new(args.id);
+    raft.tick = Duration::from_millis(args.tick_ms);
+    raft.election_ticks = args.election_ticks;
+    raft.heartbeat_ticks = 1;
+    raft.snapshot_every = args.snapshot_every.max(1);
+    raft.keep_entries = args.keep_entries;
+    let config = ServerConfig { raft, data_dir: args.data_dir, advertise: args.listen, initial_cluster };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("interrupted: shutting down");
+    };
+    run(config, listener, shutdown).await?;
+    Ok(())
+}

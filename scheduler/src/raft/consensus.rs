@@ -1,0 +1,145 @@
+//! What the API needs from Raft: writes from any server, and reads at a chosen consistency.
+//!
+//! [`Consensus::write`] proposes on this server when it leads, else forwards the proposal to
+//! the leader (`raft.v1.RaftPeer/Propose`) and waits for the leader's answer. While there is no
+//! leader, or the leader moved before the proposal entered its log, it retries until its
+//! deadline. When leadership changes after the proposal entered the log, the outcome is unknown
+//! and that is what the caller hears ([`ConsensusError::OutcomeUnknown`]) — never a guess.
+//!
+//! [`Consensus::read`] answers after a ReadIndex round (linearizable: the caller sees every
+//! write acknowledged before the read began) unless the caller accepts a stale read.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use proto::raft::v1::ProposeRequest;
+use proto::raft::v1::raft_peer_client::RaftPeerClient;
+use tonic::transport::{Channel, Endpoint};
+
+use super::node::RaftHandle;
+use super::storage::AppliedState;
+use super::transport::MAX_PEER_MESSAGE_BYTES;
+use super::{Applied, Proposal, ProposeFailure};
+
+/// How long a write or a linearizable read may wait for a leader.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
+/// One ReadIndex attempt; raft-rs silently drops reads while there is no leader.
+const READ_ATTEMPT: Duration = Duration::from_millis(500);
+const RETRY_PAUSE: Duration = Duration::from_millis(30);
+
+/// Why a write or read got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsensusError {
+    #[error("no leader could be reached within {0:?}: is a majority of the servers up?")]
+    NoLeader(Duration),
+    #[error("leadership changed while the request was in flight: it may or may not have been applied; check, then retry")]
+    OutcomeUnknown,
+    #[error("this server was removed from the cluster: ask another server")]
+    Removed,
+    #[error("the raft loop of this server has stopped")]
+    Stopped,
+}
+
+/// Reads and writes through Raft, from any server.
+pub struct Consensus {
+    raft: RaftHandle,
+    deadline: Duration,
+    leaders: Mutex<HashMap<String, RaftPeerClient<Channel>>>,
+}
+
+impl Consensus {
+    pub fn new(raft: RaftHandle) -> Consensus {
+        Consensus { raft, deadline: DEFAULT_DEADLINE, leaders: Mutex::default() }
+    }
+
+    pub fn raft(&self) -> &RaftHandle {
+        &self.raft
+    }
+
+    /// Applies `proposal` through the leader and returns the state machine's answer.
+    pub async fn write(&self, proposal: Proposal) -> Result<Applied, ConsensusError> {
+        let start = Instant::now();
+        loop {
+            let status = self.raft.status();
+            if status.removed {
+                return Err(ConsensusError::Removed);
+            }
+            let attempt = if status.leader_id == self.raft.id() {
+                self.raft.propose(proposal.clone()).await
+            } else if status.leader_id != 0 {
+                self.forward(status.leader_id, &proposal).await
+            } else {
+                Err(ProposeFailure::NotLeader { me: self.raft.id() })
+            };
+            match attempt {
+                Ok(applied) => return Ok(applied),
+                Err(ProposeFailure::OutcomeUnknown) => return Err(ConsensusError::OutcomeUnknown),
+                Err(ProposeFailure::Stopped) => return Err(ConsensusError::Stopped),
+                Err(retryable @ (ProposeFailure::NotLeader { .. } | ProposeFailure::Dropped { .. })) => {
+                    if start.elapsed() >= self.deadline {
+                        tracing::debug!("giving up on a write: {retryable}");
+                        return Err(ConsensusError::NoLeader(self.deadline));
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    /// Sends the proposal to the leader. Connection failures count as "not leader" (retry);
+    /// a failure after the request was sent counts as an unknown outcome.
+    async fn forward(&self, leader: u64, proposal: &Proposal) -> Result<Applied, ProposeFailure> {
+        let Some(address) = self.raft.transport().address_of(leader) else {
+            return Err(ProposeFailure::NotLeader { me: self.raft.id() });
+        };
+        let mut client = {
+            let mut clients = self.leaders.lock().expect("clients lock");
+            let client = clients.entry(address.clone()).or_insert_with(|| {
+                let channel = Endpoint::from_shared(format!("http://{address}"))
+                    .expect("peer addresses are host:port")
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                RaftPeerClient::new(channel)
+                    .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            });
+            client.clone()
+        };
+        let request = ProposeRequest { proposal: serde_json::to_vec(proposal).expect("proposals serialize") };
+        match client.propose(request).await {
+            Ok(response) => serde_json::from_slice::<Result<Applied, ProposeFailure>>(&response.into_inner().outcome)
+                .unwrap_or(Err(ProposeFailure::OutcomeUnknown)),
+            Err(status) if status.code() == tonic::Code::Unavailable => Err(ProposeFailure::NotLeader { me: self.raft.id() }),
+            Err(status) => {
+                tracing::warn!(leader, "forwarding to the leader failed: {status}");
+                Err(ProposeFailure::OutcomeUnknown)
+            }
+        }
+    }
+
+    /// Waits until a read on this server would be linearizable (unless `stale`), then hands
+    /// the applied state to `read`.
+    pub async fn read<T>(&self, stale: bool, read: impl FnOnce(&AppliedState) -> T) -> Result<T, ConsensusError> {
+        if !stale {
+            self.read_index().await?;
+        }
+        Ok(read(&self.raft.state()))
+    }
+
+    async fn read_index(&self) -> Result<(), ConsensusError> {
+        let start = Instant::now();
+        loop {
+            if self.raft.status().removed {
+                return Err(ConsensusError::Removed);
+            }
+            match tokio::time::timeout(READ_ATTEMPT, self.raft.read_index()).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(_)) => return Err(ConsensusError::Stopped),
+                Err(_) if start.elapsed() >= self.deadline => return Err(ConsensusError::NoLeader(self.deadline)),
+                Err(_) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! The Raft loop: one task owns the `RawNode` and nothing else touches it.
+//!
+//! Inputs arrive on one channel ([`Request`]: peer messages, proposals, read requests, transport
+//! feedback) plus a ticker. After each batch of inputs, [`RaftNode::on_ready`] handles the
+//! `Ready` exactly in the order raft-rs's contract gives:
+//!
+//! 1. send the messages (a leader may send before persisting);
+//! 2. apply the snapshot, if any (storage and state machine);
+//! 3. apply the committed entries to the state machine;
+//! 4. append the new entries and 5. persist the hard state (one synced write);
+//! 6. send the persisted messages;
+//! 7. advance; then the light ready: record the commit index, send its messages, apply its
+//!    committed entries, and advance the applied index.
+//!
+//! Afterwards linearizable reads whose read index is applied are answered, and every
+//! `snapshot_every` applied entries the state machine is saved as a snapshot and the log is
+//! compacted behind it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::MissedTickBehavior;
+
+use super::storage::{AppliedState, DiskStorage, StorageFailure, decode};
+use super::transport::Transport;
+use super::{Applied, Proposal, ProposeFailure};
+use crate::state::{ClusterState, Command, Outcome};
+
+/// Timing and snapshot policy of a Raft member.
+#[derive(Clone, Debug)]
+pub struct RaftOptions {
+    pub id: u64,
+    /// One raft tick. etcd's default heartbeat is 100 ms.
+    pub tick: Duration,
+    /// Ticks without a leader before an election (randomized up to twice that). With 100 ms
+    /// ticks, 10 gives etcd's default 1 s election timeout.
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Applied entries between two saved snapshots (each followed by log compaction).
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot so a follower a little behind catches up from the log.
+    pub keep_entries: u64,
+}
+
+impl RaftOptions {
+    pub fn new(id: u64) -> RaftOptions {
+        RaftOptions {
+            id,
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            snapshot_every: 10_000,
+            keep_entries: 1_000,
+        }
+    }
+}
+
+/// What a server does in the Raft group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Leader,
+    Candidate,
+    Follower,
+}
+
+/// A summary of the member, published after each `Ready`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: u64,
+    /// 0 when no leader is known.
+    pub leader_id: u64,
+    pub role: Option<Role>,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub voters: Vec<u64>,
+    /// True once a membership change removed this server.
+    pub removed: bool,
+}
+
+/// Inputs of the Raft loop.
+pub enum Request {
+    /// A message from a peer.
+    Step(Message),
+    /// Propose (only on the leader) and answer once applied.
+    Propose { proposal: Proposal, reply: oneshot::Sender<Result<Applied, ProposeFailure>> },
+    /// Answer once the state machine has applied everything committed before now.
+    ReadIndex { reply: oneshot::Sender<()> },
+    /// The transport could not deliver to this peer.
+    Unreachable(u64),
+    /// The transport delivered (or failed to deliver) a snapshot to this peer.
+    SnapshotSent { to: u64, delivered: bool },
+}
+
+/// Carried in each proposed entry's context so the proposer can answer its caller.
+#[derive(Serialize, Deserialize)]
+struct EntryContext {
+    proposer: u64,
+    seq: u64,
+}
+
+/// A cheap, cloneable handle on the Raft loop for the API and the peer service.
+#[derive(Clone)]
+pub struct RaftHandle {
+    id: u64,
+    requests: mpsc::Sender<Request>,
+    applied: Arc<RwLock<AppliedState>>,
+    status: watch::Receiver<NodeStatus>,
+    transport: Arc<Transport>,
+}
+
+impl RaftHandle {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The state machine as last applied on this server (may lag the leader).
+    pub fn state(&self) -> RwLockReadGuard<'_, AppliedState> {
+        self.applied.read().expect("state lock")
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that changes after every `Ready` (leader, term, applied index).
+    pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
+    /// Hands a peer's message to the loop (dropped if the loop is overloaded: Raft resends).
+    pub fn step(&self, message: Message) {
+        let _ = self.requests.try_send(Request::Step(message));
+    }
+
+    /// Proposes on this server, which must be the leader; resolves once applied here.
+    pub async fn propose(&self, proposal: Proposal) -> Result<Applied, ProposeFailure> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Propose { proposal, reply }).await.map_err(|_| ProposeFailure::Stopped)?;
+        answer.await.map_err(|_| ProposeFailure::Stopped)?
+    }
+
+    /// Resolves once this server has applied everything committed when it was called (a
+    /// ReadIndex round through the leader). Never resolves while no leader is reachable: the
+    /// caller times out.
+    pub async fn read_index(&self) -> Result<(), ProposeFailure> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::ReadIndex { reply }).await.map_err(|_| ProposeFailure::Stopped)?;
+        answer.await.map_err(|_| ProposeFailure::Stopped)
+    }
+}
+
+/// Errors that stop the loop.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Storage(#[from] StorageFailure),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+type ProposeReply = oneshot::Sender<Result<Applied, ProposeFailure>>;
+
+/// The Raft member: owns the `RawNode`, applies entries, answers proposals and reads.
+pub struct RaftNode {
+    raw: RawNode<DiskStorage>,
+    options: RaftOptions,
+    requests: mpsc::Receiver<Request>,
+    transport: Arc<Transport>,
+    applied: Arc<RwLock<AppliedState>>,
+    status: watch::Sender<NodeStatus>,
+    /// Proposals of this server awaiting their entry's application, by sequence number.
+    proposals: HashMap<u64, ProposeReply>,
+    next_seq: u64,
+    /// ReadIndex requests awaiting their read state, by sequence number.
+    reads: HashMap<u64, oneshot::Sender<()>>,
+    /// Reads whose read index is known, awaiting its application.
+    ready_reads: Vec<(u64, oneshot::Sender<()>)>,
+    removed: bool,
+}
+
+impl RaftNode {
+    /// Builds the member over opened storage and returns it with its handle. Run it with
+    /// [`RaftNode::run`].
+    pub fn new(options: RaftOptions, storage: DiskStorage, transport: Arc<Transport>) -> Result<(RaftNode, RaftHandle), NodeError> {
+        let applied = storage.applied();
+        let applied_index = applied.read().expect("state lock").index;
+        let config = raft::Config {
+            id: options.id,
+            election_tick: options.election_ticks,
+            heartbeat_tick: options.heartbeat_ticks,
+            applied: applied_index,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        config.validate()?;
+        let raw = RawNode::new(&config, storage, &super::logger::raft_logger(options.id))?;
+        let (tx, rx) = mpsc::channel(4096);
+        let (status_tx, status_rx) = watch::channel(NodeStatus { id: options.id, ..Default::default() });
+        {
+            let state = applied.read().expect("state lock");
+            for (id, address) in state.state.members() {
+                transport.learn(*id, address);
+            }
+        }
+        transport.set_feedback(tx.clone());
+        let handle = RaftHandle { id: options.id, requests: tx, applied: applied.clone(), status: status_rx, transport: transport.clone() };
+        let node = RaftNode {
+            raw,
+            options,
+            requests: rx,
+            transport,
+            applied,
+            status: status_tx,
+            proposals: HashMap::new(),
+            next_seq: 1,
+            reads: HashMap::new(),
+            ready_reads: Vec::new(),
+            removed: false,
+        };
+        Ok((node, handle))
+    }
+
+    /// Runs until every handle is dropped, or storage fails.
+    pub async fn run(mut self) -> Result<(), NodeError> {
+        let mut ticker = tokio::time::interval(self.options.tick);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.publish_status();
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                }
+                request = self.requests.recv() => {
+                    let Some(request) = request else { return Ok(()) };
+                    self.handle(request);
+                    // Batch what else is queued into the same Ready (one fsync for many).
+                    for _ in 0..256 {
+                        match self.requests.try_recv() {
+                            Ok(request) => self.handle(request),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            if self.raw.has_ready() {
+                tokio::task::block_in_place(|| self.on_ready())?;
+            }
+            self.publish_status();
+        }
+    }
+
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::Step(message) => {
+                if let Err(e) = self.raw.step(message) {
+                    tracing::debug!("ignored a raft message: {e}");
+                }
+            }
+            Request::Propose { proposal, reply } => self.propose(proposal, reply),
+            Request::ReadIndex { reply } => {
+                let seq = self.next_seq();
+                self.raw.read_index(seq.to_le_bytes().to_vec());
+                self.reads.insert(seq, reply);
+            }
+            Request::Unreachable(id) => self.raw.report_unreachable(id),
+            Request::SnapshotSent { to, delivered } => {
+                let status = if delivered { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                self.raw.report_snapshot(to, status);
+            }
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    fn propose(&mut self, proposal: Proposal, reply: ProposeReply) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(ProposeFailure::NotLeader { me: self.options.id }));
+            return;
+        }
+        let seq = self.next_seq();
+        let context = serde_json::to_vec(&EntryContext { proposer: self.options.id, seq }).expect("context serializes");
+        let result = match proposal {
+            Proposal::Command(command) => self.raw.propose(context, command.encode()),
+            Proposal::AddVoter { id, address } => {
+                let mut change = ConfChange::default();
+                change.set_change_type(ConfChangeType::AddNode);
+                change.node_id = id;
+                change.context = address.into_bytes().into();
+                self.raw.propose_conf_change(context, change)
+            }
+            Proposal::RemoveVoter { id } => {
+                let mut change = ConfChange::default();
+                change.set_change_type(ConfChangeType::RemoveNode);
+                change.node_id = id;
+                self.raw.propose_conf_change(context, change)
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.proposals.insert(seq, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(ProposeFailure::Dropped { reason: e.to_string() }));
+            }
+        }
+    }
+
+    /// Handles one `Ready` in the order of raft-rs's contract (see the module doc).
+    fn on_ready(&mut self) -> Result<(), NodeError> {
+        let was_leader = self.raw.raft.state == StateRole::Leader;
+        let mut ready = self.raw.ready();
+
+        // 1. Messages that need no persistence first.
+        if !ready.messages().is_empty() {
+            self.transport.send(ready.take_messages());
+        }
+        // 2. A snapshot from the leader replaces storage and state machine.
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            self.raw.mut_store().apply_snapshot(&snapshot)?;
+            let meta = snapshot.get_metadata();
+            let state = ClusterState::from_snapshot(snapshot.get_data()).map_err(StorageFailure::from)?;
+            for (id, address) in state.members() {
+                self.transport.learn(*id, address);
+            }
+            let mut applied = self.applied.write().expect("state lock");
+            *applied = AppliedState { state, index: meta.index, term: meta.term, conf_state: meta.get_conf_state().clone() };
+            tracing::info!(index = meta.index, term = meta.term, "installed a snapshot from the leader");
+        }
+        // 3. Committed entries to the state machine.
+        self.apply_entries(ready.take_committed_entries())?;
+        // 4 + 5. New entries and hard state, one synced write.
+        let entries = ready.take_entries();
+        self.raw.mut_store().append(&entries, ready.hs())?;
+        // 6. Messages that needed the entries persisted.
+        if !ready.persisted_messages().is_empty() {
+            self.transport.send(ready.take_persisted_messages());
+        }
+        for read in ready.take_read_states() {
+            let seq = read.request_ctx.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+            if let Some(reply) = seq.and_then(|seq| self.reads.remove(&seq)) {
+                self.ready_reads.push((read.index, reply));
+            }
+        }
+        // 7. Advance, then the light ready.
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        self.transport.send(light.take_messages());
+        self.apply_entries(light.take_committed_entries())?;
+        self.raw.advance_apply();
+
+        self.answer_reads();
+        if was_leader && self.raw.raft.state != StateRole::Leader {
+            for (_, reply) in self.proposals.drain() {
+                let _ = reply.send(Err(ProposeFailure::OutcomeUnknown));
+            }
+        }
+        self.maybe_snapshot()
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), NodeError> {
+        for entry in entries {
+            let answer = match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => None,
+                EntryType::EntryNormal => {
+                    let answer = match Command::decode(&entry.data) {
+                        Ok(command) => self.applied.write().expect("state lock").state.apply(command),
+                        Err(e) => {
+                            tracing::error!(index = entry.index, "skipping an entry this server cannot read: {e}");
+                            Err(crate::state::Rejection { kind: crate::state::RejectionKind::Invalid, message: e.to_string() })
+                        }
+                    };
+                    Some(answer)
+                }
+                EntryType::EntryConfChange => {
+                    let change: ConfChange = decode("membership change", &entry.data)?;
+                    self.apply_conf_change(&change)?;
+                    Some(Ok(Outcome::Done))
+                }
+                EntryType::EntryConfChangeV2 => {
+                    tracing::error!(index = entry.index, "joint membership changes are not used by sched; skipped");
+                    None
+                }
+            };
+            {
+                let mut applied = self.applied.write().expect("state lock");
+                applied.index = entry.index;
+                applied.term = entry.term;
+            }
+            if let (Some(answer), Ok(context)) = (answer, serde_json::from_slice::<EntryContext>(&entry.context))
+                && context.proposer == self.options.id
+                && let Some(reply) = self.proposals.remove(&context.seq)
+            {
+                let _ = reply.send(Ok(answer));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, change: &ConfChange) -> Result<(), NodeError> {
+        let conf_state = self.raw.apply_conf_change(change)?;
+        let mut applied = self.applied.write().expect("state lock");
+        applied.conf_state = conf_state;
+        match change.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let address = String::from_utf8_lossy(&change.context).into_owned();
+                self.transport.learn(change.node_id, &address);
+                applied.state.set_member(change.node_id, address);
+                tracing::info!(server = change.node_id, "server added to the cluster");
+            }
+            ConfChangeType::RemoveNode => {
+                applied.state.remove_member(change.node_id);
+                self.transport.forget(change.node_id);
+                if change.node_id == self.options.id {
+                    self.removed = true;
+                    tracing::warn!("this server was removed from the cluster; it no longer takes part");
+                }
+                tracing::info!(server = change.node_id, "server removed from the cluster");
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers the reads whose read index this server has applied.
+    fn answer_reads(&mut self) {
+        let applied = self.applied.read().expect("state lock").index;
+        let (done, waiting): (Vec<_>, Vec<_>) = self.ready_reads.drain(..).partition(|(index, _)| *index <= applied);
+        self.ready_reads = waiting;
+        for (_, reply) in done {
+            let _ = reply.send(());
+        }
+        // Reads raft-rs dropped (no leader yet) are abandoned by their callers' timeouts.
+        self.reads.retain(|_, reply| !reply.is_closed());
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+        let (index, snapshot) = {
+            let applied = self.applied.read().expect("state lock");
+            if applied.index < self.raw.store().snapshot_index() + self.options.snapshot_every {
+                return Ok(());
+            }
+            (applied.index, applied.to_snapshot())
+        };
+        let compact_to = index.saturating_sub(self.options.keep_entries);
+        self.raw.mut_store().save_snapshot_and_compact(&snapshot, compact_to)?;
+        tracing::info!(index, compact_to, "saved a snapshot and compacted the log");
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let raft = &self.raw.raft;
+        let status = NodeStatus {
+            id: self.options.id,
+            leader_id: raft.leader_id,
+            role: Some(match raft.state {
+                StateRole::Leader => Role::Leader,
+                StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+                StateRole::Follower => Role::Follower,
+            }),
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            applied: self.applied.read().expect("state lock").index,
+            voters: raft.prs().conf().voters().ids().iter().collect(),
+            removed: self.removed,
+        };
+        self.status.send_if_modified(|old| {
+            if *old == status {
+                false
+            } else {
+                *old = status;
+                true
+            }
+        });
+    }
+}
+
+/// Is this message a snapshot (the transport reports their delivery)?
+pub fn is_snapshot(message: &Message) -> bool {
+    message.get_msg_type() == MessageType::MsgSnapshot
+}
+
+/// Encodes a raft message for the wire.
+pub fn encode_message(message: &Message) -> Vec<u8> {
+    message.write_to_bytes().expect("raft messages encode")
+}

@@ -1,0 +1,150 @@
+//! Sends raft messages to peers over gRPC (`raft.v1.RaftPeer/Send`).
+//!
+//! One task per peer drains that peer's queue in order, batching what is queued into one
+//! request. The queue is bounded: when a peer is down, messages beyond it are dropped (Raft
+//! retransmits) and the loop is told the peer is unreachable, so it backs off from it. Snapshot
+//! deliveries are reported back to the loop, as raft-rs requires.
+//!
+//! Peer addresses come from the replicated membership and from the `from_address` of incoming
+//! batches (so a server that has just joined can answer the leader before it knows the
+//! membership).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use proto::raft::v1::RaftBatch;
+use proto::raft::v1::raft_peer_client::RaftPeerClient;
+use raft::eraftpb::Message;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use super::node::{Request, encode_message, is_snapshot};
+
+/// Largest gRPC message between servers: snapshots travel in one message.
+pub const MAX_PEER_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Messages queued per peer before new ones are dropped.
+const PEER_QUEUE: usize = 1024;
+/// Messages sent in one request at most.
+const BATCH: usize = 128;
+/// How long one send may take (a snapshot of a large state included).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Peer {
+    address: String,
+    queue: mpsc::Sender<Message>,
+}
+
+/// The outbound side of the peer protocol.
+pub struct Transport {
+    me: u64,
+    my_address: String,
+    addresses: Mutex<HashMap<u64, String>>,
+    peers: Mutex<HashMap<u64, Peer>>,
+    feedback: OnceLock<mpsc::Sender<Request>>,
+}
+
+impl Transport {
+    pub fn new(me: u64, my_address: String) -> Transport {
+        Transport { me, my_address, addresses: Mutex::default(), peers: Mutex::default(), feedback: OnceLock::new() }
+    }
+
+    pub(crate) fn set_feedback(&self, feedback: mpsc::Sender<Request>) {
+        let _ = self.feedback.set(feedback);
+    }
+
+    /// Records where a peer listens.
+    pub fn learn(&self, id: u64, address: &str) {
+        if id != self.me && !address.is_empty() {
+            self.addresses.lock().expect("addresses lock").insert(id, address.to_string());
+        }
+    }
+
+    /// Forgets a removed peer and stops its sender.
+    pub fn forget(&self, id: u64) {
+        self.addresses.lock().expect("addresses lock").remove(&id);
+        self.peers.lock().expect("peers lock").remove(&id);
+    }
+
+    /// The known address of a peer.
+    pub fn address_of(&self, id: u64) -> Option<String> {
+        if id == self.me {
+            return Some(self.my_address.clone());
+        }
+        self.addresses.lock().expect("addresses lock").get(&id).cloned()
+    }
+
+    /// Queues messages for their peers; never blocks.
+    pub fn send(&self, messages: Vec<Message>) {
+        for message in messages {
+            let to = message.to;
+            let Some(address) = self.address_of(to) else {
+                tracing::debug!(to, "no address known for server {to}; message dropped");
+                continue;
+            };
+            let mut peers = self.peers.lock().expect("peers lock");
+            let stale = peers.get(&to).is_none_or(|p| p.address != address || p.queue.is_closed());
+            if stale {
+                peers.insert(to, self.spawn_peer(to, address));
+            }
+            let peer = peers.get(&to).expect("inserted above");
+            if peer.queue.try_send(message).is_err() {
+                self.feedback(Request::Unreachable(to));
+            }
+        }
+    }
+
+    fn feedback(&self, request: Request) {
+        if let Some(feedback) = self.feedback.get() {
+            let _ = feedback.try_send(request);
+        }
+    }
+
+    fn spawn_peer(&self, to: u64, address: String) -> Peer {
+        let (queue, mut rx) = mpsc::channel::<Message>(PEER_QUEUE);
+        let feedback = self.feedback.get().cloned();
+        let from = self.me;
+        let from_address = self.my_address.clone();
+        let url = format!("http://{address}");
+        tokio::spawn(async move {
+            let Ok(endpoint) = Endpoint::from_shared(url.clone()) else {
+                tracing::error!(to, "peer address {url} is not a valid URI");
+                return;
+            };
+            let channel: Channel = endpoint.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect_lazy();
+            let mut client = RaftPeerClient::new(channel)
+                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
+                }
+                let has_snapshot = batch.iter().any(is_snapshot);
+                let request = RaftBatch {
+                    from,
+                    from_address: from_address.clone(),
+                    messages: batch.iter().map(encode_message).collect(),
+                };
+                let delivered = matches!(tokio::time::timeout(SEND_TIMEOUT, client.send(request)).await, Ok(Ok(_)));
+                if let Some(feedback) = &feedback {
+                    if has_snapshot {
+                        let _ = feedback.try_send(Request::SnapshotSent { to, delivered });
+                    }
+                    if !delivered {
+                        let _ = feedback.try_send(Request::Unreachable(to));
+                    }
+                }
+                if !delivered {
+                    // Drop what piled up meanwhile: raft resends from its progress.
+                    while rx.try_recv().is_ok() {}
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        Peer { address, queue }
+    }
+}

@@ -1,0 +1,116 @@
+//! `sched server`: one Raft member and the gRPC API on one port.
+//!
+//! [`run`] opens the durable log, starts the Raft loop, and serves on the given listener until
+//! `shutdown` resolves: `sched.v1.ServiceApi` and `ClusterApi` (the public API), `raft.v1.RaftPeer`
+//! (peer traffic), the standard gRPC health service and server reflection (so `grpcurl` lists
+//! and calls everything). Tests bind port 0 and pass the listener in.
+
+mod cluster_api;
+mod errors;
+mod peer_api;
+mod service_api;
+mod views;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proto::raft::v1::raft_peer_server::RaftPeerServer;
+use proto::sched::v1::cluster_api_server::ClusterApiServer;
+use proto::sched::v1::service_api_server::ServiceApiServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::raft::storage::{Bootstrap, DiskStorage, StorageFailure};
+use crate::raft::transport::{MAX_PEER_MESSAGE_BYTES, Transport};
+use crate::raft::{Consensus, RaftNode, RaftOptions};
+
+/// Everything `sched server` is started with.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub raft: RaftOptions,
+    /// Where the raft log and snapshots live.
+    pub data_dir: PathBuf,
+    /// The address peers and clients use to reach this server (HOST:PORT).
+    pub advertise: String,
+    /// The first start's voters (id -> address); empty for a server that will be joined.
+    pub initial_cluster: BTreeMap<u64, String>,
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("--initial-cluster does not list this server's id {0}: list every initial server as ID=HOST:PORT, this one included")]
+    NotInInitialCluster(u64),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Storage(#[from] StorageFailure),
+    #[error("raft: {0}")]
+    Node(#[from] crate::raft::node::NodeError),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("serving gRPC: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Milliseconds since the Unix epoch, stamped into commands by the server that proposes them.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs the server on `listener` until `shutdown` resolves or the Raft loop fails.
+pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let id = config.raft.id;
+    let bootstrap = if config.initial_cluster.is_empty() {
+        Bootstrap::Join
+    } else if !config.initial_cluster.contains_key(&id) {
+        return Err(ServerError::NotInInitialCluster(id));
+    } else {
+        Bootstrap::InitialCluster(config.initial_cluster.clone())
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| ServerError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    let storage = tokio::task::block_in_place(|| DiskStorage::open(&config.data_dir.join("raft"), bootstrap))?;
+    let transport = Arc::new(Transport::new(id, config.advertise.clone()));
+    let (node, handle) = RaftNode::new(config.raft.clone(), storage, transport)?;
+    let raft = Arc::new(handle);
+    let consensus = Arc::new(Consensus::new((*raft).clone()));
+    tracing::info!(id, address = %config.advertise, data_dir = %config.data_dir.display(), "sched server starting");
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ServiceApiServer<service_api::ServiceApiService>>().await;
+    health.set_serving::<ClusterApiServer<cluster_api::ClusterApiService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ServiceApiServer::new(service_api::ServiceApiService::new(consensus.clone())))
+        .add_service(ClusterApiServer::new(cluster_api::ClusterApiService::new(consensus.clone())))
+        .add_service(
+            RaftPeerServer::new(peer_api::RaftPeerService::new(raft.clone()))
+                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+        );
+    let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    let mut node_task = tokio::spawn(node.run());
+    tokio::select! {
+        served = serve => {
+            served?;
+            node_task.abort();
+            Ok(())
+        }
+        stopped = &mut node_task => match stopped {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(join) => panic!("the raft loop panicked: {join}"),
+        },
+    }
+}

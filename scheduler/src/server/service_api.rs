@@ -1,0 +1,150 @@
+//! `sched.v1.ServiceApi`: services, tasks and nodes. Writes go through [`Consensus::write`]
+//! (from any server), reads through [`Consensus::read`] (linearizable unless `stale`).
+
+use std::sync::Arc;
+
+use proto::sched::v1 as pb;
+use proto::sched::v1::service_api_server::ServiceApi;
+use tonic::{Request, Response, Status};
+
+use super::{errors, now_ms, views};
+use crate::raft::{Consensus, Proposal};
+use crate::spec::ServiceSpec;
+use crate::state::{Command, Outcome};
+
+pub struct ServiceApiService {
+    consensus: Arc<Consensus>,
+}
+
+impl ServiceApiService {
+    pub fn new(consensus: Arc<Consensus>) -> Self {
+        ServiceApiService { consensus }
+    }
+
+    async fn write(&self, command: Command) -> Result<Outcome, Status> {
+        self.consensus
+            .write(Proposal::Command(command))
+            .await
+            .map_err(errors::consensus)?
+            .map_err(errors::rejection)
+    }
+
+    async fn write_service(&self, command: Command, what: &str) -> Result<(pb::Service, bool), Status> {
+        match self.write(command).await? {
+            Outcome::Service { service, changed } => Ok((views::summary(&service), changed)),
+            _ => Err(errors::unexpected(what)),
+        }
+    }
+}
+
+fn required_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() { Err(Status::invalid_argument("`name` is required: the service's name")) } else { Ok(()) }
+}
+
+fn not_found(name: &str) -> Status {
+    Status::not_found(format!("no service named \"{name}\""))
+}
+
+#[tonic::async_trait]
+impl ServiceApi for ServiceApiService {
+    async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let spec = request.into_inner().spec.ok_or_else(|| Status::invalid_argument("`spec` is required"))?;
+        let spec = ServiceSpec::from_proto(spec).map_err(errors::invalid_spec)?;
+        // Issue 5 resolves the tag to a digest here (registry HEAD); until then tasks pull by tag.
+        let command = Command::ApplyService { spec, image_digest: String::new(), now_ms: now_ms() };
+        let (service, changed) = self.write_service(command, "apply").await?;
+        Ok(Response::new(pb::ApplyResponse { service: Some(service), changed }))
+    }
+
+    async fn list_services(&self, request: Request<pb::ListServicesRequest>) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let services = self
+            .consensus
+            .read(request.into_inner().stale, |a| a.state.services().map(|s| views::service(&a.state, s)).collect())
+            .await
+            .map_err(errors::consensus)?;
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    async fn list_tasks(&self, request: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let request = request.into_inner();
+        let tasks = self
+            .consensus
+            .read(request.stale, |a| {
+                if !request.service.is_empty() && a.state.service(&request.service).is_none() {
+                    return Err(not_found(&request.service));
+                }
+                Ok(a.state.tasks().filter(|t| request.service.is_empty() || t.service == request.service).map(views::task).collect())
+            })
+            .await
+            .map_err(errors::consensus)??;
+        Ok(Response::new(pb::ListTasksResponse { tasks }))
+    }
+
+    async fn list_nodes(&self, request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let nodes = self
+            .consensus
+            .read(request.into_inner().stale, |a| a.state.nodes().map(views::node).collect())
+            .await
+            .map_err(errors::consensus)?;
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn describe_service(&self, request: Request<pb::DescribeServiceRequest>) -> Result<Response<pb::DescribeServiceResponse>, Status> {
+        let request = request.into_inner();
+        required_name(&request.name)?;
+        let response = self
+            .consensus
+            .read(request.stale, |a| {
+                let s = a.state.service(&request.name).ok_or_else(|| not_found(&request.name))?;
+                Ok::<_, Status>(pb::DescribeServiceResponse {
+                    service: Some(views::service(&a.state, s)),
+                    revisions: s.revisions.iter().map(views::revision).collect(),
+                    tasks: a.state.tasks_of(&s.name).map(views::task).collect(),
+                    events: s.events.iter().map(|e| views::event(&s.name, e)).collect(),
+                })
+            })
+            .await
+            .map_err(errors::consensus)??;
+        Ok(Response::new(response))
+    }
+
+    async fn scale(&self, request: Request<pb::ScaleRequest>) -> Result<Response<pb::ScaleResponse>, Status> {
+        let request = request.into_inner();
+        required_name(&request.name)?;
+        let command = Command::ScaleService { name: request.name, count: request.count, now_ms: now_ms() };
+        let (service, _) = self.write_service(command, "scale").await?;
+        Ok(Response::new(pb::ScaleResponse { service: Some(service) }))
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let request = request.into_inner();
+        required_name(&request.name)?;
+        match self.write(Command::DeleteService { name: request.name, now_ms: now_ms() }).await? {
+            Outcome::Deleted { .. } => Ok(Response::new(pb::DeleteResponse {})),
+            _ => Err(errors::unexpected("delete")),
+        }
+    }
+
+    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        let request = request.into_inner();
+        required_name(&request.name)?;
+        let response = self
+            .consensus
+            .read(request.stale, |a| {
+                let s = a.state.service(&request.name).ok_or_else(|| not_found(&request.name))?;
+                Ok::<_, Status>(pb::HistoryResponse { revisions: s.revisions.iter().map(views::revision).collect(), current: s.current })
+            })
+            .await
+            .map_err(errors::consensus)??;
+        Ok(Response::new(response))
+    }
+
+    async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Result<Response<pb::RollbackResponse>, Status> {
+        let request = request.into_inner();
+        required_name(&request.name)?;
+        let to_revision = (request.to_revision != 0).then_some(request.to_revision);
+        let command = Command::RollbackService { name: request.name, to_revision, now_ms: now_ms() };
+        let (service, _) = self.write_service(command, "rollback").await?;
+        Ok(Response::new(pb::RollbackResponse { service: Some(service) }))
+    }
+}

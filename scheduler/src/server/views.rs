@@ -1,0 +1,105 @@
+//! Domain records -> `sched.v1` wire messages, for API answers.
+
+use proto::sched::v1 as pb;
+
+use crate::state::{
+    ClusterState, DesiredState, Event, HealthStatus, Node, NodeStatus, Revision, ServiceRecord, ServiceSummary, Task,
+    TaskState,
+};
+
+pub fn revision(r: &Revision) -> pb::Revision {
+    pb::Revision {
+        revision: r.revision,
+        spec: Some(r.spec.to_proto()),
+        image_digest: r.image_digest.clone(),
+        created_unix_ms: r.created_ms,
+        rolled_back_from: r.rolled_back_from.unwrap_or(0),
+    }
+}
+
+/// A service as written (no task counts known to the writer).
+pub fn summary(s: &ServiceSummary) -> pb::Service {
+    pb::Service {
+        name: s.name.clone(),
+        revision: s.current.revision,
+        current: Some(revision(&s.current)),
+        desired_count: s.desired_count,
+        created_unix_ms: s.created_ms,
+        updated_unix_ms: s.updated_ms,
+        running_count: 0,
+    }
+}
+
+/// A service as read, with the number of its tasks observed running.
+pub fn service(state: &ClusterState, s: &ServiceRecord) -> pb::Service {
+    let running = state.tasks_of(&s.name).filter(|t| t.observed == TaskState::Running).count();
+    pb::Service { running_count: running as u32, ..summary(&s.summary()) }
+}
+
+pub fn task(t: &Task) -> pb::Task {
+    pb::Task {
+        id: t.id.clone(),
+        service: t.service.clone(),
+        revision: t.revision,
+        node_id: t.node_id,
+        desired_state: desired_state(t.desired) as i32,
+        observed_state: task_state(t.observed) as i32,
+        endpoints: t.endpoints.clone(),
+        exit_code: t.exit_code,
+        health: health(t.health) as i32,
+        message: t.message.clone(),
+        created_unix_ms: t.created_ms,
+        updated_unix_ms: t.updated_ms,
+        cpu_fraction: 0.0,
+        memory_bytes: 0,
+    }
+}
+
+pub fn desired_state(d: DesiredState) -> pb::DesiredState {
+    match d {
+        DesiredState::Running => pb::DesiredState::Running,
+        DesiredState::Stopped => pb::DesiredState::Stopped,
+    }
+}
+
+pub fn task_state(s: TaskState) -> pb::TaskState {
+    match s {
+        TaskState::Pending => pb::TaskState::Pending,
+        TaskState::Assigned => pb::TaskState::Assigned,
+        TaskState::Preparing => pb::TaskState::Preparing,
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::Exited => pb::TaskState::Exited,
+        TaskState::Failed => pb::TaskState::Failed,
+        TaskState::Lost => pb::TaskState::Lost,
+    }
+}
+
+pub fn health(h: HealthStatus) -> pb::HealthStatus {
+    match h {
+        HealthStatus::Unknown => pb::HealthStatus::Unspecified,
+        HealthStatus::Starting => pb::HealthStatus::Starting,
+        HealthStatus::Healthy => pb::HealthStatus::Healthy,
+        HealthStatus::Unhealthy => pb::HealthStatus::Unhealthy,
+    }
+}
+
+pub fn node(n: &Node) -> pb::Node {
+    pb::Node {
+        id: n.id,
+        name: n.name.clone(),
+        address: n.address.clone(),
+        cpu_millis: n.cpu_millis,
+        memory_mib: n.memory_mib,
+        labels: n.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        status: match n.status {
+            NodeStatus::Ready => pb::NodeStatus::Ready,
+            NodeStatus::Down => pb::NodeStatus::Down,
+        } as i32,
+        last_heartbeat_unix_ms: n.status_ms,
+        registered_unix_ms: n.registered_ms,
+    }
+}
+
+pub fn event(service: &str, e: &Event) -> pb::Event {
+    pb::Event { unix_ms: e.unix_ms, service: service.to_string(), message: e.message.clone() }
+}
