@@ -68,12 +68,13 @@ impl Bundle {
                 process.cwd()
             )));
         }
-        if process.terminal() == Some(true) {
-            return Err(Error::ConfigInvalid(
-                "process.terminal is true, but this runtime does not allocate terminals yet \
-                 (set it to false)"
-                    .into(),
-            ));
+        if let Some(hooks) = self.spec.hooks() {
+            let any = [hooks.prestart(), hooks.create_runtime(), hooks.create_container(), hooks.start_container(), hooks.poststart(), hooks.poststop()]
+                .iter()
+                .any(|h| h.as_ref().is_some_and(|v| !v.is_empty()));
+            if any {
+                return Err(Error::ConfigInvalid("hooks are not supported yet (remove them from config.json)".into()));
+            }
         }
         for ns in self.namespaces() {
             match ns.typ() {

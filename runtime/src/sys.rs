@@ -76,3 +76,30 @@ pub fn openat2(dir: BorrowedFd<'_>, path: &std::path::Path, how: nix::fcntl::Ope
     // SAFETY: `openat2` just returned this descriptor; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Makes `tty` the controlling terminal of the calling session leader (`TIOCSCTTY`).
+pub fn set_controlling_terminal(tty: &OwnedFd) -> nix::Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal), no pointer; `tty` is a valid
+    // open descriptor for the duration of the call.
+    let rc = unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    if rc < 0 { Err(nix::Error::last()) } else { Ok(()) }
+}
+
+/// Installs a seccomp BPF program on the calling thread (`seccomp(SECCOMP_SET_MODE_FILTER)`).
+/// Unlike seccompiler's `apply_filter`, it leaves no_new_privs alone: the spec decides that, and
+/// without it the kernel requires `CAP_SYS_ADMIN`.
+pub fn install_seccomp_filter(program: &[libc::sock_filter], flags: libc::c_ulong) -> nix::Result<()> {
+    let len = u16::try_from(program.len()).map_err(|_| nix::Error::EINVAL)?;
+    let prog = libc::sock_fprog { len, filter: program.as_ptr().cast_mut() };
+    // SAFETY: `prog` describes `program` (pointer and length), which outlives the call; the
+    // kernel only reads the instructions (it copies them) and keeps no pointer to our memory.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog)
+    };
+    match rc {
+        0 => Ok(()),
+        // With TSYNC, a positive result names a thread that could not be synchronized.
+        r if r > 0 => Err(nix::Error::ESRCH),
+        _ => Err(nix::Error::last()),
+    }
+}

@@ -28,6 +28,8 @@ pub struct CreateOptions {
     pub id: String,
     pub bundle: PathBuf,
     pub pid_file: Option<PathBuf>,
+    /// Where to send the pty master when `process.terminal` is true.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// Undoes a half-made container when dropped unarmed.
@@ -78,12 +80,13 @@ impl Container {
         let cg_path = cgroup_path(&bundle.spec, &opts.id);
         rollback.cgroup = Some(ContainerCgroup::open(&cg_path, &opts.id)?);
         let (mut parent_end, child_end) = sync::channel()?;
+        let console_socket = connect_console(&bundle, opts)?;
 
         enter_pid_namespace(&bundle, &joins)?;
         let child = match sys::fork()? {
             ForkResult::Child => {
                 drop(parent_end);
-                init::run(InitArgs { bundle: &bundle, channel: child_end, exec_fifo, joins, signal_mask })
+                init::run(InitArgs { bundle: &bundle, channel: child_end, exec_fifo, joins, signal_mask, console_socket })
             }
             ForkResult::Parent { child } => child,
         };
@@ -131,8 +134,22 @@ fn enter_pid_namespace(bundle: &Bundle, joins: &[init::NamespaceJoin]) -> Result
     Ok(())
 }
 
+/// Connects to `--console-socket` when the process wants a terminal.
+fn connect_console(bundle: &Bundle, opts: &CreateOptions) -> Result<Option<std::os::unix::net::UnixStream>> {
+    let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
+    match (terminal, &opts.console_socket) {
+        (false, _) => Ok(None),
+        (true, Some(path)) => std::os::unix::net::UnixStream::connect(path)
+            .map(Some)
+            .context(|| format!("connect to --console-socket {}", path.display())),
+        (true, None) => Err(Error::ConfigInvalid(
+            "process.terminal is true: pass --console-socket to receive the terminal".into(),
+        )),
+    }
+}
+
 /// Writes the pid file atomically, as containerd and conmon expect.
-fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+pub(super) fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     let tmp = path.with_extension("sched-tmp");
     std::fs::write(&tmp, pid.to_string()).context(|| format!("write pid file {}", tmp.display()))?;
     std::fs::rename(&tmp, path).context(|| format!("write pid file {}", path.display()))

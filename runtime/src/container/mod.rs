@@ -5,6 +5,7 @@
 
 mod create;
 mod delete;
+mod exec;
 mod kill;
 mod run;
 mod start;
@@ -13,6 +14,7 @@ mod state;
 use std::path::PathBuf;
 
 pub use create::CreateOptions;
+pub use exec::ExecOptions;
 pub use kill::parse_signal;
 pub use state::OciState;
 

@@ -19,7 +19,7 @@ impl Container {
         let mut old = SigSet::empty();
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), Some(&mut old)).context(|| "block signals".into())?;
         let container = Container::create(root, opts, old)?;
-        let code = container.start().and_then(|()| container.wait_forwarding(&all));
+        let code = container.start().and_then(|()| wait_forwarding(Pid::from_raw(container.pid()), &all));
         let deleted = container.delete(true);
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
         let code = code?;
@@ -27,17 +27,18 @@ impl Container {
         Ok(code)
     }
 
-    /// Waits for our child init to exit, forwarding every other signal to it.
-    fn wait_forwarding(&self, set: &SigSet) -> Result<i32> {
-        let pid = Pid::from_raw(self.pid());
-        loop {
-            if let Some(code) = reap(pid)? {
-                return Ok(code);
-            }
-            let signal = set.wait().context(|| "wait for signals".into())?;
-            if signal != Signal::SIGCHLD {
-                let _ = kill(pid, signal);
-            }
+}
+
+/// Waits for our child `pid` to exit, forwarding every other signal in `set` (blocked by the
+/// caller) to it. Returns its exit code, 128+N if signal N killed it.
+pub(super) fn wait_forwarding(pid: Pid, set: &SigSet) -> Result<i32> {
+    loop {
+        if let Some(code) = reap(pid)? {
+            return Ok(code);
+        }
+        let signal = set.wait().context(|| "wait for signals".into())?;
+        if signal != Signal::SIGCHLD {
+            let _ = kill(pid, signal);
         }
     }
 }

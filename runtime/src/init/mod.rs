@@ -8,6 +8,7 @@
 //! Any error before "ready" travels back to the parent as text and the child exits.
 
 mod cgroup_mount;
+mod console;
 mod devices;
 mod exec;
 mod identity;
@@ -16,12 +17,15 @@ mod mounts;
 mod namespaces;
 mod paths;
 mod rootfs;
+mod tenant;
 
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::net::UnixStream;
 
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 use nix::sys::stat::{Mode, umask};
+use oci_spec::runtime::Process;
 
 use crate::bundle::Bundle;
 use crate::error::{Context, Result};
@@ -29,6 +33,7 @@ use crate::sync::ChildChannel;
 use crate::sys;
 
 pub use namespaces::{NamespaceJoin, open_joins};
+pub use tenant::{TenantArgs, run as run_tenant};
 
 /// What the parent hands to the child across the fork.
 pub struct InitArgs<'a> {
@@ -41,6 +46,8 @@ pub struct InitArgs<'a> {
     pub joins: Vec<NamespaceJoin>,
     /// The signal mask to restore before `execve` (`run` blocks signals to forward them).
     pub signal_mask: SigSet,
+    /// With `process.terminal`, the connected `--console-socket` that receives the pty master.
+    pub console_socket: Option<UnixStream>,
 }
 
 /// Runs the container init in the forked child. Never returns.
@@ -85,6 +92,15 @@ fn setup(args: &mut InitArgs<'_>) -> Result<exec::ExecTarget> {
     rootfs::prepare(args.bundle)?;
 
     let process = spec.process().as_ref().expect("validated: process exists");
+    if let Some(socket) = &args.console_socket {
+        console::attach_new_terminal(socket, true)?;
+    }
+    become_process(process)
+}
+
+/// The steps shared by a container's init and a process exec'd into it: rlimits,
+/// noNewPrivileges, user, groups and capabilities, cwd and umask; then the program is resolved.
+fn become_process(process: &Process) -> Result<exec::ExecTarget> {
     identity::apply_rlimits(process)?;
     if process.no_new_privileges() == Some(true) {
         nix::sys::prctl::set_no_new_privs().context(|| "prctl(PR_SET_NO_NEW_PRIVS)".into())?;

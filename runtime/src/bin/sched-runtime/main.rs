@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::SigSet;
-use runtime::container::{Container, CreateOptions, parse_signal};
+use runtime::container::{Container, CreateOptions, ExecOptions, parse_signal};
 use runtime::state::{DEFAULT_ROOT, StateRoot, Status};
 
 /// A runc-compatible OCI container runtime (the runtime of sched).
@@ -30,6 +30,9 @@ struct Cli {
     /// Log debug records too.
     #[arg(long, global = true)]
     debug: bool,
+    /// Where images, layers and snapshots are stored.
+    #[arg(long, global = true, default_value = "/var/lib/sched")]
+    data_dir: PathBuf,
     /// Accepted for runc compatibility; systemd cgroups are not supported, so it must not be set.
     #[arg(long, global = true, hide = true)]
     systemd_cgroup: bool,
@@ -70,6 +73,8 @@ enum Command {
         #[arg(short, long)]
         detach: bool,
     },
+    /// Run another process inside a created or running container.
+    Exec(ExecArgs),
     /// Print the OCI state of a container as JSON.
     State {
         /// The container's id.
@@ -105,6 +110,53 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Pull, list, inspect, remove, prune and unpack OCI images.
+    Image {
+        #[command(subcommand)]
+        cmd: image::ImageCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    /// A JSON process spec (OCI `process`) to run instead of COMMAND and the flags below.
+    #[arg(short, long)]
+    process: Option<PathBuf>,
+    /// Working directory inside the container (default: the container's).
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+    /// Set an environment variable (KEY=VALUE); may be repeated.
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    /// Allocate a terminal (needs --console-socket).
+    #[arg(short, long)]
+    tty: bool,
+    /// Send the terminal's master to this unix socket.
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Run as UID[:GID] (default: the container's user).
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Additional group ids; may be repeated.
+    #[arg(short = 'g', long = "additional-gids")]
+    additional_gids: Vec<u32>,
+    /// Add a capability (CAP_NAME) to every set; may be repeated.
+    #[arg(short, long = "cap")]
+    cap: Vec<String>,
+    /// Set no_new_privs for the process.
+    #[arg(long)]
+    no_new_privs: bool,
+    /// Return once the process runs instead of waiting for it.
+    #[arg(short, long)]
+    detach: bool,
+    /// Write the process's pid to this file.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// The container's id.
+    id: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -115,7 +167,7 @@ struct CreateArgs {
     /// Write the container's init pid to this file.
     #[arg(long)]
     pid_file: Option<PathBuf>,
-    /// Terminals are not supported yet: a spec with process.terminal=true is refused.
+    /// A unix socket that receives the terminal's master when process.terminal is true.
     #[arg(long)]
     console_socket: Option<PathBuf>,
     /// Accepted for runc compatibility (no session keyring is created anyway).
@@ -133,14 +185,19 @@ impl CreateArgs {
         if self.no_pivot {
             anyhow::bail!("--no-pivot is not supported: the rootfs is always entered with pivot_root");
         }
-        Ok(CreateOptions { id: self.id.clone(), bundle: self.bundle.clone(), pid_file: self.pid_file.clone() })
+        Ok(CreateOptions {
+            id: self.id.clone(),
+            bundle: self.bundle.clone(),
+            pid_file: self.pid_file.clone(),
+            console_socket: self.console_socket.clone(),
+        })
     }
 }
 
 fn main() {
     let cli = Cli::parse();
     init_logging(&cli);
-    match execute(&cli) {
+    match execute(cli) {
         Ok(code) => std::process::exit(code),
         Err(err) => {
             let msg = format!("{err:#}");
@@ -166,12 +223,25 @@ fn init_logging(cli: &Cli) {
     }
 }
 
-fn execute(cli: &Cli) -> Result<i32> {
+fn execute(cli: Cli) -> Result<i32> {
     if cli.systemd_cgroup {
         anyhow::bail!("--systemd-cgroup is not supported: cgroups are managed through cgroupfs");
     }
+    let command = match cli.command {
+        Command::Image { cmd } => {
+            image::run(cmd, &cli.data_dir)?;
+            return Ok(0);
+        }
+        other => other,
+    };
     let root = StateRoot::open(&cli.root)?;
-    match &cli.command {
+    match &command {
+        Command::Image { .. } => unreachable!("handled above"),
+        Command::Exec(args) => {
+            let container = Container::load(&root, &args.id)?;
+            let opts = exec_options(&container, args)?;
+            return Ok(container.exec(&opts)?);
+        }
         Command::Create { create } => {
             Container::create(&root, &create.options()?, current_mask()?)?;
         }
@@ -195,6 +265,69 @@ fn execute(cli: &Cli) -> Result<i32> {
         Command::List { format, quiet } => list(&root, *format, *quiet)?,
     }
     Ok(0)
+}
+
+/// The process to exec: `--process FILE`, or the container's own process changed by the flags.
+fn exec_options(container: &Container, args: &ExecArgs) -> Result<ExecOptions> {
+    let process = match &args.process {
+        Some(path) => {
+            let text = std::fs::read(path).with_context(|| format!("read --process {}", path.display()))?;
+            serde_json::from_slice(&text).with_context(|| format!("parse --process {}", path.display()))?
+        }
+        None => {
+            if args.command.is_empty() {
+                anyhow::bail!("exec needs a command after the container id (or --process FILE)");
+            }
+            let mut p = container.base_process()?;
+            p.set_args(Some(args.command.clone()));
+            p.set_terminal(Some(args.tty));
+            let mut env = p.env().clone().unwrap_or_default();
+            for kv in &args.env {
+                let key = kv.split('=').next().unwrap_or(kv);
+                env.retain(|e| e.split('=').next() != Some(key));
+                env.push(kv.clone());
+            }
+            p.set_env(Some(env));
+            if let Some(cwd) = &args.cwd {
+                p.set_cwd(cwd.clone());
+            }
+            let mut user = p.user().clone();
+            if let Some(spec) = &args.user {
+                let (uid, gid) = spec.split_once(':').unwrap_or((spec, "0"));
+                user.set_uid(uid.parse().with_context(|| format!("--user {spec}: UID must be a number"))?);
+                user.set_gid(gid.parse().with_context(|| format!("--user {spec}: GID must be a number"))?);
+            }
+            if !args.additional_gids.is_empty() {
+                user.set_additional_gids(Some(args.additional_gids.clone()));
+            }
+            p.set_user(user);
+            if args.no_new_privs {
+                p.set_no_new_privileges(Some(true));
+            }
+            if !args.cap.is_empty() {
+                let mut caps = p.capabilities().clone().unwrap_or_default();
+                for name in &args.cap {
+                    let cap: oci_spec::runtime::Capability = serde_json::from_value(serde_json::Value::String(name.clone()))
+                        .with_context(|| format!("--cap {name}: not a capability name like CAP_NET_ADMIN"))?;
+                    let with = |set: &Option<oci_spec::runtime::Capabilities>| {
+                        let mut set = set.clone().unwrap_or_default();
+                        set.insert(cap);
+                        Some(set)
+                    };
+                    let (b, e, p) = (with(caps.bounding()), with(caps.effective()), with(caps.permitted()));
+                    caps.set_bounding(b).set_effective(e).set_permitted(p);
+                }
+                p.set_capabilities(Some(caps));
+            }
+            p
+        }
+    };
+    Ok(ExecOptions {
+        process,
+        detach: args.detach,
+        pid_file: args.pid_file.clone(),
+        console_socket: args.console_socket.clone(),
+    })
 }
 
 /// The signal mask this process runs with (the container's program inherits it).
