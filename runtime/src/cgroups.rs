@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::{
-    AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt, create_cgroup_manager,
+    AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt, FreezerState, create_cgroup_manager,
 };
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Spec};
@@ -59,6 +59,11 @@ impl ContainerCgroup {
             freezer_state: None,
         };
         self.manager.apply(&opts).map_err(|e| self.error(e))
+    }
+
+    /// Freezes or thaws every process in the cgroup.
+    pub fn freeze(&self, state: FreezerState) -> Result<()> {
+        self.manager.freeze(state).map_err(|e| self.error(e))
     }
 
     /// Kills whatever still runs in the cgroup and removes it.
@@ -152,6 +157,15 @@ pub fn remove_dirs(dirs: &[PathBuf], timeout: std::time::Duration) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// Whether the cgroup in `dirs` is frozen (v1 `freezer.state` or v2 `cgroup.freeze`).
+pub fn is_frozen(dirs: &[PathBuf]) -> bool {
+    dirs.iter().any(|dir| {
+        let v1 = std::fs::read_to_string(dir.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN");
+        let v2 = std::fs::read_to_string(dir.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1");
+        v1 || v2
+    })
 }
 
 /// The cgroup hierarchies mounted under /sys/fs/cgroup on the host, from /proc/self/mountinfo.

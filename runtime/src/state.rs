@@ -24,6 +24,8 @@ pub enum Status {
     Created,
     /// The user's process runs.
     Running,
+    /// Every process of the container is frozen (`pause`).
+    Paused,
     /// The process has exited (or was never started successfully).
     Stopped,
 }
@@ -33,6 +35,7 @@ impl std::fmt::Display for Status {
         f.pad(match self {
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         })
     }
@@ -155,12 +158,15 @@ pub fn process_start_time(pid: i32) -> Option<(u64, bool)> {
 
 impl PersistedState {
     /// The container's status now: stopped when its init is gone (or a zombie, or the pid was
-    /// reused), created while the exec FIFO still exists, running otherwise.
+    /// reused), created while the exec FIFO still exists, paused while its cgroup is frozen, running
+    /// otherwise.
     pub fn status(&self, container_dir: &Path) -> Status {
         match process_start_time(self.pid) {
             Some((start, zombie)) if start == self.pid_start_time && !zombie => {
                 if container_dir.join(EXEC_FIFO).exists() {
                     Status::Created
+                } else if crate::cgroups::is_frozen(&self.cgroup_dirs) {
+                    Status::Paused
                 } else {
                     Status::Running
                 }

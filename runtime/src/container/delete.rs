@@ -29,6 +29,10 @@ impl Container {
                 });
             }
             let _ = kill(Pid::from_raw(self.pid()), Signal::SIGKILL);
+            if status == Status::Paused {
+                // A frozen process cannot act on SIGKILL until it is thawed.
+                self.resume()?;
+            }
             self.wait_gone(KILL_TIMEOUT)?;
         }
         // The directories recorded at create: removing them needs no cgroup discovery, which

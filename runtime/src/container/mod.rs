@@ -7,6 +7,7 @@ mod create;
 mod delete;
 mod exec;
 mod kill;
+mod pause;
 mod run;
 mod start;
 mod state;

@@ -75,6 +75,16 @@ enum Command {
     },
     /// Run another process inside a created or running container.
     Exec(ExecArgs),
+    /// Freeze every process of a running container.
+    Pause {
+        /// The container's id.
+        id: String,
+    },
+    /// Thaw a paused container.
+    Resume {
+        /// The container's id.
+        id: String,
+    },
     /// Print the OCI state of a container as JSON.
     State {
         /// The container's id.
@@ -246,6 +256,8 @@ fn execute(cli: Cli) -> Result<i32> {
             Container::create(&root, &create.options()?, current_mask()?)?;
         }
         Command::Start { id } => Container::load(&root, id)?.start()?,
+        Command::Pause { id } => Container::load(&root, id)?.pause()?,
+        Command::Resume { id } => Container::load(&root, id)?.resume()?,
         Command::Run { create, detach: true } => {
             let container = Container::create(&root, &create.options()?, current_mask()?)?;
             container.start()?;

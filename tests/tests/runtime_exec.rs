@@ -1,0 +1,157 @@
+//! `exec`, `pause`/`resume` and terminals through `--console-socket`: what podman, conmon and the
+//! agent's command health checks need beyond create/start.
+//!
+//! Run against another runtime with `SCHED_TEST_RUNTIME=/usr/sbin/runc cargo test -p sched-tests
+//! --test runtime_exec`.
+
+use std::io::{IoSliceMut, Read};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+use sched_tests::bundle::{BusyboxBundle, process_alive};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A container running `sleep 1000`, created and started.
+fn sleeping() -> BusyboxBundle {
+    let bundle = BusyboxBundle::new().hostname("exec-box").args(&["sleep", "1000"]);
+    bundle.create().assert_success();
+    bundle.start().assert_success();
+    bundle
+}
+
+#[test]
+fn exec_runs_in_the_containers_namespaces() {
+    let bundle = sleeping();
+    let out = bundle.cli(&["exec", bundle.id(), "sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /sys/class/net"]);
+    out.assert_success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "exec-box", "uts namespace: {out:#?}");
+    assert_eq!(lines[1].trim(), "sleep 1000", "pid namespace: pid 1 is the container's init: {out:#?}");
+    assert_eq!(lines[2], "lo", "network namespace: {out:#?}");
+}
+
+#[test]
+fn exec_flags_set_env_user_cwd_and_the_exit_code() {
+    let bundle = sleeping();
+    let out = bundle.cli(&[
+        "exec", "-e", "GREETING=hi", "-u", "1000:1001", "--cwd", "/tmp", bundle.id(),
+        "sh", "-c", "echo $GREETING; id -u; id -g; pwd; exit 7",
+    ]);
+    assert_eq!(out.code(), 7, "{out:#?}");
+    assert_eq!(out.stdout, "hi\n1000\n1001\n/tmp\n", "{out:#?}");
+}
+
+#[test]
+fn exec_of_a_missing_program_is_one_clear_line() {
+    let bundle = sleeping();
+    let out = bundle.cli(&["exec", bundle.id(), "no-such-program"]);
+    let line = out.assert_one_line_failure();
+    assert!(line.contains("no-such-program"), "the error names the program: {line}");
+}
+
+#[test]
+fn exec_into_a_stopped_container_is_refused() {
+    let bundle = BusyboxBundle::new().args(&["true"]);
+    bundle.create().assert_success();
+    bundle.start().assert_success();
+    bundle.wait_for_status("stopped", TIMEOUT);
+    let out = bundle.cli(&["exec", bundle.id(), "true"]);
+    let line = out.assert_one_line_failure();
+    assert!(line.contains("stopped"), "{line}");
+}
+
+#[test]
+fn detached_exec_joins_the_containers_cgroup() {
+    let bundle = sleeping();
+    let pid_file = bundle.dir().join("exec.pid");
+    bundle
+        .cli(&["exec", "--detach", "--pid-file", &pid_file.to_string_lossy(), bundle.id(), "sleep", "1000"])
+        .assert_success();
+    let pid: i32 = std::fs::read_to_string(&pid_file).expect("pid file").trim().parse().expect("a pid");
+    assert!(process_alive(pid));
+    let procs = std::fs::read_to_string(bundle.cgroup_dir("pids").join("cgroup.procs")).expect("cgroup.procs");
+    assert!(procs.lines().any(|l| l.trim() == pid.to_string()), "pid {pid} not in {procs}");
+    bundle.cli(&["delete", "--force", bundle.id()]).assert_success();
+    let deadline = Instant::now() + TIMEOUT;
+    while process_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!process_alive(pid), "delete --force must kill exec'd processes too");
+    bundle.assert_nothing_left(None);
+}
+
+#[test]
+fn pause_freezes_and_resume_thaws() {
+    let bundle = BusyboxBundle::new().shell("i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done")
+        .mount("/tmp", "tmpfs", "tmpfs", &["nosuid"]);
+    bundle.create().assert_success();
+    bundle.start().assert_success();
+    bundle.cli(&["pause", bundle.id()]).assert_success();
+    assert_eq!(bundle.status(), "paused");
+    let count = || bundle.cli(&["exec", bundle.id(), "cat", "/tmp/count"]);
+    // exec into a frozen cgroup would freeze the exec'd process too: read through /proc instead.
+    let root = format!("/proc/{}/root/tmp/count", bundle.state()["pid"]);
+    let before = std::fs::read_to_string(&root).unwrap_or_default();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(std::fs::read_to_string(&root).unwrap_or_default(), before, "a paused container must not run");
+    bundle.cli(&["resume", bundle.id()]).assert_success();
+    assert_eq!(bundle.status(), "running");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = count();
+    after.assert_success();
+    assert_ne!(after.stdout, before, "a resumed container runs again");
+    bundle.cli(&["pause", bundle.id()]).assert_success();
+    bundle.cli(&["delete", "--force", bundle.id()]).assert_success();
+    bundle.assert_nothing_left(None);
+}
+
+#[test]
+fn terminal_master_goes_to_the_console_socket() {
+    let bundle = BusyboxBundle::new().shell("tty; echo tty-ok");
+    let mut bundle = bundle;
+    bundle.config_mut()["process"]["terminal"] = serde_json::Value::Bool(true);
+    let socket_path = bundle.dir().join("console.sock");
+    let listener = UnixListener::bind(&socket_path).expect("bind the console socket");
+    bundle.write_config();
+    let create = bundle.spawn_cli(&[
+        "create", "--bundle", &bundle.bundle_dir().to_string_lossy(),
+        "--console-socket", &socket_path.to_string_lossy(), bundle.id(),
+    ]);
+    let (stream, _) = listener.accept().expect("the runtime connects to the console socket");
+    let mut buf = [0u8; 256];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(std::os::fd::AsRawFd::as_raw_fd(&stream), &mut iov, Some(&mut space), MsgFlags::empty())
+        .expect("receive the pty master");
+    let fd = msg
+        .cmsgs()
+        .expect("control messages")
+        .find_map(|c| match c {
+            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        })
+        .expect("an fd was passed with SCM_RIGHTS");
+    // SAFETY: the fd was just received with SCM_RIGHTS and nothing else owns it.
+    let master = unsafe { OwnedFd::from_raw_fd(fd) };
+    create.wait(TIMEOUT).assert_success();
+    bundle.start().assert_success();
+    let mut master = std::fs::File::from(master);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while !String::from_utf8_lossy(&out).contains("tty-ok") && Instant::now() < deadline {
+        let mut chunk = [0u8; 256];
+        match master.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("/dev/pts/0"), "the process's stdio is the pty: {text:?}");
+    assert!(text.contains("tty-ok"), "{text:?}");
+    bundle.wait_for_status("stopped", TIMEOUT);
+    bundle.delete().assert_success();
+    bundle.assert_nothing_left(None);
+}
