@@ -7,7 +7,15 @@ use clap::Parser;
 use scheduler::cli::{Cli, CliCommand, run_cli};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version are successes; a bad command line is bad input (exit 1, not
+            // clap's 2, which sched reserves for an unreachable cluster).
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
     let default_filter = if matches!(cli.command, CliCommand::Server(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -1,0 +1,286 @@
+//! A real cluster of `sched server` processes on 127.0.0.1 for the `cluster_*` tests.
+//!
+//! Each server is a separate process of the `sched` binary built next to the test executable
+//! (`target/debug/sched`: run `cargo build -p scheduler` first; `scripts/test.sh` does). Servers
+//! get free ports and their own data directories under one temp dir, short Raft ticks (20 ms,
+//! so elections take 200-400 ms) and small snapshot intervals when asked. Drop kills every
+//! process (SIGKILL, also stopped ones) and removes the data.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Raft tick of test servers, in ms.
+pub const TEST_TICK_MS: u64 = 20;
+
+/// Options for the servers of a test cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub servers: u64,
+    /// `--snapshot-every`.
+    pub snapshot_every: u64,
+    /// `--keep-entries`.
+    pub keep_entries: u64,
+    /// `--tick-ms`.
+    pub tick_ms: u64,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { servers: 3, snapshot_every: 10_000, keep_entries: 1_000, tick_ms: TEST_TICK_MS }
+    }
+}
+
+/// One server of the cluster.
+pub struct Server {
+    pub id: u64,
+    pub address: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+    /// Each start appends to this log, for diagnosis and for facts the tests check.
+    pub log: PathBuf,
+}
+
+/// A running cluster; dropped = every process killed and every file removed.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    options: ClusterOptions,
+    pub servers: BTreeMap<u64, Server>,
+}
+
+/// The `sched` binary next to the test executable.
+pub fn sched_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's own path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let sched = profile_dir.join("sched");
+    assert!(sched.exists(), "{} is missing: build it first with `cargo build -p scheduler` (scripts/test.sh does)", sched.display());
+    sched
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
+}
+
+impl Cluster {
+    /// Starts `options.servers` servers as one new cluster and waits for a leader.
+    pub fn start(options: ClusterOptions) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("sched-cluster-").tempdir().expect("temp dir");
+        let mut servers = BTreeMap::new();
+        for id in 1..=options.servers {
+            let address = format!("127.0.0.1:{}", free_port());
+            let data_dir = dir.path().join(format!("server-{id}"));
+            let log = dir.path().join(format!("server-{id}.log"));
+            servers.insert(id, Server { id, address, data_dir, child: None, log });
+        }
+        let mut cluster = Cluster { dir, options, servers };
+        let initial = cluster.initial_cluster();
+        for id in 1..=cluster.options.servers {
+            cluster.spawn(id, &["--initial-cluster", &initial]);
+        }
+        cluster.wait_for_leader(Duration::from_secs(10));
+        cluster
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.servers.values().map(|s| format!("{}={}", s.id, s.address)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Where the cluster's files are.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self, id: u64, extra: &[&str]) {
+        let options = self.options.clone();
+        let server = self.servers.get_mut(&id).expect("known server");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&server.log).expect("server log");
+        let child = Command::new(sched_binary())
+            .arg("server")
+            .args(["--id", &id.to_string(), "--listen", &server.address])
+            .arg("--data-dir")
+            .arg(&server.data_dir)
+            .args(["--tick-ms", &options.tick_ms.to_string()])
+            .args(["--snapshot-every", &options.snapshot_every.to_string()])
+            .args(["--keep-entries", &options.keep_entries.to_string()])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start sched server");
+        server.child = Some(child);
+        wait_for_port(&server.address, Duration::from_secs(10));
+    }
+
+    /// Restarts a killed server from its data directory (same flags as at first start).
+    pub fn restart(&mut self, id: u64) {
+        assert!(self.servers[&id].child.is_none(), "server {id} still runs");
+        let initial = self.initial_cluster();
+        self.spawn(id, &["--initial-cluster", &initial]);
+    }
+
+    /// Adds a new server process that starts empty (`--join`); it is not a member until
+    /// `sched cluster join` adds it. Replaces any earlier server with this id (data wiped).
+    pub fn spawn_joining(&mut self, id: u64) -> String {
+        if let Some(old) = self.servers.get(&id) {
+            assert!(old.child.is_none(), "server {id} still runs");
+            let _ = std::fs::remove_dir_all(&old.data_dir);
+        }
+        let address = format!("127.0.0.1:{}", free_port());
+        let data_dir = self.dir.path().join(format!("server-{id}-joined"));
+        let log = self.dir.path().join(format!("server-{id}-joined.log"));
+        self.servers.insert(id, Server { id, address: address.clone(), data_dir, child: None, log });
+        self.spawn(id, &["--join"]);
+        address
+    }
+
+    /// SIGKILLs a server.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.servers.get_mut(&id).and_then(|s| s.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOPs (`true`) or SIGCONTs (`false`) a server: a partition it cannot notice.
+    pub fn pause(&self, id: u64, paused: bool) {
+        let child = self.servers[&id].child.as_ref().expect("server runs");
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) on the pid of a child this fixture spawned and has not reaped.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", child.id());
+    }
+
+    /// Every running server's address, comma-separated (for `--server`).
+    pub fn addresses(&self) -> String {
+        self.servers.values().filter(|s| s.child.is_some()).map(|s| s.address.clone()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Runs `sched --server <all running servers> ARGS`.
+    pub fn sched(&self, args: &[&str]) -> Output {
+        self.sched_at(&self.addresses(), args)
+    }
+
+    /// Runs `sched --server SERVERS ARGS`.
+    pub fn sched_at(&self, servers: &str, args: &[&str]) -> Output {
+        Command::new(sched_binary()).args(["--server", servers]).args(args).env_remove("SCHED_SERVER").output().expect("run sched")
+    }
+
+    /// `sched ARGS` that must succeed; returns stdout.
+    pub fn sched_ok(&self, args: &[&str]) -> String {
+        let out = self.sched(args);
+        assert!(out.status.success(), "sched {args:?} failed ({}): {}{}", out.status, stdout(&out), stderr(&out));
+        stdout(&out)
+    }
+
+    /// `sched ARGS -o json` parsed.
+    pub fn sched_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.sched_ok(&args)).expect("sched printed JSON")
+    }
+
+    /// The leader's id as the running servers agree, once they do.
+    pub fn wait_for_leader(&self, timeout: Duration) -> u64 {
+        let start = Instant::now();
+        loop {
+            let out = self.sched(&["cluster", "members", "-o", "json"]);
+            if out.status.success() {
+                let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("members JSON");
+                let leader = json["leader_id"].as_u64().unwrap_or(0);
+                if leader != 0 && self.servers.get(&leader).is_some_and(|s| s.child.is_some()) {
+                    return leader;
+                }
+            }
+            assert!(start.elapsed() < timeout, "no leader within {timeout:?}; logs in {}", self.dir.path().display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The text a server logged so far.
+    pub fn log_of(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.servers[&id].log).unwrap_or_default()
+    }
+
+    /// A service.toml for `name` with `count` tasks, written into the cluster dir.
+    pub fn service_file(&self, name: &str, image: &str, count: u32) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, format!("name = \"{name}\"\nimage = \"{image}\"\ncount = {count}\n")).unwrap();
+        path
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.servers.keys().copied().collect();
+        for id in ids {
+            if let Some(child) = self.servers.get(&id).and_then(|s| s.child.as_ref()) {
+                // SAFETY: SIGCONT to our own unreaped child so a stopped server can die.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
+            }
+            self.kill(id);
+        }
+        if std::thread::panicking() {
+            for server in self.servers.values() {
+                let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                eprintln!("--- server {} log (last lines) ---\n{}", server.id, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+        }
+    }
+}
+
+/// Applies a minimal service `name` over gRPC through the first of `addresses` that answers,
+/// retrying for up to 10 s. True once acknowledged.
+pub async fn apply_anywhere(addresses: &[String], name: &str) -> bool {
+    use proto::sched::v1 as pb;
+    let spec = pb::ServiceSpec { name: name.into(), image: "busybox:1.36".into(), cpu_millis: 100, memory_mib: 64, count: 1, ..Default::default() };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        for address in addresses {
+            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{address}")) else { continue };
+            let endpoint = endpoint.connect_timeout(Duration::from_millis(300)).timeout(Duration::from_secs(3));
+            let Ok(channel) = endpoint.connect().await else { continue };
+            let request = pb::ApplyRequest { spec: Some(spec.clone()) };
+            if pb::service_api_client::ServiceApiClient::new(channel).apply(request).await.is_ok() {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// The names of the services a server reports (`--stale`: its own copy, no ReadIndex).
+pub fn service_names(cluster: &Cluster, server: &str, stale: bool) -> Option<std::collections::BTreeSet<String>> {
+    let mut args = vec!["get", "services", "-o", "json"];
+    if stale {
+        args.push("--stale");
+    }
+    let out = cluster.sched_at(server, &args);
+    if !out.status.success() {
+        return None;
+    }
+    let services: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(services.as_array()?.iter().filter_map(|s| s["name"].as_str().map(str::to_string)).collect())
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn wait_for_port(address: &str, timeout: Duration) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(address).is_err() {
+        assert!(start.elapsed() < timeout, "sched server did not listen on {address} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

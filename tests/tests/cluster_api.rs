@@ -1,0 +1,187 @@
+//! The public API on a real 3-server cluster: the CLI round trip, exit codes, and that
+//! malformed files and bad gRPC requests get clear errors and change nothing.
+
+use proto::sched::v1 as pb;
+use proto::sched::v1::service_api_client::ServiceApiClient;
+use sched_tests::cluster::{Cluster, ClusterOptions, free_port, stderr, stdout};
+
+fn example() -> String {
+    format!("{}/../examples/quotes/service.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn apply_get_describe_scale_rollback_delete_round_trip() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let out = cluster.sched_ok(&["apply", &example()]);
+    assert_eq!(out.trim(), "service quotes applied: revision 1");
+    // The same file again makes no new revision.
+    assert_eq!(cluster.sched_ok(&["apply", &example()]).trim(), "service quotes unchanged: revision 1");
+
+    // Every server answers the same, whichever is asked.
+    for server in cluster.servers.values() {
+        let out = cluster.sched_at(&server.address, &["get", "services", "-o", "json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let services: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(services[0]["name"], "quotes", "server {}", server.id);
+        assert_eq!(services[0]["current"]["spec"]["image"], "127.0.0.1:5000/quotes:1.0");
+        assert_eq!(services[0]["current"]["spec"]["health"]["path"], "/health");
+        assert_eq!(services[0]["desired_count"], 2);
+    }
+    let table = cluster.sched_ok(&["get", "services"]);
+    assert!(table.starts_with("NAME    REVISION  RUNNING  IMAGE\nquotes  1         0/2"), "{table}");
+
+    let scaled = cluster.sched_ok(&["scale", "quotes", "4"]);
+    assert_eq!(scaled.trim(), "service quotes scaled to 4 task(s)");
+    let v2 = cluster.service_file("quotes", "127.0.0.1:5000/quotes:2.0", 2);
+    let mut text = std::fs::read_to_string(example()).unwrap();
+    text = text.replace("quotes:1.0", "quotes:2.0");
+    std::fs::write(&v2, text).unwrap();
+    assert_eq!(cluster.sched_ok(&["apply", v2.to_str().unwrap()]).trim(), "service quotes applied: revision 2");
+
+    let rolled = cluster.sched_ok(&["rollback", "quotes"]);
+    assert_eq!(rolled.trim(), "service quotes rolled back to the spec of revision 1: revision 3");
+    let history = cluster.sched_json(&["history", "quotes"]);
+    let images: Vec<&str> = history.as_array().unwrap().iter().map(|r| r["spec"]["image"].as_str().unwrap()).collect();
+    assert_eq!(images, ["127.0.0.1:5000/quotes:1.0", "127.0.0.1:5000/quotes:2.0", "127.0.0.1:5000/quotes:1.0"]);
+
+    let described = cluster.sched_json(&["describe", "service", "quotes"]);
+    assert_eq!(described["service"]["revision"], 3);
+    let events: Vec<&str> = described["events"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        [
+            "created at revision 1 with 2 task(s)",
+            "scaled from 2 to 4 task(s)",
+            "revision 2 applied with 2 task(s)",
+            "rolled back to the spec of revision 1 as revision 3"
+        ]
+    );
+    let text = cluster.sched_ok(&["describe", "service", "quotes"]);
+    assert!(text.contains("Health:      http /health on 8080 every 5s"), "{text}");
+
+    assert_eq!(cluster.sched_ok(&["delete", "quotes"]).trim(), "service quotes deleted");
+    assert_eq!(cluster.sched_json(&["get", "services"]), serde_json::json!([]));
+    let out = cluster.sched(&["describe", "service", "quotes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no service named \"quotes\""), "{}", stderr(&out));
+}
+
+#[test]
+fn malformed_files_are_rejected_with_positions_and_change_nothing() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    cluster.sched_ok(&["apply", &example()]);
+    let before = cluster.sched_json(&["describe", "service", "quotes"]);
+
+    let bad = cluster.dir().join("bad.toml");
+    std::fs::write(&bad, "name = \"quotes\"\nimage = \"busybox\"\ncpus = 100\n").unwrap();
+    let out = cluster.sched(&["apply", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("bad.toml:3:1: `cpus`: unknown field `cpus`"), "{err}");
+
+    std::fs::write(&bad, "name = \"quotes\"\nimage = \"busybox\"\nmemory = 1\nports = [80]\n[health]\nkind = \"tcp\"\nport = 81\n").unwrap();
+    let out = cluster.sched(&["apply", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("bad.toml:3:10: `memory`: must be 4 to 1048576 MiB, got 1"), "{err}");
+    assert!(err.contains("bad.toml:7:8: `health.port`: must be one of the service's ports [80], got 81"), "{err}");
+
+    let out = cluster.sched(&["apply", "/nonexistent/service.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot read /nonexistent/service.toml"), "{}", stderr(&out));
+
+    let out = cluster.sched(&["rollback", "quotes", "--to", "7"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("quotes has no revision 7: revisions are 1 to 1"), "{}", stderr(&out));
+
+    assert_eq!(cluster.sched_json(&["describe", "service", "quotes"]), before);
+}
+
+#[test]
+fn bad_grpc_requests_get_clear_errors_and_change_nothing() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    cluster.sched_ok(&["apply", &example()]);
+    let before = cluster.sched_json(&["describe", "service", "quotes"]);
+    let address = format!("http://{}", cluster.servers[&2].address);
+
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut client = ServiceApiClient::connect(address.clone()).await.unwrap();
+        let status = client.apply(pb::ApplyRequest { spec: None }).await.unwrap_err();
+        assert_eq!((status.code(), status.message()), (tonic::Code::InvalidArgument, "`spec` is required"));
+
+        let spec = pb::ServiceSpec { name: "Quotes".into(), image: "".into(), cpu_millis: 0, memory_mib: 64, ports: vec![70000], ..Default::default() };
+        let status = client.apply(pb::ApplyRequest { spec: Some(spec) }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        for expected in ["`ports`: ports must be 1 to 65535, got 70000", "`name`: \"Quotes\" is not allowed", "`image`: must name an image", "`cpu`: must be 1 to 256000"] {
+            assert!(status.message().contains(expected), "{expected} not in {}", status.message());
+        }
+
+        let status = client.scale(pb::ScaleRequest { name: "nope".into(), count: 1 }).await.unwrap_err();
+        assert_eq!((status.code(), status.message()), (tonic::Code::NotFound, "no service named \"nope\""));
+        let status = client.scale(pb::ScaleRequest { name: "quotes".into(), count: 51 }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("autoscales between 2 and 50"), "{}", status.message());
+        let status = client.delete(pb::DeleteRequest { name: String::new() }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let status = client.list_tasks(pb::ListTasksRequest { service: "nope".into(), stale: false }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        let status = client.rollback(pb::RollbackRequest { name: "quotes".into(), to_revision: 0 }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.message().contains("nothing to roll back to"), "{}", status.message());
+
+        // Peer traffic that is not a raft message is refused, not stepped.
+        let mut peer = proto::raft::v1::raft_peer_client::RaftPeerClient::connect(address.clone()).await.unwrap();
+        let status = peer
+            .send(proto::raft::v1::RaftBatch { from: 9, from_address: String::new(), messages: vec![vec![0xff, 0xff, 0xff]] })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    });
+    assert_eq!(cluster.sched_json(&["describe", "service", "quotes"]), before);
+}
+
+#[test]
+fn health_and_reflection_are_served_on_the_api_port() {
+    use tokio_stream::StreamExt as _;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
+    let address = format!("http://{}", cluster.servers[&1].address);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(address).unwrap().connect().await.unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let answer = health.check(tonic_health::pb::HealthCheckRequest { service: "sched.v1.ServiceApi".into() }).await.unwrap();
+        assert_eq!(answer.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+        let mut reflection = ServerReflectionClient::new(channel);
+        let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = reflection.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
+        let answer = answers.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else { panic!("{answer:?}") };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for expected in ["sched.v1.ServiceApi", "sched.v1.ClusterApi", "agent.v1.AgentApi", "grpc.health.v1.Health"] {
+            assert!(names.iter().any(|n| n == expected), "{expected} not in {names:?}");
+        }
+    });
+}
+
+#[test]
+fn unreachable_cluster_exits_2_and_bad_input_exits_1() {
+    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let out = cluster.sched_at(&nobody, &["get", "services"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no server could answer"), "{}", stderr(&out));
+    // A dead address first, then a live one: the client moves on.
+    let list = format!("{nobody},{}", cluster.servers[&1].address);
+    let out = cluster.sched_at(&list, &["get", "services"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cluster.sched(&["scale", "quotes", "not-a-number"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("invalid value 'not-a-number'"), "{}", stderr(&out));
+}
