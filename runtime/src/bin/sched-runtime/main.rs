@@ -205,7 +205,23 @@ impl CreateArgs {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(), // --help and --version: print, exit 0
+        Err(err) => {
+            // Like every other failure: exit 1 with one line (clap's own text spans several).
+            let text = err.to_string();
+            let what: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let what = what.join(" ");
+            eprintln!("sched-runtime: {} (see sched-runtime --help)", what.trim_start_matches("error: "));
+            std::process::exit(1);
+        }
+    };
     init_logging(&cli);
     match execute(cli) {
         Ok(code) => std::process::exit(code),
