@@ -14,6 +14,15 @@ use sched_tests::oci_image::{Compression, Entry, ImageDef, OciLayout, PushFormat
 use sched_tests::registry::Registry;
 use sched_tests::registry_proxy::{ProxyMode, RegistryProxy};
 
+/// Unmounts and deletes a prepared rootfs also when the test fails.
+struct ReleaseOnDrop<'a>(&'a ImageService, &'static str);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.release_rootfs(self.1);
+    }
+}
+
 fn service(dir: &Path, mode: RootfsMode) -> ImageService {
     let options = ImageServiceOptions { rootfs_mode: mode, ..Default::default() };
     ImageService::open(dir, options).unwrap()
@@ -119,6 +128,7 @@ async fn layered_image_has_the_same_files_as_overlay_copy_and_unpack() {
 
     // Overlay rootfs.
     let overlay = images.prepare_rootfs(&reference, "c-overlay").unwrap();
+    let _g1 = ReleaseOnDrop(&images, "c-overlay");
     assert_eq!(overlay.kind, RootfsKind::Overlay);
     let overlay_tree = tree(&overlay.path);
     assert_layered_tree(&overlay_tree);
@@ -126,6 +136,7 @@ async fn layered_image_has_the_same_files_as_overlay_copy_and_unpack() {
     std::fs::write(overlay.path.join("etc/keep"), "changed").unwrap();
     images.release_rootfs("c-overlay").unwrap();
     let again = images.prepare_rootfs(&reference, "c-overlay2").unwrap();
+    let _g2 = ReleaseOnDrop(&images, "c-overlay2");
     assert_eq!(std::fs::read_to_string(again.path.join("etc/keep")).unwrap(), "keep v3");
     images.release_rootfs("c-overlay2").unwrap();
     assert!(!data.join("rootfs/c-overlay").exists());
@@ -323,6 +334,7 @@ async fn list_inspect_remove_and_prune_keep_shared_content() {
 
     // In use: refused.
     let rootfs = images.prepare_rootfs(&r1, "user-of-one").unwrap();
+    let _g = ReleaseOnDrop(&images, "user-of-one");
     let err = images.remove(&r1).unwrap_err();
     assert!(matches!(err, ImageError::InUse { .. }) && err.to_string().contains("user-of-one"), "{err}");
     images.release_rootfs("user-of-one").unwrap();
