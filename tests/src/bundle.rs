@@ -74,9 +74,13 @@ fn host_busybox() -> PathBuf {
 /// True if a 64-bit little-endian ELF file has a PT_INTERP program header (needs ld.so).
 fn has_interpreter(elf: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
-    let u16_at = |at: usize| elf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u16_at = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
     let u64_at = |at: usize| {
-        elf.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        elf.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
     };
     let (Some(phoff), Some(entsize), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
     else {
@@ -84,7 +88,8 @@ fn has_interpreter(elf: &[u8]) -> bool {
     };
     (0..count).any(|i| {
         let at = phoff + i * entsize;
-        elf.get(at..at + 4).is_some_and(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == PT_INTERP)
+        elf.get(at..at + 4)
+            .is_some_and(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == PT_INTERP)
     })
 }
 
@@ -138,8 +143,15 @@ impl Outcome {
     pub fn assert_one_line_failure(&self) -> &str {
         assert_eq!(self.code(), 1, "a failing call must exit 1: {self:#?}");
         let line = self.stderr.trim();
-        assert!(!line.is_empty(), "a failing call must explain itself on stderr: {self:#?}");
-        assert_eq!(line.lines().count(), 1, "the error must be one line: {self:#?}");
+        assert!(
+            !line.is_empty(),
+            "a failing call must explain itself on stderr: {self:#?}"
+        );
+        assert_eq!(
+            line.lines().count(),
+            1,
+            "the error must be one line: {self:#?}"
+        );
         line
     }
 }
@@ -300,9 +312,12 @@ impl BusyboxBundle {
 
     /// Appends a mount to `mounts`.
     pub fn mount(mut self, destination: &str, kind: &str, source: &str, options: &[&str]) -> Self {
-        self.config["mounts"].as_array_mut().expect("mounts is an array").push(json!({
-            "destination": destination, "type": kind, "source": source, "options": options,
-        }));
+        self.config["mounts"]
+            .as_array_mut()
+            .expect("mounts is an array")
+            .push(json!({
+                "destination": destination, "type": kind, "source": source, "options": options,
+            }));
         self
     }
 
@@ -314,7 +329,9 @@ impl BusyboxBundle {
 
     /// Adds `KEY=VALUE` entries to `process.env`.
     pub fn env(mut self, vars: &[&str]) -> Self {
-        let env = self.config["process"]["env"].as_array_mut().expect("env is an array");
+        let env = self.config["process"]["env"]
+            .as_array_mut()
+            .expect("env is an array");
         env.extend(vars.iter().map(|v| json!(v)));
         self
     }
@@ -334,7 +351,9 @@ impl BusyboxBundle {
 
     /// Sets (or replaces) one `process.rlimits` entry, e.g. `RLIMIT_NOFILE`.
     pub fn rlimit(mut self, kind: &str, soft: u64, hard: u64) -> Self {
-        let rlimits = self.config["process"]["rlimits"].as_array_mut().expect("rlimits array");
+        let rlimits = self.config["process"]["rlimits"]
+            .as_array_mut()
+            .expect("rlimits array");
         rlimits.retain(|r| r["type"] != kind);
         rlimits.push(json!({ "type": kind, "soft": soft, "hard": hard }));
         self
@@ -371,7 +390,9 @@ impl BusyboxBundle {
     }
 
     fn namespaces(&mut self) -> &mut Vec<Value> {
-        self.config["linux"]["namespaces"].as_array_mut().expect("namespaces is an array")
+        self.config["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("namespaces is an array")
     }
 
     /// Writes config.json (every verb that takes `--bundle` does this first).
@@ -403,27 +424,46 @@ impl BusyboxBundle {
             .stderr(fs::File::create(&stderr).expect("create stderr capture file"))
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", self.runtime.display()));
-        BackgroundCall { child, stdout, stderr }
+        BackgroundCall {
+            child,
+            stdout,
+            stderr,
+        }
     }
 
     /// `run --bundle B ID` in the foreground: the container's output and exit code.
     #[track_caller]
     pub fn run(&self) -> Outcome {
         self.write_config();
-        self.cli(&["run", "--bundle", &self.bundle_dir().to_string_lossy(), self.id()])
+        self.cli(&[
+            "run",
+            "--bundle",
+            &self.bundle_dir().to_string_lossy(),
+            self.id(),
+        ])
     }
 
     /// `run --bundle B ID` in the background (to signal it or inspect the running container).
     pub fn spawn_run(&self) -> BackgroundCall {
         self.write_config();
-        self.spawn_cli(&["run", "--bundle", &self.bundle_dir().to_string_lossy(), self.id()])
+        self.spawn_cli(&[
+            "run",
+            "--bundle",
+            &self.bundle_dir().to_string_lossy(),
+            self.id(),
+        ])
     }
 
     /// `create --bundle B ID`.
     #[track_caller]
     pub fn create(&self) -> Outcome {
         self.write_config();
-        self.cli(&["create", "--bundle", &self.bundle_dir().to_string_lossy(), self.id()])
+        self.cli(&[
+            "create",
+            "--bundle",
+            &self.bundle_dir().to_string_lossy(),
+            self.id(),
+        ])
     }
 
     /// `start ID`.
@@ -456,7 +496,10 @@ impl BusyboxBundle {
     /// The container's status from `state`.
     #[track_caller]
     pub fn status(&self) -> String {
-        self.state()["status"].as_str().expect("state has a string status").to_owned()
+        self.state()["status"]
+            .as_str()
+            .expect("state has a string status")
+            .to_owned()
     }
 
     /// Polls `state` until the status is `wanted` (a container that does not exist yet, like
@@ -487,7 +530,11 @@ impl BusyboxBundle {
         let full = self.rootfs().join(path.trim_start_matches('/'));
         let deadline = Instant::now() + timeout;
         while !full.exists() {
-            assert!(Instant::now() < deadline, "{} did not appear within {timeout:?}", full.display());
+            assert!(
+                Instant::now() < deadline,
+                "{} did not appear within {timeout:?}",
+                full.display()
+            );
             sleep(Duration::from_millis(10));
         }
     }
@@ -514,7 +561,9 @@ impl BusyboxBundle {
         if let Ok(entries) = fs::read_dir(self.state_root()) {
             let names: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
             assert!(
-                !names.iter().any(|n| n.to_string_lossy().contains(self.id())),
+                !names
+                    .iter()
+                    .any(|n| n.to_string_lossy().contains(self.id())),
                 "state dir {} still holds {names:?}",
                 self.state_root().display()
             );
@@ -522,12 +571,21 @@ impl BusyboxBundle {
         let cgroups = self.existing_cgroup_dirs();
         assert!(cgroups.is_empty(), "cgroup dirs left behind: {cgroups:?}");
         let mounts = mounts_under(&self.dir);
-        assert!(mounts.is_empty(), "mounts left behind in the host namespace: {mounts:?}");
+        assert!(
+            mounts.is_empty(),
+            "mounts left behind in the host namespace: {mounts:?}"
+        );
         if let Some(pid) = former_pid {
-            assert!(!process_alive(pid), "the container's process {pid} is still alive");
+            assert!(
+                !process_alive(pid),
+                "the container's process {pid} is still alive"
+            );
         }
         let rooted = processes_rooted_under(&self.dir);
-        assert!(rooted.is_empty(), "processes still rooted in the bundle: {rooted:?}");
+        assert!(
+            rooted.is_empty(),
+            "processes still rooted in the bundle: {rooted:?}"
+        );
     }
 }
 
@@ -621,7 +679,9 @@ fn default_config(name: &str) -> Value {
 /// busybox + one absolute symlink per applet, the mount points, and users root and tester (1000).
 fn build_rootfs(rootfs: &Path) -> io::Result<()> {
     let busybox = host_busybox();
-    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "etc", "tmp", "root"] {
+    for dir in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "etc", "tmp", "root",
+    ] {
         fs::create_dir_all(rootfs.join(dir))?;
     }
     fs::copy(&busybox, rootfs.join("bin/busybox"))?;
@@ -639,7 +699,10 @@ fn build_rootfs(rootfs: &Path) -> io::Result<()> {
         rootfs.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\ntester:x:1000:1000:tester:/tmp:/bin/sh\n",
     )?;
-    fs::write(rootfs.join("etc/group"), "root:x:0:\ntester:x:1000:\nextra:x:2000:\n")?;
+    fs::write(
+        rootfs.join("etc/group"),
+        "root:x:0:\ntester:x:1000:\nextra:x:2000:\n",
+    )?;
     Ok(())
 }
 
@@ -703,7 +766,10 @@ fn remove_cgroup_tree(dir: &Path) {
     for _ in 0..200 {
         let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
         for pid in procs.split_whitespace() {
-            let _ = Command::new("kill").args(["-9", pid]).stderr(Stdio::null()).status();
+            let _ = Command::new("kill")
+                .args(["-9", pid])
+                .stderr(Stdio::null())
+                .status();
         }
         if fs::remove_dir(dir).is_ok() || !dir.exists() {
             return;
@@ -739,9 +805,15 @@ pub fn process_alive(pid: i32) -> bool {
 /// Live processes whose root or cwd is at or under `dir` (what a leaked container looks like).
 pub fn processes_rooted_under(dir: &Path) -> Vec<i32> {
     let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else { return found };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let rooted = ["root", "cwd"].iter().any(|link| {

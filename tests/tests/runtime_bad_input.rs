@@ -36,8 +36,17 @@ fn missing_bundle_is_named() {
 #[test]
 fn malformed_config_json_is_named() {
     let bundle = BusyboxBundle::new();
-    fs::write(bundle.bundle_dir().join("config.json"), "{ \"ociVersion\": ").unwrap();
-    let outcome = bundle.cli(&["create", "--bundle", &bundle.bundle_dir().to_string_lossy(), bundle.id()]);
+    fs::write(
+        bundle.bundle_dir().join("config.json"),
+        "{ \"ociVersion\": ",
+    )
+    .unwrap();
+    let outcome = bundle.cli(&[
+        "create",
+        "--bundle",
+        &bundle.bundle_dir().to_string_lossy(),
+        bundle.id(),
+    ]);
     let line = outcome.assert_one_line_failure();
     assert_mentions(line, &["config.json"]);
     bundle.assert_nothing_left(None);
@@ -69,9 +78,14 @@ fn duplicate_id_is_refused_and_the_first_container_survives() {
     assert_mentions(line, &["exists"]);
 
     let state = first.state();
-    assert_eq!(state["status"], "created", "the first container is untouched: {state:#}");
+    assert_eq!(
+        state["status"], "created",
+        "the first container is untouched: {state:#}"
+    );
     assert_eq!(state["pid"], pid);
-    first.cli(&["delete", "--force", first.id()]).assert_success();
+    first
+        .cli(&["delete", "--force", first.id()])
+        .assert_success();
     first.assert_nothing_left(pid.as_i64().map(|p| p as i32));
 }
 
@@ -81,8 +95,12 @@ fn missing_rootfs_is_named() {
     fs::remove_dir_all(bundle.rootfs()).expect("remove the rootfs");
     for verb in ["create", "run"] {
         bundle.write_config();
-        let outcome =
-            bundle.cli(&[verb, "--bundle", &bundle.bundle_dir().to_string_lossy(), bundle.id()]);
+        let outcome = bundle.cli(&[
+            verb,
+            "--bundle",
+            &bundle.bundle_dir().to_string_lossy(),
+            bundle.id(),
+        ]);
         let line = outcome.assert_one_line_failure();
         assert_mentions(line, &["rootfs"]);
         bundle.assert_nothing_left(None);

@@ -26,13 +26,19 @@ fn container_process_is_pid_1() {
     let out = run_ok(&bundle);
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("1"), "the shell is pid 1: {out}");
-    assert_eq!(lines.next(), Some("1"), "its child's parent is pid 1: {out}");
+    assert_eq!(
+        lines.next(),
+        Some("1"),
+        "its child's parent is pid 1: {out}"
+    );
 }
 
 #[test]
 fn container_has_its_own_hostname() {
     let host_before = fs::read_to_string("/proc/sys/kernel/hostname").expect("host hostname");
-    let bundle = BusyboxBundle::new().hostname("isolated-box").shell("hostname");
+    let bundle = BusyboxBundle::new()
+        .hostname("isolated-box")
+        .shell("hostname");
     assert_eq!(run_ok(&bundle), "isolated-box\n");
     let host_after = fs::read_to_string("/proc/sys/kernel/hostname").expect("host hostname");
     assert_eq!(host_before, host_after, "the host's hostname is untouched");
@@ -50,8 +56,14 @@ fn host_processes_are_invisible() {
     let bundle = BusyboxBundle::new().shell("ls /proc; echo done");
     let out = run_ok(&bundle);
     let pids = numeric_entries(&out);
-    assert!(pids.contains(&1), "the container sees itself as pid 1: {pids:?}");
-    assert!(pids.len() <= 3, "only the container's own processes are visible: {pids:?}");
+    assert!(
+        pids.contains(&1),
+        "the container sees itself as pid 1: {pids:?}"
+    );
+    assert!(
+        pids.len() <= 3,
+        "only the container's own processes are visible: {pids:?}"
+    );
     assert!(
         !pids.contains(&std::process::id()),
         "the test process (host pid {}) is invisible: {pids:?}",
@@ -60,7 +72,10 @@ fn host_processes_are_invisible() {
 }
 
 fn numeric_entries(listing: &str) -> Vec<u32> {
-    listing.split_whitespace().filter_map(|w| w.parse().ok()).collect()
+    listing
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect()
 }
 
 /// One line of /proc/self/mountinfo, as seen inside the container.
@@ -82,7 +97,12 @@ fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
                 point: left.get(4)?.to_string(),
                 options: left.get(5)?.split(',').map(str::to_owned).collect(),
                 fstype: right.first()?.to_string(),
-                super_options: right.get(2).unwrap_or(&"").split(',').map(str::to_owned).collect(),
+                super_options: right
+                    .get(2)
+                    .unwrap_or(&"")
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect(),
             })
         })
         .collect()
@@ -106,14 +126,21 @@ fn mounts_are_as_specified() {
     fs::write(shared.join("hello"), "from the host\n").expect("write the shared file");
     let bundle = bundle
         .mount("/data", "bind", &shared.to_string_lossy(), &["rbind", "ro"])
-        .mount("/scratch", "tmpfs", "tmpfs", &["nosuid", "size=1m", "mode=1777"])
+        .mount(
+            "/scratch",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "size=1m", "mode=1777"],
+        )
         .shell(
             "cat /proc/self/mountinfo; echo ===; cat /data/hello; \
              echo x 2>/dev/null > /data/new && echo WROTE-DATA; \
              echo y > /scratch/file && echo WROTE-SCRATCH",
         );
     let out = run_ok(&bundle);
-    let (mountinfo, rest) = out.split_once("===\n").expect("the script prints a separator");
+    let (mountinfo, rest) = out
+        .split_once("===\n")
+        .expect("the script prints a separator");
     let mounts = parse_mountinfo(mountinfo);
 
     for (point, fstype) in [
@@ -125,28 +152,59 @@ fn mounts_are_as_specified() {
         ("/sys", "sysfs"),
         ("/scratch", "tmpfs"),
     ] {
-        assert_eq!(mount_at(&mounts, point).fstype, fstype, "{point}: {mounts:#?}");
+        assert_eq!(
+            mount_at(&mounts, point).fstype,
+            fstype,
+            "{point}: {mounts:#?}"
+        );
     }
     let sys = mount_at(&mounts, "/sys");
-    assert!(sys.options.contains(&"ro".into()), "/sys is read-only: {sys:?}");
+    assert!(
+        sys.options.contains(&"ro".into()),
+        "/sys is read-only: {sys:?}"
+    );
     let cgroup = mount_at(&mounts, "/sys/fs/cgroup");
     assert!(
         ["cgroup", "cgroup2", "tmpfs"].contains(&cgroup.fstype.as_str()),
         "/sys/fs/cgroup holds the cgroup filesystem: {cgroup:?}"
     );
     let shm = mount_at(&mounts, "/dev/shm");
-    assert!(shm.options.contains(&"noexec".into()), "/dev/shm options applied: {shm:?}");
+    assert!(
+        shm.options.contains(&"noexec".into()),
+        "/dev/shm options applied: {shm:?}"
+    );
 
     let data = mount_at(&mounts, "/data");
-    assert!(data.options.contains(&"ro".into()), "the bind mount is read-only: {data:?}");
+    assert!(
+        data.options.contains(&"ro".into()),
+        "the bind mount is read-only: {data:?}"
+    );
     let scratch = mount_at(&mounts, "/scratch");
-    assert!(scratch.super_options.contains(&"size=1024k".into()), "tmpfs size: {scratch:?}");
-    assert!(scratch.options.contains(&"nosuid".into()), "tmpfs flags: {scratch:?}");
+    assert!(
+        scratch.super_options.contains(&"size=1024k".into()),
+        "tmpfs size: {scratch:?}"
+    );
+    assert!(
+        scratch.options.contains(&"nosuid".into()),
+        "tmpfs flags: {scratch:?}"
+    );
 
-    assert!(rest.contains("from the host"), "the bind mount shows the host dir: {rest}");
-    assert!(!rest.contains("WROTE-DATA"), "writing to the ro bind mount must fail: {rest}");
-    assert!(!shared.join("new").exists(), "nothing reached the host through the ro mount");
-    assert!(rest.contains("WROTE-SCRATCH"), "the tmpfs is writable: {rest}");
+    assert!(
+        rest.contains("from the host"),
+        "the bind mount shows the host dir: {rest}"
+    );
+    assert!(
+        !rest.contains("WROTE-DATA"),
+        "writing to the ro bind mount must fail: {rest}"
+    );
+    assert!(
+        !shared.join("new").exists(),
+        "nothing reached the host through the ro mount"
+    );
+    assert!(
+        rest.contains("WROTE-SCRATCH"),
+        "the tmpfs is writable: {rest}"
+    );
     assert!(
         !bundle.rootfs().join("scratch/file").exists(),
         "the tmpfs write stays out of the rootfs"
@@ -163,9 +221,14 @@ fn masked_paths_are_unreadable() {
         .map(|p| p.as_str().expect("a path").to_owned())
         .collect();
     // Only paths that have content on this host prove anything.
-    let with_content: Vec<&String> =
-        masked.iter().filter(|p| has_content(Path::new(p.as_str()))).collect();
-    assert!(!with_content.is_empty(), "no masked path has content on this host: {masked:?}");
+    let with_content: Vec<&String> = masked
+        .iter()
+        .filter(|p| has_content(Path::new(p.as_str())))
+        .collect();
+    assert!(
+        !with_content.is_empty(),
+        "no masked path has content on this host: {masked:?}"
+    );
 
     let script: String = with_content
         .iter()
@@ -183,7 +246,10 @@ fn masked_paths_are_unreadable() {
             .lines()
             .find(|l| l.split(' ').next() == Some(path.as_str()))
             .unwrap_or_else(|| panic!("no report for {path}: {out}"));
-        assert!(line.ends_with(" 0"), "{path} must read empty inside the container: {line}");
+        assert!(
+            line.ends_with(" 0"),
+            "{path} must read empty inside the container: {line}"
+        );
     }
 }
 
@@ -207,14 +273,29 @@ fn readonly_paths_are_read_only() {
     let out = run_ok(&bundle);
     let (mountinfo, rest) = out.split_once("===\n").expect("separator");
     let mounts = parse_mountinfo(mountinfo);
-    for point in ["/proc/sys", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sysrq-trigger"] {
+    for point in [
+        "/proc/sys",
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sysrq-trigger",
+    ] {
         if let Some(m) = mounts.iter().rev().find(|m| m.point == point) {
-            assert!(m.options.contains(&"ro".into()), "{point} is read-only: {m:?}");
+            assert!(
+                m.options.contains(&"ro".into()),
+                "{point} is read-only: {m:?}"
+            );
         } else {
-            assert!(!Path::new(point).exists(), "{point} exists on the host but is not remounted");
+            assert!(
+                !Path::new(point).exists(),
+                "{point} exists on the host but is not remounted"
+            );
         }
     }
-    assert!(!rest.contains("WROTE-PROC-SYS"), "/proc/sys must refuse writes: {rest}");
+    assert!(
+        !rest.contains("WROTE-PROC-SYS"),
+        "/proc/sys must refuse writes: {rest}"
+    );
 }
 
 #[test]
@@ -224,9 +305,15 @@ fn readonly_root_refuses_writes() {
          echo y > /dev/shm/f && echo WROTE-SHM",
     );
     let out = run_ok(&bundle);
-    assert!(out.contains("Read-only file system"), "the root refuses writes: {out}");
+    assert!(
+        out.contains("Read-only file system"),
+        "the root refuses writes: {out}"
+    );
     assert!(!out.contains("touch-exit=0"), "{out}");
-    assert!(out.contains("WROTE-SHM"), "mounts on top of a read-only root stay writable: {out}");
+    assert!(
+        out.contains("WROTE-SHM"),
+        "mounts on top of a read-only root stay writable: {out}"
+    );
     assert!(!bundle.rootfs().join("newfile").exists());
 }
 
@@ -240,8 +327,14 @@ fn sysctls_apply_inside_the_container_only() {
         .sysctl("kernel.domainname", "sched.test")
         .shell("cat /proc/sys/net/ipv4/ip_default_ttl /proc/sys/kernel/domainname");
     assert_eq!(run_ok(&bundle), "77\nsched.test\n");
-    assert_eq!(fs::read_to_string("/proc/sys/net/ipv4/ip_default_ttl").unwrap(), host_ttl);
-    assert_eq!(fs::read_to_string("/proc/sys/kernel/domainname").unwrap(), host_domain);
+    assert_eq!(
+        fs::read_to_string("/proc/sys/net/ipv4/ip_default_ttl").unwrap(),
+        host_ttl
+    );
+    assert_eq!(
+        fs::read_to_string("/proc/sys/kernel/domainname").unwrap(),
+        host_domain
+    );
 }
 
 /// A named network namespace (`ip netns add`) holding a veth pair; deleted on drop.
@@ -254,7 +347,18 @@ impl NamedNetns {
         let name = unique_name();
         let netns = Self { name };
         ip(&["netns", "add", &netns.name]);
-        ip(&["-n", &netns.name, "link", "add", "schedprobe0", "type", "veth", "peer", "name", "schedprobe1"]);
+        ip(&[
+            "-n",
+            &netns.name,
+            "link",
+            "add",
+            "schedprobe0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "schedprobe1",
+        ]);
         netns
     }
 
@@ -265,13 +369,18 @@ impl NamedNetns {
 
 impl Drop for NamedNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
     }
 }
 
 #[track_caller]
 fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().expect("run ip (iproute2)");
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run ip (iproute2)");
     assert!(status.success(), "ip {args:?} failed");
 }
 
@@ -283,8 +392,14 @@ fn joins_an_existing_network_namespace_by_path() {
         .namespace_path("network", &netns.path())
         .shell("readlink /proc/self/ns/net; cat /proc/net/dev");
     let out = run_ok(&bundle);
-    assert!(out.starts_with(&format!("net:[{inode}]")), "joined {inode}: {out}");
-    assert!(out.contains("schedprobe0"), "the namespace's links are visible: {out}");
+    assert!(
+        out.starts_with(&format!("net:[{inode}]")),
+        "joined {inode}: {out}"
+    );
+    assert!(
+        out.contains("schedprobe0"),
+        "the namespace's links are visible: {out}"
+    );
 }
 
 #[test]
@@ -303,20 +418,59 @@ fn new_network_namespace_has_only_loopback() {
 /// Linux capability numbers (include/uapi/linux/capability.h).
 fn capability_number(name: &str) -> u32 {
     const NAMES: [&str; 41] = [
-        "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
-        "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN",
-        "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT",
-        "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE",
-        "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL",
-        "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND",
-        "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
     ];
     let short = name.strip_prefix("CAP_").unwrap_or(name);
-    NAMES.iter().position(|n| *n == short).unwrap_or_else(|| panic!("unknown cap {name}")) as u32
+    NAMES
+        .iter()
+        .position(|n| *n == short)
+        .unwrap_or_else(|| panic!("unknown cap {name}")) as u32
 }
 
 fn capability_mask(names: &[&str]) -> u64 {
-    names.iter().fold(0, |mask, name| mask | 1 << capability_number(name))
+    names
+        .iter()
+        .fold(0, |mask, name| mask | 1 << capability_number(name))
 }
 
 /// The `Cap*` lines of the container's pid 1, as masks.
@@ -343,8 +497,16 @@ fn default_capabilities_are_exactly_the_specs() {
 
 #[test]
 fn custom_capabilities_fill_all_five_sets() {
-    let caps = ["CAP_CHOWN", "CAP_NET_RAW", "CAP_SYS_TIME", "CAP_SETUID", "CAP_KILL"];
-    let bundle = BusyboxBundle::new().capabilities(&caps).shell("cat /proc/1/status");
+    let caps = [
+        "CAP_CHOWN",
+        "CAP_NET_RAW",
+        "CAP_SYS_TIME",
+        "CAP_SETUID",
+        "CAP_KILL",
+    ];
+    let bundle = BusyboxBundle::new()
+        .capabilities(&caps)
+        .shell("cat /proc/1/status");
     let expected = capability_mask(&caps);
     let sets = capability_sets(&run_ok(&bundle));
     assert_eq!(sets.len(), 5, "five Cap lines: {sets:?}");

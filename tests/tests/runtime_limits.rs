@@ -50,8 +50,15 @@ fn process_over_memory_limit_is_oom_killed_and_run_exits_137() {
     let bundle = memory_eater();
     let started = Instant::now();
     let outcome = bundle.run();
-    assert_eq!(outcome.code(), 137, "SIGKILL by the OOM killer: {outcome:#?}");
-    assert!(started.elapsed() < STATUS_TIMEOUT, "the limit stopped it early");
+    assert_eq!(
+        outcome.code(),
+        137,
+        "SIGKILL by the OOM killer: {outcome:#?}"
+    );
+    assert!(
+        started.elapsed() < STATUS_TIMEOUT,
+        "the limit stopped it early"
+    );
     bundle.assert_nothing_left(None);
 }
 
@@ -65,17 +72,25 @@ fn memory_limit_is_written_and_oom_kill_counted() {
     } else {
         ("memory.max", "memory.events")
     };
-    assert_eq!(read_trimmed(&memory.join(limit_file)), MEMORY_LIMIT.to_string());
+    assert_eq!(
+        read_trimmed(&memory.join(limit_file)),
+        MEMORY_LIMIT.to_string()
+    );
     bundle.start().assert_success();
     bundle.wait_for_status("stopped", STATUS_TIMEOUT);
     let kills = keyed_value(&memory.join(events_file), "oom_kill");
-    assert!(kills >= 1, "the OOM killer acted in the container's cgroup: {kills}");
+    assert!(
+        kills >= 1,
+        "the OOM killer acted in the container's cgroup: {kills}"
+    );
 }
 
 /// Cumulative CPU time of the container's cgroup, in microseconds.
 fn cpu_usage_micros(bundle: &BusyboxBundle) -> u64 {
     if is_cgroup_v1("cpuacct") {
-        read_trimmed(&bundle.cgroup_dir("cpuacct").join("cpuacct.usage")).parse::<u64>().unwrap()
+        read_trimmed(&bundle.cgroup_dir("cpuacct").join("cpuacct.usage"))
+            .parse::<u64>()
+            .unwrap()
             / 1000
     } else {
         keyed_value(&bundle.cgroup_dir("cpu").join("cpu.stat"), "usage_usec")
@@ -106,13 +121,19 @@ fn cpu_bound_loop_under_20_percent_quota_gets_about_20_percent() {
     let wall = wall_before.elapsed().as_micros() as u64;
     let throttled = keyed_value(&cpu.join("cpu.stat"), "nr_throttled") - throttled_before;
     let share = usage as f64 / wall as f64;
-    eprintln!("cpu share under a 20% quota: {:.1}%, {throttled} periods throttled", share * 100.0);
+    eprintln!(
+        "cpu share under a 20% quota: {:.1}%, {throttled} periods throttled",
+        share * 100.0
+    );
     assert!(
         (0.12..=0.30).contains(&share),
         "the loop got {:.1}% of a core ({usage} us over {wall} us), expected about 20%",
         share * 100.0
     );
-    assert!(throttled >= 10, "the quota throttled most periods: {throttled} in 2 s");
+    assert!(
+        throttled >= 10,
+        "the quota throttled most periods: {throttled} in 2 s"
+    );
 }
 
 #[test]
@@ -124,7 +145,10 @@ fn pids_limit_stops_a_fork_loop() {
     let outcome = limited.run();
     assert_ne!(outcome.code(), 0, "{outcome:#?}");
     assert!(!outcome.stdout.contains("started 40"), "{outcome:#?}");
-    assert!(outcome.stderr.contains("can't fork"), "fork failed: {outcome:#?}");
+    assert!(
+        outcome.stderr.contains("can't fork"),
+        "fork failed: {outcome:#?}"
+    );
 
     // The same loop without the limit completes: the limit, not the script, stopped it.
     let unlimited = BusyboxBundle::new().shell(fork_loop);
@@ -138,5 +162,8 @@ fn pids_limit_is_written_to_the_cgroup() {
         .args(&["sleep", "1000"])
         .resources(json!({ "pids": { "limit": 10 } }));
     bundle.create().assert_success();
-    assert_eq!(read_trimmed(&bundle.cgroup_dir("pids").join("pids.max")), "10");
+    assert_eq!(
+        read_trimmed(&bundle.cgroup_dir("pids").join("pids.max")),
+        "10"
+    );
 }
