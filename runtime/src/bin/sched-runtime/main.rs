@@ -120,6 +120,15 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Write a default config.json (runc-like namespaces, mounts, capabilities) into a bundle.
+    Spec {
+        /// The bundle directory to write config.json into.
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// The command the container runs (default: sh).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Pull, list, inspect, remove, prune and unpack OCI images.
     Image {
         #[command(subcommand)]
@@ -258,11 +267,21 @@ fn execute(cli: Cli) -> Result<i32> {
             image::run(cmd, &cli.data_dir)?;
             return Ok(0);
         }
+        Command::Spec { bundle, command } => {
+            let path = bundle.join("config.json");
+            if path.exists() {
+                anyhow::bail!("{} exists already: remove it first", path.display());
+            }
+            let spec = runtime::spec_template::default_spec(&command);
+            let text = serde_json::to_string_pretty(&spec)?;
+            std::fs::write(&path, text + "\n").with_context(|| format!("write {}", path.display()))?;
+            return Ok(0);
+        }
         other => other,
     };
     let root = StateRoot::open(&cli.root)?;
     match &command {
-        Command::Image { .. } => unreachable!("handled above"),
+        Command::Image { .. } | Command::Spec { .. } => unreachable!("handled above"),
         Command::Exec(args) => {
             let container = Container::load(&root, &args.id)?;
             let opts = exec_options(&container, args)?;
