@@ -9,6 +9,8 @@
 //!   `/token` endpoint hands out the token for the right basic credentials, like Docker Hub's
 //!   auth server.
 //!
+//! - [`ProxyMode::FailFirst`] answers the first requests with 503 (to prove retries).
+//!
 //! One thread per connection, one request per connection (`Connection: close`). Stopped on drop.
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -25,6 +27,8 @@ pub enum ProxyMode {
     Forward,
     CutFirstBlob,
     Bearer { user: String, password: String, token: String },
+    /// Answers the first `n` requests with `503 Service Unavailable`.
+    FailFirst(usize),
 }
 
 #[derive(Default)]
@@ -36,6 +40,8 @@ struct Shared {
     /// `Range` headers of blob requests.
     ranges: Mutex<Vec<String>>,
     cut_done: AtomicBool,
+    /// Requests answered 503 so far (FailFirst).
+    failed: Mutex<usize>,
     stop: AtomicBool,
 }
 
@@ -134,6 +140,15 @@ fn handle(conn: TcpStream, upstream: &str, mode: &ProxyMode, port: u16, shared: 
     if path.contains("/blobs/") {
         if let Some(r) = header("Range") {
             shared.ranges.lock().unwrap().push(r);
+        }
+    }
+
+    if let ProxyMode::FailFirst(n) = mode {
+        let mut failed = shared.failed.lock().unwrap();
+        if *failed < *n {
+            *failed += 1;
+            drop(failed);
+            return respond(conn, "503 Service Unavailable", &[], b"try again");
         }
     }
 

@@ -353,3 +353,71 @@ async fn list_inspect_remove_and_prune_keep_shared_content() {
     assert!(images.snapshotter().list().unwrap().is_empty());
     assert!(images.store().list().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_with_backoff() {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let mut layout = OciLayout::create(&work.path().join("layout"));
+    let desc = layout.add_image(&ImageDef::new(vec![vec![Entry::file("f", "retried")]]));
+    layout.tag("v1", &desc);
+    push(&layout.dir, "v1", &format!("{}/test/retry:v1", registry.addr()), PushFormat::Oci, false, None);
+
+    let proxy = RegistryProxy::start(&registry.addr(), ProxyMode::FailFirst(3));
+    let reference = format!("{}/test/retry:v1", proxy.addr());
+    let images = service(&work.path().join("data"), RootfsMode::Auto);
+    images.pull(&reference, Arc::new(NoProgress)).await.unwrap();
+    assert!(proxy.count("/manifests/v1") >= 4, "three 503s, then the manifest");
+
+    // More failures than attempts: the error says so.
+    let proxy = RegistryProxy::start(&registry.addr(), ProxyMode::FailFirst(100));
+    let reference = format!("{}/test/retry:v1", proxy.addr());
+    let err = service(&work.path().join("data2"), RootfsMode::Auto).pull(&reference, Arc::new(NoProgress)).await.unwrap_err();
+    assert!(matches!(err, ImageError::Registry { status: 503, .. }), "{err}");
+    assert_eq!(proxy.count("/manifests/v1"), 5, "default: five attempts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_altered_in_the_registry_is_refused() {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let mut layout = OciLayout::create(&work.path().join("layout"));
+    let desc = layout.add_image(&ImageDef::new(vec![vec![Entry::file("f", "x")]]));
+    layout.tag("v1", &desc);
+    let reference = format!("{}/test/altered:v1", registry.addr());
+    push(&layout.dir, "v1", &reference, PushFormat::Oci, false, None);
+    let digest = desc["digest"].as_str().unwrap();
+    let path = registry.blob_data_path(digest);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("\"schemaVersion\":2", "\"schemaVersion\": 2", 1)).unwrap();
+
+    let data = work.path().join("data");
+    let images = service(&data, RootfsMode::Auto);
+    for r in [reference.clone(), format!("{}/test/altered@{digest}", registry.addr())] {
+        let err = images.pull(&r, Arc::new(NoProgress)).await.unwrap_err();
+        assert!(matches!(err, ImageError::DigestMismatch { .. }) && err.to_string().contains(digest), "{r}: {err}");
+    }
+    assert!(images.store().list().unwrap().is_empty(), "something was stored");
+    assert!(images.list().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_with_more_layers_than_fit_in_the_mount_options_still_mounts() {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let mut layout = OciLayout::create(&work.path().join("layout"));
+    let layers: Vec<Vec<Entry>> = (0..60).map(|i| vec![Entry::file(&format!("layer-{i:02}"), &i.to_string())]).collect();
+    let desc = layout.add_image(&ImageDef::new(layers));
+    layout.tag("v1", &desc);
+    let reference = format!("{}/test/many:v1", registry.addr());
+    push(&layout.dir, "v1", &reference, PushFormat::Oci, false, None);
+
+    let images = service(&work.path().join("data"), RootfsMode::Overlay);
+    images.pull(&reference, Arc::new(NoProgress)).await.unwrap();
+    let rootfs = images.prepare_rootfs(&reference, "many").unwrap();
+    let _g = ReleaseOnDrop(&images, "many");
+    assert_eq!(rootfs.kind, RootfsKind::Overlay);
+    let names = tree(&rootfs.path);
+    assert_eq!(names.len(), 60, "{names:#?}");
+    assert_eq!(std::fs::read_to_string(rootfs.path.join("layer-59")).unwrap(), "59");
+}

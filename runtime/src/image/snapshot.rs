@@ -8,8 +8,9 @@
 //! so a crash never leaves a half-unpacked snapshot under a real key. [`Snapshotter::gc`]
 //! removes what no image or rootfs references.
 //!
-//! Known limit: the overlay mount options must fit in one page (4 KiB), which allows about 40
-//! layers with the default data dir.
+//! The overlay mount options must fit in one page (4 KiB); images with more layers than fit
+//! (about 40 with the default data dir) name their layers as `/proc/self/fd/N` of descriptors
+//! held during the mount, which allows about 200 layers.
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,9 @@ use sha2::{Digest as _, Sha256};
 use super::digest::Digest;
 use super::error::{ImageError, IoContext, Result};
 use super::store::unique_path;
+
+/// The kernel copies at most one page of mount options.
+const MOUNT_OPTIONS_MAX: usize = 4096;
 
 /// Chain ids from diff ids: `chain[0] = diff[0]`, `chain[i] = sha256(chain[i-1] + " " + diff[i])`.
 pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
@@ -216,12 +220,29 @@ impl Snapshotter {
             dir.join("upper").display(),
             dir.join("work").display()
         );
-        if data.len() >= 4096 {
-            return Err(mount_err(&merged, "too many layers for one overlay mount (options exceed 4 KiB)"));
+        // The options must fit in one page. Past that, name each layer by a descriptor we hold
+        // open (`/proc/self/fd/N`, ~17 bytes): overlayfs resolves the paths at mount time.
+        let mut held: Vec<std::os::fd::OwnedFd> = Vec::new();
+        let data = if data.len() < MOUNT_OPTIONS_MAX {
+            data
+        } else {
+            let mut short = Vec::with_capacity(lower.len());
+            for l in &lower {
+                let fd = rustix::fs::open(l.as_str(), rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
+                    .at(l.as_str())?;
+                short.push(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)));
+                held.push(fd);
+            }
+            format!("lowerdir={},upperdir={},workdir={}", short.join(":"), dir.join("upper").display(), dir.join("work").display())
+        };
+        if data.len() >= MOUNT_OPTIONS_MAX {
+            return Err(mount_err(&merged, &format!("too many layers ({}) for one overlay mount (options exceed 4 KiB)", lower.len())));
         }
         let data = CString::new(data).map_err(|_| mount_err(&merged, "NUL in a path"))?;
-        rustix::mount::mount("overlay", &merged, "overlay", rustix::mount::MountFlags::empty(), data.as_c_str())
-            .map_err(|e| ImageError::Mount { target: merged.clone(), source: e.into() })
+        let result = rustix::mount::mount("overlay", &merged, "overlay", rustix::mount::MountFlags::empty(), data.as_c_str())
+            .map_err(|e| ImageError::Mount { target: merged.clone(), source: e.into() });
+        drop(held);
+        result
     }
 
     /// Unmounts (if mounted) and deletes container `id`'s rootfs. Missing is fine.
