@@ -103,3 +103,18 @@ pub fn install_seccomp_filter(program: &[libc::sock_filter], flags: libc::c_ulon
         _ => Err(nix::Error::last()),
     }
 }
+
+/// Resets every catchable signal to its default action. Rust ignores SIGPIPE at startup, and
+/// ignored signals stay ignored across `execve`: without this, a container's program would start
+/// with SIGPIPE ignored (unlike under runc).
+pub fn reset_signal_dispositions() {
+    use nix::sys::signal::{SigHandler, Signal};
+    for signal in Signal::iterator() {
+        if matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL registers no handler code of ours, so no handler can run
+        // in an async-signal-unsafe context; errors (none expected for these signals) are ignored.
+        let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigDfl) };
+    }
+}

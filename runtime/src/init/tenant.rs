@@ -37,6 +37,7 @@ pub fn run(mut args: TenantArgs<'_>) -> ! {
         eprintln!("sched-runtime: {err}");
         sys::exit_now(1);
     }
+    sys::reset_signal_dispositions();
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&args.signal_mask), None);
     let err = target.exec();
     eprintln!("sched-runtime: {err}");
