@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A running registry.
@@ -29,10 +30,9 @@ impl Registry {
         let dir = tempfile::Builder::new().prefix("sched-registry-").tempdir().expect("temp dir");
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).unwrap();
-        let port = free_port();
         let mut config = format!(
             "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: sched-test-secret\n",
+             http:\n  addr: 127.0.0.1:PORT_PLACEHOLDER\n  secret: sched-test-secret\n",
             storage.display()
         );
         if let Some((user, password)) = auth {
@@ -46,36 +46,31 @@ impl Registry {
             assert!(out.status.success(), "htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
             config.push_str(&format!("auth:\n  htpasswd: {{realm: sched-test, path: {}}}\n", htpasswd.display()));
         }
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("docker-registry runs (scripts/install-test-deps.sh installs it)");
-        let registry = Self { child, dir, port };
-        registry.wait_ready();
-        registry
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-                let mut buf = [0u8; 12];
-                if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
-                    return;
-                }
+        // A port can be taken between choosing it and the registry binding it (by another
+        // test process): then the registry exits and we try again on another port.
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let config_path = dir.path().join("config.yml");
+            std::fs::write(&config_path, config.replace("PORT_PLACEHOLDER", &port.to_string())).unwrap();
+            let log_path = dir.path().join("registry.log");
+            let log = std::fs::File::create(&log_path).unwrap();
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config_path)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("docker-registry runs (scripts/install-test-deps.sh installs it)");
+            if wait_ready(&mut child, port) {
+                return Self { child, dir, port };
             }
-            std::thread::sleep(Duration::from_millis(30));
+            last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        panic!("docker-registry did not come up on port {}; log:\n{}", self.port, self.log());
+        panic!("docker-registry did not come up on 5 ports; last log:\n{last_log}");
     }
 
     /// `127.0.0.1:PORT`.
@@ -109,7 +104,38 @@ impl Drop for Registry {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// Whether our registry answers on `port` (false if it exited, e.g. the port was taken).
+fn wait_ready(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            let mut buf = [0u8; 12];
+            if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
+                // Someone else's server on this port would answer too: ours must be alive.
+                std::thread::sleep(Duration::from_millis(20));
+                return child.try_wait().ok().flatten().is_none();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    false
+}
+
+/// A port that was free a moment ago on 127.0.0.1 and that this process has not handed out
+/// before (so two registries of one test binary never race for one port).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
