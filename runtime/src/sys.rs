@@ -108,13 +108,14 @@ pub fn install_seccomp_filter(program: &[libc::sock_filter], flags: libc::c_ulon
 /// ignored signals stay ignored across `execve`: without this, a container's program would start
 /// with SIGPIPE ignored (unlike under runc).
 pub fn reset_signal_dispositions() {
-    use nix::sys::signal::{SigHandler, Signal};
-    for signal in Signal::iterator() {
-        if matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+    for signo in 1..=libc::SIGRTMAX() {
+        if signo == libc::SIGKILL || signo == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: installing SIG_DFL registers no handler code of ours, so no handler can run
-        // in an async-signal-unsafe context; errors (none expected for these signals) are ignored.
-        let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigDfl) };
+        // SAFETY: installing SIG_DFL registers no handler code of ours, so no handler can run in
+        // an async-signal-unsafe context. This includes the real-time signals glibc reserves for
+        // threads (32, 33): we are single-threaded and about to exec. Errors (signal numbers the
+        // kernel rejects) are ignored.
+        unsafe { libc::signal(signo, libc::SIG_DFL) };
     }
 }

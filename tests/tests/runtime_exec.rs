@@ -155,3 +155,32 @@ fn terminal_master_goes_to_the_console_socket() {
     bundle.delete().assert_success();
     bundle.assert_nothing_left(None);
 }
+
+/// The ignored-signal mask a process spawned straight from this test gets (what the environment
+/// passes down, e.g. glibc-reserved real-time signals).
+fn baseline_sig_ign() -> u64 {
+    let out = std::process::Command::new("grep").args(["SigIgn", "/proc/self/status"]).output().expect("run grep");
+    parse_sig_ign(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_sig_ign(line: &str) -> u64 {
+    let hex = line.trim().strip_prefix("SigIgn:").expect("a SigIgn line").trim();
+    u64::from_str_radix(hex, 16).expect("hex mask")
+}
+
+#[track_caller]
+fn assert_ignores_no_more(out: &sched_tests::bundle::Outcome, baseline: u64) {
+    out.assert_success();
+    let ignored = parse_sig_ign(&out.stdout);
+    assert_eq!(ignored & !baseline, 0, "signals ignored beyond the caller's {baseline:#x}: {out:#?}");
+}
+
+#[test]
+fn container_and_exec_ignore_no_more_signals_than_their_caller() {
+    // Rust ignores SIGPIPE in the runtime itself; the container's program must not inherit that.
+    let baseline = baseline_sig_ign();
+    let bundle = BusyboxBundle::new().args(&["grep", "SigIgn", "/proc/self/status"]);
+    assert_ignores_no_more(&bundle.run(), baseline);
+    let bundle = sleeping();
+    assert_ignores_no_more(&bundle.cli(&["exec", bundle.id(), "grep", "SigIgn", "/proc/self/status"]), baseline);
+}
