@@ -19,9 +19,11 @@ pub mod cgroups;
 pub mod container;
 pub mod error;
 mod init;
+pub mod shim;
 pub mod spec_template;
 pub mod state;
 mod sync;
 mod sys;
+pub mod time;
 
 pub use error::{Error, Result};

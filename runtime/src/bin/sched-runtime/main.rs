@@ -120,6 +120,21 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Start a container under a shim that logs its output and records its exit (for the agent).
+    /// Prints the container's pid once it runs.
+    Shim {
+        /// The bundle directory (holds config.json and the rootfs).
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// Directory for exit.json, shim.pid and logs/.
+        #[arg(long)]
+        task_dir: PathBuf,
+        /// Size in bytes at which the task log rotates (two files are kept).
+        #[arg(long, default_value_t = 10 * 1024 * 1024)]
+        max_log_bytes: u64,
+        /// The container's id.
+        id: String,
+    },
     /// Write a default config.json (runc-like namespaces, mounts, capabilities) into a bundle.
     Spec {
         /// The bundle directory to write config.json into.
@@ -291,6 +306,15 @@ fn execute(cli: Cli) -> Result<i32> {
             Container::create(&root, &create.options()?, current_mask()?)?;
         }
         Command::Start { id } => Container::load(&root, id)?.start()?,
+        Command::Shim { bundle, task_dir, max_log_bytes, id } => {
+            let opts = runtime::shim::ShimOptions {
+                id: id.clone(),
+                bundle: bundle.clone(),
+                task_dir: task_dir.clone(),
+                max_log_bytes: *max_log_bytes,
+            };
+            println!("{}", runtime::shim::spawn(&root, &opts)?);
+        }
         Command::Pause { id } => Container::load(&root, id)?.pause()?,
         Command::Resume { id } => Container::load(&root, id)?.resume()?,
         Command::Run { create, detach: true } => {
