@@ -17,6 +17,7 @@ mod mounts;
 mod namespaces;
 mod paths;
 mod rootfs;
+mod seccomp;
 mod tenant;
 
 use std::fs::File;
@@ -52,8 +53,8 @@ pub struct InitArgs<'a> {
 
 /// Runs the container init in the forked child. Never returns.
 pub fn run(mut args: InitArgs<'_>) -> ! {
-    let target = match setup(&mut args) {
-        Ok(target) => target,
+    let (target, late_seccomp) = match setup(&mut args) {
+        Ok(ready) => ready,
         Err(err) => {
             args.channel.send_error(&err);
             sys::exit_now(1);
@@ -71,13 +72,18 @@ pub fn run(mut args: InitArgs<'_>) -> ! {
     }
     sys::reset_signal_dispositions();
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&args.signal_mask), None);
+    if let Some(Err(err)) = late_seccomp.map(|filter| filter.install()) {
+        eprintln!("sched-runtime: {err}");
+        sys::exit_now(1);
+    }
     let err = target.exec();
     eprintln!("sched-runtime: {err}");
     sys::exit_now(127);
 }
 
-/// Every fallible step of the setup, in order. Returns the program to exec.
-fn setup(args: &mut InitArgs<'_>) -> Result<exec::ExecTarget> {
+/// Every fallible step of the setup, in order. Returns the program to exec, and the seccomp
+/// filter still to install right before `execve` (with `noNewPrivileges`).
+fn setup(args: &mut InitArgs<'_>) -> Result<(exec::ExecTarget, Option<seccomp::CompiledProfile>)> {
     let spec = &args.bundle.spec;
     // No descriptor of the runtime or the host may reach the container's program.
     sys::cloexec_from(3)?;
@@ -87,6 +93,8 @@ fn setup(args: &mut InitArgs<'_>) -> Result<exec::ExecTarget> {
     // Files and devices we create get exactly the modes we ask for.
     umask(Mode::empty());
     args.channel.wait_go()?;
+    // A profile this runtime cannot apply fails `create` before anything is set up.
+    let seccomp = seccomp::compile_spec(spec)?;
 
     namespaces::enter(args.bundle, &args.joins)?;
     namespaces::configure(args.bundle)?;
@@ -96,7 +104,10 @@ fn setup(args: &mut InitArgs<'_>) -> Result<exec::ExecTarget> {
     if let Some(socket) = &args.console_socket {
         console::attach_new_terminal(socket, true)?;
     }
-    become_process(process)
+    // runc's order: without noNewPrivileges the kernel wants CAP_SYS_ADMIN for a filter, which
+    // become_process drops, so install it now; with it, as late as possible (in `run`).
+    let late_seccomp = seccomp::install_unless_no_new_privileges(seccomp, process)?;
+    Ok((become_process(process)?, late_seccomp))
 }
 
 /// The steps shared by a container's init and a process exec'd into it: rlimits,
