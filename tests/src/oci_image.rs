@@ -248,11 +248,18 @@ pub enum PushFormat {
 }
 
 /// `skopeo copy oci:DIR:TAG docker://DEST` (plain HTTP); `all` pushes an index with its images.
+/// OCI pushes keep every blob byte for byte (uncompressed and zstd layers stay so).
 pub fn push(layout: &Path, tag: &str, dest: &str, format: PushFormat, all: bool, creds: Option<&str>) {
     let mut cmd = Command::new("skopeo");
     cmd.args(["copy", "-q", "--dest-tls-verify=false"]);
-    if format == PushFormat::DockerV2s2 {
-        cmd.args(["--format", "v2s2"]);
+    match format {
+        PushFormat::DockerV2s2 => {
+            cmd.args(["--format", "v2s2"]);
+        }
+        // Without this skopeo gzips uncompressed layers on the way: keep blobs as built.
+        PushFormat::Oci => {
+            cmd.arg("--preserve-digests");
+        }
     }
     if all {
         cmd.arg("--all");

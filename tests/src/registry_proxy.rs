@@ -2,8 +2,8 @@
 //! demand more than it does itself:
 //!
 //! - it counts requests per path (to prove a blob is downloaded once);
-//! - [`ProxyMode::CutFirstBlob`] cuts the first blob response after half its body (to prove a
-//!   download resumes with `Range`);
+//! - [`ProxyMode::CutFirstBlob`] cuts the first response for a blob over 64 KiB after half its
+//!   body (to prove a download resumes with `Range`);
 //! - [`ProxyMode::Bearer`] puts a bearer-token flow in front: requests without the token get
 //!   `401` with `WWW-Authenticate: Bearer realm=...,service=...,scope=...`, and the proxy's own
 //!   `/token` endpoint hands out the token for the right basic credentials, like Docker Hub's
@@ -219,12 +219,18 @@ fn handle(conn: TcpStream, upstream: &str, mode: &ProxyMode, port: u16, shared: 
     head.push_str("Connection: close\r\n\r\n");
     let mut conn = conn;
     conn.write_all(head.as_bytes())?;
-    let is_full_blob = method == "GET" && path.contains("/blobs/") && status_line.contains(" 200 ");
+    // Only big blobs (layers, not configs) are cut, half-way through their body.
+    let is_full_blob = method == "GET"
+        && path.contains("/blobs/")
+        && status_line.contains(" 200 ")
+        && content_length.is_some_and(|n| n > 64 << 10);
     if matches!(mode, ProxyMode::CutFirstBlob) && is_full_blob && !shared.cut_done.swap(true, Ordering::SeqCst) {
         let half = content_length.unwrap_or(0) / 2;
         std::io::copy(&mut (&mut up_reader).take(half), &mut conn)?;
         conn.flush()?;
-        let _ = conn.shutdown(Shutdown::Both);
+        // Let the client take in what was sent, then end the connection early (FIN).
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let _ = conn.shutdown(Shutdown::Write);
         return Ok(());
     }
     std::io::copy(&mut up_reader, &mut conn)?;
