@@ -4,3 +4,11 @@
 //! receiving task assignments on a watch stream, running tasks through the `runtime` crate,
 //! task networking (netns, veth, bridge, published ports), health checks, logs, CPU metrics read
 //! from cgroups, and the HTTP ingress. It never decides placement.
+//!
+//! - [`task`]: runs each task as a container under its own `sched-runtime shim` (image, rootfs,
+//!   bundle, limits, stop with grace, exit codes and logs that survive agent restarts).
+
+pub mod error;
+pub mod task;
+
+pub use error::{AgentError, Result};

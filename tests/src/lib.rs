@@ -5,6 +5,7 @@
 //! VM. Every fixture cleans up what it made, also when the test fails.
 
 pub mod bundle;
+pub mod busybox_image;
 pub mod cluster;
 pub mod oci_image;
 pub mod registry;

@@ -1,0 +1,130 @@
+//! The OCI bundle of a task: the image's rootfs (an overlay snapshot prepared by the image
+//! service) and a `config.json` built from the runtime's default spec, the image config and the
+//! task spec: command and env overrides, cpu and memory as cgroup limits, the task's cgroup path,
+//! and the network namespace to join.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Spec,
+};
+use runtime::image::{PreparedRootfs, ProcessOverrides};
+
+use super::TaskSpec;
+use crate::error::{AgentError, Result};
+
+/// The CFS period the CPU quota is expressed in (100 ms, the kernel's default).
+const CPU_PERIOD_US: u64 = 100_000;
+/// A task may not fork without bound.
+const PIDS_LIMIT: i64 = 4096;
+
+/// Overrides of the image's process from the task spec.
+pub fn overrides(task: &TaskSpec) -> ProcessOverrides {
+    ProcessOverrides {
+        entrypoint: task.command.clone(),
+        cmd: None,
+        env: task.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        working_dir: None,
+        user: None,
+    }
+}
+
+/// Adds what the image does not know to a spec built from the image: limits, cgroup path,
+/// hostname and network namespace.
+pub fn finish_spec(mut spec: Spec, task: &TaskSpec, cgroup_parent: &str, netns: Option<&Path>) -> Result<Spec> {
+    spec.set_hostname(Some(short_hostname(&task.id)));
+    let mut resources = LinuxResourcesBuilder::default();
+    if task.cpu_millis > 0 {
+        let quota = i64::from(task.cpu_millis) * CPU_PERIOD_US as i64 / 1000;
+        let shares = (u64::from(task.cpu_millis) * 1024 / 1000).max(2);
+        resources = resources.cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).shares(shares).build().map_err(spec_error)?);
+    }
+    if task.memory_mib > 0 {
+        let bytes = i64::from(task.memory_mib) * 1024 * 1024;
+        resources = resources.memory(LinuxMemoryBuilder::default().limit(bytes).build().map_err(spec_error)?);
+    }
+    resources = resources.pids(LinuxPidsBuilder::default().limit(PIDS_LIMIT).build().map_err(spec_error)?);
+    let resources = resources.build().map_err(spec_error)?;
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    linux.set_resources(Some(resources));
+    linux.set_cgroups_path(Some(PathBuf::from(format!("{}/{}", cgroup_parent.trim_end_matches('/'), task.id))));
+    if let Some(path) = netns {
+        let mut namespaces: Vec<LinuxNamespace> = linux.namespaces().clone().unwrap_or_default();
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+        let mut ns = LinuxNamespace::default();
+        ns.set_typ(LinuxNamespaceType::Network);
+        ns.set_path(Some(path.to_path_buf()));
+        namespaces.push(ns);
+        linux.set_namespaces(Some(namespaces));
+    }
+    Ok(spec)
+}
+
+/// Writes `dir/config.json` for a prepared rootfs.
+pub fn write(dir: &Path, spec: &Spec, prepared: &PreparedRootfs) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| AgentError::io(format!("create {}", dir.display()), e))?;
+    debug_assert!(spec.root().as_ref().is_some_and(|r| r.path() == &prepared.path));
+    let path = dir.join("config.json");
+    let text = serde_json::to_vec_pretty(spec).map_err(|e| AgentError::Spec(e.to_string()))?;
+    let tmp = dir.join(".config.json.tmp");
+    std::fs::write(&tmp, text).map_err(|e| AgentError::io(format!("write {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| AgentError::io(format!("write {}", path.display()), e))?;
+    Ok(dir.to_path_buf())
+}
+
+/// A hostname from a task id (at most 63 characters, as DNS labels allow).
+fn short_hostname(id: &str) -> String {
+    id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(63).collect()
+}
+
+fn spec_error(e: impl std::fmt::Display) -> AgentError {
+    AgentError::Spec(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> TaskSpec {
+        TaskSpec {
+            id: "quotes-7f3a".into(),
+            image: "127.0.0.1:5000/quotes:1.0".into(),
+            command: Some(vec!["/bin/httpd".into(), "-f".into()]),
+            env: [("GREETING".to_string(), "hi".to_string())].into(),
+            cpu_millis: 250,
+            memory_mib: 128,
+            ports: vec![8080],
+        }
+    }
+
+    #[test]
+    fn cpu_and_memory_become_cgroup_limits() {
+        let spec = finish_spec(Spec::default(), &task(), "/sched", None).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let r = linux.resources().as_ref().unwrap();
+        let cpu = r.cpu().as_ref().unwrap();
+        assert_eq!(cpu.quota(), Some(25_000), "250 millicores = 25 ms per 100 ms");
+        assert_eq!(cpu.period(), Some(100_000));
+        assert_eq!(cpu.shares(), Some(256));
+        assert_eq!(r.memory().as_ref().unwrap().limit(), Some(128 * 1024 * 1024));
+        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/sched/quotes-7f3a")));
+        assert_eq!(spec.hostname().as_deref(), Some("quotes-7f3a"));
+    }
+
+    #[test]
+    fn a_network_namespace_path_replaces_the_new_one() {
+        let spec = finish_spec(Spec::default(), &task(), "/sched", Some(Path::new("/run/sched/netns/t1"))).unwrap();
+        let ns = spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
+        let net: Vec<_> = ns.iter().filter(|n| n.typ() == LinuxNamespaceType::Network).collect();
+        assert_eq!(net.len(), 1);
+        assert_eq!(net[0].path().as_deref(), Some(Path::new("/run/sched/netns/t1")));
+    }
+
+    #[test]
+    fn the_command_replaces_entrypoint_and_env_overrides_are_listed() {
+        let o = overrides(&task());
+        assert_eq!(o.entrypoint, Some(vec!["/bin/httpd".to_string(), "-f".to_string()]));
+        assert_eq!(o.env, vec!["GREETING=hi".to_string()]);
+    }
+}

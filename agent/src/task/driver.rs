@@ -1,0 +1,242 @@
+//! The task driver: one task = one container under its own `sched-runtime shim` process.
+//!
+//! The shim, not the agent, is the container's parent: it writes the exit code to the task dir
+//! and keeps the logs, so tasks and their exit codes outlive an agent restart, and the agent
+//! (a multi-threaded tokio process, which must not fork) never forks containers itself. Task
+//! dirs live under `<data dir>/tasks/<task id>/` with `bundle/`, `exit.json`, `shim.pid` and
+//! `logs/`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use runtime::container::{Container, parse_signal};
+use runtime::image::config_to_spec::STOP_SIGNAL_ANNOTATION;
+use runtime::image::{ImageService, NoProgress};
+use runtime::shim::{self, ExitRecord};
+use runtime::state::{StateRoot, Status};
+
+use super::{TaskSpec, bundle};
+use crate::error::{AgentError, Result};
+
+/// Where and how tasks run.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// The `sched-runtime` binary.
+    pub runtime_binary: PathBuf,
+    /// The runtime's state root (`--root`).
+    pub state_root: PathBuf,
+    /// The parent of every task dir.
+    pub tasks_dir: PathBuf,
+    /// The cgroup under which every task's cgroup is made (at each hierarchy's root).
+    pub cgroup_parent: String,
+    /// Size at which a task's log rotates.
+    pub max_log_bytes: u64,
+}
+
+/// A task's status as the node sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskStatus {
+    /// The container runs (or is being set up).
+    Running { pid: i32 },
+    /// The container has exited.
+    Exited(ExitRecord),
+    /// Nothing of this task is on the node.
+    Missing,
+}
+
+/// Starts, stops and inspects tasks.
+pub struct TaskDriver {
+    config: DriverConfig,
+    images: Arc<ImageService>,
+    state: StateRoot,
+}
+
+/// How often stop looks for the exit record.
+const POLL: Duration = Duration::from_millis(20);
+/// How long a SIGKILLed task may take to be reaped and recorded.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+impl TaskDriver {
+    /// A driver over `images`.
+    pub fn new(config: DriverConfig, images: Arc<ImageService>) -> Result<TaskDriver> {
+        std::fs::create_dir_all(&config.tasks_dir)
+            .map_err(|e| AgentError::io(format!("create {}", config.tasks_dir.display()), e))?;
+        let state = StateRoot::open(&config.state_root)?;
+        Ok(TaskDriver { config, images, state })
+    }
+
+    /// The directory of task `id`.
+    pub fn task_dir(&self, id: &str) -> PathBuf {
+        self.config.tasks_dir.join(id)
+    }
+
+    /// Pulls the image unless it is already in the store.
+    pub async fn ensure_image(&self, reference: &str) -> Result<()> {
+        if self.images.get(reference).is_err() {
+            self.images.pull(reference, Arc::new(NoProgress)).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a task: image, rootfs, bundle, then the shim. Returns the container's pid.
+    /// On failure nothing of the task is left.
+    pub async fn start(&self, task: &TaskSpec, netns: Option<&Path>) -> Result<i32> {
+        runtime::state::validate_id(&task.id)?;
+        self.ensure_image(&task.image).await?;
+        let dir = self.task_dir(&task.id);
+        if dir.exists() {
+            return Err(AgentError::Start { task: task.id.clone(), reason: "it already has a task dir on this node".into() });
+        }
+        let started = self.start_in(task, netns, &dir).await;
+        if started.is_err() {
+            let _ = self.images.release_rootfs(&task.id);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        started
+    }
+
+    async fn start_in(&self, task: &TaskSpec, netns: Option<&Path>, dir: &Path) -> Result<i32> {
+        let images = self.images.clone();
+        let (image, id) = (task.image.clone(), task.id.clone());
+        let prepared = tokio::task::spawn_blocking(move || images.prepare_rootfs(&image, &id))
+            .await
+            .map_err(|e| AgentError::Spec(format!("rootfs preparation panicked: {e}")))??;
+        let base = runtime::spec_template::default_spec(&[]);
+        let spec = self.images.spec_for(&prepared, &bundle::overrides(task), base)?;
+        let spec = bundle::finish_spec(spec, task, &self.config.cgroup_parent, netns)?;
+        let bundle_dir = bundle::write(&dir.join("bundle"), &spec, &prepared)?;
+        let output = tokio::process::Command::new(&self.config.runtime_binary)
+            .arg("--root")
+            .arg(&self.config.state_root)
+            .arg("shim")
+            .arg("--bundle")
+            .arg(&bundle_dir)
+            .arg("--task-dir")
+            .arg(dir)
+            .arg("--max-log-bytes")
+            .arg(self.config.max_log_bytes.to_string())
+            .arg(&task.id)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| AgentError::io(format!("run {}", self.config.runtime_binary.display()), e))?;
+        if !output.status.success() {
+            let reason = String::from_utf8_lossy(&output.stderr).trim().trim_start_matches("sched-runtime: ").to_string();
+            return Err(AgentError::Start { task: task.id.clone(), reason });
+        }
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| AgentError::Start { task: task.id.clone(), reason: "the shim printed no pid".into() })
+    }
+
+    /// The task's status now.
+    pub fn status(&self, id: &str) -> Result<TaskStatus> {
+        let dir = self.task_dir(id);
+        if let Some(exit) = shim::read_exit(&dir)? {
+            return Ok(TaskStatus::Exited(exit));
+        }
+        match Container::load(&self.state, id) {
+            Ok(c) if c.status() != Status::Stopped => Ok(TaskStatus::Running { pid: c.pid() }),
+            // Stopped but not yet recorded: the shim is writing exit.json right now.
+            Ok(_) => Ok(TaskStatus::Running { pid: 0 }),
+            Err(runtime::Error::NotFound(_)) if dir.exists() => {
+                // The shim deletes the container only after it wrote exit.json: read it again.
+                Ok(shim::read_exit(&dir)?.map(TaskStatus::Exited).unwrap_or(TaskStatus::Missing))
+            }
+            Err(runtime::Error::NotFound(_)) => Ok(TaskStatus::Missing),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stops a task: its stop signal (the image's, else SIGTERM), then SIGKILL after `grace`.
+    /// Returns how it ended.
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<ExitRecord> {
+        let signal = self.stop_signal(id);
+        if let TaskStatus::Exited(exit) = self.status(id)? {
+            return Ok(exit);
+        }
+        self.signal(id, signal)?;
+        if let Some(exit) = self.wait_exit(id, grace).await? {
+            return Ok(exit);
+        }
+        self.signal(id, Signal::SIGKILL)?;
+        self.wait_exit(id, KILL_WAIT)
+            .await?
+            .ok_or_else(|| AgentError::Start { task: id.into(), reason: format!("it survived SIGKILL for {KILL_WAIT:?}") })
+    }
+
+    /// Removes an exited task: its rootfs and its task dir.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        if let TaskStatus::Running { .. } = self.status(id)? {
+            return Err(AgentError::Start { task: id.into(), reason: "cannot remove a running task: stop it first".into() });
+        }
+        self.images.release_rootfs(id)?;
+        match std::fs::remove_dir_all(self.task_dir(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::io(format!("remove task dir of {id}"), e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The ids of every task with a dir on this node (running or exited): what a restarted agent
+    /// adopts.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        let entries = std::fs::read_dir(&self.config.tasks_dir)
+            .map_err(|e| AgentError::io(format!("read {}", self.config.tasks_dir.display()), e))?;
+        for entry in entries.flatten() {
+            if entry.path().is_dir() {
+                ids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Every log record of a task, oldest first.
+    pub fn logs(&self, id: &str) -> Result<Vec<shim::log::LogRecord>> {
+        let dir = self.task_dir(id);
+        if !dir.exists() {
+            return Err(AgentError::UnknownTask(id.into()));
+        }
+        shim::log::read_all(&dir.join(shim::LOG_DIR)).map_err(|e| AgentError::io(format!("read the logs of {id}"), e))
+    }
+
+    fn signal(&self, id: &str, signal: Signal) -> Result<()> {
+        match Container::load(&self.state, id) {
+            Ok(c) => match c.kill(signal) {
+                // It stopped between our status check and the signal: fine.
+                Err(runtime::Error::WrongStatus { .. }) => Ok(()),
+                other => Ok(other?),
+            },
+            Err(runtime::Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn wait_exit(&self, id: &str, timeout: Duration) -> Result<Option<ExitRecord>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let TaskStatus::Exited(exit) = self.status(id)? {
+                return Ok(Some(exit));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The image's stop signal from the task's bundle, SIGTERM by default.
+    fn stop_signal(&self, id: &str) -> Signal {
+        let config = self.task_dir(id).join("bundle").join("config.json");
+        std::fs::read(config)
+            .ok()
+            .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
+            .and_then(|v| v["annotations"][STOP_SIGNAL_ANNOTATION].as_str().map(str::to_string))
+            .and_then(|s| parse_signal(&s).ok())
+            .unwrap_or(Signal::SIGTERM)
+    }
+}

@@ -1,0 +1,23 @@
+//! What the agent runs for one task: the parts of a service spec a node needs, in the agent's
+//! own terms (decoupled from the wire types, so the driver is testable without a server).
+
+use std::collections::BTreeMap;
+
+/// One task to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    /// Unique task id (also the container id).
+    pub id: String,
+    /// Image reference, ideally pinned by digest (`repo@sha256:...`).
+    pub image: String,
+    /// Replaces the image's entrypoint and cmd when set.
+    pub command: Option<Vec<String>>,
+    /// Environment overrides (`KEY` -> `VALUE`).
+    pub env: BTreeMap<String, String>,
+    /// CPU limit in millicores (1000 = one core); 0 means no limit.
+    pub cpu_millis: u32,
+    /// Memory limit in MiB; 0 means no limit.
+    pub memory_mib: u32,
+    /// Container ports (TCP) the task serves on.
+    pub ports: Vec<u16>,
+}

@@ -1,0 +1,160 @@
+//! The agent's task driver on a real node: an image pulled from a loopback registry becomes a
+//! running task under a `sched-runtime shim`; its output lands in the task log, its exit code in
+//! exit.json (also for a driver that was restarted in between), stop escalates from the stop
+//! signal to SIGKILL after the grace period, and remove leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent::task::{DriverConfig, TaskDriver, TaskSpec, TaskStatus};
+use runtime::image::{ImageService, ImageServiceOptions};
+use sched_tests::bundle::{cgroup_hierarchies, runtime_binary, unique_name};
+use sched_tests::busybox_image::push_busybox;
+use sched_tests::registry::Registry;
+use serde_json::json;
+
+/// A node's worth of state in a temp dir, with its own cgroup parent; removed on drop.
+struct Node {
+    dir: tempfile::TempDir,
+    cgroup_parent: String,
+    image: String,
+    _registry: Registry,
+}
+
+impl Node {
+    fn new() -> Node {
+        let registry = Registry::start();
+        let dir = tempfile::Builder::new().prefix("sched-agent-task-").tempdir().expect("temp dir");
+        let image = push_busybox(dir.path(), &registry.addr(), "busybox:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
+        Node { dir, cgroup_parent: format!("/sched-test-{}", unique_name()), image, _registry: registry }
+    }
+
+    fn driver(&self) -> TaskDriver {
+        let images = ImageService::open(&self.dir.path().join("data"), ImageServiceOptions::default()).expect("image service");
+        let config = DriverConfig {
+            runtime_binary: runtime_binary(),
+            state_root: self.dir.path().join("state"),
+            tasks_dir: self.dir.path().join("data/tasks"),
+            cgroup_parent: self.cgroup_parent.clone(),
+            max_log_bytes: 1 << 20,
+        };
+        TaskDriver::new(config, Arc::new(images)).expect("driver")
+    }
+
+    fn task(&self, id: &str, command: &[&str]) -> TaskSpec {
+        TaskSpec {
+            id: id.into(),
+            image: self.image.clone(),
+            command: Some(command.iter().map(|s| s.to_string()).collect()),
+            env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
+            cpu_millis: 500,
+            memory_mib: 64,
+            ports: vec![],
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Kill and delete whatever a failed test left, then unmount rootfs overlays and cgroups.
+        let state = self.dir.path().join("state");
+        if let Ok(entries) = std::fs::read_dir(&state) {
+            for e in entries.flatten() {
+                let _ = std::process::Command::new(runtime_binary())
+                    .arg("--root").arg(&state).args(["delete", "--force"]).arg(e.file_name())
+                    .output();
+            }
+        }
+        for m in sched_tests::bundle::mounts_under(self.dir.path()).iter().rev() {
+            let _ = nix::mount::umount2(PathBuf::from(m).as_path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for h in cgroup_hierarchies() {
+            let parent = h.join(self.cgroup_parent.trim_start_matches('/'));
+            if let Ok(entries) = std::fs::read_dir(&parent) {
+                for e in entries.flatten().filter(|e| e.path().is_dir()) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&parent);
+        }
+    }
+}
+
+fn wait_for_exit(driver: &TaskDriver, id: &str) -> runtime::shim::ExitRecord {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match driver.status(id).expect("status") {
+            TaskStatus::Exited(exit) => return exit,
+            other => assert!(Instant::now() < deadline, "task {id} still {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_runs_logs_and_its_exit_code_survives_a_driver_restart() {
+    let node = Node::new();
+    let driver = node.driver();
+    let pid = driver.start(&node.task("t-exit", &["sh", "-c", "echo $GREETING from $(hostname); exit 5"]), None).await.expect("start");
+    assert!(pid > 0);
+    drop(driver);
+    // A new driver (an agent restart) finds the task and its exit code.
+    let driver = node.driver();
+    assert_eq!(driver.list().unwrap(), vec!["t-exit".to_string()]);
+    let exit = wait_for_exit(&driver, "t-exit");
+    assert_eq!(exit.code, 5);
+    let logs: Vec<String> = driver.logs("t-exit").unwrap().into_iter().map(|r| r.line).collect();
+    assert_eq!(logs, vec!["hello from t-exit".to_string()]);
+    driver.remove("t-exit").unwrap();
+    assert_eq!(driver.status("t-exit").unwrap(), TaskStatus::Missing);
+    assert!(driver.list().unwrap().is_empty());
+    assert!(sched_tests::bundle::mounts_under(node.dir.path()).is_empty(), "the rootfs overlay is unmounted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_escalates_to_sigkill_after_the_grace_period() {
+    let node = Node::new();
+    let driver = node.driver();
+    // pid 1 without a TERM handler ignores SIGTERM: only SIGKILL ends it.
+    driver.start(&node.task("t-stubborn", &["sleep", "1000"]), None).await.expect("start");
+    assert!(matches!(driver.status("t-stubborn").unwrap(), TaskStatus::Running { pid } if pid > 0));
+    let started = Instant::now();
+    let exit = driver.stop("t-stubborn", Duration::from_millis(500)).await.expect("stop");
+    assert_eq!(exit.code, 137, "{exit:?}");
+    assert!(started.elapsed() >= Duration::from_millis(500), "the grace period was honoured");
+    driver.remove("t-stubborn").unwrap();
+
+    // A task that handles SIGTERM exits within its grace period.
+    driver.start(&node.task("t-polite", &["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]), None).await.expect("start");
+    std::thread::sleep(Duration::from_millis(200));
+    let exit = driver.stop("t-polite", Duration::from_secs(10)).await.expect("stop");
+    assert_eq!(exit.code, 0, "{exit:?}");
+    driver.remove("t-polite").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_and_cpu_limits_reach_the_cgroup() {
+    let node = Node::new();
+    let driver = node.driver();
+    driver.start(&node.task("t-limits", &["sleep", "1000"]), None).await.expect("start");
+    let memory = sched_tests::bundle::cgroup_dir_for("memory").join(node.cgroup_parent.trim_start_matches('/')).join("t-limits");
+    let limit = std::fs::read_to_string(memory.join("memory.limit_in_bytes"))
+        .or_else(|_| std::fs::read_to_string(memory.join("memory.max")))
+        .expect("memory limit file");
+    assert_eq!(limit.trim(), (64u64 * 1024 * 1024).to_string());
+    driver.stop("t-limits", Duration::from_millis(100)).await.unwrap();
+    driver.remove("t-limits").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_that_cannot_start_leaves_nothing() {
+    let node = Node::new();
+    let driver = node.driver();
+    let err = driver.start(&node.task("t-bad", &["/no/such/binary"]), None).await.expect_err("must fail");
+    assert!(err.to_string().contains("/no/such/binary"), "{err}");
+    assert_eq!(driver.status("t-bad").unwrap(), TaskStatus::Missing);
+    assert!(driver.list().unwrap().is_empty());
+    assert!(sched_tests::bundle::mounts_under(node.dir.path()).is_empty());
+}
