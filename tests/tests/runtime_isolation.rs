@@ -514,3 +514,106 @@ fn custom_capabilities_fill_all_five_sets() {
         assert_eq!(found, expected, "{set}: {found:#x} != spec {expected:#x}");
     }
 }
+
+#[test]
+fn every_namespace_in_the_spec_is_new() {
+    let kinds = ["pid", "mnt", "net", "ipc", "uts", "cgroup"];
+    let script: String = kinds
+        .iter()
+        .map(|k| format!("readlink /proc/1/ns/{k}; "))
+        .collect();
+    let bundle = BusyboxBundle::new().shell(&script);
+    let out = run_ok(&bundle);
+    let inside: Vec<&str> = out.lines().collect();
+    assert_eq!(inside.len(), kinds.len(), "{out}");
+    for (kind, link) in kinds.iter().zip(inside) {
+        let host = fs::read_link(format!("/proc/self/ns/{kind}")).expect("host namespace link");
+        assert_ne!(
+            link,
+            host.to_string_lossy(),
+            "the {kind} namespace must be new"
+        );
+    }
+}
+
+#[test]
+fn root_is_the_bundle_rootfs_and_the_host_root_is_gone() {
+    let bundle = BusyboxBundle::new();
+    fs::write(bundle.rootfs().join("bundle-marker"), "inside\n").expect("write the marker");
+    let bundle = bundle.shell("cat /bundle-marker; ls -a /; echo ===; cat /proc/self/mountinfo");
+    let out = run_ok(&bundle);
+    let (listing, mountinfo) = out.split_once("===\n").expect("separator");
+    assert!(
+        listing.starts_with("inside\n"),
+        "/ is the bundle's rootfs: {out}"
+    );
+    for host_dir in ["boot", "work", "home"] {
+        if Path::new("/").join(host_dir).exists() {
+            assert!(
+                !listing.lines().any(|l| l == host_dir),
+                "host /{host_dir} is visible: {out}"
+            );
+        }
+    }
+    // After pivot_root the old root is detached: every mount is the new root or one the spec
+    // (or the runtime's /dev setup) put under /proc, /dev or /sys.
+    for mount in parse_mountinfo(mountinfo) {
+        let point = mount.point.as_str();
+        assert!(
+            point == "/"
+                || ["/proc", "/dev", "/sys"]
+                    .iter()
+                    .any(|p| point.starts_with(p)),
+            "unexpected mount {point} (is the host's root still attached?): {mountinfo}"
+        );
+    }
+}
+
+#[test]
+fn default_devices_and_dev_symlinks_exist() {
+    let bundle = BusyboxBundle::new().shell(
+        "for d in null zero full random urandom tty; do \
+           echo \"$d $(stat -c '%F %t,%T' /dev/$d)\"; done; \
+         for l in fd stdin stdout stderr ptmx; do echo \"$l -> $(readlink /dev/$l)\"; done; \
+         echo ok > /dev/null && head -c 4 /dev/zero | wc -c",
+    );
+    let out = run_ok(&bundle);
+    for (device, numbers) in [
+        ("null", "1,3"),
+        ("zero", "1,5"),
+        ("full", "1,7"),
+        ("random", "1,8"),
+        ("urandom", "1,9"),
+        ("tty", "5,0"),
+    ] {
+        let want = format!("{device} character special file {numbers}");
+        assert!(out.lines().any(|l| l == want), "{want}: {out}");
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        let want = format!("{link} -> {target}");
+        assert!(out.lines().any(|l| l == want), "{want}: {out}");
+    }
+    assert!(
+        out.ends_with("4\n"),
+        "the device cgroup allows the default devices: {out}"
+    );
+}
+
+#[test]
+fn cgroup_namespace_shows_the_container_cgroup_as_root() {
+    let bundle = BusyboxBundle::new().shell("cat /proc/self/cgroup");
+    let out = run_ok(&bundle);
+    assert!(!out.is_empty());
+    for line in out.lines() {
+        assert!(
+            line.ends_with(":/"),
+            "the container's own cgroup is its root: {line}"
+        );
+    }
+}

@@ -167,3 +167,43 @@ fn pids_limit_is_written_to_the_cgroup() {
         "10"
     );
 }
+
+#[test]
+fn cpu_shares_cpuset_and_swap_limit_are_written() {
+    let bundle = BusyboxBundle::new()
+        .args(&["sleep", "1000"])
+        .resources(json!({
+            "cpu": { "shares": 512, "cpus": "0", "mems": "0" },
+            "memory": { "limit": 64 * 1024 * 1024, "swap": 96 * 1024 * 1024 },
+        }));
+    bundle.create().assert_success();
+    if is_cgroup_v1("cpu") {
+        let shares = read_trimmed(&bundle.cgroup_dir("cpu").join("cpu.shares"));
+        assert_eq!(shares, "512");
+    } else {
+        // The OCI/runc conversion: weight = 1 + (shares - 2) * 9999 / 262142.
+        let weight = read_trimmed(&bundle.cgroup_dir("cpu").join("cpu.weight"));
+        assert_eq!(weight, (1 + (512 - 2) * 9999 / 262142).to_string());
+    }
+    let cpuset = bundle.cgroup_dir("cpuset");
+    assert_eq!(read_trimmed(&cpuset.join("cpuset.cpus")), "0");
+    assert_eq!(read_trimmed(&cpuset.join("cpuset.mems")), "0");
+    let memory = bundle.cgroup_dir("memory");
+    if is_cgroup_v1("memory") {
+        let memsw = memory.join("memory.memsw.limit_in_bytes");
+        assert!(
+            memsw.exists(),
+            "swap accounting is on here: {}",
+            memsw.display()
+        );
+        assert_eq!(
+            read_trimmed(&memsw),
+            (96 * 1024 * 1024).to_string(),
+            "memory+swap limit"
+        );
+    } else {
+        // cgroup v2 limits swap alone: swap.max = OCI swap (memory+swap) - memory.
+        let swap = read_trimmed(&memory.join("memory.swap.max"));
+        assert_eq!(swap, (32 * 1024 * 1024).to_string());
+    }
+}
