@@ -64,6 +64,7 @@ impl Container {
     pub fn create(root: &StateRoot, opts: &CreateOptions, signal_mask: SigSet) -> Result<Container> {
         crate::state::validate_id(&opts.id)?;
         let bundle = Bundle::load(&opts.bundle)?;
+        tracing::debug!(id = %opts.id, "bundle loaded");
         let dir = root.claim(&opts.id)?;
         let mut rollback = Rollback { dir: &dir, child: None, cgroup: None, armed: true };
 
@@ -79,6 +80,7 @@ impl Container {
         let joins = init::open_joins(&bundle)?;
         let cg_path = cgroup_path(&bundle.spec, &opts.id);
         rollback.cgroup = Some(ContainerCgroup::open(&cg_path, &opts.id)?);
+        tracing::debug!("cgroup manager ready");
         let (mut parent_end, child_end) = sync::channel()?;
         let console_socket = connect_console(&bundle, opts)?;
 
@@ -96,8 +98,10 @@ impl Container {
         let resources = bundle.spec.linux().as_ref().and_then(|l| l.resources().as_ref());
         let cgroup = rollback.cgroup.as_ref().expect("set before the fork");
         cgroup.enter_and_limit(child.as_raw(), resources)?;
+        tracing::debug!(pid = child.as_raw(), "init in its cgroup, limits applied");
         parent_end.send_go()?;
         parent_end.wait_ready()?;
+        tracing::debug!("init ready");
 
         let (pid_start_time, _) = process_start_time(child.as_raw())
             .ok_or_else(|| Error::Init("the container init died right after setup".into()))?;
@@ -113,6 +117,7 @@ impl Container {
             annotations: bundle.spec.annotations().clone().unwrap_or_default(),
         };
         root.save(&state)?;
+        tracing::debug!("state saved");
         if let Some(pid_file) = &opts.pid_file {
             write_pid_file(pid_file, child.as_raw())?;
         }
