@@ -99,7 +99,11 @@ fn image() -> ImageDef {
         Entry::file("dir-replaced-by-file", "now a file"),
         Entry::File { path: "bin/tool".into(), content: b"#!/bin/sh\necho v2\n".to_vec(), mode: 0o750, uid: 0, gid: 0 },
     ];
-    let l3 = vec![Entry::file("etc/hostname", "box v3\n"), Entry::Dir { path: "home/app".into(), mode: 0o750, uid: 1000, gid: 100 }];
+    let l3 = vec![
+        Entry::file("etc/hostname", "box v3\n"),
+        Entry::Dir { path: "home/app".into(), mode: 0o750, uid: 1000, gid: 100 },
+        Entry::hardlink("bin/sgid-link", "bin/sgid"), // to a file of layer 1
+    ];
     let mut def = ImageDef::new(vec![l1, l2, l3]);
     def.layers[1].1 = Compression::None; // umoci 0.4 reads gzip and plain tar, not zstd
     def

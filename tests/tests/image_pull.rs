@@ -84,7 +84,13 @@ fn layered_image() -> ImageDef {
         Entry::file("opq/new", "new"),
         Entry::file("data/b", "b"),
     ];
-    let l3 = vec![Entry::file("etc/keep", "keep v3"), Entry::Fifo { path: "fifo".into(), mode: 0o640 }];
+    let l3 = vec![
+        Entry::file("etc/keep", "keep v3"),
+        Entry::Fifo { path: "fifo".into(), mode: 0o640 },
+        // A hard link to a file of layer 1 (overlay snapshots copy it up).
+        Entry::hardlink("data/a-link", "data/a"),
+        Entry::hardlink("home/user/owned-link", "home/user/owned"),
+    ];
     let mut image = ImageDef::new(vec![l1, l2, l3]);
     image.layers[1].1 = Compression::Zstd;
     image.layers[2].1 = Compression::None;
@@ -97,6 +103,8 @@ fn assert_layered_tree(t: &BTreeMap<String, String>) {
     assert_eq!(t.get("link").map(String::as_str), Some("l -> etc/keep"));
     assert_eq!(t.get("bin/suid").map(String::as_str), Some("f 4755 0:0 #!"));
     assert_eq!(t.get("home/user/owned").map(String::as_str), Some("f 600 1000:1000 mine"));
+    assert_eq!(t.get("home/user/owned-link").map(String::as_str), Some("f 600 1000:1000 mine"));
+    assert_eq!(t.get("data/a-link").map(String::as_str), Some("f 644 0:0 a"));
     assert!(t.get("fifo").is_some_and(|f| f.starts_with("other 10000 640")), "{t:#?}");
     for gone in ["etc/gone", "gone-dir", "gone-dir/x", "opq/old", "opq/sub", "opq/sub/deep"] {
         assert!(!t.contains_key(gone), "{gone} should be gone: {t:#?}");

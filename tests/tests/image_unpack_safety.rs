@@ -64,6 +64,11 @@ fn cases(outside: &Path, abs: &Path) -> Vec<Case> {
             entry: "h",
         },
         Case {
+            name: "hardlink-through-lower-symlink",
+            layers: vec![vec![Entry::symlink("evil", &out)], vec![Entry::hardlink("h", "evil/victim")]],
+            entry: "h",
+        },
+        Case {
             name: "whiteout-through-symlink",
             layers: vec![vec![Entry::symlink("evil", &out)], vec![Entry::whiteout("evil/victim")]],
             entry: "evil",

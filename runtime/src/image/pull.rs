@@ -4,7 +4,8 @@
 //! at the same time, through the decompressor into the safe unpacker that fills the layer's
 //! snapshot. Nothing is kept unless its digest verifies: the blob digest, the diff id of the
 //! uncompressed tar, and the manifest and config digests. Snapshots are committed (renamed to
-//! their chain id) only after every layer is unpacked and the lower-layer symlink check passed;
+//! their chain id) only after every layer is unpacked, the lower-layer symlink check passed
+//! and hard links to lower-layer files were copied up;
 //! the image record is written last.
 use std::io::Read;
 use std::path::PathBuf;
@@ -23,7 +24,7 @@ use super::records::ImageRecord;
 use super::reference::Reference;
 use super::snapshot::{Snapshotter, TempSnapshot, chain_ids, check_implicit_dirs};
 use super::store::{ContentStore, Ingest};
-use super::unpack::{LayerStats, WhiteoutMode, decompress, unpack_layer};
+use super::unpack::{LayerStats, WhiteoutMode, copy_up_lower_links, decompress, unpack_layer};
 
 /// Receives pull progress (the CLI draws bars from it). Every method has a no-op default.
 pub trait PullProgress: Send + Sync {
@@ -121,9 +122,14 @@ impl Puller<'_> {
             })
             .collect();
         for r in &done {
-            if let Some((_, stats)) = &r.snapshot {
+            if let Some((temp, stats)) = &r.snapshot {
                 let lowers: Vec<PathBuf> = dirs[..r.index].iter().rev().cloned().collect();
-                check_implicit_dirs(&manifest.layers[r.index].digest.to_string(), &stats.implicit_dirs, &lowers)?;
+                let layer = manifest.layers[r.index].digest.to_string();
+                check_implicit_dirs(&layer, &stats.implicit_dirs, &lowers)?;
+                if !stats.lower_links.is_empty() {
+                    let (fs, links) = (temp.fs(), stats.lower_links.clone());
+                    run_blocking(move || copy_up_lower_links(&layer, &fs, &links, &lowers)).await?;
+                }
             }
         }
         for r in done {

@@ -8,7 +8,8 @@
 //! with an error naming the entry. For [`WhiteoutMode::Overlay`] (one directory per layer) the
 //! directories an entry needed but the layer did not list are returned in
 //! [`LayerStats::implicit_dirs`] so that the snapshotter can refuse a lower-layer symlink at the
-//! same path (see `snapshot::check_implicit_dirs`).
+//! same path (see `snapshot::check_implicit_dirs`), and hard links whose target is a file of a
+//! lower layer in [`LayerStats::lower_links`], to be copied up by [`copy_up_lower_links`].
 //!
 //! Whiteouts: in `Apply` mode (`image unpack`, the copy fallback) `.wh.NAME` deletes `NAME` and
 //! `.wh..wh..opq` empties the directory of what lower layers put there; in `Overlay` mode they
@@ -46,6 +47,9 @@ pub struct LayerStats {
     /// Directories created because an entry needed them though the layer did not list them
     /// (relative paths, parents first). Only recorded in overlay mode.
     pub implicit_dirs: Vec<PathBuf>,
+    /// Hard links `(link, target)` whose target is not in this layer (overlay mode): the
+    /// target must come from a lower layer, see [`copy_up_lower_links`].
+    pub lower_links: Vec<(PathBuf, PathBuf)>,
 }
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -241,12 +245,16 @@ impl Unpacker {
                     "hard link {name:?} points to {:?}, which is not in this layer (or the layers below)",
                     target.display()
                 );
-                let Some(tparent) = self.open_dir(tparent_comps, &name, false)? else {
+                let tparent = self.open_dir(tparent_comps, &name, false)?;
+                let Some(tparent) = tparent.filter(|t| stat_nofollow(t, tname).is_some()) else {
+                    if self.mode == WhiteoutMode::Overlay {
+                        // The target may be in a lower layer: copied up once all are unpacked.
+                        self.clear(&parent, file_name, &at)?;
+                        self.stats.lower_links.push((comps.iter().collect(), tcomps.iter().collect()));
+                        return Ok(());
+                    }
                     return Err(self.invalid(missing));
                 };
-                if stat_nofollow(&tparent, tname).is_none() {
-                    return Err(self.invalid(missing));
-                }
                 if tcomps == comps {
                     return Ok(());
                 }
@@ -423,6 +431,110 @@ impl Unpacker {
         }
         Ok(())
     }
+}
+
+/// Overlay mode: a hard link to a file of a lower layer cannot be a hard link across snapshot
+/// directories, so the file is copied up into this layer (content, owner, mode, xattrs, mtime),
+/// as containerd does. `lowers` are the lower layers' directories, top first; the target is
+/// looked up as overlayfs would (whiteouts and opaque directories hide what is below), without
+/// following any symlink.
+pub fn copy_up_lower_links(layer: &str, dir: &Path, links: &[(PathBuf, PathBuf)], lowers: &[PathBuf]) -> Result<(), ImageError> {
+    let invalid = |reason: String| ImageError::InvalidLayer { layer: layer.to_string(), reason };
+    for (link, target) in links {
+        let src = find_in_lowers(lowers, target)
+            .map_err(|reason| ImageError::UnsafeLayerEntry {
+                layer: layer.to_string(),
+                entry: link.display().to_string(),
+                reason: format!("is a hard link to {:?}, which {reason}", target.display()),
+            })?
+            .ok_or_else(|| {
+                invalid(format!(
+                    "hard link {:?} points to {:?}, which is a regular file in neither this layer nor the layers below",
+                    link.display(),
+                    target.display()
+                ))
+            })?;
+        let comps: Vec<OsString> = link.iter().map(OsStr::to_os_string).collect();
+        let (name, parent_comps) = comps.split_last().expect("a link has a name");
+        let at = dir.join(link);
+        let mut parent = rustix::fs::open(dir, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).at(dir)?;
+        for c in parent_comps {
+            parent = open_dir_nofollow(&parent, c).at(&at)?;
+        }
+        let dst = rustix::fs::openat(
+            &parent,
+            name.as_os_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .at(&at)?;
+        let (mut src, mut dst) = (std::fs::File::from(src), std::fs::File::from(dst));
+        std::io::copy(&mut src, &mut dst).at(&at)?;
+        let st = rustix::fs::fstat(&src).at(&at)?;
+        rustix::fs::fchown(&dst, Some(Uid::from_raw(st.st_uid)), Some(Gid::from_raw(st.st_gid))).at(&at)?;
+        rustix::fs::fchmod(&dst, Mode::from_raw_mode(st.st_mode & 0o7777)).at(&at)?;
+        let mut names = vec![0u8; 64 << 10];
+        let n = rustix::fs::flistxattr(&src, &mut names[..]).at(&at)?;
+        for key in names[..n].split(|b| *b == 0).filter(|k| !k.is_empty()) {
+            let key = OsStr::from_bytes(key);
+            let mut value = vec![0u8; 64 << 10];
+            let len = rustix::fs::fgetxattr(&src, key, &mut value[..]).at(&at)?;
+            rustix::fs::fsetxattr(&dst, key, &value[..len], XattrFlags::empty()).at(&at)?;
+        }
+        let t = |ts: i64, ns: u64| Timespec { tv_sec: ts, tv_nsec: ns as _ };
+        let mtime = t(st.st_mtime as i64, st.st_mtime_nsec as u64);
+        rustix::fs::futimens(&dst, &Timestamps { last_access: mtime, last_modification: mtime }).at(&at)?;
+    }
+    Ok(())
+}
+
+/// Opens `rel` in the topmost lower that has it, if that is a regular file; whiteouts, opaque
+/// directories and files on the way hide the layers below. A symlink on the way is an error
+/// (the reason completes "which ...").
+fn find_in_lowers(lowers: &[PathBuf], rel: &Path) -> Result<Option<OwnedFd>, String> {
+    let comps: Vec<&OsStr> = rel.iter().collect();
+    let Some((name, dirs)) = comps.split_last() else { return Ok(None) };
+    for lower in lowers {
+        let Ok(mut cur) = rustix::fs::open(lower.as_path(), OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        else {
+            return Ok(None);
+        };
+        let mut opaque = false;
+        let mut missing = false;
+        for c in dirs {
+            match open_dir_nofollow(&cur, c) {
+                Ok(fd) => cur = fd,
+                Err(Errno::NOENT) => {
+                    missing = true;
+                    break;
+                }
+                Err(Errno::LOOP | Errno::NOTDIR)
+                    if stat_nofollow(&cur, c).is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink) =>
+                {
+                    return Err(format!("goes through {c:?}, a symlink in a lower layer"));
+                }
+                Err(_) => return Ok(None), // a file replaced the directory here
+            }
+            let mut v = [0u8; 1];
+            if rustix::fs::fgetxattr(&cur, OVERLAY_OPAQUE_XATTR, &mut v[..]).is_ok_and(|n| n == 1 && v[0] == b'y') {
+                opaque = true;
+            }
+        }
+        if !missing {
+            match stat_nofollow(&cur, name) {
+                Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
+                    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                    return Ok(rustix::fs::openat(&cur, *name, flags, Mode::empty()).ok());
+                }
+                Some(_) => return Ok(None), // a whiteout, or not a regular file
+                None => {}
+            }
+        }
+        if opaque {
+            return Ok(None);
+        }
+    }
+    Ok(None)
 }
 
 /// Splits an entry path into plain components: `./` and `.` are dropped; absolute paths and
