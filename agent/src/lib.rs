@@ -5,10 +5,12 @@
 //! task networking (netns, veth, bridge, published ports), health checks, logs, CPU metrics read
 //! from cgroups, and the HTTP ingress. It never decides placement.
 //!
+//! - [`network`]: node bridge, task namespaces and addresses, outbound NAT, published ports.
 //! - [`task`]: runs each task as a container under its own `sched-runtime shim` (image, rootfs,
 //!   bundle, limits, stop with grace, exit codes and logs that survive agent restarts).
 
 pub mod error;
+pub mod network;
 pub mod task;
 
 pub use error::{AgentError, Result};

@@ -102,8 +102,15 @@ impl Puller<'_> {
         }
         let chains = chain_ids(&config.rootfs.diff_ids);
 
-        let results: Vec<Result<LayerResult>> = futures::stream::iter(manifest.layers.iter().enumerate())
+        // The futures are built first (they are lazy): a closure inside the stream's type would
+        // make the pull future fail `Send` checks when callers spawn it (a rustc HRTB limit).
+        let pulls: Vec<_> = manifest
+            .layers
+            .iter()
+            .enumerate()
             .map(|(i, layer)| self.pull_layer(reference, i, layer, &config.rootfs.diff_ids[i], &chains[i]))
+            .collect();
+        let results: Vec<Result<LayerResult>> = futures::stream::iter(pulls)
             .buffer_unordered(self.max_parallel_layers.max(1))
             .collect()
             .await;
