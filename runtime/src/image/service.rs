@@ -285,3 +285,19 @@ impl ImageService {
         config_to_spec(&prepared.config, &prepared.path, overrides, base)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent runs pulls on tokio tasks and shares one service between them.
+    #[test]
+    fn the_service_and_its_pull_future_can_cross_threads() {
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        fn send<T: Send>(_: T) {}
+        let dir = tempfile::tempdir().unwrap();
+        let images = ImageService::open(dir.path(), ImageServiceOptions::default()).unwrap();
+        send_sync(&images);
+        send(images.pull("localhost:1/x:y", Arc::new(super::super::pull::NoProgress)));
+    }
+}
