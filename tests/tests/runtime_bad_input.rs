@@ -115,3 +115,62 @@ fn missing_executable_is_named() {
     assert_mentions(line, &["/bin/no-such-program"]);
     bundle.assert_nothing_left(None);
 }
+
+#[test]
+fn starting_a_started_container_is_refused() {
+    let bundle = BusyboxBundle::new().args(&["sleep", "1000"]);
+    bundle.create().assert_success();
+    bundle.start().assert_success();
+    bundle.start().assert_one_line_failure();
+    assert_eq!(bundle.status(), "running", "the container is untouched");
+}
+
+#[test]
+fn deleting_a_running_container_needs_force() {
+    let bundle = BusyboxBundle::new().args(&["sleep", "1000"]);
+    bundle.create().assert_success();
+    bundle.start().assert_success();
+    bundle.delete().assert_one_line_failure();
+    assert_eq!(bundle.status(), "running", "the container is untouched");
+}
+
+#[test]
+fn unknown_signal_is_refused() {
+    let bundle = BusyboxBundle::new().args(&["sleep", "1000"]);
+    bundle.create().assert_success();
+    bundle.start().assert_success();
+    let line = bundle
+        .kill("NOSUCHSIGNAL")
+        .assert_one_line_failure()
+        .to_owned();
+    assert_mentions(&line, &["signal", "NOSUCHSIGNAL"]);
+    assert_eq!(bundle.status(), "running", "the container is untouched");
+}
+
+#[test]
+fn failures_are_logged_as_json_with_log_format_json() {
+    let bundle = BusyboxBundle::new();
+    let log = bundle.dir().join("runtime.log");
+    let outcome = bundle.cli(&[
+        "--log",
+        &log.to_string_lossy(),
+        "--log-format",
+        "json",
+        "state",
+        "no-such-container",
+    ]);
+    outcome.assert_one_line_failure();
+    let text = fs::read_to_string(&log).expect("--log creates the log file");
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.to_string().to_lowercase().contains("does not exist")
+                || r.to_string().to_lowercase().contains("not found")),
+        "the error is in the log: {text}"
+    );
+}
