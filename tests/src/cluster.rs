@@ -50,10 +50,14 @@ pub struct Cluster {
     pub servers: BTreeMap<u64, Server>,
 }
 
-/// The `sched` binary next to the test executable.
+/// The `sched` binary of the same build profile as the running test or benchmark.
 pub fn sched_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's own path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    // Tests live in target/<profile>/deps/, benchmark programs in target/<profile>/.
+    let mut profile_dir = exe.parent().expect("the executable's directory");
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().expect("target/<profile>");
+    }
     let sched = profile_dir.join("sched");
     assert!(sched.exists(), "{} is missing: build it first with `cargo build -p scheduler` (scripts/test.sh does)", sched.display());
     sched

@@ -1,10 +1,12 @@
 //! `sched server`: one Raft member and the gRPC API on one port.
 //!
 //! [`run`] opens the durable log, starts the Raft loop, and serves on the given listener until
-//! `shutdown` resolves: `sched.v1.ServiceApi` and `ClusterApi` (the public API), `raft.v1.RaftPeer`
+//! `shutdown` resolves: `sched.v1.ServiceApi` and `ClusterApi` (the public API), `agent.v1.AgentApi`
+//! (the agents' side), `raft.v1.RaftPeer`
 //! (peer traffic), the standard gRPC health service and server reflection (so `grpcurl` lists
 //! and calls everything). Tests bind port 0 and pass the listener in.
 
+mod agent_api;
 mod cluster_api;
 mod errors;
 mod peer_api;
@@ -17,11 +19,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use proto::agent::v1::agent_api_server::AgentApiServer;
 use proto::raft::v1::raft_peer_server::RaftPeerServer;
 use proto::sched::v1::cluster_api_server::ClusterApiServer;
 use proto::sched::v1::service_api_server::ServiceApiServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::raft::storage::{Bootstrap, DiskStorage, StorageFailure};
 use crate::raft::transport::{MAX_PEER_MESSAGE_BYTES, Transport};
@@ -94,12 +97,16 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
         .add_service(reflection)
         .add_service(ServiceApiServer::new(service_api::ServiceApiService::new(consensus.clone())))
         .add_service(ClusterApiServer::new(cluster_api::ClusterApiService::new(consensus.clone())))
+        .add_service(AgentApiServer::new(agent_api::AgentApiService::new(consensus.clone(), Arc::new(agent_api::Heartbeats::default()))))
         .add_service(
             RaftPeerServer::new(peer_api::RaftPeerService::new(raft.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
         );
-    let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    // Nagle off on accepted connections too: answers are several small HTTP/2 writes, and
+    // Nagle plus delayed ACKs would add 40 ms to forwarded proposals.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serve = router.serve_with_incoming_shutdown(incoming, shutdown);
     let mut node_task = tokio::spawn(node.run());
     tokio::select! {
         served = serve => {

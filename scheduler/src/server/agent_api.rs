@@ -1,0 +1,180 @@
+//! `agent.v1.AgentApi`: the servers' side of the agent protocol.
+//!
+//! - `Register` records the node through Raft (matched by name, so a restarted agent keeps its
+//!   id) and returns its id.
+//! - `Heartbeat` is not replicated: the answering server notes the time and the metrics in
+//!   [`Heartbeats`]. (Issue 5's down-detection runs on the leader, so agents should heartbeat
+//!   the leader, or followers should forward; not decided yet.)
+//! - `WatchAssignments` streams the node's complete desired task set: once at once, then after
+//!   every applied change to it (level-triggered; a reconnecting agent needs only the latest).
+//! - `ReportTaskStatus` records an observed state change through Raft.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::Stream;
+use proto::agent::v1 as pb;
+use proto::agent::v1::agent_api_server::AgentApi;
+use proto::sched::v1 as sched_pb;
+use tonic::{Request, Response, Status};
+
+use super::{errors, now_ms, views};
+use crate::raft::{Consensus, Proposal};
+use crate::state::{ClusterState, Command, HealthStatus, Outcome, TaskState};
+
+/// The latest heartbeat of each node seen by this server.
+#[derive(Default)]
+pub struct Heartbeats {
+    pub last: Mutex<HashMap<u64, (Instant, Vec<pb::TaskMetrics>)>>,
+}
+
+pub struct AgentApiService {
+    consensus: Arc<Consensus>,
+    heartbeats: Arc<Heartbeats>,
+}
+
+impl AgentApiService {
+    pub fn new(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>) -> Self {
+        AgentApiService { consensus, heartbeats }
+    }
+}
+
+/// The assignments of one node in the state.
+fn assignments_of(state: &ClusterState, node_id: u64, index: u64) -> pb::Assignments {
+    let assignments = state
+        .tasks()
+        .filter(|t| t.node_id == node_id)
+        .filter_map(|t| {
+            let revision = state.service(&t.service).and_then(|s| s.revision(t.revision));
+            Some(pb::Assignment {
+                task_id: t.id.clone(),
+                service: t.service.clone(),
+                revision: t.revision,
+                spec: revision.map(|r| r.spec.to_proto()),
+                image_digest: revision.map(|r| r.image_digest.clone()).unwrap_or_default(),
+                desired_state: views::desired_state(t.desired) as i32,
+            })
+        })
+        .collect();
+    pb::Assignments { index, assignments }
+}
+
+fn task_state(value: i32) -> Result<TaskState, Status> {
+    Ok(match sched_pb::TaskState::try_from(value) {
+        Ok(sched_pb::TaskState::Pending) => TaskState::Pending,
+        Ok(sched_pb::TaskState::Assigned) => TaskState::Assigned,
+        Ok(sched_pb::TaskState::Preparing) => TaskState::Preparing,
+        Ok(sched_pb::TaskState::Running) => TaskState::Running,
+        Ok(sched_pb::TaskState::Exited) => TaskState::Exited,
+        Ok(sched_pb::TaskState::Failed) => TaskState::Failed,
+        Ok(sched_pb::TaskState::Lost) => TaskState::Lost,
+        _ => return Err(Status::invalid_argument(format!("`state` {value} is not a task state (PENDING..LOST)"))),
+    })
+}
+
+fn health(value: i32) -> HealthStatus {
+    match sched_pb::HealthStatus::try_from(value) {
+        Ok(sched_pb::HealthStatus::Starting) => HealthStatus::Starting,
+        Ok(sched_pb::HealthStatus::Healthy) => HealthStatus::Healthy,
+        Ok(sched_pb::HealthStatus::Unhealthy) => HealthStatus::Unhealthy,
+        _ => HealthStatus::Unknown,
+    }
+}
+
+type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::Assignments, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentApi for AgentApiService {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let r = request.into_inner();
+        if r.name.is_empty() || r.address.is_empty() || r.cpu_millis == 0 || r.memory_mib == 0 {
+            return Err(Status::invalid_argument("`name`, `address`, `cpu_millis` and `memory_mib` are required"));
+        }
+        let command = Command::RegisterNode {
+            name: r.name,
+            address: r.address,
+            cpu_millis: r.cpu_millis,
+            memory_mib: r.memory_mib,
+            labels: r.labels.into_iter().collect(),
+            now_ms: now_ms(),
+        };
+        match self.consensus.write(Proposal::Command(command)).await.map_err(errors::consensus)? {
+            Ok(Outcome::NodeRegistered { node_id }) => Ok(Response::new(pb::RegisterResponse { node_id })),
+            Ok(_) => Err(errors::unexpected("register")),
+            Err(rejection) => Err(errors::rejection(rejection)),
+        }
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let known = self.consensus.raft().state().state.node(r.node_id).is_some();
+        if known {
+            self.heartbeats.last.lock().expect("heartbeats lock").insert(r.node_id, (Instant::now(), r.metrics));
+        }
+        Ok(Response::new(pb::HeartbeatResponse { known }))
+    }
+
+    type WatchAssignmentsStream = AssignmentStream;
+
+    async fn watch_assignments(&self, request: Request<pb::WatchAssignmentsRequest>) -> Result<Response<AssignmentStream>, Status> {
+        let node_id = request.into_inner().node_id;
+        let first = self
+            .consensus
+            .read(false, |a| a.state.node(node_id).map(|_| assignments_of(&a.state, node_id, a.index)))
+            .await
+            .map_err(errors::consensus)?
+            .ok_or_else(|| Status::not_found(format!("no node with id {node_id}: register first")))?;
+        let raft = self.consensus.raft().clone();
+        let status = raft.watch_status();
+        let stream = assignment_stream(first, raft, status, node_id);
+        Ok(Response::new(stream))
+    }
+
+    async fn report_task_status(&self, request: Request<pb::ReportTaskStatusRequest>) -> Result<Response<pb::ReportTaskStatusResponse>, Status> {
+        let r = request.into_inner();
+        let command = Command::ReportTaskStatus {
+            node_id: r.node_id,
+            task_id: r.task_id,
+            state: task_state(r.state)?,
+            exit_code: r.exit_code,
+            endpoints: r.endpoints,
+            health: health(r.health),
+            message: r.message,
+            now_ms: now_ms(),
+        };
+        self.consensus
+            .write(Proposal::Command(command))
+            .await
+            .map_err(errors::consensus)?
+            .map_err(errors::rejection)?;
+        Ok(Response::new(pb::ReportTaskStatusResponse {}))
+    }
+}
+
+/// Yields `first`, then the node's assignments after every applied change to them.
+fn assignment_stream(
+    first: pb::Assignments,
+    raft: crate::raft::RaftHandle,
+    status: tokio::sync::watch::Receiver<crate::raft::NodeStatus>,
+    node_id: u64,
+) -> AssignmentStream {
+    let state = (Some(first.clone()), first, raft, status);
+    Box::pin(futures::stream::unfold(state, move |(pending, last, raft, mut status)| async move {
+        if let Some(first) = pending {
+            return Some((Ok(first), (None, last, raft, status)));
+        }
+        loop {
+            // Ends the stream when the server shuts down.
+            status.changed().await.ok()?;
+            let next = {
+                let applied = raft.state();
+                assignments_of(&applied.state, node_id, applied.index)
+            };
+            if next.assignments != last.assignments {
+                return Some((Ok(next.clone()), (None, next, raft, status)));
+            }
+        }
+    }))
+}
