@@ -6,11 +6,13 @@
 //! from cgroups, and the HTTP ingress. It never decides placement.
 //!
 //! - [`network`]: node bridge, task namespaces and addresses, outbound NAT, published ports.
+//! - [`node`]: the daemon loop: register, heartbeat, follow assignments, act, report.
 //! - [`task`]: runs each task as a container under its own `sched-runtime shim` (image, rootfs,
 //!   bundle, limits, stop with grace, exit codes and logs that survive agent restarts).
 
 pub mod error;
 pub mod network;
+pub mod node;
 pub mod task;
 
 pub use error::{AgentError, Result};

@@ -1,0 +1,103 @@
+//! `sched-agent`: the node daemon. Thin: flags, logging, then `agent::node::run` until SIGINT or
+//! SIGTERM. Tasks keep running when the agent stops; a restarted agent adopts them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agent::node::{AgentConfig, run};
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+
+/// Runs the tasks the sched servers assign to this node.
+#[derive(Parser)]
+#[command(name = "sched-agent", version, about)]
+struct Cli {
+    /// Server addresses HOST:PORT, comma-separated; tried in turn.
+    #[arg(long, env = "SCHED_SERVER", value_delimiter = ',', required = true)]
+    server: Vec<String>,
+    /// Where images, task dirs and runtime state are kept.
+    #[arg(long, default_value = "/var/lib/sched")]
+    data_dir: PathBuf,
+    /// The node's name in the cluster (default: the hostname).
+    #[arg(long)]
+    name: Option<String>,
+    /// Labels for placement constraints, k=v comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// The address tasks' published ports are reached on (default: 127.0.0.1).
+    #[arg(long, default_value = "127.0.0.1")]
+    address: String,
+    /// CPU offered to tasks in millicores (default: all cores).
+    #[arg(long)]
+    cpu: Option<u32>,
+    /// Memory offered to tasks in MiB (default: all memory).
+    #[arg(long)]
+    memory: Option<u32>,
+    /// The sched-runtime binary (default: next to sched-agent, else on PATH).
+    #[arg(long)]
+    runtime: Option<PathBuf>,
+    /// The cgroup every task's cgroup is made under.
+    #[arg(long, default_value = "/sched")]
+    cgroup_parent: String,
+    /// Seconds a stopped task gets between its stop signal and SIGKILL.
+    #[arg(long, default_value_t = 10)]
+    stop_grace: u64,
+    /// Log debug records.
+    #[arg(long)]
+    debug: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let level = if cli.debug { tracing::Level::DEBUG } else { tracing::Level::INFO };
+    tracing_subscriber::fmt().with_max_level(level).with_target(false).init();
+    let config = config(cli)?;
+    let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    rt.block_on(async {
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("stopping; tasks keep running");
+        };
+        run(config, shutdown).await
+    })?;
+    Ok(())
+}
+
+fn config(cli: Cli) -> Result<AgentConfig> {
+    let (host_cpu, host_mem) = AgentConfig::host_capacity();
+    let mut labels = BTreeMap::new();
+    for l in &cli.labels {
+        let Some((k, v)) = l.split_once('=') else { bail!("--labels {l:?}: use key=value") };
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let name = match cli.name {
+        Some(n) => n,
+        None => nix::unistd::gethostname().context("read the hostname")?.to_string_lossy().into_owned(),
+    };
+    let runtime_binary = match cli.runtime {
+        Some(p) => p,
+        None => {
+            let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("sched-runtime")));
+            beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("sched-runtime"))
+        }
+    };
+    Ok(AgentConfig {
+        servers: cli.server,
+        name,
+        address: cli.address,
+        labels,
+        cpu_millis: cli.cpu.unwrap_or(host_cpu),
+        memory_mib: cli.memory.unwrap_or(host_mem),
+        data_dir: cli.data_dir,
+        runtime_binary,
+        cgroup_parent: cli.cgroup_parent,
+        heartbeat_interval: Duration::from_secs(2),
+        check_interval: Duration::from_millis(500),
+        stop_grace: Duration::from_secs(cli.stop_grace),
+    })
+}

@@ -1,0 +1,9 @@
+//! The node daemon: registers with the servers, heartbeats, watches its assignments and makes
+//! the node match them ([`plan`]), reporting every task state change back.
+
+mod config;
+mod daemon;
+pub mod plan;
+
+pub use config::AgentConfig;
+pub use daemon::run;
