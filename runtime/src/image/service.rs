@@ -4,7 +4,9 @@
 //! rootfs, and an OCI spec.
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use oci_spec::runtime::Spec;
 use tracing::{info, warn};
@@ -77,6 +79,29 @@ pub struct ImageService {
     records: ImageRecords,
     snapshots: Snapshotter,
     options: ImageServiceOptions,
+    /// Start times of the pulls in flight (by id): prune spares what they may be writing.
+    pulls_in_flight: Mutex<Vec<(u64, SystemTime)>>,
+}
+
+/// Registers a pull as in flight until dropped.
+struct PullInFlight<'a> {
+    list: &'a Mutex<Vec<(u64, SystemTime)>>,
+    id: u64,
+}
+
+impl<'a> PullInFlight<'a> {
+    fn new(list: &'a Mutex<Vec<(u64, SystemTime)>>) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        list.lock().expect("poisoned").push((id, SystemTime::now()));
+        Self { list, id }
+    }
+}
+
+impl Drop for PullInFlight<'_> {
+    fn drop(&mut self) {
+        self.list.lock().expect("poisoned").retain(|(id, _)| *id != self.id);
+    }
 }
 
 impl ImageService {
@@ -90,6 +115,7 @@ impl ImageService {
             records: ImageRecords::open(data_dir)?,
             snapshots: Snapshotter::open(data_dir)?,
             options,
+            pulls_in_flight: Mutex::default(),
         })
     }
 
@@ -108,6 +134,7 @@ impl ImageService {
     /// Pulls `reference` (verifying every digest) and records it.
     pub async fn pull(&self, reference: &str, progress: Arc<dyn PullProgress>) -> Result<ImageRecord> {
         let reference = Reference::parse(reference)?;
+        let _in_flight = PullInFlight::new(&self.pulls_in_flight);
         let puller = Puller {
             client: &self.client,
             store: &self.store,
@@ -188,8 +215,22 @@ impl ImageService {
     }
 
     /// Removes blobs and snapshots that no image and no container rootfs references, and
-    /// leftovers of interrupted pulls.
+    /// leftovers of interrupted pulls. While pulls of this service are in flight, what changed
+    /// since the oldest of them started (and every temporary file) is spared: it may be theirs.
+    /// (Pulls in other processes are not seen: do not prune a data dir an agent is pulling into.)
     pub fn prune(&self) -> Result<PruneReport> {
+        // Timestamps can be coarse: spare a little more than strictly needed.
+        let spare_since = self
+            .pulls_in_flight
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .map(|(_, t)| *t)
+            .min()
+            .map(|t| t - std::time::Duration::from_secs(2));
+        let fresh = |path: &Path| {
+            spare_since.is_some_and(|since| std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|m| m >= since))
+        };
         let records = self.records.list()?;
         let rootfs = self.snapshots.rootfs_records()?;
         let keep_blobs: HashSet<Digest> = records.iter().flat_map(|r| r.blobs().cloned()).collect();
@@ -200,14 +241,16 @@ impl ImageService {
             .collect();
         let mut report = PruneReport::default();
         for blob in self.store.list()? {
-            if !keep_blobs.contains(&blob) {
+            if !keep_blobs.contains(&blob) && !fresh(&self.store.blob_path(&blob)) {
                 report.bytes += self.store.blob_size(&blob).unwrap_or(0);
                 self.store.remove_blob(&blob)?;
                 report.blobs += 1;
             }
         }
-        self.store.clean_ingest()?;
-        report.snapshots = self.snapshots.gc(&keep_chains)?;
+        if spare_since.is_none() {
+            self.store.clean_ingest()?;
+        }
+        report.snapshots = self.snapshots.gc(&keep_chains, spare_since)?;
         Ok(report)
     }
 
@@ -289,6 +332,24 @@ impl ImageService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prune_spares_what_a_pull_in_flight_may_have_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = ImageService::open(dir.path(), ImageServiceOptions::default()).unwrap();
+        let old = Digest::of(b"old");
+        images.store.write_blob(&old, b"old").unwrap();
+        let past = std::fs::File::options().write(true).open(images.store.blob_path(&old)).unwrap();
+        past.set_modified(SystemTime::now() - std::time::Duration::from_secs(60)).unwrap();
+        let in_flight = PullInFlight::new(&images.pulls_in_flight);
+        let new = Digest::of(b"new");
+        images.store.write_blob(&new, b"new").unwrap();
+        let report = images.prune().unwrap();
+        assert_eq!(report.blobs, 1, "only the blob older than the pull goes");
+        assert!(images.store.has_blob(&new) && !images.store.has_blob(&old));
+        drop(in_flight);
+        assert_eq!(images.prune().unwrap().blobs, 1, "once the pull is over, unreferenced blobs go");
+    }
 
     /// The agent runs pulls on tokio tasks and shares one service between them.
     #[test]

@@ -141,14 +141,21 @@ impl Snapshotter {
     }
 
     /// Removes snapshots not in `keep` and leftover temporary ones; returns how many went.
-    pub fn gc(&self, keep: &HashSet<Digest>) -> Result<usize> {
+    /// With `spare_since`, snapshots changed since then and all temporary ones are kept (a pull
+    /// in flight may be writing them).
+    pub fn gc(&self, keep: &HashSet<Digest>, spare_since: Option<std::time::SystemTime>) -> Result<usize> {
         let mut removed = 0;
         for chain in self.list()? {
-            if !keep.contains(&chain) {
-                let dir = self.snapshots.join(chain.hex());
+            let dir = self.snapshots.join(chain.hex());
+            let fresh = spare_since
+                .is_some_and(|since| std::fs::metadata(&dir).and_then(|m| m.modified()).is_ok_and(|m| m >= since));
+            if !keep.contains(&chain) && !fresh {
                 std::fs::remove_dir_all(&dir).at(&dir)?;
                 removed += 1;
             }
+        }
+        if spare_since.is_some() {
+            return Ok(removed);
         }
         let tmp = self.snapshots.join("tmp");
         for e in std::fs::read_dir(&tmp).at(&tmp)? {
