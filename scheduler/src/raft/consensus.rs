@@ -66,7 +66,11 @@ impl Consensus {
                 return Err(ConsensusError::Removed);
             }
             let attempt = if status.leader_id == self.raft.id() {
-                self.raft.propose(proposal.clone()).await
+                // A leader that cannot commit steps down within an election timeout (check
+                // quorum), which answers OutcomeUnknown; the timeout is a last resort.
+                tokio::time::timeout(self.deadline, self.raft.propose(proposal.clone()))
+                    .await
+                    .unwrap_or(Err(ProposeFailure::OutcomeUnknown))
             } else if status.leader_id != 0 {
                 self.forward(status.leader_id, &proposal).await
             } else {
