@@ -92,9 +92,11 @@ fn setup(args: &mut InitArgs<'_>) -> Result<(exec::ExecTarget, Option<seccomp::C
     nix::sys::prctl::set_dumpable(false).context(|| "prctl(PR_SET_DUMPABLE)".into())?;
     // Files and devices we create get exactly the modes we ask for.
     umask(Mode::empty());
+    // Compiled while the parent sets up the cgroup; a profile this runtime cannot apply fails
+    // `create` (reported after "go", so the parent is listening) before anything is set up.
+    let seccomp = seccomp::compile_spec(spec);
     args.channel.wait_go()?;
-    // A profile this runtime cannot apply fails `create` before anything is set up.
-    let seccomp = seccomp::compile_spec(spec)?;
+    let seccomp = seccomp?;
 
     namespaces::enter(args.bundle, &args.joins)?;
     namespaces::configure(args.bundle)?;

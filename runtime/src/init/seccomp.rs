@@ -48,11 +48,12 @@ use std::fmt;
 use std::time::Instant;
 
 use oci_spec::runtime::{
-    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompFilterFlag, LinuxSeccompOperator, Process, Spec,
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompFilterFlag,
+    LinuxSeccompOperator, Process, Spec,
 };
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 
 use crate::error::{Context, Error, Result};
@@ -100,7 +101,10 @@ impl Abi {
             Abi::X86_64 => syscall_table::X86_64,
             Abi::Aarch64 => syscall_table::AARCH64,
         };
-        table.binary_search_by(|(n, _)| (*n).cmp(name)).ok().map(|i| table[i].1)
+        table
+            .binary_search_by(|(n, _)| (*n).cmp(name))
+            .ok()
+            .map(|i| table[i].1)
     }
 }
 
@@ -216,13 +220,21 @@ pub fn compile(profile: &LinuxSeccomp, abi: Abi) -> Result<CompiledProfile> {
         )));
     }
     let flags = filter_flags(profile.flags().as_deref().unwrap_or(&[]))?;
-    let default = action(profile.default_action(), profile.default_errno_ret(), "defaultAction")?;
+    let default = action(
+        profile.default_action(),
+        profile.default_errno_ret(),
+        "defaultAction",
+    )?;
 
     // Rules grouped by action, in the order the actions first appear.
     let mut by_action: Vec<(SeccompAction, SyscallMatches)> = Vec::new();
     let mut skipped = Vec::new();
     for (i, syscall) in profile.syscalls().iter().flatten().enumerate() {
-        let act = action(syscall.action(), syscall.errno_ret(), &format!("syscalls[{i}].action"))?;
+        let act = action(
+            syscall.action(),
+            syscall.errno_ret(),
+            &format!("syscalls[{i}].action"),
+        )?;
         let matches = arg_matches(syscall.args().as_deref().unwrap_or(&[]), i)?;
         if act == default {
             // Same as not listing it (runc skips these too).
@@ -263,7 +275,13 @@ pub fn compile(profile: &LinuxSeccomp, abi: Abi) -> Result<CompiledProfile> {
                 }
             }
         }
-        programs.push(program(listed, default.clone(), SeccompAction::Allow, abi, "defaultAction")?);
+        programs.push(program(
+            listed,
+            default.clone(),
+            SeccompAction::Allow,
+            abi,
+            "defaultAction",
+        )?);
     }
     for (act, group) in by_action {
         if act != SeccompAction::Allow {
@@ -271,7 +289,11 @@ pub fn compile(profile: &LinuxSeccomp, abi: Abi) -> Result<CompiledProfile> {
             programs.push(program(group, SeccompAction::Allow, act, abi, &what)?);
         }
     }
-    let compiled = CompiledProfile { programs, flags, skipped };
+    let compiled = CompiledProfile {
+        programs,
+        flags,
+        skipped,
+    };
     tracing::debug!(took = ?started.elapsed(), ?compiled, "compiled linux.seccomp");
     Ok(compiled)
 }
@@ -285,12 +307,22 @@ fn program(
     abi: Abi,
     what: &str,
 ) -> Result<Vec<libc::sock_filter>> {
-    let rules = matched.into_iter().map(|(nr, m)| (nr, m.into_rules())).collect();
+    let rules = matched
+        .into_iter()
+        .map(|(nr, m)| (nr, m.into_rules()))
+        .collect();
     let filter = SeccompFilter::new(rules, otherwise, on_match, abi.target())
         .map_err(|e| invalid(format!("{what}: {e}")))?;
-    let compiled: BpfProgram = filter.try_into().map_err(|e| invalid(format!("{what}: {e}")))?;
+    let compiled: BpfProgram = filter
+        .try_into()
+        .map_err(|e| invalid(format!("{what}: {e}")))?;
     let mut out = abi_guard(abi);
-    out.extend(compiled.iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }));
+    out.extend(compiled.iter().map(|i| libc::sock_filter {
+        code: i.code,
+        jt: i.jt,
+        jf: i.jf,
+        k: i.k,
+    }));
     if out.len() > MAX_PROGRAM_LEN {
         return Err(invalid(format!(
             "{what} compile to {} BPF instructions, more than the kernel's {MAX_PROGRAM_LEN}: \
@@ -328,9 +360,13 @@ fn abi_guard(abi: Abi) -> Vec<libc::sock_filter> {
 fn action(act: LinuxSeccompAction, errno_ret: Option<u32>, what: &str) -> Result<SeccompAction> {
     Ok(match act {
         LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
-        LinuxSeccompAction::ScmpActErrno => SeccompAction::Errno(errno_ret.unwrap_or(DEFAULT_ERRNO)),
+        LinuxSeccompAction::ScmpActErrno => {
+            SeccompAction::Errno(errno_ret.unwrap_or(DEFAULT_ERRNO))
+        }
         // libseccomp's SCMP_ACT_KILL is SCMP_ACT_KILL_THREAD.
-        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => SeccompAction::KillThread,
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            SeccompAction::KillThread
+        }
         LinuxSeccompAction::ScmpActKillProcess => SeccompAction::KillProcess,
         LinuxSeccompAction::ScmpActTrap => SeccompAction::Trap,
         LinuxSeccompAction::ScmpActLog => SeccompAction::Log,
@@ -355,7 +391,9 @@ fn filter_flags(flags: &[LinuxSeccompFilterFlag]) -> Result<libc::c_ulong> {
     for flag in flags {
         bits |= match flag {
             LinuxSeccompFilterFlag::SeccompFilterFlagLog => libc::SECCOMP_FILTER_FLAG_LOG,
-            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
+                libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW
+            }
             LinuxSeccompFilterFlag::SeccompFilterFlagTsync => libc::SECCOMP_FILTER_FLAG_TSYNC,
             LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => {
                 return Err(invalid(
@@ -384,7 +422,10 @@ fn arg_matches(args: &[LinuxSeccompArg], rule: usize) -> Result<Matches> {
     indexes.sort_unstable();
     let repeated = indexes.windows(2).any(|w| w[0] == w[1]);
     let rules = if repeated {
-        conditions.into_iter().map(|c| rule_of(vec![c])).collect::<Result<_>>()?
+        conditions
+            .into_iter()
+            .map(|c| rule_of(vec![c]))
+            .collect::<Result<_>>()?
     } else {
         vec![rule_of(conditions)?]
     };
@@ -399,7 +440,12 @@ fn condition(arg: &LinuxSeccompArg, what: &str) -> Result<SeccompCondition> {
     let index = u8::try_from(arg.index())
         .ok()
         .filter(|i| *i <= 5)
-        .ok_or_else(|| invalid(format!("{what}.index {} is out of range: syscalls have arguments 0 to 5", arg.index())))?;
+        .ok_or_else(|| {
+            invalid(format!(
+                "{what}.index {} is out of range: syscalls have arguments 0 to 5",
+                arg.index()
+            ))
+        })?;
     let (op, value) = match arg.op() {
         LinuxSeccompOperator::ScmpCmpEq => (SeccompCmpOp::Eq, arg.value()),
         LinuxSeccompOperator::ScmpCmpNe => (SeccompCmpOp::Ne, arg.value()),
@@ -408,9 +454,13 @@ fn condition(arg: &LinuxSeccompArg, what: &str) -> Result<SeccompCondition> {
         LinuxSeccompOperator::ScmpCmpGt => (SeccompCmpOp::Gt, arg.value()),
         LinuxSeccompOperator::ScmpCmpGe => (SeccompCmpOp::Ge, arg.value()),
         // libseccomp: (arg & value) == valueTwo.
-        LinuxSeccompOperator::ScmpCmpMaskedEq => (SeccompCmpOp::MaskedEq(arg.value()), arg.value_two().unwrap_or(0)),
+        LinuxSeccompOperator::ScmpCmpMaskedEq => (
+            SeccompCmpOp::MaskedEq(arg.value()),
+            arg.value_two().unwrap_or(0),
+        ),
     };
-    SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value).map_err(|e| invalid(format!("{what}: {e}")))
+    SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value)
+        .map_err(|e| invalid(format!("{what}: {e}")))
 }
 
 fn invalid(msg: String) -> Error {
@@ -445,8 +495,14 @@ mod tests {
 
     impl Call {
         fn new(name: &str) -> Call {
-            let nr = Abi::X86_64.syscall_number(name).unwrap_or_else(|| panic!("{name} is an x86_64 syscall"));
-            Call { nr: nr as u32, arch: AUDIT_ARCH_X86_64, args: [0; 6] }
+            let nr = Abi::X86_64
+                .syscall_number(name)
+                .unwrap_or_else(|| panic!("{name} is an x86_64 syscall"));
+            Call {
+                nr: nr as u32,
+                arch: AUDIT_ARCH_X86_64,
+                args: [0; 6],
+            }
         }
 
         fn arg(mut self, index: usize, value: u64) -> Call {
@@ -460,7 +516,11 @@ mod tests {
                 4 => self.arch,
                 16..=63 => {
                     let arg = self.args[(offset as usize - 16) / 8];
-                    if offset % 8 == 0 { arg as u32 } else { (arg >> 32) as u32 }
+                    if offset % 8 == 0 {
+                        arg as u32
+                    } else {
+                        (arg >> 32) as u32
+                    }
                 }
                 _ => panic!("load from offset {offset}"),
             }
@@ -518,7 +578,9 @@ mod tests {
 
     #[track_caller]
     fn refused(value: serde_json::Value) -> String {
-        compile_json(value).expect_err("the profile is refused").to_string()
+        compile_json(value)
+            .expect_err("the profile is refused")
+            .to_string()
     }
 
     #[test]
@@ -599,12 +661,46 @@ mod tests {
     fn comparison_operators_compare_all_64_bits() {
         let high = 1u64 << 32;
         let cases: [(&str, u64, &[(u64, bool)]); 6] = [
-            ("SCMP_CMP_EQ", high + 5, &[(high + 5, true), (5, false), (high + 6, false)]),
-            ("SCMP_CMP_NE", high + 5, &[(high + 5, false), (5, true), (high, true)]),
-            ("SCMP_CMP_LT", high + 5, &[(high + 4, true), (high + 5, false), (2 * high, false), (7, true)]),
-            ("SCMP_CMP_LE", high + 5, &[(high + 5, true), (high + 6, false), (0, true)]),
-            ("SCMP_CMP_GT", high + 5, &[(high + 6, true), (high + 5, false), (u64::MAX, true), (6, false)]),
-            ("SCMP_CMP_GE", high + 5, &[(high + 5, true), (high + 4, false), (2 * high, true)]),
+            (
+                "SCMP_CMP_EQ",
+                high + 5,
+                &[(high + 5, true), (5, false), (high + 6, false)],
+            ),
+            (
+                "SCMP_CMP_NE",
+                high + 5,
+                &[(high + 5, false), (5, true), (high, true)],
+            ),
+            (
+                "SCMP_CMP_LT",
+                high + 5,
+                &[
+                    (high + 4, true),
+                    (high + 5, false),
+                    (2 * high, false),
+                    (7, true),
+                ],
+            ),
+            (
+                "SCMP_CMP_LE",
+                high + 5,
+                &[(high + 5, true), (high + 6, false), (0, true)],
+            ),
+            (
+                "SCMP_CMP_GT",
+                high + 5,
+                &[
+                    (high + 6, true),
+                    (high + 5, false),
+                    (u64::MAX, true),
+                    (6, false),
+                ],
+            ),
+            (
+                "SCMP_CMP_GE",
+                high + 5,
+                &[(high + 5, true), (high + 4, false), (2 * high, true)],
+            ),
         ];
         for (op, value, checks) in cases {
             let p = profile(json!({
@@ -613,8 +709,16 @@ mod tests {
                                "args": [{ "index": 0, "value": value, "op": op }] }],
             }));
             for &(arg, blocked) in checks {
-                let want = if blocked { errno(libc::EPERM) } else { RET_ALLOW };
-                assert_eq!(verdict(&p, &Call::new("personality").arg(0, arg)), want, "{op} {value:#x} vs {arg:#x}");
+                let want = if blocked {
+                    errno(libc::EPERM)
+                } else {
+                    RET_ALLOW
+                };
+                assert_eq!(
+                    verdict(&p, &Call::new("personality").arg(0, arg)),
+                    want,
+                    "{op} {value:#x} vs {arg:#x}"
+                );
             }
         }
     }
@@ -628,8 +732,14 @@ mod tests {
                            "args": [{ "index": 0, "value": 0x7e02_0000u64, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }] }],
         }));
         let clone = |flags: u64| verdict(&p, &Call::new("clone").arg(0, flags));
-        assert_eq!(clone(libc::SIGCHLD as u64 | libc::CLONE_VM as u64), RET_ALLOW);
-        assert_eq!(clone(libc::CLONE_NEWNS as u64 | libc::SIGCHLD as u64), errno(libc::EPERM));
+        assert_eq!(
+            clone(libc::SIGCHLD as u64 | libc::CLONE_VM as u64),
+            RET_ALLOW
+        );
+        assert_eq!(
+            clone(libc::CLONE_NEWNS as u64 | libc::SIGCHLD as u64),
+            errno(libc::EPERM)
+        );
         assert_eq!(clone(libc::CLONE_NEWUSER as u64), errno(libc::EPERM));
     }
 
@@ -642,7 +752,14 @@ mod tests {
                 { "index": 1, "value": libc::SOCK_RAW, "op": "SCMP_CMP_EQ" },
             ] }],
         }));
-        let socket = |domain: i32, kind: i32| verdict(&p, &Call::new("socket").arg(0, domain as u64).arg(1, kind as u64));
+        let socket = |domain: i32, kind: i32| {
+            verdict(
+                &p,
+                &Call::new("socket")
+                    .arg(0, domain as u64)
+                    .arg(1, kind as u64),
+            )
+        };
         assert_eq!(socket(libc::AF_INET, libc::SOCK_RAW), errno(libc::EPERM));
         assert_eq!(socket(libc::AF_INET, libc::SOCK_STREAM), RET_ALLOW);
         assert_eq!(socket(libc::AF_UNIX, libc::SOCK_RAW), RET_ALLOW);
@@ -711,9 +828,15 @@ mod tests {
             "defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{ "names": ["mkdir"], "action": "SCMP_ACT_NOTIFY" }],
         }));
-        assert!(msg.contains("SCMP_ACT_NOTIFY") && msg.contains("syscalls[0]"), "{msg}");
+        assert!(
+            msg.contains("SCMP_ACT_NOTIFY") && msg.contains("syscalls[0]"),
+            "{msg}"
+        );
         let msg = refused(json!({ "defaultAction": "SCMP_ACT_NOTIFY" }));
-        assert!(msg.contains("SCMP_ACT_NOTIFY") && msg.contains("defaultAction"), "{msg}");
+        assert!(
+            msg.contains("SCMP_ACT_NOTIFY") && msg.contains("defaultAction"),
+            "{msg}"
+        );
         let msg = refused(json!({
             "defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [
@@ -721,9 +844,17 @@ mod tests {
                 { "names": ["ptrace"], "action": "SCMP_ACT_TRACE", "errnoRet": 1 },
             ],
         }));
-        assert!(msg.contains("SCMP_ACT_TRACE") && msg.contains("syscalls[1]"), "{msg}");
-        let msg = refused(json!({ "defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/agent.sock" }));
-        assert!(msg.contains("listenerPath") && msg.contains("/run/agent.sock"), "{msg}");
+        assert!(
+            msg.contains("SCMP_ACT_TRACE") && msg.contains("syscalls[1]"),
+            "{msg}"
+        );
+        let msg = refused(
+            json!({ "defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/agent.sock" }),
+        );
+        assert!(
+            msg.contains("listenerPath") && msg.contains("/run/agent.sock"),
+            "{msg}"
+        );
         let msg = refused(json!({
             "defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"],
         }));
@@ -755,7 +886,10 @@ mod tests {
             "defaultAction": "SCMP_ACT_ALLOW",
             "flags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
         }));
-        assert_eq!(p.flags, libc::SECCOMP_FILTER_FLAG_LOG | libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW);
+        assert_eq!(
+            p.flags,
+            libc::SECCOMP_FILTER_FLAG_LOG | libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW
+        );
     }
 
     #[test]
@@ -766,11 +900,23 @@ mod tests {
             "syscalls": [{ "names": ["mkdir"], "action": "SCMP_ACT_ERRNO" }],
         }));
         // 32-bit x86 mkdir is 39; x32 mkdir is 83 | 0x40000000.
-        let i386_mkdir = Call { nr: 39, arch: AUDIT_ARCH_I386, args: [0; 6] };
+        let i386_mkdir = Call {
+            nr: 39,
+            arch: AUDIT_ARCH_I386,
+            args: [0; 6],
+        };
         assert_eq!(verdict(&p, &i386_mkdir), RET_KILL_PROCESS);
-        let x32_mkdir = Call { nr: 83 | X32_SYSCALL_BIT, arch: AUDIT_ARCH_X86_64, args: [0; 6] };
+        let x32_mkdir = Call {
+            nr: 83 | X32_SYSCALL_BIT,
+            arch: AUDIT_ARCH_X86_64,
+            args: [0; 6],
+        };
         assert_eq!(verdict(&p, &x32_mkdir), RET_KILL_PROCESS);
-        let negative = Call { nr: u32::MAX, arch: AUDIT_ARCH_X86_64, args: [0; 6] };
+        let negative = Call {
+            nr: u32::MAX,
+            arch: AUDIT_ARCH_X86_64,
+            args: [0; 6],
+        };
         assert_eq!(verdict(&p, &negative), RET_ALLOW);
     }
 
@@ -783,16 +929,27 @@ mod tests {
         .unwrap();
         let p = compile(&spec, Abi::Aarch64).unwrap();
         assert_eq!(p.skipped(), ["mkdir"], "aarch64 has only mkdirat");
-        let mkdirat = Call { nr: 34, arch: AUDIT_ARCH_AARCH64, args: [0; 6] };
+        let mkdirat = Call {
+            nr: 34,
+            arch: AUDIT_ARCH_AARCH64,
+            args: [0; 6],
+        };
         assert_eq!(verdict(&p, &mkdirat), errno(libc::EPERM));
-        let on_x86 = Call { nr: 34, arch: AUDIT_ARCH_X86_64, args: [0; 6] };
+        let on_x86 = Call {
+            nr: 34,
+            arch: AUDIT_ARCH_X86_64,
+            args: [0; 6],
+        };
         assert_eq!(verdict(&p, &on_x86), RET_KILL_PROCESS);
     }
 
     #[test]
     fn syscall_tables_are_sorted_and_agree_with_libc() {
         for table in [syscall_table::X86_64, syscall_table::AARCH64] {
-            assert!(table.windows(2).all(|w| w[0].0 < w[1].0), "sorted, no duplicates");
+            assert!(
+                table.windows(2).all(|w| w[0].0 < w[1].0),
+                "sorted, no duplicates"
+            );
         }
         #[cfg(target_arch = "x86_64")]
         let native = Abi::X86_64;
@@ -814,8 +971,19 @@ mod tests {
 
     /// A Docker-sized allow-list: every x86_64 syscall but a few, default EPERM.
     fn docker_sized_profile() -> LinuxSeccomp {
-        let denied = ["kexec_load", "reboot", "mount", "umount2", "pivot_root", "init_module"];
-        let names: Vec<&str> = syscall_table::X86_64.iter().map(|(n, _)| *n).filter(|n| !denied.contains(n)).collect();
+        let denied = [
+            "kexec_load",
+            "reboot",
+            "mount",
+            "umount2",
+            "pivot_root",
+            "init_module",
+        ];
+        let names: Vec<&str> = syscall_table::X86_64
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| !denied.contains(n))
+            .collect();
         serde_json::from_value(json!({
             "defaultAction": "SCMP_ACT_ERRNO",
             "defaultErrnoRet": 1,
@@ -836,10 +1004,18 @@ mod tests {
         let started = Instant::now();
         let p = compile(&spec, Abi::X86_64).unwrap();
         let took = started.elapsed();
-        assert!(p.programs().iter().all(|prog| prog.len() <= MAX_PROGRAM_LEN), "{p:?}");
+        assert!(
+            p.programs()
+                .iter()
+                .all(|prog| prog.len() <= MAX_PROGRAM_LEN),
+            "{p:?}"
+        );
         assert_eq!(verdict(&p, &Call::new("write")), RET_ALLOW);
         assert_eq!(verdict(&p, &Call::new("mount")), errno(libc::EPERM));
         assert_eq!(verdict(&p, &Call::new("clone3")), errno(libc::ENOSYS));
-        eprintln!("compiled {} syscalls into {p:?} in {took:?}", syscall_table::X86_64.len());
+        eprintln!(
+            "compiled {} syscalls into {p:?} in {took:?}",
+            syscall_table::X86_64.len()
+        );
     }
 }
