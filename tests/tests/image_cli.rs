@@ -133,3 +133,46 @@ fn a_container_runs_from_a_pulled_image() {
     images.release_rootfs(bundle.id()).unwrap();
     assert!(!data.join("rootfs").join(bundle.id()).exists(), "the rootfs was not released");
 }
+
+#[test]
+fn sched_runtime_runs_a_bundle_made_from_a_pulled_image() {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let mut layout = OciLayout::create(&work.path().join("layout"));
+    let desc = layout.add_image(&busybox_image());
+    layout.tag("v1", &desc);
+    let reference = format!("{}/cli/busybox:v1", registry.addr());
+    push(&layout.dir, "v1", &reference, PushFormat::Oci, false, None);
+    let data = work.path().join("data");
+    image_cli(&data, &["pull", &reference]);
+
+    let mut bundle = BusyboxBundle::new();
+    let id = bundle.id().to_string();
+    let dir = bundle.bundle_dir();
+    let (out, _) = image_cli(
+        &data,
+        &["bundle", &reference, dir.to_str().unwrap(), "--id", &id, "-e", "GREETING=cli", "-u", "4321:77", "--", "echo $GREETING; id -u; id -g; pwd"],
+    );
+    let _release = ReleaseCli(&data, id.clone());
+    assert!(out.contains("Overlay"), "{out}");
+    // Keep the test's own cgroup (the fixture removes it) and run through the runtime CLI.
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    config["linux"]["cgroupsPath"] = bundle.config()["linux"]["cgroupsPath"].clone();
+    assert_eq!(config["root"]["path"].as_str().unwrap(), data.join("rootfs").join(&id).join("merged").to_str().unwrap());
+    *bundle.config_mut() = config;
+    let outcome = bundle.run();
+    outcome.assert_success();
+    let lines: Vec<&str> = outcome.stdout.lines().collect();
+    assert_eq!(lines, ["cli", "4321", "77", "/home/app"], "{outcome:#?}");
+    image_cli(&data, &["release", &id]);
+    assert!(!data.join("rootfs").join(&id).exists());
+}
+
+/// `image release ID` also when the test fails.
+struct ReleaseCli<'a>(&'a Path, String);
+
+impl Drop for ReleaseCli<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(runtime_binary()).arg("--data-dir").arg(self.0).args(["image", "release", &self.1]).output();
+    }
+}

@@ -1,5 +1,5 @@
 //! `sched-runtime image ...`: pull, list, inspect, remove, prune and unpack images in the data
-//! dir (default /var/lib/sched). Parsing and printing only; the work is in
+//! dir (default /var/lib/sched), and turn a pulled image into a bundle for `sched-runtime run`. Parsing and printing only; the work is in
 //! `runtime::image::ImageService`.
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use runtime::image::{
-    ClientOptions, CredentialStore, Credentials, Digest, ImageService, ImageServiceOptions, Platform, PullProgress,
+    ClientOptions, CredentialStore, Credentials, Digest, ImageService, ImageServiceOptions, Platform, ProcessOverrides,
+    PullProgress,
 };
 
 /// Image commands.
@@ -46,6 +47,38 @@ pub enum ImageCommand {
     },
     /// Delete blobs and snapshots that no image or container uses.
     Prune,
+    /// Make an OCI bundle from a pulled image: an overlay rootfs for container ID (copied
+    /// where overlayfs is unavailable) and DIR/config.json from the image config. Then
+    /// `sched-runtime run --bundle DIR ID`; afterwards `image release ID`.
+    Bundle {
+        /// A reference or an image id (prefix).
+        reference: String,
+        /// The bundle directory to write config.json into (created).
+        dir: PathBuf,
+        /// The container id the rootfs is for.
+        #[arg(long)]
+        id: String,
+        /// Replace the image's entrypoint.
+        #[arg(long)]
+        entrypoint: Option<String>,
+        /// Add or override an environment variable, KEY=VALUE (repeatable).
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        /// Run as this user (`name`, `uid`, `name:group`, `uid:gid`).
+        #[arg(short, long)]
+        user: Option<String>,
+        /// The working directory.
+        #[arg(short = 'w', long)]
+        workdir: Option<String>,
+        /// Replace the image's cmd.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Unmount and delete the rootfs `image bundle` made for container ID.
+    Release {
+        /// The container id.
+        id: String,
+    },
     /// Write the flattened rootfs of a pulled image to DIR (new or empty).
     Unpack {
         /// A reference or an image id (prefix).
@@ -111,6 +144,34 @@ pub fn run(cmd: ImageCommand, data_dir: &Path) -> Result<()> {
             let images = open(data_dir, ImageServiceOptions::default())?;
             let report = images.prune()?;
             println!("pruned {} blobs, {} snapshots, {} freed", report.blobs, report.snapshots, human(report.bytes));
+            Ok(())
+        }
+        ImageCommand::Bundle { reference, dir, id, entrypoint, env, user, workdir, command } => {
+            let images = open(data_dir, ImageServiceOptions::default())?;
+            let overrides = ProcessOverrides {
+                entrypoint: entrypoint.map(|e| vec![e]),
+                cmd: if command.is_empty() { None } else { Some(command) },
+                env,
+                working_dir: workdir,
+                user,
+            };
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let prepared = images.prepare_rootfs(&reference, &id)?;
+            let written = images.spec_for(&prepared, &overrides, runtime::spec_template::default_spec(&[])).and_then(|spec| {
+                let text = serde_json::to_string_pretty(&spec).expect("specs serialise");
+                std::fs::write(dir.join("config.json"), text + "\n")
+                    .map_err(|source| runtime::image::ImageError::Io { path: dir.join("config.json"), source })
+            });
+            if let Err(e) = written {
+                let _ = images.release_rootfs(&id);
+                return Err(e.into());
+            }
+            println!("bundle {} for {id}: rootfs {} ({:?})", dir.display(), prepared.path.display(), prepared.kind);
+            Ok(())
+        }
+        ImageCommand::Release { id } => {
+            open(data_dir, ImageServiceOptions::default())?.release_rootfs(&id)?;
+            println!("released the rootfs of {id}");
             Ok(())
         }
         ImageCommand::Unpack { reference, dir } => {
