@@ -515,12 +515,9 @@ mod tests {
                 0 => self.nr,
                 4 => self.arch,
                 16..=63 => {
+                    // Little-endian: the low half first, the high half 4 bytes later.
                     let arg = self.args[(offset as usize - 16) / 8];
-                    if offset % 8 == 0 {
-                        arg as u32
-                    } else {
-                        (arg >> 32) as u32
-                    }
+                    (arg >> ((offset % 8) * 8)) as u32
                 }
                 _ => panic!("load from offset {offset}"),
             }
@@ -659,47 +656,49 @@ mod tests {
 
     #[test]
     fn comparison_operators_compare_all_64_bits() {
-        let high = 1u64 << 32;
-        let cases: [(&str, u64, &[(u64, bool)]); 6] = [
+        const HIGH: u64 = 1 << 32;
+        // (operator, value, [(argument, refused)]).
+        type Case = (&'static str, u64, &'static [(u64, bool)]);
+        let cases: [Case; 6] = [
             (
                 "SCMP_CMP_EQ",
-                high + 5,
-                &[(high + 5, true), (5, false), (high + 6, false)],
+                HIGH + 5,
+                &[(HIGH + 5, true), (5, false), (HIGH + 6, false)],
             ),
             (
                 "SCMP_CMP_NE",
-                high + 5,
-                &[(high + 5, false), (5, true), (high, true)],
+                HIGH + 5,
+                &[(HIGH + 5, false), (5, true), (HIGH, true)],
             ),
             (
                 "SCMP_CMP_LT",
-                high + 5,
+                HIGH + 5,
                 &[
-                    (high + 4, true),
-                    (high + 5, false),
-                    (2 * high, false),
+                    (HIGH + 4, true),
+                    (HIGH + 5, false),
+                    (2 * HIGH, false),
                     (7, true),
                 ],
             ),
             (
                 "SCMP_CMP_LE",
-                high + 5,
-                &[(high + 5, true), (high + 6, false), (0, true)],
+                HIGH + 5,
+                &[(HIGH + 5, true), (HIGH + 6, false), (0, true)],
             ),
             (
                 "SCMP_CMP_GT",
-                high + 5,
+                HIGH + 5,
                 &[
-                    (high + 6, true),
-                    (high + 5, false),
+                    (HIGH + 6, true),
+                    (HIGH + 5, false),
                     (u64::MAX, true),
                     (6, false),
                 ],
             ),
             (
                 "SCMP_CMP_GE",
-                high + 5,
-                &[(high + 5, true), (high + 4, false), (2 * high, true)],
+                HIGH + 5,
+                &[(HIGH + 5, true), (HIGH + 4, false), (2 * HIGH, true)],
             ),
         ];
         for (op, value, checks) in cases {
