@@ -10,6 +10,7 @@
 //!   revision, tasks, nodes, a bounded event log per service, and the voters' addresses.
 //! - [`raft`]: the Raft member (raft-rs `RawNode` on tokio, raft-engine log, snapshots, gRPC
 //!   transport, follower-to-leader forwarding, ReadIndex reads).
+//! - [`placement`]: which node each new task goes to (feasibility, then spread), pure logic.
 //! - [`cli`]: the `sched` command line (server and client commands, tables, exit codes).
 //! - [`server`]: `sched server`: Raft plus the gRPC API, health and reflection on one port.
 //!
@@ -18,6 +19,7 @@
 //! [`state::ClusterState::apply`] -> the answer returns to the proposer and the client.
 
 pub mod cli;
+pub mod placement;
 pub mod raft;
 pub mod server;
 pub mod spec;
