@@ -11,6 +11,7 @@
 //! - [`raft`]: the Raft member (raft-rs `RawNode` on tokio, raft-engine log, snapshots, gRPC
 //!   transport, follower-to-leader forwarding, ReadIndex reads).
 //! - [`placement`]: which node each new task goes to (feasibility, then spread), pure logic.
+//! - [`reconcile`]: the commands that bring each service to its count on its current revision.
 //! - [`cli`]: the `sched` command line (server and client commands, tables, exit codes).
 //! - [`server`]: `sched server`: Raft plus the gRPC API, health and reflection on one port.
 //!
@@ -21,6 +22,7 @@
 pub mod cli;
 pub mod placement;
 pub mod raft;
+pub mod reconcile;
 pub mod server;
 pub mod spec;
 pub mod state;

@@ -392,9 +392,13 @@ async fn serve(args: ServerArgs) -> Result<(), CliError> {
     raft.snapshot_every = args.snapshot_every.max(1);
     raft.keep_entries = args.keep_entries;
     let config = ServerConfig { raft, data_dir: args.data_dir, advertise: args.listen, initial_cluster };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("interrupted: shutting down");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| CliError::BadInput(format!("cannot watch for SIGTERM: {e}")))?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+            _ = terminate.recv() => tracing::info!("terminated: shutting down"),
+        }
     };
     run(config, listener, shutdown).await?;
     Ok(())

@@ -46,16 +46,16 @@ fn assignments_of(state: &ClusterState, node_id: u64, index: u64) -> pb::Assignm
     let assignments = state
         .tasks()
         .filter(|t| t.node_id == node_id)
-        .filter_map(|t| {
+        .map(|t| {
             let revision = state.service(&t.service).and_then(|s| s.revision(t.revision));
-            Some(pb::Assignment {
+            pb::Assignment {
                 task_id: t.id.clone(),
                 service: t.service.clone(),
                 revision: t.revision,
                 spec: revision.map(|r| r.spec.to_proto()),
                 image_digest: revision.map(|r| r.image_digest.clone()).unwrap_or_default(),
                 desired_state: views::desired_state(t.desired) as i32,
-            })
+            }
         })
         .collect();
     pb::Assignments { index, assignments }

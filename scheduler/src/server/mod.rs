@@ -110,8 +110,11 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     let mut node_task = tokio::spawn(node.run());
     tokio::select! {
         served = serve => {
-            served?;
+            // Stop the loop and wait until it is gone, so the log is closed (and its directory
+            // lock released) when this returns.
             node_task.abort();
+            let _ = node_task.await;
+            served?;
             Ok(())
         }
         stopped = &mut node_task => match stopped {

@@ -1,0 +1,176 @@
+//! The reconciler: compares what the state wants (each service's current revision at its
+//! desired count) with its tasks, and returns the commands that close the gap. Pure: the
+//! leader runs it on a snapshot after each change and on a timer, and proposes the commands
+//! through Raft; running it twice on the same state gives the same commands.
+//!
+//! Per service:
+//! - tasks of an older revision are told to stop (a new revision replaces them);
+//! - live tasks beyond the count are told to stop (pending ones first, then the newest);
+//! - missing tasks are created and placed ([`crate::placement`]); those that fit nowhere are
+//!   created pending with the reason, and pending tasks are placed again on every pass;
+//! - a service whose tasks keep dying gets its replacements delayed with exponential backoff
+//!   (1 s doubling to 60 s, from the last exit), so a crash loop does not spin.
+//!
+//! A task counts as live while it should run and has not exited, failed or been lost, and its
+//! node (if placed) is ready. Tasks of a node that went down are marked lost and told to stop
+//! (so a node that comes back stops its stale tasks), and replaced elsewhere.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use crate::placement::{Ask, NodeView, Placer};
+use crate::state::{ClusterState, Command, DesiredState, HealthStatus, NodeStatus, Task, TaskState};
+
+/// Deaths within this window count towards the backoff.
+const BACKOFF_WINDOW_MS: u64 = 5 * 60 * 1000;
+const BACKOFF_BASE_MS: u64 = 1000;
+const BACKOFF_MAX_MS: u64 = 60 * 1000;
+
+/// The commands that move `state` towards what it wants. `new_id` names new tasks.
+pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str) -> String) -> Vec<Command> {
+    let mut placer = Placer::new(node_views(state));
+    let mut put = Vec::new();
+    let mut stop = Vec::new();
+    for service in state.services() {
+        let current = service.current_revision();
+        let tasks: Vec<&Task> = state.tasks_of(&service.name).collect();
+        // Tasks of a down node are lost: replaced elsewhere, and stopped if the node returns.
+        for t in tasks.iter().filter(|t| on_down_node(state, t)) {
+            let mut lost = (*t).clone();
+            lost.observed = TaskState::Lost;
+            lost.desired = DesiredState::Stopped;
+            lost.message = format!("node {} is down", t.node_id);
+            put.push(lost);
+        }
+        let (live_current, live_old): (Vec<&Task>, Vec<&Task>) =
+            tasks.iter().copied().filter(|t| is_live(state, t)).partition(|t| t.revision == current.revision);
+        stop.extend(live_old.iter().map(|t| t.id.clone()));
+        let want = service.desired_count as usize;
+        // Too many: stop pending ones first, then the newest.
+        if live_current.len() > want {
+            let mut extra = live_current.clone();
+            extra.sort_by_key(|t| (t.node_id != 0, std::cmp::Reverse(t.created_ms), std::cmp::Reverse(t.id.clone())));
+            stop.extend(extra.iter().take(live_current.len() - want).map(|t| t.id.clone()));
+        }
+        let spec = &current.spec;
+        let ask = |count: u32| Ask {
+            service: service.name.clone(),
+            cpu_millis: spec.cpu_millis,
+            memory_mib: spec.memory_mib,
+            constraints: BTreeMap::new(),
+            count,
+        };
+        // Pending tasks of the current revision get another chance.
+        let pending: Vec<&Task> = live_current.iter().copied().filter(|t| t.node_id == 0).take(want).collect();
+        if !pending.is_empty() {
+            let placement = placer.place(&ask(pending.len() as u32));
+            for (task, node_id) in pending.iter().zip(placement.nodes.iter()) {
+                let mut t = (*task).clone();
+                t.node_id = *node_id;
+                t.observed = TaskState::Assigned;
+                t.message.clear();
+                put.push(t);
+            }
+            for task in pending.iter().skip(placement.nodes.len()) {
+                let reason = placement.reason.clone().unwrap_or_default();
+                if task.message != reason {
+                    let mut t = (*task).clone();
+                    t.message = reason;
+                    put.push(t);
+                }
+            }
+        }
+        let missing = want.saturating_sub(live_current.len());
+        if missing == 0 || backing_off(&tasks, now_ms) {
+            continue;
+        }
+        let placement = placer.place(&ask(missing as u32));
+        let reason = placement.reason.clone().unwrap_or_default();
+        for i in 0..missing {
+            let node_id = placement.nodes.get(i).copied().unwrap_or(0);
+            put.push(Task {
+                id: new_id(&service.name),
+                service: service.name.clone(),
+                revision: current.revision,
+                node_id,
+                desired: DesiredState::Running,
+                observed: if node_id == 0 { TaskState::Pending } else { TaskState::Assigned },
+                endpoints: Vec::new(),
+                exit_code: None,
+                health: HealthStatus::Unknown,
+                message: if node_id == 0 { reason.clone() } else { String::new() },
+                created_ms: now_ms,
+                updated_ms: now_ms,
+            });
+        }
+    }
+    let mut commands = Vec::new();
+    if !stop.is_empty() {
+        stop.sort();
+        stop.dedup();
+        commands.push(Command::SetTaskDesiredState { task_ids: stop, desired: DesiredState::Stopped, now_ms });
+    }
+    if !put.is_empty() {
+        commands.push(Command::PutTasks { tasks: put, now_ms });
+    }
+    commands
+}
+
+/// Whether a task should run and (as far as we know) does or will.
+fn is_live(state: &ClusterState, t: &Task) -> bool {
+    if t.desired != DesiredState::Running || matches!(t.observed, TaskState::Exited | TaskState::Failed | TaskState::Lost) {
+        return false;
+    }
+    t.node_id == 0 || state.node(t.node_id).is_some_and(|n| n.status == NodeStatus::Ready)
+}
+
+/// Whether a task that should run sits on a node that is down.
+fn on_down_node(state: &ClusterState, t: &Task) -> bool {
+    t.desired == DesiredState::Running
+        && !matches!(t.observed, TaskState::Exited | TaskState::Failed | TaskState::Lost)
+        && state.node(t.node_id).is_some_and(|n| n.status != NodeStatus::Ready)
+}
+
+/// Whether new tasks of a service must wait: k deaths within the window delay the next start
+/// by 1 s * 2^(k-1) (at most 60 s) from the latest death.
+fn backing_off(tasks: &[&Task], now_ms: u64) -> bool {
+    let deaths: Vec<u64> = tasks
+        .iter()
+        .filter(|t| t.desired == DesiredState::Running && matches!(t.observed, TaskState::Exited | TaskState::Failed))
+        .map(|t| t.updated_ms)
+        .filter(|ms| now_ms.saturating_sub(*ms) < BACKOFF_WINDOW_MS)
+        .collect();
+    let Some(latest) = deaths.iter().max() else { return false };
+    let delay = BACKOFF_BASE_MS.saturating_mul(1 << (deaths.len() - 1).min(6)).min(BACKOFF_MAX_MS);
+    now_ms < latest + delay
+}
+
+/// The nodes with what live tasks already use.
+fn node_views(state: &ClusterState) -> Vec<NodeView> {
+    let mut views: BTreeMap<u64, NodeView> = state
+        .nodes()
+        .map(|n| {
+            (n.id, NodeView {
+                id: n.id,
+                ready: n.status == NodeStatus::Ready,
+                cpu_millis: n.cpu_millis,
+                memory_mib: n.memory_mib,
+                labels: n.labels.clone(),
+                used_cpu_millis: 0,
+                used_memory_mib: 0,
+                tasks_per_service: BTreeMap::new(),
+            })
+        })
+        .collect();
+    for t in state.tasks().filter(|t| is_live(state, t) && t.node_id != 0) {
+        let Some(view) = views.get_mut(&t.node_id) else { continue };
+        if let Some(rev) = state.service(&t.service).and_then(|s| s.revision(t.revision)) {
+            view.used_cpu_millis += rev.spec.cpu_millis;
+            view.used_memory_mib += rev.spec.memory_mib;
+        }
+        *view.tasks_per_service.entry(t.service.clone()).or_insert(0) += 1;
+    }
+    views.into_values().collect()
+}

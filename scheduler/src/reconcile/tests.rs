@@ -1,0 +1,163 @@
+//! The reconciler on states built by feeding real commands to the state machine, applying its
+//! own output back (as the leader does) until nothing changes.
+
+use std::collections::BTreeMap;
+
+use super::reconcile;
+use crate::spec::{Deploy, ServiceSpec};
+use crate::state::{ClusterState, Command, DesiredState, NodeStatus, Task, TaskState};
+
+fn spec(image: &str, count: u32, cpu: u32) -> ServiceSpec {
+    ServiceSpec {
+        name: "quotes".into(),
+        image: image.into(),
+        command: vec![],
+        env: Default::default(),
+        cpu_millis: cpu,
+        memory_mib: 128,
+        ports: vec![8080],
+        count,
+        autoscale: None,
+        health: None,
+        deploy: Deploy::default(),
+        routes: vec![],
+    }
+}
+
+fn cluster(nodes: u32, cpu_per_node: u32) -> ClusterState {
+    let mut state = ClusterState::default();
+    for i in 1..=nodes {
+        state
+            .apply(Command::RegisterNode {
+                name: format!("node{i}"),
+                address: format!("10.0.0.{i}"),
+                cpu_millis: cpu_per_node,
+                memory_mib: 4096,
+                labels: BTreeMap::new(),
+                now_ms: 0,
+            })
+            .unwrap();
+    }
+    state
+}
+
+fn run(state: &mut ClusterState, now_ms: u64) -> usize {
+    let mut n = state.tasks().count();
+    let mut id = |service: &str| {
+        n += 1;
+        format!("{service}-{n}")
+    };
+    let commands = reconcile(state, now_ms, &mut id);
+    let count = commands.len();
+    for c in commands {
+        state.apply(c).unwrap();
+    }
+    count
+}
+
+fn live(state: &ClusterState) -> Vec<&Task> {
+    state.tasks().filter(|t| t.desired == DesiredState::Running && !matches!(t.observed, TaskState::Exited | TaskState::Failed | TaskState::Lost)).collect()
+}
+
+fn per_node(state: &ClusterState) -> BTreeMap<u64, usize> {
+    let mut m = BTreeMap::new();
+    for t in live(state) {
+        *m.entry(t.node_id).or_insert(0) += 1;
+    }
+    m
+}
+
+fn apply_service(state: &mut ClusterState, image: &str, count: u32, cpu: u32) {
+    state.apply(Command::ApplyService { spec: spec(image, count, cpu), image_digest: String::new(), now_ms: 0 }).unwrap();
+}
+
+#[test]
+fn a_new_service_gets_its_count_spread_and_then_nothing_changes() {
+    let mut state = cluster(3, 4000);
+    apply_service(&mut state, "q:1", 6, 250);
+    assert_eq!(run(&mut state, 1), 1);
+    assert_eq!(per_node(&state), BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
+    assert_eq!(run(&mut state, 2), 0, "reconciling a reconciled state changes nothing");
+}
+
+#[test]
+fn scaling_down_stops_the_newest_and_up_adds() {
+    let mut state = cluster(2, 4000);
+    apply_service(&mut state, "q:1", 4, 100);
+    run(&mut state, 1);
+    state.apply(Command::ScaleService { name: "quotes".into(), count: 1, now_ms: 2 }).unwrap();
+    run(&mut state, 3);
+    assert_eq!(live(&state).len(), 1);
+    state.apply(Command::ScaleService { name: "quotes".into(), count: 3, now_ms: 4 }).unwrap();
+    run(&mut state, 5);
+    assert_eq!(live(&state).len(), 3);
+}
+
+#[test]
+fn a_new_revision_replaces_the_old_tasks() {
+    let mut state = cluster(2, 4000);
+    apply_service(&mut state, "q:1", 2, 100);
+    run(&mut state, 1);
+    apply_service(&mut state, "q:2", 2, 100);
+    run(&mut state, 2);
+    let revisions: Vec<u64> = live(&state).iter().map(|t| t.revision).collect();
+    assert_eq!(revisions, vec![2, 2]);
+}
+
+#[test]
+fn tasks_of_a_down_node_are_placed_elsewhere() {
+    let mut state = cluster(3, 4000);
+    apply_service(&mut state, "q:1", 6, 100);
+    run(&mut state, 1);
+    state.apply(Command::SetNodeStatus { node_id: 2, status: NodeStatus::Down, now_ms: 2 }).unwrap();
+    run(&mut state, 3);
+    assert_eq!(per_node(&state), BTreeMap::from([(1, 3), (3, 3)]));
+}
+
+#[test]
+fn tasks_that_fit_nowhere_stay_pending_with_the_reason_and_are_placed_later() {
+    let mut state = cluster(1, 1000);
+    apply_service(&mut state, "q:1", 3, 400);
+    run(&mut state, 1);
+    let pending: Vec<&Task> = state.tasks().filter(|t| t.observed == TaskState::Pending).collect();
+    assert_eq!(pending.len(), 1);
+    assert!(pending[0].message.contains("lack 400m CPU"), "{}", pending[0].message);
+    assert_eq!(run(&mut state, 2), 0, "the same reason is not written again");
+    // A second node joins: the pending task is placed.
+    state
+        .apply(Command::RegisterNode { name: "big".into(), address: "10.0.0.9".into(), cpu_millis: 4000, memory_mib: 4096, labels: BTreeMap::new(), now_ms: 3 })
+        .unwrap();
+    run(&mut state, 4);
+    assert!(state.tasks().all(|t| t.observed != TaskState::Pending));
+    assert_eq!(live(&state).len(), 3);
+}
+
+#[test]
+fn a_crash_loop_is_replaced_with_backoff() {
+    let mut state = cluster(1, 4000);
+    apply_service(&mut state, "q:1", 1, 100);
+    run(&mut state, 0);
+    let die = |state: &mut ClusterState, now_ms: u64| {
+        let t = live(state)[0].clone();
+        state
+            .apply(Command::ReportTaskStatus {
+                node_id: t.node_id,
+                task_id: t.id.clone(),
+                state: TaskState::Exited,
+                exit_code: Some(1),
+                endpoints: vec![],
+                health: crate::state::HealthStatus::Unknown,
+                message: String::new(),
+                now_ms,
+            })
+            .unwrap();
+    };
+    die(&mut state, 10_000);
+    assert_eq!(run(&mut state, 10_500), 0, "1 death: wait 1 s");
+    run(&mut state, 11_000);
+    assert_eq!(live(&state).len(), 1);
+    die(&mut state, 12_000);
+    assert_eq!(run(&mut state, 13_500), 0, "2 deaths: wait 2 s");
+    run(&mut state, 14_000);
+    assert_eq!(live(&state).len(), 1);
+}
