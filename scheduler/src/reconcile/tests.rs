@@ -56,7 +56,10 @@ fn run(state: &mut ClusterState, now_ms: u64) -> usize {
 }
 
 fn live(state: &ClusterState) -> Vec<&Task> {
-    state.tasks().filter(|t| t.desired == DesiredState::Running && !matches!(t.observed, TaskState::Exited | TaskState::Failed | TaskState::Lost)).collect()
+    state
+        .tasks()
+        .filter(|t| t.desired == DesiredState::Running && !matches!(t.observed, TaskState::Exited | TaskState::Failed | TaskState::Lost))
+        .collect()
 }
 
 fn per_node(state: &ClusterState) -> BTreeMap<u64, usize> {
@@ -112,6 +115,9 @@ fn tasks_of_a_down_node_are_placed_elsewhere() {
     state.apply(Command::SetNodeStatus { node_id: 2, status: NodeStatus::Down, now_ms: 2 }).unwrap();
     run(&mut state, 3);
     assert_eq!(per_node(&state), BTreeMap::from([(1, 3), (3, 3)]));
+    let on_down: Vec<&Task> = state.tasks().filter(|t| t.node_id == 2).collect();
+    assert_eq!(on_down.len(), 2);
+    assert!(on_down.iter().all(|t| t.observed == TaskState::Lost && t.desired == DesiredState::Stopped), "{on_down:?}");
 }
 
 #[test]
