@@ -266,6 +266,50 @@ fn allow_list_with_a_deny_default_runs_a_shell() {
 }
 
 #[test]
+fn mixed_actions_each_reach_their_syscalls() {
+    // Three outcomes in one profile, installed as one filter: allowed (the shell), a custom errno
+    // (mkdir: ENOSYS) and the default errno for everything unlisted (rmdir: EPERM, where an
+    // allowed rmdir of the /proc mount point would fail with EBUSY instead). Both install paths:
+    // right before execve (noNewPrivileges) and before the capability drop (without it).
+    for no_new_privileges in [true, false] {
+        let profile = json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "defaultErrnoRet": 1,
+            "syscalls": [
+                { "names": ALLOWED, "action": "SCMP_ACT_ALLOW" },
+                { "names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38 },
+            ],
+        });
+        let script = "mkdir /tmp/x; echo \"mkdir exit $?\"; rmdir /proc; echo \"rmdir exit $?\"; \
+                      grep Seccomp_filters: /proc/1/status";
+        let bundle = BusyboxBundle::new()
+            .no_new_privileges(no_new_privileges)
+            .shell(script);
+        let outcome = with_profile(bundle, profile).run();
+        outcome.assert_success();
+        let out = &outcome.stdout;
+        assert!(out.contains("mkdir exit 1\n"), "{outcome:#?}");
+        assert!(out.contains("rmdir exit 1\n"), "{outcome:#?}");
+        assert!(
+            out.contains("Seccomp_filters:\t1\n"),
+            "one filter: {outcome:#?}"
+        );
+        let line_of = |applet: &str| {
+            let line = outcome.stderr.lines().find(|l| l.contains(applet));
+            line.unwrap_or_default().to_owned()
+        };
+        assert!(
+            line_of("mkdir").contains("Function not implemented"),
+            "{outcome:#?}"
+        );
+        assert!(
+            line_of("rmdir").contains("Operation not permitted"),
+            "{outcome:#?}"
+        );
+    }
+}
+
+#[test]
 fn notify_is_refused_by_create_and_leaves_nothing() {
     let profile = json!({
         "defaultAction": "SCMP_ACT_ALLOW",

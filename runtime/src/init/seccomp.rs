@@ -1,27 +1,29 @@
 //! `linux.seccomp`: the OCI seccomp profile compiled to BPF with seccompiler, and installed on
 //! the container's init before it becomes the user's program.
 //!
-//! **Compile** ([`compile`]) is pure: spec in, BPF programs out, nothing installed, so every rule
-//! is unit-tested by running the programs through a small BPF interpreter. It runs in the init
-//! before "ready", so a bad profile fails `create` with its own message. **Install**
-//! ([`CompiledProfile::install`]) is one `seccomp(SECCOMP_SET_MODE_FILTER)` per program. When to
-//! install is runc's choice: without `noNewPrivileges` the kernel wants `CAP_SYS_ADMIN`, so the
-//! filter goes in before the capabilities are dropped; with it, as late as possible, right before
-//! `execve`, so the fewest of our own syscalls run under the user's filter.
+//! **Compile** ([`compile`]) is pure: spec in, one BPF program out, nothing installed, so every
+//! rule is unit-tested by running the program through a small BPF interpreter. It runs in the
+//! init before "ready", so a bad profile fails `create` with its own message. **Install**
+//! ([`CompiledProfile::install`]) is one `seccomp(SECCOMP_SET_MODE_FILTER)`. When to install is
+//! runc's choice: without `noNewPrivileges` the kernel wants `CAP_SYS_ADMIN`, so the filter goes
+//! in before the capabilities are dropped; with it, as late as possible, right before `execve`,
+//! so the fewest of our own syscalls run under the user's filter.
 //!
-//! **One program per action.** A seccompiler `SeccompFilter` has one action for the syscalls it
-//! matches and one for the rest, while a profile mixes actions (Docker's: allow ~350 syscalls,
-//! `EPERM` by default, `ENOSYS` for `clone3`). So the profile becomes a stack of filters, and the
-//! kernel runs every filter on every syscall and keeps the most severe answer (kill process >
-//! kill thread > trap > errno > trace > log > allow):
-//! - when the default action is not ALLOW, one filter allows every syscall that has a rule (under
-//!   that rule's argument conditions) and gives the default action to the rest;
-//! - for every other action A (not ALLOW, not the default), one filter returns A for its rules'
-//!   syscalls and allows the rest.
+//! **One part per action, chained.** A seccompiler `SeccompFilter` has one action for the
+//! syscalls it matches and one for the rest, while a profile mixes actions (Docker's: allow ~350
+//! syscalls, `EPERM` by default, `ENOSYS` for `clone3`). So the profile is compiled in parts:
+//! - for every action A other than ALLOW and the default, a part returns A for its rules'
+//!   syscalls (under their argument conditions) and ALLOW for the rest;
+//! - when the default action is not ALLOW, a last part returns ALLOW for every syscall that has a
+//!   rule and the default action for the rest.
 //!
-//! A syscall with a rule therefore gets its rule's action, and any other the default. If rules
-//! with different actions match the same call, the most severe one wins (libseccomp would refuse
-//! or pick one; profiles in the wild do not do this).
+//! The parts are chained into one program: each ALLOW of a part but the last becomes a jump to
+//! the next part, so the first non-ALLOW answer decides. (Separate filters would not do: the
+//! first one installed, denying `seccomp` itself, would refuse the next.) A syscall with a rule
+//! gets its rule's action, any other the default. If rules with different actions match the same
+//! call, the most severe wins, as the parts are ordered kill process > kill thread > trap >
+//! errno > log (the kernel's own precedence between filters; libseccomp would refuse or pick one,
+//! and profiles in the wild do not do this).
 //!
 //! **What is supported**: actions ALLOW, ERRNO (`errnoRet`, default EPERM), KILL (= KILL_THREAD,
 //! as in libseccomp), KILL_THREAD, KILL_PROCESS, TRAP, LOG; argument operators EQ, NE, LT, LE,
@@ -110,8 +112,8 @@ impl Abi {
 
 /// A profile compiled to BPF, ready to install.
 pub struct CompiledProfile {
-    /// Installed in order; the kernel runs them all and keeps the most severe answer.
-    programs: Vec<Vec<libc::sock_filter>>,
+    /// `None` when the profile allows everything (nothing to install).
+    program: Option<Vec<libc::sock_filter>>,
     /// `SECCOMP_FILTER_FLAG_*` bits from the profile's `flags`.
     flags: libc::c_ulong,
     /// Syscall names the profile lists that this ABI does not have (skipped).
@@ -120,9 +122,8 @@ pub struct CompiledProfile {
 
 impl fmt::Debug for CompiledProfile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lengths: Vec<usize> = self.programs.iter().map(Vec::len).collect();
         f.debug_struct("CompiledProfile")
-            .field("program_lengths", &lengths)
+            .field("instructions", &self.program.as_ref().map_or(0, Vec::len))
             .field("flags", &self.flags)
             .field("skipped", &self.skipped)
             .finish()
@@ -130,23 +131,25 @@ impl fmt::Debug for CompiledProfile {
 }
 
 impl CompiledProfile {
-    /// Installs the filters on the calling thread. Without no_new_privs this needs
+    /// Installs the filter on the calling thread. Without no_new_privs this needs
     /// `CAP_SYS_ADMIN`; it does not set no_new_privs itself (seccompiler's `apply_filter` would).
     pub fn install(&self) -> Result<()> {
+        let Some(program) = &self.program else {
+            return Ok(());
+        };
         let started = Instant::now();
-        for program in &self.programs {
-            sys::install_seccomp_filter(program, self.flags).context(|| {
-                "install the linux.seccomp filter (without noNewPrivileges this needs CAP_SYS_ADMIN)".into()
-            })?;
-        }
+        sys::install_seccomp_filter(program, self.flags).context(|| {
+            "install the linux.seccomp filter (without noNewPrivileges this needs CAP_SYS_ADMIN)"
+                .into()
+        })?;
         tracing::debug!(took = ?started.elapsed(), "installed linux.seccomp");
         Ok(())
     }
 
-    /// The BPF programs, in install order.
+    /// The BPF program, `None` if there is nothing to filter.
     #[cfg(test)]
-    pub fn programs(&self) -> &[Vec<libc::sock_filter>] {
-        &self.programs
+    pub fn program(&self) -> Option<&[libc::sock_filter]> {
+        self.program.as_deref()
     }
 
     /// Names the profile lists that this ABI does not have.
@@ -260,13 +263,15 @@ pub fn compile(profile: &LinuxSeccomp, abi: Abi) -> Result<CompiledProfile> {
         }
     }
     by_action.retain(|(_, group)| !group.is_empty());
+    // Most severe first: the first part that does not allow a call decides.
+    by_action.sort_by_key(|(act, _)| severity(act));
 
-    let mut programs = Vec::new();
-    if default != SeccompAction::Allow {
-        // Everything with a rule passes this one; the per-action filters below decide.
-        let mut listed = SyscallMatches::new();
-        for (_, group) in &by_action {
-            for (nr, matches) in group {
+    let mut parts = Vec::new();
+    let mut listed = SyscallMatches::new();
+    for (act, group) in by_action {
+        // Everything with a rule passes the default part; the action parts decide.
+        if default != SeccompAction::Allow {
+            for (nr, matches) in &group {
                 match listed.get_mut(nr) {
                     Some(existing) => existing.merge(matches.clone()),
                     None => {
@@ -275,22 +280,15 @@ pub fn compile(profile: &LinuxSeccomp, abi: Abi) -> Result<CompiledProfile> {
                 }
             }
         }
-        programs.push(program(
-            listed,
-            default.clone(),
-            SeccompAction::Allow,
-            abi,
-            "defaultAction",
-        )?);
-    }
-    for (act, group) in by_action {
         if act != SeccompAction::Allow {
-            let what = format!("the {act:?} rules");
-            programs.push(program(group, SeccompAction::Allow, act, abi, &what)?);
+            parts.push(part(group, SeccompAction::Allow, act, abi)?);
         }
     }
+    if default != SeccompAction::Allow {
+        parts.push(part(listed, default, SeccompAction::Allow, abi)?);
+    }
     let compiled = CompiledProfile {
-        programs,
+        program: chain(parts, abi)?,
         flags,
         skipped,
     };
@@ -298,42 +296,76 @@ pub fn compile(profile: &LinuxSeccomp, abi: Abi) -> Result<CompiledProfile> {
     Ok(compiled)
 }
 
-/// One BPF program: `matched` calls get `on_match`, all others `otherwise`; calls from another
-/// ABI kill the process.
-fn program(
+/// How severe an action is: lower wins (the kernel's precedence between stacked filters).
+fn severity(act: &SeccompAction) -> u8 {
+    match act {
+        SeccompAction::KillProcess => 0,
+        SeccompAction::KillThread => 1,
+        SeccompAction::Trap => 2,
+        SeccompAction::Errno(_) => 3,
+        SeccompAction::Trace(_) => 4,
+        SeccompAction::Log => 5,
+        SeccompAction::Allow => 6,
+    }
+}
+
+/// One part of the program: `matched` calls get `on_match`, all others `otherwise` (seccompiler
+/// also kills calls from another audit arch).
+fn part(
     matched: SyscallMatches,
     otherwise: SeccompAction,
     on_match: SeccompAction,
     abi: Abi,
-    what: &str,
-) -> Result<Vec<libc::sock_filter>> {
+) -> Result<BpfProgram> {
+    let what = format!("the {on_match:?} rules");
     let rules = matched
         .into_iter()
         .map(|(nr, m)| (nr, m.into_rules()))
         .collect();
     let filter = SeccompFilter::new(rules, otherwise, on_match, abi.target())
         .map_err(|e| invalid(format!("{what}: {e}")))?;
-    let compiled: BpfProgram = filter
+    filter
         .try_into()
-        .map_err(|e| invalid(format!("{what}: {e}")))?;
+        .map_err(|e| invalid(format!("{what}: {e}")))
+}
+
+/// Chains the parts into one program behind the ABI guard: in every part but the last, "return
+/// ALLOW" becomes "jump to the next part" (same length, so no jump inside a part moves).
+fn chain(parts: Vec<BpfProgram>, abi: Abi) -> Result<Option<Vec<libc::sock_filter>>> {
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
     let mut out = abi_guard(abi);
-    out.extend(compiled.iter().map(|i| libc::sock_filter {
-        code: i.code,
-        jt: i.jt,
-        jf: i.jf,
-        k: i.k,
-    }));
+    let last = parts.len() - 1;
+    for (n, part) in parts.into_iter().enumerate() {
+        let next_part = out.len() + part.len();
+        for i in part {
+            let (code, k) = if n < last && i.code == RET && i.k == libc::SECCOMP_RET_ALLOW {
+                (JA, (next_part - out.len() - 1) as u32)
+            } else {
+                (i.code, i.k)
+            };
+            out.push(libc::sock_filter {
+                code,
+                jt: i.jt,
+                jf: i.jf,
+                k,
+            });
+        }
+    }
     if out.len() > MAX_PROGRAM_LEN {
         return Err(invalid(format!(
-            "{what} compile to {} BPF instructions, more than the kernel's {MAX_PROGRAM_LEN}: \
-             list fewer syscalls or argument conditions",
+            "the profile compiles to {} BPF instructions, more than the kernel's \
+             {MAX_PROGRAM_LEN}: list fewer syscalls or argument conditions",
             out.len()
         )));
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
-/// Instructions run before seccompiler's program. seccompiler checks the audit arch (and kills
+/// Instructions run before seccompiler's parts. seccompiler checks the audit arch (and kills
 /// calls from another one), but x32 syscalls on x86_64 carry the x86_64 audit arch and a number
 /// with bit 30 set that no rule matches: under a deny-list profile they would bypass every rule.
 /// Kill them too (a negative number, like `syscall(-1)`, is left to the rules, which return
@@ -550,18 +582,11 @@ mod tests {
         }
     }
 
-    /// What the kernel returns for a stack of filters: every program runs, the most severe
-    /// action wins, and among equals the most recently installed.
+    /// What the installed filter returns for `call` (ALLOW with no filter).
     fn verdict(profile: &CompiledProfile, call: &Call) -> u32 {
-        let severity = |ret: u32| (ret & libc::SECCOMP_RET_ACTION_FULL) as i32;
-        let mut result = RET_ALLOW;
-        for program in profile.programs().iter().rev() {
-            let ret = run_program(program, call);
-            if severity(ret) < severity(result) {
-                result = ret;
-            }
-        }
-        result
+        profile
+            .program()
+            .map_or(RET_ALLOW, |program| run_program(program, call))
     }
 
     fn compile_json(profile: serde_json::Value) -> Result<CompiledProfile> {
@@ -805,7 +830,7 @@ mod tests {
             "defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{ "names": ["_llseek"], "action": "SCMP_ACT_KILL" }],
         }));
-        assert!(p.programs().is_empty(), "nothing to filter: {p:?}");
+        assert!(p.program().is_none(), "nothing to filter: {p:?}");
     }
 
     #[test]
@@ -817,8 +842,35 @@ mod tests {
                 { "names": ["mkdir"], "action": "SCMP_ACT_ERRNO" },
             ],
         }));
-        assert_eq!(p.programs().len(), 1, "{p:?}");
+        let without = profile(json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [{ "names": ["write"], "action": "SCMP_ACT_ALLOW" }],
+        }));
+        let len = |p: &CompiledProfile| p.program().map_or(0, <[_]>::len);
+        assert_eq!(len(&p), len(&without), "{p:?} vs {without:?}");
         assert_eq!(verdict(&p, &Call::new("mkdir")), errno(libc::EPERM));
+    }
+
+    #[test]
+    fn conflicting_rules_resolve_to_the_most_severe_action() {
+        let p = profile(json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [
+                { "names": ["uname"], "action": "SCMP_ACT_LOG" },
+                { "names": ["uname"], "action": "SCMP_ACT_ERRNO" },
+                { "names": ["uname", "getpid"], "action": "SCMP_ACT_KILL_PROCESS",
+                  "args": [{ "index": 0, "value": 7, "op": "SCMP_CMP_EQ" }] },
+                { "names": ["getpid"], "action": "SCMP_ACT_TRAP" },
+            ],
+        }));
+        assert_eq!(verdict(&p, &Call::new("uname").arg(0, 7)), RET_KILL_PROCESS);
+        assert_eq!(verdict(&p, &Call::new("uname")), errno(libc::EPERM));
+        assert_eq!(
+            verdict(&p, &Call::new("getpid").arg(0, 7)),
+            RET_KILL_PROCESS
+        );
+        assert_eq!(verdict(&p, &Call::new("getpid")), RET_TRAP);
+        assert_eq!(verdict(&p, &Call::new("getppid")), RET_ALLOW);
     }
 
     #[test]
@@ -1004,9 +1056,8 @@ mod tests {
         let p = compile(&spec, Abi::X86_64).unwrap();
         let took = started.elapsed();
         assert!(
-            p.programs()
-                .iter()
-                .all(|prog| prog.len() <= MAX_PROGRAM_LEN),
+            p.program()
+                .is_some_and(|prog| prog.len() <= MAX_PROGRAM_LEN),
             "{p:?}"
         );
         assert_eq!(verdict(&p, &Call::new("write")), RET_ALLOW);
