@@ -75,3 +75,36 @@ fn leader_killed_during_applies_loses_no_acknowledged_write_and_all_survive_full
         assert!(lost.is_empty(), "server {} lost acknowledged applies after a full restart: {lost:?}", server.id);
     }
 }
+
+#[test]
+fn frozen_leader_is_replaced_and_rejoins_as_follower_without_losing_writes() {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let all: Vec<String> = cluster.servers.values().map(|s| s.address.clone()).collect();
+    assert!(runtime.block_on(apply_anywhere(&all, "before")));
+    let old = cluster.wait_for_leader(Duration::from_secs(5));
+    let others: Vec<String> = cluster.servers.values().filter(|s| s.id != old).map(|s| s.address.clone()).collect();
+
+    // SIGSTOP: the leader is cut off without knowing it; its sockets stay open.
+    cluster.pause(old, true);
+    let frozen_at = Instant::now();
+    assert!(runtime.block_on(apply_anywhere(&others, "during")), "the majority takes writes without the frozen leader");
+    let took = frozen_at.elapsed();
+    assert!(took < Duration::from_secs(2), "the first write without the frozen leader took {took:?}");
+
+    cluster.pause(old, false);
+    // Back, it learns the new term and follows; its own copy catches up.
+    let address = cluster.servers[&old].address.clone();
+    let start = Instant::now();
+    loop {
+        let seen = service_names(&cluster, &address, true).unwrap_or_default();
+        if seen.contains("before") && seen.contains("during") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "server {old} did not catch up after SIGCONT: {seen:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(runtime.block_on(apply_anywhere(&[address.clone()], "after")), "writes through the old leader work again");
+    let names = service_names(&cluster, &cluster.addresses(), false).unwrap();
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["after", "before", "during"]);
+}

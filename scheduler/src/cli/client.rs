@@ -1,6 +1,8 @@
 //! Connecting to the cluster: the addresses from `--server` / `SCHED_SERVER` are tried in turn,
-//! moving on when a server cannot be reached or has no leader (UNAVAILABLE), and stopping at
-//! the first real answer (including a rejection, which another server would repeat).
+//! moving on when a server cannot be reached or has no leader (UNAVAILABLE: the request never
+//! reached the log), and stopping at the first real answer (including a rejection, which another
+//! server would repeat). A request whose outcome is unknown (ABORTED, a timeout) is not sent
+//! elsewhere: that could apply it twice.
 
 use std::future::Future;
 use std::time::Duration;
@@ -37,7 +39,7 @@ impl Servers {
         for address in &self.addresses {
             let url = if address.contains("://") { address.clone() } else { format!("http://{address}") };
             let endpoint = match Endpoint::from_shared(url) {
-                Ok(e) => e.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(15)),
+                Ok(e) => e.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(10)),
                 Err(_) => return Err(CliError::BadInput(format!("--server: \"{address}\" is not HOST:PORT"))),
             };
             let channel = match endpoint.connect().await {
@@ -49,8 +51,16 @@ impl Servers {
             };
             match call(channel).await {
                 Ok(answer) => return Ok(answer),
-                Err(status) if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown) => {
+                // Never reached the log: the next server may do better.
+                Err(status) if status.code() == tonic::Code::Unavailable => {
                     failures.push(format!("{address}: {}", status.message()));
+                }
+                // May have been applied: asking another server could apply it twice.
+                Err(status) if matches!(status.code(), tonic::Code::Aborted | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled) => {
+                    return Err(CliError::Unreachable(format!(
+                        "{address}: {} (the request may or may not have been applied: check before retrying)",
+                        status.message()
+                    )));
                 }
                 Err(status) => return Err(CliError::Rejected(status.message().to_string())),
             }

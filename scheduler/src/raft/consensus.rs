@@ -112,7 +112,24 @@ impl Consensus {
             client.clone()
         };
         let request = ProposeRequest { proposal: serde_json::to_vec(proposal).expect("proposals serialize") };
-        match client.propose(request).await {
+        // A leader that froze or was cut off may never answer; once this server sees another
+        // leader (or none), stop waiting: the proposal may or may not have reached the log.
+        let mut status = self.raft.watch_status();
+        let deposed = async move {
+            while status.borrow_and_update().leader_id == leader {
+                if status.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let answer = tokio::select! {
+            answer = client.propose(request) => answer,
+            () = deposed => {
+                tracing::warn!(leader, "the leader changed while a forwarded proposal was in flight");
+                return Err(ProposeFailure::OutcomeUnknown);
+            }
+        };
+        match answer {
             Ok(response) => serde_json::from_slice::<Result<Applied, ProposeFailure>>(&response.into_inner().outcome)
                 .unwrap_or(Err(ProposeFailure::OutcomeUnknown)),
             Err(status) if status.code() == tonic::Code::Unavailable => Err(ProposeFailure::NotLeader { me: self.raft.id() }),

@@ -1,6 +1,7 @@
 //! How failures become gRPC statuses, so clients (and `sched`'s exit codes) can tell a rejected
 //! request (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION: fix the request) from an
-//! unreachable cluster (UNAVAILABLE: retry, maybe elsewhere).
+//! unreachable cluster (UNAVAILABLE: retry, maybe elsewhere) and from a write whose outcome is
+//! unknown (ABORTED: it may have been applied).
 
 use tonic::Status;
 
@@ -8,8 +9,13 @@ use crate::raft::ConsensusError;
 use crate::spec::FieldError;
 use crate::state::{Rejection, RejectionKind};
 
+/// UNAVAILABLE when the request never reached the log (safe to retry anywhere); ABORTED when
+/// it may have been applied (check before retrying a non-idempotent request).
 pub fn consensus(e: ConsensusError) -> Status {
-    Status::unavailable(e.to_string())
+    match e {
+        ConsensusError::OutcomeUnknown => Status::aborted(e.to_string()),
+        _ => Status::unavailable(e.to_string()),
+    }
 }
 
 pub fn rejection(r: Rejection) -> Status {
