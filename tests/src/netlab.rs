@@ -114,6 +114,19 @@ impl NodeLab {
         });
     }
 
+    /// A further namespace `name` beside the node (e.g. a host "outside" the node, reached
+    /// through an uplink the test wires itself); removed on drop.
+    pub fn extra_namespace(&self, name: &str) -> PathBuf {
+        let path = self.root.join(name);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a tokio runtime");
+        runtime
+            .block_on(netns::create(&path))
+            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+        path
+    }
+
     /// Runs `args` inside the node namespace to completion (from any thread).
     pub fn in_node(&self, args: &[&str]) -> Output {
         nsenter(&self.node, args)
@@ -171,7 +184,13 @@ impl Drop for NodeLab {
             }
         }
         let _ = netns::remove_shared_dir(&self.config.netns_dir);
-        let _ = netns::remove(&self.node);
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_file()) {
+                    let _ = netns::remove(&entry.path()); // the node and extra namespaces
+                }
+            }
+        }
         if let Err(e) = fs::remove_dir_all(&self.root) {
             eprintln!("warning: could not remove {}: {e}", self.root.display());
         }

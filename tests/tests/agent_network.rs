@@ -98,6 +98,72 @@ fn tasks_on_one_bridge_reach_each_other_and_the_gateway() {
 }
 
 #[test]
+fn tasks_reach_beyond_the_node_only_through_outbound_nat() {
+    let lab = NodeLab::new(7);
+    // An "outside" host on an uplink of the node (10.198.7.0/30), with no route back to the
+    // task subnet: a task's connection can only be answered if the node masquerades it.
+    let outside = lab.extra_namespace("outside");
+    lab.run(|| async {
+        let node = NodeNetwork::new(lab.config()).await.expect("node network");
+        let task = TaskNetwork::create(&node, "client").await.expect("task");
+        let outside_arg = outside.to_string_lossy().into_owned();
+        for args in [
+            &[
+                "link",
+                "add",
+                "upl7",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &outside_arg,
+            ][..],
+            &["addr", "add", "10.198.7.1/30", "dev", "upl7"],
+            &["link", "set", "upl7", "up"],
+        ] {
+            let out = ip(args);
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        }
+        for args in [
+            &["ip", "addr", "add", "10.198.7.2/30", "dev", "eth0"][..],
+            &["ip", "link", "set", "eth0", "up"],
+            &["ip", "link", "set", "lo", "up"],
+        ] {
+            let out = nsenter(&outside, args);
+            assert!(out.status.success(), "{args:?} outside: {out:?}");
+        }
+        let no_route = nsenter(&outside, &["ip", "route", "get", &task.ip.to_string()]);
+        assert!(
+            !no_route.status.success(),
+            "outside must not route to tasks: {no_route:?}"
+        );
+
+        lab.serve_http(&outside, 80, "outside the node\n");
+        wait_for_http(addr(Ipv4Addr::new(10, 198, 7, 2), 80), SERVE_TIMEOUT);
+        let fetched = nsenter(
+            &task.netns_path,
+            &[
+                "timeout",
+                "3",
+                "busybox",
+                "wget",
+                "-q",
+                "-O-",
+                "http://10.198.7.2/index.html",
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&fetched.stdout),
+            "outside the node\n",
+            "{fetched:?}"
+        );
+        node.teardown().await.expect("teardown");
+    });
+}
+
+#[test]
 fn published_port_forwards_localhost_and_gateway_to_the_task_until_destroyed() {
     let lab = NodeLab::new(2);
     lab.run(|| async {
