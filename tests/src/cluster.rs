@@ -63,9 +63,22 @@ pub fn sched_binary() -> PathBuf {
     sched
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, for a server to bind next.
+///
+/// Picked below Linux's ephemeral range (32768+), walking up from a per-process start: ports
+/// from `bind(0)` come out of the ephemeral range, where the servers' own outgoing connections
+/// could take the port between this check and the server's bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(0, 20_000 + (std::process::id() * 101) % 10_000, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = u16::try_from(20_000 + (port - 20_000) % 12_000).expect("below 32000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Cluster {

@@ -25,7 +25,7 @@ use super::{Applied, Proposal, ProposeFailure};
 /// How long a write or a linearizable read may wait for a leader.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
 /// One ReadIndex attempt; raft-rs silently drops reads while there is no leader.
-const READ_ATTEMPT: Duration = Duration::from_millis(500);
+const READ_ATTEMPT: Duration = Duration::from_millis(200);
 const RETRY_PAUSE: Duration = Duration::from_millis(30);
 
 /// Why a write or read got no answer.
