@@ -37,7 +37,7 @@
 //! notification and `listenerPath`, `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`) and SCMP_ACT_TRACE
 //! (no tracer is ever attached). Unknown actions, operators and flags already fail parsing.
 //!
-//! **Architectures**: the filters are compiled for the machine's own ABI (x86_64 or aarch64);
+//! **Architectures**: the filter is compiled for the machine's own ABI (x86_64 or aarch64);
 //! the profile's `architectures` list may name others, which are not filtered but refused: a
 //! syscall from another ABI (32-bit x86 through `int 0x80`, x32 on x86_64) kills the process, so
 //! it can never slip past a deny-list profile. 32-bit binaries therefore do not run under a
