@@ -68,6 +68,9 @@ impl Bundle {
                 process.cwd()
             )));
         }
+        if process.apparmor_profile().is_some() || process.selinux_label().is_some() {
+            tracing::warn!("process.apparmorProfile and process.selinuxLabel are not applied by this runtime");
+        }
         if let Some(hooks) = self.spec.hooks() {
             let any = [hooks.prestart(), hooks.create_runtime(), hooks.create_container(), hooks.start_container(), hooks.poststart(), hooks.poststop()]
                 .iter()

@@ -324,3 +324,15 @@ fn notify_is_refused_by_create_and_leaves_nothing() {
     );
     bundle.assert_nothing_left(None);
 }
+
+#[test]
+fn exec_processes_run_under_the_containers_filter() {
+    let bundle = with_profile(BusyboxBundle::new().args(&["sleep", "1000"]), deny_mkdir(None));
+    bundle.create().assert_success();
+    bundle.start().assert_success();
+    let out = bundle.cli(&["exec", bundle.id(), "sh", "-c", "mkdir /tmp/y; echo \"mkdir exit $?\"; grep Seccomp: /proc/self/status"]);
+    out.assert_success();
+    assert!(out.stdout.contains("mkdir exit 1\n"), "mkdir must fail in an exec'd process too: {out:#?}");
+    assert!(out.stdout.contains("Seccomp:\t2"), "the exec'd process is filtered: {out:#?}");
+    assert!(!bundle.rootfs().join("tmp/y").exists());
+}

@@ -47,6 +47,8 @@ impl Container {
             });
         }
         validate(&opts.process, opts.console_socket.is_some())?;
+        // The container's own spec: its seccomp filter confines exec'd processes too.
+        let container_spec = crate::bundle::Bundle::load(&self.state.bundle)?.spec;
         let joins = self.open_namespaces()?;
         let pid_ns = self.namespace_file("pid")?;
         let console_socket = match (&opts.console_socket, opts.process.terminal() == Some(true)) {
@@ -67,7 +69,14 @@ impl Container {
         let child = match sys::fork()? {
             ForkResult::Child => {
                 drop(parent_end);
-                run_tenant(TenantArgs { process: &opts.process, channel: child_end, joins, signal_mask: old, console_socket })
+                run_tenant(TenantArgs {
+                    process: &opts.process,
+                    channel: child_end,
+                    joins,
+                    signal_mask: old,
+                    console_socket,
+                    container_spec: &container_spec,
+                })
             }
             ForkResult::Parent { child } => child,
         };

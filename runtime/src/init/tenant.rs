@@ -9,7 +9,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 use nix::sys::stat::{Mode, umask};
 use oci_spec::runtime::Process;
 
-use super::{NamespaceJoin, become_process, console, exec};
+use super::{NamespaceJoin, become_process, console, exec, seccomp};
 use crate::error::{Context, Result};
 use crate::sync::ChildChannel;
 use crate::sys;
@@ -22,12 +22,14 @@ pub struct TenantArgs<'a> {
     pub joins: Vec<NamespaceJoin>,
     pub signal_mask: SigSet,
     pub console_socket: Option<UnixStream>,
+    /// The container's spec: its `linux.seccomp` filter applies to exec'd processes too.
+    pub container_spec: &'a oci_spec::runtime::Spec,
 }
 
 /// Runs the exec'd process in the forked child. Never returns.
 pub fn run(mut args: TenantArgs<'_>) -> ! {
-    let target = match setup(&mut args) {
-        Ok(target) => target,
+    let (target, late_seccomp) = match setup(&mut args) {
+        Ok(ready) => ready,
         Err(err) => {
             args.channel.send_error(&err);
             sys::exit_now(1);
@@ -39,17 +41,24 @@ pub fn run(mut args: TenantArgs<'_>) -> ! {
     }
     sys::reset_signal_dispositions();
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&args.signal_mask), None);
+    if let Some(Err(err)) = late_seccomp.map(|filter| filter.install()) {
+        eprintln!("sched-runtime: {err}");
+        sys::exit_now(1);
+    }
     let err = target.exec();
     eprintln!("sched-runtime: {err}");
     sys::exit_now(127);
 }
 
-fn setup(args: &mut TenantArgs<'_>) -> Result<exec::ExecTarget> {
+/// Returns the program to exec and the seccomp filter still to install right before `execve`.
+fn setup(args: &mut TenantArgs<'_>) -> Result<(exec::ExecTarget, Option<seccomp::CompiledProfile>)> {
     sys::cloexec_from(3)?;
     // The container's processes must not reach our memory, fds or /proc/PID/exe (CVE-2019-5736).
     nix::sys::prctl::set_dumpable(false).context(|| "prctl(PR_SET_DUMPABLE)".into())?;
     umask(Mode::empty());
+    let seccomp = seccomp::compile_spec(args.container_spec);
     args.channel.wait_go()?;
+    let seccomp = seccomp?;
     for join in &args.joins {
         nix::sched::setns(&join.file, super::namespaces::flag(join.typ))
             .context(|| format!("join the container's {} namespace", join.typ))?;
@@ -57,5 +66,7 @@ fn setup(args: &mut TenantArgs<'_>) -> Result<exec::ExecTarget> {
     if let Some(socket) = &args.console_socket {
         console::attach_new_terminal(socket, false)?;
     }
-    become_process(args.process)
+    // The same order as the init's (runc's): before the identity switch unless noNewPrivileges.
+    let late_seccomp = seccomp::install_unless_no_new_privileges(seccomp, args.process)?;
+    Ok((become_process(args.process)?, late_seccomp))
 }
