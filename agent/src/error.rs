@@ -6,6 +6,9 @@ pub enum AgentError {
     /// An image could not be pulled or prepared.
     #[error(transparent)]
     Image(#[from] runtime::image::ImageError),
+    /// The node's or a task's network could not be set up.
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     /// The container runtime refused or failed.
     #[error(transparent)]
     Runtime(#[from] runtime::Error),

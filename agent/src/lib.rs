@@ -5,12 +5,14 @@
 //! task networking (netns, veth, bridge, published ports), health checks, logs, CPU metrics read
 //! from cgroups, and the HTTP ingress. It never decides placement.
 //!
+//! - [`metrics`]: task CPU (fraction of its limit) and memory, from its cgroup.
 //! - [`network`]: node bridge, task namespaces and addresses, outbound NAT, published ports.
 //! - [`node`]: the daemon loop: register, heartbeat, follow assignments, act, report.
 //! - [`task`]: runs each task as a container under its own `sched-runtime shim` (image, rootfs,
 //!   bundle, limits, stop with grace, exit codes and logs that survive agent restarts).
 
 pub mod error;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod task;

@@ -29,6 +29,9 @@ pub struct AgentConfig {
     pub check_interval: Duration,
     /// How long a stopped task gets between its stop signal and SIGKILL.
     pub stop_grace: Duration,
+    /// Task networking (bridge, namespaces, published ports); `None` runs tasks in their own
+    /// empty network namespace (loopback only).
+    pub network: Option<crate::network::NodeNetworkConfig>,
 }
 
 impl AgentConfig {

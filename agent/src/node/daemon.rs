@@ -22,11 +22,13 @@ use tonic::transport::{Channel, Endpoint};
 use super::AgentConfig;
 use super::plan::{Action, Seen, Wanted, plan};
 use crate::error::{AgentError, Result};
+use crate::metrics::CpuSampler;
+use crate::network::{NodeNetwork, TaskNetwork};
 use crate::task::{DriverConfig, TaskDriver, TaskSpec, TaskStatus};
 
 /// How a background job ended.
 enum JobDone {
-    Started { task: String, result: std::result::Result<i32, String> },
+    Started { task: String, result: std::result::Result<(i32, Vec<String>), String> },
     Stopped { task: String },
 }
 
@@ -55,21 +57,86 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         Arc::new(images),
     )?;
     let driver = Arc::new(driver);
+    let network = match &config.network {
+        Some(net) => Some(Arc::new(NodeNetwork::new(net.clone()).await?)),
+        None => None,
+    };
+    let node = Node { driver, network };
     tokio::select! {
         () = shutdown => Ok(()),
-        () = serve(&config, driver) => Ok(()),
+        () = serve(&config, node) => Ok(()),
+    }
+}
+
+/// What the daemon acts through.
+#[derive(Clone)]
+struct Node {
+    driver: Arc<TaskDriver>,
+    network: Option<Arc<NodeNetwork>>,
+}
+
+impl Node {
+    /// Network, container, published ports; returns the pid and the endpoints. On failure the
+    /// task's network is removed again (the driver cleans up its own part).
+    async fn start(&self, spec: &TaskSpec, address: &str) -> std::result::Result<(i32, Vec<String>), String> {
+        let Some(network) = &self.network else {
+            let pid = self.driver.start(spec, None).await.map_err(|e| e.to_string())?;
+            return Ok((pid, Vec::new()));
+        };
+        let net = TaskNetwork::create(network, &spec.id).await.map_err(|e| e.to_string())?;
+        let started = async {
+            let pid = self.driver.start(spec, Some(&net.netns_path)).await.map_err(|e| e.to_string())?;
+            let mut endpoints = Vec::new();
+            for port in &spec.ports {
+                let host_port = network.publish(net.ip, *port).await.map_err(|e| e.to_string())?;
+                endpoints.push(format!("{address}:{host_port}"));
+            }
+            Ok::<_, String>((pid, endpoints))
+        }
+        .await;
+        if started.is_err() {
+            let _ = self.driver.stop(&spec.id, Duration::ZERO).await;
+            let _ = self.driver.remove(&spec.id);
+            let _ = network.destroy_task(&spec.id).await;
+        }
+        started
+    }
+
+    /// Removes an exited task and its network.
+    async fn remove(&self, id: &str) {
+        if let Err(e) = self.driver.remove(id) {
+            tracing::warn!(task = id, "remove failed: {e}");
+        }
+        if let Some(network) = &self.network {
+            if let Err(e) = network.destroy_task(id).await {
+                tracing::warn!(task = id, "removing its network failed: {e}");
+            }
+        }
+    }
+
+    /// The endpoints of every task with published ports (after an agent restart too).
+    async fn endpoints(&self, address: &str) -> HashMap<String, Vec<String>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        let Some(network) = &self.network else { return out };
+        let by_ip: HashMap<_, _> = network.tasks().await.into_iter().map(|t| (t.ip, t.task_id)).collect();
+        for p in network.published().await {
+            if let Some(task) = by_ip.get(&p.task_ip) {
+                out.entry(task.clone()).or_default().push(format!("{address}:{}", p.host_port));
+            }
+        }
+        out
     }
 }
 
 /// Sessions with the servers in turn, forever.
-async fn serve(config: &AgentConfig, driver: Arc<TaskDriver>) {
+async fn serve(config: &AgentConfig, node: Node) {
     let mut next = 0usize;
     let mut backoff = Duration::from_millis(100);
-    let mut node = NodeState::default();
+    let mut state = NodeState { endpoints: node.endpoints(&config.address).await, ..Default::default() };
     loop {
         let server = &config.servers[next % config.servers.len()];
         let began = Instant::now();
-        match session(config, &driver, server, &mut node).await {
+        match session(config, &node, server, &mut state).await {
             Ok(()) => tracing::warn!(server, "the assignment stream ended; reconnecting"),
             Err(e) => tracing::warn!(server, "session failed: {e}"),
         }
@@ -91,11 +158,15 @@ struct NodeState {
     busy: HashSet<String>,
     /// Tasks whose start failed (reported FAILED; not retried by this node).
     failed: HashMap<String, String>,
+    /// `node_address:host_port` of each task's published ports.
+    endpoints: HashMap<String, Vec<String>>,
+    cpu: CpuSampler,
 }
 
 type SessionResult = std::result::Result<(), String>;
 
-async fn session(config: &AgentConfig, driver: &Arc<TaskDriver>, server: &str, node: &mut NodeState) -> SessionResult {
+async fn session(config: &AgentConfig, agent: &Node, server: &str, node: &mut NodeState) -> SessionResult {
+    let driver = &agent.driver;
     let channel = connect(server).await?;
     let mut client = AgentApiClient::new(channel);
     let node_id = client
@@ -126,13 +197,14 @@ async fn session(config: &AgentConfig, driver: &Arc<TaskDriver>, server: &str, n
             message = stream.message() => match message.map_err(|s| format!("assignment stream: {}", s.message()))? {
                 Some(assignments) => {
                     node.wanted = wanted_from(&assignments);
-                    act(config, driver, node, &done_tx)?;
+                    act(config, agent, node, &done_tx).await?;
                 }
                 None => return Ok(()),
             },
             _ = heartbeat.tick() => {
+                let metrics = sample_metrics(driver, node);
                 let known = client
-                    .heartbeat(pb::HeartbeatRequest { node_id, metrics: Vec::new() })
+                    .heartbeat(pb::HeartbeatRequest { node_id, metrics })
                     .await
                     .map_err(|s| format!("heartbeat: {}", s.message()))?
                     .into_inner()
@@ -142,7 +214,7 @@ async fn session(config: &AgentConfig, driver: &Arc<TaskDriver>, server: &str, n
                 }
             }
             _ = check.tick() => {
-                act(config, driver, node, &done_tx)?;
+                act(config, agent, node, &done_tx).await?;
                 report_changes(&mut client, node_id, driver, node).await?;
             }
             Some(done) = done_rx.recv() => {
@@ -152,8 +224,9 @@ async fn session(config: &AgentConfig, driver: &Arc<TaskDriver>, server: &str, n
                         node.failed.insert(task.clone(), reason);
                         node.busy.remove(&task);
                     }
-                    JobDone::Started { task, result: Ok(pid) } => {
-                        tracing::info!(task, pid, "task started");
+                    JobDone::Started { task, result: Ok((pid, endpoints)) } => {
+                        tracing::info!(task, pid, ?endpoints, "task started");
+                        node.endpoints.insert(task.clone(), endpoints);
                         node.busy.remove(&task);
                     }
                     JobDone::Stopped { task } => {
@@ -232,7 +305,8 @@ fn seen(driver: &TaskDriver, node: &NodeState) -> std::result::Result<BTreeMap<S
 }
 
 /// Starts background jobs for the plan's actions.
-fn act(config: &AgentConfig, driver: &Arc<TaskDriver>, node: &mut NodeState, done: &mpsc::UnboundedSender<JobDone>) -> SessionResult {
+async fn act(config: &AgentConfig, agent: &Node, node: &mut NodeState, done: &mpsc::UnboundedSender<JobDone>) -> SessionResult {
+    let driver = &agent.driver;
     // Failed starts the servers no longer want are forgotten.
     node.failed.retain(|id, _| node.wanted.contains_key(id));
     let seen = seen(driver, node)?;
@@ -240,9 +314,9 @@ fn act(config: &AgentConfig, driver: &Arc<TaskDriver>, node: &mut NodeState, don
         match action {
             Action::Start(spec) => {
                 node.busy.insert(spec.id.clone());
-                let (driver, done) = (driver.clone(), done.clone());
+                let (agent, done, address) = (agent.clone(), done.clone(), config.address.clone());
                 tokio::spawn(async move {
-                    let result = driver.start(&spec, None).await.map_err(|e| e.to_string());
+                    let result = agent.start(&spec, &address).await;
                     let _ = done.send(JobDone::Started { task: spec.id.clone(), result });
                 });
             }
@@ -259,11 +333,10 @@ fn act(config: &AgentConfig, driver: &Arc<TaskDriver>, node: &mut NodeState, don
             Action::Stop(_) => {}
             Action::Remove(id) if !node.busy.contains(&id) => {
                 if node.failed.remove(&id).is_none() {
-                    if let Err(e) = driver.remove(&id) {
-                        tracing::warn!(task = id, "remove failed: {e}");
-                    }
+                    agent.remove(&id).await;
                 }
                 node.reported.remove(&id);
+                node.endpoints.remove(&id);
             }
             Action::Remove(_) => {}
         }
@@ -291,6 +364,10 @@ async fn report_changes(client: &mut AgentApiClient<Channel>, node_id: u64, driv
         if node.reported.get(&id) == Some(&state) {
             continue;
         }
+        let endpoints = match &state {
+            Reported::Running => node.endpoints.get(&id).cloned().unwrap_or_default(),
+            _ => Vec::new(),
+        };
         let (task_state, exit_code, message) = match &state {
             Reported::Running => (sched_pb::TaskState::Running, None, String::new()),
             Reported::Exited(code) => (sched_pb::TaskState::Exited, Some(*code), String::new()),
@@ -302,7 +379,7 @@ async fn report_changes(client: &mut AgentApiClient<Channel>, node_id: u64, driv
                 task_id: id.clone(),
                 state: task_state as i32,
                 exit_code,
-                endpoints: Vec::new(),
+                endpoints,
                 health: sched_pb::HealthStatus::Unspecified as i32,
                 message,
             })
@@ -311,6 +388,23 @@ async fn report_changes(client: &mut AgentApiClient<Channel>, node_id: u64, driv
         node.reported.insert(id, state);
     }
     Ok(())
+}
+
+/// CPU and memory of every running task, for the heartbeat.
+fn sample_metrics(driver: &TaskDriver, node: &mut NodeState) -> Vec<pb::TaskMetrics> {
+    let mut out = Vec::new();
+    for (id, wanted) in &node.wanted {
+        let dirs = driver.cgroup_dirs(id);
+        if dirs.is_empty() {
+            continue;
+        }
+        if let Some(u) = node.cpu.sample(id, &dirs, wanted.spec.cpu_millis) {
+            out.push(pb::TaskMetrics { task_id: id.clone(), cpu_fraction: u.cpu_fraction, memory_bytes: u.memory_bytes });
+        }
+    }
+    let wanted = &node.wanted;
+    node.cpu.retain(|t| wanted.contains_key(t));
+    out
 }
 
 #[cfg(test)]

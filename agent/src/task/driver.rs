@@ -195,6 +195,11 @@ impl TaskDriver {
         Ok(ids)
     }
 
+    /// The task's cgroup directories (for CPU and memory metrics); empty when it is not running.
+    pub fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
+        self.state.load(id).map(|s| s.cgroup_dirs).unwrap_or_default()
+    }
+
     /// Every log record of a task, oldest first.
     pub fn logs(&self, id: &str) -> Result<Vec<shim::log::LogRecord>> {
         let dir = self.task_dir(id);

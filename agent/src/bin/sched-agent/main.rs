@@ -43,6 +43,12 @@ struct Cli {
     /// Seconds a stopped task gets between its stop signal and SIGKILL.
     #[arg(long, default_value_t = 10)]
     stop_grace: u64,
+    /// The node bridge tasks are attached to.
+    #[arg(long, default_value = agent::network::DEFAULT_BRIDGE)]
+    bridge: String,
+    /// Run tasks without a network (loopback only): no bridge, no published ports.
+    #[arg(long)]
+    no_network: bool,
     /// Log debug records.
     #[arg(long)]
     debug: bool,
@@ -93,11 +99,16 @@ fn config(cli: Cli) -> Result<AgentConfig> {
         labels,
         cpu_millis: cli.cpu.unwrap_or(host_cpu),
         memory_mib: cli.memory.unwrap_or(host_mem),
-        data_dir: cli.data_dir,
+        data_dir: cli.data_dir.clone(),
         runtime_binary,
         cgroup_parent: cli.cgroup_parent,
         heartbeat_interval: Duration::from_secs(2),
         check_interval: Duration::from_millis(500),
         stop_grace: Duration::from_secs(cli.stop_grace),
+        network: (!cli.no_network).then(|| {
+            let mut net = agent::network::NodeNetworkConfig::new(&cli.data_dir);
+            net.bridge = cli.bridge.clone();
+            net
+        }),
     })
 }
