@@ -149,6 +149,11 @@ impl NodeLab {
 
     /// Serves `body` as `/index.html` with busybox httpd on `port` inside `netns`.
     pub fn serve_http(&self, netns: &Path, port: u16, body: &str) -> u32 {
+        self.serve_http_on(netns, &port.to_string(), body)
+    }
+
+    /// Like [`NodeLab::serve_http`], listening on `listen` (`PORT` or `IP:PORT`).
+    pub fn serve_http_on(&self, netns: &Path, listen: &str, body: &str) -> u32 {
         let www = self.data.path().join(format!("www-{}", unique_name()));
         fs::create_dir_all(&www).expect("create the web root");
         fs::write(www.join("index.html"), body).expect("write index.html");
@@ -159,7 +164,7 @@ impl NodeLab {
                 "httpd",
                 "-f",
                 "-p",
-                &port.to_string(),
+                listen,
                 "-h",
                 &www.to_string_lossy(),
             ],

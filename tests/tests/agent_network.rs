@@ -164,6 +164,93 @@ fn tasks_reach_beyond_the_node_only_through_outbound_nat() {
 }
 
 #[test]
+fn a_task_cannot_reach_node_services_bound_to_loopback() {
+    let lab = NodeLab::new(8);
+    let config = lab.config();
+    lab.run(|| async {
+        let node = NodeNetwork::new(lab.config()).await.expect("node network");
+        let task = TaskNetwork::create(&node, "attacker").await.expect("task");
+        // A node service that trusts loopback, and a localhost-published port (must keep working).
+        lab.serve_http_on(lab.node_netns(), "127.0.0.1:9999", "node secret\n");
+        wait_for_http(addr(Ipv4Addr::LOCALHOST, 9999), SERVE_TIMEOUT);
+        lab.serve_http(&task.netns_path, 8080, "published\n");
+        wait_for_http(addr(task.ip, 8080), SERVE_TIMEOUT);
+        let host_port = node.publish(task.ip, 8080).await.expect("publish");
+
+        // The attack of CVE-2020-8558: the task routes 127.0.0.0/8 out of eth0 to the gateway's
+        // MAC, hoping the node's route_localnet lets the packets reach its loopback services.
+        let bridge_mac =
+            String::from_utf8_lossy(&ip(&["-o", "link", "show", &config.bridge]).stdout)
+                .split_whitespace()
+                .skip_while(|word| *word != "link/ether")
+                .nth(1)
+                .expect("the bridge's MAC")
+                .to_owned();
+        let gateway = node.gateway().to_string();
+        for args in [
+            &["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"][..],
+            &["sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1"],
+            // Removing lo's address also removes the local routes of 127.0.0.0/8.
+            &["ip", "addr", "del", "127.0.0.1/8", "dev", "lo"],
+            &[
+                "ip",
+                "route",
+                "add",
+                "127.0.0.0/8",
+                "via",
+                &gateway,
+                "dev",
+                "eth0",
+            ],
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                "127.0.0.1",
+                "lladdr",
+                &bridge_mac,
+                "dev",
+                "eth0",
+            ],
+        ] {
+            let out = nsenter(&task.netns_path, args);
+            assert!(out.status.success(), "{args:?} in the task: {out:?}");
+        }
+        let attack = nsenter(
+            &task.netns_path,
+            &[
+                "timeout",
+                "2",
+                "busybox",
+                "wget",
+                "-q",
+                "-O-",
+                "http://127.0.0.1:9999/",
+            ],
+        );
+        assert!(
+            !attack.status.success() && !String::from_utf8_lossy(&attack.stdout).contains("secret"),
+            "the task reached the node's loopback: {attack:?}"
+        );
+        let table = std::process::Command::new(&config.nft)
+            .args(["list", "chain", "ip", &config.nft_table, "input"])
+            .output()
+            .expect("nft list chain");
+        let listing = String::from_utf8_lossy(&table.stdout).into_owned();
+        assert!(
+            listing.contains("counter packets") && !listing.contains("counter packets 0 "),
+            "the guard dropped nothing, so the attack never arrived: {listing}"
+        );
+        assert_eq!(
+            http_get(addr(Ipv4Addr::LOCALHOST, host_port), SERVE_TIMEOUT).unwrap(),
+            "published\n",
+            "the guard must not break 127.0.0.1 -> published port"
+        );
+        node.teardown().await.expect("teardown");
+    });
+}
+
+#[test]
 fn published_port_forwards_localhost_and_gateway_to_the_task_until_destroyed() {
     let lab = NodeLab::new(2);
     lab.run(|| async {

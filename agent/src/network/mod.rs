@@ -32,6 +32,9 @@
 //! - **127.0.0.1**: `route_localnet=1` on the bridge lets the kernel route a packet whose source
 //!   is 127.0.0.1 out of the bridge after DNAT, and `postrouting` masquerades such packets to
 //!   the gateway address so the task's reply comes back to the node.
+//!   `route_localnet` alone would also let a task address the node's loopback services through
+//!   the bridge (kube-proxy's CVE-2020-8558), so an `input` chain drops packets from the bridge
+//!   to 127.0.0.0/8 unless they belong to a connection the node opened.
 //! - **hairpin**: a task connecting to its own (or a neighbour's) published port through a node
 //!   address is masqueraded too (`ct status dnat` from the subnet out of the bridge), and each
 //!   bridge port has hairpin mode on so the packet may leave by the port it arrived on.

@@ -55,6 +55,16 @@ pub(crate) fn render_table<'a>(
          \t\tfib daddr type local jump published\n\
          \t}\n",
     );
+    // route_localnet (needed for 127.0.0.1 -> task DNAT) would also let a task send packets to
+    // the node's 127.0.0.0/8 services through the bridge (kube-proxy's CVE-2020-8558): only
+    // replies of connections the node opened may arrive from the bridge for loopback addresses.
+    let _ = write!(
+        text,
+        "\tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname \"{bridge}\" ip daddr 127.0.0.0/8 ct state != {{ established, related }} counter drop\n\
+         \t}}\n"
+    );
     let _ = write!(
         text,
         "\tchain postrouting {{\n\
@@ -181,6 +191,12 @@ mod tests {
         assert!(
             text.contains(
                 "oifname \"sched0\" ct status dnat ip saddr { 127.0.0.0/8, 10.88.0.0/24 } masquerade"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "iifname \"sched0\" ip daddr 127.0.0.0/8 ct state != { established, related } counter drop"
             ),
             "{text}"
         );

@@ -54,11 +54,6 @@ impl NodeNetwork {
         netlink
             .ensure_address(bridge, &config.bridge, gateway, config.subnet.prefix())
             .await?;
-        sysctl::set("net/ipv4/ip_forward", "1")?;
-        sysctl::set(
-            &format!("net/ipv4/conf/{}/route_localnet", config.bridge),
-            "1",
-        )?;
         netns::ensure_shared_dir(&config.netns_dir)?;
         let node = Self {
             inner: Arc::new(NodeInner {
@@ -67,8 +62,14 @@ impl NodeNetwork {
                 state: Mutex::new(NodeState { ipam, ports }),
             }),
         };
+        // The table first: its input chain guards loopback before route_localnet opens it.
         node.write_rules(&*node.inner.state.lock().await).await?;
         let config = &node.inner.config;
+        sysctl::set("net/ipv4/ip_forward", "1")?;
+        sysctl::set(
+            &format!("net/ipv4/conf/{}/route_localnet", config.bridge),
+            "1",
+        )?;
         info!(bridge = %config.bridge, subnet = %config.subnet, table = %config.nft_table, "node network ready");
         Ok(node)
     }
