@@ -98,7 +98,7 @@ fn tasks_on_one_bridge_reach_each_other_and_the_gateway() {
 }
 
 #[test]
-fn tasks_reach_beyond_the_node_only_through_outbound_nat() {
+fn outbound_nat_and_published_ports_work_across_an_uplink() {
     let lab = NodeLab::new(7);
     // An "outside" host on an uplink of the node (10.198.7.0/30), with no route back to the
     // task subnet: a task's connection can only be answered if the node masquerades it.
@@ -158,6 +158,22 @@ fn tasks_reach_beyond_the_node_only_through_outbound_nat() {
             String::from_utf8_lossy(&fetched.stdout),
             "outside the node\n",
             "{fetched:?}"
+        );
+
+        // The other way: a remote client reaches a published port on the node's uplink address
+        // (prerouting DNAT; the task's reply is un-NATed on its way back through the node).
+        lab.serve_http(&task.netns_path, 8080, "published to the outside\n");
+        wait_for_http(addr(task.ip, 8080), SERVE_TIMEOUT);
+        let host_port = node.publish(task.ip, 8080).await.expect("publish");
+        let url = format!("http://10.198.7.1:{host_port}/index.html");
+        let remote = nsenter(
+            &outside,
+            &["timeout", "3", "busybox", "wget", "-q", "-O-", &url],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&remote.stdout),
+            "published to the outside\n",
+            "{remote:?}"
         );
         node.teardown().await.expect("teardown");
     });
