@@ -70,8 +70,14 @@ pub fn run(mut args: InitArgs<'_>) -> ! {
         Ok(1) => {}
         _ => sys::exit_now(1),
     }
+    exec_program(target, late_seccomp, &args.signal_mask)
+}
+
+/// The last steps of an init or an exec'd process, after "ready": default signal dispositions
+/// and the caller's signal mask, the late seccomp filter, `execve`. Never returns.
+fn exec_program(target: exec::ExecTarget, late_seccomp: Option<seccomp::CompiledProfile>, signal_mask: &SigSet) -> ! {
     sys::reset_signal_dispositions();
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&args.signal_mask), None);
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(signal_mask), None);
     if let Some(Err(err)) = late_seccomp.map(|filter| filter.install()) {
         eprintln!("sched-runtime: {err}");
         sys::exit_now(1);

@@ -5,11 +5,11 @@
 
 use std::os::unix::net::UnixStream;
 
-use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+use nix::sys::signal::SigSet;
 use nix::sys::stat::{Mode, umask};
 use oci_spec::runtime::Process;
 
-use super::{NamespaceJoin, become_process, console, exec, seccomp};
+use super::{NamespaceJoin, become_process, console, exec, exec_program, seccomp};
 use crate::error::{Context, Result};
 use crate::sync::ChildChannel;
 use crate::sys;
@@ -39,15 +39,7 @@ pub fn run(mut args: TenantArgs<'_>) -> ! {
         eprintln!("sched-runtime: {err}");
         sys::exit_now(1);
     }
-    sys::reset_signal_dispositions();
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&args.signal_mask), None);
-    if let Some(Err(err)) = late_seccomp.map(|filter| filter.install()) {
-        eprintln!("sched-runtime: {err}");
-        sys::exit_now(1);
-    }
-    let err = target.exec();
-    eprintln!("sched-runtime: {err}");
-    sys::exit_now(127);
+    exec_program(target, late_seccomp, &args.signal_mask)
 }
 
 /// Returns the program to exec and the seccomp filter still to install right before `execve`.
