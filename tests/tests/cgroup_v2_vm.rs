@@ -227,6 +227,7 @@ fn cgroup_v2_memory_and_cpu_limits_in_a_vm() {
     );
     assert_eq!(get("oom_create_exit"), "0");
     assert_eq!(number("oom_memory_max"), MEMORY_LIMIT);
+    assert_eq!(get("oom_pids_max"), "64");
     assert_eq!(
         get("oom_stopped"),
         "0",

@@ -61,6 +61,8 @@ sed 's/^/SCHED-VM-LOG oom-run: /' /tmp/oom-run.log | tail -3
 $R create --bundle /bundles/oom oom < /dev/null > /tmp/oom.log 2>&1; rc=$?
 report "oom_create_exit=$rc"
 report "oom_memory_max=$(cat $CG/oom/memory.max 2>/dev/null || echo missing)"
+report "oom_swap_max=$(cat $CG/oom/memory.swap.max 2>/dev/null || echo missing)"
+report "oom_pids_max=$(cat $CG/oom/pids.max 2>/dev/null || echo missing)"
 $R start oom >> /tmp/oom.log 2>&1
 wait_status oom 600 stopped; rc=$?
 report "oom_stopped=$rc"
