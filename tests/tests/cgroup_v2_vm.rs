@@ -171,7 +171,7 @@ fn cgroup_v2_memory_and_cpu_limits_in_a_vm() {
         "cpu",
         BusyboxBundle::new()
             .shell("while :; do :; done")
-            .resources(json!({ "cpu": { "quota": 20000, "period": 100000 } })),
+            .resources(json!({ "cpu": { "quota": 20000, "period": 100000, "shares": 512 } })),
     );
     for (name, bundle) in [("oomrun", &oom_run), ("oom", &oom), ("cpu", &cpu)] {
         copy_tree(&bundle.bundle_dir(), &bundles.join(name));
@@ -250,6 +250,18 @@ fn cgroup_v2_memory_and_cpu_limits_in_a_vm() {
     // CPU: about 20% of one CPU, most periods throttled.
     assert_eq!(get("cpu_running"), "0");
     assert_eq!(get("cpu_max"), "20000/100000");
+    // Two conversions of cgroup v1 shares to v2 weight are in use: runc < 1.3's linear
+    // 1 + (shares - 2) * 9999 / 262142 (512 -> 20), and crun's / runc >= 1.3's
+    // 10^((l^2 + 125 l) / 612 - 7/34) with l = log2(shares), which maps 1024 to the default 100
+    // (512 -> 59; libcgroups uses it).
+    let linear = 1 + (512 - 2) * 9999 / 262142;
+    let l = 512f64.log2();
+    let quadratic = 10f64.powf((l * l + 125.0 * l) / 612.0 - 7.0 / 34.0).ceil() as u64;
+    let weight = number("cpu_weight");
+    assert!(
+        weight == linear || weight == quadratic,
+        "cpu.weight {weight} for shares 512: expected {linear} or {quadratic}"
+    );
     let share = number("cpu_usage_usec") as f64 / number("cpu_window_usec") as f64;
     let (periods, throttled) = (number("cpu_nr_periods"), number("cpu_nr_throttled"));
     eprintln!(

@@ -77,6 +77,7 @@ RUN=$!
 wait_status cpu 600 running; rc=$?
 report "cpu_running=$rc"
 report "cpu_max=$(tr ' ' / < $CG/cpu/cpu.max 2>/dev/null || echo missing)"
+report "cpu_weight=$(cat $CG/cpu/cpu.weight 2>/dev/null || echo missing)"
 sleep 1
 cp $CG/cpu/cpu.stat /tmp/s1; a=$(up)
 sleep 4
