@@ -70,7 +70,7 @@ fn apply_get_describe_scale_rollback_delete_round_trip() {
 fn malformed_files_are_rejected_with_positions_and_change_nothing() {
     let cluster = Cluster::start(ClusterOptions::default());
     cluster.sched_ok(&["apply", &example()]);
-    let before = cluster.sched_json(&["describe", "service", "quotes"]);
+    let before = settled_describe(&cluster, "quotes");
 
     let bad = cluster.dir().join("bad.toml");
     std::fs::write(&bad, "name = \"quotes\"\nimage = \"busybox\"\ncpus = 100\n").unwrap();
@@ -101,7 +101,7 @@ fn malformed_files_are_rejected_with_positions_and_change_nothing() {
 fn bad_grpc_requests_get_clear_errors_and_change_nothing() {
     let cluster = Cluster::start(ClusterOptions::default());
     cluster.sched_ok(&["apply", &example()]);
-    let before = cluster.sched_json(&["describe", "service", "quotes"]);
+    let before = settled_describe(&cluster, "quotes");
     let address = format!("http://{}", cluster.servers[&2].address);
 
     tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -184,4 +184,19 @@ fn unreachable_cluster_exits_2_and_bad_input_exits_1() {
     let out = cluster.sched(&["scale", "quotes", "not-a-number"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("invalid value 'not-a-number'"), "{}", stderr(&out));
+}
+
+/// `describe service NAME` once the leader's reconciler has acted on the last change (it places
+/// or, with no nodes, creates pending tasks within a period): two reads a period apart agree.
+fn settled_describe(cluster: &Cluster, name: &str) -> serde_json::Value {
+    let mut last = cluster.sched_json(&["describe", "service", name]);
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let now = cluster.sched_json(&["describe", "service", name]);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("describe service {name} never settled: {last:#}");
 }

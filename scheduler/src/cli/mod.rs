@@ -147,6 +147,10 @@ pub struct ServerArgs {
     /// Entries kept behind a snapshot for followers that lag a little.
     #[arg(long, default_value_t = 1_000)]
     pub keep_entries: u64,
+    /// Milliseconds without a heartbeat after which a node is marked down and its tasks are
+    /// placed elsewhere.
+    #[arg(long, default_value_t = 10_000)]
+    pub node_timeout_ms: u64,
 }
 
 /// What went wrong, and which exit code it means.
@@ -391,7 +395,13 @@ async fn serve(args: ServerArgs) -> Result<(), CliError> {
     raft.heartbeat_ticks = 1;
     raft.snapshot_every = args.snapshot_every.max(1);
     raft.keep_entries = args.keep_entries;
-    let config = ServerConfig { raft, data_dir: args.data_dir, advertise: args.listen, initial_cluster };
+    let config = ServerConfig {
+        raft,
+        data_dir: args.data_dir,
+        advertise: args.listen,
+        initial_cluster,
+        node_timeout: Duration::from_millis(args.node_timeout_ms.max(1)),
+    };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CliError::BadInput(format!("cannot watch for SIGTERM: {e}")))?;
     let shutdown = async move {

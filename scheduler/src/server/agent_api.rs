@@ -3,8 +3,8 @@
 //! - `Register` records the node through Raft (matched by name, so a restarted agent keeps its
 //!   id) and returns its id.
 //! - `Heartbeat` is not replicated: the answering server notes the time and the metrics in
-//!   [`Heartbeats`]. (Issue 5's down-detection runs on the leader, so agents should heartbeat
-//!   the leader, or followers should forward; not decided yet.)
+//!   [`Heartbeats`], and a follower forwards it to the leader (once: the forwarded copy is
+//!   marked), whose duties ([`super::leader`]) decide node liveness from them.
 //! - `WatchAssignments` streams the node's complete desired task set: once at once, then after
 //!   every applied change to it (level-triggered; a reconnecting agent needs only the latest).
 //! - `ReportTaskStatus` records an observed state change through Raft.
@@ -12,12 +12,14 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use proto::agent::v1 as pb;
+use proto::agent::v1::agent_api_client::AgentApiClient;
 use proto::agent::v1::agent_api_server::AgentApi;
 use proto::sched::v1 as sched_pb;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::{errors, now_ms, views};
@@ -33,11 +35,49 @@ pub struct Heartbeats {
 pub struct AgentApiService {
     consensus: Arc<Consensus>,
     heartbeats: Arc<Heartbeats>,
+    /// Clients of the leader's AgentApi, by address, for forwarding heartbeats.
+    leaders: Mutex<HashMap<String, AgentApiClient<Channel>>>,
 }
+
+/// Marks a heartbeat a follower forwarded, so it is never forwarded again.
+const FORWARDED: &str = "x-sched-forwarded";
+/// A forwarded heartbeat that takes longer is dropped (the agent sends another soon).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl AgentApiService {
     pub fn new(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>) -> Self {
-        AgentApiService { consensus, heartbeats }
+        AgentApiService { consensus, heartbeats, leaders: Mutex::default() }
+    }
+
+    /// Passes a heartbeat on to the leader, whose duties (node liveness) need it.
+    async fn forward_to_leader(&self, heartbeat: pb::HeartbeatRequest) {
+        let status = self.consensus.raft().status();
+        if status.leader_id == 0 || status.leader_id == status.id {
+            return;
+        }
+        let Some(address) = self.consensus.raft().state().state.members().get(&status.leader_id).cloned() else { return };
+        let client = {
+            let mut leaders = self.leaders.lock().expect("leaders lock");
+            match leaders.get(&address) {
+                Some(c) => c.clone(),
+                None => match Endpoint::from_shared(format!("http://{address}")) {
+                    Ok(endpoint) => {
+                        let c = AgentApiClient::new(endpoint.connect_timeout(FORWARD_TIMEOUT).connect_lazy());
+                        leaders.insert(address.clone(), c.clone());
+                        c
+                    }
+                    Err(_) => return,
+                },
+            }
+        };
+        let mut request = Request::new(heartbeat);
+        request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        let mut client = client;
+        match tokio::time::timeout(FORWARD_TIMEOUT, client.heartbeat(request)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(status)) => tracing::debug!(leader = %address, "forwarding a heartbeat failed: {}", status.message()),
+            Err(_) => tracing::debug!(leader = %address, "forwarding a heartbeat timed out"),
+        }
     }
 }
 
@@ -108,10 +148,14 @@ impl AgentApi for AgentApiService {
     }
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let forwarded = request.metadata().get(FORWARDED).is_some();
         let r = request.into_inner();
         let known = self.consensus.raft().state().state.node(r.node_id).is_some();
         if known {
-            self.heartbeats.last.lock().expect("heartbeats lock").insert(r.node_id, (Instant::now(), r.metrics));
+            self.heartbeats.last.lock().expect("heartbeats lock").insert(r.node_id, (Instant::now(), r.metrics.clone()));
+            if !forwarded {
+                self.forward_to_leader(r).await;
+            }
         }
         Ok(Response::new(pb::HeartbeatResponse { known }))
     }

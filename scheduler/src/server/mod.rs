@@ -9,6 +9,7 @@
 mod agent_api;
 mod cluster_api;
 mod errors;
+mod leader;
 mod peer_api;
 mod service_api;
 mod views;
@@ -40,6 +41,8 @@ pub struct ServerConfig {
     pub advertise: String,
     /// The first start's voters (id -> address); empty for a server that will be joined.
     pub initial_cluster: BTreeMap<u64, String>,
+    /// A node whose heartbeats stop for this long is marked down and its tasks placed elsewhere.
+    pub node_timeout: std::time::Duration,
 }
 
 /// Why the server could not start or stopped.
@@ -83,6 +86,8 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     let consensus = Arc::new(Consensus::new((*raft).clone()));
     tracing::info!(id, address = %config.advertise, data_dir = %config.data_dir.display(), "sched server starting");
 
+    let heartbeats = Arc::new(agent_api::Heartbeats::default());
+    let leader_duties = tokio::spawn(leader::run(consensus.clone(), heartbeats.clone(), config.node_timeout));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ServiceApiServer<service_api::ServiceApiService>>().await;
     health.set_serving::<ClusterApiServer<cluster_api::ClusterApiService>>().await;
@@ -97,7 +102,7 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
         .add_service(reflection)
         .add_service(ServiceApiServer::new(service_api::ServiceApiService::new(consensus.clone())))
         .add_service(ClusterApiServer::new(cluster_api::ClusterApiService::new(consensus.clone())))
-        .add_service(AgentApiServer::new(agent_api::AgentApiService::new(consensus.clone(), Arc::new(agent_api::Heartbeats::default()))))
+        .add_service(AgentApiServer::new(agent_api::AgentApiService::new(consensus.clone(), heartbeats.clone())))
         .add_service(
             RaftPeerServer::new(peer_api::RaftPeerService::new(raft.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
@@ -112,12 +117,13 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
         served = serve => {
             // Stop the loop and wait until it is gone, so the log is closed (and its directory
             // lock released) when this returns.
+            leader_duties.abort();
             node_task.abort();
             let _ = node_task.await;
             served?;
             Ok(())
         }
-        stopped = &mut node_task => match stopped {
+        stopped = &mut node_task => match { leader_duties.abort(); stopped } {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.into()),
             Err(join) => panic!("the raft loop panicked: {join}"),

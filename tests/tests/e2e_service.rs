@@ -1,0 +1,126 @@
+//! The product's loop end to end, with real processes: a `sched server`, a `sched-agent` and a
+//! loopback registry. `sched apply` makes tasks that the leader places on the agent's node, the
+//! agent pulls the image and runs them under shims, and reports them running; `scale` and
+//! `delete` stop and remove them again, leaving no container behind.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sched_tests::bundle::{cgroup_hierarchies, runtime_binary, unique_name};
+use sched_tests::busybox_image::push_busybox;
+use sched_tests::cluster::{Cluster, ClusterOptions, sched_binary};
+use sched_tests::registry::Registry;
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A `sched-agent` process with its own data dir and cgroup parent; killed, its tasks deleted
+/// and its cgroups removed on drop.
+struct Agent {
+    child: Child,
+    data_dir: std::path::PathBuf,
+    cgroup_parent: String,
+}
+
+impl Agent {
+    fn start(cluster: &Cluster, name: &str) -> Agent {
+        let data_dir = cluster.dir().join(format!("agent-{name}"));
+        let cgroup_parent = format!("/sched-test-{}", unique_name());
+        let log = std::fs::File::create(cluster.dir().join(format!("agent-{name}.log"))).unwrap();
+        let agent = sched_binary().with_file_name("sched-agent");
+        assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
+        let child = Command::new(agent)
+            .args(["--server", &cluster.addresses(), "--name", name, "--no-network", "--stop-grace", "1"])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--cgroup-parent", &cgroup_parent])
+            .arg("--runtime")
+            .arg(runtime_binary())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start sched-agent");
+        Agent { child, data_dir, cgroup_parent }
+    }
+
+    /// Containers the node's runtime knows, by status.
+    fn containers(&self) -> Vec<(String, String)> {
+        let out = Command::new(runtime_binary())
+            .arg("--root")
+            .arg(self.data_dir.join("runtime"))
+            .args(["list", "--format", "json"])
+            .output()
+            .expect("sched-runtime list");
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
+        list.as_array()
+            .map(|a| a.iter().map(|c| (c["id"].as_str().unwrap_or("").to_string(), c["status"].as_str().unwrap_or("").to_string())).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for (id, _) in self.containers() {
+            let _ = Command::new(runtime_binary()).arg("--root").arg(self.data_dir.join("runtime")).args(["delete", "--force", &id]).output();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for m in sched_tests::bundle::mounts_under(&self.data_dir).iter().rev() {
+            let _ = nix::mount::umount2(std::path::Path::new(m), nix::mount::MntFlags::MNT_DETACH);
+        }
+        for h in cgroup_hierarchies() {
+            let parent = h.join(self.cgroup_parent.trim_start_matches('/'));
+            if let Ok(entries) = std::fs::read_dir(&parent) {
+                for e in entries.flatten().filter(|e| e.path().is_dir()) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&parent);
+        }
+    }
+}
+
+/// Polls `check` until it returns true; panics with `what` and `context()` after the timeout.
+#[track_caller]
+fn wait_until(what: &str, mut check: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}: {}", context());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn tasks(cluster: &Cluster) -> Vec<Value> {
+    cluster.sched_json(&["get", "tasks"]).as_array().cloned().unwrap_or_default()
+}
+
+fn count_state(cluster: &Cluster, state: &str) -> usize {
+    tasks(cluster).iter().filter(|t| t["observed_state"].as_str().is_some_and(|s| s.eq_ignore_ascii_case(state))).count()
+}
+
+#[test]
+fn apply_scale_and_delete_a_service_on_a_real_node() {
+    let registry = Registry::start();
+    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
+    let image = push_busybox(cluster.dir(), &registry.addr(), "sleepy:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
+    let agent = Agent::start(&cluster, "node1");
+    let file = cluster.dir().join("sleepy.toml");
+    std::fs::write(
+        &file,
+        format!("name = \"sleepy\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"echo started; sleep 1000\"]\ncpu = 100\nmemory = 64\ncount = 2\n"),
+    )
+    .unwrap();
+    cluster.sched_ok(&["apply", &file.to_string_lossy()]);
+    let context = || format!("tasks: {:#?}\ncontainers: {:?}", tasks(&cluster), agent.containers());
+    wait_until("2 tasks run", || count_state(&cluster, "running") == 2, context);
+    wait_until("2 containers run on the node", || agent.containers().iter().filter(|(_, s)| s == "running").count() == 2, context);
+
+    cluster.sched_ok(&["scale", "sleepy", "1"]);
+    wait_until("1 container is left", || agent.containers().len() == 1, context);
+    wait_until("1 task runs", || count_state(&cluster, "running") == 1, context);
+
+    cluster.sched_ok(&["delete", "sleepy"]);
+    wait_until("no container is left", || agent.containers().is_empty(), context);
+}
