@@ -58,7 +58,27 @@ impl ContainerCgroup {
             oom_score_adj: None,
             freezer_state: None,
         };
-        self.manager.apply(&opts).map_err(|e| self.error(e))
+        self.manager.apply(&opts).map_err(|e| self.error(e))?;
+        self.forbid_swap_when_asked(resources)
+    }
+
+    /// OCI `memory.swap` is memory+swap; equal to the limit it means "no swap". On cgroup v2
+    /// that is `memory.swap.max = 0`, which libcgroups 0.7 never writes (it skips zero), so a
+    /// container could swap on a v2 host with swap. Write it ourselves.
+    fn forbid_swap_when_asked(&self, resources: &LinuxResources) -> Result<()> {
+        let Some(memory) = resources.memory().as_ref() else { return Ok(()) };
+        if memory.limit().is_none() || memory.swap() != memory.limit() {
+            return Ok(());
+        }
+        let root = Path::new("/sys/fs/cgroup");
+        if !root.join("cgroup.controllers").exists() {
+            return Ok(()); // v1 or hybrid: libcgroups wrote memsw.limit_in_bytes
+        }
+        let file = root.join(self.path.strip_prefix("/").unwrap_or(&self.path)).join("memory.swap.max");
+        if !file.exists() {
+            return Ok(()); // the kernel has no swap accounting
+        }
+        std::fs::write(&file, "0").map_err(|e| self.error(format!("write {}: {e}", file.display())))
     }
 
     /// Freezes or thaws every process in the cgroup.

@@ -228,6 +228,7 @@ fn cgroup_v2_memory_and_cpu_limits_in_a_vm() {
     assert_eq!(get("oom_create_exit"), "0");
     assert_eq!(number("oom_memory_max"), MEMORY_LIMIT);
     assert_eq!(get("oom_pids_max"), "64");
+    assert_eq!(get("oom_swap_max"), "0", "memory.swap = memory.limit means no swap (memory.swap.max 0)");
     assert_eq!(
         get("oom_stopped"),
         "0",

@@ -37,7 +37,12 @@ impl Container {
         }
         // The directories recorded at create: removing them needs no cgroup discovery, which
         // keeps delete on the fast path of every container stop.
-        crate::cgroups::remove_dirs(&self.state.cgroup_dirs, CGROUP_REMOVE_TIMEOUT)?;
+        if self.state.cgroup_dirs.is_empty() {
+            // A state written by an older runtime, before the dirs were recorded.
+            crate::cgroups::ContainerCgroup::open(&self.state.cgroup_path, self.id())?.remove()?;
+        } else {
+            crate::cgroups::remove_dirs(&self.state.cgroup_dirs, CGROUP_REMOVE_TIMEOUT)?;
+        }
         std::fs::remove_dir_all(&self.dir)
             .map_err(|e| Error::Io { what: format!("remove {}", self.dir.display()), source: e })
     }
