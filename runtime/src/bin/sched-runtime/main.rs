@@ -72,6 +72,13 @@ enum Command {
         /// Create and start, then return at once instead of waiting.
         #[arg(short, long)]
         detach: bool,
+        /// Run a pulled image (`image pull REF` first) instead of a bundle: its rootfs is an
+        /// overlay snapshot, its config the image's; removed again when the container ends.
+        #[arg(long)]
+        image: Option<String>,
+        /// With --image: the command to run instead of the image's entrypoint and cmd.
+        #[arg(last = true)]
+        command: Vec<String>,
     },
     /// Run another process inside a created or running container.
     Exec(ExecArgs),
@@ -317,11 +324,17 @@ fn execute(cli: Cli) -> Result<i32> {
         }
         Command::Pause { id } => Container::load(&root, id)?.pause()?,
         Command::Resume { id } => Container::load(&root, id)?.resume()?,
-        Command::Run { create, detach: true } => {
+        Command::Run { create, detach, image: Some(reference), command } => {
+            if *detach {
+                anyhow::bail!("--image runs in the foreground only (its rootfs is released when the container ends): drop --detach");
+            }
+            return run_image(&root, &cli.data_dir, create, reference, command);
+        }
+        Command::Run { create, detach: true, image: None, .. } => {
             let container = Container::create(&root, &create.options()?, current_mask()?)?;
             container.start()?;
         }
-        Command::Run { create, detach: false } => return Ok(Container::run(&root, &create.options()?)?),
+        Command::Run { create, detach: false, image: None, .. } => return Ok(Container::run(&root, &create.options()?)?),
         Command::State { id } => {
             let state = Container::load(&root, id)?.state();
             println!("{}", serde_json::to_string_pretty(&state)?);
@@ -336,6 +349,39 @@ fn execute(cli: Cli) -> Result<i32> {
         Command::List { format, quiet } => list(&root, *format, *quiet)?,
     }
     Ok(0)
+}
+
+/// `run --image REF`: a bundle under `<data dir>/bundles/<id>` from a pulled image, run in the
+/// foreground, then its rootfs released and the bundle removed.
+fn run_image(root: &StateRoot, data_dir: &std::path::Path, create: &CreateArgs, reference: &str, command: &[String]) -> Result<i32> {
+    use runtime::image::{ImageService, ImageServiceOptions, ProcessOverrides};
+    let images = ImageService::open(data_dir, ImageServiceOptions::default())?;
+    if images.get(reference).is_err() {
+        anyhow::bail!("image {reference} is not pulled: run `sched-runtime image pull {reference}` first");
+    }
+    runtime::state::validate_id(&create.id)?;
+    let bundle = data_dir.join("bundles").join(&create.id);
+    if bundle.exists() {
+        anyhow::bail!("{} exists: is container {} running from an image already?", bundle.display(), create.id);
+    }
+    std::fs::create_dir_all(&bundle).with_context(|| format!("create {}", bundle.display()))?;
+    let result = (|| {
+        let prepared = images.prepare_rootfs(reference, &create.id)?;
+        let overrides = ProcessOverrides {
+            entrypoint: (!command.is_empty()).then(|| command.to_vec()),
+            ..Default::default()
+        };
+        let spec = images.spec_for(&prepared, &overrides, runtime::spec_template::default_spec(&[]))?;
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&spec)?)
+            .with_context(|| format!("write {}/config.json", bundle.display()))?;
+        let opts = CreateOptions { bundle: bundle.clone(), ..create.options()? };
+        Ok::<_, anyhow::Error>(Container::run(root, &opts)?)
+    })();
+    let released = images.release_rootfs(&create.id);
+    let _ = std::fs::remove_dir_all(&bundle);
+    let code = result?;
+    released?;
+    Ok(code)
 }
 
 /// The process to exec: `--process FILE`, or the container's own process changed by the flags.
