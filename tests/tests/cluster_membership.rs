@@ -55,3 +55,25 @@ fn remove_a_server_then_add_it_back_empty_and_it_catches_up() {
     cluster.sched_ok(&["apply", third.to_str().unwrap()]);
     assert!(service_names(&cluster, &address, false).unwrap().contains("third"));
 }
+
+#[test]
+fn removing_the_leader_lets_the_others_elect_a_new_one() {
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_for_leader(Duration::from_secs(5));
+    assert_eq!(cluster.sched_ok(&["cluster", "leave", &leader.to_string()]).trim(), format!("server {leader} removed from the cluster"));
+    // The removed server keeps running but goes quiet; the other two elect a leader and commit.
+    let start = Instant::now();
+    let file = cluster.service_file("after-leave", "busybox:1.36", 1);
+    loop {
+        let out = cluster.sched(&["apply", file.to_str().unwrap()]);
+        if out.status.success() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no write after removing the leader: {}", stderr(&out));
+    }
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(5));
+    assert_ne!(new_leader, leader);
+    let remaining: Vec<u64> = cluster.servers.keys().copied().filter(|id| *id != leader).collect();
+    assert_eq!(member_ids(&cluster), remaining);
+    cluster.kill(leader);
+}

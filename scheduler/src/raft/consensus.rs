@@ -99,17 +99,18 @@ impl Consensus {
         };
         let mut client = {
             let mut clients = self.leaders.lock().expect("clients lock");
-            let client = clients.entry(address.clone()).or_insert_with(|| {
-                let channel = Endpoint::from_shared(format!("http://{address}"))
-                    .expect("peer addresses are host:port")
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                RaftPeerClient::new(channel)
+            if !clients.contains_key(&address) {
+                let Ok(endpoint) = Endpoint::from_shared(format!("http://{address}")) else {
+                    tracing::warn!(leader, "the leader's address {address:?} is not HOST:PORT");
+                    return Err(ProposeFailure::NotLeader { me: self.raft.id() });
+                };
+                let channel = endpoint.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect_lazy();
+                let client = RaftPeerClient::new(channel)
                     .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
-            });
-            client.clone()
+                    .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+                clients.insert(address.clone(), client);
+            }
+            clients[&address].clone()
         };
         let request = ProposeRequest { proposal: serde_json::to_vec(proposal).expect("proposals serialize") };
         // A leader that froze or was cut off may never answer; once this server sees another

@@ -242,7 +242,11 @@ impl RaftNode {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    self.raw.tick();
+                    // A removed server goes quiet: were it the leader, its heartbeats would keep
+                    // the remaining servers from electing a new one.
+                    if !self.removed {
+                        self.raw.tick();
+                    }
                 }
                 request = self.requests.recv() => {
                     let Some(request) = request else { return Ok(()) };
@@ -265,6 +269,7 @@ impl RaftNode {
 
     fn handle(&mut self, request: Request) {
         match request {
+            Request::Step(_) if self.removed => {}
             Request::Step(message) => {
                 if let Err(e) = self.raw.step(message) {
                     tracing::debug!("ignored a raft message: {e}");
@@ -291,7 +296,10 @@ impl RaftNode {
     }
 
     fn propose(&mut self, proposal: Proposal, reply: ProposeReply) {
-        if self.raw.raft.state != StateRole::Leader {
+        // A removed leader still believes it leads (raft-rs does not step it down); it must
+        // not take proposals, which would make it send appends that keep the remaining servers
+        // from electing a new leader.
+        if self.raw.raft.state != StateRole::Leader || self.removed {
             let _ = reply.send(Err(ProposeFailure::NotLeader { me: self.options.id }));
             return;
         }
@@ -433,6 +441,7 @@ impl RaftNode {
                 self.transport.forget(change.node_id);
                 if change.node_id == self.options.id {
                     self.removed = true;
+                    self.transport.mute();
                     tracing::warn!("this server was removed from the cluster; it no longer takes part");
                 }
                 tracing::info!(server = change.node_id, "server removed from the cluster");

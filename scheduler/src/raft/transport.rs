@@ -42,11 +42,21 @@ pub struct Transport {
     addresses: Mutex<HashMap<u64, String>>,
     peers: Mutex<HashMap<u64, Peer>>,
     feedback: OnceLock<mpsc::Sender<Request>>,
+    /// Set once this server is removed: it sends nothing more, or (were it the leader) its
+    /// messages would keep the others from electing a new leader.
+    muted: std::sync::atomic::AtomicBool,
 }
 
 impl Transport {
     pub fn new(me: u64, my_address: String) -> Transport {
-        Transport { me, my_address, addresses: Mutex::default(), peers: Mutex::default(), feedback: OnceLock::new() }
+        Transport {
+            me,
+            my_address,
+            addresses: Mutex::default(),
+            peers: Mutex::default(),
+            feedback: OnceLock::new(),
+            muted: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     pub(crate) fn set_feedback(&self, feedback: mpsc::Sender<Request>) {
@@ -74,8 +84,17 @@ impl Transport {
         self.addresses.lock().expect("addresses lock").get(&id).cloned()
     }
 
+    /// Stops all sending for good (this server was removed from the cluster).
+    pub fn mute(&self) {
+        self.muted.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.peers.lock().expect("peers lock").clear();
+    }
+
     /// Queues messages for their peers; never blocks.
     pub fn send(&self, messages: Vec<Message>) {
+        if self.muted.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         for message in messages {
             let to = message.to;
             let Some(address) = self.address_of(to) else {

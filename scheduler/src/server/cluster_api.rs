@@ -22,11 +22,13 @@ impl ClusterApiService {
         ClusterApiService { consensus }
     }
 
-    /// The voters as this server knows them after a linearizable read.
-    async fn members(&self) -> Result<(Vec<pb::Member>, NodeStatus), Status> {
+    /// The voters as this server knows them: after a linearizable read, or (`stale`) right
+    /// after this server's own write, which it has applied already — and which may have
+    /// removed this very server, so that no ReadIndex would be answered any more.
+    async fn members(&self, stale: bool) -> Result<(Vec<pb::Member>, NodeStatus), Status> {
         let members = self
             .consensus
-            .read(false, |a| a.state.members().clone())
+            .read(stale, |a| a.state.members().clone())
             .await
             .map_err(errors::consensus)?;
         let status = self.consensus.raft().status();
@@ -45,7 +47,7 @@ impl ClusterApiService {
 #[tonic::async_trait]
 impl ClusterApi for ClusterApiService {
     async fn members(&self, _request: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
-        let (members, status) = ClusterApiService::members(self).await?;
+        let (members, status) = ClusterApiService::members(self, false).await?;
         Ok(Response::new(pb::MembersResponse {
             members,
             leader_id: status.leader_id,
@@ -84,7 +86,7 @@ impl ClusterApi for ClusterApiService {
                     .map_err(errors::rejection)?;
             }
         }
-        let (members, _) = ClusterApiService::members(self).await?;
+        let (members, _) = ClusterApiService::members(self, true).await?;
         Ok(Response::new(pb::JoinResponse { members }))
     }
 
@@ -103,7 +105,7 @@ impl ClusterApi for ClusterApiService {
             .await
             .map_err(errors::consensus)?
             .map_err(errors::rejection)?;
-        let (members, _) = ClusterApiService::members(self).await?;
+        let (members, _) = ClusterApiService::members(self, true).await?;
         Ok(Response::new(pb::LeaveResponse { members }))
     }
 }
