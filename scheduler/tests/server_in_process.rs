@@ -23,6 +23,7 @@ async fn start(data_dir: &std::path::Path) -> (String, oneshot::Sender<()>, toki
         data_dir: data_dir.to_path_buf(),
         advertise: address.clone(),
         initial_cluster: BTreeMap::from([(1, address.clone())]),
+        node_timeout: Duration::from_secs(10),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
