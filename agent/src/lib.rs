@@ -5,6 +5,7 @@
 //! task networking (netns, veth, bridge, published ports), health checks, logs, CPU metrics read
 //! from cgroups, and the HTTP ingress. It never decides placement.
 //!
+//! - [`health`]: HTTP, TCP and command health checks and the status they add up to.
 //! - [`metrics`]: task CPU (fraction of its limit) and memory, from its cgroup.
 //! - [`network`]: node bridge, task namespaces and addresses, outbound NAT, published ports.
 //! - [`node`]: the daemon loop: register, heartbeat, follow assignments, act, report.
@@ -12,6 +13,7 @@
 //!   bundle, limits, stop with grace, exit codes and logs that survive agent restarts).
 
 pub mod error;
+pub mod health;
 pub mod metrics;
 pub mod network;
 pub mod node;

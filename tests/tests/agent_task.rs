@@ -52,6 +52,7 @@ impl Node {
             cpu_millis: 500,
             memory_mib: 64,
             ports: vec![],
+            health: None,
         }
     }
 }

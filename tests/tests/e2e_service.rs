@@ -124,3 +124,37 @@ fn apply_scale_and_delete_a_service_on_a_real_node() {
     cluster.sched_ok(&["delete", "sleepy"]);
     wait_until("no container is left", || agent.containers().is_empty(), context);
 }
+
+#[test]
+fn a_command_health_check_reports_healthy_then_unhealthy() {
+    let registry = Registry::start();
+    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
+    let image = push_busybox(cluster.dir(), &registry.addr(), "checked:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
+    let agent = Agent::start(&cluster, "node1");
+    let file = cluster.dir().join("checked.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"checked\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"sleep 1; touch /tmp/healthy; sleep 1000\"]\n\
+             count = 1\n[health]\nkind = \"cmd\"\ncommand = [\"test\", \"-f\", \"/tmp/healthy\"]\n\
+             interval = \"500ms\"\ntimeout = \"500ms\"\nretries = 2\n"
+        ),
+    )
+    .unwrap();
+    cluster.sched_ok(&["apply", &file.to_string_lossy()]);
+    let health = |cluster: &Cluster| tasks(cluster).first().and_then(|t| t["health"].as_str().map(str::to_string)).unwrap_or_default();
+    let context = || format!("tasks: {:#?}", tasks(&cluster));
+    wait_until("the task is healthy", || health(&cluster) == "healthy", context);
+    // Break it from inside the container: the check fails twice in a row.
+    let id = tasks(&cluster)[0]["id"].as_str().unwrap().to_string();
+    let out = Command::new(runtime_binary())
+        .arg("--root")
+        .arg(agent.data_dir.join("runtime"))
+        .args(["exec", &id, "rm", "/tmp/healthy"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    wait_until("the task is unhealthy", || health(&cluster) == "unhealthy", context);
+    cluster.sched_ok(&["delete", "checked"]);
+    wait_until("no container is left", || agent.containers().is_empty(), context);
+}

@@ -8,6 +8,7 @@
 //! heartbeat.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,20 +23,22 @@ use tonic::transport::{Channel, Endpoint};
 use super::AgentConfig;
 use super::plan::{Action, Seen, Wanted, plan};
 use crate::error::{AgentError, Result};
+use crate::health::{Health, HealthSpec, HealthTracker, Probe, ProbeTarget, probe};
 use crate::metrics::CpuSampler;
 use crate::network::{NodeNetwork, TaskNetwork};
 use crate::task::{DriverConfig, TaskDriver, TaskSpec, TaskStatus};
 
 /// How a background job ended.
 enum JobDone {
-    Started { task: String, result: std::result::Result<(i32, Vec<String>), String> },
+    Started { task: String, result: std::result::Result<(i32, Vec<String>, Option<Ipv4Addr>), String> },
     Stopped { task: String },
+    Probed { task: String, ok: bool },
 }
 
 /// The state last reported for a task (so each change is reported once).
 #[derive(Debug, Clone, PartialEq)]
 enum Reported {
-    Running,
+    Running(Option<Health>),
     Exited(i32),
     Failed(String),
 }
@@ -78,10 +81,10 @@ struct Node {
 impl Node {
     /// Network, container, published ports; returns the pid and the endpoints. On failure the
     /// task's network is removed again (the driver cleans up its own part).
-    async fn start(&self, spec: &TaskSpec, address: &str) -> std::result::Result<(i32, Vec<String>), String> {
+    async fn start(&self, spec: &TaskSpec, address: &str) -> std::result::Result<(i32, Vec<String>, Option<Ipv4Addr>), String> {
         let Some(network) = &self.network else {
             let pid = self.driver.start(spec, None).await.map_err(|e| e.to_string())?;
-            return Ok((pid, Vec::new()));
+            return Ok((pid, Vec::new(), None));
         };
         let net = TaskNetwork::create(network, &spec.id).await.map_err(|e| e.to_string())?;
         let started = async {
@@ -91,7 +94,7 @@ impl Node {
                 let host_port = network.publish(net.ip, *port).await.map_err(|e| e.to_string())?;
                 endpoints.push(format!("{address}:{host_port}"));
             }
-            Ok::<_, String>((pid, endpoints))
+            Ok::<_, String>((pid, endpoints, Some(net.ip)))
         }
         .await;
         if started.is_err() {
@@ -114,6 +117,14 @@ impl Node {
         }
     }
 
+    /// The address of every task with a network (after an agent restart too).
+    async fn ips(&self) -> HashMap<String, Ipv4Addr> {
+        match &self.network {
+            Some(network) => network.tasks().await.into_iter().map(|t| (t.task_id, t.ip)).collect(),
+            None => HashMap::new(),
+        }
+    }
+
     /// The endpoints of every task with published ports (after an agent restart too).
     async fn endpoints(&self, address: &str) -> HashMap<String, Vec<String>> {
         let mut out: HashMap<String, Vec<String>> = HashMap::new();
@@ -132,7 +143,7 @@ impl Node {
 async fn serve(config: &AgentConfig, node: Node) {
     let mut next = 0usize;
     let mut backoff = Duration::from_millis(100);
-    let mut state = NodeState { endpoints: node.endpoints(&config.address).await, ..Default::default() };
+    let mut state = NodeState { endpoints: node.endpoints(&config.address).await, ips: node.ips().await, ..Default::default() };
     loop {
         let server = &config.servers[next % config.servers.len()];
         let began = Instant::now();
@@ -160,6 +171,11 @@ struct NodeState {
     failed: HashMap<String, String>,
     /// `node_address:host_port` of each task's published ports.
     endpoints: HashMap<String, Vec<String>>,
+    /// Each task's address on the node bridge.
+    ips: HashMap<String, Ipv4Addr>,
+    /// Health of tasks with a check: tracker, when it was first seen running, next probe time,
+    /// and whether a probe is in flight.
+    health: HashMap<String, HealthState>,
     cpu: CpuSampler,
 }
 
@@ -215,6 +231,7 @@ async fn session(config: &AgentConfig, agent: &Node, server: &str, node: &mut No
             }
             _ = check.tick() => {
                 act(config, agent, node, &done_tx).await?;
+                probe_due(config, driver, node, &done_tx);
                 report_changes(&mut client, node_id, driver, node).await?;
             }
             Some(done) = done_rx.recv() => {
@@ -224,10 +241,20 @@ async fn session(config: &AgentConfig, agent: &Node, server: &str, node: &mut No
                         node.failed.insert(task.clone(), reason);
                         node.busy.remove(&task);
                     }
-                    JobDone::Started { task, result: Ok((pid, endpoints)) } => {
+                    JobDone::Started { task, result: Ok((pid, endpoints, ip)) } => {
                         tracing::info!(task, pid, ?endpoints, "task started");
                         node.endpoints.insert(task.clone(), endpoints);
+                        if let Some(ip) = ip {
+                            node.ips.insert(task.clone(), ip);
+                        }
                         node.busy.remove(&task);
+                    }
+                    JobDone::Probed { task, ok } => {
+                        let spec = node.wanted.get(&task).and_then(|w| w.spec.health.clone());
+                        if let (Some(spec), Some(h)) = (spec, node.health.get_mut(&task)) {
+                            h.tracker.record(&spec, ok, h.since.elapsed());
+                            h.in_flight = false;
+                        }
                     }
                     JobDone::Stopped { task } => {
                         node.busy.remove(&task);
@@ -268,11 +295,75 @@ fn wanted_from(assignments: &pb::Assignments) -> BTreeMap<String, Wanted> {
                 cpu_millis: spec.cpu_millis,
                 memory_mib: spec.memory_mib,
                 ports: spec.ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect(),
+                health: spec.health.as_ref().and_then(health_spec),
             };
             let running = a.desired_state != sched_pb::DesiredState::Stopped as i32;
             (a.task_id.clone(), Wanted { spec: task, running })
         })
         .collect()
+}
+
+/// The agent's health check from the wire form; defaults as the service.toml docs give them.
+fn health_spec(h: &sched_pb::HealthCheck) -> Option<HealthSpec> {
+    let probe = match sched_pb::HealthKind::try_from(h.kind).ok()? {
+        sched_pb::HealthKind::Http => Probe::Http {
+            port: u16::try_from(h.port).ok()?,
+            path: if h.path.is_empty() { "/".into() } else { h.path.clone() },
+        },
+        sched_pb::HealthKind::Tcp => Probe::Tcp { port: u16::try_from(h.port).ok()? },
+        sched_pb::HealthKind::Cmd if !h.command.is_empty() => Probe::Cmd { command: h.command.clone() },
+        _ => return None,
+    };
+    let ms = |v: u64, default: u64| Duration::from_millis(if v == 0 { default } else { v });
+    Some(HealthSpec {
+        probe,
+        interval: ms(h.interval_ms, 10_000),
+        timeout: ms(h.timeout_ms, 2_000),
+        retries: if h.retries == 0 { 3 } else { h.retries },
+        grace: Duration::from_millis(h.grace_ms),
+    })
+}
+
+/// One task's health bookkeeping.
+struct HealthState {
+    tracker: HealthTracker,
+    /// When the task was first seen running.
+    since: Instant,
+    next: Instant,
+    in_flight: bool,
+}
+
+/// Starts the probes that are due, as background jobs.
+fn probe_due(config: &AgentConfig, driver: &TaskDriver, node: &mut NodeState, done: &mpsc::UnboundedSender<JobDone>) {
+    let now = Instant::now();
+    for (id, wanted) in &node.wanted {
+        let Some(spec) = &wanted.spec.health else { continue };
+        if node.busy.contains(id) || !matches!(driver.status(id), Ok(TaskStatus::Running { pid }) if pid > 0) {
+            continue;
+        }
+        let h = node.health.entry(id.clone()).or_insert_with(|| HealthState {
+            tracker: HealthTracker::default(),
+            since: now,
+            next: now,
+            in_flight: false,
+        });
+        if h.in_flight || now < h.next {
+            continue;
+        }
+        h.in_flight = true;
+        h.next = now + spec.interval;
+        let target = ProbeTarget {
+            task_id: id.clone(),
+            ip: node.ips.get(id).copied(),
+            runtime_binary: config.runtime_binary.clone(),
+            state_root: config.data_dir.join("runtime"),
+        };
+        let (probe_spec, timeout, done, task) = (spec.probe.clone(), spec.timeout, done.clone(), id.clone());
+        tokio::spawn(async move {
+            let ok = probe(&probe_spec, &target, timeout).await;
+            let _ = done.send(JobDone::Probed { task, ok });
+        });
+    }
 }
 
 /// `repo:tag` + `sha256:...` -> `repo@sha256:...`: every node runs exactly the resolved image.
@@ -337,6 +428,8 @@ async fn act(config: &AgentConfig, agent: &Node, node: &mut NodeState, done: &mp
                 }
                 node.reported.remove(&id);
                 node.endpoints.remove(&id);
+                node.ips.remove(&id);
+                node.health.remove(&id);
             }
             Action::Remove(_) => {}
         }
@@ -355,7 +448,10 @@ async fn report_changes(client: &mut AgentApiClient<Channel>, node_id: u64, driv
             continue;
         }
         match driver.status(&id).map_err(|e| e.to_string())? {
-            TaskStatus::Running { pid } if pid > 0 => current.push((id, Reported::Running)),
+            TaskStatus::Running { pid } if pid > 0 => {
+                let health = node.health.get(&id).map(|h| h.tracker.status());
+                current.push((id, Reported::Running(health)));
+            }
             TaskStatus::Exited(exit) => current.push((id, Reported::Exited(exit.code))),
             _ => {}
         }
@@ -365,11 +461,11 @@ async fn report_changes(client: &mut AgentApiClient<Channel>, node_id: u64, driv
             continue;
         }
         let endpoints = match &state {
-            Reported::Running => node.endpoints.get(&id).cloned().unwrap_or_default(),
+            Reported::Running(_) => node.endpoints.get(&id).cloned().unwrap_or_default(),
             _ => Vec::new(),
         };
         let (task_state, exit_code, message) = match &state {
-            Reported::Running => (sched_pb::TaskState::Running, None, String::new()),
+            Reported::Running(_) => (sched_pb::TaskState::Running, None, String::new()),
             Reported::Exited(code) => (sched_pb::TaskState::Exited, Some(*code), String::new()),
             Reported::Failed(reason) => (sched_pb::TaskState::Failed, None, reason.clone()),
         };
@@ -380,7 +476,12 @@ async fn report_changes(client: &mut AgentApiClient<Channel>, node_id: u64, driv
                 state: task_state as i32,
                 exit_code,
                 endpoints,
-                health: sched_pb::HealthStatus::Unspecified as i32,
+                health: match &state {
+                    Reported::Running(Some(Health::Starting)) => sched_pb::HealthStatus::Starting,
+                    Reported::Running(Some(Health::Healthy)) => sched_pb::HealthStatus::Healthy,
+                    Reported::Running(Some(Health::Unhealthy)) => sched_pb::HealthStatus::Unhealthy,
+                    _ => sched_pb::HealthStatus::Unspecified,
+                } as i32,
                 message,
             })
             .await

@@ -67,6 +67,7 @@ mod tests {
             cpu_millis: 100,
             memory_mib: 64,
             ports: vec![],
+            health: None,
         }
     }
 

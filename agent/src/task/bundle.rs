@@ -34,6 +34,10 @@ pub fn overrides(task: &TaskSpec) -> ProcessOverrides {
 /// hostname and network namespace.
 pub fn finish_spec(mut spec: Spec, task: &TaskSpec, cgroup_parent: &str, netns: Option<&Path>) -> Result<Spec> {
     spec.set_hostname(Some(short_hostname(&task.id)));
+    // A task's root is writable (into its own overlay upper dir), as in docker and ECS.
+    if let Some(root) = spec.root_mut().as_mut() {
+        root.set_readonly(Some(false));
+    }
     let mut resources = LinuxResourcesBuilder::default();
     if task.cpu_millis > 0 {
         let quota = i64::from(task.cpu_millis) * CPU_PERIOD_US as i64 / 1000;
@@ -95,6 +99,7 @@ mod tests {
             cpu_millis: 250,
             memory_mib: 128,
             ports: vec![8080],
+            health: None,
         }
     }
 

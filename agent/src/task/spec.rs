@@ -20,4 +20,6 @@ pub struct TaskSpec {
     pub memory_mib: u32,
     /// Container ports (TCP) the task serves on.
     pub ports: Vec<u16>,
+    /// The health check, if the service has one.
+    pub health: Option<crate::health::HealthSpec>,
 }
