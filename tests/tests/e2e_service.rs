@@ -26,22 +26,37 @@ impl Agent {
     fn start(cluster: &Cluster, name: &str) -> Agent {
         let data_dir = cluster.dir().join(format!("agent-{name}"));
         let cgroup_parent = format!("/sched-test-{}", unique_name());
-        let log = std::fs::File::create(cluster.dir().join(format!("agent-{name}.log"))).unwrap();
+        let child = Self::spawn(cluster, name, &data_dir, &cgroup_parent);
+        Agent { child, data_dir, cgroup_parent }
+    }
+
+    /// Starts the agent again with the same name, data dir and cgroup parent.
+    fn restart(&mut self, cluster: &Cluster, name: &str) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(cluster, name, &self.data_dir, &self.cgroup_parent);
+    }
+
+    fn spawn(cluster: &Cluster, name: &str, data_dir: &std::path::Path, cgroup_parent: &str) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cluster.dir().join(format!("agent-{name}.log")))
+            .unwrap();
         let agent = sched_binary().with_file_name("sched-agent");
         assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
-        let child = Command::new(agent)
+        Command::new(agent)
             .args(["--server", &cluster.addresses(), "--name", name, "--no-network", "--stop-grace", "1"])
             .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--cgroup-parent", &cgroup_parent])
+            .arg(data_dir)
+            .args(["--cgroup-parent", cgroup_parent])
             .arg("--runtime")
             .arg(runtime_binary())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("start sched-agent");
-        Agent { child, data_dir, cgroup_parent }
+            .expect("start sched-agent")
     }
 
     /// Containers the node's runtime knows, by status.
@@ -156,5 +171,35 @@ fn a_command_health_check_reports_healthy_then_unhealthy() {
     assert!(out.status.success(), "{out:?}");
     wait_until("the task is unhealthy", || health(&cluster) == "unhealthy", context);
     cluster.sched_ok(&["delete", "checked"]);
+    wait_until("no container is left", || agent.containers().is_empty(), context);
+}
+
+#[test]
+fn tasks_outlive_an_agent_restart_and_nothing_runs_twice() {
+    let registry = Registry::start();
+    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
+    let image = push_busybox(cluster.dir(), &registry.addr(), "steady:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
+    let mut agent = Agent::start(&cluster, "node1");
+    let file = cluster.dir().join("steady.toml");
+    std::fs::write(&file, format!("name = \"steady\"\nimage = \"{image}\"\ncommand = [\"sleep\", \"1000\"]\ncount = 2\n")).unwrap();
+    cluster.sched_ok(&["apply", &file.to_string_lossy()]);
+    let context = || format!("tasks: {:#?}", tasks(&cluster));
+    wait_until("2 containers run", || agent.containers().iter().filter(|(_, s)| s == "running").count() == 2, context);
+    let before = agent.containers();
+
+    // kill -9 the agent: its tasks keep running under their shims.
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(agent.containers(), before, "the tasks run on without their agent");
+
+    // The restarted agent (same name, same data dir) adopts them instead of starting new ones.
+    agent.restart(&cluster, "node1");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(agent.containers(), before, "nothing was started twice or stopped");
+    wait_until("both tasks still reported running", || count_state(&cluster, "running") == 2, context);
+    assert_eq!(tasks(&cluster).len(), 2, "no replacement tasks were created: {}", context());
+
+    cluster.sched_ok(&["delete", "steady"]);
     wait_until("no container is left", || agent.containers().is_empty(), context);
 }
