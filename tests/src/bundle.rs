@@ -623,8 +623,9 @@ impl Drop for BusyboxBundle {
     }
 }
 
-/// runc's `spec` default, adjusted for tests: no terminal, a writable root, our cgroup path.
-fn default_config(name: &str) -> Value {
+/// runc's `spec` default, adjusted for tests: no terminal, a writable root, cgroup `/NAME`.
+/// Public so the benchmark runs exactly the tests' container.
+pub fn default_config(name: &str) -> Value {
     let caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"];
     json!({
         "ociVersion": "1.0.2",
@@ -704,6 +705,20 @@ fn build_rootfs(rootfs: &Path) -> io::Result<()> {
         "root:x:0:\ntester:x:1000:\nextra:x:2000:\n",
     )?;
     Ok(())
+}
+
+/// Removes cgroup `parent` (e.g. `/sched-test-x`, an agent's or podman's cgroup parent) and the
+/// empty cgroups directly under it, in every hierarchy. Errors are ignored: cleanup of a test.
+pub fn remove_cgroup_parent(parent: &str) {
+    for hierarchy in cgroup_hierarchies() {
+        let dir = hierarchy.join(parent.trim_start_matches('/'));
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries.flatten().filter(|e| e.path().is_dir()) {
+                let _ = fs::remove_dir(entry.path());
+            }
+        }
+        let _ = fs::remove_dir(&dir);
+    }
 }
 
 /// Every mounted cgroup hierarchy under /sys/fs/cgroup: the v1 controller dirs, the hybrid

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use agent::task::{DriverConfig, TaskDriver, TaskSpec, TaskStatus};
 use runtime::image::{ImageService, ImageServiceOptions};
-use sched_tests::bundle::{cgroup_hierarchies, runtime_binary, unique_name};
+use sched_tests::bundle::{runtime_binary, unique_name};
 use sched_tests::busybox_image::push_busybox;
 use sched_tests::registry::Registry;
 use serde_json::json;
@@ -71,15 +71,7 @@ impl Drop for Node {
         for m in sched_tests::bundle::mounts_under(self.dir.path()).iter().rev() {
             let _ = nix::mount::umount2(PathBuf::from(m).as_path(), nix::mount::MntFlags::MNT_DETACH);
         }
-        for h in cgroup_hierarchies() {
-            let parent = h.join(self.cgroup_parent.trim_start_matches('/'));
-            if let Ok(entries) = std::fs::read_dir(&parent) {
-                for e in entries.flatten().filter(|e| e.path().is_dir()) {
-                    let _ = std::fs::remove_dir(e.path());
-                }
-            }
-            let _ = std::fs::remove_dir(&parent);
-        }
+        sched_tests::bundle::remove_cgroup_parent(&self.cgroup_parent);
     }
 }
 

@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sched_tests::bundle::{cgroup_hierarchies, runtime_binary, unique_name};
+use sched_tests::bundle::{runtime_binary, unique_name};
 use sched_tests::busybox_image::push_busybox;
 use sched_tests::cluster::{Cluster, ClusterOptions, sched_binary};
 use sched_tests::registry::Registry;
@@ -85,15 +85,7 @@ impl Drop for Agent {
         for m in sched_tests::bundle::mounts_under(&self.data_dir).iter().rev() {
             let _ = nix::mount::umount2(std::path::Path::new(m), nix::mount::MntFlags::MNT_DETACH);
         }
-        for h in cgroup_hierarchies() {
-            let parent = h.join(self.cgroup_parent.trim_start_matches('/'));
-            if let Ok(entries) = std::fs::read_dir(&parent) {
-                for e in entries.flatten().filter(|e| e.path().is_dir()) {
-                    let _ = std::fs::remove_dir(e.path());
-                }
-            }
-            let _ = std::fs::remove_dir(&parent);
-        }
+        sched_tests::bundle::remove_cgroup_parent(&self.cgroup_parent);
     }
 }
 

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use sched_tests::bundle::{BusyboxBundle, cgroup_hierarchies, runtime_binary, unique_name};
+use sched_tests::bundle::{BusyboxBundle, runtime_binary, unique_name};
 
 /// One podman with private storage, an imported busybox image and a private cgroup parent.
 struct Podman {
@@ -82,15 +82,7 @@ impl Drop for Podman {
             let _ = nix::mount::umount2(Path::new(mount), nix::mount::MntFlags::MNT_DETACH);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-        for hierarchy in cgroup_hierarchies() {
-            let parent = hierarchy.join(self.cgroup_parent.trim_start_matches('/'));
-            if let Ok(entries) = std::fs::read_dir(&parent) {
-                for entry in entries.flatten().filter(|e| e.path().is_dir()) {
-                    let _ = std::fs::remove_dir(entry.path());
-                }
-            }
-            let _ = std::fs::remove_dir(&parent);
-        }
+        sched_tests::bundle::remove_cgroup_parent(&self.cgroup_parent);
     }
 }
 
