@@ -195,3 +195,24 @@ fn tasks_outlive_an_agent_restart_and_nothing_runs_twice() {
     cluster.sched_ok(&["delete", "steady"]);
     wait_until("no container is left", || agent.containers().is_empty(), context);
 }
+
+#[test]
+fn cpu_use_is_reported_as_a_fraction_of_the_limit() {
+    let registry = Registry::start();
+    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
+    let image = push_busybox(cluster.dir(), &registry.addr(), "busy:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
+    let agent = Agent::start(&cluster, "node1");
+    let file = cluster.dir().join("busy.toml");
+    // A busy loop under a 200m limit uses all of it: about 1.0 of its limit.
+    std::fs::write(&file, format!("name = \"busy\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"while :; do :; done\"]\ncpu = 200\nmemory = 64\ncount = 1\n")).unwrap();
+    cluster.sched_ok(&["apply", &file.to_string_lossy()]);
+    let context = || format!("tasks: {:#?}", tasks(&cluster));
+    let cpu = |cluster: &Cluster| tasks(cluster).first().and_then(|t| t["cpu_fraction"].as_f64()).unwrap_or(0.0);
+    wait_until("the task's CPU use is reported", || cpu(&cluster) > 0.5, context);
+    let fraction = cpu(&cluster);
+    assert!((0.5..=1.3).contains(&fraction), "a busy loop uses about all of its limit: {fraction}");
+    let memory = tasks(&cluster)[0]["memory_bytes"].as_u64().unwrap_or(0);
+    assert!(memory > 0, "memory use is reported too: {}", context());
+    cluster.sched_ok(&["delete", "busy"]);
+    wait_until("no container is left", || agent.containers().is_empty(), context);
+}

@@ -100,7 +100,7 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ServiceApiServer::new(service_api::ServiceApiService::new(consensus.clone())))
+        .add_service(ServiceApiServer::new(service_api::ServiceApiService::new(consensus.clone(), heartbeats.clone())))
         .add_service(ClusterApiServer::new(cluster_api::ClusterApiService::new(consensus.clone())))
         .add_service(AgentApiServer::new(agent_api::AgentApiService::new(consensus.clone(), heartbeats.clone())))
         .add_service(

@@ -7,6 +7,7 @@ use proto::sched::v1 as pb;
 use proto::sched::v1::service_api_server::ServiceApi;
 use tonic::{Request, Response, Status};
 
+use super::agent_api::Heartbeats;
 use super::{errors, now_ms, views};
 use crate::raft::{Consensus, Proposal};
 use crate::spec::ServiceSpec;
@@ -14,11 +15,27 @@ use crate::state::{Command, Outcome};
 
 pub struct ServiceApiService {
     consensus: Arc<Consensus>,
+    /// The agents' latest metrics as this server has seen them (a follower forwards them to the
+    /// leader, so the leader knows every node's; another server knows its own agents').
+    heartbeats: Arc<Heartbeats>,
 }
 
 impl ServiceApiService {
-    pub fn new(consensus: Arc<Consensus>) -> Self {
-        ServiceApiService { consensus }
+    pub fn new(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>) -> Self {
+        ServiceApiService { consensus, heartbeats }
+    }
+
+    /// Fills each task's CPU and memory from the latest heartbeat of its node.
+    fn with_metrics(&self, mut tasks: Vec<pb::Task>) -> Vec<pb::Task> {
+        let last = self.heartbeats.last.lock().expect("heartbeats lock");
+        for task in &mut tasks {
+            let sample = last.get(&task.node_id).and_then(|(_, metrics)| metrics.iter().find(|m| m.task_id == task.id));
+            if let Some(m) = sample {
+                task.cpu_fraction = m.cpu_fraction;
+                task.memory_bytes = m.memory_bytes;
+            }
+        }
+        tasks
     }
 
     async fn write(&self, command: Command) -> Result<Outcome, Status> {
@@ -77,7 +94,7 @@ impl ServiceApi for ServiceApiService {
             })
             .await
             .map_err(errors::consensus)??;
-        Ok(Response::new(pb::ListTasksResponse { tasks }))
+        Ok(Response::new(pb::ListTasksResponse { tasks: self.with_metrics(tasks) }))
     }
 
     async fn list_nodes(&self, request: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
@@ -105,6 +122,7 @@ impl ServiceApi for ServiceApiService {
             })
             .await
             .map_err(errors::consensus)??;
+        let response = pb::DescribeServiceResponse { tasks: self.with_metrics(response.tasks), ..response };
         Ok(Response::new(response))
     }
 
