@@ -53,17 +53,8 @@ pub struct InitArgs<'a> {
 
 /// Runs the container init in the forked child. Never returns.
 pub fn run(mut args: InitArgs<'_>) -> ! {
-    let (target, late_seccomp) = match setup(&mut args) {
-        Ok(ready) => ready,
-        Err(err) => {
-            args.channel.send_error(&err);
-            sys::exit_now(1);
-        }
-    };
-    if let Err(err) = args.channel.send_ready() {
-        eprintln!("sched-runtime: {err}");
-        sys::exit_now(1);
-    }
+    let ready = setup(&mut args);
+    let (target, late_seccomp) = report_setup(&mut args.channel, ready);
     // Created: wait for `start`. A read error or end of file means nobody will ever start us.
     let mut byte = [0u8; 1];
     match args.exec_fifo.read(&mut byte) {
@@ -71,6 +62,26 @@ pub fn run(mut args: InitArgs<'_>) -> ! {
         _ => sys::exit_now(1),
     }
     exec_program(target, late_seccomp, &args.signal_mask)
+}
+
+/// What setup prepared: the program to exec and the seccomp filter still to install.
+type Prepared = (exec::ExecTarget, Option<seccomp::CompiledProfile>);
+
+/// Tells the parent how setup went: on failure sends the error and exits, else reports
+/// "ready" and returns what setup prepared.
+fn report_setup(channel: &mut ChildChannel, ready: Result<Prepared>) -> Prepared {
+    let prepared = match ready {
+        Ok(prepared) => prepared,
+        Err(err) => {
+            channel.send_error(&err);
+            sys::exit_now(1);
+        }
+    };
+    if let Err(err) = channel.send_ready() {
+        eprintln!("sched-runtime: {err}");
+        sys::exit_now(1);
+    }
+    prepared
 }
 
 /// The last steps of an init or an exec'd process, after "ready": default signal dispositions
@@ -89,7 +100,7 @@ fn exec_program(target: exec::ExecTarget, late_seccomp: Option<seccomp::Compiled
 
 /// Every fallible step of the setup, in order. Returns the program to exec, and the seccomp
 /// filter still to install right before `execve` (with `noNewPrivileges`).
-fn setup(args: &mut InitArgs<'_>) -> Result<(exec::ExecTarget, Option<seccomp::CompiledProfile>)> {
+fn setup(args: &mut InitArgs<'_>) -> Result<Prepared> {
     let spec = &args.bundle.spec;
     // No descriptor of the runtime or the host may reach the container's program.
     sys::cloexec_from(3)?;

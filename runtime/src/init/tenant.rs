@@ -9,7 +9,7 @@ use nix::sys::signal::SigSet;
 use nix::sys::stat::{Mode, umask};
 use oci_spec::runtime::Process;
 
-use super::{NamespaceJoin, become_process, console, exec, exec_program, seccomp};
+use super::{NamespaceJoin, Prepared, become_process, console, exec_program, report_setup, seccomp};
 use crate::error::{Context, Result};
 use crate::sync::ChildChannel;
 use crate::sys;
@@ -28,22 +28,13 @@ pub struct TenantArgs<'a> {
 
 /// Runs the exec'd process in the forked child. Never returns.
 pub fn run(mut args: TenantArgs<'_>) -> ! {
-    let (target, late_seccomp) = match setup(&mut args) {
-        Ok(ready) => ready,
-        Err(err) => {
-            args.channel.send_error(&err);
-            sys::exit_now(1);
-        }
-    };
-    if let Err(err) = args.channel.send_ready() {
-        eprintln!("sched-runtime: {err}");
-        sys::exit_now(1);
-    }
+    let ready = setup(&mut args);
+    let (target, late_seccomp) = report_setup(&mut args.channel, ready);
     exec_program(target, late_seccomp, &args.signal_mask)
 }
 
 /// Returns the program to exec and the seccomp filter still to install right before `execve`.
-fn setup(args: &mut TenantArgs<'_>) -> Result<(exec::ExecTarget, Option<seccomp::CompiledProfile>)> {
+fn setup(args: &mut TenantArgs<'_>) -> Result<Prepared> {
     sys::cloexec_from(3)?;
     // The container's processes must not reach our memory, fds or /proc/PID/exe (CVE-2019-5736).
     nix::sys::prctl::set_dumpable(false).context(|| "prctl(PR_SET_DUMPABLE)".into())?;
