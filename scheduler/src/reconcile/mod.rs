@@ -11,6 +11,8 @@
 //! - a service whose tasks keep dying gets its replacements delayed with exponential backoff
 //!   (1 s doubling to 60 s, from the last exit), so a crash loop does not spin.
 //!
+//! Tasks of a deleted service are forgotten once they are done, and their nodes then remove them.
+//!
 //! A task counts as live while it should run and has not exited, failed or been lost, and its
 //! node (if placed) is ready. Tasks of a node that went down are marked lost and told to stop
 //! (so a node that comes back stops its stale tasks), and replaced elsewhere.
@@ -107,6 +109,10 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str)
         }
     }
     let mut commands = Vec::new();
+    let forget = stopped_tasks_of_deleted_services(state);
+    if !forget.is_empty() {
+        commands.push(Command::RemoveTasks { task_ids: forget });
+    }
     if !stop.is_empty() {
         stop.sort();
         stop.dedup();
@@ -116,6 +122,19 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str)
         commands.push(Command::PutTasks { tasks: put, now_ms });
     }
     commands
+}
+
+/// Tasks of deleted services that are done (exited, failed, lost, or never placed): forgotten,
+/// so their nodes remove what is left of them (rootfs, network namespace, veth, host ports).
+/// A lost task that still runs on a node that comes back is stopped and removed by that node,
+/// since nothing wants it any more.
+fn stopped_tasks_of_deleted_services(state: &ClusterState) -> Vec<String> {
+    state
+        .tasks()
+        .filter(|t| state.service(&t.service).is_none() && t.desired == DesiredState::Stopped)
+        .filter(|t| t.node_id == 0 || matches!(t.observed, TaskState::Exited | TaskState::Failed | TaskState::Lost))
+        .map(|t| t.id.clone())
+        .collect()
 }
 
 /// Whether a task should run and (as far as we know) does or will.
