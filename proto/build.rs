@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["sched/v1/sched.proto", "agent/v1/agent.proto", "raft/v1/raft.proto"];
+const PROTOS: &[&str] =
+    &["sched/v1/sched.proto", "sched/v1/logs.proto", "agent/v1/agent.proto", "agent/v1/logs.proto", "raft/v1/raft.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -6,6 +6,8 @@
 //! from cgroups, and the HTTP ingress. It never decides placement.
 //!
 //! - [`health`]: HTTP, TCP and command health checks and the status they add up to.
+//! - [`logs`]: reading tasks' bounded logs (tail, since, follow) and the agent API that serves
+//!   them to the servers (`agent.v1.TaskLogApi`, for `sched logs`).
 //! - [`metrics`]: task CPU (fraction of its limit) and memory, from its cgroup.
 //! - [`network`]: node bridge, task namespaces and addresses, outbound NAT, published ports.
 //! - [`node`]: the daemon loop: register, heartbeat, follow assignments, act, report.
@@ -14,6 +16,7 @@
 
 pub mod error;
 pub mod health;
+pub mod logs;
 pub mod metrics;
 pub mod network;
 pub mod node;

@@ -4,10 +4,12 @@
 //! them with protox (no system `protoc`) and tonic-prost-build; this file wraps the generated
 //! code in modules named after the proto packages.
 //!
-//! - [`sched::v1`]: the public API served by every `sched server` (`ServiceApi`, `ClusterApi`)
-//!   and the domain messages (`ServiceSpec`, `Revision`, `Service`, `Task`, `Node`, `Event`).
+//! - [`sched::v1`]: the public API served by every `sched server` (`ServiceApi`, `ClusterApi`,
+//!   `LogApi`) and the domain messages (`ServiceSpec`, `Revision`, `Service`, `Task`, `Node`,
+//!   `Event`, `LogLine`).
 //! - [`agent::v1`]: the protocol between `sched-agent` and the servers (`AgentApi`: register,
-//!   heartbeat, a stream of assignments, task status reports).
+//!   heartbeat, a stream of assignments, task status reports), and the agent's own API that the
+//!   servers call (`TaskLogApi`: a task's log).
 //! - [`raft::v1`]: server-to-server Raft traffic (`RaftPeer`): raft-rs messages carried as
 //!   bytes, and proposals forwarded from a follower to the leader. Internal to the cluster.
 //!

@@ -21,6 +21,7 @@ fn agents_register_heartbeat_and_watch_assignments_through_any_server() {
             cpu_millis: 2000,
             memory_mib: 4096,
             labels: [("zone".to_string(), "a".to_string())].into(),
+            api_address: String::new(),
         };
         let id = agent.register(register("node-a", "10.0.0.1")).await.unwrap().into_inner().node_id;
         // Registering again by the same name keeps the id (a restarted agent).

@@ -192,6 +192,7 @@ async fn session(config: &AgentConfig, agent: &Node, server: &str, node: &mut No
             cpu_millis: config.cpu_millis,
             memory_mib: config.memory_mib,
             labels: config.labels.clone().into_iter().collect(),
+            api_address: String::new(),
         })
         .await
         .map_err(|s| format!("register: {}", s.message()))?

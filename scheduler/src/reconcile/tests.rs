@@ -35,6 +35,7 @@ fn cluster(nodes: u32, cpu_per_node: u32) -> ClusterState {
                 memory_mib: 4096,
                 labels: BTreeMap::new(),
                 now_ms: 0,
+                api_address: format!("10.0.0.{i}:7071"),
             })
             .unwrap();
     }
@@ -131,7 +132,7 @@ fn tasks_that_fit_nowhere_stay_pending_with_the_reason_and_are_placed_later() {
     assert_eq!(run(&mut state, 2), 0, "the same reason is not written again");
     // A second node joins: the pending task is placed.
     state
-        .apply(Command::RegisterNode { name: "big".into(), address: "10.0.0.9".into(), cpu_millis: 4000, memory_mib: 4096, labels: BTreeMap::new(), now_ms: 3 })
+        .apply(Command::RegisterNode { name: "big".into(), address: "10.0.0.9".into(), cpu_millis: 4000, memory_mib: 4096, labels: BTreeMap::new(), now_ms: 3, api_address: String::new() })
         .unwrap();
     run(&mut state, 4);
     assert!(state.tasks().all(|t| t.observed != TaskState::Pending));

@@ -139,6 +139,7 @@ impl AgentApi for AgentApiService {
             memory_mib: r.memory_mib,
             labels: r.labels.into_iter().collect(),
             now_ms: now_ms(),
+            api_address: r.api_address,
         };
         match self.consensus.write(Proposal::Command(command)).await.map_err(errors::consensus)? {
             Ok(Outcome::NodeRegistered { node_id }) => Ok(Response::new(pb::RegisterResponse { node_id })),

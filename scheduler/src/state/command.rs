@@ -36,6 +36,9 @@ pub enum Command {
         memory_mib: u32,
         labels: BTreeMap<String, String>,
         now_ms: u64,
+        /// HOST:PORT of the agent's API (task logs); empty in commands of older agents.
+        #[serde(default)]
+        api_address: String,
     },
     /// Marks a node up or down (the leader decides from heartbeats).
     SetNodeStatus { node_id: u64, status: NodeStatus, now_ms: u64 },

@@ -135,17 +135,28 @@ impl ClusterState {
             Command::ScaleService { name, count, now_ms } => self.scale_service(&name, count, now_ms),
             Command::DeleteService { name, now_ms } => self.delete_service(name, now_ms),
             Command::RollbackService { name, to_revision, now_ms } => self.rollback_service(&name, to_revision, now_ms),
-            Command::RegisterNode { name, address, cpu_millis, memory_mib, labels, now_ms } => {
+            Command::RegisterNode { name, address, cpu_millis, memory_mib, labels, now_ms, api_address } => {
                 let existing = self.nodes.values_mut().find(|n| n.name == name);
                 let node_id = match existing {
                     Some(node) => {
-                        *node = Node { address, cpu_millis, memory_mib, labels, status: NodeStatus::Ready, status_ms: now_ms, ..node.clone() };
+                        *node = Node { address, api_address, cpu_millis, memory_mib, labels, status: NodeStatus::Ready, status_ms: now_ms, ..node.clone() };
                         node.id
                     }
                     None => {
                         self.next_node_id += 1;
                         let id = self.next_node_id;
-                        let node = Node { id, name, address, cpu_millis, memory_mib, labels, status: NodeStatus::Ready, registered_ms: now_ms, status_ms: now_ms };
+                        let node = Node {
+                            id,
+                            name,
+                            address,
+                            api_address,
+                            cpu_millis,
+                            memory_mib,
+                            labels,
+                            status: NodeStatus::Ready,
+                            registered_ms: now_ms,
+                            status_ms: now_ms,
+                        };
                         self.nodes.insert(id, node);
                         id
                     }

@@ -154,6 +154,9 @@ pub struct Node {
     pub name: String,
     /// Where its published ports are reachable.
     pub address: String,
+    /// HOST:PORT of its agent's API, which serves task logs (empty: none registered).
+    #[serde(default)]
+    pub api_address: String,
     pub cpu_millis: u32,
     pub memory_mib: u32,
     pub labels: BTreeMap<String, String>,

@@ -119,13 +119,22 @@ fn nodes_are_matched_by_name_on_register() {
         memory_mib: 4096,
         labels: Default::default(),
         now_ms: 1,
+        api_address: format!("{address}:7071"),
     };
     assert_eq!(state.apply(register("10.0.0.1")).unwrap(), Outcome::NodeRegistered { node_id: 1 });
     state.apply(Command::SetNodeStatus { node_id: 1, status: NodeStatus::Down, now_ms: 2 }).unwrap();
     assert_eq!(state.apply(register("10.0.0.2")).unwrap(), Outcome::NodeRegistered { node_id: 1 });
     let node = state.node(1).unwrap();
     assert_eq!((node.address.as_str(), node.status), ("10.0.0.2", NodeStatus::Ready));
+    assert_eq!(node.api_address, "10.0.0.2:7071", "a re-registration updates the agent API address");
     assert_eq!(state.nodes().count(), 1);
+}
+
+#[test]
+fn commands_and_snapshots_without_an_api_address_still_decode() {
+    let old = br#"{"v":1,"command":{"op":"register_node","name":"n","address":"10.0.0.1","cpu_millis":1000,"memory_mib":512,"labels":{},"now_ms":1}}"#;
+    let Command::RegisterNode { api_address, .. } = Command::decode(old).unwrap() else { panic!("not a register_node") };
+    assert_eq!(api_address, "");
 }
 
 #[test]
