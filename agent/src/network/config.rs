@@ -12,7 +12,9 @@ use super::subnet::Ipv4Subnet;
 /// Default bridge name.
 pub const DEFAULT_BRIDGE: &str = "sched0";
 /// Default task subnet.
-pub const DEFAULT_SUBNET: &str = "10.88.0.0/24";
+/// Not 10.88.0.0/16 (podman's default network), 172.17-31 (docker's) or 172.26.64.0/20 (Nomad's):
+/// a node that also runs one of them would get two routes for one subnet.
+pub const DEFAULT_SUBNET: &str = "10.213.0.0/24";
 /// Default nftables table (family `ip`).
 pub const DEFAULT_NFT_TABLE: &str = "sched";
 /// Default directory of the task namespace files.

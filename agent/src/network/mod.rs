@@ -3,7 +3,7 @@
 //!
 //! # Components
 //! - [`NodeNetwork`] (`node.rs`): the node side — bridge (`sched0`), gateway address (`.1` of
-//!   `10.88.0.0/24`), `ip_forward`, the nftables table (`ip sched`), and the allocations. All of
+//!   `10.213.0.0/24`), `ip_forward`, the nftables table (`ip sched`), and the allocations. All of
 //!   it lives in the network namespace of the caller of [`NodeNetwork::new`]: the host's for a
 //!   real agent, a node namespace in the netns lab and in tests.
 //! - [`TaskNetwork`] (`task.rs`): one task's namespace pinned at `/run/sched/netns/<task id>`,
