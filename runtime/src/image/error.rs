@@ -1,6 +1,11 @@
 //! The one error type of the image module: every failure of a pull, unpack, snapshot or spec
 //! conversion, with a message that names what is wrong and what to do about it.
+//!
+//! The registry client's [`RegistryError`] converts into the variant of the same meaning, so
+//! callers match one flat enum whichever layer (the registry or the local store) failed.
 use std::path::PathBuf;
+
+use registry::RegistryError;
 
 /// Everything that can go wrong with images.
 #[derive(Debug, thiserror::Error)]
@@ -20,8 +25,8 @@ pub enum ImageError {
     #[error("registry {registry} refused access to {scope}: {reason}")]
     Unauthorized { registry: String, scope: String, reason: String },
 
-    #[error("registry {registry}: GET {url} answered HTTP {status}: {body}")]
-    Registry { registry: String, url: String, status: u16, body: String },
+    #[error("registry {registry}: {method} {url} answered HTTP {status}: {body}")]
+    Registry { registry: String, method: String, url: String, status: u16, body: String },
 
     #[error("request to {url} failed after {attempts} attempt(s): {reason}")]
     Transport { url: String, attempts: u32, reason: String },
@@ -66,6 +71,23 @@ pub enum ImageError {
 
     #[error("{what} is in use by container(s) {users}; remove them first")]
     InUse { what: String, users: String },
+}
+
+impl From<RegistryError> for ImageError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::InvalidReference { reference, reason } => Self::InvalidReference { reference, reason },
+            RegistryError::InvalidDigest(d) => Self::InvalidDigest(d),
+            RegistryError::DigestMismatch { what, expected, actual } => Self::DigestMismatch { what, expected, actual },
+            RegistryError::SizeMismatch { what, expected, actual } => Self::SizeMismatch { what, expected, actual },
+            RegistryError::Unauthorized { registry, scope, reason } => Self::Unauthorized { registry, scope, reason },
+            RegistryError::Status { registry, method, url, status, body } => Self::Registry { registry, method, url, status, body },
+            RegistryError::Transport { url, attempts, reason } => Self::Transport { url, attempts, reason },
+            RegistryError::InvalidManifest { what, reason } => Self::InvalidManifest { what, reason },
+            RegistryError::InvalidConfig { what, reason } => Self::InvalidConfig { what, reason },
+            RegistryError::Credentials { path, reason } => Self::Credentials { path, reason },
+        }
+    }
 }
 
 /// Shorthand for results of the image module.

@@ -1,8 +1,9 @@
 //! Images: from a reference in a registry to a container rootfs and an OCI spec.
 //!
-//! - [`reference`]: parse and normalise `busybox`, `ghcr.io/org/app@sha256:...`, ...
-//! - [`client`] + [`auth`]: the OCI distribution client (manifests, indexes, blobs; basic and
-//!   bearer-token auth; retries; resumable blob downloads).
+//! - [`reference`], [`digest`], [`manifest`], [`client`] + [`auth`]: the OCI distribution
+//!   client (manifests, indexes, blobs; basic and bearer-token auth; retries; resumable blob
+//!   downloads). They live in the `registry` crate, which the scheduler shares, and are
+//!   re-exported here; their [`RegistryError`] converts one-to-one into [`ImageError`].
 //! - [`store`]: the content store, blobs by digest, written atomically after verification.
 //! - [`unpack`]: safe layer extraction (nothing outside the target, ever).
 //! - [`snapshot`]: one directory per layer chain, overlay rootfs mounts, copy fallback, GC.
@@ -13,15 +14,12 @@
 //!
 //! Data dir layout (default `/var/lib/sched`): `blobs/sha256/<hex>`, `blobs/ingest/`,
 //! `images/<sha256(name)>.json`, `snapshots/<chain id hex>/fs`, `rootfs/<container>/{merged,upper,work}`.
-pub mod auth;
-pub mod client;
+pub use registry::{RegistryError, auth, client, digest, manifest, reference};
+
 pub mod config_to_spec;
-pub mod digest;
 pub mod error;
-pub mod manifest;
 pub mod pull;
 pub mod records;
-pub mod reference;
 pub mod service;
 pub mod snapshot;
 pub mod store;

@@ -207,7 +207,7 @@ impl Puller<'_> {
             let stats = match (downloaded, consumed) {
                 // A bad digest explains any unpack error: report it first.
                 (_, Err(e @ ImageError::DigestMismatch { .. })) => return Err(e),
-                (Err(e), _) => return Err(e),
+                (Err(e), _) => return Err(e.into()),
                 (Ok(()), Err(e)) => return Err(e),
                 (Ok(()), Ok(stats)) => stats,
             };

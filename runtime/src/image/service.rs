@@ -175,7 +175,7 @@ impl ImageService {
 
     /// The image config of a pulled image.
     pub fn config(&self, record: &ImageRecord) -> Result<ImageConfig> {
-        ImageConfig::parse(&self.store.read_blob(&record.config_digest)?, &record.config_digest.to_string())
+        Ok(ImageConfig::parse(&self.store.read_blob(&record.config_digest)?, &record.config_digest.to_string())?)
     }
 
     /// Record, manifest and config of a pulled image, as one JSON document.

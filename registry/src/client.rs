@@ -11,15 +11,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE, WWW_AUTHENTICATE};
-use reqwest::{Response, StatusCode};
+use reqwest::{Method, Response, StatusCode};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::auth::{Challenge, CredentialStore, TokenResponse};
-use super::digest::Digest;
-use super::error::ImageError;
-use super::manifest::MANIFEST_ACCEPT;
-use super::reference::Reference;
+use crate::auth::{Challenge, CredentialStore, TokenResponse};
+use crate::digest::Digest;
+use crate::error::RegistryError;
+use crate::manifest::MANIFEST_ACCEPT;
+use crate::reference::Reference;
 
 /// Manifests larger than this are refused (distribution's own limit is 4 MiB).
 const MAX_MANIFEST_BYTES: usize = 8 << 20;
@@ -66,7 +66,7 @@ pub struct RegistryClient {
 }
 
 impl RegistryClient {
-    pub fn new(options: ClientOptions) -> Result<Self, ImageError> {
+    pub fn new(options: ClientOptions) -> Result<Self, RegistryError> {
         // reqwest is built without a bundled crypto provider (ring instead of aws-lc-sys);
         // installing fails harmlessly when another part of the process already did it.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -75,7 +75,7 @@ impl RegistryClient {
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| ImageError::Transport { url: String::new(), attempts: 0, reason: e.to_string() })?;
+            .map_err(|e| RegistryError::Transport { url: String::new(), attempts: 0, reason: e.to_string() })?;
         Ok(Self { http, options: Arc::new(options), authorizations: Arc::default() })
     }
 
@@ -99,7 +99,7 @@ impl RegistryClient {
 
     /// Fetches the manifest `reference` names (its digest if it has one, else its tag) and
     /// verifies its digest.
-    pub async fn get_manifest(&self, reference: &Reference) -> Result<FetchedManifest, ImageError> {
+    pub async fn get_manifest(&self, reference: &Reference) -> Result<FetchedManifest, RegistryError> {
         let url = format!("{}/manifests/{}", self.base_url(reference), reference.manifest_ref());
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
@@ -122,7 +122,7 @@ impl RegistryClient {
         };
         if let Some(expected) = expected {
             if expected != digest {
-                return Err(ImageError::DigestMismatch {
+                return Err(RegistryError::DigestMismatch {
                     what: format!("manifest {reference}"),
                     expected: expected.to_string(),
                     actual: digest.to_string(),
@@ -132,8 +132,31 @@ impl RegistryClient {
         Ok(FetchedManifest { body: body.to_vec(), media_type, digest })
     }
 
+    /// The digest of the manifest `reference` names, as the registry serves it now: what a
+    /// tag points at pinned. A multi-platform index resolves to the index's digest (it pins
+    /// every platform). A reference that carries a digest resolves to it without a request.
+    /// Asks with `HEAD` and the registry's `Docker-Content-Digest` header; registries that do
+    /// not answer `HEAD` with that header get a `GET`, whose body is hashed.
+    pub async fn resolve_digest(&self, reference: &Reference) -> Result<Digest, RegistryError> {
+        if let Some(digest) = reference.digest() {
+            return Ok(digest.clone());
+        }
+        let url = format!("{}/manifests/{}", self.base_url(reference), reference.manifest_ref());
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
+        let resp = self.send_request(Method::HEAD, reference, &url, headers).await?;
+        if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+            return Ok(self.get_manifest(reference).await?.digest);
+        }
+        let resp = expect_status_of(Method::HEAD, reference, &url, resp, &[StatusCode::OK]).await?;
+        match header_str(resp.headers(), "docker-content-digest") {
+            Some(h) => Digest::parse(h.trim()).map_err(|_| invalid_manifest(&url, "bad Docker-Content-Digest header")),
+            None => Ok(self.get_manifest(reference).await?.digest),
+        }
+    }
+
     /// Fetches a small blob (a config) into memory and verifies digest and size.
-    pub async fn get_blob_bytes(&self, reference: &Reference, digest: &Digest, size: u64) -> Result<Vec<u8>, ImageError> {
+    pub async fn get_blob_bytes(&self, reference: &Reference, digest: &Digest, size: u64) -> Result<Vec<u8>, RegistryError> {
         let (tx, mut rx) = mpsc::channel::<Bytes>(16);
         let collect = async {
             let mut out = Vec::with_capacity(size.min(16 << 20) as usize);
@@ -159,7 +182,7 @@ impl RegistryClient {
         size: u64,
         tx: mpsc::Sender<Bytes>,
         on_bytes: &(dyn Fn(u64) + Sync),
-    ) -> Result<(), ImageError> {
+    ) -> Result<(), RegistryError> {
         let url = format!("{}/blobs/{digest}", self.base_url(reference));
         let what = format!("blob {digest}");
         let mut received: u64 = 0;
@@ -183,7 +206,7 @@ impl RegistryClient {
                 } else {
                     let cr = header_str(resp.headers(), CONTENT_RANGE).unwrap_or_default();
                     if !cr.starts_with(&format!("bytes {received}-")) {
-                        return Err(ImageError::Transport {
+                        return Err(RegistryError::Transport {
                             url,
                             attempts: attempt,
                             reason: format!("asked for bytes {received}- and got Content-Range {cr:?}"),
@@ -207,7 +230,7 @@ impl RegistryClient {
                         }
                         received += chunk.len() as u64;
                         if received > size {
-                            return Err(ImageError::SizeMismatch { what, expected: size, actual: received });
+                            return Err(RegistryError::SizeMismatch { what, expected: size, actual: received });
                         }
                         on_bytes(chunk.len() as u64);
                         if tx.send(chunk).await.is_err() {
@@ -225,7 +248,7 @@ impl RegistryClient {
             }
             let reason = failure.unwrap_or_else(|| format!("the connection closed after {received} of {size} bytes"));
             if attempt >= self.options.max_attempts {
-                return Err(ImageError::Transport { url, attempts: attempt, reason });
+                return Err(RegistryError::Transport { url, attempts: attempt, reason });
             }
             warn!(%url, received, size, %reason, "blob download interrupted; resuming with Range");
             tokio::time::sleep(self.backoff(attempt)).await;
@@ -238,13 +261,18 @@ impl RegistryClient {
 
     /// Sends a GET with authentication and retries: connection errors, 429 and 5xx are retried
     /// with backoff; a 401 triggers one authentication round (basic or bearer token).
-    pub async fn send(&self, reference: &Reference, url: &str, headers: HeaderMap) -> Result<Response, ImageError> {
+    pub async fn send(&self, reference: &Reference, url: &str, headers: HeaderMap) -> Result<Response, RegistryError> {
+        self.send_request(Method::GET, reference, url, headers).await
+    }
+
+    /// [`RegistryClient::send`] with another method (`HEAD` for digest resolution).
+    pub async fn send_request(&self, method: Method, reference: &Reference, url: &str, headers: HeaderMap) -> Result<Response, RegistryError> {
         let key = reference.name();
         let mut authenticated = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = self.http.get(url).headers(headers.clone());
+            let mut req = self.http.request(method.clone(), url).headers(headers.clone());
             let auth = self.authorizations.lock().expect("poisoned").get(&key).cloned();
             if let Some(a) = &auth {
                 req = req.header(AUTHORIZATION, a);
@@ -275,7 +303,7 @@ impl RegistryClient {
                 Err(e) => {
                     let reason = error_chain(&e);
                     if attempt >= self.options.max_attempts {
-                        return Err(ImageError::Transport { url: url.to_string(), attempts: attempt, reason });
+                        return Err(RegistryError::Transport { url: url.to_string(), attempts: attempt, reason });
                     }
                     reason
                 }
@@ -286,9 +314,9 @@ impl RegistryClient {
         }
     }
 
-    fn unauthorized(&self, reference: &Reference, what: &str) -> ImageError {
+    fn unauthorized(&self, reference: &Reference, what: &str) -> RegistryError {
         let has_creds = self.options.credentials.get(reference.registry()).is_some();
-        ImageError::Unauthorized {
+        RegistryError::Unauthorized {
             registry: reference.registry().to_string(),
             scope: format!("repository:{}:pull", reference.repository()),
             reason: if has_creds {
@@ -300,7 +328,7 @@ impl RegistryClient {
     }
 
     /// Answers a 401 challenge: stores the `Authorization` value to use for this repository.
-    async fn authenticate(&self, reference: &Reference, challenges: &[String]) -> Result<(), ImageError> {
+    async fn authenticate(&self, reference: &Reference, challenges: &[String]) -> Result<(), RegistryError> {
         let creds = self.options.credentials.get(reference.registry()).cloned();
         let parsed: Vec<Challenge> = challenges.iter().filter_map(|c| Challenge::parse(c)).collect();
         let bearer = parsed.iter().find(|c| matches!(c, Challenge::Bearer { .. }));
@@ -333,8 +361,8 @@ impl RegistryClient {
         realm: &str,
         service: Option<&str>,
         scope: &str,
-        creds: Option<&super::auth::Credentials>,
-    ) -> Result<String, ImageError> {
+        creds: Option<&crate::auth::Credentials>,
+    ) -> Result<String, RegistryError> {
         let mut url = reqwest::Url::parse(realm).map_err(|e| {
             self.unauthorized(reference, &format!("the token realm {realm:?} is not a URL ({e})"))
         })?;
@@ -373,7 +401,7 @@ impl RegistryClient {
                 tokio::time::sleep(self.backoff(attempt)).await;
             }
         }
-        Err(ImageError::Transport { url: url.to_string(), attempts: self.options.max_attempts, reason: last })
+        Err(RegistryError::Transport { url: url.to_string(), attempts: self.options.max_attempts, reason: last })
     }
 }
 
@@ -388,12 +416,12 @@ fn header_str(headers: &HeaderMap, name: impl reqwest::header::AsHeaderName) -> 
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
-fn invalid_manifest(url: &str, reason: &str) -> ImageError {
-    ImageError::InvalidManifest { what: url.to_string(), reason: reason.to_string() }
+fn invalid_manifest(url: &str, reason: &str) -> RegistryError {
+    RegistryError::InvalidManifest { what: url.to_string(), reason: reason.to_string() }
 }
 
-fn transport(url: &str, attempts: u32, e: &reqwest::Error) -> ImageError {
-    ImageError::Transport { url: url.to_string(), attempts, reason: error_chain(e) }
+fn transport(url: &str, attempts: u32, e: &reqwest::Error) -> RegistryError {
+    RegistryError::Transport { url: url.to_string(), attempts, reason: error_chain(e) }
 }
 
 /// An error with its sources, `a: b: c` (reqwest's own message hides the cause).
@@ -408,15 +436,26 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-async fn expect_status(reference: &Reference, url: &str, resp: Response, ok: &[StatusCode]) -> Result<Response, ImageError> {
+async fn expect_status(reference: &Reference, url: &str, resp: Response, ok: &[StatusCode]) -> Result<Response, RegistryError> {
+    expect_status_of(Method::GET, reference, url, resp, ok).await
+}
+
+async fn expect_status_of(
+    method: Method,
+    reference: &Reference,
+    url: &str,
+    resp: Response,
+    ok: &[StatusCode],
+) -> Result<Response, RegistryError> {
     if ok.contains(&resp.status()) {
         return Ok(resp);
     }
     let status = resp.status().as_u16();
     let mut body = resp.text().await.unwrap_or_default();
     body.truncate(400);
-    Err(ImageError::Registry {
+    Err(RegistryError::Status {
         registry: reference.registry().to_string(),
+        method: method.to_string(),
         url: url.to_string(),
         status,
         body: body.trim().to_string(),

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::digest::Digest;
-use super::error::ImageError;
+use crate::digest::Digest;
+use crate::error::RegistryError;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -97,8 +97,8 @@ pub enum ManifestKind {
 }
 
 /// Parses a manifest body; the media type comes from the body, else the Content-Type header.
-pub fn parse_manifest(body: &[u8], content_type: Option<&str>, what: &str) -> Result<ManifestKind, ImageError> {
-    let invalid = |reason: String| ImageError::InvalidManifest { what: what.to_string(), reason };
+pub fn parse_manifest(body: &[u8], content_type: Option<&str>, what: &str) -> Result<ManifestKind, RegistryError> {
+    let invalid = |reason: String| RegistryError::InvalidManifest { what: what.to_string(), reason };
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Probe {
@@ -198,11 +198,11 @@ pub struct RootFs {
 }
 
 impl ImageConfig {
-    pub fn parse(body: &[u8], what: &str) -> Result<Self, ImageError> {
+    pub fn parse(body: &[u8], what: &str) -> Result<Self, RegistryError> {
         let config: Self = serde_json::from_slice(body)
-            .map_err(|e| ImageError::InvalidConfig { what: what.to_string(), reason: e.to_string() })?;
+            .map_err(|e| RegistryError::InvalidConfig { what: what.to_string(), reason: e.to_string() })?;
         if config.rootfs.kind != "layers" {
-            return Err(ImageError::InvalidConfig {
+            return Err(RegistryError::InvalidConfig {
                 what: what.to_string(),
                 reason: format!("rootfs.type is {:?}, expected \"layers\"", config.rootfs.kind),
             });

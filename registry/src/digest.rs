@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
 
-use super::error::ImageError;
+use crate::error::RegistryError;
 
 /// A validated `sha256:<64 lowercase hex>` digest. Other algorithms are refused: every
 /// registry we target uses sha256, and refusing is safer than trusting an unchecked digest.
@@ -16,10 +16,10 @@ pub struct Digest {
 
 impl Digest {
     /// Parses `sha256:<hex>`.
-    pub fn parse(s: &str) -> Result<Self, ImageError> {
-        let hex = s.strip_prefix("sha256:").ok_or_else(|| ImageError::InvalidDigest(s.to_string()))?;
+    pub fn parse(s: &str) -> Result<Self, RegistryError> {
+        let hex = s.strip_prefix("sha256:").ok_or_else(|| RegistryError::InvalidDigest(s.to_string()))?;
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(ImageError::InvalidDigest(s.to_string()));
+            return Err(RegistryError::InvalidDigest(s.to_string()));
         }
         Ok(Self { hex: hex.to_string() })
     }
@@ -35,10 +35,10 @@ impl Digest {
     }
 
     /// Checks that `data` has this digest; `what` names it in the error.
-    pub fn verify(&self, what: &str, data: &[u8]) -> Result<(), ImageError> {
+    pub fn verify(&self, what: &str, data: &[u8]) -> Result<(), RegistryError> {
         let actual = Self::of(data);
         if &actual != self {
-            return Err(ImageError::DigestMismatch {
+            return Err(RegistryError::DigestMismatch {
                 what: what.to_string(),
                 expected: self.to_string(),
                 actual: actual.to_string(),
@@ -61,7 +61,7 @@ impl fmt::Debug for Digest {
 }
 
 impl FromStr for Digest {
-    type Err = ImageError;
+    type Err = RegistryError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }

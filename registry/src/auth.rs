@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::error::ImageError;
+use crate::error::RegistryError;
 
 /// A user name and password (or token) for one registry.
 #[derive(Clone, PartialEq, Eq)]
@@ -65,8 +65,8 @@ impl CredentialStore {
 
     /// Reads the `auths` of a docker-style `config.json`. Credential helpers (`credsStore`,
     /// `credHelpers`) are not run.
-    pub fn from_docker_config(path: &Path) -> Result<Self, ImageError> {
-        let bad = |reason: String| ImageError::Credentials { path: path.to_path_buf(), reason };
+    pub fn from_docker_config(path: &Path) -> Result<Self, RegistryError> {
+        let bad = |reason: String| RegistryError::Credentials { path: path.to_path_buf(), reason };
         let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
         Self::parse_docker_config(&text).map_err(bad)
     }

@@ -8,8 +8,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::digest::Digest;
-use super::error::ImageError;
+use crate::digest::Digest;
+use crate::error::RegistryError;
 
 /// The registry that short names resolve to.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -28,8 +28,8 @@ pub struct Reference {
 
 impl Reference {
     /// Parses and normalises a reference.
-    pub fn parse(input: &str) -> Result<Self, ImageError> {
-        let bad = |reason: &str| ImageError::InvalidReference {
+    pub fn parse(input: &str) -> Result<Self, RegistryError> {
+        let bad = |reason: &str| RegistryError::InvalidReference {
             reference: input.to_string(),
             reason: reason.to_string(),
         };
@@ -199,7 +199,7 @@ impl fmt::Debug for Reference {
 }
 
 impl FromStr for Reference {
-    type Err = ImageError;
+    type Err = RegistryError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }
