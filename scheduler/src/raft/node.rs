@@ -167,6 +167,18 @@ pub enum NodeError {
     Storage(#[from] StorageFailure),
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    /// A committed entry this build cannot read: applying around it would make this server's
+    /// state differ from the others', so it stops instead (as etcd and Nomad do).
+    #[error(
+        "committed log entry {index} cannot be applied by this build ({source}); this server \
+         stopped applying so that its state does not diverge from the other servers': upgrade \
+         this sched binary to the version the other servers run, then start it again"
+    )]
+    UnreadableEntry {
+        index: u64,
+        #[source]
+        source: crate::state::DecodeError,
+    },
 }
 
 type ProposeReply = oneshot::Sender<Result<Applied, ProposeFailure>>;
@@ -391,14 +403,8 @@ impl RaftNode {
             let answer = match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => None,
                 EntryType::EntryNormal => {
-                    let answer = match Command::decode(&entry.data) {
-                        Ok(command) => self.applied.write().expect("state lock").state.apply(command),
-                        Err(e) => {
-                            tracing::error!(index = entry.index, "skipping an entry this server cannot read: {e}");
-                            Err(crate::state::Rejection { kind: crate::state::RejectionKind::Invalid, message: e.to_string() })
-                        }
-                    };
-                    Some(answer)
+                    let command = decode_committed(&entry)?;
+                    Some(self.applied.write().expect("state lock").state.apply(command))
                 }
                 EntryType::EntryConfChange => {
                     let change: ConfChange = decode("membership change", &entry.data)?;
@@ -503,6 +509,15 @@ impl RaftNode {
     }
 }
 
+/// The command in a committed entry, or the error that stops this server (never a skip).
+fn decode_committed(entry: &Entry) -> Result<Command, NodeError> {
+    Command::decode(&entry.data).map_err(|source| {
+        let error = NodeError::UnreadableEntry { index: entry.index, source };
+        tracing::error!("{error}");
+        error
+    })
+}
+
 /// Is this message a snapshot (the transport reports their delivery)?
 pub fn is_snapshot(message: &Message) -> bool {
     message.get_msg_type() == MessageType::MsgSnapshot
@@ -511,4 +526,23 @@ pub fn is_snapshot(message: &Message) -> bool {
 /// Encodes a raft message for the wire.
 pub fn encode_message(message: &Message) -> Vec<u8> {
     message.write_to_bytes().expect("raft messages encode")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_of_a_newer_build_stops_this_server_with_upgrade_advice() {
+        let mut entry = Entry::default();
+        entry.index = 42;
+        entry.data = br#"{"v":9,"command":{"op":"from_the_future"}}"#.to_vec().into();
+        let error = decode_committed(&entry).unwrap_err();
+        assert!(matches!(error, NodeError::UnreadableEntry { index: 42, .. }), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("entry 42") && message.contains("upgrade this sched binary"), "{message}");
+        // An unknown command in a known version is refused the same way.
+        entry.data = br#"{"v":1,"command":{"op":"from_the_future"}}"#.to_vec().into();
+        assert!(matches!(decode_committed(&entry), Err(NodeError::UnreadableEntry { index: 42, .. })));
+    }
 }
