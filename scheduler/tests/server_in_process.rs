@@ -24,6 +24,7 @@ async fn start(data_dir: &std::path::Path) -> (String, oneshot::Sender<()>, toki
         advertise: address.clone(),
         initial_cluster: BTreeMap::from([(1, address.clone())]),
         node_timeout: Duration::from_secs(10),
+        registries: Default::default(),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -50,7 +51,9 @@ async fn client(address: &str) -> ServiceApiClient<tonic::transport::Channel> {
 async fn single_server_applies_and_keeps_state_across_restart() {
     let dir = tempfile::tempdir().unwrap();
     let example = include_str!("../../examples/quotes/service.toml");
-    let spec = parse_service_toml("service.toml", example).unwrap().to_proto();
+    let mut spec = parse_service_toml("service.toml", example).unwrap().to_proto();
+    // Nothing listens on port 1: the apply resolves no digest and reaches no registry.
+    spec.image = "127.0.0.1:1/quotes:1.0".into();
 
     let (address, stop, task) = start(dir.path()).await;
     let mut api = client(&address).await;

@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 /// Raft tick of test servers, in ms.
 pub const TEST_TICK_MS: u64 = 20;
 
+/// A registry address where nothing listens (port 1 on loopback): servers resolving an image
+/// tag there are refused at once, so tests that are not about images never reach a registry
+/// another test started, nor any address off this machine. Their applies are accepted with
+/// the tag alone (see docs/control-plane.md).
+pub const CLOSED_REGISTRY: &str = "127.0.0.1:1";
+
 /// Options for the servers of a test cluster.
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
@@ -223,6 +229,17 @@ impl Cluster {
         std::fs::read_to_string(&self.servers[&id].log).unwrap_or_default()
     }
 
+    /// The README's example service (examples/quotes/service.toml) with its image moved to
+    /// [`CLOSED_REGISTRY`], written into the cluster dir.
+    pub fn example_service_file(&self) -> PathBuf {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quotes/service.toml");
+        let text = std::fs::read_to_string(example).expect("examples/quotes/service.toml");
+        assert!(text.contains("\"127.0.0.1:5000/quotes:1.0\""), "the example's image changed: update this fixture");
+        let path = self.dir.path().join("example-quotes.toml");
+        std::fs::write(&path, text.replace("127.0.0.1:5000/", &format!("{CLOSED_REGISTRY}/"))).unwrap();
+        path
+    }
+
     /// A service.toml for `name` with `count` tasks, written into the cluster dir.
     pub fn service_file(&self, name: &str, image: &str, count: u32) -> PathBuf {
         let path = self.dir.path().join(format!("{name}.toml"));
@@ -255,7 +272,8 @@ impl Drop for Cluster {
 /// retrying for up to 10 s. True once acknowledged.
 pub async fn apply_anywhere(addresses: &[String], name: &str) -> bool {
     use proto::sched::v1 as pb;
-    let spec = pb::ServiceSpec { name: name.into(), image: "busybox:1.36".into(), cpu_millis: 100, memory_mib: 64, count: 1, ..Default::default() };
+    let image = format!("{CLOSED_REGISTRY}/busybox:1.36");
+    let spec = pb::ServiceSpec { name: name.into(), image, cpu_millis: 100, memory_mib: 64, count: 1, ..Default::default() };
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         for address in addresses {

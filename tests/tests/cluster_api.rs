@@ -3,19 +3,20 @@
 
 use proto::sched::v1 as pb;
 use proto::sched::v1::service_api_client::ServiceApiClient;
-use sched_tests::cluster::{Cluster, ClusterOptions, free_port, stderr, stdout};
+use sched_tests::cluster::{CLOSED_REGISTRY, Cluster, ClusterOptions, free_port, stderr, stdout};
 
-fn example() -> String {
-    format!("{}/../examples/quotes/service.toml", env!("CARGO_MANIFEST_DIR"))
+/// The README's example, its image on a registry port where nothing listens.
+fn example(cluster: &Cluster) -> String {
+    cluster.example_service_file().to_str().unwrap().to_string()
 }
 
 #[test]
 fn apply_get_describe_scale_rollback_delete_round_trip() {
     let cluster = Cluster::start(ClusterOptions::default());
-    let out = cluster.sched_ok(&["apply", &example()]);
+    let out = cluster.sched_ok(&["apply", &example(&cluster)]);
     assert_eq!(out.trim(), "service quotes applied: revision 1");
     // The same file again makes no new revision.
-    assert_eq!(cluster.sched_ok(&["apply", &example()]).trim(), "service quotes unchanged: revision 1");
+    assert_eq!(cluster.sched_ok(&["apply", &example(&cluster)]).trim(), "service quotes unchanged: revision 1");
 
     // Every server answers the same, whichever is asked.
     for server in cluster.servers.values() {
@@ -23,7 +24,8 @@ fn apply_get_describe_scale_rollback_delete_round_trip() {
         assert!(out.status.success(), "{}", stderr(&out));
         let services: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
         assert_eq!(services[0]["name"], "quotes", "server {}", server.id);
-        assert_eq!(services[0]["current"]["spec"]["image"], "127.0.0.1:5000/quotes:1.0");
+        assert_eq!(services[0]["current"]["spec"]["image"], format!("{CLOSED_REGISTRY}/quotes:1.0"));
+        assert_eq!(services[0]["current"]["image_digest"], "", "nothing listens at {CLOSED_REGISTRY}");
         assert_eq!(services[0]["current"]["spec"]["health"]["path"], "/health");
         assert_eq!(services[0]["desired_count"], 2);
     }
@@ -32,8 +34,8 @@ fn apply_get_describe_scale_rollback_delete_round_trip() {
 
     let scaled = cluster.sched_ok(&["scale", "quotes", "4"]);
     assert_eq!(scaled.trim(), "service quotes scaled to 4 task(s)");
-    let v2 = cluster.service_file("quotes", "127.0.0.1:5000/quotes:2.0", 2);
-    let mut text = std::fs::read_to_string(example()).unwrap();
+    let v2 = cluster.service_file("quotes", &format!("{CLOSED_REGISTRY}/quotes:2.0"), 2);
+    let mut text = std::fs::read_to_string(example(&cluster)).unwrap();
     text = text.replace("quotes:1.0", "quotes:2.0");
     std::fs::write(&v2, text).unwrap();
     assert_eq!(cluster.sched_ok(&["apply", v2.to_str().unwrap()]).trim(), "service quotes applied: revision 2");
@@ -42,20 +44,25 @@ fn apply_get_describe_scale_rollback_delete_round_trip() {
     assert_eq!(rolled.trim(), "service quotes rolled back to the spec of revision 1: revision 3");
     let history = cluster.sched_json(&["history", "quotes"]);
     let images: Vec<&str> = history.as_array().unwrap().iter().map(|r| r["spec"]["image"].as_str().unwrap()).collect();
-    assert_eq!(images, ["127.0.0.1:5000/quotes:1.0", "127.0.0.1:5000/quotes:2.0", "127.0.0.1:5000/quotes:1.0"]);
+    let [v1, v2] = [format!("{CLOSED_REGISTRY}/quotes:1.0"), format!("{CLOSED_REGISTRY}/quotes:2.0")];
+    assert_eq!(images, [&v1, &v2, &v1]);
 
     let described = cluster.sched_json(&["describe", "service", "quotes"]);
     assert_eq!(described["service"]["revision"], 3);
     let events: Vec<&str> = described["events"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
-    assert_eq!(
-        events,
-        [
-            "created at revision 1 with 2 task(s)",
-            "scaled from 2 to 4 task(s)",
-            "revision 2 applied with 2 task(s)",
-            "rolled back to the spec of revision 1 as revision 3"
-        ]
-    );
+    // Nothing listens at CLOSED_REGISTRY: each new revision says its tag was not pinned, and why.
+    let unresolved = |event: &str, revision: u32, image: &str| {
+        event.starts_with(&format!("revision {revision}: the digest of {image} could not be resolved (request to http://{CLOSED_REGISTRY}/"))
+            && event.contains("Connection refused")
+            && event.ends_with("; its tasks will pull it by tag")
+    };
+    assert_eq!(events.len(), 6, "{events:#?}");
+    assert_eq!(events[0], "created at revision 1 with 2 task(s)");
+    assert!(unresolved(events[1], 1, &v1), "{}", events[1]);
+    assert_eq!(events[2], "scaled from 2 to 4 task(s)");
+    assert_eq!(events[3], "revision 2 applied with 2 task(s)");
+    assert!(unresolved(events[4], 2, &v2), "{}", events[4]);
+    assert_eq!(events[5], "rolled back to the spec of revision 1 as revision 3");
     let text = cluster.sched_ok(&["describe", "service", "quotes"]);
     assert!(text.contains("Health:      http /health on 8080 every 5s"), "{text}");
 
@@ -69,17 +76,17 @@ fn apply_get_describe_scale_rollback_delete_round_trip() {
 #[test]
 fn malformed_files_are_rejected_with_positions_and_change_nothing() {
     let cluster = Cluster::start(ClusterOptions::default());
-    cluster.sched_ok(&["apply", &example()]);
+    cluster.sched_ok(&["apply", &example(&cluster)]);
     let before = settled_describe(&cluster, "quotes");
 
     let bad = cluster.dir().join("bad.toml");
-    std::fs::write(&bad, "name = \"quotes\"\nimage = \"busybox\"\ncpus = 100\n").unwrap();
+    std::fs::write(&bad, "name = \"quotes\"\nimage = \"127.0.0.1:1/busybox\"\ncpus = 100\n").unwrap();
     let out = cluster.sched(&["apply", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("bad.toml:3:1: `cpus`: unknown field `cpus`"), "{err}");
 
-    std::fs::write(&bad, "name = \"quotes\"\nimage = \"busybox\"\nmemory = 1\nports = [80]\n[health]\nkind = \"tcp\"\nport = 81\n").unwrap();
+    std::fs::write(&bad, "name = \"quotes\"\nimage = \"127.0.0.1:1/busybox\"\nmemory = 1\nports = [80]\n[health]\nkind = \"tcp\"\nport = 81\n").unwrap();
     let out = cluster.sched(&["apply", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -100,7 +107,7 @@ fn malformed_files_are_rejected_with_positions_and_change_nothing() {
 #[test]
 fn bad_grpc_requests_get_clear_errors_and_change_nothing() {
     let cluster = Cluster::start(ClusterOptions::default());
-    cluster.sched_ok(&["apply", &example()]);
+    cluster.sched_ok(&["apply", &example(&cluster)]);
     let before = settled_describe(&cluster, "quotes");
     let address = format!("http://{}", cluster.servers[&2].address);
 

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use sched_tests::cluster::{Cluster, ClusterOptions, service_names, stderr};
+use sched_tests::cluster::{CLOSED_REGISTRY, Cluster, ClusterOptions, service_names, stderr};
 
 fn member_ids(cluster: &Cluster) -> Vec<u64> {
     let members = cluster.sched_json(&["cluster", "members"]);
@@ -12,8 +12,8 @@ fn member_ids(cluster: &Cluster) -> Vec<u64> {
 #[test]
 fn remove_a_server_then_add_it_back_empty_and_it_catches_up() {
     let mut cluster = Cluster::start(ClusterOptions::default());
-    let example = format!("{}/../examples/quotes/service.toml", env!("CARGO_MANIFEST_DIR"));
-    cluster.sched_ok(&["apply", &example]);
+    let example = cluster.example_service_file();
+    cluster.sched_ok(&["apply", example.to_str().unwrap()]);
     let leader = cluster.wait_for_leader(Duration::from_secs(5));
     let gone = *cluster.servers.keys().find(|id| **id != leader).unwrap();
 
@@ -22,7 +22,7 @@ fn remove_a_server_then_add_it_back_empty_and_it_catches_up() {
     assert_eq!(member_ids(&cluster), expected);
     cluster.kill(gone);
     // Two voters of two still commit.
-    let second = cluster.service_file("second", "busybox:1.36", 1);
+    let second = cluster.service_file("second", &format!("{CLOSED_REGISTRY}/busybox:1.36"), 1);
     cluster.sched_ok(&["apply", second.to_str().unwrap()]);
 
     let out = cluster.sched(&["cluster", "leave", "42"]);
@@ -51,7 +51,7 @@ fn remove_a_server_then_add_it_back_empty_and_it_catches_up() {
     // It is a full voter: with another server gone, the cluster still commits.
     let other = *cluster.servers.keys().find(|id| **id != gone && **id != cluster.wait_for_leader(Duration::from_secs(5))).unwrap();
     cluster.kill(other);
-    let third = cluster.service_file("third", "busybox:1.36", 1);
+    let third = cluster.service_file("third", &format!("{CLOSED_REGISTRY}/busybox:1.36"), 1);
     cluster.sched_ok(&["apply", third.to_str().unwrap()]);
     assert!(service_names(&cluster, &address, false).unwrap().contains("third"));
 }
@@ -63,7 +63,7 @@ fn removing_the_leader_lets_the_others_elect_a_new_one() {
     assert_eq!(cluster.sched_ok(&["cluster", "leave", &leader.to_string()]).trim(), format!("server {leader} removed from the cluster"));
     // The removed server keeps running but goes quiet; the other two elect a leader and commit.
     let start = Instant::now();
-    let file = cluster.service_file("after-leave", "busybox:1.36", 1);
+    let file = cluster.service_file("after-leave", &format!("{CLOSED_REGISTRY}/busybox:1.36"), 1);
     loop {
         let out = cluster.sched(&["apply", file.to_str().unwrap()]);
         if out.status.success() {

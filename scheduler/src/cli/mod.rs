@@ -151,6 +151,14 @@ pub struct ServerArgs {
     /// placed elsewhere.
     #[arg(long, default_value_t = 10_000)]
     pub node_timeout_ms: u64,
+    /// A registry (HOST:PORT) spoken to over plain HTTP when image tags are resolved to
+    /// digests; repeatable. Loopback registries always are.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+    /// Docker's config.json with registry credentials (default: $DOCKER_CONFIG/config.json,
+    /// else ~/.docker/config.json, when it exists).
+    #[arg(long, value_name = "PATH")]
+    pub docker_config: Option<PathBuf>,
 }
 
 /// What went wrong, and which exit code it means.
@@ -401,6 +409,10 @@ async fn serve(args: ServerArgs) -> Result<(), CliError> {
         advertise: args.listen,
         initial_cluster,
         node_timeout: Duration::from_millis(args.node_timeout_ms.max(1)),
+        registries: crate::server::image_pin::RegistryAccess {
+            insecure_registries: args.insecure_registries,
+            docker_config: args.docker_config,
+        },
     };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CliError::BadInput(format!("cannot watch for SIGTERM: {e}")))?;

@@ -168,13 +168,23 @@ pub fn history_table(revisions: &[pb::Revision], current: u64) -> String {
             vec![
                 format!("{}{}", r.revision, if r.revision == current { "*" } else { "" }),
                 spec.image,
+                short_digest(&r.image_digest),
                 spec.count.to_string(),
                 if r.rolled_back_from == 0 { "-".into() } else { format!("rollback to {}", r.rolled_back_from) },
                 r.created_unix_ms.to_string(),
             ]
         })
         .collect();
-    table::render(&["REVISION", "IMAGE", "COUNT", "NOTE", "CREATED(unix ms)"], &rows)
+    table::render(&["REVISION", "IMAGE", "DIGEST", "COUNT", "NOTE", "CREATED(unix ms)"], &rows)
+}
+
+/// `sha256:` and the first 12 hex digits (like docker's short ids); `-` when not resolved.
+fn short_digest(digest: &str) -> String {
+    match digest.strip_prefix("sha256:") {
+        Some(hex) => format!("sha256:{}", &hex[..hex.len().min(12)]),
+        None if digest.is_empty() => "-".into(),
+        None => digest.into(),
+    }
 }
 
 pub fn members_table(members: &pb::MembersResponse) -> String {
@@ -197,7 +207,10 @@ pub fn describe_text(d: &pb::DescribeServiceResponse) -> String {
     out.push_str(&format!("Name:        {}\n", service.name));
     out.push_str(&format!("Revision:    {} (of {})\n", service.revision, d.revisions.len()));
     out.push_str(&format!("Image:       {}\n", spec.image));
-    out.push_str(&format!("Digest:      {}\n", if current.image_digest.is_empty() { "(not resolved)" } else { &current.image_digest }));
+    out.push_str(&format!(
+        "Digest:      {}\n",
+        if current.image_digest.is_empty() { "(not resolved: tasks pull by tag; see Events)" } else { &current.image_digest }
+    ));
     if !spec.command.is_empty() {
         out.push_str(&format!("Command:     {:?}\n", spec.command));
     }

@@ -72,7 +72,7 @@ fn per_node(state: &ClusterState) -> BTreeMap<u64, usize> {
 }
 
 fn apply_service(state: &mut ClusterState, image: &str, count: u32, cpu: u32) {
-    state.apply(Command::ApplyService { spec: spec(image, count, cpu), image_digest: String::new(), now_ms: 0 }).unwrap();
+    state.apply(Command::ApplyService { spec: spec(image, count, cpu), image_digest: String::new(), now_ms: 0, unresolved_reason: String::new() }).unwrap();
 }
 
 #[test]

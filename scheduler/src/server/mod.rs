@@ -10,6 +10,7 @@
 mod agent_api;
 mod cluster_api;
 mod errors;
+pub mod image_pin;
 mod leader;
 mod log_api;
 mod peer_api;
@@ -46,6 +47,8 @@ pub struct ServerConfig {
     pub initial_cluster: BTreeMap<u64, String>,
     /// A node whose heartbeats stop for this long is marked down and its tasks placed elsewhere.
     pub node_timeout: std::time::Duration,
+    /// How image tags are resolved to digests at apply time (insecure registries, credentials).
+    pub registries: image_pin::RegistryAccess,
 }
 
 /// Why the server could not start or stopped.
@@ -59,6 +62,8 @@ pub enum ServerError {
     Storage(#[from] StorageFailure),
     #[error("raft: {0}")]
     Node(#[from] crate::raft::node::NodeError),
+    #[error("registry access: {0}")]
+    Registry(#[from] registry::RegistryError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("serving gRPC: {0}")]
@@ -90,6 +95,7 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     tracing::info!(id, address = %config.advertise, data_dir = %config.data_dir.display(), "sched server starting");
 
     let heartbeats = Arc::new(agent_api::Heartbeats::default());
+    let pinner = Arc::new(image_pin::ImagePinner::new(&config.registries)?);
     let leader_duties = tokio::spawn(leader::run(consensus.clone(), heartbeats.clone(), config.node_timeout));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ServiceApiServer<service_api::ServiceApiService>>().await;
@@ -104,7 +110,7 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ServiceApiServer::new(service_api::ServiceApiService::new(consensus.clone(), heartbeats.clone())))
+        .add_service(ServiceApiServer::new(service_api::ServiceApiService::new(consensus.clone(), heartbeats.clone(), pinner)))
         .add_service(ClusterApiServer::new(cluster_api::ClusterApiService::new(consensus.clone())))
         .add_service(LogApiServer::new(log_api::LogApiService::new(consensus.clone())))
         .add_service(AgentApiServer::new(agent_api::AgentApiService::new(consensus.clone(), heartbeats.clone())))

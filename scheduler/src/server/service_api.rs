@@ -1,5 +1,6 @@
 //! `sched.v1.ServiceApi`: services, tasks and nodes. Writes go through [`Consensus::write`]
-//! (from any server), reads through [`Consensus::read`] (linearizable unless `stale`).
+//! (from any server), reads through [`Consensus::read`] (linearizable unless `stale`). An apply
+//! first pins the image tag to a digest ([`ImagePinner`]) on the server that takes it.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use proto::sched::v1::service_api_server::ServiceApi;
 use tonic::{Request, Response, Status};
 
 use super::agent_api::Heartbeats;
+use super::image_pin::{ImagePinner, Resolution};
 use super::{errors, now_ms, views};
 use crate::raft::{Consensus, Proposal};
 use crate::spec::ServiceSpec;
@@ -18,11 +20,13 @@ pub struct ServiceApiService {
     /// The agents' latest metrics as this server has seen them (a follower forwards them to the
     /// leader, so the leader knows every node's; another server knows its own agents').
     heartbeats: Arc<Heartbeats>,
+    /// Resolves image tags to digests at apply time.
+    pinner: Arc<ImagePinner>,
 }
 
 impl ServiceApiService {
-    pub fn new(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>) -> Self {
-        ServiceApiService { consensus, heartbeats }
+    pub fn new(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, pinner: Arc<ImagePinner>) -> Self {
+        ServiceApiService { consensus, heartbeats, pinner }
     }
 
     /// Fills each task's CPU and memory from the latest heartbeat of its node.
@@ -67,8 +71,16 @@ impl ServiceApi for ServiceApiService {
     async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
         let spec = request.into_inner().spec.ok_or_else(|| Status::invalid_argument("`spec` is required"))?;
         let spec = ServiceSpec::from_proto(spec).map_err(errors::invalid_spec)?;
-        // Issue 5 resolves the tag to a digest here (registry HEAD); until then tasks pull by tag.
-        let command = Command::ApplyService { spec, image_digest: String::new(), now_ms: now_ms() };
+        let reference = registry::Reference::parse(&spec.image)
+            .map_err(|e| Status::invalid_argument(format!("the service spec is not valid:\n  `image`: {e}")))?;
+        let (image_digest, unresolved_reason) = match self.pinner.resolve(&reference).await {
+            Resolution::Pinned(digest) => (digest.to_string(), String::new()),
+            Resolution::Unresolved { reason } => {
+                tracing::warn!(service = %spec.name, image = %spec.image, "image digest not resolved, tasks will pull by tag: {reason}");
+                (String::new(), reason)
+            }
+        };
+        let command = Command::ApplyService { spec, image_digest, now_ms: now_ms(), unresolved_reason };
         let (service, changed) = self.write_service(command, "apply").await?;
         Ok(Response::new(pb::ApplyResponse { service: Some(service), changed }))
     }

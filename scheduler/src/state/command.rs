@@ -20,8 +20,17 @@ pub const COMMAND_VERSION: u32 = 1;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum Command {
-    /// Creates a service or adds a revision; an unchanged spec changes nothing.
-    ApplyService { spec: ServiceSpec, image_digest: String, now_ms: u64 },
+    /// Creates a service or adds a revision; an unchanged spec (and image digest) changes
+    /// nothing.
+    ApplyService {
+        spec: ServiceSpec,
+        /// The digest the image tag resolved to; empty when it could not be resolved.
+        image_digest: String,
+        now_ms: u64,
+        /// Why the digest could not be resolved (for the service's events); empty otherwise.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        unresolved_reason: String,
+    },
     /// Sets the desired task count (no new revision).
     ScaleService { name: String, count: u32, now_ms: u64 },
     /// Removes the service; its tasks are told to stop.

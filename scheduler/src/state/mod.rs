@@ -131,7 +131,9 @@ impl ClusterState {
     /// Applies one command. On rejection the state is unchanged.
     pub fn apply(&mut self, command: Command) -> Result<Outcome, Rejection> {
         match command {
-            Command::ApplyService { spec, image_digest, now_ms } => Ok(self.apply_service(spec, image_digest, now_ms)),
+            Command::ApplyService { spec, image_digest, now_ms, unresolved_reason } => {
+                Ok(self.apply_service(spec, image_digest, now_ms, &unresolved_reason))
+            }
             Command::ScaleService { name, count, now_ms } => self.scale_service(&name, count, now_ms),
             Command::DeleteService { name, now_ms } => self.delete_service(name, now_ms),
             Command::RollbackService { name, to_revision, now_ms } => self.rollback_service(&name, to_revision, now_ms),
@@ -217,8 +219,16 @@ impl ClusterState {
         }
     }
 
-    fn apply_service(&mut self, spec: crate::spec::ServiceSpec, image_digest: String, now_ms: u64) -> Outcome {
+    /// Records a new revision (unless spec and digest are unchanged). When the image digest
+    /// could not be resolved, an event says why and that the tasks pull by tag.
+    fn apply_service(&mut self, spec: crate::spec::ServiceSpec, image_digest: String, now_ms: u64, unresolved_reason: &str) -> Outcome {
         let name = spec.name.clone();
+        let unresolved = (!unresolved_reason.is_empty()).then(|| {
+            format!(
+                "the digest of {} could not be resolved ({unresolved_reason}); its tasks will pull it by tag",
+                spec.image
+            )
+        });
         let Some(service) = self.services.get_mut(&name) else {
             let count = spec.count;
             let first = Revision { revision: 1, spec, image_digest, created_ms: now_ms, rolled_back_from: None };
@@ -232,6 +242,9 @@ impl ClusterState {
                 events: Default::default(),
             };
             service.record(now_ms, format!("created at revision 1 with {count} task(s)"));
+            if let Some(message) = unresolved {
+                service.record(now_ms, format!("revision 1: {message}"));
+            }
             let summary = service.summary();
             self.services.insert(name, service);
             return Outcome::Service { service: summary, changed: true };
@@ -247,6 +260,9 @@ impl ClusterState {
         service.desired_count = count;
         service.updated_ms = now_ms;
         service.record(now_ms, format!("revision {revision} applied with {count} task(s)"));
+        if let Some(message) = unresolved {
+            service.record(now_ms, format!("revision {revision}: {message}"));
+        }
         Outcome::Service { service: service.summary(), changed: true }
     }
 

@@ -21,7 +21,7 @@ fn spec(image: &str, count: u32) -> ServiceSpec {
 }
 
 fn apply(state: &mut ClusterState, image: &str, count: u32, now_ms: u64) -> (u64, bool) {
-    match state.apply(Command::ApplyService { spec: spec(image, count), image_digest: String::new(), now_ms }).unwrap() {
+    match state.apply(Command::ApplyService { spec: spec(image, count), image_digest: String::new(), now_ms, unresolved_reason: String::new() }).unwrap() {
         Outcome::Service { service, changed } => (service.current.revision, changed),
         other => panic!("unexpected {other:?}"),
     }
@@ -77,7 +77,7 @@ fn scale_changes_count_without_a_revision_and_respects_autoscale_bounds() {
 
     let mut auto = spec("quotes:1.0", 3);
     auto.autoscale = Some(crate::spec::Autoscale { min: 2, max: 4, target_cpu_percent: 70, scale_out_cooldown_ms: 0, scale_in_cooldown_ms: 0 });
-    state.apply(Command::ApplyService { spec: auto, image_digest: String::new(), now_ms: 3 }).unwrap();
+    state.apply(Command::ApplyService { spec: auto, image_digest: String::new(), now_ms: 3, unresolved_reason: String::new() }).unwrap();
     let err = state.apply(Command::ScaleService { name: "quotes".into(), count: 9, now_ms: 4 }).unwrap_err();
     assert_eq!(err.kind, RejectionKind::Invalid);
     assert!(err.message.contains("between 2 and 4"), "{}", err.message);
@@ -186,9 +186,9 @@ fn event_log_is_bounded_per_service() {
 #[test]
 fn same_commands_give_same_state_and_snapshot_round_trips() {
     let commands = vec![
-        Command::ApplyService { spec: spec("quotes:1.0", 2), image_digest: String::new(), now_ms: 1 },
+        Command::ApplyService { spec: spec("quotes:1.0", 2), image_digest: String::new(), now_ms: 1, unresolved_reason: String::new() },
         Command::ScaleService { name: "quotes".into(), count: 4, now_ms: 2 },
-        Command::ApplyService { spec: spec("quotes:1.1", 2), image_digest: "sha256:ab".into(), now_ms: 3 },
+        Command::ApplyService { spec: spec("quotes:1.1", 2), image_digest: "sha256:ab".into(), now_ms: 3, unresolved_reason: String::new() },
         Command::ScaleService { name: "missing".into(), count: 4, now_ms: 4 },
     ];
     let run = || {
@@ -202,4 +202,49 @@ fn same_commands_give_same_state_and_snapshot_round_trips() {
     assert_eq!(a, b);
     assert_eq!(a.to_snapshot(), b.to_snapshot());
     assert_eq!(ClusterState::from_snapshot(&a.to_snapshot()).unwrap(), a);
+}
+
+#[test]
+fn digests_pin_revisions_and_an_unresolved_digest_is_an_event() {
+    let mut state = ClusterState::default();
+    let mut apply_pinned = |digest: &str, reason: &str, now_ms: u64| {
+        let command = Command::ApplyService {
+            spec: spec("127.0.0.1:1/quotes:1.0", 2),
+            image_digest: digest.into(),
+            now_ms,
+            unresolved_reason: reason.into(),
+        };
+        // Without a reason the command is written exactly as before the field existed.
+        let bytes = command.encode();
+        assert_eq!(String::from_utf8_lossy(&bytes).contains("unresolved_reason"), !reason.is_empty());
+        match state.apply(Command::decode(&bytes).unwrap()).unwrap() {
+            Outcome::Service { service, changed } => (service.current.revision, changed),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(apply_pinned("sha256:aa", "", 1), (1, true));
+    // The tag moved: same spec, new digest, new revision.
+    assert_eq!(apply_pinned("sha256:bb", "", 2), (2, true));
+    // The registry is down: nothing changes (the pinned revision keeps running), no event.
+    assert_eq!(apply_pinned("", "registry down", 3), (2, false));
+    let service = state.service("quotes").unwrap();
+    let digests: Vec<&str> = service.revisions.iter().map(|r| r.image_digest.as_str()).collect();
+    assert_eq!(digests, ["sha256:aa", "sha256:bb"]);
+    assert!(!service.events.iter().any(|e| e.message.contains("registry down")));
+
+    // A new spec whose digest could not be resolved is applied, and the event says why.
+    let command = Command::ApplyService {
+        spec: spec("127.0.0.1:1/quotes:2.0", 2),
+        image_digest: String::new(),
+        now_ms: 4,
+        unresolved_reason: "connection refused".into(),
+    };
+    state.apply(command).unwrap();
+    let service = state.service("quotes").unwrap();
+    assert_eq!((service.current, service.current_revision().image_digest.as_str()), (3, ""));
+    assert_eq!(
+        service.events.back().unwrap().message,
+        "revision 3: the digest of 127.0.0.1:1/quotes:2.0 could not be resolved (connection refused); \
+         its tasks will pull it by tag"
+    );
 }
