@@ -168,3 +168,29 @@ fn a_crash_loop_is_replaced_with_backoff() {
     run(&mut state, 14_000);
     assert_eq!(live(&state).len(), 1);
 }
+
+#[test]
+fn a_deleted_services_tasks_are_forgotten_once_they_stopped() {
+    let mut state = cluster(2, 4000);
+    apply_service(&mut state, "q:1", 2, 100);
+    run(&mut state, 1);
+    let ids: Vec<String> = state.tasks().map(|t| t.id.clone()).collect();
+    state.apply(Command::DeleteService { name: "quotes".into(), now_ms: 2 }).unwrap();
+    assert_eq!(run(&mut state, 3), 0, "tasks that may still run are kept until their nodes report them stopped");
+    let stopped = state.tasks().next().unwrap().clone();
+    state
+        .apply(Command::ReportTaskStatus {
+            node_id: stopped.node_id,
+            task_id: stopped.id.clone(),
+            state: TaskState::Exited,
+            exit_code: Some(143),
+            endpoints: vec![],
+            health: crate::state::HealthStatus::Unknown,
+            message: String::new(),
+            now_ms: 4,
+        })
+        .unwrap();
+    assert_eq!(run(&mut state, 5), 1);
+    let left: Vec<String> = state.tasks().map(|t| t.id.clone()).collect();
+    assert_eq!(left, vec![ids[1].clone()], "the stopped task is forgotten (its node then removes it), the other one not yet");
+}
