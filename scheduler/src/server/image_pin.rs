@@ -151,6 +151,22 @@ mod tests {
     }
 
     #[test]
+    fn insecure_registries_from_the_flag_are_spoken_to_over_plain_http() {
+        let access = RegistryAccess { insecure_registries: vec!["10.200.1.1:5000".into()], docker_config: None };
+        let pinner = ImagePinner::new(&access).unwrap();
+        assert!(pinner.client.is_insecure("10.200.1.1:5000"), "a lab registry on a bridge address");
+        assert!(pinner.client.is_insecure("127.0.0.1:5000"), "loopback always");
+        assert!(!pinner.client.is_insecure("10.200.1.1:5001") && !pinner.client.is_insecure("ghcr.io"));
+    }
+
+    #[test]
+    fn an_explicit_credentials_file_must_be_readable() {
+        let access = RegistryAccess { insecure_registries: vec![], docker_config: Some("/nonexistent/config.json".into()) };
+        let err = ImagePinner::new(&access).err().expect("a missing --docker-config is an error");
+        assert!(err.to_string().contains("/nonexistent/config.json"), "{err}");
+    }
+
+    #[test]
     fn an_unknown_tag_is_explained() {
         let reference = Reference::parse("127.0.0.1:5000/team/app:2.0").unwrap();
         let e = RegistryError::Status {
