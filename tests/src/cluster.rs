@@ -1,7 +1,7 @@
 //! A real cluster of `sched server` processes on 127.0.0.1 for the `cluster_*` tests.
 //!
 //! Each server is a separate process of the `sched` binary built next to the test executable
-//! (`target/debug/sched`: run `cargo build -p scheduler` first; `scripts/test.sh` does). Servers
+//! (`target/debug/sched`: run `cargo build -p sched` first; `scripts/test.sh` does). Servers
 //! get free ports and their own data directories under one temp dir, short Raft ticks (20 ms,
 //! so elections take 200-400 ms) and small snapshot intervals when asked. Drop kills every
 //! process (SIGKILL, also stopped ones) and removes the data.
@@ -65,7 +65,7 @@ pub fn sched_binary() -> PathBuf {
         profile_dir = profile_dir.parent().expect("target/<profile>");
     }
     let sched = profile_dir.join("sched");
-    assert!(sched.exists(), "{} is missing: build it first with `cargo build -p scheduler` (scripts/test.sh does)", sched.display());
+    assert!(sched.exists(), "{} is missing: build it first with `cargo build -p sched` (scripts/test.sh does)", sched.display());
     sched
 }
 

@@ -1,10 +1,14 @@
 //! How one agent runs: its servers, its identity and resources, and where it keeps things.
+//!
+//! [`AgentConfig::for_this_host`] gives the defaults both `sched-agent` and `sched dev` start
+//! from (all of the host's CPU and memory, the hostname as the node name, `sched-runtime` beside
+//! the running binary, task networking on); each binary then applies its own flags.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Everything `sched-agent` is started with.
+/// Everything an agent (`sched-agent`, or the one inside `sched dev`) is started with.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     /// Server addresses (`HOST:PORT`), tried in turn; the agent moves on when one dies.
@@ -34,7 +38,43 @@ pub struct AgentConfig {
     pub network: Option<crate::network::NodeNetworkConfig>,
 }
 
+/// The cgroup task cgroups are made under, at each hierarchy's root.
+pub const DEFAULT_CGROUP_PARENT: &str = "/sched";
+
 impl AgentConfig {
+    /// The defaults for an agent on this host talking to `servers` and keeping its data in
+    /// `data_dir`: named after the hostname, offering all CPU and memory, publishing ports on
+    /// 127.0.0.1, with task networking on the default bridge.
+    pub fn for_this_host(servers: Vec<String>, data_dir: PathBuf) -> crate::Result<AgentConfig> {
+        let (cpu_millis, memory_mib) = AgentConfig::host_capacity();
+        let name = nix::unistd::gethostname()
+            .map_err(|e| crate::AgentError::io("cannot read the hostname (pass a node name)".into(), e.into()))?
+            .to_string_lossy()
+            .into_owned();
+        Ok(AgentConfig {
+            servers,
+            name,
+            address: "127.0.0.1".into(),
+            labels: BTreeMap::new(),
+            cpu_millis,
+            memory_mib,
+            network: Some(crate::network::NodeNetworkConfig::new(&data_dir)),
+            data_dir,
+            runtime_binary: AgentConfig::default_runtime_binary(),
+            cgroup_parent: DEFAULT_CGROUP_PARENT.into(),
+            heartbeat_interval: Duration::from_secs(2),
+            check_interval: Duration::from_millis(500),
+            stop_grace: Duration::from_secs(10),
+        })
+    }
+
+    /// `sched-runtime` next to the running executable (how releases and `target/<profile>/`
+    /// lay binaries out), else the one on `PATH`.
+    pub fn default_runtime_binary() -> PathBuf {
+        let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join("sched-runtime")));
+        beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("sched-runtime"))
+    }
+
     /// The node's CPU count in millicores and memory in MiB, read from the host.
     pub fn host_capacity() -> (u32, u32) {
         let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);

@@ -5,5 +5,5 @@ mod config;
 mod daemon;
 pub mod plan;
 
-pub use config::AgentConfig;
+pub use config::{AgentConfig, DEFAULT_CGROUP_PARENT};
 pub use daemon::run;

@@ -4,7 +4,7 @@
 //! How to run:
 //!
 //! ```text
-//! cargo build --release -p scheduler -p sched-bench
+//! cargo build --release -p sched -p sched-bench
 //! target/release/raft-commit                  # 2000 sequential writes, 64 writers for 5 s, 3 failovers
 //! ```
 //!

@@ -1,7 +1,6 @@
 //! `sched-agent`: the node daemon. Thin: flags, logging, then `agent::node::run` until SIGINT or
 //! SIGTERM. Tasks keep running when the agent stops; a restarted agent adopts them.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,7 +37,7 @@ struct Cli {
     #[arg(long)]
     runtime: Option<PathBuf>,
     /// The cgroup every task's cgroup is made under.
-    #[arg(long, default_value = "/sched")]
+    #[arg(long, default_value = agent::node::DEFAULT_CGROUP_PARENT)]
     cgroup_parent: String,
     /// Seconds a stopped task gets between its stop signal and SIGKILL.
     #[arg(long, default_value_t = 10)]
@@ -74,41 +73,28 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The host's defaults ([`AgentConfig::for_this_host`]) with the flags applied.
 fn config(cli: Cli) -> Result<AgentConfig> {
-    let (host_cpu, host_mem) = AgentConfig::host_capacity();
-    let mut labels = BTreeMap::new();
+    let mut config = AgentConfig::for_this_host(cli.server, cli.data_dir)?;
     for l in &cli.labels {
         let Some((k, v)) = l.split_once('=') else { bail!("--labels {l:?}: use key=value") };
-        labels.insert(k.to_string(), v.to_string());
+        config.labels.insert(k.to_string(), v.to_string());
     }
-    let name = match cli.name {
-        Some(n) => n,
-        None => nix::unistd::gethostname().context("read the hostname")?.to_string_lossy().into_owned(),
-    };
-    let runtime_binary = match cli.runtime {
-        Some(p) => p,
-        None => {
-            let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("sched-runtime")));
-            beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("sched-runtime"))
-        }
-    };
-    Ok(AgentConfig {
-        servers: cli.server,
-        name,
-        address: cli.address,
-        labels,
-        cpu_millis: cli.cpu.unwrap_or(host_cpu),
-        memory_mib: cli.memory.unwrap_or(host_mem),
-        data_dir: cli.data_dir.clone(),
-        runtime_binary,
-        cgroup_parent: cli.cgroup_parent,
-        heartbeat_interval: Duration::from_secs(2),
-        check_interval: Duration::from_millis(500),
-        stop_grace: Duration::from_secs(cli.stop_grace),
-        network: (!cli.no_network).then(|| {
-            let mut net = agent::network::NodeNetworkConfig::new(&cli.data_dir);
-            net.bridge = cli.bridge.clone();
-            net
-        }),
-    })
+    if let Some(name) = cli.name {
+        config.name = name;
+    }
+    if let Some(runtime) = cli.runtime {
+        config.runtime_binary = runtime;
+    }
+    config.address = cli.address;
+    config.cpu_millis = cli.cpu.unwrap_or(config.cpu_millis);
+    config.memory_mib = cli.memory.unwrap_or(config.memory_mib);
+    config.cgroup_parent = cli.cgroup_parent;
+    config.stop_grace = Duration::from_secs(cli.stop_grace);
+    match &mut config.network {
+        Some(_) if cli.no_network => config.network = None,
+        Some(net) => net.bridge = cli.bridge,
+        None => {}
+    }
+    Ok(config)
 }
