@@ -63,6 +63,7 @@ stop_all() {
   if [ -f "$work/made-bridge" ]; then ip link del sched0 2>/dev/null || true; fi
   if [ -f "$work/made-nft-table" ]; then nft delete table ip sched 2>/dev/null || true; fi
   if [ -f "$work/made-netns-dir" ]; then umount /run/sched/netns 2>/dev/null || true; rmdir /run/sched/netns 2>/dev/null || true; fi
+  if [ -f "$work/made-run-dir" ]; then rmdir /run/sched 2>/dev/null || true; fi
   if [ -f "$work/cgroup-parent" ]; then
     local parent
     parent=$(cat "$work/cgroup-parent")
@@ -131,6 +132,7 @@ echo "$cgroup_parent" > "$work/cgroup-parent"
 ip link show sched0 >/dev/null 2>&1 || touch "$work/made-bridge"
 nft list table ip sched >/dev/null 2>&1 || touch "$work/made-nft-table"
 [ -e /run/sched/netns ] || touch "$work/made-netns-dir"
+[ -e /run/sched ] || touch "$work/made-run-dir"
 finish() {
   local status=$?
   trap - EXIT INT TERM

@@ -1,4 +1,5 @@
-//! The README's demo, run for real, and `sched dev`'s refusal of a taken port.
+//! The README's demo, run for real, and `sched dev` itself: a restart adopts the running tasks,
+//! and a taken port is refused.
 //!
 //! `scripts/demo.sh` runs with the debug binaries (`SCHED_BIN_DIR`) inside a network and mount
 //! namespace of its own: its registry (127.0.0.1:5000) and `sched dev` (127.0.0.1:7700) keep
@@ -12,8 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sched_tests::bundle::{cgroup_hierarchies, remove_cgroup_parent, unique_name};
-use sched_tests::cluster::sched_binary;
+use sched_tests::bundle::{cgroup_hierarchies, mounts_under, remove_cgroup_parent, runtime_binary, unique_name};
+use sched_tests::busybox_image::push_busybox;
+use sched_tests::cluster::{free_port, sched_binary};
+use sched_tests::registry::Registry;
+use serde_json::Value;
 
 /// The demo's own waits are bounded (about 2.5 min at worst); this is the backstop.
 const DEMO_TIMEOUT: Duration = Duration::from_secs(300);
@@ -203,4 +207,147 @@ fn the_sched_binary_adds_dev_and_keeps_every_other_command() {
     assert_eq!(sched(&["no-such-command"]).status.code(), Some(1));
     let free = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     assert_eq!(sched(&["--server", &free, "get", "services"]).status.code(), Some(2));
+}
+
+/// A `sched dev` process on a free loopback port, without task networking (no bridge on the
+/// host). Drop kills it, deletes its containers, unmounts their roots and removes the cgroups.
+struct Dev {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    address: String,
+    cgroup_parent: String,
+}
+
+impl Dev {
+    fn new() -> Dev {
+        Dev {
+            child: None,
+            dir: tempfile::Builder::new().prefix("sched-dev-test-").tempdir().unwrap(),
+            address: format!("127.0.0.1:{}", free_port()),
+            cgroup_parent: format!("/{}", unique_name()),
+        }
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("dev.log")).unwrap();
+        let child = Command::new(sched_binary())
+            .args(["dev", "--no-network", "--listen", &self.address, "--cgroup-parent", &self.cgroup_parent, "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start sched dev");
+        self.child = Some(child);
+    }
+
+    /// SIGTERM, as Ctrl-C or systemd would; returns its exit status.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        wait_bounded(&mut child, Duration::from_secs(15))
+    }
+
+    fn sched(&self, args: &[&str]) -> std::process::Output {
+        Command::new(sched_binary()).arg("--server").arg(&self.address).args(args).output().expect("run sched")
+    }
+
+    fn tasks(&self) -> Vec<Value> {
+        let out = self.sched(&["get", "tasks", "-o", "json"]);
+        serde_json::from_slice::<Value>(&out.stdout).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+    }
+
+    fn runtime_root(&self) -> PathBuf {
+        self.dir.path().join("data/agent/runtime")
+    }
+
+    /// (container id, pid) of every running container of the node.
+    fn containers(&self) -> Vec<(String, i64)> {
+        let out = Command::new(runtime_binary()).arg("--root").arg(self.runtime_root()).args(["list", "--format", "json"]).output().unwrap();
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let mut found: Vec<(String, i64)> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["status"] == "running")
+            .map(|c| (c["id"].as_str().unwrap_or_default().to_string(), c["pid"].as_i64().unwrap_or_default()))
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dev.log")).unwrap_or_default()
+    }
+
+    fn context(&self) -> String {
+        format!("tasks: {:#?}\ncontainers: {:?}\nsched dev log:\n{}", self.tasks(), self.containers(), self.log())
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for (id, _) in self.containers() {
+            let _ = Command::new(runtime_binary()).arg("--root").arg(self.runtime_root()).args(["delete", "--force", &id]).output();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for m in mounts_under(self.dir.path()).iter().rev() {
+            let _ = nix::mount::umount2(Path::new(m), nix::mount::MntFlags::MNT_DETACH);
+        }
+        remove_cgroup_parent(&self.cgroup_parent);
+    }
+}
+
+/// Polls `check` for up to a minute.
+#[track_caller]
+fn wait_until(what: &str, mut check: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}: {}", context());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_restarted_sched_dev_adopts_the_tasks_it_left_running() {
+    let registry = Registry::start();
+    let mut dev = Dev::new();
+    let image = push_busybox(dev.dir.path(), &registry.addr(), "sleepy:1", vec![], serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
+    let file = dev.dir.path().join("sleepy.toml");
+    std::fs::write(&file, format!("name = \"sleepy\"\nimage = \"{image}\"\ncommand = [\"sleep\", \"1000\"]\ncpu = 100\nmemory = 32\ncount = 2\n")).unwrap();
+    dev.start();
+    wait_until("sched dev answers", || dev.sched(&["get", "nodes"]).status.success(), || dev.context());
+    let applied = dev.sched(&["apply", &file.to_string_lossy()]);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let running = |dev: &Dev| dev.tasks().iter().filter(|t| t["observed_state"] == "running").count();
+    wait_until("2 tasks run", || running(&dev) == 2 && dev.containers().len() == 2, || dev.context());
+    let before = dev.containers();
+
+    // Stopped: it exits 0 and its tasks run on under their shims.
+    let status = dev.stop();
+    assert!(status.is_some_and(|s| s.success()), "sched dev stops cleanly on SIGTERM ({status:?}):\n{}", dev.log());
+    assert_eq!(dev.containers(), before, "the tasks outlive sched dev");
+
+    // Started again on the same data dir: once its agent heartbeats again, the same tasks, the
+    // same processes, nothing new.
+    let restarted_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    dev.start();
+    let heartbeat_ms = |dev: &Dev| {
+        let out = dev.sched(&["get", "nodes", "-o", "json"]);
+        let nodes: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        nodes[0]["last_heartbeat_unix_ms"].as_u64().unwrap_or(0)
+    };
+    wait_until("the agent heartbeats again", || heartbeat_ms(&dev) > restarted_ms, || dev.context());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(running(&dev), 2, "both tasks reported running: {}", dev.context());
+    assert_eq!(dev.containers(), before, "adopted, not restarted: {}", dev.context());
+    assert_eq!(dev.tasks().len(), 2, "no replacement tasks: {}", dev.context());
+
+    let deleted = dev.sched(&["delete", "sleepy"]);
+    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+    wait_until("no container is left", || dev.containers().is_empty(), || dev.context());
 }
