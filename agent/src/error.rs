@@ -21,6 +21,9 @@ pub enum AgentError {
     /// No task has this id on this node.
     #[error("task {0} is not on this node")]
     UnknownTask(String),
+    /// The agent's own API (task logs) could not be served.
+    #[error("the agent API (--api-listen): {0}")]
+    Api(String),
     /// A file operation failed.
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },

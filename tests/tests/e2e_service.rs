@@ -47,6 +47,8 @@ impl Agent {
         assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
         Command::new(agent)
             .args(["--server", &cluster.addresses(), "--name", name, "--no-network", "--stop-grace", "1"])
+            // Tests run in parallel: each agent API on its own free port.
+            .args(["--api-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--cgroup-parent", cgroup_parent])

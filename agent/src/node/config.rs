@@ -17,6 +17,9 @@ pub struct AgentConfig {
     pub name: String,
     /// The address other nodes and the ingress reach this node's published ports on.
     pub address: String,
+    /// Where the agent's own API (task logs, for `sched logs`) listens: HOST:PORT, port 0 for any
+    /// free one. Registered with the servers, with an unspecified IP replaced by `address`.
+    pub api_listen: String,
     pub labels: BTreeMap<String, String>,
     /// CPU capacity offered to tasks, in millicores.
     pub cpu_millis: u32,
@@ -55,6 +58,7 @@ impl AgentConfig {
             servers,
             name,
             address: "127.0.0.1".into(),
+            api_listen: crate::logs::DEFAULT_API_LISTEN.into(),
             labels: BTreeMap::new(),
             cpu_millis,
             memory_mib,

@@ -64,10 +64,17 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         Some(net) => Some(Arc::new(NodeNetwork::new(net.clone()).await?)),
         None => None,
     };
-    let node = Node { driver, network };
+    let api = tokio::net::TcpListener::bind(&config.api_listen)
+        .await
+        .map_err(|e| AgentError::Api(format!("cannot listen on {}: {e}", config.api_listen)))?;
+    let bound = api.local_addr().map_err(|e| AgentError::Api(e.to_string()))?;
+    let api_address = crate::logs::advertised_address(bound, &config.address);
+    tracing::info!(%bound, advertised = api_address, "agent API (task logs) listening");
+    let node = Node { driver: driver.clone(), network, api_address };
     tokio::select! {
         () = shutdown => Ok(()),
         () = serve(&config, node) => Ok(()),
+        served = crate::logs::serve(api, driver) => Err(AgentError::Api(format!("stopped serving: {}", served.err().map_or_else(String::new, |e| e.to_string())))),
     }
 }
 
@@ -76,6 +83,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
 struct Node {
     driver: Arc<TaskDriver>,
     network: Option<Arc<NodeNetwork>>,
+    /// HOST:PORT the servers reach the agent API on (registered with the node).
+    api_address: String,
 }
 
 impl Node {
@@ -192,7 +201,7 @@ async fn session(config: &AgentConfig, agent: &Node, server: &str, node: &mut No
             cpu_millis: config.cpu_millis,
             memory_mib: config.memory_mib,
             labels: config.labels.clone().into_iter().collect(),
-            api_address: String::new(),
+            api_address: agent.api_address.clone(),
         })
         .await
         .map_err(|s| format!("register: {}", s.message()))?

@@ -35,11 +35,30 @@ impl Servers {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
+        self.call_on(|e| e.timeout(Duration::from_secs(10)), call).await
+    }
+
+    /// Like [`Servers::call`] for a call that answers with a stream which may stay open for
+    /// long (`sched logs -f`): no request timeout, and HTTP/2 keepalive pings so a server that
+    /// vanishes ends the stream instead of leaving it hanging.
+    pub async fn call_streaming<T, F, Fut>(&self, call: F) -> Result<T, CliError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        self.call_on(|e| e.http2_keep_alive_interval(Duration::from_secs(10)).keep_alive_timeout(Duration::from_secs(5)), call).await
+    }
+
+    async fn call_on<T, F, Fut>(&self, configure: impl Fn(Endpoint) -> Endpoint, call: F) -> Result<T, CliError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
         let mut failures = Vec::new();
         for address in &self.addresses {
             let url = if address.contains("://") { address.clone() } else { format!("http://{address}") };
             let endpoint = match Endpoint::from_shared(url) {
-                Ok(e) => e.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(10)),
+                Ok(e) => configure(e.connect_timeout(Duration::from_secs(2))),
                 Err(_) => return Err(CliError::BadInput(format!("--server: \"{address}\" is not HOST:PORT"))),
             };
             let channel = match endpoint.connect().await {

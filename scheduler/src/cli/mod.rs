@@ -6,6 +6,7 @@
 //! has no leader).
 
 mod client;
+mod logs;
 mod output;
 mod table;
 
@@ -72,6 +73,8 @@ pub enum CliCommand {
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// Show what a service's tasks print to stdout and stderr, read from their nodes.
+    Logs(logs::LogsArgs),
     /// Make a new revision with the spec of an earlier one.
     Rollback {
         name: String,
@@ -322,6 +325,7 @@ pub async fn run_cli(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        CliCommand::Logs(args) => logs::run(servers()?, args).await,
         CliCommand::Cluster { command } => cluster(servers()?, command).await,
     }
 }

@@ -27,6 +27,10 @@ struct Cli {
     /// The address tasks' published ports are reached on (default: 127.0.0.1).
     #[arg(long, default_value = "127.0.0.1")]
     address: String,
+    /// Where the agent API listens (task logs for `sched logs`; the servers call it): HOST:PORT,
+    /// port 0 for any free port. Serves what tasks print: keep it on the nodes' network.
+    #[arg(long, default_value = agent::logs::DEFAULT_API_LISTEN)]
+    api_listen: String,
     /// CPU offered to tasks in millicores (default: all cores).
     #[arg(long)]
     cpu: Option<u32>,
@@ -87,6 +91,7 @@ fn config(cli: Cli) -> Result<AgentConfig> {
         config.runtime_binary = runtime;
     }
     config.address = cli.address;
+    config.api_listen = cli.api_listen;
     config.cpu_millis = cli.cpu.unwrap_or(config.cpu_millis);
     config.memory_mib = cli.memory.unwrap_or(config.memory_mib);
     config.cgroup_parent = cli.cgroup_parent;
