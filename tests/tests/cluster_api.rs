@@ -171,7 +171,7 @@ fn health_and_reflection_are_served_on_the_api_port() {
         let answer = answers.next().await.unwrap().unwrap();
         let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else { panic!("{answer:?}") };
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-        for expected in ["sched.v1.ServiceApi", "sched.v1.ClusterApi", "agent.v1.AgentApi", "grpc.health.v1.Health"] {
+        for expected in ["sched.v1.ServiceApi", "sched.v1.ClusterApi", "sched.v1.LogApi", "agent.v1.AgentApi", "grpc.health.v1.Health"] {
             assert!(names.iter().any(|n| n == expected), "{expected} not in {names:?}");
         }
     });
