@@ -121,6 +121,20 @@ impl Follower {
     }
 }
 
+impl Follower {
+    /// The exit status, once the process has ended by itself within `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
 impl Drop for Follower {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -169,7 +183,7 @@ fn logs_of_every_task_stream_from_their_nodes_through_the_server() {
     let registry = Registry::start();
     let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
     let image = push_busybox(cluster.dir(), &registry.addr(), "ticker:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
-    let _node1 = Agent::start(&cluster, "node1");
+    let node1 = Agent::start(&cluster, "node1");
     let mut node2 = Agent::start(&cluster, "node2");
     let nodes = || cluster.sched_json(&["get", "nodes"]).as_array().map_or(0, |n| n.iter().filter(|n| n["status"] == "ready").count());
     wait_until("both nodes are ready", || nodes() == 2, || format!("{:#?}", cluster.sched_json(&["get", "nodes"])));
@@ -253,6 +267,20 @@ fn logs_of_every_task_stream_from_their_nodes_through_the_server() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(stderr(&out).contains("cannot reach node node2"), "{out:?}");
     assert_eq!(ticks_by_task(&stdout(&out).lines().map(str::to_string).collect::<Vec<_>>()).len(), 1, "{out:?}");
+
+    // Following one task ends when its container exits (as kubectl logs -f).
+    let on_node1 = node1.containers().into_iter().find(|c| tasks.contains(c)).expect("a task runs on node1");
+    let mut follower = Follower::start(&cluster, &["ticker", "--task", &on_node1, "-f", "--tail", "0"]);
+    follower.read_until(Duration::from_secs(15), |seen| seen.iter().any(|l| l.starts_with("tick ")));
+    let killed = Command::new(runtime_binary())
+        .arg("--root")
+        .arg(node1.data_dir.join("runtime"))
+        .args(["kill", &on_node1, "KILL"])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "{killed:?}");
+    let status = follower.wait_exit(Duration::from_secs(10)).expect("sched logs --task -f ends once the task has exited");
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]
