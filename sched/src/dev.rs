@@ -30,6 +30,10 @@ const SERVER_ID: u64 = 1;
 /// Ticks (100 ms) before the only member elects itself: nobody else can lead, so waiting
 /// longer only delays the start.
 const ELECTION_TICKS: usize = 3;
+/// The agent's task-log API (the server calls it for `sched logs`): loopback, any free port,
+/// which the agent registers. Nothing off this machine needs it, and a `sched-agent` on the
+/// same host keeps its default port.
+const AGENT_API_LISTEN: &str = "127.0.0.1:0";
 /// How long the server gets to finish open requests once the agent has stopped.
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -99,6 +103,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     agent.cpu_millis = args.cpu.unwrap_or(agent.cpu_millis);
     agent.memory_mib = args.memory.unwrap_or(agent.memory_mib);
     agent.cgroup_parent = args.cgroup_parent;
+    agent.api_listen = AGENT_API_LISTEN.into();
     if args.no_network {
         agent.network = None;
     }

@@ -313,12 +313,12 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool, context: impl Fn() ->
 }
 
 #[test]
-fn a_restarted_sched_dev_adopts_the_tasks_it_left_running() {
+fn a_restarted_sched_dev_adopts_the_tasks_it_left_running_and_serves_their_logs() {
     let registry = Registry::start();
     let mut dev = Dev::new();
     let image = push_busybox(dev.dir.path(), &registry.addr(), "sleepy:1", vec![], serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
     let file = dev.dir.path().join("sleepy.toml");
-    std::fs::write(&file, format!("name = \"sleepy\"\nimage = \"{image}\"\ncommand = [\"sleep\", \"1000\"]\ncpu = 100\nmemory = 32\ncount = 2\n")).unwrap();
+    std::fs::write(&file, format!("name = \"sleepy\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"echo started; exec sleep 1000\"]\ncpu = 100\nmemory = 32\ncount = 2\n")).unwrap();
     dev.start();
     wait_until("sched dev answers", || dev.sched(&["get", "nodes"]).status.success(), || dev.context());
     let applied = dev.sched(&["apply", &file.to_string_lossy()]);
@@ -326,6 +326,11 @@ fn a_restarted_sched_dev_adopts_the_tasks_it_left_running() {
     let running = |dev: &Dev| dev.tasks().iter().filter(|t| t["observed_state"] == "running").count();
     wait_until("2 tasks run", || running(&dev) == 2 && dev.containers().len() == 2, || dev.context());
     let before = dev.containers();
+    // `sched logs` goes server -> the dev agent's log API (loopback, the port it registered).
+    let logs = |dev: &Dev| String::from_utf8_lossy(&dev.sched(&["logs", "sleepy"]).stdout).into_owned();
+    wait_until("sched logs shows what both tasks printed", || logs(&dev).matches("started").count() == 2, || {
+        format!("{}\nsched logs:\n{}", dev.context(), logs(&dev))
+    });
 
     // Stopped: it exits 0 and its tasks run on under their shims.
     let status = dev.stop();
