@@ -285,7 +285,7 @@ mod tests {
     fn write_lines(dir: &Path, max_bytes: u64, lines: std::ops::Range<usize>, time: &str) {
         let mut log = RotatingLog::open(dir, max_bytes).unwrap();
         for i in lines {
-            let stream = if i % 2 == 0 { Stream::Stdout } else { Stream::Stderr };
+            let stream = if i.is_multiple_of(2) { Stream::Stdout } else { Stream::Stderr };
             log.write(stream, format!("line {i}\n").as_bytes(), time).unwrap();
         }
     }
@@ -307,7 +307,7 @@ mod tests {
         let numbers: Vec<usize> = lines.iter().map(|l| l.rsplit(' ').next().unwrap().parse().unwrap()).collect();
         assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "in order, no gaps: {numbers:?}");
         assert_eq!(numbers.last(), Some(&39));
-        assert_eq!(lines[0].split(' ').next(), Some(if numbers[0] % 2 == 0 { "stdout" } else { "stderr" }));
+        assert_eq!(lines[0].split(' ').next(), Some(if numbers[0].is_multiple_of(2) { "stdout" } else { "stderr" }));
     }
 
     #[test]
@@ -317,7 +317,7 @@ mod tests {
         let current = std::fs::read_to_string(dir.path().join(CURRENT)).unwrap().lines().count();
         let tail = current + 2;
         let lines = read(dir.path(), LogQuery { tail: Some(tail), ..Default::default() });
-        let expected: Vec<String> = (40 - tail..40).map(|i| format!("{} line {i}", if i % 2 == 0 { "stdout" } else { "stderr" })).collect();
+        let expected: Vec<String> = (40 - tail..40).map(|i| format!("{} line {i}", if i.is_multiple_of(2) { "stdout" } else { "stderr" })).collect();
         assert_eq!(lines, expected);
         assert!(read(dir.path(), LogQuery { tail: Some(0), ..Default::default() }).is_empty());
     }
