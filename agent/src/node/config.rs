@@ -39,6 +39,8 @@ pub struct AgentConfig {
     /// Task networking (bridge, namespaces, published ports); `None` runs tasks in their own
     /// empty network namespace (loopback only).
     pub network: Option<crate::network::NodeNetworkConfig>,
+    /// Registries (`host[:port]`) pulled from over plain HTTP (loopback ones always are).
+    pub insecure_registries: Vec<String>,
 }
 
 /// The cgroup task cgroups are made under, at each hierarchy's root.
@@ -63,6 +65,7 @@ impl AgentConfig {
             cpu_millis,
             memory_mib,
             network: Some(crate::network::NodeNetworkConfig::new(&data_dir)),
+            insecure_registries: Vec::new(),
             data_dir,
             runtime_binary: AgentConfig::default_runtime_binary(),
             cgroup_parent: DEFAULT_CGROUP_PARENT.into(),

@@ -48,7 +48,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     if config.servers.is_empty() {
         return Err(AgentError::Spec("no server address given (--server HOST:PORT)".into()));
     }
-    let images = ImageService::open(&config.data_dir, ImageServiceOptions::default())?;
+    let mut image_options = ImageServiceOptions::default();
+    image_options.client.insecure_registries = config.insecure_registries.clone();
+    let images = ImageService::open(&config.data_dir, image_options)?;
     let driver = TaskDriver::new(
         DriverConfig {
             runtime_binary: config.runtime_binary.clone(),

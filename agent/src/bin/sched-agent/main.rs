@@ -52,6 +52,13 @@ struct Cli {
     /// Run tasks without a network (loopback only): no bridge, no published ports.
     #[arg(long)]
     no_network: bool,
+    /// Where task network namespaces are pinned (one file per task).
+    #[arg(long, default_value = agent::network::DEFAULT_NETNS_DIR)]
+    netns_dir: PathBuf,
+    /// A registry (HOST[:PORT]) pulled from over plain HTTP; loopback ones always are.
+    /// Repeat or comma-separate for several.
+    #[arg(long = "insecure-registry", value_delimiter = ',')]
+    insecure_registries: Vec<String>,
     /// Log debug records.
     #[arg(long)]
     debug: bool,
@@ -96,9 +103,13 @@ fn config(cli: Cli) -> Result<AgentConfig> {
     config.memory_mib = cli.memory.unwrap_or(config.memory_mib);
     config.cgroup_parent = cli.cgroup_parent;
     config.stop_grace = Duration::from_secs(cli.stop_grace);
+    config.insecure_registries = cli.insecure_registries;
     match &mut config.network {
         Some(_) if cli.no_network => config.network = None,
-        Some(net) => net.bridge = cli.bridge,
+        Some(net) => {
+            net.bridge = cli.bridge;
+            net.netns_dir = cli.netns_dir;
+        }
         None => {}
     }
     Ok(config)
