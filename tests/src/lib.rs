@@ -7,6 +7,7 @@
 pub mod bundle;
 pub mod busybox_image;
 pub mod cluster;
+pub mod lab;
 pub mod netlab;
 pub mod oci_image;
 pub mod registry;
