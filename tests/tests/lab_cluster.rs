@@ -23,7 +23,7 @@ fn lab_with_service() -> Lab {
     let lab = Lab::start(LabOptions::default());
     let image = lab.push_busybox("web:1", json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
     let file = lab.dir().join("web.toml");
-    let script = format!("mkdir -p /tmp/www && echo '{PAGE}' > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www");
+    let script = format!("mkdir -p /tmp/www && echo '{PAGE}' > /tmp/www/index.html && echo serving && exec httpd -f -p 8080 -h /tmp/www");
     std::fs::write(
         &file,
         format!("name = \"{SERVICE}\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"{script}\"]\ncpu = 100\nmemory = 32\nports = [8080]\ncount = {TASKS}\n"),
@@ -139,6 +139,10 @@ fn six_tasks_spread_two_per_host_and_every_endpoint_answers_http() {
         };
         assert_eq!(body.trim(), PAGE, "{endpoint} serves the task's page");
     }
+
+    // Every task's output is read from its host through the servers (`sched logs`).
+    let logs = lab.sched_ok(&["logs", SERVICE]);
+    assert_eq!(logs.lines().filter(|l| l.ends_with(" serving")).count(), TASKS, "each task's line, from every host: {logs}");
 }
 
 #[test]
