@@ -188,6 +188,9 @@ struct NodeState {
     /// and whether a probe is in flight.
     health: HashMap<String, HealthState>,
     cpu: CpuSampler,
+    /// Whether assignments arrived since this process started. Until then `wanted` is empty,
+    /// and acting on it would stop every task a restarted agent is about to adopt.
+    assigned: bool,
 }
 
 type SessionResult = std::result::Result<(), String>;
@@ -225,6 +228,7 @@ async fn session(config: &AgentConfig, agent: &Node, server: &str, node: &mut No
             message = stream.message() => match message.map_err(|s| format!("assignment stream: {}", s.message()))? {
                 Some(assignments) => {
                     node.wanted = wanted_from(&assignments);
+                    node.assigned = true;
                     act(config, agent, node, &done_tx).await?;
                 }
                 None => return Ok(()),
@@ -242,7 +246,9 @@ async fn session(config: &AgentConfig, agent: &Node, server: &str, node: &mut No
                 }
             }
             _ = check.tick() => {
-                act(config, agent, node, &done_tx).await?;
+                if node.assigned {
+                    act(config, agent, node, &done_tx).await?;
+                }
                 probe_due(config, driver, node, &done_tx);
                 report_changes(&mut client, node_id, driver, node).await?;
             }
