@@ -8,7 +8,8 @@
 # `httpd -f -p 8080 -h /www`, and its working directory is /www, so the service file's shorter
 # `/bin/httpd -f -p 8080` serves the same files. Built with umoci (layout, layer, config) and
 # pushed with skopeo; needs root (umoci unpack/repack keep file owners) and the Debian packages
-# umoci, skopeo and busybox-static. Loopback registries are spoken to over plain HTTP.
+# umoci, skopeo and busybox-static. Loopback registries are spoken to over plain HTTP, others
+# over HTTPS unless INSECURE=1.
 set -euo pipefail
 if [ $# -ne 1 ] || [[ "$1" != */*:* ]]; then
   echo "usage: $0 REGISTRY/REPO:TAG   (e.g. 127.0.0.1:5000/quotes:1.0)" >&2
@@ -49,7 +50,7 @@ umoci gc --layout oci
 registry=${dest%%/*}
 case "$registry" in
   127.*|localhost|localhost:*|\[::1\]*) tls=false ;;
-  *) tls=true ;;
+  *) [ "${INSECURE:-0}" = 1 ] && tls=false || tls=true ;;
 esac
 skopeo copy -q --dest-tls-verify="$tls" oci:oci:quotes "docker://$dest"
 echo "pushed $dest"

@@ -64,8 +64,8 @@ pub struct DevArgs {
     /// The cgroup every task's cgroup is made under.
     #[arg(long, default_value = DEFAULT_CGROUP_PARENT)]
     pub cgroup_parent: String,
-    /// A registry (HOST:PORT) spoken to over plain HTTP when image tags are resolved to
-    /// digests; repeatable. Loopback registries always are.
+    /// A registry (HOST:PORT) spoken to over plain HTTP, by the server resolving tags to
+    /// digests and by the agent pulling; repeatable. Loopback registries always are.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
     /// Docker's config.json with registry credentials (default: $DOCKER_CONFIG/config.json,
@@ -104,6 +104,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     agent.memory_mib = args.memory.unwrap_or(agent.memory_mib);
     agent.cgroup_parent = args.cgroup_parent;
     agent.api_listen = AGENT_API_LISTEN.into();
+    agent.insecure_registries = server.registries.insecure_registries.clone();
     if args.no_network {
         agent.network = None;
     }

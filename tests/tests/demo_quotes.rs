@@ -1,5 +1,5 @@
 //! The README's demo, run for real, and `sched dev` itself: a restart adopts the running tasks,
-//! and a taken port is refused.
+//! `--insecure-registry` reaches its server and its agent, and a taken port is refused.
 //!
 //! `scripts/demo.sh` runs with the debug binaries (`SCHED_BIN_DIR`) inside a network and mount
 //! namespace of its own: its registry (127.0.0.1:5000) and `sched dev` (127.0.0.1:7700) keep
@@ -355,4 +355,86 @@ fn a_restarted_sched_dev_adopts_the_tasks_it_left_running_and_serves_their_logs(
     let deleted = dev.sched(&["delete", "sleepy"]);
     assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
     wait_until("no container is left", || dev.containers().is_empty(), || dev.context());
+}
+
+/// `sched dev --insecure-registry` reaches both halves: the server pins the tag's digest and the
+/// agent pulls over plain HTTP from a registry that is not on loopback. Inside a network
+/// namespace of its own, where 10.99.0.1 is an address of `lo` (so nothing leaves it). Without
+/// the flag both speak HTTPS and the task fails.
+#[test]
+fn sched_dev_passes_insecure_registries_to_its_server_and_agent() {
+    let leftovers = Leftovers {
+        dir: tempfile::Builder::new().prefix("sched-dev-insecure-").tempdir().expect("temp dir"),
+        cgroup_parent: format!("/{}", unique_name()),
+    };
+    let work = leftovers.tmp();
+    std::fs::create_dir(&work).unwrap();
+    let bin = sched_binary().parent().expect("target/<profile>").to_path_buf();
+    // Prints one line per run: "FLAG|STATE|DIGEST|MESSAGE".
+    let script = r#"
+set -u
+B=$1; W=$2; CG=$3
+ip link set lo up && ip addr add 10.99.0.1/32 dev lo
+printf 'version: 0.1\nlog: {level: warn}\nstorage: {filesystem: {rootdirectory: %s/registry}}\nhttp: {addr: "10.99.0.1:5000", secret: x}\n' "$W" > "$W/registry.yml"
+docker-registry serve "$W/registry.yml" > "$W/registry.log" 2>&1 & R=$!
+for _ in $(seq 1 50); do curl -fsS http://10.99.0.1:5000/v2/ >/dev/null 2>&1 && break; sleep 0.1; done
+INSECURE=1 scripts/build-quotes-image.sh 10.99.0.1:5000/quotes:1.0 >&2 || exit 1
+sed 's|127.0.0.1:5000|10.99.0.1:5000|' examples/quotes/service.toml > "$W/service.toml"
+for flag in none --insecure-registry=10.99.0.1:5000; do
+  args=(); [ "$flag" = none ] || args=("$flag")
+  "$B/sched" dev --data-dir "$W/$flag" --no-network --cgroup-parent "$CG" "${args[@]}" >> "$W/dev.log" 2>&1 & D=$!
+  for _ in $(seq 1 50); do "$B/sched" get nodes >/dev/null 2>&1 && break; sleep 0.2; done
+  "$B/sched" apply "$W/service.toml" >&2
+  for _ in $(seq 1 60); do
+    t=$("$B/sched" get tasks -o json | jq -r '[.[0].observed_state, .[0].message] | join("|")')
+    case "$t" in running*|failed*) break ;; esac; sleep 0.5
+  done
+  digest=$("$B/sched" get services -o json | jq -r '.[0].current.image_digest // ""')
+  echo "$flag|${t%%|*}|$digest|${t#*|}"
+  "$B/sched" delete quotes >&2
+  for _ in $(seq 1 150); do [ -z "$("$B/sched-runtime" --root "$W/$flag/agent/runtime" list -q)" ] && break; sleep 0.2; done
+  kill -TERM $D; wait $D
+done
+kill $R; wait $R || true
+"#;
+    let mut child = Command::new("unshare")
+        .args(["--net", "--mount", "--", "bash", "-c", script, "insecure-test"])
+        .arg(&bin)
+        .arg(&work)
+        .arg(&leftovers.cgroup_parent)
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare runs (util-linux)");
+    let reader = {
+        let mut stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+            text
+        })
+    };
+    let errors = {
+        let mut stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        })
+    };
+    let status = wait_bounded(&mut child, Duration::from_secs(180));
+    let (out, err) = (reader.join().unwrap(), errors.join().unwrap());
+    let context = format!("stdout:\n{out}\nstderr:\n{err}\nsched dev log:\n{}", std::fs::read_to_string(work.join("dev.log")).unwrap_or_default());
+    assert!(status.is_some_and(|s| s.success()), "the script failed ({status:?}):\n{context}");
+    let runs: Vec<Vec<&str>> = out.lines().map(|l| l.splitn(4, '|').collect()).collect();
+    assert_eq!(runs.len(), 2, "{context}");
+    assert_eq!(runs[0][..2], ["none", "failed"], "without the flag the agent speaks HTTPS and fails: {context}");
+    assert!(runs[0][2].is_empty(), "without the flag the server cannot pin a digest: {context}");
+    assert_eq!(runs[1][..2], ["--insecure-registry=10.99.0.1:5000", "running"], "{context}");
+    assert!(runs[1][2].starts_with("sha256:"), "with the flag the server pins the digest: {context}");
+    // The parent cgroups stay (a runtime removes only the leaf): the guard removes them.
+    assert_eq!(leftovers.processes(), vec![], "{context}");
+    assert_eq!(leftovers.cgroup_pids(), Vec::<i32>::new(), "{context}");
 }
