@@ -225,6 +225,10 @@ fn a_restarted_agent_runs_no_task_twice() {
     );
     let settled = fingerprint(&lab);
     assert_unchanged_for(&lab, Duration::from_secs(3), &settled);
+    // The old copies (still listed, as lost) hold nothing on the host any more: no mount, task
+    // namespace, veth, published port or cgroup.
+    assert!(settled.iter().all(|(h, _, _)| *h != host), "nothing runs on {host} now: {settled:?}");
+    wait_until("the old copies are released", Duration::from_secs(10), || lab.task_leftovers(0).is_empty(), || format!("left: {:#?}", lab.task_leftovers(0)));
 }
 
 #[test]

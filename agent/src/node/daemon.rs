@@ -116,6 +116,18 @@ impl Node {
         started
     }
 
+    /// Frees an exited task's network and rootfs; its dir stays. Idempotent.
+    async fn release(&self, id: &str) {
+        if let Err(e) = self.driver.release(id) {
+            tracing::warn!(task = id, "releasing its rootfs failed: {e}");
+        }
+        if let Some(network) = &self.network
+            && let Err(e) = network.destroy_task(id).await
+        {
+            tracing::warn!(task = id, "removing its network failed: {e}");
+        }
+    }
+
     /// Removes an exited task and its network.
     async fn remove(&self, id: &str) {
         if let Err(e) = self.driver.remove(id) {
@@ -188,6 +200,8 @@ struct NodeState {
     /// and whether a probe is in flight.
     health: HashMap<String, HealthState>,
     cpu: CpuSampler,
+    /// Exited tasks whose network and rootfs were released (by this process).
+    released: HashSet<String>,
     /// Whether assignments arrived since this process started. Until then `wanted` is empty,
     /// and acting on it would stop every task a restarted agent is about to adopt.
     assigned: bool,
@@ -446,11 +460,19 @@ async fn act(config: &AgentConfig, agent: &Node, node: &mut NodeState, done: &mp
                 });
             }
             Action::Stop(_) => {}
+            Action::Release(id) if !node.busy.contains(&id) && !node.released.contains(&id) => {
+                agent.release(&id).await;
+                node.endpoints.remove(&id);
+                node.ips.remove(&id);
+                node.released.insert(id);
+            }
+            Action::Release(_) => {}
             Action::Remove(id) if !node.busy.contains(&id) => {
                 if node.failed.remove(&id).is_none() {
                     agent.remove(&id).await;
                 }
                 node.reported.remove(&id);
+                node.released.remove(&id);
                 node.endpoints.remove(&id);
                 node.ips.remove(&id);
                 node.health.remove(&id);

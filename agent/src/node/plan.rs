@@ -28,18 +28,23 @@ pub enum Action {
     Start(TaskSpec),
     /// Stop a running task that is no longer wanted running.
     Stop(String),
+    /// Free what an exited task still holds on the node (network, rootfs) while the servers
+    /// still list it; its dir (exit record, logs) stays until they drop it.
+    Release(String),
     /// Remove an exited task the servers no longer list.
     Remove(String),
 }
 
-/// The actions that move `seen` towards `wanted`. An exited task that is still wanted is left
-/// alone (the servers decide whether to replace it, with backoff); it is removed once they drop it.
+/// The actions that move `seen` towards `wanted`. An exited task that is still listed is not
+/// restarted here (the servers decide whether to replace it, with backoff): its network and
+/// rootfs are released, and the rest is removed once they drop it.
 pub fn plan(wanted: &BTreeMap<String, Wanted>, seen: &BTreeMap<String, Seen>) -> Vec<Action> {
     let mut actions = Vec::new();
     for (id, w) in wanted {
         match (w.running, seen.get(id)) {
             (true, None) => actions.push(Action::Start(w.spec.clone())),
             (false, Some(Seen::Running)) => actions.push(Action::Stop(id.clone())),
+            (_, Some(Seen::Exited(_))) => actions.push(Action::Release(id.clone())),
             _ => {}
         }
     }
@@ -91,14 +96,14 @@ mod tests {
     }
 
     #[test]
-    fn tasks_wanted_stopped_are_stopped_but_kept_until_dropped() {
+    fn tasks_wanted_stopped_are_stopped_then_released_but_kept_until_dropped() {
         assert_eq!(plan(&wanted(&[("a", false)]), &seen(&[("a", Seen::Running)])), vec![Action::Stop("a".into())]);
-        assert_eq!(plan(&wanted(&[("a", false)]), &seen(&[("a", Seen::Exited(143))])), vec![]);
+        assert_eq!(plan(&wanted(&[("a", false)]), &seen(&[("a", Seen::Exited(143))])), vec![Action::Release("a".into())]);
     }
 
     #[test]
-    fn an_exited_task_still_wanted_is_not_restarted_here() {
-        assert_eq!(plan(&wanted(&[("a", true)]), &seen(&[("a", Seen::Exited(1))])), vec![]);
+    fn an_exited_task_still_wanted_is_not_restarted_here_only_released() {
+        assert_eq!(plan(&wanted(&[("a", true)]), &seen(&[("a", Seen::Exited(1))])), vec![Action::Release("a".into())]);
     }
 
     #[test]

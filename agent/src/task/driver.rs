@@ -168,6 +168,16 @@ impl TaskDriver {
             .ok_or_else(|| AgentError::Start { task: id.into(), reason: format!("it survived SIGKILL for {KILL_WAIT:?}") })
     }
 
+    /// Frees an exited task's rootfs (unmounted, its upper layer deleted); the task dir with its
+    /// exit record and logs stays. Idempotent.
+    pub fn release(&self, id: &str) -> Result<()> {
+        if let TaskStatus::Running { .. } = self.status(id)? {
+            return Err(AgentError::Start { task: id.into(), reason: "cannot release a running task: stop it first".into() });
+        }
+        self.images.release_rootfs(id)?;
+        Ok(())
+    }
+
     /// Removes an exited task: its rootfs and its task dir.
     pub fn remove(&self, id: &str) -> Result<()> {
         if let TaskStatus::Running { .. } = self.status(id)? {
