@@ -193,6 +193,13 @@ fn a_cut_off_hosts_tasks_run_on_the_other_hosts_within_15_s() {
     let settled = fingerprint(&lab);
     assert_eq!(settled, after, "the returning host changed nothing: {}", context(&lab));
     assert_unchanged_for(&lab, Duration::from_secs(3), &settled);
+    // Its old tasks died unrecorded (their shims were killed too): it cleans up after them.
+    let victim_left = || {
+        let mut left = lab.task_leftovers(victim);
+        left.extend(lab.containers().into_iter().filter(|c| c.host == victim_name).map(|c| format!("container {} ({})", c.id, c.status)));
+        left
+    };
+    wait_until("the victim cleaned up its dead tasks", Duration::from_secs(10), || victim_left().is_empty(), || format!("left: {:#?}", victim_left()));
 }
 
 #[test]

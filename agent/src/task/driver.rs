@@ -141,7 +141,10 @@ impl TaskDriver {
         match Container::load(&self.state, id) {
             Ok(c) if c.status() != Status::Stopped => Ok(TaskStatus::Running { pid: c.pid() }),
             // Stopped but not yet recorded: the shim is writing exit.json right now.
-            Ok(_) => Ok(TaskStatus::Running { pid: 0 }),
+            Ok(_) if shim_alive(&dir, &self.config.runtime_binary) => Ok(TaskStatus::Running { pid: 0 }),
+            // ... unless the shim is gone too (killed with its node, or the node rebooted): then
+            // the task ended without a record.
+            Ok(_) => Ok(TaskStatus::Exited(shim::read_exit(&dir)?.unwrap_or_else(unrecorded_exit))),
             Err(runtime::Error::NotFound(_)) if dir.exists() => {
                 // The shim deletes the container only after it wrote exit.json: read it again.
                 Ok(shim::read_exit(&dir)?.map(TaskStatus::Exited).unwrap_or(TaskStatus::Missing))
@@ -173,6 +176,10 @@ impl TaskDriver {
     pub fn release(&self, id: &str) -> Result<()> {
         if let TaskStatus::Running { .. } = self.status(id)? {
             return Err(AgentError::Start { task: id.into(), reason: "cannot release a running task: stop it first".into() });
+        }
+        // A container whose shim died with it was never deleted: its state and cgroups go now.
+        if let Ok(container) = Container::load(&self.state, id) {
+            container.delete(true)?;
         }
         self.images.release_rootfs(id)?;
         Ok(())
@@ -254,4 +261,24 @@ impl TaskDriver {
             .and_then(|s| parse_signal(&s).ok())
             .unwrap_or(Signal::SIGTERM)
     }
+}
+
+/// Whether the task's shim (`shim.pid` in its dir, a process of `runtime_binary`) still runs.
+/// Without a pid file it is assumed to, as before such files existed.
+fn shim_alive(task_dir: &Path, runtime_binary: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(task_dir.join(shim::PID_FILE)).ok().and_then(|p| p.trim().parse::<u32>().ok()) else {
+        return true;
+    };
+    // A reused pid is not the shim: check the name (the kernel keeps 15 bytes of it), and that
+    // it is not a zombie.
+    let binary = runtime_binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let comm: String = binary.chars().take(15).collect();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((name, rest)) = stat.split_once(") ") else { return false };
+    name.ends_with(&format!("({comm}")) && !rest.starts_with('Z')
+}
+
+/// The record of a task that ended while nothing watched it (its shim was killed too).
+fn unrecorded_exit() -> ExitRecord {
+    ExitRecord { code: 255, signal: None, finished_at: String::new() }
 }
