@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use agent::network::Ipv4Subnet;
 use agent::node::{AgentConfig, run};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -49,6 +50,10 @@ struct Cli {
     /// The node bridge tasks are attached to.
     #[arg(long, default_value = agent::network::DEFAULT_BRIDGE)]
     bridge: String,
+    /// The node's task subnet in CIDR form (prefix 8 to 30); the bridge takes its `.1`. Move it
+    /// when the node's own network already uses the default range.
+    #[arg(long, default_value = agent::network::DEFAULT_SUBNET)]
+    subnet: Ipv4Subnet,
     /// Run tasks without a network (loopback only): no bridge, no published ports.
     #[arg(long)]
     no_network: bool,
@@ -108,9 +113,43 @@ fn config(cli: Cli) -> Result<AgentConfig> {
         Some(_) if cli.no_network => config.network = None,
         Some(net) => {
             net.bridge = cli.bridge;
+            net.subnet = cli.subnet;
             net.netns_dir = cli.netns_dir;
         }
         None => {}
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(["sched-agent", "--server", "127.0.0.1:7400"].iter().chain(args))
+    }
+
+    #[test]
+    fn the_subnet_defaults_to_the_network_default() {
+        let cli = parse(&[]).unwrap();
+        assert_eq!(cli.subnet, agent::network::DEFAULT_SUBNET.parse::<Ipv4Subnet>().unwrap());
+    }
+
+    #[test]
+    fn a_subnet_flag_moves_the_task_subnet() {
+        let cli = parse(&["--subnet", "10.99.4.0/22", "--name", "n1"]).unwrap();
+        assert_eq!(cli.subnet.to_string(), "10.99.4.0/22");
+        let config = config(cli).unwrap();
+        if let Some(net) = &config.network {
+            assert_eq!(net.subnet.to_string(), "10.99.4.0/22");
+        }
+    }
+
+    #[test]
+    fn an_invalid_subnet_is_refused_naming_the_flag() {
+        for bad in ["10.99.4.1/22", "10.99.4.0", "10.99.4.0/31", "banana/24"] {
+            let err = parse(&["--subnet", bad]).err().unwrap_or_else(|| panic!("{bad} was accepted")).to_string();
+            assert!(err.contains("--subnet"), "{bad}: {err}");
+        }
+    }
 }
