@@ -12,7 +12,6 @@
 //! containers — or when the listen address is taken.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -157,10 +156,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
 }
 
 /// Resolves when `stop` sends (or its sender is dropped).
-fn stopped(mut stop: watch::Receiver<()>) -> impl Future<Output = ()> {
-    async move {
-        let _ = stop.changed().await;
-    }
+async fn stopped(mut stop: watch::Receiver<()>) {
+    let _ = stop.changed().await;
 }
 
 fn listen_error(address: &str, error: std::io::Error) -> anyhow::Error {
