@@ -45,6 +45,11 @@ stop_all() {
         [ -z "$(containers "$work")" ] && break
         sleep 0.2
       done
+      # Each container's network namespace goes right after it: give the agent that moment.
+      for _ in $(seq 1 50); do
+        [ -z "$(netns_pins)" ] && break
+        sleep 0.1
+      done
     fi
     kill -TERM "$dev_pid" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$dev_pid" 2>/dev/null || break; sleep 0.1; done
@@ -53,6 +58,11 @@ stop_all() {
   # Whatever is left (sched dev died before it could stop its tasks): remove it directly.
   for id in $(containers "$work"); do
     "$(dirname "$sched_bin")/sched-runtime" --root "$work/sched/agent/runtime" delete --force "$id" >/dev/null 2>&1 || true
+  done
+  # And the task network namespaces it had no time to remove.
+  for pin in $(netns_pins); do
+    umount -l "$pin" 2>/dev/null || true
+    rm -f "$pin"
   done
   if [ -n "$registry_pid" ]; then
     kill -TERM "$registry_pid" 2>/dev/null || true
@@ -80,6 +90,11 @@ stop_all() {
 }
 
 # The ids of the containers the demo's agent knows.
+# The pinned network namespaces of the quotes tasks (sched dev's default netns dir).
+netns_pins() {
+  ls -d /run/sched/netns/quotes-* 2>/dev/null || true
+}
+
 containers() {
   local work=$1 runtime
   runtime="$(dirname "$(cat "$work/sched-bin" 2>/dev/null || echo /nonexistent/x)")/sched-runtime"

@@ -164,6 +164,12 @@ fn the_demo_serves_a_quote_from_each_task_and_leaves_nothing_behind() {
     assert_eq!(leftovers.cgroups(), Vec::<PathBuf>::new(), "cgroups left behind:\n{output}");
     let files: Vec<_> = std::fs::read_dir(leftovers.tmp()).unwrap().flatten().map(|e| e.path()).collect();
     assert!(files.is_empty(), "the demo left {files:?}:\n{output}");
+    // The task network namespaces are pinned on the host's /run, outside the test's mount
+    // namespace: their files must go too.
+    let pins: Vec<_> = std::fs::read_dir("/run/sched/netns")
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("quotes-"))).collect())
+        .unwrap_or_default();
+    assert_eq!(pins, Vec::<PathBuf>::new(), "task network namespaces left behind:\n{output}");
 }
 
 #[test]
