@@ -20,24 +20,32 @@ struct Agent {
     child: Child,
     data_dir: std::path::PathBuf,
     cgroup_parent: String,
+    /// More flags (like `--cpu 500`), kept for a restart.
+    extra_args: Vec<String>,
 }
 
 impl Agent {
     fn start(cluster: &Cluster, name: &str) -> Agent {
+        Self::start_with(cluster, name, &[])
+    }
+
+    /// Starts an agent with more flags than the usual ones.
+    fn start_with(cluster: &Cluster, name: &str, extra_args: &[&str]) -> Agent {
         let data_dir = cluster.dir().join(format!("agent-{name}"));
         let cgroup_parent = format!("/sched-test-{}", unique_name());
-        let child = Self::spawn(cluster, name, &data_dir, &cgroup_parent);
-        Agent { child, data_dir, cgroup_parent }
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        let child = Self::spawn(cluster, name, &data_dir, &cgroup_parent, &extra_args);
+        Agent { child, data_dir, cgroup_parent, extra_args }
     }
 
     /// Starts the agent again with the same name, data dir and cgroup parent.
     fn restart(&mut self, cluster: &Cluster, name: &str) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(cluster, name, &self.data_dir, &self.cgroup_parent);
+        self.child = Self::spawn(cluster, name, &self.data_dir, &self.cgroup_parent, &self.extra_args);
     }
 
-    fn spawn(cluster: &Cluster, name: &str, data_dir: &std::path::Path, cgroup_parent: &str) -> Child {
+    fn spawn(cluster: &Cluster, name: &str, data_dir: &std::path::Path, cgroup_parent: &str, extra_args: &[String]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -54,6 +62,7 @@ impl Agent {
             .args(["--cgroup-parent", cgroup_parent])
             .arg("--runtime")
             .arg(runtime_binary())
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -216,5 +225,124 @@ fn cpu_use_is_reported_as_a_fraction_of_the_limit() {
     let memory = tasks(&cluster)[0]["memory_bytes"].as_u64().unwrap_or(0);
     assert!(memory > 0, "memory use is reported too: {}", context());
     cluster.sched_ok(&["delete", "busy"]);
+    wait_until("no container is left", || agent.containers().is_empty(), context);
+}
+
+/// Issue #5 item 3: a task that exits is reported with its exit code and replaced, each
+/// replacement later than the one before (1 s doubling), and `describe` shows the crash loop.
+#[test]
+fn a_crash_loop_is_reported_and_backs_off() {
+    let registry = Registry::start();
+    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
+    let image = push_busybox(cluster.dir(), &registry.addr(), "crashy:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
+    let agent = Agent::start(&cluster, "node1");
+    let file = cluster.dir().join("crashy.toml");
+    std::fs::write(
+        &file,
+        format!("name = \"crashy\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"sleep 0.2; exit 3\"]\ncpu = 100\nmemory = 64\ncount = 1\n"),
+    )
+    .unwrap();
+    cluster.sched_ok(&["apply", &file.to_string_lossy()]);
+    let context = || format!("tasks: {:#?}", tasks(&cluster));
+    // Four tasks: the first and three replacements, after backoffs of 1 s, 2 s and 4 s.
+    let exited = |cluster: &Cluster| {
+        let mut exited: Vec<Value> =
+            tasks(cluster).into_iter().filter(|t| t["observed_state"] == "exited").collect();
+        exited.sort_by_key(|t| t["created_unix_ms"].as_u64());
+        exited
+    };
+    wait_until("3 tasks exited and a 4th was made", || exited(&cluster).len() >= 3 && tasks(&cluster).len() >= 4, context);
+    let all = {
+        let mut all = tasks(&cluster);
+        all.sort_by_key(|t| t["created_unix_ms"].as_u64());
+        all
+    };
+    let ids: std::collections::BTreeSet<&str> = all.iter().filter_map(|t| t["id"].as_str()).collect();
+    assert_eq!(ids.len(), all.len(), "every replacement is a new task: {}", context());
+    for t in &all[..3] {
+        assert_eq!(t["observed_state"], "exited", "{}", context());
+        assert_eq!(t["exit_code"], 3, "the exit code reaches the servers: {}", context());
+        assert_eq!(t["desired_state"], "running", "nothing asked it to stop: {}", context());
+    }
+    let ms = |t: &Value, key: &str| t[key].as_u64().unwrap_or_else(|| panic!("{key} missing: {t}"));
+    // The k-th replacement is made no sooner than 2^(k-1) s after the death before it (the
+    // reconciler's rule, on the servers' own clock); the leader looks every 0.5 s.
+    let delays: Vec<u64> = (0..3).map(|k| ms(&all[k + 1], "created_unix_ms") - ms(&all[k], "updated_unix_ms")).collect();
+    for (k, delay) in delays.iter().enumerate() {
+        let backoff = 1000u64 << k;
+        assert!(*delay >= backoff, "replacement {} came {delay} ms after the death, before its {backoff} ms backoff: {}", k + 1, context());
+    }
+    assert!(delays[0] < delays[1] && delays[1] < delays[2], "the backoff grows: {delays:?}");
+    // Starts spread further apart: the gap before the 3rd replacement is longer than the one
+    // before the 2nd (the first task's image pull makes the first gap not comparable).
+    let starts: Vec<u64> = all.iter().take(4).map(|t| ms(t, "created_unix_ms")).collect();
+    let (gap2, gap3) = (starts[2] - starts[1], starts[3] - starts[2]);
+    assert!(gap3 > gap2 + 1000, "starts {starts:?}: gaps {gap2} ms then {gap3} ms should grow by about 2 s");
+
+    let described = cluster.sched_ok(&["describe", "service", "crashy"]);
+    for t in &all[..3] {
+        let id = t["id"].as_str().unwrap();
+        assert!(described.contains(&format!("task {id} exited with code 3")), "describe names the exit of {id}:\n{described}");
+    }
+    for backoff in ["backoff of 1s", "backoff of 2s", "backoff of 4s"] {
+        assert!(described.contains(backoff), "describe shows the {backoff}:\n{described}");
+    }
+
+    cluster.sched_ok(&["delete", "crashy"]);
+    wait_until("no container is left", || agent.containers().is_empty(), context);
+}
+
+/// Issue #5 item 7: a task that fits on no node stays pending, and `describe` says what is
+/// missing; a spec that fits is then placed and runs.
+#[test]
+fn a_task_that_fits_nowhere_stays_pending_with_the_reason() {
+    let registry = Registry::start();
+    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
+    let image = push_busybox(cluster.dir(), &registry.addr(), "hungry:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
+    let agent = Agent::start_with(&cluster, "small", &["--cpu", "500", "--memory", "256"]);
+    wait_until("the node registered", || cluster.sched_json(&["get", "nodes"]).as_array().is_some_and(|n| n.len() == 1), String::new);
+    let file = cluster.dir().join("hungry.toml");
+    let apply = |cpu: u32, memory: u32| {
+        std::fs::write(
+            &file,
+            format!("name = \"hungry\"\nimage = \"{image}\"\ncommand = [\"sleep\", \"1000\"]\ncpu = {cpu}\nmemory = {memory}\ncount = 1\n"),
+        )
+        .unwrap();
+        cluster.sched_ok(&["apply", &file.to_string_lossy()]);
+    };
+    let context = || format!("tasks: {:#?}", tasks(&cluster));
+    let pending_reason = |cluster: &Cluster| {
+        let live: Vec<Value> = tasks(cluster).into_iter().filter(|t| t["desired_state"] == "running").collect();
+        match live.as_slice() {
+            [t] if t["observed_state"] == "pending" && t["node_id"] == 0 => t["message"].as_str().map(str::to_string),
+            _ => None,
+        }
+    };
+
+    // Too much CPU for the only node.
+    apply(1000, 64);
+    wait_until("the task is pending for CPU", || pending_reason(&cluster).is_some_and(|r| r.contains("CPU")), context);
+    let reason = pending_reason(&cluster).unwrap();
+    assert!(reason.contains("1 lack 1000m CPU (most free: 500m)"), "{reason}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(pending_reason(&cluster).as_deref(), Some(reason.as_str()), "it stays pending: {}", context());
+    let described = cluster.sched_ok(&["describe", "service", "hungry"]);
+    assert!(described.contains("pending") && described.contains(&reason), "describe shows the pending task and why:\n{described}");
+
+    // Too much memory.
+    apply(100, 512);
+    wait_until("the task is pending for memory", || pending_reason(&cluster).is_some_and(|r| r.contains("memory")), context);
+    let reason = pending_reason(&cluster).unwrap();
+    assert!(reason.contains("1 lack 512 MiB memory (most free: 256 MiB)"), "{reason}");
+    let described = cluster.sched_ok(&["describe", "service", "hungry"]);
+    assert!(described.contains(&reason), "describe shows why:\n{described}");
+    assert!(agent.containers().is_empty(), "nothing ran on the node: {:?}", agent.containers());
+
+    // A spec that fits runs.
+    apply(100, 64);
+    wait_until("the task runs", || count_state(&cluster, "running") == 1, context);
+    wait_until("its container runs on the node", || agent.containers().iter().filter(|(_, s)| s == "running").count() == 1, context);
+
+    cluster.sched_ok(&["delete", "hungry"]);
     wait_until("no container is left", || agent.containers().is_empty(), context);
 }

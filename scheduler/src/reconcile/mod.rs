@@ -155,15 +155,30 @@ fn on_down_node(state: &ClusterState, t: &Task) -> bool {
 /// Whether new tasks of a service must wait: k deaths within the window delay the next start
 /// by 1 s * 2^(k-1) (at most 60 s) from the latest death.
 fn backing_off(tasks: &[&Task], now_ms: u64) -> bool {
+    backoff(tasks.iter().copied(), now_ms).is_some_and(|b| now_ms < b.latest_death_ms + b.delay_ms)
+}
+
+/// A service's restart backoff: its recent deaths and how long after the latest one the next
+/// replacement waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// Tasks that exited or failed while they should run, within the last 5 minutes.
+    pub deaths: usize,
+    pub latest_death_ms: u64,
+    pub delay_ms: u64,
+}
+
+/// The backoff of a service with `tasks` at `now_ms`; `None` when none of them died recently.
+pub fn backoff<'a>(tasks: impl IntoIterator<Item = &'a Task>, now_ms: u64) -> Option<Backoff> {
     let deaths: Vec<u64> = tasks
-        .iter()
+        .into_iter()
         .filter(|t| t.desired == DesiredState::Running && matches!(t.observed, TaskState::Exited | TaskState::Failed))
         .map(|t| t.updated_ms)
         .filter(|ms| now_ms.saturating_sub(*ms) < BACKOFF_WINDOW_MS)
         .collect();
-    let Some(latest) = deaths.iter().max() else { return false };
-    let delay = BACKOFF_BASE_MS.saturating_mul(1 << (deaths.len() - 1).min(6)).min(BACKOFF_MAX_MS);
-    now_ms < latest + delay
+    let latest_death_ms = *deaths.iter().max()?;
+    let delay_ms = BACKOFF_BASE_MS.saturating_mul(1 << (deaths.len() - 1).min(6)).min(BACKOFF_MAX_MS);
+    Some(Backoff { deaths: deaths.len(), latest_death_ms, delay_ms })
 }
 
 /// The nodes with what live tasks already use.

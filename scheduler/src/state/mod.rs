@@ -202,12 +202,18 @@ impl ClusterState {
                         message: format!("task {task_id} is assigned to node {}, not node {node_id}", task.node_id),
                     });
                 }
+                let died = task.desired == DesiredState::Running
+                    && matches!(state, TaskState::Exited | TaskState::Failed)
+                    && !matches!(task.observed, TaskState::Exited | TaskState::Failed);
                 task.observed = state;
                 task.exit_code = exit_code.or(task.exit_code);
                 task.endpoints = endpoints;
                 task.health = health;
                 task.message = message;
                 task.updated_ms = now_ms;
+                if died {
+                    self.record_death(&task_id, now_ms);
+                }
                 Ok(Outcome::Done)
             }
             Command::RemoveTasks { task_ids } => {
@@ -217,6 +223,29 @@ impl ClusterState {
                 Ok(Outcome::Done)
             }
         }
+    }
+
+    /// Records in its service's events that a task which should run died, with its exit code
+    /// (or failure) and the restart backoff now in force, so `describe` shows a crash loop.
+    fn record_death(&mut self, task_id: &str, now_ms: u64) {
+        let Some(task) = self.tasks.get(task_id) else { return };
+        let what = match (task.observed, task.exit_code) {
+            (TaskState::Exited, Some(code)) => format!("task {task_id} exited with code {code}"),
+            (TaskState::Exited, None) => format!("task {task_id} exited"),
+            _ => format!("task {task_id} failed: {}", task.message),
+        };
+        let service = task.service.clone();
+        let backoff = crate::reconcile::backoff(self.tasks.values().filter(|t| t.service == service), now_ms);
+        let Some(record) = self.services.get_mut(&service) else { return };
+        let message = match backoff {
+            Some(b) => format!(
+                "{what}; {} exit(s) in 5 min: its replacement starts after a backoff of {}",
+                b.deaths,
+                crate::spec::format_duration_ms(b.delay_ms)
+            ),
+            None => what,
+        };
+        record.record(now_ms, message);
     }
 
     /// Records a new revision (unless spec and digest are unchanged). When the image digest

@@ -172,6 +172,45 @@ fn task_reports_from_the_wrong_node_are_refused() {
 }
 
 #[test]
+fn a_task_that_dies_is_recorded_with_its_exit_code_and_backoff_once() {
+    let mut state = ClusterState::default();
+    apply(&mut state, "quotes:1.0", 1, 1);
+    let task = |id: &str| Task {
+        id: id.into(),
+        service: "quotes".into(),
+        revision: 1,
+        node_id: 2,
+        desired: DesiredState::Running,
+        observed: TaskState::Running,
+        endpoints: vec![],
+        exit_code: None,
+        health: HealthStatus::Unknown,
+        message: String::new(),
+        created_ms: 1,
+        updated_ms: 1,
+    };
+    state.apply(Command::PutTasks { tasks: vec![task("quotes-1"), task("quotes-2")], now_ms: 2 }).unwrap();
+    let exit = |id: &str, now_ms| Command::ReportTaskStatus {
+        node_id: 2,
+        task_id: id.into(),
+        state: TaskState::Exited,
+        exit_code: Some(3),
+        endpoints: vec![],
+        health: HealthStatus::Unknown,
+        message: String::new(),
+        now_ms,
+    };
+    state.apply(exit("quotes-1", 10)).unwrap();
+    state.apply(exit("quotes-1", 11)).unwrap(); // a repeated report is no new death
+    state.apply(exit("quotes-2", 20)).unwrap();
+    let events: Vec<&str> = state.service("quotes").unwrap().events.iter().skip(1).map(|e| e.message.as_str()).collect();
+    assert_eq!(events, [
+        "task quotes-1 exited with code 3; 1 exit(s) in 5 min: its replacement starts after a backoff of 1s",
+        "task quotes-2 exited with code 3; 2 exit(s) in 5 min: its replacement starts after a backoff of 2s",
+    ]);
+}
+
+#[test]
 fn event_log_is_bounded_per_service() {
     let mut state = ClusterState::default();
     apply(&mut state, "quotes:1.0", 1, 0);
