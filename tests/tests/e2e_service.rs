@@ -301,6 +301,7 @@ fn a_task_that_fits_nowhere_stays_pending_with_the_reason() {
     let image = push_busybox(cluster.dir(), &registry.addr(), "hungry:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
     let agent = Agent::start_with(&cluster, "small", &["--cpu", "500", "--memory", "256"]);
     wait_until("the node registered", || cluster.sched_json(&["get", "nodes"]).as_array().is_some_and(|n| n.len() == 1), String::new);
+    let node_id = cluster.sched_json(&["get", "nodes"])[0]["id"].as_u64().unwrap();
     let file = cluster.dir().join("hungry.toml");
     let apply = |cpu: u32, memory: u32| {
         std::fs::write(
@@ -323,7 +324,7 @@ fn a_task_that_fits_nowhere_stays_pending_with_the_reason() {
     apply(1000, 64);
     wait_until("the task is pending for CPU", || pending_reason(&cluster).is_some_and(|r| r.contains("CPU")), context);
     let reason = pending_reason(&cluster).unwrap();
-    assert!(reason.contains("1 lack 1000m CPU (most free: 500m)"), "{reason}");
+    assert!(reason.contains(&format!("1 lack 1000m CPU (most free: 500m, on node {node_id})")), "{reason}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(pending_reason(&cluster).as_deref(), Some(reason.as_str()), "it stays pending: {}", context());
     let described = cluster.sched_ok(&["describe", "service", "hungry"]);
@@ -333,7 +334,7 @@ fn a_task_that_fits_nowhere_stays_pending_with_the_reason() {
     apply(100, 512);
     wait_until("the task is pending for memory", || pending_reason(&cluster).is_some_and(|r| r.contains("memory")), context);
     let reason = pending_reason(&cluster).unwrap();
-    assert!(reason.contains("1 lack 512 MiB memory (most free: 256 MiB)"), "{reason}");
+    assert!(reason.contains(&format!("1 lack 512 MiB memory (most free: 256 MiB, on node {node_id})")), "{reason}");
     let described = cluster.sched_ok(&["describe", "service", "hungry"]);
     assert!(described.contains(&reason), "describe shows why:\n{described}");
     assert!(agent.containers().is_empty(), "nothing ran on the node: {:?}", agent.containers());

@@ -6,7 +6,7 @@
 //! one call places many tasks consistently.
 //!
 //! A task that fits nowhere is not placed; [`Placement::reason`] says why, per cause, so
-//! `sched describe` can show it ("3 nodes lack 500m CPU (most free: 200m)").
+//! `sched describe` can show it ("3 lack 500m CPU (most free: 200m, on node 2)").
 
 mod reason;
 

@@ -14,6 +14,11 @@ pub struct Rejections {
     pub memory: usize,
     pub most_free_cpu: u32,
     pub most_free_memory: u32,
+    /// The nodes with that most free CPU and memory (0: none lacked it), so a reason names one.
+    pub most_free_cpu_node: u64,
+    pub most_free_memory_node: u64,
+    /// The labels the ask requires, `k=v` comma-separated.
+    pub required_labels: String,
     pub cpu_millis: u32,
     pub memory_mib: u32,
 }
@@ -21,7 +26,13 @@ pub struct Rejections {
 impl Rejections {
     /// Counts why each node cannot take one more task of `ask`.
     pub fn explain(nodes: &[NodeView], ask: &Ask) -> Rejections {
-        let mut r = Rejections { nodes: nodes.len(), cpu_millis: ask.cpu_millis, memory_mib: ask.memory_mib, ..Default::default() };
+        let mut r = Rejections {
+            nodes: nodes.len(),
+            cpu_millis: ask.cpu_millis,
+            memory_mib: ask.memory_mib,
+            required_labels: ask.constraints.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+            ..Default::default()
+        };
         for n in nodes {
             if !n.ready {
                 r.down += 1;
@@ -30,8 +41,12 @@ impl Rejections {
             } else if !fits(n, ask) {
                 let free_cpu = n.cpu_millis.saturating_sub(n.used_cpu_millis);
                 let free_mem = n.memory_mib.saturating_sub(n.used_memory_mib);
-                r.most_free_cpu = r.most_free_cpu.max(free_cpu);
-                r.most_free_memory = r.most_free_memory.max(free_mem);
+                if r.most_free_cpu_node == 0 || free_cpu > r.most_free_cpu {
+                    (r.most_free_cpu, r.most_free_cpu_node) = (free_cpu, n.id);
+                }
+                if r.most_free_memory_node == 0 || free_mem > r.most_free_memory {
+                    (r.most_free_memory, r.most_free_memory_node) = (free_mem, n.id);
+                }
                 if free_cpu < ask.cpu_millis {
                     r.cpu += 1;
                 } else {
@@ -53,13 +68,19 @@ impl fmt::Display for Rejections {
             parts.push(format!("{} down", self.down));
         }
         if self.constraints > 0 {
-            parts.push(format!("{} without the required labels", self.constraints));
+            parts.push(format!("{} without the required labels {}", self.constraints, self.required_labels));
         }
         if self.cpu > 0 {
-            parts.push(format!("{} lack {}m CPU (most free: {}m)", self.cpu, self.cpu_millis, self.most_free_cpu));
+            parts.push(format!(
+                "{} lack {}m CPU (most free: {}m, on node {})",
+                self.cpu, self.cpu_millis, self.most_free_cpu, self.most_free_cpu_node
+            ));
         }
         if self.memory > 0 {
-            parts.push(format!("{} lack {} MiB memory (most free: {} MiB)", self.memory, self.memory_mib, self.most_free_memory));
+            parts.push(format!(
+                "{} lack {} MiB memory (most free: {} MiB, on node {})",
+                self.memory, self.memory_mib, self.most_free_memory, self.most_free_memory_node
+            ));
         }
         write!(f, "no node fits ({} nodes: {})", self.nodes, parts.join(", "))
     }

@@ -64,7 +64,17 @@ fn tasks_that_fit_nowhere_stay_unplaced_with_the_reason() {
     assert_eq!(p.nodes.len(), 2, "two fit on node 1");
     assert_eq!(p.unplaced, 1);
     let reason = p.reason.unwrap();
-    assert!(reason.contains("2 lack 500m CPU (most free: 300m)"), "{reason}");
+    assert!(reason.contains("2 lack 500m CPU (most free: 300m, on node 2)"), "{reason}");
+}
+
+#[test]
+fn a_constraint_no_node_satisfies_names_the_labels() {
+    let mut placer = Placer::new(vec![node(1, 1000, 1024)]);
+    let mut a = ask(1, 100, 64);
+    a.constraints.insert("disk".into(), "ssd".into());
+    let p = placer.place(&a);
+    assert_eq!(p.unplaced, 1);
+    assert_eq!(p.reason.as_deref(), Some("no node fits (1 nodes: 1 without the required labels disk=ssd)"));
 }
 
 #[test]
