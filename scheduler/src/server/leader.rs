@@ -15,16 +15,31 @@ use crate::raft::{Consensus, Proposal, Role};
 use crate::reconcile::reconcile;
 use crate::state::{Command, NodeStatus};
 
-/// How often the leader looks.
+/// How often the leader looks when nothing changes (node timeouts, crash-loop backoffs).
 const PERIOD: Duration = Duration::from_millis(500);
+
+/// How long the leader lets a burst of applied changes settle before it looks again.
+const SETTLE: Duration = Duration::from_millis(5);
 
 /// Runs the leader's duties forever (it idles while this server follows).
 pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_timeout: Duration) {
     let mut leading_since: Option<Instant> = None;
     let mut ticker = tokio::time::interval(PERIOD);
+    // Every applied entry (an apply, a scale, a task report) wakes the leader at once, as a job
+    // registration triggers an evaluation in Nomad: a new service is placed within milliseconds,
+    // not on the next tick.
+    let mut applied = consensus.raft().watch_status();
     let mut task_seq = 0u64;
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            changed = applied.changed() => match changed {
+                Ok(()) => tokio::time::sleep(SETTLE).await,
+                Err(_) => {
+                    ticker.tick().await; // the Raft loop is gone: the timer only
+                }
+            },
+        }
         let status = consensus.raft().status();
         if status.role != Some(Role::Leader) {
             leading_since = None;
