@@ -224,10 +224,12 @@ impl SchedSide {
             .context("start sched server")?;
         side.children.push(server);
         let agent = Command::new(options.bin_dir.join("sched-agent"))
-            .args(["--server", &server_addr, "--name", "bench", "--stop-grace", "1"])
+            .args(["--server", &server_addr, "--name", "bench", "--stop-grace", "1", "--api-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&side.agent_data)
             .args(["--cgroup-parent", &side.cgroup_parent])
+            .arg("--netns-dir")
+            .arg(dir.join("netns"))
             .arg("--runtime")
             .arg(&side.runtime)
             .stdin(Stdio::null())
