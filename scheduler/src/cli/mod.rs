@@ -5,6 +5,7 @@
 //! (fix it; retrying will not help), 2 no server could answer (the cluster is unreachable or
 //! has no leader).
 
+mod age;
 mod client;
 mod logs;
 mod output;

@@ -5,6 +5,7 @@ use proto::sched::v1 as pb;
 use serde_json::{Value, json};
 
 use super::table;
+use super::age::age;
 use crate::spec::format_duration_ms;
 
 pub fn task_state(v: i32) -> &'static str {
@@ -171,11 +172,11 @@ pub fn history_table(revisions: &[pb::Revision], current: u64) -> String {
                 short_digest(&r.image_digest),
                 spec.count.to_string(),
                 if r.rolled_back_from == 0 { "-".into() } else { format!("rollback to {}", r.rolled_back_from) },
-                r.created_unix_ms.to_string(),
+                age(r.created_unix_ms),
             ]
         })
         .collect();
-    table::render(&["REVISION", "IMAGE", "DIGEST", "COUNT", "NOTE", "CREATED(unix ms)"], &rows)
+    table::render(&["REVISION", "IMAGE", "DIGEST", "COUNT", "NOTE", "AGE"], &rows)
 }
 
 /// `sha256:` and the first 12 hex digits (like docker's short ids); `-` when not resolved.
@@ -255,10 +256,12 @@ pub fn describe_text(d: &pb::DescribeServiceResponse) -> String {
     out.push_str(&indent(&if d.tasks.is_empty() { "(none)".to_string() } else { tasks_table(&d.tasks) }));
     out.push_str("\n\nEvents:\n");
     if d.events.is_empty() {
-        out.push_str("  (none)");
+        out.push_str("  (none)\n");
     }
-    for e in &d.events {
-        out.push_str(&format!("  {}  {}\n", e.unix_ms, e.message));
+    let ages: Vec<String> = d.events.iter().map(|e| format!("{} ago", age(e.unix_ms))).collect();
+    let width = ages.iter().map(String::len).max().unwrap_or(0);
+    for (e, at) in d.events.iter().zip(&ages) {
+        out.push_str(&format!("  {at:>width$}  {}\n", e.message));
     }
     out.trim_end().to_string()
 }
