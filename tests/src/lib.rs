@@ -4,6 +4,7 @@
 //! busybox-static rootfs, and (in later stages) servers and agents in a netns lab and a cgroup-v2
 //! VM. Every fixture cleans up what it made, also when the test fails.
 
+pub mod agent_process;
 pub mod bundle;
 pub mod busybox_image;
 pub mod cluster;

@@ -6,76 +6,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use sched_tests::bundle::{runtime_binary, unique_name};
+use sched_tests::agent_process::{self, AgentProcess};
+use sched_tests::bundle::runtime_binary;
 use sched_tests::busybox_image::push_busybox;
 use sched_tests::cluster::{Cluster, ClusterOptions, sched_binary, stderr, stdout};
 use sched_tests::registry::Registry;
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A `sched-agent` with its own data dir, cgroup parent and agent API on a free loopback port;
-/// killed, its containers deleted, its mounts and cgroups removed on drop.
-struct Agent {
-    child: Child,
-    data_dir: PathBuf,
-    cgroup_parent: String,
-}
-
-impl Agent {
-    fn start(cluster: &Cluster, name: &str) -> Agent {
-        let data_dir = cluster.dir().join(format!("agent-{name}"));
-        let cgroup_parent = format!("/sched-test-{}", unique_name());
-        let log = std::fs::File::create(cluster.dir().join(format!("agent-{name}.log"))).unwrap();
-        let agent = sched_binary().with_file_name("sched-agent");
-        assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
-        let child = Command::new(agent)
-            .args(["--server", &cluster.addresses(), "--name", name, "--no-network", "--stop-grace", "1"])
-            .args(["--api-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--cgroup-parent", &cgroup_parent])
-            .arg("--runtime")
-            .arg(runtime_binary())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start sched-agent");
-        Agent { child, data_dir, cgroup_parent }
-    }
-
-    fn containers(&self) -> Vec<String> {
-        let out = Command::new(runtime_binary())
-            .arg("--root")
-            .arg(self.data_dir.join("runtime"))
-            .args(["list", "--format", "json"])
-            .output()
-            .expect("sched-runtime list");
-        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
-        list.as_array().map(|a| a.iter().filter_map(|c| c["id"].as_str().map(str::to_string)).collect()).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for id in self.containers() {
-            let _ = Command::new(runtime_binary()).arg("--root").arg(self.data_dir.join("runtime")).args(["delete", "--force", &id]).output();
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        for m in sched_tests::bundle::mounts_under(&self.data_dir).iter().rev() {
-            let _ = nix::mount::umount2(Path::new(m), nix::mount::MntFlags::MNT_DETACH);
-        }
-        sched_tests::bundle::remove_cgroup_parent(&self.cgroup_parent);
-    }
-}
 
 /// A `sched logs -f` process whose stdout lines arrive on a channel; killed on drop.
 struct Follower {
@@ -142,13 +84,10 @@ impl Drop for Follower {
     }
 }
 
+/// Polls `check` until it holds, for up to a minute.
 #[track_caller]
-fn wait_until(what: &str, mut check: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}: {}", context());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_until(what: &str, check: impl FnMut() -> bool, context: impl Fn() -> String) {
+    agent_process::wait_until(what, TIMEOUT, check, context)
 }
 
 fn running_tasks(cluster: &Cluster) -> Vec<Value> {
@@ -183,8 +122,8 @@ fn logs_of_every_task_stream_from_their_nodes_through_the_server() {
     let registry = Registry::start();
     let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
     let image = push_busybox(cluster.dir(), &registry.addr(), "ticker:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
-    let node1 = Agent::start(&cluster, "node1");
-    let mut node2 = Agent::start(&cluster, "node2");
+    let node1 = AgentProcess::start(&cluster, "node1");
+    let mut node2 = AgentProcess::start(&cluster, "node2");
     let nodes = || cluster.sched_json(&["get", "nodes"]).as_array().map_or(0, |n| n.iter().filter(|n| n["status"] == "ready").count());
     wait_until("both nodes are ready", || nodes() == 2, || format!("{:#?}", cluster.sched_json(&["get", "nodes"])));
     let file = cluster.dir().join("ticker.toml");
@@ -259,8 +198,7 @@ fn logs_of_every_task_stream_from_their_nodes_through_the_server() {
 
     // A node that cannot be reached: its task is named on stderr, the other task's lines
     // still come, exit code 1, and no hang.
-    node2.child.kill().unwrap();
-    node2.child.wait().unwrap();
+    node2.kill();
     let started = Instant::now();
     let out = cluster.sched(&["logs", "ticker"]);
     assert!(started.elapsed() < Duration::from_secs(5), "answered in {:?}", started.elapsed());
@@ -269,12 +207,12 @@ fn logs_of_every_task_stream_from_their_nodes_through_the_server() {
     assert_eq!(ticks_by_task(&stdout(&out).lines().map(str::to_string).collect::<Vec<_>>()).len(), 1, "{out:?}");
 
     // Following one task ends when its container exits (as kubectl logs -f).
-    let on_node1 = node1.containers().into_iter().find(|c| tasks.contains(c)).expect("a task runs on node1");
+    let on_node1 = node1.container_ids().into_iter().find(|c| tasks.contains(c)).expect("a task runs on node1");
     let mut follower = Follower::start(&cluster, &["ticker", "--task", &on_node1, "-f", "--tail", "0"]);
     follower.read_until(Duration::from_secs(15), |seen| seen.iter().any(|l| l.starts_with("tick ")));
     let killed = Command::new(runtime_binary())
         .arg("--root")
-        .arg(node1.data_dir.join("runtime"))
+        .arg(node1.data_dir().join("runtime"))
         .args(["kill", &on_node1, "KILL"])
         .output()
         .unwrap();

@@ -1,0 +1,129 @@
+//! A `sched-agent` process for end-to-end tests on one host, and the polling helper those tests
+//! share.
+//!
+//! [`AgentProcess`] runs the agent without task networking (`--no-network`), with its own data
+//! dir under the cluster's dir, its own cgroup parent at the hierarchy roots, its agent API on
+//! a free loopback port (tests run in parallel) and a 1 s stop grace. Dropping it kills the
+//! agent, force-deletes every container its runtime root still knows, unmounts what is left
+//! under its data dir and removes its cgroups: tests clean up also when they fail.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::bundle::{mounts_under, remove_cgroup_parent, runtime_binary, unique_name};
+use crate::cluster::{Cluster, sched_binary};
+
+/// A running `sched-agent` of a test.
+pub struct AgentProcess {
+    child: Child,
+    name: String,
+    data_dir: PathBuf,
+    cgroup_parent: String,
+    /// More flags (like `--cpu 500`), kept for a restart.
+    extra_args: Vec<String>,
+}
+
+impl AgentProcess {
+    /// Starts agent `name` against every server of `cluster`.
+    pub fn start(cluster: &Cluster, name: &str) -> AgentProcess {
+        Self::start_with(cluster, name, &[])
+    }
+
+    /// Starts an agent with more flags than the usual ones.
+    pub fn start_with(cluster: &Cluster, name: &str, extra_args: &[&str]) -> AgentProcess {
+        let data_dir = cluster.dir().join(format!("agent-{name}"));
+        let cgroup_parent = format!("/sched-test-{}", unique_name());
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        let child = spawn(cluster, name, &data_dir, &cgroup_parent, &extra_args);
+        AgentProcess { child, name: name.to_owned(), data_dir, cgroup_parent, extra_args }
+    }
+
+    /// Kills the agent (SIGKILL; its tasks keep running under their shims) and starts it again
+    /// with the same name, data dir, cgroup parent and flags.
+    pub fn restart(&mut self, cluster: &Cluster) {
+        self.kill();
+        self.child = spawn(cluster, &self.name, &self.data_dir, &self.cgroup_parent, &self.extra_args);
+    }
+
+    /// SIGKILL to the agent alone, reaped; its tasks keep running.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The agent's data dir (its runtime root is `runtime/` in it).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The containers the node's runtime knows: `(id, status)`.
+    pub fn containers(&self) -> Vec<(String, String)> {
+        let out = Command::new(runtime_binary())
+            .arg("--root")
+            .arg(self.data_dir.join("runtime"))
+            .args(["list", "--format", "json"])
+            .output()
+            .expect("sched-runtime list");
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
+        list.as_array()
+            .map(|a| a.iter().map(|c| (c["id"].as_str().unwrap_or("").to_string(), c["status"].as_str().unwrap_or("").to_string())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The ids of the containers the node's runtime knows.
+    pub fn container_ids(&self) -> Vec<String> {
+        self.containers().into_iter().map(|(id, _)| id).collect()
+    }
+}
+
+fn spawn(cluster: &Cluster, name: &str, data_dir: &Path, cgroup_parent: &str, extra_args: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cluster.dir().join(format!("agent-{name}.log")))
+        .expect("open the agent log");
+    let agent = sched_binary().with_file_name("sched-agent");
+    assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
+    Command::new(agent)
+        .args(["--server", &cluster.addresses(), "--name", name, "--no-network", "--stop-grace", "1"])
+        .args(["--api-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--cgroup-parent", cgroup_parent])
+        .arg("--runtime")
+        .arg(runtime_binary())
+        .args(extra_args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone the log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("start sched-agent")
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+        for id in self.container_ids() {
+            let _ = Command::new(runtime_binary()).arg("--root").arg(self.data_dir.join("runtime")).args(["delete", "--force", &id]).output();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for m in mounts_under(&self.data_dir).iter().rev() {
+            let _ = nix::mount::umount2(Path::new(m), nix::mount::MntFlags::MNT_DETACH);
+        }
+        remove_cgroup_parent(&self.cgroup_parent);
+    }
+}
+
+/// Polls `check` every 200 ms until it returns true; panics with `what` and `context()` after
+/// `timeout`.
+#[track_caller]
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}: {}", context());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
