@@ -348,3 +348,66 @@ fn a_task_that_fits_nowhere_stays_pending_with_the_reason() {
     cluster.sched_ok(&["delete", "hungry"]);
     wait_until("no container is left", || agent.containers().is_empty(), context);
 }
+
+/// Issue #5 item 7: `constraints` in service.toml put a service's tasks only on nodes with
+/// those labels (`sched-agent --labels`), and a service no node qualifies for stays pending
+/// with the missing label as the reason.
+#[test]
+fn constraints_place_tasks_on_nodes_with_the_labels() {
+    let registry = Registry::start();
+    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
+    let image = push_busybox(cluster.dir(), &registry.addr(), "zoned:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
+    let in_a = Agent::start_with(&cluster, "in-a", &["--labels", "zone=a"]);
+    let in_b = Agent::start_with(&cluster, "in-b", &["--labels", "zone=b,disk=ssd"]);
+    wait_until("both nodes registered", || cluster.sched_json(&["get", "nodes"]).as_array().is_some_and(|n| n.len() == 2), String::new);
+    let nodes = cluster.sched_json(&["get", "nodes"]);
+    let node_in = |zone: &str| {
+        nodes.as_array().unwrap().iter().find(|n| n["labels"]["zone"] == zone).and_then(|n| n["id"].as_u64()).expect("a node of the zone")
+    };
+    let (node_a, node_b) = (node_in("a"), node_in("b"));
+    let file = cluster.dir().join("zoned.toml");
+    let apply = |zone: &str| {
+        std::fs::write(
+            &file,
+            format!("name = \"zoned\"\nimage = \"{image}\"\ncommand = [\"sleep\", \"1000\"]\ncount = 2\nconstraints = {{ zone = \"{zone}\" }}\n"),
+        )
+        .unwrap();
+        cluster.sched_ok(&["apply", &file.to_string_lossy()]);
+    };
+    let live = |cluster: &Cluster| -> Vec<Value> { tasks(cluster).into_iter().filter(|t| t["desired_state"] == "running").collect() };
+    let context = || format!("nodes: {nodes:#?}\ntasks: {:#?}\nin-a: {:?}\nin-b: {:?}", tasks(&cluster), in_a.containers(), in_b.containers());
+
+    // Both tasks on the zone=b node, though spreading would otherwise put one on each.
+    apply("b");
+    wait_until("2 tasks run", || count_state(&cluster, "running") == 2, context);
+    let placed: Vec<u64> = live(&cluster).iter().map(|t| t["node_id"].as_u64().unwrap()).collect();
+    assert_eq!(placed, [node_b, node_b], "{}", context());
+    wait_until("2 containers run on the zone=b node", || in_b.containers().iter().filter(|(_, s)| s == "running").count() == 2, context);
+    assert!(in_a.containers().is_empty(), "nothing runs on the zone=a node (node {node_a}): {}", context());
+    let services = cluster.sched_json(&["get", "services"]);
+    assert_eq!(services[0]["current"]["spec"]["constraints"], json!({"zone": "b"}), "get services -o json: {services:#}");
+    let described = cluster.sched_ok(&["describe", "service", "zoned"]);
+    assert!(described.contains("Constraints: zone=b"), "describe shows the constraints:\n{described}");
+
+    // No node has zone=c: the new revision's tasks wait, naming the missing label, and (as a new
+    // revision replaces every task) the old ones are stopped.
+    apply("c");
+    let pending_reasons = |cluster: &Cluster| -> Vec<String> {
+        live(cluster)
+            .iter()
+            .filter(|t| t["observed_state"] == "pending" && t["node_id"] == 0 && t["revision"] == 2)
+            .filter_map(|t| t["message"].as_str().map(str::to_string))
+            .collect()
+    };
+    wait_until("2 tasks are pending for the label", || pending_reasons(&cluster).len() == 2, context);
+    for reason in pending_reasons(&cluster) {
+        assert!(reason.contains("2 without the required labels zone=c"), "{reason}");
+    }
+    let described = cluster.sched_ok(&["describe", "service", "zoned"]);
+    assert!(described.contains("without the required labels zone=c"), "describe shows why:\n{described}");
+    wait_until("the old revision's containers are gone", || in_b.containers().is_empty(), context);
+    assert!(in_a.containers().is_empty(), "nothing ran on the zone=a node: {}", context());
+
+    cluster.sched_ok(&["delete", "zoned"]);
+    wait_until("no task is left running", || live(&cluster).is_empty(), context);
+}

@@ -74,6 +74,7 @@ pub fn spec_json(s: &pb::ServiceSpec) -> Value {
         })),
         "deploy": s.deploy.as_ref().map(|d| json!({"min_healthy_percent": d.min_healthy_percent, "max_percent": d.max_percent})),
         "routes": s.routes.iter().map(|r| json!({"path_prefix": r.path_prefix, "host": r.host, "port": r.port})).collect::<Vec<_>>(),
+        "constraints": s.constraints.iter().collect::<std::collections::BTreeMap<_, _>>(),
     })
 }
 
@@ -222,6 +223,11 @@ pub fn describe_text(d: &pb::DescribeServiceResponse) -> String {
     }
     for (k, v) in &spec.env {
         out.push_str(&format!("Env:         {k}={v}\n"));
+    }
+    if !spec.constraints.is_empty() {
+        let mut labels: Vec<String> = spec.constraints.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        out.push_str(&format!("Constraints: {} (node labels)\n", labels.join(", ")));
     }
     if let Some(a) = &spec.autoscale {
         out.push_str(&format!(

@@ -6,8 +6,10 @@
 //! Per service:
 //! - tasks of an older revision are told to stop (a new revision replaces them);
 //! - live tasks beyond the count are told to stop (pending ones first, then the newest);
-//! - missing tasks are created and placed ([`crate::placement`]); those that fit nowhere are
-//!   created pending with the reason, and pending tasks are placed again on every pass;
+//! - missing tasks are created and placed ([`crate::placement`], on nodes with the labels the
+//!   spec's `constraints` require); those that fit nowhere are created pending with the
+//!   reason, and pending tasks are placed again on every pass. Constraints are checked only
+//!   when a task is placed: a running task stays on a node whose labels changed since;
 //! - a service whose tasks keep dying gets its replacements delayed with exponential backoff
 //!   (1 s doubling to 60 s, from the last exit), so a crash loop does not spin.
 //!
@@ -61,7 +63,7 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str)
             service: service.name.clone(),
             cpu_millis: spec.cpu_millis,
             memory_mib: spec.memory_mib,
-            constraints: BTreeMap::new(),
+            constraints: spec.constraints.clone(),
             count,
         };
         // Pending tasks of the current revision get another chance.

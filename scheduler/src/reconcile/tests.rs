@@ -21,6 +21,7 @@ fn spec(image: &str, count: u32, cpu: u32) -> ServiceSpec {
         health: None,
         deploy: Deploy::default(),
         routes: vec![],
+        constraints: BTreeMap::new(),
     }
 }
 
@@ -193,4 +194,59 @@ fn a_deleted_services_tasks_are_forgotten_once_they_stopped() {
     assert_eq!(run(&mut state, 5), 1);
     let left: Vec<String> = state.tasks().map(|t| t.id.clone()).collect();
     assert_eq!(left, vec![ids[1].clone()], "the stopped task is forgotten (its node then removes it), the other one not yet");
+}
+
+/// Re-registers node `id` (named `node{id}` by [`cluster`]) with the label `zone`.
+fn set_zone(state: &mut ClusterState, id: u64, zone: &str) {
+    state
+        .apply(Command::RegisterNode {
+            name: format!("node{id}"),
+            address: format!("10.0.0.{id}"),
+            cpu_millis: 4000,
+            memory_mib: 4096,
+            labels: BTreeMap::from([("zone".to_string(), zone.to_string())]),
+            now_ms: 0,
+            api_address: format!("10.0.0.{id}:7071"),
+        })
+        .unwrap();
+}
+
+fn apply_constrained(state: &mut ClusterState, image: &str, count: u32, zone: &str) {
+    let spec = ServiceSpec { constraints: BTreeMap::from([("zone".to_string(), zone.to_string())]), ..spec(image, count, 100) };
+    state.apply(Command::ApplyService { spec, image_digest: String::new(), now_ms: 0, unresolved_reason: String::new() }).unwrap();
+}
+
+#[test]
+fn the_specs_constraints_decide_which_nodes_take_its_tasks() {
+    let mut state = cluster(3, 4000);
+    set_zone(&mut state, 1, "a");
+    set_zone(&mut state, 2, "b");
+    set_zone(&mut state, 3, "a");
+    apply_constrained(&mut state, "q:1", 2, "b");
+    run(&mut state, 1);
+    assert_eq!(per_node(&state), BTreeMap::from([(2, 2)]), "both on the only zone=b node, spreading or not");
+
+    // A new revision with other constraints replaces the tasks on the nodes that match.
+    apply_constrained(&mut state, "q:1", 2, "a");
+    run(&mut state, 2);
+    assert_eq!(per_node(&state), BTreeMap::from([(1, 1), (3, 1)]));
+
+    // No node matches: the new revision's tasks wait with the missing label as the reason.
+    apply_constrained(&mut state, "q:1", 2, "c");
+    run(&mut state, 3);
+    let pending: Vec<&Task> = live(&state).into_iter().filter(|t| t.observed == TaskState::Pending).collect();
+    assert_eq!(pending.len(), 2);
+    assert!(pending.iter().all(|t| t.node_id == 0 && t.message.contains("zone=c")), "{pending:?}");
+}
+
+#[test]
+fn a_node_whose_labels_change_keeps_its_running_tasks() {
+    let mut state = cluster(2, 4000);
+    set_zone(&mut state, 1, "a");
+    set_zone(&mut state, 2, "b");
+    apply_constrained(&mut state, "q:1", 2, "b");
+    run(&mut state, 1);
+    set_zone(&mut state, 2, "c");
+    assert_eq!(run(&mut state, 2), 0, "constraints are checked when placing, not afterwards");
+    assert_eq!(per_node(&state), BTreeMap::from([(2, 2)]));
 }

@@ -70,6 +70,7 @@ impl ServiceSpec {
                 .deploy
                 .map_or_else(Deploy::default, |d| Deploy { min_healthy_percent: d.min_healthy_percent, max_percent: d.max_percent }),
             routes,
+            constraints: spec.constraints.into_iter().collect(),
         };
         if let Err(more) = validate(&domain) {
             // A field already reported (an out-of-range port read as 0) is not reported twice.
@@ -120,6 +121,7 @@ impl ServiceSpec {
                 .iter()
                 .map(|r| pb::Route { path_prefix: r.path_prefix.clone(), host: r.host.clone(), port: u32::from(r.port) })
                 .collect(),
+            constraints: self.constraints.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         }
     }
 }
@@ -141,6 +143,18 @@ mod tests {
     fn round_trips_the_example() {
         let spec = parse_service_toml("s", include_str!("../../../examples/quotes/service.toml")).unwrap();
         assert_eq!(ServiceSpec::from_proto(spec.to_proto()), Ok(spec));
+    }
+
+    #[test]
+    fn round_trips_constraints_and_validates_them() {
+        let text = "name = \"a\"\nimage = \"busybox\"\nconstraints = { zone = \"b\", disk = \"ssd\" }\n";
+        let spec = parse_service_toml("s", text).unwrap();
+        let mut wire = spec.to_proto();
+        assert_eq!(wire.constraints.get("zone").map(String::as_str), Some("b"));
+        assert_eq!(ServiceSpec::from_proto(wire.clone()), Ok(spec));
+        wire.constraints.insert("zone".into(), "".into());
+        let fields: Vec<_> = ServiceSpec::from_proto(wire).unwrap_err().into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["constraints.zone"]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{format_duration_ms, parse_duration_ms};
 pub use toml_file::{SpecFileError, parse_service_toml};
-pub use validate::{FieldError, validate};
+pub use validate::{FieldError, check_label, validate};
 
 /// CPU limit given when the file sets none, in millicores.
 pub const DEFAULT_CPU_MILLIS: u32 = 100;
@@ -41,6 +41,10 @@ pub struct ServiceSpec {
     pub health: Option<HealthCheck>,
     pub deploy: Deploy,
     pub routes: Vec<Route>,
+    /// Node labels a node must have to run this service's tasks (all must match exactly).
+    /// Defaulted so Raft log entries and snapshots written before the field existed decode.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub constraints: BTreeMap<String, String>,
 }
 
 /// Bounds and target of the CPU autoscaler.

@@ -75,6 +75,9 @@ struct RawService {
     health: Option<Spanned<RawHealth>>,
     deploy: Option<Spanned<RawDeploy>>,
     route: Option<Vec<Spanned<RawRoute>>>,
+    /// Values are read as any TOML value so a number or a nested table (an unquoted dotted
+    /// key) is reported under `constraints.<key>` instead of as a bare serde type error.
+    constraints: Option<Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
 }
 
 #[derive(Deserialize)]
@@ -236,6 +239,29 @@ pub fn parse_service_toml(file: &str, text: &str) -> Result<ServiceSpec, SpecFil
         spans.0.insert("env".into(), env.span());
         env.into_inner().into_iter().map(|(k, v)| (spans.take(&format!("env.{}", k.get_ref()), k), v)).collect()
     });
+    let constraints = raw.constraints.map_or_else(BTreeMap::new, |table| {
+        spans.0.insert("constraints".into(), table.span());
+        let mut constraints = BTreeMap::new();
+        for (key, value) in table.into_inner() {
+            let field = format!("constraints.{}", key.get_ref());
+            let key = spans.take(&field, key);
+            let value_span = value.span();
+            match value.into_inner() {
+                toml::Value::String(value) => {
+                    constraints.insert(key, value);
+                }
+                other => problems.push(located(
+                    value_span,
+                    Some(field),
+                    format!(
+                        "must be a string (the label value), got {}; quote a key that has '.' or '/', e.g. \"disk.type\" = \"ssd\"",
+                        other.type_str()
+                    ),
+                )),
+            }
+        }
+        constraints
+    });
     let count = match raw.count {
         Some(c) => spans.take("count", c),
         None => autoscale.as_ref().map_or(1, |a| a.min),
@@ -253,6 +279,7 @@ pub fn parse_service_toml(file: &str, text: &str) -> Result<ServiceSpec, SpecFil
         health,
         deploy,
         routes,
+        constraints,
     };
     if let Err(errors) = validate(&spec) {
         let reported: Vec<Option<String>> = problems.iter().map(|p| p.field.clone()).collect();
@@ -375,5 +402,45 @@ mod tests {
         assert!(text.starts_with("q.toml is not a valid service file (2 problems):"), "{text}");
         assert!(text.contains("q.toml:3:7: `cpu`: must be 1 to 256000 millicores"), "{text}");
         assert!(text.contains("q.toml:4:10: `memory`: must be 4 to 1048576 MiB, got 1"), "{text}");
+    }
+
+    const HEAD: &str = "name = \"a\"\nimage = \"busybox\"\n";
+
+    #[test]
+    fn constraints_are_labels_every_one_of_which_a_node_must_have() {
+        let text = format!("{HEAD}constraints = {{ zone = \"eu-1\", disk = \"ssd\", \"sched.io/gpu\" = \"a100\" }}\n");
+        let spec = parse_service_toml("s.toml", &text).unwrap();
+        let pairs: Vec<_> = spec.constraints.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(pairs, [("disk", "ssd"), ("sched.io/gpu", "a100"), ("zone", "eu-1")]);
+        let none = parse_service_toml("s.toml", HEAD).unwrap();
+        assert!(none.constraints.is_empty());
+    }
+
+    #[test]
+    fn constraint_with_a_bad_key_or_value_points_at_it() {
+        let p = problems(&format!("{HEAD}constraints = {{ zone = \"eu 1\" }}\n"));
+        let summary: Vec<_> = p.iter().map(|p| (p.field.clone().unwrap(), p.line, p.column)).collect();
+        assert_eq!(summary, [("constraints.zone".to_string(), 3, 17)]);
+        assert!(p[0].message.contains("label value \"eu 1\" is not allowed"), "{}", p[0].message);
+
+        let p = problems(&format!("{HEAD}[constraints]\n\"my zone\" = \"a\"\n"));
+        assert_eq!((p[0].field.as_deref(), p[0].line, p[0].column), (Some("constraints.my zone"), 4, 1));
+        assert!(p[0].message.contains("label key \"my zone\" is not allowed"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn constraint_of_the_wrong_type_is_an_error() {
+        let p = problems(&format!("{HEAD}constraints = {{ zone = 1 }}\n"));
+        assert_eq!((p[0].field.as_deref(), p[0].line, p[0].column), (Some("constraints.zone"), 3, 24));
+        assert!(p[0].message.contains("must be a string (the label value), got integer"), "{}", p[0].message);
+
+        // An unquoted dotted key makes a nested table: the message says to quote it.
+        let p = problems(&format!("{HEAD}constraints = {{ disk.type = \"ssd\" }}\n"));
+        assert_eq!(p[0].field.as_deref(), Some("constraints.disk"));
+        assert!(p[0].message.contains("quote a key"), "{}", p[0].message);
+
+        let p = problems(&format!("{HEAD}constraints = \"zone=b\"\n"));
+        assert_eq!(p[0].line, 3);
+        assert!(p[0].message.contains("expected a map"), "{}", p[0].message);
     }
 }

@@ -17,6 +17,10 @@ pub const MIN_MEMORY_MIB: u32 = 4;
 pub const MAX_MEMORY_MIB: u32 = 1_048_576;
 /// Largest desired task count of one service.
 pub const MAX_COUNT: u32 = 10_000;
+/// Longest node label key (room for a `domain/` prefix, as Kubernetes allows).
+pub const MAX_LABEL_KEY_LEN: usize = 253;
+/// Longest node label value.
+pub const MAX_LABEL_VALUE_LEN: usize = 63;
 
 /// One broken rule: which field, and what is wrong with it and allowed instead.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +124,11 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
     } else if spec.deploy.max_percent == 100 && spec.deploy.min_healthy_percent == 100 {
         fail("deploy.max_percent", "with min_healthy_percent = 100 it must exceed 100, or a deployment could never replace a task".into());
     }
+    for (key, value) in &spec.constraints {
+        if let Err(why) = check_label(key, value) {
+            fail(&format!("constraints.{key}"), why);
+        }
+    }
     for (i, route) in spec.routes.iter().enumerate() {
         if !route.path_prefix.starts_with('/') {
             fail(&format!("route[{i}].path_prefix"), format!("must start with '/', got \"{}\"", route.path_prefix));
@@ -178,6 +187,24 @@ fn check_image(image: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A node label as a placement constraint names it (`sched-agent --labels key=value`): key
+/// and value are non-empty and use only letters, digits, '.', '_', '-' and '/'; the key is at
+/// most [`MAX_LABEL_KEY_LEN`] characters and the value at most [`MAX_LABEL_VALUE_LEN`].
+pub fn check_label(key: &str, value: &str) -> Result<(), String> {
+    let allowed = |text: &str| text.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+    if key.is_empty() || key.len() > MAX_LABEL_KEY_LEN || !allowed(key) {
+        return Err(format!(
+            "label key \"{key}\" is not allowed: use 1-{MAX_LABEL_KEY_LEN} letters, digits, '.', '_', '-' and '/'"
+        ));
+    }
+    if value.is_empty() || value.len() > MAX_LABEL_VALUE_LEN || !allowed(value) {
+        return Err(format!(
+            "label value \"{value}\" is not allowed: use 1-{MAX_LABEL_VALUE_LEN} letters, digits, '.', '_', '-' and '/'"
+        ));
+    }
+    Ok(())
+}
+
 fn check_host(host: &str) -> Result<(), ()> {
     let ok = host.len() <= 253
         && host.split('.').all(|label| {
@@ -207,6 +234,7 @@ mod tests {
             health: None,
             deploy: Deploy::default(),
             routes: vec![],
+            constraints: Default::default(),
         }
     }
 
@@ -278,5 +306,22 @@ mod tests {
     fn deploy_that_can_never_progress_is_rejected() {
         let spec = ServiceSpec { deploy: Deploy { min_healthy_percent: 100, max_percent: 100 }, ..minimal() };
         assert_eq!(fields(&spec), ["deploy.max_percent"]);
+    }
+
+    #[test]
+    fn constraints_need_label_shaped_keys_and_values() {
+        let with = |pairs: &[(&str, &str)]| ServiceSpec {
+            constraints: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..minimal()
+        };
+        let good = [("zone", "eu-1"), ("disk", "ssd"), ("sched.io/gpu", "nvidia_a100"), ("k", &"v".repeat(63))];
+        assert_eq!(fields(&with(&good)), Vec::<String>::new());
+        let long_value = "v".repeat(64);
+        let long_key = "k".repeat(254);
+        for (key, value) in [("", "a"), ("my zone", "a"), ("zone", ""), ("zone", "eu 1"), ("zone", "a=b"), ("zone", &long_value), (&long_key, "a")] {
+            assert_eq!(fields(&with(&[(key, value)])), [format!("constraints.{key}")], "{key:?} = {value:?}");
+        }
+        let errors = validate(&with(&[("zone", "eu 1")])).unwrap_err();
+        assert!(errors[0].message.contains("label value \"eu 1\" is not allowed"), "{}", errors[0].message);
     }
 }

@@ -17,6 +17,7 @@ fn spec(image: &str, count: u32) -> ServiceSpec {
         health: None,
         deploy: Deploy::default(),
         routes: vec![],
+        constraints: Default::default(),
     }
 }
 
@@ -135,6 +136,16 @@ fn commands_and_snapshots_without_an_api_address_still_decode() {
     let old = br#"{"v":1,"command":{"op":"register_node","name":"n","address":"10.0.0.1","cpu_millis":1000,"memory_mib":512,"labels":{},"now_ms":1}}"#;
     let Command::RegisterNode { api_address, .. } = Command::decode(old).unwrap() else { panic!("not a register_node") };
     assert_eq!(api_address, "");
+}
+
+#[test]
+fn apply_commands_written_before_constraints_existed_still_decode() {
+    let old = br#"{"v":1,"command":{"op":"apply_service","spec":{"name":"quotes","image":"quotes:1.0","command":[],"env":{},"cpu_millis":250,"memory_mib":128,"ports":[8080],"count":2,"autoscale":null,"health":null,"deploy":{"min_healthy_percent":100,"max_percent":200},"routes":[]},"image_digest":"","now_ms":1}}"#;
+    let Command::ApplyService { spec: decoded, .. } = Command::decode(old).unwrap() else { panic!("not an apply_service") };
+    assert_eq!(decoded, spec("quotes:1.0", 2));
+    // A spec without constraints is written exactly as before, so older servers read it too.
+    let again = Command::ApplyService { spec: decoded, image_digest: String::new(), now_ms: 1, unresolved_reason: String::new() };
+    assert_eq!(again.encode(), old.to_vec());
 }
 
 #[test]
