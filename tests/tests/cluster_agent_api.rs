@@ -31,6 +31,11 @@ fn agents_register_heartbeat_and_watch_assignments_through_any_server() {
         assert_ne!(other, id);
         let status = agent.register(pb::RegisterRequest { name: String::new(), ..register("x", "y") }).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        // A label no service constraint could require is refused, named.
+        let bad_label = pb::RegisterRequest { labels: [("disk type".to_string(), "ssd".to_string())].into(), ..register("node-c", "10.0.0.3") };
+        let status = agent.register(bad_label).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("disk type") && status.message().contains("--labels"), "{}", status.message());
 
         assert!(agent.heartbeat(pb::HeartbeatRequest { node_id: id, metrics: vec![] }).await.unwrap().into_inner().known);
         assert!(!agent.heartbeat(pb::HeartbeatRequest { node_id: 999, metrics: vec![] }).await.unwrap().into_inner().known);

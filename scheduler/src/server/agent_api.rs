@@ -132,6 +132,11 @@ impl AgentApi for AgentApiService {
         if r.name.is_empty() || r.address.is_empty() || r.cpu_millis == 0 || r.memory_mib == 0 {
             return Err(Status::invalid_argument("`name`, `address`, `cpu_millis` and `memory_mib` are required"));
         }
+        // The same rule as a service's `constraints`, so every label a node has can be required.
+        for (key, value) in &r.labels {
+            crate::spec::check_label(key, value)
+                .map_err(|e| Status::invalid_argument(format!("{e} (fix `sched-agent --labels`)")))?;
+        }
         let command = Command::RegisterNode {
             name: r.name,
             address: r.address,
