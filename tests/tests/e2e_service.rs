@@ -3,111 +3,22 @@
 //! agent pulls the image and runs them under shims, and reports them running; `scale` and
 //! `delete` stop and remove them again, leaving no container behind.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use sched_tests::bundle::{runtime_binary, unique_name};
+use sched_tests::agent_process::{self, AgentProcess};
+use sched_tests::bundle::runtime_binary;
 use sched_tests::busybox_image::push_busybox;
-use sched_tests::cluster::{Cluster, ClusterOptions, sched_binary};
+use sched_tests::cluster::{Cluster, ClusterOptions};
 use sched_tests::registry::Registry;
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A `sched-agent` process with its own data dir and cgroup parent; killed, its tasks deleted
-/// and its cgroups removed on drop.
-struct Agent {
-    child: Child,
-    data_dir: std::path::PathBuf,
-    cgroup_parent: String,
-    /// More flags (like `--cpu 500`), kept for a restart.
-    extra_args: Vec<String>,
-}
-
-impl Agent {
-    fn start(cluster: &Cluster, name: &str) -> Agent {
-        Self::start_with(cluster, name, &[])
-    }
-
-    /// Starts an agent with more flags than the usual ones.
-    fn start_with(cluster: &Cluster, name: &str, extra_args: &[&str]) -> Agent {
-        let data_dir = cluster.dir().join(format!("agent-{name}"));
-        let cgroup_parent = format!("/sched-test-{}", unique_name());
-        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
-        let child = Self::spawn(cluster, name, &data_dir, &cgroup_parent, &extra_args);
-        Agent { child, data_dir, cgroup_parent, extra_args }
-    }
-
-    /// Starts the agent again with the same name, data dir and cgroup parent.
-    fn restart(&mut self, cluster: &Cluster, name: &str) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Self::spawn(cluster, name, &self.data_dir, &self.cgroup_parent, &self.extra_args);
-    }
-
-    fn spawn(cluster: &Cluster, name: &str, data_dir: &std::path::Path, cgroup_parent: &str, extra_args: &[String]) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(cluster.dir().join(format!("agent-{name}.log")))
-            .unwrap();
-        let agent = sched_binary().with_file_name("sched-agent");
-        assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
-        Command::new(agent)
-            .args(["--server", &cluster.addresses(), "--name", name, "--no-network", "--stop-grace", "1"])
-            // Tests run in parallel: each agent API on its own free port.
-            .args(["--api-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--cgroup-parent", cgroup_parent])
-            .arg("--runtime")
-            .arg(runtime_binary())
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start sched-agent")
-    }
-
-    /// Containers the node's runtime knows, by status.
-    fn containers(&self) -> Vec<(String, String)> {
-        let out = Command::new(runtime_binary())
-            .arg("--root")
-            .arg(self.data_dir.join("runtime"))
-            .args(["list", "--format", "json"])
-            .output()
-            .expect("sched-runtime list");
-        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
-        list.as_array()
-            .map(|a| a.iter().map(|c| (c["id"].as_str().unwrap_or("").to_string(), c["status"].as_str().unwrap_or("").to_string())).collect())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for (id, _) in self.containers() {
-            let _ = Command::new(runtime_binary()).arg("--root").arg(self.data_dir.join("runtime")).args(["delete", "--force", &id]).output();
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        for m in sched_tests::bundle::mounts_under(&self.data_dir).iter().rev() {
-            let _ = nix::mount::umount2(std::path::Path::new(m), nix::mount::MntFlags::MNT_DETACH);
-        }
-        sched_tests::bundle::remove_cgroup_parent(&self.cgroup_parent);
-    }
-}
-
-/// Polls `check` until it returns true; panics with `what` and `context()` after the timeout.
+/// Polls `check` until it holds, for up to a minute.
 #[track_caller]
-fn wait_until(what: &str, mut check: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}: {}", context());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_until(what: &str, check: impl FnMut() -> bool, context: impl Fn() -> String) {
+    agent_process::wait_until(what, TIMEOUT, check, context)
 }
 
 fn tasks(cluster: &Cluster) -> Vec<Value> {
@@ -123,7 +34,7 @@ fn apply_scale_and_delete_a_service_on_a_real_node() {
     let registry = Registry::start();
     let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
     let image = push_busybox(cluster.dir(), &registry.addr(), "sleepy:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
-    let agent = Agent::start(&cluster, "node1");
+    let agent = AgentProcess::start(&cluster, "node1");
     let file = cluster.dir().join("sleepy.toml");
     std::fs::write(
         &file,
@@ -148,7 +59,7 @@ fn a_command_health_check_reports_healthy_then_unhealthy() {
     let registry = Registry::start();
     let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
     let image = push_busybox(cluster.dir(), &registry.addr(), "checked:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
-    let agent = Agent::start(&cluster, "node1");
+    let agent = AgentProcess::start(&cluster, "node1");
     let file = cluster.dir().join("checked.toml");
     std::fs::write(
         &file,
@@ -167,7 +78,7 @@ fn a_command_health_check_reports_healthy_then_unhealthy() {
     let id = tasks(&cluster)[0]["id"].as_str().unwrap().to_string();
     let out = Command::new(runtime_binary())
         .arg("--root")
-        .arg(agent.data_dir.join("runtime"))
+        .arg(agent.data_dir().join("runtime"))
         .args(["exec", &id, "rm", "/tmp/healthy"])
         .output()
         .unwrap();
@@ -182,7 +93,7 @@ fn tasks_outlive_an_agent_restart_and_nothing_runs_twice() {
     let registry = Registry::start();
     let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
     let image = push_busybox(cluster.dir(), &registry.addr(), "steady:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
-    let mut agent = Agent::start(&cluster, "node1");
+    let mut agent = AgentProcess::start(&cluster, "node1");
     let file = cluster.dir().join("steady.toml");
     std::fs::write(&file, format!("name = \"steady\"\nimage = \"{image}\"\ncommand = [\"sleep\", \"1000\"]\ncount = 2\n")).unwrap();
     cluster.sched_ok(&["apply", &file.to_string_lossy()]);
@@ -191,13 +102,12 @@ fn tasks_outlive_an_agent_restart_and_nothing_runs_twice() {
     let before = agent.containers();
 
     // kill -9 the agent: its tasks keep running under their shims.
-    agent.child.kill().unwrap();
-    agent.child.wait().unwrap();
+    agent.kill();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(agent.containers(), before, "the tasks run on without their agent");
 
     // The restarted agent (same name, same data dir) adopts them instead of starting new ones.
-    agent.restart(&cluster, "node1");
+    agent.restart(&cluster);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(agent.containers(), before, "nothing was started twice or stopped");
     wait_until("both tasks still reported running", || count_state(&cluster, "running") == 2, context);
@@ -212,7 +122,7 @@ fn cpu_use_is_reported_as_a_fraction_of_the_limit() {
     let registry = Registry::start();
     let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
     let image = push_busybox(cluster.dir(), &registry.addr(), "busy:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
-    let agent = Agent::start(&cluster, "node1");
+    let agent = AgentProcess::start(&cluster, "node1");
     let file = cluster.dir().join("busy.toml");
     // A busy loop under a 200m limit uses all of it: about 1.0 of its limit.
     std::fs::write(&file, format!("name = \"busy\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"while :; do :; done\"]\ncpu = 200\nmemory = 64\ncount = 1\n")).unwrap();
@@ -235,7 +145,7 @@ fn a_crash_loop_is_reported_and_backs_off() {
     let registry = Registry::start();
     let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
     let image = push_busybox(cluster.dir(), &registry.addr(), "crashy:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
-    let agent = Agent::start(&cluster, "node1");
+    let agent = AgentProcess::start(&cluster, "node1");
     let file = cluster.dir().join("crashy.toml");
     std::fs::write(
         &file,
@@ -300,7 +210,7 @@ fn a_task_that_fits_nowhere_stays_pending_with_the_reason() {
     let registry = Registry::start();
     let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
     let image = push_busybox(cluster.dir(), &registry.addr(), "hungry:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
-    let agent = Agent::start_with(&cluster, "small", &["--cpu", "500", "--memory", "256"]);
+    let agent = AgentProcess::start_with(&cluster, "small", &["--cpu", "500", "--memory", "256"]);
     wait_until("the node registered", || cluster.sched_json(&["get", "nodes"]).as_array().is_some_and(|n| n.len() == 1), String::new);
     let node_id = cluster.sched_json(&["get", "nodes"])[0]["id"].as_u64().unwrap();
     let file = cluster.dir().join("hungry.toml");
@@ -357,8 +267,8 @@ fn constraints_place_tasks_on_nodes_with_the_labels() {
     let registry = Registry::start();
     let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
     let image = push_busybox(cluster.dir(), &registry.addr(), "zoned:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
-    let in_a = Agent::start_with(&cluster, "in-a", &["--labels", "zone=a"]);
-    let in_b = Agent::start_with(&cluster, "in-b", &["--labels", "zone=b,disk=ssd"]);
+    let in_a = AgentProcess::start_with(&cluster, "in-a", &["--labels", "zone=a"]);
+    let in_b = AgentProcess::start_with(&cluster, "in-b", &["--labels", "zone=b,disk=ssd"]);
     wait_until("both nodes registered", || cluster.sched_json(&["get", "nodes"]).as_array().is_some_and(|n| n.len() == 2), String::new);
     let nodes = cluster.sched_json(&["get", "nodes"]);
     let node_in = |zone: &str| {
