@@ -133,7 +133,11 @@ pub fn tasks_table(tasks: &[pb::Task]) -> String {
                 t.revision.to_string(),
                 if t.node_id == 0 { "-".into() } else { t.node_id.to_string() },
                 desired_state(t.desired_state).into(),
-                task_state(t.observed_state).into(),
+                match t.exit_code {
+                    // Like `docker ps`' "Exited (3)": the code without a detour through JSON.
+                    Some(code) => format!("{} ({code})", task_state(t.observed_state)),
+                    None => task_state(t.observed_state).into(),
+                },
                 health(t.health).into(),
                 if t.endpoints.is_empty() { "-".into() } else { t.endpoints.join(",") },
                 t.message.clone(),
