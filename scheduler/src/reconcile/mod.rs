@@ -32,6 +32,11 @@ const BACKOFF_WINDOW_MS: u64 = 5 * 60 * 1000;
 const BACKOFF_BASE_MS: u64 = 1000;
 const BACKOFF_MAX_MS: u64 = 60 * 1000;
 
+/// Finished tasks a service keeps for `get tasks`, `describe` and its crash-loop backoff (like
+/// Swarm's task history limit, default 5); older ones are forgotten, so their nodes remove their
+/// dirs and logs. Seven deaths already reach the 60 s backoff cap.
+pub const TASK_HISTORY: usize = 10;
+
 /// The commands that move `state` towards what it wants. `new_id` names new tasks.
 pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str) -> String) -> Vec<Command> {
     let mut placer = Placer::new(node_views(state));
@@ -111,7 +116,8 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str)
         }
     }
     let mut commands = Vec::new();
-    let forget = stopped_tasks_of_deleted_services(state);
+    let mut forget = stopped_tasks_of_deleted_services(state);
+    forget.extend(finished_tasks_beyond_history(state));
     if !forget.is_empty() {
         commands.push(Command::RemoveTasks { task_ids: forget });
     }
@@ -137,6 +143,23 @@ fn stopped_tasks_of_deleted_services(state: &ClusterState) -> Vec<String> {
         .filter(|t| t.node_id == 0 || matches!(t.observed, TaskState::Exited | TaskState::Failed | TaskState::Lost))
         .map(|t| t.id.clone())
         .collect()
+}
+
+/// Finished tasks of each service beyond the newest [`TASK_HISTORY`]: exited, failed or lost,
+/// or stopped before they were ever placed. A task being stopped is not finished until its node
+/// says so.
+fn finished_tasks_beyond_history(state: &ClusterState) -> Vec<String> {
+    let finished = |t: &&Task| {
+        matches!(t.observed, TaskState::Exited | TaskState::Failed | TaskState::Lost)
+            || (t.node_id == 0 && t.desired == DesiredState::Stopped)
+    };
+    let mut forget = Vec::new();
+    for service in state.services() {
+        let mut done: Vec<&Task> = state.tasks_of(&service.name).filter(finished).collect();
+        done.sort_by(|a, b| (b.updated_ms, &b.id).cmp(&(a.updated_ms, &a.id)));
+        forget.extend(done.iter().skip(TASK_HISTORY).map(|t| t.id.clone()));
+    }
+    forget
 }
 
 /// Whether a task should run and (as far as we know) does or will.

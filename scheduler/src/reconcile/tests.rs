@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::reconcile;
+use super::{TASK_HISTORY, reconcile};
 use crate::spec::{Deploy, ServiceSpec};
 use crate::state::{ClusterState, Command, DesiredState, NodeStatus, Task, TaskState};
 
@@ -44,11 +44,9 @@ fn cluster(nodes: u32, cpu_per_node: u32) -> ClusterState {
 }
 
 fn run(state: &mut ClusterState, now_ms: u64) -> usize {
-    let mut n = state.tasks().count();
-    let mut id = |service: &str| {
-        n += 1;
-        format!("{service}-{n}")
-    };
+    // Never reused, even after tasks are forgotten (as the leader's term-time-sequence ids).
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    let mut id = |service: &str| format!("{service}-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let commands = reconcile(state, now_ms, &mut id);
     let count = commands.len();
     for c in commands {
@@ -249,4 +247,38 @@ fn a_node_whose_labels_change_keeps_its_running_tasks() {
     set_zone(&mut state, 2, "c");
     assert_eq!(run(&mut state, 2), 0, "constraints are checked when placing, not afterwards");
     assert_eq!(per_node(&state), BTreeMap::from([(2, 2)]));
+}
+
+#[test]
+fn a_service_keeps_only_its_newest_finished_tasks() {
+    let mut state = cluster(1, 4000);
+    apply_service(&mut state, "q:1", 1, 100);
+    run(&mut state, 0);
+    let mut now = 0;
+    let mut dead = Vec::new();
+    for _ in 0..TASK_HISTORY + 3 {
+        let t = live(&state)[0].clone();
+        now += 1_000;
+        state
+            .apply(Command::ReportTaskStatus {
+                node_id: t.node_id,
+                task_id: t.id.clone(),
+                state: TaskState::Exited,
+                exit_code: Some(1),
+                endpoints: vec![],
+                health: crate::state::HealthStatus::Unknown,
+                message: String::new(),
+                now_ms: now,
+            })
+            .unwrap();
+        dead.push(t.id);
+        now += 61_000; // past the longest backoff: the replacement starts
+        while run(&mut state, now) > 0 {}
+    }
+    let kept: Vec<String> = state.tasks().filter(|t| t.observed == TaskState::Exited).map(|t| t.id.clone()).collect();
+    assert_eq!(kept.len(), TASK_HISTORY, "{kept:?}");
+    for old in &dead[..3] {
+        assert!(!kept.contains(old), "the oldest finished tasks are forgotten: {old}");
+    }
+    assert_eq!(live(&state).len(), 1, "the running task is never forgotten");
 }
