@@ -4,7 +4,8 @@
 //! through Raft; running it twice on the same state gives the same commands.
 //!
 //! Per service:
-//! - tasks of an older revision are told to stop (a new revision replaces them);
+//! - a new revision rolls out ([`rollout`]): its tasks start beside the older ones within
+//!   `max_percent`, and older tasks stop as long as `min_healthy_percent` stay healthy;
 //! - live tasks beyond the count are told to stop (pending ones first, then the newest);
 //! - missing tasks are created and placed ([`crate::placement`], on nodes with the labels the
 //!   spec's `constraints` require); those that fit nowhere are created pending with the
@@ -19,6 +20,7 @@
 //! node (if placed) is ready. Tasks of a node that went down are marked lost and told to stop
 //! (so a node that comes back stops its stale tasks), and replaced elsewhere.
 
+mod rollout;
 #[cfg(test)]
 mod tests;
 
@@ -55,8 +57,13 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str)
         }
         let (live_current, live_old): (Vec<&Task>, Vec<&Task>) =
             tasks.iter().copied().filter(|t| is_live(state, t)).partition(|t| t.revision == current.revision);
-        stop.extend(live_old.iter().map(|t| t.id.clone()));
         let want = service.desired_count as usize;
+        let healthy = |t: &Task| {
+            let checked = service.revision(t.revision).is_some_and(|r| r.spec.health.is_some());
+            t.observed == TaskState::Running && (!checked || t.health == HealthStatus::Healthy)
+        };
+        let rollout = rollout::step(want, &current.spec.deploy, &live_current, &live_old, healthy);
+        stop.extend(rollout.stop);
         // Too many: stop pending ones first, then the newest.
         if live_current.len() > want {
             let mut extra = live_current.clone();
@@ -91,7 +98,7 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str)
                 }
             }
         }
-        let missing = want.saturating_sub(live_current.len());
+        let missing = rollout.start;
         if missing == 0 || backing_off(&tasks, now_ms) {
             continue;
         }

@@ -282,3 +282,68 @@ fn a_service_keeps_only_its_newest_finished_tasks() {
     }
     assert_eq!(live(&state).len(), 1, "the running task is never forgotten");
 }
+
+/// Reports every live task of `revision` as running (its node says so).
+fn report_running(state: &mut ClusterState, revision: u64, now_ms: u64) {
+    let started: Vec<Task> = live(state).into_iter().filter(|t| t.revision == revision && t.node_id != 0).cloned().collect();
+    for t in started {
+        state
+            .apply(Command::ReportTaskStatus {
+                node_id: t.node_id,
+                task_id: t.id.clone(),
+                state: TaskState::Running,
+                exit_code: None,
+                endpoints: vec![],
+                health: crate::state::HealthStatus::Unknown,
+                message: String::new(),
+                now_ms,
+            })
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_new_revision_rolls_out_beside_the_running_one_and_the_old_stops_once_the_new_runs() {
+    let mut state = cluster(2, 4000);
+    apply_service(&mut state, "q:1", 2, 100);
+    run(&mut state, 1);
+    report_running(&mut state, 1, 2);
+    apply_service(&mut state, "q:2", 2, 100);
+    run(&mut state, 3);
+    let mut revisions: Vec<u64> = live(&state).iter().map(|t| t.revision).collect();
+    revisions.sort();
+    assert_eq!(revisions, vec![1, 1, 2, 2], "max_percent 200: the new tasks start beside the old ones");
+    assert_eq!(run(&mut state, 4), 0, "min_healthy_percent 100: no old task stops before a new one runs");
+    report_running(&mut state, 2, 5);
+    run(&mut state, 6);
+    let revisions: Vec<u64> = live(&state).iter().map(|t| t.revision).collect();
+    assert_eq!(revisions, vec![2, 2]);
+}
+
+#[test]
+fn a_new_revision_that_never_runs_leaves_the_old_tasks_running() {
+    let mut state = cluster(2, 4000);
+    apply_service(&mut state, "q:1", 2, 100);
+    run(&mut state, 1);
+    report_running(&mut state, 1, 2);
+    apply_service(&mut state, "q:2", 2, 100);
+    run(&mut state, 3);
+    let new: Vec<Task> = live(&state).into_iter().filter(|t| t.revision == 2).cloned().collect();
+    for t in new {
+        state
+            .apply(Command::ReportTaskStatus {
+                node_id: t.node_id,
+                task_id: t.id.clone(),
+                state: TaskState::Failed,
+                exit_code: None,
+                endpoints: vec![],
+                health: crate::state::HealthStatus::Unknown,
+                message: "image not found".into(),
+                now_ms: 4,
+            })
+            .unwrap();
+    }
+    run(&mut state, 100_000);
+    let old = live(&state).iter().filter(|t| t.revision == 1).count();
+    assert_eq!(old, 2, "the running revision keeps serving while the new one fails");
+}
