@@ -323,3 +323,45 @@ fn constraints_place_tasks_on_nodes_with_the_labels() {
     cluster.sched_ok(&["delete", "zoned"]);
     wait_until("no task is left running", || live(&cluster).is_empty(), context);
 }
+
+#[test]
+fn a_new_revision_rolls_out_and_a_broken_one_leaves_the_running_tasks_alone() {
+    let registry = Registry::start();
+    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
+    let image = push_busybox(cluster.dir(), &registry.addr(), "rolling:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
+    let agent = AgentProcess::start(&cluster, "node1");
+    let file = cluster.dir().join("rolling.toml");
+    let apply = |image: &str, version: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"rolling\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"exec sleep 1000\"]\nenv = {{ VERSION = \"{version}\" }}\ncpu = 100\nmemory = 32\ncount = 2\n"
+            ),
+        )
+        .unwrap();
+        cluster.sched_ok(&["apply", &file.to_string_lossy()]);
+    };
+    let running_of = |revision: u64| {
+        tasks(&cluster).iter().filter(|t| t["revision"] == revision && t["observed_state"] == "running").count()
+    };
+    let context = || format!("tasks: {:#?}\ncontainers: {:?}", tasks(&cluster), agent.containers());
+
+    apply(&image, "1");
+    wait_until("revision 1 runs 2 tasks", || running_of(1) == 2, context);
+    // Revision 2 rolls out: its tasks run, then revision 1's are stopped and removed.
+    apply(&image, "2");
+    wait_until("revision 2 runs 2 tasks", || running_of(2) == 2, context);
+    wait_until("only revision 2's 2 containers are left", || agent.containers().len() == 2 && running_of(1) == 0, context);
+    let serving = agent.containers();
+
+    // Revision 3's image cannot be pulled: its tasks fail, and revision 2's keep running.
+    apply("127.0.0.1:1/nowhere:1", "3");
+    let failed_of_3 = || tasks(&cluster).iter().any(|t| t["revision"] == 3 && t["observed_state"] == "failed");
+    wait_until("a revision 3 task failed", failed_of_3, context);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(running_of(2), 2, "revision 2 keeps serving: {}", context());
+    assert_eq!(agent.containers(), serving, "the same containers run, untouched: {}", context());
+
+    cluster.sched_ok(&["delete", "rolling"]);
+    wait_until("no container is left", || agent.containers().is_empty(), context);
+}
