@@ -55,6 +55,22 @@ fn run(state: &mut ClusterState, now_ms: u64) -> usize {
     count
 }
 
+/// What `task`'s node reports about it at `now_ms`.
+fn report(state: &mut ClusterState, task: &Task, observed: TaskState, exit_code: Option<i32>, message: &str, now_ms: u64) {
+    state
+        .apply(Command::ReportTaskStatus {
+            node_id: task.node_id,
+            task_id: task.id.clone(),
+            state: observed,
+            exit_code,
+            endpoints: vec![],
+            health: crate::state::HealthStatus::Unknown,
+            message: message.into(),
+            now_ms,
+        })
+        .unwrap();
+}
+
 fn live(state: &ClusterState) -> Vec<&Task> {
     state
         .tasks()
@@ -145,18 +161,7 @@ fn a_crash_loop_is_replaced_with_backoff() {
     run(&mut state, 0);
     let die = |state: &mut ClusterState, now_ms: u64| {
         let t = live(state)[0].clone();
-        state
-            .apply(Command::ReportTaskStatus {
-                node_id: t.node_id,
-                task_id: t.id.clone(),
-                state: TaskState::Exited,
-                exit_code: Some(1),
-                endpoints: vec![],
-                health: crate::state::HealthStatus::Unknown,
-                message: String::new(),
-                now_ms,
-            })
-            .unwrap();
+        report(state, &t, TaskState::Exited, Some(1), "", now_ms);
     };
     die(&mut state, 10_000);
     assert_eq!(run(&mut state, 10_500), 0, "1 death: wait 1 s");
@@ -177,18 +182,7 @@ fn a_deleted_services_tasks_are_forgotten_once_they_stopped() {
     state.apply(Command::DeleteService { name: "quotes".into(), now_ms: 2 }).unwrap();
     assert_eq!(run(&mut state, 3), 0, "tasks that may still run are kept until their nodes report them stopped");
     let stopped = state.tasks().next().unwrap().clone();
-    state
-        .apply(Command::ReportTaskStatus {
-            node_id: stopped.node_id,
-            task_id: stopped.id.clone(),
-            state: TaskState::Exited,
-            exit_code: Some(143),
-            endpoints: vec![],
-            health: crate::state::HealthStatus::Unknown,
-            message: String::new(),
-            now_ms: 4,
-        })
-        .unwrap();
+    report(&mut state, &stopped, TaskState::Exited, Some(143), "", 4);
     assert_eq!(run(&mut state, 5), 1);
     let left: Vec<String> = state.tasks().map(|t| t.id.clone()).collect();
     assert_eq!(left, vec![ids[1].clone()], "the stopped task is forgotten (its node then removes it), the other one not yet");
@@ -259,18 +253,7 @@ fn a_service_keeps_only_its_newest_finished_tasks() {
     for _ in 0..TASK_HISTORY + 3 {
         let t = live(&state)[0].clone();
         now += 1_000;
-        state
-            .apply(Command::ReportTaskStatus {
-                node_id: t.node_id,
-                task_id: t.id.clone(),
-                state: TaskState::Exited,
-                exit_code: Some(1),
-                endpoints: vec![],
-                health: crate::state::HealthStatus::Unknown,
-                message: String::new(),
-                now_ms: now,
-            })
-            .unwrap();
+        report(&mut state, &t, TaskState::Exited, Some(1), "", now);
         dead.push(t.id);
         now += 61_000; // past the longest backoff: the replacement starts
         while run(&mut state, now) > 0 {}
@@ -287,18 +270,7 @@ fn a_service_keeps_only_its_newest_finished_tasks() {
 fn report_running(state: &mut ClusterState, revision: u64, now_ms: u64) {
     let started: Vec<Task> = live(state).into_iter().filter(|t| t.revision == revision && t.node_id != 0).cloned().collect();
     for t in started {
-        state
-            .apply(Command::ReportTaskStatus {
-                node_id: t.node_id,
-                task_id: t.id.clone(),
-                state: TaskState::Running,
-                exit_code: None,
-                endpoints: vec![],
-                health: crate::state::HealthStatus::Unknown,
-                message: String::new(),
-                now_ms,
-            })
-            .unwrap();
+        report(state, &t, TaskState::Running, None, "", now_ms);
     }
 }
 
@@ -330,18 +302,7 @@ fn a_new_revision_that_never_runs_leaves_the_old_tasks_running() {
     run(&mut state, 3);
     let new: Vec<Task> = live(&state).into_iter().filter(|t| t.revision == 2).cloned().collect();
     for t in new {
-        state
-            .apply(Command::ReportTaskStatus {
-                node_id: t.node_id,
-                task_id: t.id.clone(),
-                state: TaskState::Failed,
-                exit_code: None,
-                endpoints: vec![],
-                health: crate::state::HealthStatus::Unknown,
-                message: "image not found".into(),
-                now_ms: 4,
-            })
-            .unwrap();
+        report(&mut state, &t, TaskState::Failed, None, "image not found", 4);
     }
     run(&mut state, 100_000);
     let old = live(&state).iter().filter(|t| t.revision == 1).count();
