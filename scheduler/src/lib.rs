@@ -20,6 +20,7 @@
 //! [`state::ClusterState::apply`] -> the answer returns to the proposer and the client.
 
 pub mod cli;
+mod error_chain;
 pub mod placement;
 pub mod raft;
 pub mod reconcile;

@@ -4,6 +4,7 @@
 //! server would repeat). A request whose outcome is unknown (ABORTED, a timeout) is not sent
 //! elsewhere: that could apply it twice.
 
+use crate::error_chain::source_chain;
 use std::future::Future;
 use std::time::Duration;
 
@@ -86,16 +87,6 @@ impl Servers {
         }
         Err(CliError::Unreachable(format!("no server could answer:\n  {}", failures.join("\n  "))))
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }
 
 pub fn services(channel: Channel) -> ServiceApiClient<Channel> {

@@ -15,6 +15,7 @@
 //! with `error` set naming the node and the cause, after at most [`CONNECT_TIMEOUT`]; the other
 //! tasks' lines still come. A client that goes away cancels the node calls.
 
+use crate::error_chain::source_chain;
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -131,16 +132,6 @@ async fn open(target: &Target, request: TaskLogsRequest) -> Result<Streaming<Log
         Err(s) if s.code() == tonic::Code::NotFound => Err(OpenError::NotFound(format!("node {node}: {}", s.message()))),
         Err(s) => Err(OpenError::Unreachable(format!("node {node} at {} refused the log of task {}: {}", target.api_address, target.task_id, s.message()))),
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }
 
 /// Copies one node stream into `out`, tagging lines; false when the client went away.
