@@ -274,14 +274,20 @@ fn report_running(state: &mut ClusterState, revision: u64, now_ms: u64) {
     }
 }
 
-#[test]
-fn a_new_revision_rolls_out_beside_the_running_one_and_the_old_stops_once_the_new_runs() {
+/// Two nodes, revision 1's 2 tasks running, revision 2 just applied and one reconcile pass run.
+fn revision_2_applied_over_a_running_revision_1() -> ClusterState {
     let mut state = cluster(2, 4000);
     apply_service(&mut state, "q:1", 2, 100);
     run(&mut state, 1);
     report_running(&mut state, 1, 2);
     apply_service(&mut state, "q:2", 2, 100);
     run(&mut state, 3);
+    state
+}
+
+#[test]
+fn a_new_revision_rolls_out_beside_the_running_one_and_the_old_stops_once_the_new_runs() {
+    let mut state = revision_2_applied_over_a_running_revision_1();
     let mut revisions: Vec<u64> = live(&state).iter().map(|t| t.revision).collect();
     revisions.sort();
     assert_eq!(revisions, vec![1, 1, 2, 2], "max_percent 200: the new tasks start beside the old ones");
@@ -294,12 +300,7 @@ fn a_new_revision_rolls_out_beside_the_running_one_and_the_old_stops_once_the_ne
 
 #[test]
 fn a_new_revision_that_never_runs_leaves_the_old_tasks_running() {
-    let mut state = cluster(2, 4000);
-    apply_service(&mut state, "q:1", 2, 100);
-    run(&mut state, 1);
-    report_running(&mut state, 1, 2);
-    apply_service(&mut state, "q:2", 2, 100);
-    run(&mut state, 3);
+    let mut state = revision_2_applied_over_a_running_revision_1();
     let new: Vec<Task> = live(&state).into_iter().filter(|t| t.revision == 2).cloned().collect();
     for t in new {
         report(&mut state, &t, TaskState::Failed, None, "image not found", 4);
