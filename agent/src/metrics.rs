@@ -48,10 +48,10 @@ impl CpuSampler {
 /// `cpuacct.usage`.
 pub fn cpu_usage_ns(dirs: &[PathBuf]) -> Option<u64> {
     for dir in dirs {
-        if let Ok(text) = std::fs::read_to_string(dir.join("cpu.stat")) {
-            if let Some(usec) = stat_field(&text, "usage_usec") {
-                return Some(usec * 1000);
-            }
+        if let Ok(text) = std::fs::read_to_string(dir.join("cpu.stat"))
+            && let Some(usec) = stat_field(&text, "usage_usec")
+        {
+            return Some(usec * 1000);
         }
         if let Some(ns) = read_u64(&dir.join("cpuacct.usage")) {
             return Some(ns);

@@ -120,14 +120,14 @@ impl RegistryClient {
             (None, Some(h)) => Some(Digest::parse(&h).map_err(|_| invalid_manifest(&url, "bad Docker-Content-Digest header"))?),
             (None, None) => None,
         };
-        if let Some(expected) = expected {
-            if expected != digest {
-                return Err(RegistryError::DigestMismatch {
-                    what: format!("manifest {reference}"),
-                    expected: expected.to_string(),
-                    actual: digest.to_string(),
-                });
-            }
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            return Err(RegistryError::DigestMismatch {
+                what: format!("manifest {reference}"),
+                expected: expected.to_string(),
+                actual: digest.to_string(),
+            });
         }
         Ok(FetchedManifest { body: body.to_vec(), media_type, digest })
     }

@@ -94,14 +94,10 @@ impl Bundle {
                 }
                 _ => {}
             }
-            if let Some(path) = ns.path() {
-                if !path.exists() {
-                    return Err(Error::ConfigInvalid(format!(
-                        "{} namespace path {} does not exist",
-                        ns.typ(),
-                        path.display()
-                    )));
-                }
+            if let Some(path) = ns.path()
+                && !path.exists()
+            {
+                return Err(Error::ConfigInvalid(format!("{} namespace path {} does not exist", ns.typ(), path.display())));
             }
         }
         for mount in self.spec.mounts().iter().flatten() {

@@ -9,10 +9,10 @@ use oci_spec::runtime::Spec;
 pub fn default_spec(args: &[String]) -> Spec {
     let mut spec = Spec::default();
     spec.set_hostname(Some("sched".into()));
-    if !args.is_empty() {
-        if let Some(process) = spec.process_mut().as_mut() {
-            process.set_args(Some(args.to_vec()));
-        }
+    if !args.is_empty()
+        && let Some(process) = spec.process_mut().as_mut()
+    {
+        process.set_args(Some(args.to_vec()));
     }
     spec
 }

@@ -137,10 +137,10 @@ fn handle(conn: TcpStream, upstream: &str, mode: &ProxyMode, port: u16, shared: 
     let (path, query) = target.split_once('?').map_or((target.clone(), String::new()), |(p, q)| (p.to_string(), q.to_string()));
     let header = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
     *shared.requests.lock().unwrap().entry(format!("{method} {path}")).or_default() += 1;
-    if path.contains("/blobs/") {
-        if let Some(r) = header("Range") {
-            shared.ranges.lock().unwrap().push(r);
-        }
+    if path.contains("/blobs/")
+        && let Some(r) = header("Range")
+    {
+        shared.ranges.lock().unwrap().push(r);
     }
 
     if let ProxyMode::FailFirst(n) = mode {

@@ -104,7 +104,7 @@ fn frozen_leader_is_replaced_and_rejoins_as_follower_without_losing_writes() {
         assert!(start.elapsed() < Duration::from_secs(10), "server {old} did not catch up after SIGCONT: {seen:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(runtime.block_on(apply_anywhere(&[address.clone()], "after")), "writes through the old leader work again");
+    assert!(runtime.block_on(apply_anywhere(std::slice::from_ref(&address), "after")), "writes through the old leader work again");
     let names = service_names(&cluster, &cluster.addresses(), false).unwrap();
     assert_eq!(names.into_iter().collect::<Vec<_>>(), ["after", "before", "during"]);
 }

@@ -39,7 +39,7 @@ fn partitioned_follower_catches_up_by_snapshot_after_compaction() {
         "server {follower} caught up without a snapshot, so the test did not prove snapshot catch-up"
     );
     // And it keeps following the log after the snapshot.
-    assert!(runtime.block_on(apply_anywhere(&[address.clone()], "after-snapshot")));
+    assert!(runtime.block_on(apply_anywhere(std::slice::from_ref(&address), "after-snapshot")));
     let start = Instant::now();
     while !service_names(&cluster, &address, true).unwrap_or_default().contains("after-snapshot") {
         assert!(start.elapsed() < Duration::from_secs(5), "server {follower} stopped following after the snapshot");

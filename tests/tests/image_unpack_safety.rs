@@ -96,10 +96,10 @@ fn assert_outside_untouched(case: &str, outside: &Path, abs: &Path, work: &Path)
             if e.file_name() == name {
                 return Some(p);
             }
-            if e.file_type().ok()?.is_dir() {
-                if let Some(f) = find(&p, name) {
-                    return Some(f);
-                }
+            if e.file_type().ok()?.is_dir()
+                && let Some(f) = find(&p, name)
+            {
+                return Some(f);
             }
         }
         None

@@ -49,10 +49,10 @@ impl Drop for Rollback<'_> {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
         }
-        if let Some(cgroup) = &self.cgroup {
-            if let Err(e) = cgroup.remove() {
-                tracing::warn!("cleanup after a failed create: {e}");
-            }
+        if let Some(cgroup) = &self.cgroup
+            && let Err(e) = cgroup.remove()
+        {
+            tracing::warn!("cleanup after a failed create: {e}");
         }
         let _ = std::fs::remove_dir_all(self.dir);
     }

@@ -159,16 +159,17 @@ impl ImageService {
     /// Finds a pulled image by reference (`busybox`, `host/repo:tag`) or by id (the config
     /// digest, `sha256:...` or a hex prefix of at least 12 digits).
     pub fn get(&self, reference_or_id: &str) -> Result<ImageRecord> {
-        if let Ok(r) = Reference::parse(reference_or_id) {
-            if let Some(rec) = self.records.get(&r.to_string())? {
-                return Ok(rec);
-            }
+        if let Ok(r) = Reference::parse(reference_or_id)
+            && let Some(rec) = self.records.get(&r.to_string())?
+        {
+            return Ok(rec);
         }
         let hex = reference_or_id.strip_prefix("sha256:").unwrap_or(reference_or_id);
-        if hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            if let Some(rec) = self.records.list()?.into_iter().find(|r| r.config_digest.hex().starts_with(hex)) {
-                return Ok(rec);
-            }
+        if hex.len() >= 12
+            && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            && let Some(rec) = self.records.list()?.into_iter().find(|r| r.config_digest.hex().starts_with(hex))
+        {
+            return Ok(rec);
         }
         Err(ImageError::NotFound(reference_or_id.to_string()))
     }

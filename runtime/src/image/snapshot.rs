@@ -174,10 +174,10 @@ impl Snapshotter {
         let mut out = Vec::new();
         for e in std::fs::read_dir(&self.rootfs).at(&self.rootfs)? {
             let path = e.at(&self.rootfs)?.path().join("rootfs.json");
-            if let Ok(bytes) = std::fs::read(&path) {
-                if let Ok(r) = serde_json::from_slice(&bytes) {
-                    out.push(r);
-                }
+            if let Ok(bytes) = std::fs::read(&path)
+                && let Ok(r) = serde_json::from_slice(&bytes)
+            {
+                out.push(r);
             }
         }
         Ok(out)
@@ -300,12 +300,13 @@ fn unescape_mountinfo(s: &str) -> PathBuf {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
         }
         out.push(b[i]);
         i += 1;

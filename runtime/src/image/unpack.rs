@@ -352,10 +352,10 @@ impl Unpacker {
         let at = self.io_at(&comps);
         match self.mode {
             WhiteoutMode::Apply => {
-                if let Some(parent) = self.open_dir(parent_comps, entry, false)? {
-                    if stat_nofollow(&parent, hidden).is_some() {
-                        remove_any(&parent, hidden).at(&at)?;
-                    }
+                if let Some(parent) = self.open_dir(parent_comps, entry, false)?
+                    && stat_nofollow(&parent, hidden).is_some()
+                {
+                    remove_any(&parent, hidden).at(&at)?;
                 }
             }
             WhiteoutMode::Overlay => {
@@ -557,10 +557,10 @@ fn read_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::io::Result<Vec<(S
     if let Some(exts) = entry.pax_extensions()? {
         for ext in exts {
             let ext = ext?;
-            if let Ok(key) = ext.key() {
-                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                    out.push((name.to_string(), ext.value_bytes().to_vec()));
-                }
+            if let Ok(key) = ext.key()
+                && let Some(name) = key.strip_prefix("SCHILY.xattr.")
+            {
+                out.push((name.to_string(), ext.value_bytes().to_vec()));
             }
         }
     }

@@ -24,6 +24,8 @@ pub use node::{NodeStatus, RaftHandle, RaftNode, RaftOptions, Role};
 
 /// A change to propose: a state-machine command or a membership change. Also the body of a
 /// proposal forwarded from a follower to the leader (JSON).
+// Values that are serialized and sent once: boxing the spec would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Proposal {

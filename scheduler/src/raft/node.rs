@@ -534,9 +534,7 @@ mod tests {
 
     #[test]
     fn an_entry_of_a_newer_build_stops_this_server_with_upgrade_advice() {
-        let mut entry = Entry::default();
-        entry.index = 42;
-        entry.data = br#"{"v":9,"command":{"op":"from_the_future"}}"#.to_vec().into();
+        let mut entry = Entry { index: 42, data: br#"{"v":9,"command":{"op":"from_the_future"}}"#.to_vec().into(), ..Default::default() };
         let error = decode_committed(&entry).unwrap_err();
         assert!(matches!(error, NodeError::UnreadableEntry { index: 42, .. }), "{error}");
         let message = error.to_string();

@@ -409,11 +409,7 @@ mod tests {
     use raft::Storage as _;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8].into();
-        e
+        Entry { index, term, data: vec![index as u8].into(), ..Default::default() }
     }
 
     fn members() -> BTreeMap<u64, String> {
@@ -437,9 +433,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut s = DiskStorage::open(dir.path(), Bootstrap::InitialCluster(members())).unwrap();
-            let mut hs = HardState::default();
-            hs.term = 6;
-            hs.commit = 7;
+            let hs = HardState { term: 6, commit: 7, ..Default::default() };
             s.append(&[entry(6, 6), entry(7, 6), entry(8, 6)], Some(&hs)).unwrap();
             // A new leader overwrites index 8 onward.
             s.append(&[entry(8, 7), entry(9, 7)], None).unwrap();

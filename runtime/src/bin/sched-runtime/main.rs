@@ -464,7 +464,7 @@ fn list(root: &StateRoot, format: ListFormat, quiet: bool) -> Result<()> {
     match format {
         ListFormat::Json => writeln!(out, "{}", serde_json::to_string(&states)?)?,
         ListFormat::Table => {
-            writeln!(out, "{:<20} {:<8} {:<10} {:<40} {}", "ID", "PID", "STATUS", "BUNDLE", "CREATED")?;
+            writeln!(out, "{:<20} {:<8} {:<10} {:<40} CREATED", "ID", "PID", "STATUS", "BUNDLE")?;
             for s in &states {
                 let pid = if s.status == Status::Stopped { 0 } else { s.pid };
                 writeln!(out, "{:<20} {:<8} {:<10} {:<40} {}", s.id, pid, s.status, s.bundle.display(), s.created)?;
