@@ -1,0 +1,335 @@
+//! A CPU-bound HTTP service for the autoscaling test and benchmark, and the node it runs on.
+//!
+//! - [`push_cpu_service`]: a busybox image whose `httpd` serves `/cgi-bin/burn`, a CGI script
+//!   that spins a shell arithmetic loop of `BURN_LOOPS` iterations (env; default
+//!   [`BURN_LOOPS`], about 30 ms of CPU on the project's machines) and answers 200 `burned`,
+//!   and a static `/health` file that costs next to nothing.
+//! - [`CpuServiceSpec`]: the service.toml of the scenario (`cpu`, `[autoscale]` with short
+//!   cooldowns, an HTTP health check on `/health`, port [`PORT`]).
+//! - [`NetworkedAgent`]: a `sched-agent` *with* task networking (published ports, so tasks have
+//!   endpoints), meant to run inside a [`crate::netlab::NodeLab`]'s namespace so its bridge, nft
+//!   table and task namespaces exist only there. Dropping it kills the agent, force-deletes its
+//!   containers, unmounts what is left and removes its cgroups.
+//! - [`endpoints_source`]: the closure [`crate::load::Load`] follows: the endpoints of a
+//!   service's running tasks, from `sched get tasks -o json`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::bundle::{mounts_under, remove_cgroup_parent, runtime_binary, unique_name};
+use crate::busybox_image::push_busybox;
+use crate::cluster::{Cluster, sched_binary};
+use crate::netlab::NodeLab;
+use crate::oci_image::Entry;
+
+/// The container port httpd listens on.
+pub const PORT: u16 = 8080;
+
+/// Iterations of the CGI script's loop per request unless the service sets `BURN_LOOPS`:
+/// about 2 µs each under busybox ash here, so about 30 ms of CPU.
+pub const BURN_LOOPS: u32 = 15_000;
+
+/// The path that burns CPU.
+pub const BURN_PATH: &str = "/cgi-bin/burn";
+
+/// The cheap path (a static file).
+pub const HEALTH_PATH: &str = "/health";
+
+/// The CGI script: spin, then answer. httpd passes its environment on to CGI children.
+const BURN_SCRIPT: &str = "#!/bin/sh\n\
+n=${BURN_LOOPS:-DEFAULT}\n\
+i=0\n\
+while [ $i -lt $n ]; do i=$((i + 1)); done\n\
+printf 'Content-Type: text/plain\\r\\n\\r\\nburned %s\\n' \"$n\"\n";
+
+/// Builds the CPU service image under `work` and pushes it to `registry_addr` as `repo_tag`;
+/// returns the reference to pull.
+pub fn push_cpu_service(work: &Path, registry_addr: &str, repo_tag: &str) -> String {
+    let script = BURN_SCRIPT.replace("DEFAULT", &BURN_LOOPS.to_string());
+    let extra = vec![
+        Entry::dir("www"),
+        Entry::file("www/health", "ok\n"),
+        Entry::dir("www/cgi-bin"),
+        Entry::File { path: "www/cgi-bin/burn".into(), content: script.into_bytes(), mode: 0o755, uid: 0, gid: 0 },
+    ];
+    let process = json!({
+        "Env": ["PATH=/bin"],
+        "Cmd": ["/bin/httpd", "-f", "-p", PORT.to_string(), "-h", "/www"],
+    });
+    push_busybox(work, registry_addr, repo_tag, extra, process)
+}
+
+/// `[autoscale]` of the scenario.
+#[derive(Clone, Debug)]
+pub struct Autoscale {
+    pub min: u32,
+    pub max: u32,
+    pub target_cpu_percent: u32,
+    /// A service.toml duration, e.g. `"5s"`.
+    pub scale_out_cooldown: String,
+    pub scale_in_cooldown: String,
+}
+
+/// The service.toml of a CPU service.
+#[derive(Clone, Debug)]
+pub struct CpuServiceSpec {
+    pub name: String,
+    pub image: String,
+    /// Millicores per task (the limit the CPU fraction is measured against).
+    pub cpu: u32,
+    /// MiB per task.
+    pub memory: u32,
+    /// Tasks at the start (with autoscale: its min).
+    pub count: u32,
+    pub autoscale: Option<Autoscale>,
+    /// Overrides [`BURN_LOOPS`] through the env.
+    pub burn_loops: Option<u32>,
+}
+
+impl CpuServiceSpec {
+    /// The betting-odds service of issue #9: 100 millicores, 32 MiB, autoscaled between 2 and
+    /// 8 at 70% with the given cooldowns.
+    pub fn betting_odds(name: &str, image: &str, scale_out_cooldown: &str, scale_in_cooldown: &str) -> Self {
+        CpuServiceSpec {
+            name: name.to_owned(),
+            image: image.to_owned(),
+            cpu: 100,
+            memory: 32,
+            count: 2,
+            autoscale: Some(Autoscale {
+                min: 2,
+                max: 8,
+                target_cpu_percent: 70,
+                scale_out_cooldown: scale_out_cooldown.to_owned(),
+                scale_in_cooldown: scale_in_cooldown.to_owned(),
+            }),
+            burn_loops: None,
+        }
+    }
+
+    /// The file's text.
+    pub fn toml(&self) -> String {
+        let mut text = format!(
+            "name = \"{}\"\nimage = \"{}\"\ncpu = {}\nmemory = {}\nports = [{PORT}]\ncount = {}\n",
+            self.name, self.image, self.cpu, self.memory, self.count
+        );
+        if let Some(loops) = self.burn_loops {
+            text.push_str(&format!("env = {{ BURN_LOOPS = \"{loops}\" }}\n"));
+        }
+        if let Some(a) = &self.autoscale {
+            text.push_str(&format!(
+                "\n[autoscale]\nmin = {}\nmax = {}\ntarget_cpu_percent = {}\nscale_out_cooldown = \"{}\"\nscale_in_cooldown = \"{}\"\n",
+                a.min, a.max, a.target_cpu_percent, a.scale_out_cooldown, a.scale_in_cooldown
+            ));
+        }
+        text.push_str(&format!(
+            "\n[health]\nkind = \"http\"\npath = \"{HEALTH_PATH}\"\nport = {PORT}\ninterval = \"1s\"\ntimeout = \"1s\"\nretries = 3\n"
+        ));
+        text
+    }
+
+    /// Writes `NAME.toml` into `dir`; returns its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join(format!("{}.toml", self.name));
+        std::fs::write(&path, self.toml()).expect("write the service.toml");
+        path
+    }
+}
+
+/// A `sched-agent` with task networking, inside the namespace of the thread that starts it
+/// (a [`NodeLab::run`] body), using the lab's bridge, subnet and netns dir.
+pub struct NetworkedAgent {
+    child: Child,
+    data_dir: PathBuf,
+    cgroup_parent: String,
+}
+
+impl NetworkedAgent {
+    /// Starts agent `name` against every server of `cluster`, data under the cluster's dir.
+    pub fn start(cluster: &Cluster, lab: &NodeLab, name: &str) -> NetworkedAgent {
+        let data_dir = cluster.dir().join(format!("agent-{name}"));
+        let cgroup_parent = format!("/sched-test-{}", unique_name());
+        let log = std::fs::File::create(cluster.dir().join(format!("agent-{name}.log"))).expect("create the agent log");
+        let config = lab.config();
+        let agent = sched_binary().with_file_name("sched-agent");
+        assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
+        let child = Command::new(agent)
+            .args(["--server", &cluster.addresses(), "--name", name, "--stop-grace", "1"])
+            .args(["--api-listen", "127.0.0.1:0", "--bridge", &config.bridge, "--subnet", &config.subnet.to_string()])
+            .arg("--netns-dir")
+            .arg(&config.netns_dir)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--cgroup-parent", &cgroup_parent])
+            .arg("--runtime")
+            .arg(runtime_binary())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start sched-agent");
+        NetworkedAgent { child, data_dir, cgroup_parent }
+    }
+
+    /// The containers the node's runtime knows: `(id, status)`.
+    pub fn containers(&self) -> Vec<(String, String)> {
+        let out = Command::new(runtime_binary())
+            .arg("--root")
+            .arg(self.data_dir.join("runtime"))
+            .args(["list", "--format", "json"])
+            .output()
+            .expect("sched-runtime list");
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
+        list.as_array()
+            .map(|a| {
+                a.iter().map(|c| (c["id"].as_str().unwrap_or("").to_string(), c["status"].as_str().unwrap_or("").to_string())).collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for NetworkedAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for (id, _) in self.containers() {
+            let _ =
+                Command::new(runtime_binary()).arg("--root").arg(self.data_dir.join("runtime")).args(["delete", "--force", &id]).output();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for m in mounts_under(&self.data_dir).iter().rev() {
+            let _ = nix::mount::umount2(Path::new(m), nix::mount::MntFlags::MNT_DETACH);
+        }
+        remove_cgroup_parent(&self.cgroup_parent);
+    }
+}
+
+/// `sched --server SERVERS get tasks -o json`, or None if the CLI failed.
+pub fn tasks_at(servers: &str) -> Option<Vec<Value>> {
+    let out = Command::new(sched_binary())
+        .args(["--server", servers, "get", "tasks", "-o", "json"])
+        .env_remove("SCHED_SERVER")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice::<Value>(&out.stdout).ok()?.as_array().cloned()
+}
+
+/// The endpoints of `service`'s running tasks in a task list.
+pub fn running_endpoints(tasks: &[Value], service: &str) -> Vec<String> {
+    tasks
+        .iter()
+        .filter(|t| t["service"] == service && t["observed_state"] == "running")
+        .flat_map(|t| t["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The closure a [`crate::load::Load`] follows: `service`'s running endpoints as the servers at
+/// `servers` report them (None when the CLI fails, so the load keeps its list).
+pub fn endpoints_source(servers: String, service: String) -> impl FnMut() -> Option<Vec<String>> + Send + 'static {
+    move || tasks_at(&servers).map(|tasks| running_endpoints(&tasks, &service))
+}
+
+/// One look at a service: its desired count and its tasks.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    /// When it was taken, from the load's start.
+    pub at: Duration,
+    pub desired_count: u64,
+    /// Tasks the servers want running (`desired_state == "running"`).
+    pub live_tasks: usize,
+    /// Running tasks: id, endpoints, CPU fraction of the limit.
+    pub running: Vec<(String, Vec<String>, f64)>,
+}
+
+impl Observation {
+    /// The mean CPU fraction of the running tasks (None without any).
+    pub fn mean_cpu(&self) -> Option<f64> {
+        (!self.running.is_empty()).then(|| self.running.iter().map(|(_, _, cpu)| cpu).sum::<f64>() / self.running.len() as f64)
+    }
+}
+
+/// `name`'s desired count and tasks as the servers at `servers` report them (None if the CLI
+/// failed or the service is unknown).
+pub fn observe(servers: &str, name: &str, since: std::time::Instant) -> Option<Observation> {
+    let out = Command::new(sched_binary())
+        .args(["--server", servers, "get", "services", "-o", "json"])
+        .env_remove("SCHED_SERVER")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let services: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let service = services.as_array()?.iter().find(|s| s["name"] == name)?.clone();
+    let tasks = tasks_at(servers)?;
+    let mine: Vec<&Value> = tasks.iter().filter(|t| t["service"] == name).collect();
+    let running = mine
+        .iter()
+        .filter(|t| t["observed_state"] == "running")
+        .map(|t| {
+            let endpoints =
+                t["endpoints"].as_array().map(|e| e.iter().filter_map(|e| e.as_str().map(str::to_owned)).collect()).unwrap_or_default();
+            (t["id"].as_str().unwrap_or_default().to_owned(), endpoints, t["cpu_fraction"].as_f64().unwrap_or(0.0))
+        })
+        .collect();
+    Some(Observation {
+        at: since.elapsed(),
+        desired_count: service["desired_count"].as_u64()?,
+        live_tasks: mine.iter().filter(|t| t["desired_state"] == "running").count(),
+        running,
+    })
+}
+
+/// How fast a service reacted to a load, each from the load's start.
+#[derive(Clone, Debug, Default)]
+pub struct Reaction {
+    /// The desired count was first seen above where it was (polled).
+    pub decision: Option<Duration>,
+    /// The first service event saying "scale" after the load started, on the servers' clock.
+    pub decision_event: Option<(Duration, String)>,
+    /// A task that was not there before was first seen running (polled).
+    pub running: Option<Duration>,
+    /// An endpoint not seen before answered its first 200 (the load's own clock).
+    pub serving: Option<Duration>,
+}
+
+impl Reaction {
+    /// `load start -> decision 1.2 s (event 1.1 s) -> running 2.3 s -> serving 2.4 s`.
+    pub fn line(&self) -> String {
+        let s = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64()));
+        format!(
+            "load start -> decision {} (event {}) -> new task running {} -> new task serving {}",
+            s(self.decision),
+            s(self.decision_event.as_ref().map(|(d, _)| *d)),
+            s(self.running),
+            s(self.serving)
+        )
+    }
+}
+
+/// The first event of `name` whose message mentions scaling, at or after `after` (wall
+/// clock), as (time since `after`, message).
+pub fn scale_event_after(servers: &str, name: &str, after: std::time::SystemTime) -> Option<(Duration, String)> {
+    let out = Command::new(sched_binary())
+        .args(["--server", servers, "describe", "service", name, "-o", "json"])
+        .env_remove("SCHED_SERVER")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let described: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let after_ms = after.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64;
+    described["events"]
+        .as_array()?
+        .iter()
+        .filter(|e| e["message"].as_str().is_some_and(|m| m.contains("scale")))
+        .filter_map(|e| Some((e["unix_ms"].as_u64()?, e["message"].as_str()?.to_owned())))
+        .filter(|(ms, _)| *ms >= after_ms)
+        .min_by_key(|(ms, _)| *ms)
+        .map(|(ms, message)| (Duration::from_millis(ms - after_ms), message))
+}
