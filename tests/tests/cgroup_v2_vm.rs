@@ -3,6 +3,9 @@
 //! - a container over memory.max 32 MiB is OOM-killed: `run` exits 137 and the container's
 //!   memory.events counts `oom_kill >= 1`;
 //! - a busy loop under cpu.max 20000/100000 gets about 20% of a CPU, with most periods throttled;
+//! - a busy loop under cpu.max 50000/100000 reads about 1.0 of its limit when its `cpu.stat`,
+//!   taken twice ~2 s apart, goes through the agent's own reader (`agent::metrics`) and the
+//!   agent's formula, used / (wall x limit): the number the autoscaler acts on;
 //! - the runtime removes each container's cgroup.
 //!
 //! The guest (`tests/vm/init.sh`, packed by `tests/vm/build-initramfs.sh`) only measures and
@@ -173,7 +176,18 @@ fn cgroup_v2_memory_and_cpu_limits_in_a_vm() {
             .shell("while :; do :; done")
             .resources(json!({ "cpu": { "quota": 20000, "period": 100000, "shares": 512 } })),
     );
-    for (name, bundle) in [("oomrun", &oom_run), ("oom", &oom), ("cpu", &cpu)] {
+    let cpu_half = guest_bundle(
+        "cpuhalf",
+        BusyboxBundle::new()
+            .shell("while :; do :; done")
+            .resources(json!({ "cpu": { "quota": 50000, "period": 100000 } })),
+    );
+    for (name, bundle) in [
+        ("oomrun", &oom_run),
+        ("oom", &oom),
+        ("cpu", &cpu),
+        ("cpuhalf", &cpu_half),
+    ] {
         copy_tree(&bundle.bundle_dir(), &bundles.join(name));
     }
 
@@ -228,7 +242,11 @@ fn cgroup_v2_memory_and_cpu_limits_in_a_vm() {
     assert_eq!(get("oom_create_exit"), "0");
     assert_eq!(number("oom_memory_max"), MEMORY_LIMIT);
     assert_eq!(get("oom_pids_max"), "64");
-    assert_eq!(get("oom_swap_max"), "0", "memory.swap = memory.limit means no swap (memory.swap.max 0)");
+    assert_eq!(
+        get("oom_swap_max"),
+        "0",
+        "memory.swap = memory.limit means no swap (memory.swap.max 0)"
+    );
     assert_eq!(
         get("oom_stopped"),
         "0",
@@ -280,4 +298,45 @@ fn cgroup_v2_memory_and_cpu_limits_in_a_vm() {
     );
     assert_eq!(get("cpu_run_exit"), "137", "kill KILL ends run with 137");
     assert_eq!(get("cpu_cgroup_left"), "no");
+
+    // CPU as the agent reports it: a busy task under half a CPU uses about all of its limit.
+    assert_eq!(get("half_running"), "0");
+    assert_eq!(get("half_cpu_max"), "50000/100000");
+    let seconds = |key: &str| -> f64 {
+        get(key)
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={} is not a time", get(key)))
+    };
+    let used_ns = |key: &str| -> u64 {
+        // The guest printed cpu.stat with ' ' -> ':' and '\n' -> ','; put the file back and let
+        // the agent's reader take it.
+        let dir = work.0.join(key);
+        fs::create_dir_all(&dir).expect("a dir for the cpu.stat copy");
+        fs::write(
+            dir.join("cpu.stat"),
+            get(key).replace(':', " ").replace(',', "\n"),
+        )
+        .expect("write cpu.stat");
+        agent::metrics::cpu_usage_ns(&[dir])
+            .unwrap_or_else(|| panic!("the agent cannot read {key}={}", get(key)))
+    };
+    let wall_ns = (seconds("half_t2") - seconds("half_t1")) * 1e9;
+    let limit_cores = 50000.0 / 100000.0;
+    let fraction = used_ns("half_stat2").saturating_sub(used_ns("half_stat1")) as f64
+        / (wall_ns * limit_cores);
+    eprintln!(
+        "cgroup v2: a busy task under cpu.max 50000/100000 uses {fraction:.3} of its limit over {:.2} s",
+        wall_ns / 1e9
+    );
+    assert!(
+        wall_ns >= 1.5e9,
+        "the two reads were {:.2} s apart, not ~2 s",
+        wall_ns / 1e9
+    );
+    assert!(
+        (0.8..=1.1).contains(&fraction),
+        "a busy task reads {fraction:.3} of its limit (want 0.8-1.1)"
+    );
+    assert_eq!(get("half_run_exit"), "137", "kill KILL ends run with 137");
+    assert_eq!(get("half_cgroup_left"), "no");
 }

@@ -90,5 +90,22 @@ wait $RUN; rc=$?
 report "cpu_run_exit=$rc cpu_cgroup_left=$([ -d $CG/cpu ] && echo yes || echo no)"
 sed 's/^/SCHED-VM-LOG cpu: /' /tmp/cpu.log | tail -3
 
+# 4. A busy loop under cpu.max 50000/100000 (half a CPU), read twice ~2 s apart as the agent
+# samples it: the test computes used/(wall x limit) from these raw cpu.stat files, ~1.0.
+$R run --bundle /bundles/cpuhalf cpuhalf < /dev/null > /tmp/cpuhalf.log 2>&1 &
+RUN=$!
+wait_status cpuhalf 600 running; rc=$?
+report "half_running=$rc half_cpu_max=$(tr ' ' / < $CG/cpuhalf/cpu.max 2>/dev/null || echo missing)"
+sleep 1
+a=$(up); s1=$(tr ' \n' ':,' < $CG/cpuhalf/cpu.stat 2>/dev/null || echo missing)
+sleep 2
+b=$(up); s2=$(tr ' \n' ':,' < $CG/cpuhalf/cpu.stat 2>/dev/null || echo missing)
+report "half_t1=$a half_stat1=$s1"
+report "half_t2=$b half_stat2=$s2"
+$R kill cpuhalf KILL
+wait $RUN; rc=$?
+report "half_run_exit=$rc half_cgroup_left=$([ -d $CG/cpuhalf ] && echo yes || echo no)"
+sed 's/^/SCHED-VM-LOG cpuhalf: /' /tmp/cpuhalf.log | tail -3
+
 report "done=yes uptime=$(up)"
 poweroff -f
