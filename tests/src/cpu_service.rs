@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::bundle::{mounts_under, remove_cgroup_parent, runtime_binary, unique_name};
+use crate::bundle::{mounts_under, remove_cgroup_parent, unique_name};
 use crate::busybox_image::push_busybox;
 use crate::cluster::{Cluster, sched_binary};
 use crate::netlab::NodeLab;
@@ -139,6 +139,12 @@ impl CpuServiceSpec {
     }
 }
 
+/// The runtime beside `sched` (tests live in target/<profile>/deps/, benchmark programs in
+/// target/<profile>/), unless `SCHED_TEST_RUNTIME` names another.
+fn runtime() -> PathBuf {
+    std::env::var_os("SCHED_TEST_RUNTIME").map_or_else(|| sched_binary().with_file_name("sched-runtime"), PathBuf::from)
+}
+
 /// A `sched-agent` with task networking, inside the namespace of the thread that starts it
 /// (a [`NodeLab::run`] body), using the lab's bridge, subnet and netns dir.
 pub struct NetworkedAgent {
@@ -165,7 +171,7 @@ impl NetworkedAgent {
             .arg(&data_dir)
             .args(["--cgroup-parent", &cgroup_parent])
             .arg("--runtime")
-            .arg(runtime_binary())
+            .arg(runtime())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log)
@@ -176,7 +182,7 @@ impl NetworkedAgent {
 
     /// The containers the node's runtime knows: `(id, status)`.
     pub fn containers(&self) -> Vec<(String, String)> {
-        let out = Command::new(runtime_binary())
+        let out = Command::new(runtime())
             .arg("--root")
             .arg(self.data_dir.join("runtime"))
             .args(["list", "--format", "json"])
@@ -196,8 +202,7 @@ impl Drop for NetworkedAgent {
         let _ = self.child.kill();
         let _ = self.child.wait();
         for (id, _) in self.containers() {
-            let _ =
-                Command::new(runtime_binary()).arg("--root").arg(self.data_dir.join("runtime")).args(["delete", "--force", &id]).output();
+            let _ = Command::new(runtime()).arg("--root").arg(self.data_dir.join("runtime")).args(["delete", "--force", &id]).output();
         }
         std::thread::sleep(Duration::from_millis(200));
         for m in mounts_under(&self.data_dir).iter().rev() {
