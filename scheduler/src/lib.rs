@@ -12,6 +12,9 @@
 //!   transport, follower-to-leader forwarding, ReadIndex reads).
 //! - [`placement`]: which node each new task goes to (feasibility, then spread), pure logic.
 //! - [`reconcile`]: the commands that bring each service to its count on its current revision.
+//! - [`autoscale`]: each autoscaled service's count follows its CPU target (pure).
+//! - [`controller`]: the leader's duties (node liveness, autoscaling, reconciling) as pure
+//!   functions from a snapshot of the cluster to commands.
 //! - [`cli`]: the `sched` command line (server and client commands, tables, exit codes).
 //! - [`server`]: `sched server`: Raft plus the gRPC API, health and reflection on one port.
 //!
@@ -19,7 +22,9 @@
 //! (forwarded to the leader when needed) -> the Raft log -> every server's
 //! [`state::ClusterState::apply`] -> the answer returns to the proposer and the client.
 
+pub mod autoscale;
 pub mod cli;
+pub mod controller;
 mod error_chain;
 pub mod placement;
 pub mod raft;
@@ -27,3 +32,5 @@ pub mod reconcile;
 pub mod server;
 pub mod spec;
 pub mod state;
+#[cfg(test)]
+mod test_fixtures;

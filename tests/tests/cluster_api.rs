@@ -30,7 +30,7 @@ fn apply_get_describe_scale_rollback_delete_round_trip() {
         assert_eq!(services[0]["desired_count"], 2);
     }
     let table = cluster.sched_ok(&["get", "services"]);
-    assert!(table.starts_with("NAME    REVISION  RUNNING  IMAGE\nquotes  1         0/2"), "{table}");
+    assert!(table.starts_with("NAME    REVISION  RUNNING  CPU  AUTOSCALE  IMAGE\nquotes  1         0/2      -    2-50 @70%  "), "{table}");
 
     let scaled = cluster.sched_ok(&["scale", "quotes", "4"]);
     assert_eq!(scaled.trim(), "service quotes scaled to 4 task(s)");
@@ -60,7 +60,8 @@ fn apply_get_describe_scale_rollback_delete_round_trip() {
     assert_eq!(events[0], "created at revision 1 with 2 task(s)");
     assert!(unresolved(events[1], 1, &v1), "{}", events[1]);
     assert_eq!(events[2], "scaled from 2 to 4 task(s)");
-    assert_eq!(events[3], "revision 2 applied with 2 task(s)");
+    // The example autoscales: a new revision keeps the count it had (4), not the file's 2.
+    assert_eq!(events[3], "revision 2 applied; the autoscaler keeps 4 task(s)");
     assert!(unresolved(events[4], 2, &v2), "{}", events[4]);
     assert_eq!(events[5], "rolled back to the spec of revision 1 as revision 3");
     let text = cluster.sched_ok(&["describe", "service", "quotes"]);

@@ -31,6 +31,8 @@ pub struct AgentConfig {
     pub runtime_binary: PathBuf,
     /// Where task cgroups are made (at each hierarchy's root).
     pub cgroup_parent: String,
+    /// How often the node heartbeats with its tasks' CPU and memory. The autoscaler averages
+    /// the last 3 s, so 1 s gives it about three samples per task.
     pub heartbeat_interval: Duration,
     /// How often local tasks are checked for exits.
     pub check_interval: Duration,
@@ -69,7 +71,7 @@ impl AgentConfig {
             data_dir,
             runtime_binary: AgentConfig::default_runtime_binary(),
             cgroup_parent: DEFAULT_CGROUP_PARENT.into(),
-            heartbeat_interval: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(1),
             check_interval: Duration::from_millis(500),
             stop_grace: Duration::from_secs(10),
         })

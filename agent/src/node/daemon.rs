@@ -133,10 +133,10 @@ impl Node {
         if let Err(e) = self.driver.remove(id) {
             tracing::warn!(task = id, "remove failed: {e}");
         }
-        if let Some(network) = &self.network {
-            if let Err(e) = network.destroy_task(id).await {
-                tracing::warn!(task = id, "removing its network failed: {e}");
-            }
+        if let Some(network) = &self.network
+            && let Err(e) = network.destroy_task(id).await
+        {
+            tracing::warn!(task = id, "removing its network failed: {e}");
         }
     }
 
@@ -249,8 +249,11 @@ async fn session(config: &AgentConfig, agent: &Node, server: &str, node: &mut No
             },
             _ = heartbeat.tick() => {
                 let metrics = sample_metrics(driver, node);
+                let measured_unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
                 let known = client
-                    .heartbeat(pb::HeartbeatRequest { node_id, metrics })
+                    .heartbeat(pb::HeartbeatRequest { node_id, metrics, measured_unix_ms })
                     .await
                     .map_err(|s| format!("heartbeat: {}", s.message()))?
                     .into_inner()

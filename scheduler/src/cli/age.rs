@@ -24,9 +24,33 @@ pub fn age_at(unix_ms: u64, now_ms: u64) -> String {
     }
 }
 
+/// How long until `unix_ms`, e.g. `"in 17s"`; `"now"` when it has passed (or is unset).
+pub fn until(unix_ms: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    until_at(unix_ms, now)
+}
+
+/// [`until`] at `now_ms` (pure, for tests); rounds up, so "in 1s" is never already past.
+pub fn until_at(unix_ms: u64, now_ms: u64) -> String {
+    if unix_ms <= now_ms {
+        return "now".into();
+    }
+    format!("in {}", age_at(now_ms, unix_ms + 999))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::age_at;
+    use super::{age_at, until_at};
+
+    #[test]
+    fn times_to_come_round_up() {
+        let now = 1_800_000_000_000;
+        assert_eq!(until_at(0, now), "now");
+        assert_eq!(until_at(now - 1, now), "now");
+        assert_eq!(until_at(now + 1, now), "in 1s");
+        assert_eq!(until_at(now + 17_000, now), "in 17s");
+        assert_eq!(until_at(now + 300_000, now), "in 5m");
+    }
 
     #[test]
     fn ages_round_down_to_the_largest_readable_unit() {

@@ -5,7 +5,7 @@ use proto::sched::v1 as pb;
 use serde_json::{Value, json};
 
 use super::table;
-use super::age::age;
+use super::age::{age, until};
 use crate::spec::format_duration_ms;
 
 pub fn task_state(v: i32) -> &'static str {
@@ -90,6 +90,19 @@ pub fn service_json(s: &pb::Service) -> Value {
         "name": s.name, "revision": s.revision, "current": s.current.as_ref().map(revision_json),
         "desired_count": s.desired_count, "running_count": s.running_count,
         "created_unix_ms": s.created_unix_ms, "updated_unix_ms": s.updated_unix_ms,
+        "cpu_percent": s.cpu_percent, "autoscale": s.autoscale.as_ref().map(|a| autoscale_json(s, a)),
+    })
+}
+
+/// The autoscaler's view with the bounds it works within.
+fn autoscale_json(s: &pb::Service, a: &pb::AutoscaleStatus) -> Value {
+    let bounds = s.current.as_ref().and_then(|r| r.spec.as_ref()).and_then(|spec| spec.autoscale).unwrap_or_default();
+    json!({
+        "min": bounds.min, "max": bounds.max, "target_cpu_percent": bounds.target_cpu_percent,
+        "counted_tasks": a.counted_tasks, "uncounted_tasks": a.uncounted_tasks,
+        "recommended_count": a.recommended_count, "deploying": a.deploying,
+        "last_decision": a.last_decision.as_ref().map(|d| json!({"unix_ms": d.unix_ms, "from": d.from, "to": d.to, "reason": d.reason})),
+        "next_scale_out_unix_ms": a.next_scale_out_unix_ms, "earliest_scale_in_unix_ms": a.earliest_scale_in_unix_ms,
     })
 }
 
@@ -99,7 +112,7 @@ pub fn task_json(t: &pb::Task) -> Value {
         "desired_state": desired_state(t.desired_state), "observed_state": task_state(t.observed_state),
         "endpoints": t.endpoints, "exit_code": t.exit_code, "health": health(t.health), "message": t.message,
         "created_unix_ms": t.created_unix_ms, "updated_unix_ms": t.updated_unix_ms,
-        "cpu_fraction": t.cpu_fraction, "memory_bytes": t.memory_bytes,
+        "cpu_fraction": t.cpu_fraction, "memory_bytes": t.memory_bytes, "metrics_unix_ms": t.metrics_unix_ms,
     })
 }
 
@@ -118,9 +131,44 @@ pub fn member_json(m: &pb::Member) -> Value {
 pub fn services_table(services: &[pb::Service]) -> String {
     let rows: Vec<Vec<String>> = services
         .iter()
-        .map(|s| vec![s.name.clone(), s.revision.to_string(), format!("{}/{}", s.running_count, s.desired_count), image(s)])
+        .map(|s| {
+            let bounds = s.current.as_ref().and_then(|r| r.spec.as_ref()).and_then(|spec| spec.autoscale.as_ref());
+            vec![
+                s.name.clone(),
+                s.revision.to_string(),
+                format!("{}/{}", s.running_count, s.desired_count),
+                s.cpu_percent.map_or_else(|| "-".into(), |c| format!("{c:.0}%")),
+                bounds.map_or_else(|| "-".into(), |a| format!("{}-{} @{}%", a.min, a.max, a.target_cpu_percent)),
+                image(s),
+            ]
+        })
         .collect();
-    table::render(&["NAME", "REVISION", "RUNNING", "IMAGE"], &rows)
+    table::render(&["NAME", "REVISION", "RUNNING", "CPU", "AUTOSCALE", "IMAGE"], &rows)
+}
+
+/// The `describe` lines of the autoscaler: what it sees, what it last did, what may come next.
+fn autoscaler_text(a: &pb::AutoscaleStatus) -> String {
+    let mut out = String::new();
+    let sees = match (a.counted_tasks, a.recommended_count) {
+        (0, _) => "no task has metrics yet: no change".to_string(),
+        (counted, recommended) => format!("{counted} task(s) counted; the CPU asks for {recommended}"),
+    };
+    let uncounted = match a.uncounted_tasks {
+        0 => String::new(),
+        n => format!(", {n} not counted (starting, or metrics missing): no scale-in until they are"),
+    };
+    let deploying = if a.deploying { ", a deploy is in progress: no scale-in" } else { "" };
+    out.push_str(&format!("Autoscaler:  {sees}{uncounted}{deploying}\n"));
+    match &a.last_decision {
+        Some(d) => out.push_str(&format!("             last: {} ({} ago)\n", d.reason, age(d.unix_ms))),
+        None => out.push_str("             last: no change yet\n"),
+    }
+    out.push_str(&format!(
+        "             next scale-out: {}; scale-in: not before {}\n",
+        until(a.next_scale_out_unix_ms),
+        until(a.earliest_scale_in_unix_ms)
+    ));
+    out
 }
 
 pub fn tasks_table(tasks: &[pb::Task]) -> String {
@@ -139,12 +187,13 @@ pub fn tasks_table(tasks: &[pb::Task]) -> String {
                     None => task_state(t.observed_state).into(),
                 },
                 health(t.health).into(),
+                if t.metrics_unix_ms == 0 { "-".into() } else { format!("{:.0}%", t.cpu_fraction * 100.0) },
                 if t.endpoints.is_empty() { "-".into() } else { t.endpoints.join(",") },
                 t.message.clone(),
             ]
         })
         .collect();
-    table::render(&["ID", "SERVICE", "REV", "NODE", "DESIRED", "STATE", "HEALTH", "ENDPOINTS", "MESSAGE"], &rows)
+    table::render(&["ID", "SERVICE", "REV", "NODE", "DESIRED", "STATE", "HEALTH", "CPU", "ENDPOINTS", "MESSAGE"], &rows)
 }
 
 pub fn nodes_table(nodes: &[pb::Node]) -> String {
@@ -221,6 +270,9 @@ pub fn describe_text(d: &pb::DescribeServiceResponse) -> String {
         out.push_str(&format!("Command:     {:?}\n", spec.command));
     }
     out.push_str(&format!("Tasks:       {} running / {} desired\n", service.running_count, service.desired_count));
+    if let Some(cpu) = service.cpu_percent {
+        out.push_str(&format!("CPU:         {cpu:.0}% of the limit (average of the running tasks, last 3s)\n"));
+    }
     out.push_str(&format!("Resources:   {}m CPU, {} MiB memory\n", spec.cpu_millis, spec.memory_mib));
     if !spec.ports.is_empty() {
         out.push_str(&format!("Ports:       {:?}\n", spec.ports));
@@ -242,6 +294,9 @@ pub fn describe_text(d: &pb::DescribeServiceResponse) -> String {
             format_duration_ms(a.scale_out_cooldown_ms),
             format_duration_ms(a.scale_in_cooldown_ms)
         ));
+        if let Some(status) = &service.autoscale {
+            out.push_str(&autoscaler_text(status));
+        }
     }
     if let Some(h) = &spec.health {
         out.push_str(&format!(

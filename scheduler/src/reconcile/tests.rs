@@ -4,44 +4,9 @@
 use std::collections::BTreeMap;
 
 use super::{TASK_HISTORY, reconcile};
-use crate::spec::{Deploy, ServiceSpec};
+use crate::spec::ServiceSpec;
 use crate::state::{ClusterState, Command, DesiredState, NodeStatus, Task, TaskState};
-
-fn spec(image: &str, count: u32, cpu: u32) -> ServiceSpec {
-    ServiceSpec {
-        name: "quotes".into(),
-        image: image.into(),
-        command: vec![],
-        env: Default::default(),
-        cpu_millis: cpu,
-        memory_mib: 128,
-        ports: vec![8080],
-        count,
-        autoscale: None,
-        health: None,
-        deploy: Deploy::default(),
-        routes: vec![],
-        constraints: BTreeMap::new(),
-    }
-}
-
-fn cluster(nodes: u32, cpu_per_node: u32) -> ClusterState {
-    let mut state = ClusterState::default();
-    for i in 1..=nodes {
-        state
-            .apply(Command::RegisterNode {
-                name: format!("node{i}"),
-                address: format!("10.0.0.{i}"),
-                cpu_millis: cpu_per_node,
-                memory_mib: 4096,
-                labels: BTreeMap::new(),
-                now_ms: 0,
-                api_address: format!("10.0.0.{i}:7071"),
-            })
-            .unwrap();
-    }
-    state
-}
+use crate::test_fixtures::{cluster, report, spec};
 
 fn run(state: &mut ClusterState, now_ms: u64) -> usize {
     // Never reused, even after tasks are forgotten (as the leader's term-time-sequence ids).
@@ -53,22 +18,6 @@ fn run(state: &mut ClusterState, now_ms: u64) -> usize {
         state.apply(c).unwrap();
     }
     count
-}
-
-/// What `task`'s node reports about it at `now_ms`.
-fn report(state: &mut ClusterState, task: &Task, observed: TaskState, exit_code: Option<i32>, message: &str, now_ms: u64) {
-    state
-        .apply(Command::ReportTaskStatus {
-            node_id: task.node_id,
-            task_id: task.id.clone(),
-            state: observed,
-            exit_code,
-            endpoints: vec![],
-            health: crate::state::HealthStatus::Unknown,
-            message: message.into(),
-            now_ms,
-        })
-        .unwrap();
 }
 
 fn live(state: &ClusterState) -> Vec<&Task> {

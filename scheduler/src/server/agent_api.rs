@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::Stream;
 use proto::agent::v1 as pb;
@@ -22,15 +22,10 @@ use proto::sched::v1 as sched_pb;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use super::heartbeats::Heartbeats;
 use super::{errors, now_ms, views};
 use crate::raft::{Consensus, Proposal};
 use crate::state::{ClusterState, Command, HealthStatus, Outcome, TaskState};
-
-/// The latest heartbeat of each node seen by this server.
-#[derive(Default)]
-pub struct Heartbeats {
-    pub last: Mutex<HashMap<u64, (Instant, Vec<pb::TaskMetrics>)>>,
-}
 
 pub struct AgentApiService {
     consensus: Arc<Consensus>,
@@ -158,7 +153,7 @@ impl AgentApi for AgentApiService {
         let r = request.into_inner();
         let known = self.consensus.raft().state().state.node(r.node_id).is_some();
         if known {
-            self.heartbeats.last.lock().expect("heartbeats lock").insert(r.node_id, (Instant::now(), r.metrics.clone()));
+            self.heartbeats.record(r.node_id, &r.metrics, r.measured_unix_ms);
             if !forwarded {
                 self.forward_to_leader(r).await;
             }

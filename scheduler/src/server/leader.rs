@@ -1,21 +1,21 @@
-//! What only the leader does, on a timer: decide which nodes are down (no heartbeat for the node
-//! timeout, default 10 s) or back up, then run the [reconciler](crate::reconcile) on the
-//! applied state and propose its commands through Raft.
+//! The leader loop: while this server leads, gather a [`Snapshot`] (the applied state, heartbeat
+//! ages, CPU samples, the clock), ask the [controllers](crate::controller) for commands, and
+//! propose them through Raft. It decides nothing itself.
 //!
-//! Heartbeats reach the leader even from agents connected to followers: followers forward them
-//! (see `agent_api`). A new leader waits one node timeout before it marks any node down, since
-//! it cannot know when heartbeats last reached its predecessor.
+//! It looks after every applied entry (an apply, a scale, a task report: a new service is placed
+//! within milliseconds, as a job registration triggers an evaluation in Nomad) and every 500 ms
+//! otherwise (node timeouts, crash-loop backoffs, autoscaling). The controllers' memory (the
+//! autoscaler's stabilization windows) starts afresh each time this server becomes leader.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::agent_api::Heartbeats;
+use super::heartbeats::Heartbeats;
 use super::now_ms;
+use crate::controller::{Controller, Snapshot, leader_controllers, run_controllers};
 use crate::raft::{Consensus, Proposal, Role};
-use crate::reconcile::reconcile;
-use crate::state::{Command, NodeStatus};
 
-/// How often the leader looks when nothing changes (node timeouts, crash-loop backoffs).
+/// How often the leader looks when nothing changes.
 const PERIOD: Duration = Duration::from_millis(500);
 
 /// How long the leader lets a burst of applied changes settle before it looks again.
@@ -23,13 +23,9 @@ const SETTLE: Duration = Duration::from_millis(5);
 
 /// Runs the leader's duties forever (it idles while this server follows).
 pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_timeout: Duration) {
-    let mut leading_since: Option<Instant> = None;
+    let mut leading: Option<(Instant, Vec<Box<dyn Controller>>)> = None;
     let mut ticker = tokio::time::interval(PERIOD);
-    // Every applied entry (an apply, a scale, a task report) wakes the leader at once, as a job
-    // registration triggers an evaluation in Nomad: a new service is placed within milliseconds,
-    // not on the next tick.
     let mut applied = consensus.raft().watch_status();
-    let mut task_seq = 0u64;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -42,45 +38,27 @@ pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_ti
         }
         let status = consensus.raft().status();
         if status.role != Some(Role::Leader) {
-            leading_since = None;
+            leading = None;
             continue;
         }
-        let since = *leading_since.get_or_insert_with(Instant::now);
-        let state = consensus.raft().state().state.clone();
-        let mut commands = Vec::new();
-        {
-            let last = heartbeats.last.lock().expect("heartbeats lock");
-            for node in state.nodes() {
-                let fresh = last.get(&node.id).is_some_and(|(at, _)| at.elapsed() < node_timeout);
-                match node.status {
-                    NodeStatus::Ready if !fresh && since.elapsed() >= node_timeout => {
-                        tracing::warn!(node = node.id, name = %node.name, "no heartbeat for {node_timeout:?}: marking the node down");
-                        commands.push(Command::SetNodeStatus { node_id: node.id, status: NodeStatus::Down, now_ms: now_ms() });
-                    }
-                    NodeStatus::Down if fresh => {
-                        tracing::info!(node = node.id, name = %node.name, "heartbeats again: the node is ready");
-                        commands.push(Command::SetNodeStatus { node_id: node.id, status: NodeStatus::Ready, now_ms: now_ms() });
-                    }
-                    _ => {}
-                }
-            }
-        }
-        let mut state_after = state;
-        for c in &commands {
-            let _ = state_after.apply(c.clone());
-        }
-        let term = status.term;
-        let mut new_id = |service: &str| {
-            task_seq += 1;
-            format!("{service}-{term}-{}-{task_seq}", now_ms())
+        let (since, controllers) = leading.get_or_insert_with(|| (Instant::now(), leader_controllers(node_timeout.as_millis() as u64)));
+        let now = now_ms();
+        let snapshot = Snapshot {
+            state: consensus.raft().state().state.clone(),
+            now_ms: now,
+            term: status.term,
+            leading_for_ms: since.elapsed().as_millis() as u64,
+            heartbeat_age_ms: heartbeats.ages_ms(),
+            cpu: heartbeats.cpu_samples(now),
         };
-        commands.extend(reconcile(&state_after, now_ms(), &mut new_id));
-        for command in commands {
+        for command in run_controllers(controllers, snapshot) {
             match consensus.write(Proposal::Command(command)).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(rejection)) => tracing::warn!("the reconciler's command was rejected: {}", rejection.message),
+                Ok(Err(rejection)) => {
+                    tracing::warn!("a controller's command was rejected: {}", rejection.message)
+                }
                 Err(e) => {
-                    tracing::warn!("the reconciler could not propose: {e}");
+                    tracing::warn!("the leader could not propose: {e}");
                     break;
                 }
             }

@@ -10,6 +10,7 @@
 mod agent_api;
 mod cluster_api;
 mod errors;
+mod heartbeats;
 pub mod image_pin;
 mod leader;
 mod log_api;
@@ -94,7 +95,7 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     let consensus = Arc::new(Consensus::new((*raft).clone()));
     tracing::info!(id, address = %config.advertise, data_dir = %config.data_dir.display(), "sched server starting");
 
-    let heartbeats = Arc::new(agent_api::Heartbeats::default());
+    let heartbeats = Arc::new(heartbeats::Heartbeats::default());
     let pinner = Arc::new(image_pin::ImagePinner::new(&config.registries)?);
     let leader_duties = tokio::spawn(leader::run(consensus.clone(), heartbeats.clone(), config.node_timeout));
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -134,10 +135,13 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
             served?;
             Ok(())
         }
-        stopped = &mut node_task => match { leader_duties.abort(); stopped } {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.into()),
-            Err(join) => panic!("the raft loop panicked: {join}"),
-        },
+        stopped = &mut node_task => {
+            leader_duties.abort();
+            match stopped {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(join) => panic!("the raft loop panicked: {join}"),
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@ use proto::sched::v1 as pb;
 use proto::sched::v1::service_api_server::ServiceApi;
 use tonic::{Request, Response, Status};
 
-use super::agent_api::Heartbeats;
+use super::heartbeats::Heartbeats;
 use super::image_pin::{ImagePinner, Resolution};
 use super::{errors, now_ms, views};
 use crate::raft::{Consensus, Proposal};
@@ -31,12 +31,11 @@ impl ServiceApiService {
 
     /// Fills each task's CPU and memory from the latest heartbeat of its node.
     fn with_metrics(&self, mut tasks: Vec<pb::Task>) -> Vec<pb::Task> {
-        let last = self.heartbeats.last.lock().expect("heartbeats lock");
         for task in &mut tasks {
-            let sample = last.get(&task.node_id).and_then(|(_, metrics)| metrics.iter().find(|m| m.task_id == task.id));
-            if let Some(m) = sample {
+            if let Some(m) = self.heartbeats.latest(task.node_id, &task.id) {
                 task.cpu_fraction = m.cpu_fraction;
                 task.memory_bytes = m.memory_bytes;
+                task.metrics_unix_ms = m.measured_unix_ms;
             }
         }
         tasks
@@ -86,9 +85,11 @@ impl ServiceApi for ServiceApiService {
     }
 
     async fn list_services(&self, request: Request<pb::ListServicesRequest>) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let now = now_ms();
+        let cpu = self.heartbeats.cpu_samples(now);
         let services = self
             .consensus
-            .read(request.into_inner().stale, |a| a.state.services().map(|s| views::service(&a.state, s)).collect())
+            .read(request.into_inner().stale, |a| a.state.services().map(|s| views::service(&a.state, s, &cpu, now)).collect())
             .await
             .map_err(errors::consensus)?;
         Ok(Response::new(pb::ListServicesResponse { services }))
@@ -121,12 +122,14 @@ impl ServiceApi for ServiceApiService {
     async fn describe_service(&self, request: Request<pb::DescribeServiceRequest>) -> Result<Response<pb::DescribeServiceResponse>, Status> {
         let request = request.into_inner();
         required_name(&request.name)?;
+        let now = now_ms();
+        let cpu = self.heartbeats.cpu_samples(now);
         let response = self
             .consensus
             .read(request.stale, |a| {
                 let s = a.state.service(&request.name).ok_or_else(|| not_found(&request.name))?;
                 Ok::<_, Status>(pb::DescribeServiceResponse {
-                    service: Some(views::service(&a.state, s)),
+                    service: Some(views::service(&a.state, s, &cpu, now)),
                     revisions: s.revisions.iter().map(views::revision).collect(),
                     tasks: a.state.tasks_of(&s.name).map(views::task).collect(),
                     events: s.events.iter().map(|e| views::event(&s.name, e)).collect(),

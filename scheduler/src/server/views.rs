@@ -1,7 +1,11 @@
 //! Domain records -> `sched.v1` wire messages, for API answers.
 
+use std::collections::BTreeMap;
+
 use proto::sched::v1 as pb;
 
+use crate::autoscale;
+use crate::controller::CpuSample;
 use crate::state::{
     ClusterState, DesiredState, Event, HealthStatus, Node, NodeStatus, Revision, ServiceRecord, ServiceSummary, Task,
     TaskState,
@@ -27,13 +31,31 @@ pub fn summary(s: &ServiceSummary) -> pb::Service {
         created_unix_ms: s.created_ms,
         updated_unix_ms: s.updated_ms,
         running_count: 0,
+        cpu_percent: None,
+        autoscale: None,
     }
 }
 
-/// A service as read, with the number of its tasks observed running.
-pub fn service(state: &ClusterState, s: &ServiceRecord) -> pb::Service {
+/// A service as read: the number of its tasks observed running, their average CPU from `cpu`
+/// (the samples this server holds, at `now_ms`) and, when it autoscales, the autoscaler's view.
+pub fn service(state: &ClusterState, s: &ServiceRecord, cpu: &BTreeMap<String, Vec<CpuSample>>, now_ms: u64) -> pb::Service {
     let running = state.tasks_of(&s.name).filter(|t| t.observed == TaskState::Running).count();
-    pb::Service { running_count: running as u32, ..summary(&s.summary()) }
+    let reading = autoscale::read_service(state, &s.name, cpu, now_ms);
+    let autoscale = s.current_revision().spec.autoscale.as_ref().map(|bounds| pb::AutoscaleStatus {
+        counted_tasks: reading.counted,
+        uncounted_tasks: reading.uncounted,
+        recommended_count: autoscale::recommend(&reading, bounds, s.desired_count).unwrap_or(0),
+        deploying: reading.deploying,
+        last_decision: s.autoscale.last_decision.as_ref().map(|d| pb::ScaleDecision {
+            unix_ms: d.unix_ms,
+            from: d.from,
+            to: d.to,
+            reason: d.reason.clone(),
+        }),
+        next_scale_out_unix_ms: autoscale::next_scale_out_ms(bounds, &s.autoscale),
+        earliest_scale_in_unix_ms: autoscale::earliest_scale_in_ms(bounds, &s.autoscale),
+    });
+    pb::Service { running_count: running as u32, cpu_percent: reading.average().map(|a| a * 100.0), autoscale, ..summary(&s.summary()) }
 }
 
 pub fn task(t: &Task) -> pb::Task {
@@ -52,6 +74,7 @@ pub fn task(t: &Task) -> pb::Task {
         updated_unix_ms: t.updated_ms,
         cpu_fraction: 0.0,
         memory_bytes: 0,
+        metrics_unix_ms: 0,
     }
 }
 

@@ -17,6 +17,9 @@ pub const MIN_MEMORY_MIB: u32 = 4;
 pub const MAX_MEMORY_MIB: u32 = 1_048_576;
 /// Largest desired task count of one service.
 pub const MAX_COUNT: u32 = 10_000;
+/// Autoscaler cooldowns: at least a second (the metrics' own period), at most an hour.
+pub const MIN_COOLDOWN_MS: u64 = 1_000;
+pub const MAX_COOLDOWN_MS: u64 = 3_600_000;
 /// Longest node label key (room for a `domain/` prefix, as Kubernetes allows).
 pub const MAX_LABEL_KEY_LEN: usize = 253;
 /// Longest node label value.
@@ -85,8 +88,15 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
         if auto.max == 0 || auto.max > MAX_COUNT {
             fail("autoscale.max", format!("must be 1 to {MAX_COUNT}, got {}", auto.max));
         }
-        if auto.min > auto.max {
+        if auto.min == 0 {
+            fail("autoscale.min", "must be at least 1: with no task there is no CPU to call for a first one".into());
+        } else if auto.min > auto.max {
             fail("autoscale.min", format!("must not exceed autoscale.max ({}), got {}", auto.max, auto.min));
+        }
+        for (field, ms) in [("autoscale.scale_out_cooldown", auto.scale_out_cooldown_ms), ("autoscale.scale_in_cooldown", auto.scale_in_cooldown_ms)] {
+            if !(MIN_COOLDOWN_MS..=MAX_COOLDOWN_MS).contains(&ms) {
+                fail(field, format!("must be 1s to 1h, got {}", super::format_duration_ms(ms)));
+            }
         }
         if spec.count < auto.min || spec.count > auto.max {
             fail("count", format!("must lie between autoscale.min ({}) and autoscale.max ({}), got {}", auto.min, auto.max, spec.count));
@@ -295,11 +305,41 @@ mod tests {
 
     #[test]
     fn count_must_lie_within_autoscale_bounds() {
-        let auto = Autoscale { min: 3, max: 5, target_cpu_percent: 70, scale_out_cooldown_ms: 0, scale_in_cooldown_ms: 0 };
+        let auto = Autoscale { min: 3, max: 5, target_cpu_percent: 70, scale_out_cooldown_ms: 1_000, scale_in_cooldown_ms: 1_000 };
         let spec = ServiceSpec { count: 2, autoscale: Some(auto), ..minimal() };
         let errors = validate(&spec).unwrap_err();
         assert_eq!(errors[0].field, "count");
         assert!(errors[0].message.contains("between autoscale.min (3) and autoscale.max (5)"));
+    }
+
+    #[test]
+    fn autoscale_bounds_targets_and_cooldowns_are_checked() {
+        let with = |min: u32, max: u32, target: u32, out_ms: u64, in_ms: u64| ServiceSpec {
+            count: min.max(1).min(max.max(1)),
+            autoscale: Some(Autoscale { min, max, target_cpu_percent: target, scale_out_cooldown_ms: out_ms, scale_in_cooldown_ms: in_ms }),
+            ..minimal()
+        };
+        // (min, max, target, out, in) -> the fields refused
+        let table: [((u32, u32, u32, u64, u64), &[&str]); 8] = [
+            ((2, 8, 70, 5_000, 20_000), &[]),
+            ((1, 1, 1, 1_000, 3_600_000), &[]),
+            ((0, 8, 70, 5_000, 20_000), &["autoscale.min"]),
+            ((9, 8, 70, 5_000, 20_000), &["count", "autoscale.min"]),
+            ((2, 8, 0, 5_000, 20_000), &["autoscale.target_cpu_percent"]),
+            ((2, 8, 101, 5_000, 20_000), &["autoscale.target_cpu_percent"]),
+            ((2, 8, 70, 0, 20_000), &["autoscale.scale_out_cooldown"]),
+            ((2, 8, 70, 999, 3_600_001), &["autoscale.scale_out_cooldown", "autoscale.scale_in_cooldown"]),
+        ];
+        for ((min, max, target, out_ms, in_ms), want) in table {
+            let mut got = fields(&with(min, max, target, out_ms, in_ms));
+            got.sort();
+            let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+            want.sort();
+            assert_eq!(got, want, "min {min} max {max} target {target} cooldowns {out_ms}/{in_ms}");
+        }
+        let spec = with(2, 8, 70, 0, 20_000);
+        let message = validate(&spec).unwrap_err()[0].message.clone();
+        assert_eq!(message, "must be 1s to 1h, got 0s");
     }
 
     #[test]

@@ -17,6 +17,8 @@ use crate::spec::ServiceSpec;
 pub const COMMAND_VERSION: u32 = 1;
 
 /// One change to the cluster state.
+// Values that are serialized and sent once: boxing the spec would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum Command {
@@ -66,6 +68,9 @@ pub enum Command {
         message: String,
         now_ms: u64,
     },
+    /// The autoscaler moves the desired count from `from` to `to` (refused when the count is
+    /// no longer `from`); `reason` becomes the service's event and last decision.
+    Autoscale { name: String, from: u32, to: u32, reason: String, now_ms: u64 },
     /// Forgets tasks that are stopped for good.
     RemoveTasks { task_ids: Vec<String> },
 }

@@ -19,11 +19,13 @@ use serde::{Deserialize, Serialize};
 
 pub use command::{COMMAND_VERSION, Command, DecodeError};
 pub use model::{
-    DesiredState, EVENTS_PER_SERVICE, Event, HealthStatus, Node, NodeStatus, Revision, ServiceRecord,
+    AutoscaleStatus, DesiredState, EVENTS_PER_SERVICE, Event, HealthStatus, Node, NodeStatus, Revision, ScaleDecision, ServiceRecord,
     ServiceSummary, Task, TaskState,
 };
 
 /// What an applied command did.
+// Values that are serialized and sent once: boxing the spec would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -216,6 +218,7 @@ impl ClusterState {
                 }
                 Ok(Outcome::Done)
             }
+            Command::Autoscale { name, from, to, reason, now_ms } => self.autoscale(&name, from, to, reason, now_ms),
             Command::RemoveTasks { task_ids } => {
                 for id in task_ids {
                     self.tasks.remove(&id);
@@ -269,6 +272,7 @@ impl ClusterState {
                 created_ms: now_ms,
                 updated_ms: now_ms,
                 events: Default::default(),
+                autoscale: AutoscaleStatus { count_set_ms: now_ms, ..AutoscaleStatus::default() },
             };
             service.record(now_ms, format!("created at revision 1 with {count} task(s)"));
             if let Some(message) = unresolved {
@@ -283,12 +287,18 @@ impl ClusterState {
             return Outcome::Service { service: service.summary(), changed: false };
         }
         let revision = service.revisions.last().map_or(0, |r| r.revision) + 1;
-        let count = spec.count;
+        // An autoscaled service keeps the count its autoscaler reached (within the new bounds):
+        // deploying a new image in the middle of a spike must not drop back to `count`. The
+        // spec's count is only the first one (ECS and HPA behave the same way).
+        let (count, how) = match (&spec.autoscale, &current.spec.autoscale) {
+            (Some(new), Some(_)) => (service.desired_count.clamp(new.min, new.max), "; the autoscaler keeps"),
+            _ => (spec.count, " with"),
+        };
         service.revisions.push(Revision { revision, spec, image_digest, created_ms: now_ms, rolled_back_from: None });
         service.current = revision;
-        service.desired_count = count;
+        service.set_desired_count(count, now_ms);
         service.updated_ms = now_ms;
-        service.record(now_ms, format!("revision {revision} applied with {count} task(s)"));
+        service.record(now_ms, format!("revision {revision} applied{how} {count} task(s)"));
         if let Some(message) = unresolved {
             service.record(now_ms, format!("revision {revision}: {message}"));
         }
@@ -311,11 +321,43 @@ impl ClusterState {
         let changed = service.desired_count != count;
         if changed {
             let before = service.desired_count;
-            service.desired_count = count;
+            service.set_desired_count(count, now_ms);
             service.updated_ms = now_ms;
             service.record(now_ms, format!("scaled from {before} to {count} task(s)"));
         }
         Ok(Outcome::Service { service: service.summary(), changed })
+    }
+
+    /// The autoscaler's decision: `from` must still be the desired count (else the decision was
+    /// made on a state that has moved on, and the leader decides again), `to` within the bounds.
+    fn autoscale(&mut self, name: &str, from: u32, to: u32, reason: String, now_ms: u64) -> Result<Outcome, Rejection> {
+        let service = self.services.get_mut(name).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
+        let Some(bounds) = service.current_revision().spec.autoscale.clone() else {
+            return Err(Rejection { kind: RejectionKind::Conflict, message: format!("{name} does not autoscale") });
+        };
+        if service.desired_count != from {
+            return Err(Rejection {
+                kind: RejectionKind::Conflict,
+                message: format!("{name} has {} desired task(s) now, not {from}: the decision is stale", service.desired_count),
+            });
+        }
+        if to < bounds.min || to > bounds.max || to == from {
+            return Err(invalid(format!(
+                "{name} autoscales between {} and {}: {from} -> {to} is not a change within them",
+                bounds.min, bounds.max
+            )));
+        }
+        service.updated_ms = now_ms;
+        if to > from {
+            service.set_desired_count(to, now_ms);
+            service.autoscale.last_scale_out_ms = now_ms;
+        } else {
+            service.desired_count = to;
+            service.autoscale.last_scale_in_ms = now_ms;
+        }
+        service.autoscale.last_decision = Some(ScaleDecision { unix_ms: now_ms, from, to, reason: reason.clone() });
+        service.record(now_ms, reason);
+        Ok(Outcome::Service { service: service.summary(), changed: true })
     }
 
     fn delete_service(&mut self, name: String, now_ms: u64) -> Result<Outcome, Rejection> {

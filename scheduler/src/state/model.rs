@@ -43,6 +43,44 @@ pub struct ServiceRecord {
     pub updated_ms: u64,
     /// The most recent events, oldest first, at most [`EVENTS_PER_SERVICE`].
     pub events: VecDeque<Event>,
+    /// What the autoscaler last did, replicated so that cooldowns survive a leader change.
+    /// Defaulted so that log entries and snapshots written before it existed decode.
+    #[serde(default, skip_serializing_if = "AutoscaleStatus::is_empty")]
+    pub autoscale: AutoscaleStatus,
+}
+
+/// The replicated part of a service's autoscaler: when the count last changed and why.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AutoscaleStatus {
+    /// When the autoscaler last added tasks (0: never).
+    #[serde(default)]
+    pub last_scale_out_ms: u64,
+    /// When the autoscaler last removed tasks (0: never).
+    #[serde(default)]
+    pub last_scale_in_ms: u64,
+    /// When the desired count was last set by anything but a scale-in (an apply, `sched
+    /// scale`, a scale-out): a scale-in waits a whole `scale_in_cooldown` after it.
+    #[serde(default)]
+    pub count_set_ms: u64,
+    /// The autoscaler's latest change, for `describe`.
+    #[serde(default)]
+    pub last_decision: Option<ScaleDecision>,
+}
+
+impl AutoscaleStatus {
+    fn is_empty(&self) -> bool {
+        *self == AutoscaleStatus::default()
+    }
+}
+
+/// One change of the desired count made by the autoscaler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScaleDecision {
+    pub unix_ms: u64,
+    pub from: u32,
+    pub to: u32,
+    /// Why, in words: the CPU it saw, the target, the tasks it counted.
+    pub reason: String,
 }
 
 impl ServiceRecord {
@@ -53,6 +91,15 @@ impl ServiceRecord {
 
     pub fn revision(&self, revision: u64) -> Option<&Revision> {
         self.revisions.iter().find(|r| r.revision == revision)
+    }
+
+    /// Sets the desired count (an apply, a manual scale, a scale-out), remembering when: the
+    /// autoscaler's scale-in waits a whole cooldown after it.
+    pub(crate) fn set_desired_count(&mut self, count: u32, now_ms: u64) {
+        if self.desired_count != count {
+            self.desired_count = count;
+            self.autoscale.count_set_ms = now_ms;
+        }
     }
 
     pub(crate) fn record(&mut self, unix_ms: u64, message: String) {

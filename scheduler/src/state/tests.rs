@@ -77,7 +77,7 @@ fn scale_changes_count_without_a_revision_and_respects_autoscale_bounds() {
     assert_eq!((service.current, service.desired_count), (1, 5));
 
     let mut auto = spec("quotes:1.0", 3);
-    auto.autoscale = Some(crate::spec::Autoscale { min: 2, max: 4, target_cpu_percent: 70, scale_out_cooldown_ms: 0, scale_in_cooldown_ms: 0 });
+    auto.autoscale = Some(crate::spec::Autoscale { min: 2, max: 4, target_cpu_percent: 70, scale_out_cooldown_ms: 1_000, scale_in_cooldown_ms: 1_000 });
     state.apply(Command::ApplyService { spec: auto, image_digest: String::new(), now_ms: 3, unresolved_reason: String::new() }).unwrap();
     let err = state.apply(Command::ScaleService { name: "quotes".into(), count: 9, now_ms: 4 }).unwrap_err();
     assert_eq!(err.kind, RejectionKind::Invalid);
