@@ -320,7 +320,8 @@ mod tests {
             ..minimal()
         };
         // (min, max, target, out, in) -> the fields refused
-        let table: [((u32, u32, u32, u64, u64), &[&str]); 8] = [
+        type Bounds = (u32, u32, u32, u64, u64);
+        let table: [(Bounds, &[&str]); 8] = [
             ((2, 8, 70, 5_000, 20_000), &[]),
             ((1, 1, 1, 1_000, 3_600_000), &[]),
             ((0, 8, 70, 5_000, 20_000), &["autoscale.min"]),
