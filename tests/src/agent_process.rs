@@ -24,6 +24,8 @@ pub struct AgentProcess {
     cgroup_parent: String,
     /// More flags (like `--cpu 500`), kept for a restart.
     extra_args: Vec<String>,
+    /// The `--server` list it was started with (`None`: every server of the cluster).
+    servers: Option<String>,
 }
 
 impl AgentProcess {
@@ -34,18 +36,25 @@ impl AgentProcess {
 
     /// Starts an agent with more flags than the usual ones.
     pub fn start_with(cluster: &Cluster, name: &str, extra_args: &[&str]) -> AgentProcess {
+        Self::start_against(cluster, None, name, extra_args)
+    }
+
+    /// Starts an agent that knows only the servers `servers` (`HOST:PORT,...`), or every
+    /// server of `cluster` when `None`.
+    pub fn start_against(cluster: &Cluster, servers: Option<&str>, name: &str, extra_args: &[&str]) -> AgentProcess {
         let data_dir = cluster.dir().join(format!("agent-{name}"));
         let cgroup_parent = format!("/sched-test-{}", unique_name());
         let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
-        let child = spawn(cluster, name, &data_dir, &cgroup_parent, &extra_args);
-        AgentProcess { child, name: name.to_owned(), data_dir, cgroup_parent, extra_args }
+        let servers = servers.map(str::to_string);
+        let child = spawn(cluster, servers.as_deref(), name, &data_dir, &cgroup_parent, &extra_args);
+        AgentProcess { child, name: name.to_owned(), data_dir, cgroup_parent, extra_args, servers }
     }
 
     /// Kills the agent (SIGKILL; its tasks keep running under their shims) and starts it again
     /// with the same name, data dir, cgroup parent and flags.
     pub fn restart(&mut self, cluster: &Cluster) {
         self.kill();
-        self.child = spawn(cluster, &self.name, &self.data_dir, &self.cgroup_parent, &self.extra_args);
+        self.child = spawn(cluster, self.servers.as_deref(), &self.name, &self.data_dir, &self.cgroup_parent, &self.extra_args);
     }
 
     /// SIGKILL to the agent alone, reaped; its tasks keep running.
@@ -79,7 +88,7 @@ impl AgentProcess {
     }
 }
 
-fn spawn(cluster: &Cluster, name: &str, data_dir: &Path, cgroup_parent: &str, extra_args: &[String]) -> Child {
+fn spawn(cluster: &Cluster, servers: Option<&str>, name: &str, data_dir: &Path, cgroup_parent: &str, extra_args: &[String]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -88,7 +97,7 @@ fn spawn(cluster: &Cluster, name: &str, data_dir: &Path, cgroup_parent: &str, ex
     let agent = sched_binary().with_file_name("sched-agent");
     assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
     Command::new(agent)
-        .args(["--server", &cluster.addresses(), "--name", name, "--no-network", "--stop-grace", "1"])
+        .args(["--server", servers.unwrap_or(&cluster.addresses()), "--name", name, "--no-network", "--stop-grace", "1"])
         .args(["--api-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)

@@ -9,20 +9,18 @@
 //!   every applied change to it (level-triggered; a reconnecting agent needs only the latest).
 //! - `ReportTaskStatus` records an observed state change through Raft.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use futures::Stream;
 use proto::agent::v1 as pb;
 use proto::agent::v1::agent_api_client::AgentApiClient;
 use proto::agent::v1::agent_api_server::AgentApi;
 use proto::sched::v1 as sched_pb;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::heartbeats::Heartbeats;
+use super::to_leader::{self, FORWARD_TIMEOUT, ToLeader};
 use super::{errors, now_ms, views};
 use crate::raft::{Consensus, Proposal};
 use crate::state::{ClusterState, Command, HealthStatus, Outcome, TaskState};
@@ -30,45 +28,20 @@ use crate::state::{ClusterState, Command, HealthStatus, Outcome, TaskState};
 pub struct AgentApiService {
     consensus: Arc<Consensus>,
     heartbeats: Arc<Heartbeats>,
-    /// Clients of the leader's AgentApi, by address, for forwarding heartbeats.
-    leaders: Mutex<HashMap<String, AgentApiClient<Channel>>>,
+    /// Where heartbeats are forwarded.
+    to_leader: Arc<ToLeader>,
 }
 
-/// Marks a heartbeat a follower forwarded, so it is never forwarded again.
-const FORWARDED: &str = "x-sched-forwarded";
-/// A forwarded heartbeat that takes longer is dropped (the agent sends another soon).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
-
 impl AgentApiService {
-    pub fn new(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>) -> Self {
-        AgentApiService { consensus, heartbeats, leaders: Mutex::default() }
+    pub fn new(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, to_leader: Arc<ToLeader>) -> Self {
+        AgentApiService { consensus, heartbeats, to_leader }
     }
 
-    /// Passes a heartbeat on to the leader, whose duties (node liveness) need it.
-    async fn forward_to_leader(&self, heartbeat: pb::HeartbeatRequest) {
-        let status = self.consensus.raft().status();
-        if status.leader_id == 0 || status.leader_id == status.id {
-            return;
-        }
-        let Some(address) = self.consensus.raft().state().state.members().get(&status.leader_id).cloned() else { return };
-        let client = {
-            let mut leaders = self.leaders.lock().expect("leaders lock");
-            match leaders.get(&address) {
-                Some(c) => c.clone(),
-                None => match Endpoint::from_shared(format!("http://{address}")) {
-                    Ok(endpoint) => {
-                        let c = AgentApiClient::new(endpoint.connect_timeout(FORWARD_TIMEOUT).connect_lazy());
-                        leaders.insert(address.clone(), c.clone());
-                        c
-                    }
-                    Err(_) => return,
-                },
-            }
-        };
-        let mut request = Request::new(heartbeat);
-        request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-        let mut client = client;
-        match tokio::time::timeout(FORWARD_TIMEOUT, client.heartbeat(request)).await {
+    /// Passes a heartbeat on to the leader, whose duties (node liveness, autoscaling) need it.
+    async fn forward_to_leader(&self, request: &Request<pb::HeartbeatRequest>) {
+        let Some((address, channel)) = self.to_leader.channel(request) else { return };
+        let forwarded = to_leader::forwarded(request.get_ref().clone());
+        match tokio::time::timeout(FORWARD_TIMEOUT, AgentApiClient::new(channel).heartbeat(forwarded)).await {
             Ok(Ok(_)) => {}
             Ok(Err(status)) => tracing::debug!(leader = %address, "forwarding a heartbeat failed: {}", status.message()),
             Err(_) => tracing::debug!(leader = %address, "forwarding a heartbeat timed out"),
@@ -149,14 +122,11 @@ impl AgentApi for AgentApiService {
     }
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let forwarded = request.metadata().get(FORWARDED).is_some();
-        let r = request.into_inner();
+        let r = request.get_ref();
         let known = self.consensus.raft().state().state.node(r.node_id).is_some();
         if known {
             self.heartbeats.record(r.node_id, &r.metrics, r.measured_unix_ms);
-            if !forwarded {
-                self.forward_to_leader(r).await;
-            }
+            self.forward_to_leader(&request).await;
         }
         Ok(Response::new(pb::HeartbeatResponse { known }))
     }

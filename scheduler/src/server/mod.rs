@@ -16,6 +16,7 @@ mod leader;
 mod log_api;
 mod peer_api;
 mod service_api;
+mod to_leader;
 mod views;
 
 use std::collections::BTreeMap;
@@ -96,6 +97,7 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     tracing::info!(id, address = %config.advertise, data_dir = %config.data_dir.display(), "sched server starting");
 
     let heartbeats = Arc::new(heartbeats::Heartbeats::default());
+    let to_leader = Arc::new(to_leader::ToLeader::new(consensus.clone()));
     let pinner = Arc::new(image_pin::ImagePinner::new(&config.registries)?);
     let leader_duties = tokio::spawn(leader::run(consensus.clone(), heartbeats.clone(), config.node_timeout));
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -111,10 +113,10 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ServiceApiServer::new(service_api::ServiceApiService::new(consensus.clone(), heartbeats.clone(), pinner)))
+        .add_service(ServiceApiServer::new(service_api::ServiceApiService::new(consensus.clone(), heartbeats.clone(), pinner, to_leader.clone())))
         .add_service(ClusterApiServer::new(cluster_api::ClusterApiService::new(consensus.clone())))
         .add_service(LogApiServer::new(log_api::LogApiService::new(consensus.clone())))
-        .add_service(AgentApiServer::new(agent_api::AgentApiService::new(consensus.clone(), heartbeats.clone())))
+        .add_service(AgentApiServer::new(agent_api::AgentApiService::new(consensus.clone(), heartbeats.clone(), to_leader)))
         .add_service(
             RaftPeerServer::new(peer_api::RaftPeerService::new(raft.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)

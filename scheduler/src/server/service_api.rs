@@ -1,14 +1,19 @@
 //! `sched.v1.ServiceApi`: services, tasks and nodes. Writes go through [`Consensus::write`]
 //! (from any server), reads through [`Consensus::read`] (linearizable unless `stale`). An apply
-//! first pins the image tag to a digest ([`ImagePinner`]) on the server that takes it.
+//! first pins the image tag to a digest ([`ImagePinner`]) on the server that takes it. Reads
+//! that show metrics (services, tasks, describe) are passed on to the leader unless `stale`:
+//! it holds every node's samples, a follower only its own agents'.
 
 use std::sync::Arc;
 
 use proto::sched::v1 as pb;
 use proto::sched::v1::service_api_server::ServiceApi;
-use tonic::{Request, Response, Status};
+use proto::sched::v1::service_api_client::ServiceApiClient;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
 
 use super::heartbeats::Heartbeats;
+use super::to_leader::{self, ToLeader};
 use super::image_pin::{ImagePinner, Resolution};
 use super::{errors, now_ms, views};
 use crate::raft::{Consensus, Proposal};
@@ -22,11 +27,48 @@ pub struct ServiceApiService {
     heartbeats: Arc<Heartbeats>,
     /// Resolves image tags to digests at apply time.
     pinner: Arc<ImagePinner>,
+    /// Reads that show metrics are answered by the leader, which holds every node's.
+    to_leader: Arc<ToLeader>,
 }
 
 impl ServiceApiService {
-    pub fn new(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, pinner: Arc<ImagePinner>) -> Self {
-        ServiceApiService { consensus, heartbeats, pinner }
+    pub fn new(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, pinner: Arc<ImagePinner>, to_leader: Arc<ToLeader>) -> Self {
+        ServiceApiService { consensus, heartbeats, pinner, to_leader }
+    }
+
+    /// The leader's answer to a read that shows metrics (CPU, the autoscaler's view): a
+    /// follower holds only its own agents' samples. `None` when this server should answer
+    /// itself: it leads, the read is stale, the request was forwarded already, or the leader
+    /// cannot be reached (then the local copy is better than no answer).
+    async fn answer_of_leader<Req, Resp, Fut>(
+        &self,
+        request: &Request<Req>,
+        stale: bool,
+        call: impl FnOnce(ServiceApiClient<Channel>, Request<Req>) -> Fut,
+    ) -> Option<Result<Response<Resp>, Status>>
+    where
+        Req: Clone,
+        Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
+    {
+        if stale {
+            return None;
+        }
+        let (address, channel) = self.to_leader.channel(request)?;
+        let call = call(ServiceApiClient::new(channel), to_leader::forwarded(request.get_ref().clone()));
+        match tokio::time::timeout(to_leader::FORWARD_TIMEOUT, call).await {
+            Ok(Ok(response)) => Some(Ok(response)),
+            Ok(Err(status)) if !matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown) => {
+                Some(Err(status))
+            }
+            Ok(Err(status)) => {
+                tracing::debug!(leader = %address, "the leader did not answer a forwarded read, answering locally: {}", status.message());
+                None
+            }
+            Err(_) => {
+                tracing::debug!(leader = %address, "the leader did not answer a forwarded read in time, answering locally");
+                None
+            }
+        }
     }
 
     /// Fills each task's CPU and memory from the latest heartbeat of its node.
@@ -85,6 +127,9 @@ impl ServiceApi for ServiceApiService {
     }
 
     async fn list_services(&self, request: Request<pb::ListServicesRequest>) -> Result<Response<pb::ListServicesResponse>, Status> {
+        if let Some(answer) = self.answer_of_leader(&request, request.get_ref().stale, |mut c, r| async move { c.list_services(r).await }).await {
+            return answer;
+        }
         let now = now_ms();
         let cpu = self.heartbeats.cpu_samples(now);
         let services = self
@@ -96,6 +141,9 @@ impl ServiceApi for ServiceApiService {
     }
 
     async fn list_tasks(&self, request: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
+        if let Some(answer) = self.answer_of_leader(&request, request.get_ref().stale, |mut c, r| async move { c.list_tasks(r).await }).await {
+            return answer;
+        }
         let request = request.into_inner();
         let tasks = self
             .consensus
@@ -120,6 +168,9 @@ impl ServiceApi for ServiceApiService {
     }
 
     async fn describe_service(&self, request: Request<pb::DescribeServiceRequest>) -> Result<Response<pb::DescribeServiceResponse>, Status> {
+        if let Some(answer) = self.answer_of_leader(&request, request.get_ref().stale, |mut c, r| async move { c.describe_service(r).await }).await {
+            return answer;
+        }
         let request = request.into_inner();
         required_name(&request.name)?;
         let now = now_ms();
