@@ -467,4 +467,46 @@ mod tests {
         assert_eq!(report.refused, BTreeSet::from(["192.0.2.1:80".to_string(), "example.com:80".to_string()]));
         assert!(report.endpoints[&addr].first_success.is_some());
     }
+
+    #[test]
+    fn a_silent_server_costs_failures_bounded_by_the_timeout_and_latency_counts_from_the_schedule() {
+        // Accepts and never answers: every request times out.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let keep = held.clone();
+        std::thread::spawn(move || {
+            for stream in silent.incoming().flatten() {
+                keep.lock().unwrap().push(stream);
+            }
+        });
+        let mut options = LoadOptions::new(20.0, "/", Duration::from_millis(500));
+        options.request_timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let report = Load::start(options, move || Some(vec![silent_addr.to_string()])).wait();
+        assert!(started.elapsed() < Duration::from_secs(2), "0.5 s of load + a 0.3 s timeout took {:?}", started.elapsed());
+        assert_eq!(report.successes, 0, "{}", report.summary());
+        assert_eq!(report.failures, report.scheduled, "{}", report.summary());
+        assert!(report.endpoints[&silent_addr].last_error.is_some());
+
+        // Answers after 200 ms, one connection at a time: requests queue behind each other,
+        // and their latency counts from when they were due, not from when they were sent.
+        let slow = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let slow_addr = slow.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut stream in slow.incoming().flatten() {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf);
+                std::thread::sleep(Duration::from_millis(200));
+                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nok");
+            }
+        });
+        let mut options = LoadOptions::new(20.0, "/", Duration::from_millis(500));
+        options.max_requests = 5;
+        let report = Load::start(options, move || Some(vec![slow_addr.to_string()])).wait();
+        assert_eq!(report.successes, 5, "{}", report.summary());
+        // Due every 50 ms, served one per 200 ms: the 5th waits ~1 s - 0.2 s behind the others.
+        let worst = report.percentile(100.0).unwrap();
+        assert!(worst >= Duration::from_millis(700), "the queued request's latency includes its wait: {}", report.summary());
+    }
 }
