@@ -13,6 +13,7 @@
 //! - [`placement`]: which node each new task goes to (feasibility, then spread), pure logic.
 //! - [`reconcile`]: the commands that bring each service to its count on its current revision.
 //! - [`autoscale`]: each autoscaled service's count follows its CPU target (pure).
+//! - [`routes`]: the ingress's route table (rules and target groups) and route conflicts.
 //! - [`controller`]: the leader's duties (node liveness, autoscaling, reconciling) as pure
 //!   functions from a snapshot of the cluster to commands.
 //! - [`cli`]: the `sched` command line (server and client commands, tables, exit codes).
@@ -29,6 +30,7 @@ mod error_chain;
 pub mod placement;
 pub mod raft;
 pub mod reconcile;
+pub mod routes;
 pub mod server;
 pub mod spec;
 pub mod state;

@@ -22,6 +22,7 @@ pub fn spec(image: &str, count: u32, cpu: u32) -> ServiceSpec {
         deploy: Deploy::default(),
         routes: vec![],
         constraints: BTreeMap::new(),
+        drain_ms: crate::spec::DEFAULT_DRAIN_MS,
     }
 }
 

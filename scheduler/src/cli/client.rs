@@ -9,6 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use proto::sched::v1::cluster_api_client::ClusterApiClient;
+use proto::sched::v1::route_api_client::RouteApiClient;
 use proto::sched::v1::service_api_client::ServiceApiClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -91,6 +92,10 @@ impl Servers {
 
 pub fn services(channel: Channel) -> ServiceApiClient<Channel> {
     ServiceApiClient::new(channel)
+}
+
+pub fn routes(channel: Channel) -> RouteApiClient<Channel> {
+    RouteApiClient::new(channel)
 }
 
 pub fn cluster(channel: Channel) -> ClusterApiClient<Channel> {

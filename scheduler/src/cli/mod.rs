@@ -45,7 +45,7 @@ pub enum CliCommand {
     Apply {
         file: PathBuf,
     },
-    /// List services, tasks or nodes.
+    /// List services, tasks, nodes or routes (the ingress rules).
     Get {
         what: GetWhat,
         /// Only the tasks of this service (get tasks).
@@ -108,6 +108,8 @@ pub enum GetWhat {
     Services,
     Tasks,
     Nodes,
+    /// The ingress rules: host, path, service, port and healthy/total targets.
+    Routes,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -253,6 +255,12 @@ pub async fn run_cli(cli: Cli) -> Result<(), CliError> {
                         .call(|c| async move { client::services(c).list_nodes(pb::ListNodesRequest { stale }).await.map(|r| r.into_inner().nodes) })
                         .await?;
                     print(output, || output::nodes_table(&nodes), || nodes.iter().map(output::node_json).collect());
+                }
+                GetWhat::Routes => {
+                    let table = servers
+                        .call(|c| async move { client::routes(c).list_routes(pb::ListRoutesRequest { stale }).await.map(|r| r.into_inner()) })
+                        .await?;
+                    print(output, || output::routes_table(&table.rules), || table.rules.iter().map(output::route_json).collect());
                 }
             }
             Ok(())

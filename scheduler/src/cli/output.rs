@@ -124,6 +124,30 @@ pub fn node_json(n: &pb::Node) -> Value {
     })
 }
 
+pub fn route_json(r: &pb::RouteRule) -> Value {
+    json!({
+        "service": r.service, "host": r.host, "path_prefix": r.path_prefix, "port": r.port, "timeout_ms": r.timeout_ms,
+        "targets": r.targets.iter().map(|t| json!({"task_id": t.task_id, "address": t.address, "healthy": t.healthy})).collect::<Vec<_>>(),
+    })
+}
+
+pub fn routes_table(rules: &[pb::RouteRule]) -> String {
+    let rows: Vec<Vec<String>> = rules
+        .iter()
+        .map(|r| {
+            let healthy = r.targets.iter().filter(|t| t.healthy).count();
+            vec![
+                if r.host.is_empty() { "*".into() } else { r.host.clone() },
+                r.path_prefix.clone(),
+                r.service.clone(),
+                r.port.to_string(),
+                format!("{healthy}/{}", r.targets.len()),
+            ]
+        })
+        .collect();
+    table::render(&["HOST", "PATH", "SERVICE", "PORT", "HEALTHY"], &rows)
+}
+
 pub fn member_json(m: &pb::Member) -> Value {
     json!({"id": m.id, "address": m.address, "role": role(m.role)})
 }

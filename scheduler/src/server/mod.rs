@@ -1,8 +1,8 @@
 //! `sched server`: one Raft member and the gRPC API on one port.
 //!
 //! [`run`] opens the durable log, starts the Raft loop, and serves on the given listener until
-//! `shutdown` resolves: `sched.v1.ServiceApi`, `ClusterApi` and `LogApi` (the public API; logs are
-//! read from the nodes' agents), `agent.v1.AgentApi`
+//! `shutdown` resolves: `sched.v1.ServiceApi`, `ClusterApi`, `LogApi` (the public API; logs are
+//! read from the nodes' agents) and `RouteApi` (the route table ingresses watch), `agent.v1.AgentApi`
 //! (the agents' side), `raft.v1.RaftPeer`
 //! (peer traffic), the standard gRPC health service and server reflection (so `grpcurl` lists
 //! and calls everything). Tests bind port 0 and pass the listener in.
@@ -15,6 +15,7 @@ pub mod image_pin;
 mod leader;
 mod log_api;
 mod peer_api;
+mod route_api;
 mod service_api;
 mod to_leader;
 mod views;
@@ -29,6 +30,7 @@ use proto::agent::v1::agent_api_server::AgentApiServer;
 use proto::raft::v1::raft_peer_server::RaftPeerServer;
 use proto::sched::v1::cluster_api_server::ClusterApiServer;
 use proto::sched::v1::log_api_server::LogApiServer;
+use proto::sched::v1::route_api_server::RouteApiServer;
 use proto::sched::v1::service_api_server::ServiceApiServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -104,6 +106,7 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     health.set_serving::<ServiceApiServer<service_api::ServiceApiService>>().await;
     health.set_serving::<ClusterApiServer<cluster_api::ClusterApiService>>().await;
     health.set_serving::<LogApiServer<log_api::LogApiService>>().await;
+    health.set_serving::<RouteApiServer<route_api::RouteApiService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -116,6 +119,7 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
         .add_service(ServiceApiServer::new(service_api::ServiceApiService::new(consensus.clone(), heartbeats.clone(), pinner, to_leader.clone())))
         .add_service(ClusterApiServer::new(cluster_api::ClusterApiService::new(consensus.clone())))
         .add_service(LogApiServer::new(log_api::LogApiService::new(consensus.clone())))
+        .add_service(RouteApiServer::new(route_api::RouteApiService::new(consensus.clone())))
         .add_service(AgentApiServer::new(agent_api::AgentApiService::new(consensus.clone(), heartbeats.clone(), to_leader)))
         .add_service(
             RaftPeerServer::new(peer_api::RaftPeerService::new(raft.clone()))

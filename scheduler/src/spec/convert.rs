@@ -47,7 +47,12 @@ impl ServiceSpec {
             .routes
             .into_iter()
             .enumerate()
-            .map(|(i, r)| Route { path_prefix: r.path_prefix, host: r.host, port: port(&mut errors, &format!("route[{i}].port"), r.port) })
+            .map(|(i, r)| Route {
+                path_prefix: r.path_prefix,
+                host: r.host,
+                port: port(&mut errors, &format!("route[{i}].port"), r.port),
+                timeout_ms: r.timeout_ms.unwrap_or(super::DEFAULT_ROUTE_TIMEOUT_MS),
+            })
             .collect();
         let domain = ServiceSpec {
             name: spec.name,
@@ -71,6 +76,7 @@ impl ServiceSpec {
                 .map_or_else(Deploy::default, |d| Deploy { min_healthy_percent: d.min_healthy_percent, max_percent: d.max_percent }),
             routes,
             constraints: spec.constraints.into_iter().collect(),
+            drain_ms: spec.drain_ms.unwrap_or(super::DEFAULT_DRAIN_MS),
         };
         if let Err(more) = validate(&domain) {
             // A field already reported (an out-of-range port read as 0) is not reported twice.
@@ -119,9 +125,15 @@ impl ServiceSpec {
             routes: self
                 .routes
                 .iter()
-                .map(|r| pb::Route { path_prefix: r.path_prefix.clone(), host: r.host.clone(), port: u32::from(r.port) })
+                .map(|r| pb::Route {
+                    path_prefix: r.path_prefix.clone(),
+                    host: r.host.clone(),
+                    port: u32::from(r.port),
+                    timeout_ms: Some(r.timeout_ms),
+                })
                 .collect(),
             constraints: self.constraints.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            drain_ms: Some(self.drain_ms),
         }
     }
 }

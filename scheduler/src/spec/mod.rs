@@ -45,6 +45,36 @@ pub struct ServiceSpec {
     /// Defaulted so Raft log entries and snapshots written before the field existed decode.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub constraints: BTreeMap<String, String>,
+    /// How long a task that is going to stop keeps serving the requests the ingresses already
+    /// sent it, after it left every target group (ALB's deregistration delay). Only services
+    /// with routes drain. Defaulted for log entries written before it existed.
+    #[serde(default = "default_drain_ms", skip_serializing_if = "is_default_drain_ms")]
+    pub drain_ms: u64,
+}
+
+/// A stopping task's drain time when the file sets none (ALB's default is 300 s; tasks here
+/// answer in milliseconds).
+pub const DEFAULT_DRAIN_MS: u64 = 5_000;
+/// How long the ingress waits for a target's answer when the route sets no timeout (ALB's
+/// idle timeout).
+pub const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 60_000;
+
+fn default_drain_ms() -> u64 {
+    DEFAULT_DRAIN_MS
+}
+
+fn default_route_timeout_ms() -> u64 {
+    DEFAULT_ROUTE_TIMEOUT_MS
+}
+
+// Defaults are not written, so a spec that uses them encodes exactly as before they existed
+// (older servers read it).
+fn is_default_drain_ms(ms: &u64) -> bool {
+    *ms == DEFAULT_DRAIN_MS
+}
+
+fn is_default_route_timeout_ms(ms: &u64) -> bool {
+    *ms == DEFAULT_ROUTE_TIMEOUT_MS
 }
 
 /// Bounds and target of the CPU autoscaler.
@@ -96,11 +126,15 @@ impl Default for Deploy {
     }
 }
 
-/// An ingress rule: requests for `host` (any host when empty) under `path_prefix` go to the
-/// container port `port` of healthy tasks.
+/// An ingress rule: requests for `host` (any host when empty; `*.example.com` for any host
+/// under example.com) under `path_prefix` (whole segments) go to the container port `port` of
+/// healthy tasks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     pub path_prefix: String,
     pub host: String,
     pub port: u16,
+    /// The longest wait for a target's answer before the ingress answers 504.
+    #[serde(default = "default_route_timeout_ms", skip_serializing_if = "is_default_route_timeout_ms")]
+    pub timeout_ms: u64,
 }

@@ -25,6 +25,10 @@ const DEFAULT_HEALTH_RETRIES: u32 = 3;
 /// Autoscaler cooldowns when the `[autoscale]` table leaves them out.
 const DEFAULT_SCALE_OUT_COOLDOWN: &str = "30s";
 const DEFAULT_SCALE_IN_COOLDOWN: &str = "300s";
+/// A stopping task's drain time and a route's timeout when the file leaves them out (the same
+/// values as [`super::DEFAULT_DRAIN_MS`] and [`super::DEFAULT_ROUTE_TIMEOUT_MS`]).
+const DEFAULT_DRAIN: &str = "5s";
+const DEFAULT_ROUTE_TIMEOUT: &str = "60s";
 
 /// Why a service file was rejected: one entry per problem, in file order.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +79,7 @@ struct RawService {
     health: Option<Spanned<RawHealth>>,
     deploy: Option<Spanned<RawDeploy>>,
     route: Option<Vec<Spanned<RawRoute>>>,
+    drain: Option<Spanned<String>>,
     /// Values are read as any TOML value so a number or a nested table (an unquoted dotted
     /// key) is reported under `constraints.<key>` instead of as a bare serde type error.
     constraints: Option<Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
@@ -116,6 +121,7 @@ struct RawRoute {
     path_prefix: Spanned<String>,
     host: Option<Spanned<String>>,
     port: Spanned<u16>,
+    timeout: Option<Spanned<String>>,
 }
 
 /// Where each field's value sits in the file, to locate validation errors.
@@ -232,9 +238,11 @@ pub fn parse_service_toml(file: &str, text: &str) -> Result<ServiceSpec, SpecFil
                 path_prefix: spans.take(&format!("route[{i}].path_prefix"), r.path_prefix),
                 host: spans.take_opt(&format!("route[{i}].host"), r.host).unwrap_or_default(),
                 port: spans.take(&format!("route[{i}].port"), r.port),
+                timeout_ms: duration(&mut spans, &format!("route[{i}].timeout"), r.timeout, DEFAULT_ROUTE_TIMEOUT),
             }
         })
         .collect();
+    let drain_ms = duration(&mut spans, "drain", raw.drain, DEFAULT_DRAIN);
     let env = raw.env.map_or_else(BTreeMap::new, |env| {
         spans.0.insert("env".into(), env.span());
         env.into_inner().into_iter().map(|(k, v)| (spans.take(&format!("env.{}", k.get_ref()), k), v)).collect()
@@ -280,6 +288,7 @@ pub fn parse_service_toml(file: &str, text: &str) -> Result<ServiceSpec, SpecFil
         deploy,
         routes,
         constraints,
+        drain_ms,
     };
     if let Err(errors) = validate(&spec) {
         let reported: Vec<Option<String>> = problems.iter().map(|p| p.field.clone()).collect();
@@ -336,7 +345,7 @@ mod tests {
         assert_eq!((health.path.as_str(), health.port, health.retries), ("/health", 8080, 3));
         assert_eq!((health.interval_ms, health.timeout_ms, health.grace_ms), (5_000, 2_000, 10_000));
         assert_eq!(spec.deploy, Deploy { min_healthy_percent: 100, max_percent: 200 });
-        assert_eq!(spec.routes, [Route { path_prefix: "/api/v1".into(), host: "quotes.example".into(), port: 8080 }]);
+        assert_eq!(spec.routes, [Route { path_prefix: "/api/v1".into(), host: "quotes.example".into(), port: 8080, timeout_ms: 60_000 }]);
     }
 
     #[test]

@@ -20,6 +20,12 @@ pub const MAX_COUNT: u32 = 10_000;
 /// Autoscaler cooldowns: at least a second (the metrics' own period), at most an hour.
 pub const MIN_COOLDOWN_MS: u64 = 1_000;
 pub const MAX_COOLDOWN_MS: u64 = 3_600_000;
+/// A route's timeout and a stopping task's drain time.
+pub const MIN_ROUTE_TIMEOUT_MS: u64 = 1_000;
+pub const MAX_ROUTE_TIMEOUT_MS: u64 = 3_600_000;
+pub const MAX_DRAIN_MS: u64 = 600_000;
+/// Longest route path prefix.
+pub const MAX_PATH_PREFIX_LEN: usize = 1024;
 /// Longest node label key (room for a `domain/` prefix, as Kubernetes allows).
 pub const MAX_LABEL_KEY_LEN: usize = 253;
 /// Longest node label value.
@@ -140,15 +146,30 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
         }
     }
     for (i, route) in spec.routes.iter().enumerate() {
-        if !route.path_prefix.starts_with('/') {
-            fail(&format!("route[{i}].path_prefix"), format!("must start with '/', got \"{}\"", route.path_prefix));
+        if let Err(why) = check_path_prefix(&route.path_prefix) {
+            fail(&format!("route[{i}].path_prefix"), why);
         }
-        if !route.host.is_empty() && check_host(&route.host).is_err() {
-            fail(&format!("route[{i}].host"), format!("\"{}\" is not a host name (letters, digits, '-' and '.')", route.host));
+        if !route.host.is_empty() && check_route_host(&route.host).is_err() {
+            fail(
+                &format!("route[{i}].host"),
+                format!(
+                    "\"{}\" is not a host name: lowercase letters, digits and '-' in labels joined by '.', optionally starting with \"*.\" for every host under a domain",
+                    route.host
+                ),
+            );
         }
         if !spec.ports.contains(&route.port) {
             fail(&format!("route[{i}].port"), format!("must be one of the service's ports {:?}, got {}", spec.ports, route.port));
         }
+        if !(MIN_ROUTE_TIMEOUT_MS..=MAX_ROUTE_TIMEOUT_MS).contains(&route.timeout_ms) {
+            fail(&format!("route[{i}].timeout"), format!("must be 1s to 1h, got {}", super::format_duration_ms(route.timeout_ms)));
+        }
+        if let Some(j) = spec.routes[..i].iter().position(|r| r.host == route.host && r.path_prefix == route.path_prefix) {
+            fail(&format!("route[{i}]"), format!("has the same host and path_prefix as route[{j}]: each rule once"));
+        }
+    }
+    if spec.drain_ms > MAX_DRAIN_MS {
+        fail("drain", format!("must be 0s to 10m, got {}", super::format_duration_ms(spec.drain_ms)));
     }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
@@ -215,14 +236,45 @@ pub fn check_label(key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_host(host: &str) -> Result<(), ()> {
-    let ok = host.len() <= 253
-        && host.split('.').all(|label| {
+/// A route's host: a lowercase DNS name, or `*.` and one (a wildcard for every host under it).
+fn check_route_host(host: &str) -> Result<(), ()> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let ok = name.len() <= 253
+        && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         });
     if ok { Ok(()) } else { Err(()) }
+}
+
+/// A route's path prefix: `/`, or `/` and segments, each non-empty, without `.`/`..` segments,
+/// a trailing `/`, a query, a fragment, whitespace or control characters.
+fn check_path_prefix(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("must start with '/', got \"{path}\""));
+    }
+    if path.len() > MAX_PATH_PREFIX_LEN {
+        return Err(format!("must be at most {MAX_PATH_PREFIX_LEN} characters, got {}", path.len()));
+    }
+    if path.chars().any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#') {
+        return Err(format!("\"{path}\" has whitespace, a control character, '?' or '#': give the path only"));
+    }
+    if path == "/" {
+        return Ok(());
+    }
+    if path.ends_with('/') {
+        return Err(format!(
+            "\"{path}\" ends with '/': write \"{}\", prefixes match whole segments",
+            path.trim_end_matches('/')
+        ));
+    }
+    if path[1..].split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..") {
+        return Err(format!("\"{path}\" has an empty, '.' or '..' segment"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -245,6 +297,7 @@ mod tests {
             deploy: Deploy::default(),
             routes: vec![],
             constraints: Default::default(),
+            drain_ms: crate::spec::DEFAULT_DRAIN_MS,
         }
     }
 
@@ -294,13 +347,54 @@ mod tests {
                 retries: 0,
                 grace_ms: 0,
             }),
-            routes: vec![Route { path_prefix: "/api".into(), host: "bad host".into(), port: 1 }],
+            routes: vec![Route { path_prefix: "/api".into(), host: "bad host".into(), port: 1, timeout_ms: 60_000 }],
             ..minimal()
         };
         assert_eq!(
             fields(&spec),
             ["health.port", "health.path", "health.timeout", "health.retries", "route[0].host", "route[0].port"]
         );
+    }
+
+    #[test]
+    fn routes_need_a_clean_path_a_host_name_a_known_port_and_each_rule_once() {
+        let route = |host: &str, path: &str, port: u16| Route { path_prefix: path.into(), host: host.into(), port, timeout_ms: 60_000 };
+        let with = |routes: Vec<Route>| ServiceSpec { routes, ..minimal() };
+        let ok = [
+            route("", "/", 8080),
+            route("quotes.example", "/api/v1", 8080),
+            route("*.example.com", "/a-b/c_d.e/~x", 8080),
+            route("xn--bcher-kva.example", "/", 8080),
+        ];
+        assert_eq!(fields(&with(ok.to_vec())), Vec::<String>::new());
+        // (host, path_prefix) -> the field refused
+        let bad = [
+            ("", "api", "route[0].path_prefix"),
+            ("", "/api/", "route[0].path_prefix"),
+            ("", "/api//v1", "route[0].path_prefix"),
+            ("", "/api/../etc", "route[0].path_prefix"),
+            ("", "/api?x=1", "route[0].path_prefix"),
+            ("", "/a b", "route[0].path_prefix"),
+            ("Quotes.Example", "/", "route[0].host"),
+            ("quotes..example", "/", "route[0].host"),
+            ("*", "/", "route[0].host"),
+            ("a.*.example", "/", "route[0].host"),
+            ("-quotes.example", "/", "route[0].host"),
+            ("quotes.example:8080", "/", "route[0].host"),
+        ];
+        for (host, path, field) in bad {
+            assert_eq!(fields(&with(vec![route(host, path, 8080)])), [field], "host {host:?} path {path:?}");
+        }
+        let message = validate(&with(vec![route("", "/api/", 8080)])).unwrap_err()[0].message.clone();
+        assert!(message.contains("write \"/api\""), "{message}");
+        assert_eq!(fields(&with(vec![route("", "/", 9999)])), ["route[0].port"]);
+        let twice = vec![route("q.example", "/api", 8080), route("", "/api", 8080), route("q.example", "/api", 8080)];
+        let errors = validate(&with(twice)).unwrap_err();
+        assert_eq!(errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["route[2]"]);
+        assert!(errors[0].message.contains("same host and path_prefix as route[0]"), "{}", errors[0].message);
+        let slow = Route { timeout_ms: 0, ..route("", "/", 8080) };
+        assert_eq!(fields(&with(vec![slow])), ["route[0].timeout"]);
+        assert_eq!(fields(&ServiceSpec { drain_ms: 600_001, ..minimal() }), ["drain"]);
     }
 
     #[test]

@@ -134,6 +134,7 @@ impl ClusterState {
     pub fn apply(&mut self, command: Command) -> Result<Outcome, Rejection> {
         match command {
             Command::ApplyService { spec, image_digest, now_ms, unresolved_reason } => {
+                self.refuse_claimed_routes(&spec)?;
                 Ok(self.apply_service(spec, image_digest, now_ms, &unresolved_reason))
             }
             Command::ScaleService { name, count, now_ms } => self.scale_service(&name, count, now_ms),
@@ -328,6 +329,25 @@ impl ClusterState {
         Ok(Outcome::Service { service: service.summary(), changed })
     }
 
+    /// Refuses a spec with a route whose host and path prefix another service already claims:
+    /// the ingress could not tell which one a request is for.
+    fn refuse_claimed_routes(&self, spec: &crate::spec::ServiceSpec) -> Result<(), Rejection> {
+        match crate::routes::claimed_by_another(self, spec) {
+            None => Ok(()),
+            Some((i, other)) => {
+                let route = &spec.routes[i];
+                let host = if route.host.is_empty() { "any host".to_string() } else { format!("host {}", route.host) };
+                Err(Rejection {
+                    kind: RejectionKind::Conflict,
+                    message: format!(
+                        "route[{i}] ({host}, path_prefix {}) is already served by service \"{other}\": change the host or path_prefix, or remove that route from \"{other}\" first",
+                        route.path_prefix
+                    ),
+                })
+            }
+        }
+    }
+
     /// The autoscaler's decision: `from` must still be the desired count (else the decision was
     /// made on a state that has moved on, and the leader decides again), `to` within the bounds.
     fn autoscale(&mut self, name: &str, from: u32, to: u32, reason: String, now_ms: u64) -> Result<Outcome, Rejection> {
@@ -385,6 +405,8 @@ impl ClusterState {
         if old.spec == service.current_revision().spec {
             return Ok(Outcome::Service { service: service.summary(), changed: false });
         }
+        self.refuse_claimed_routes(&old.spec)?;
+        let service = self.services.get_mut(name).expect("found above");
         let revision = service.revisions.last().map_or(0, |r| r.revision) + 1;
         service.revisions.push(Revision {
             revision,

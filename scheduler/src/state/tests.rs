@@ -1,24 +1,10 @@
 //! Table-style tests of the state machine: each feeds commands and asserts observable state.
 
 use super::*;
-use crate::spec::{Deploy, ServiceSpec};
+use crate::spec::ServiceSpec;
 
 fn spec(image: &str, count: u32) -> ServiceSpec {
-    ServiceSpec {
-        name: "quotes".into(),
-        image: image.into(),
-        command: vec![],
-        env: Default::default(),
-        cpu_millis: 250,
-        memory_mib: 128,
-        ports: vec![8080],
-        count,
-        autoscale: None,
-        health: None,
-        deploy: Deploy::default(),
-        routes: vec![],
-        constraints: Default::default(),
-    }
+    crate::test_fixtures::spec(image, count, 250)
 }
 
 fn apply(state: &mut ClusterState, image: &str, count: u32, now_ms: u64) -> (u64, bool) {
