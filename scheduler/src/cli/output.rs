@@ -25,6 +25,7 @@ fn desired_state(v: i32) -> &'static str {
     match pb::DesiredState::try_from(v) {
         Ok(pb::DesiredState::Running) => "running",
         Ok(pb::DesiredState::Stopped) => "stopped",
+        Ok(pb::DesiredState::Draining) => "draining",
         _ => "unknown",
     }
 }

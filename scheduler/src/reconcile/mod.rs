@@ -16,6 +16,10 @@
 //!
 //! Tasks of a deleted service are forgotten once they are done, and their nodes then remove them.
 //!
+//! A task to stop whose revision has routes, while it runs, drains first: it leaves every
+//! ingress's target group at once (`Draining`) and is stopped when its service's `drain` time
+//! is over. Draining tasks are not live: their replacements start at once.
+//!
 //! A task counts as live while it should run and has not exited, failed or been lost, and its
 //! node (if placed) is ready. Tasks of a node that went down are marked lost and told to stop
 //! (so a node that comes back stops its stale tasks), and replaced elsewhere.
@@ -119,6 +123,7 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str)
                 message: if node_id == 0 { reason.clone() } else { String::new() },
                 created_ms: now_ms,
                 updated_ms: now_ms,
+                drain_until_ms: 0,
             });
         }
     }
@@ -128,15 +133,36 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str)
     if !forget.is_empty() {
         commands.push(Command::RemoveTasks { task_ids: forget });
     }
-    if !stop.is_empty() {
-        stop.sort();
-        stop.dedup();
-        commands.push(Command::SetTaskDesiredState { task_ids: stop, desired: DesiredState::Stopped, now_ms });
+    stop.sort();
+    stop.dedup();
+    let (drain, mut stop_now) = drain_first(state, stop, now_ms);
+    for (until_ms, task_ids) in drain {
+        commands.push(Command::DrainTasks { task_ids, until_ms, now_ms });
+    }
+    stop_now.extend(state.tasks().filter(|t| t.desired == DesiredState::Draining && now_ms >= t.drain_until_ms).map(|t| t.id.clone()));
+    if !stop_now.is_empty() {
+        commands.push(Command::SetTaskDesiredState { task_ids: stop_now, desired: DesiredState::Stopped, now_ms });
     }
     if !put.is_empty() {
         commands.push(Command::PutTasks { tasks: put, now_ms });
     }
     commands
+}
+
+/// Splits the tasks to stop into those that drain first (serving through an ingress: grouped by
+/// when their drain ends) and those that stop at once.
+fn drain_first(state: &ClusterState, stop: Vec<String>, now_ms: u64) -> (BTreeMap<u64, Vec<String>>, Vec<String>) {
+    let mut drain: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut stop_now = Vec::new();
+    for id in stop {
+        let Some(task) = state.task(&id) else { continue };
+        let spec = state.service(&task.service).and_then(|s| s.revision(task.revision)).map(|r| &r.spec);
+        match spec.and_then(|spec| crate::routes::drain_ms(task, spec)) {
+            Some(ms) => drain.entry(now_ms + ms).or_default().push(id),
+            None => stop_now.push(id),
+        }
+    }
+    (drain, stop_now)
 }
 
 /// Tasks of deleted services that are done (exited, failed, lost, or never placed): forgotten,
@@ -177,9 +203,9 @@ fn is_live(state: &ClusterState, t: &Task) -> bool {
     t.node_id == 0 || state.node(t.node_id).is_some_and(|n| n.status == NodeStatus::Ready)
 }
 
-/// Whether a task that should run sits on a node that is down.
+/// Whether a task that should run (or is draining) sits on a node that is down.
 fn on_down_node(state: &ClusterState, t: &Task) -> bool {
-    t.desired == DesiredState::Running
+    t.desired != DesiredState::Stopped
         && !matches!(t.observed, TaskState::Exited | TaskState::Failed | TaskState::Lost)
         && state.node(t.node_id).is_some_and(|n| n.status != NodeStatus::Ready)
 }

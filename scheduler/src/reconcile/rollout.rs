@@ -61,6 +61,7 @@ mod tests {
             message: String::new(),
             created_ms: 0,
             updated_ms: 0,
+            drain_until_ms: 0,
         }
     }
 

@@ -258,3 +258,95 @@ fn a_new_revision_that_never_runs_leaves_the_old_tasks_running() {
     let old = live(&state).iter().filter(|t| t.revision == 1).count();
     assert_eq!(old, 2, "the running revision keeps serving while the new one fails");
 }
+
+/// Two nodes and a service with a route whose `count` tasks all run.
+fn routed_and_running(count: u32, drain_ms: u64) -> ClusterState {
+    let mut state = cluster(2, 4000);
+    let routes = vec![crate::spec::Route { path_prefix: "/".into(), host: String::new(), port: 8080, timeout_ms: 60_000 }];
+    let spec = ServiceSpec { routes, drain_ms, ..spec("q:1", count, 100) };
+    state.apply(Command::ApplyService { spec, image_digest: String::new(), now_ms: 0, unresolved_reason: String::new() }).unwrap();
+    run(&mut state, 1);
+    report_running(&mut state, 1, 2);
+    state
+}
+
+fn desired_states(state: &ClusterState) -> Vec<DesiredState> {
+    state.tasks().map(|t| t.desired).collect()
+}
+
+#[test]
+fn a_scale_in_drains_routed_tasks_for_the_drain_time_before_stopping_them() {
+    let mut state = routed_and_running(3, 5_000);
+    state.apply(Command::ScaleService { name: "quotes".into(), count: 1, now_ms: 10_000 }).unwrap();
+    run(&mut state, 10_000);
+    let draining: Vec<&Task> = state.tasks().filter(|t| t.desired == DesiredState::Draining).collect();
+    assert_eq!(draining.len(), 2);
+    assert!(draining.iter().all(|t| t.drain_until_ms == 15_000));
+    assert!(crate::routes::route_table(&state)[0].targets.iter().all(|t| t.task_id != draining[0].id), "out of the target group at once");
+    assert_eq!(run(&mut state, 14_999), 0, "nothing stops before the drain time is over");
+    run(&mut state, 15_000);
+    let mut states = desired_states(&state);
+    states.sort_by_key(|d| format!("{d:?}"));
+    assert_eq!(states, [DesiredState::Running, DesiredState::Stopped, DesiredState::Stopped]);
+}
+
+#[test]
+fn tasks_without_routes_or_drain_time_stop_at_once() {
+    let mut state = routed_and_running(2, 0);
+    state.apply(Command::ScaleService { name: "quotes".into(), count: 1, now_ms: 10 }).unwrap();
+    run(&mut state, 10);
+    assert_eq!(state.tasks().filter(|t| t.desired == DesiredState::Stopped).count(), 1);
+    let mut state = cluster(1, 4000);
+    apply_service(&mut state, "q:1", 2, 100);
+    run(&mut state, 1);
+    report_running(&mut state, 1, 2);
+    state.apply(Command::ScaleService { name: "quotes".into(), count: 0, now_ms: 3 }).unwrap();
+    run(&mut state, 3);
+    assert_eq!(desired_states(&state), [DesiredState::Stopped, DesiredState::Stopped]);
+}
+
+#[test]
+fn a_deleted_routed_service_drains_its_running_tasks_then_stops_and_forgets_them() {
+    let mut state = routed_and_running(2, 3_000);
+    state.apply(Command::DeleteService { name: "quotes".into(), now_ms: 100 }).unwrap();
+    assert_eq!(desired_states(&state), [DesiredState::Draining, DesiredState::Draining]);
+    assert!(crate::routes::route_table(&state).is_empty());
+    run(&mut state, 3_099);
+    assert_eq!(desired_states(&state), [DesiredState::Draining, DesiredState::Draining]);
+    run(&mut state, 3_100);
+    assert_eq!(desired_states(&state), [DesiredState::Stopped, DesiredState::Stopped]);
+    for t in state.tasks().cloned().collect::<Vec<_>>() {
+        report(&mut state, &t, TaskState::Exited, Some(0), "", 3_200);
+    }
+    run(&mut state, 3_300);
+    assert_eq!(state.tasks().count(), 0);
+}
+
+#[test]
+fn a_rolling_deploy_drains_the_old_tasks_as_the_new_ones_run() {
+    let mut state = routed_and_running(2, 2_000);
+    let routes = state.service("quotes").unwrap().current_revision().spec.routes.clone();
+    let v2 = ServiceSpec { routes, drain_ms: 2_000, ..spec("q:2", 2, 100) };
+    state.apply(Command::ApplyService { spec: v2, image_digest: String::new(), now_ms: 10, unresolved_reason: String::new() }).unwrap();
+    run(&mut state, 10);
+    report_running(&mut state, 2, 20);
+    run(&mut state, 30);
+    let old: Vec<&Task> = state.tasks().filter(|t| t.revision == 1).collect();
+    assert!(old.iter().all(|t| t.desired == DesiredState::Draining && t.drain_until_ms == 2_030), "{old:#?}");
+    // The old tasks are no longer live, so the deploy is done: nothing else starts.
+    assert_eq!(live(&state).len(), 2);
+    run(&mut state, 2_030);
+    assert!(state.tasks().filter(|t| t.revision == 1).all(|t| t.desired == DesiredState::Stopped));
+}
+
+#[test]
+fn a_draining_task_on_a_node_that_goes_down_is_lost_and_stopped() {
+    let mut state = routed_and_running(2, 60_000);
+    state.apply(Command::ScaleService { name: "quotes".into(), count: 1, now_ms: 10 }).unwrap();
+    run(&mut state, 10);
+    let draining = state.tasks().find(|t| t.desired == DesiredState::Draining).unwrap().clone();
+    state.apply(Command::SetNodeStatus { node_id: draining.node_id, status: NodeStatus::Down, now_ms: 20 }).unwrap();
+    run(&mut state, 20);
+    let t = state.task(&draining.id).unwrap();
+    assert_eq!((t.desired, t.observed), (DesiredState::Stopped, TaskState::Lost));
+}

@@ -13,7 +13,14 @@ mod tests;
 pub use table::{RouteEntry, Target, route_table};
 
 use crate::spec::ServiceSpec;
-use crate::state::ClusterState;
+use crate::state::{ClusterState, DesiredState, Task, TaskState};
+
+/// How long `task`, about to stop, drains first: its revision's `drain` when the revision has
+/// routes and the task runs (an ingress may have sent it requests). `None`: stop it at once.
+pub fn drain_ms(task: &Task, spec: &ServiceSpec) -> Option<u64> {
+    let serving = task.desired != DesiredState::Stopped && task.observed == TaskState::Running;
+    (serving && !spec.routes.is_empty() && spec.drain_ms > 0).then_some(spec.drain_ms)
+}
 
 /// The first route of `spec` whose host and path prefix another service already claims:
 /// `(route index, that service)`.

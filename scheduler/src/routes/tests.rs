@@ -33,6 +33,7 @@ fn task(state: &mut ClusterState, service: &str, id: &str, observed: TaskState, 
         message: String::new(),
         created_ms: 1,
         updated_ms: 1,
+        drain_until_ms: 0,
     };
     state.apply(Command::PutTasks { tasks: vec![t.clone()], now_ms: 1 }).unwrap();
     state

@@ -301,6 +301,7 @@ mod tests {
             message: String::new(),
             created_ms: 1,
             updated_ms: 1,
+            drain_until_ms: 0,
         }
     }
 

@@ -81,6 +81,7 @@ pub fn task(t: &Task) -> pb::Task {
 pub fn desired_state(d: DesiredState) -> pb::DesiredState {
     match d {
         DesiredState::Running => pb::DesiredState::Running,
+        DesiredState::Draining => pb::DesiredState::Draining,
         DesiredState::Stopped => pb::DesiredState::Stopped,
     }
 }

@@ -55,6 +55,8 @@ pub enum Command {
     SetNodeStatus { node_id: u64, status: NodeStatus, now_ms: u64 },
     /// Creates or replaces tasks (the reconciler's placements).
     PutTasks { tasks: Vec<Task>, now_ms: u64 },
+    /// Takes running tasks out of every target group; they are stopped at `until_ms`.
+    DrainTasks { task_ids: Vec<String>, until_ms: u64, now_ms: u64 },
     /// Sets which state tasks should be in (e.g. stop before replacing).
     SetTaskDesiredState { task_ids: Vec<String>, desired: DesiredState, now_ms: u64 },
     /// An agent's report of a task's observed state.

@@ -186,6 +186,21 @@ impl ClusterState {
                 }
                 Ok(Outcome::Done)
             }
+            Command::DrainTasks { task_ids, until_ms, now_ms } => {
+                if let Some(id) = task_ids.iter().find(|id| !self.tasks.contains_key(*id)) {
+                    return Err(not_found(format!("no task {id}")));
+                }
+                for id in task_ids {
+                    let task = self.tasks.get_mut(&id).expect("checked above");
+                    // Only a task that should run can start draining; a stopped one stays so.
+                    if task.desired == DesiredState::Running {
+                        task.desired = DesiredState::Draining;
+                        task.drain_until_ms = until_ms;
+                        task.updated_ms = now_ms;
+                    }
+                }
+                Ok(Outcome::Done)
+            }
             Command::SetTaskDesiredState { task_ids, desired, now_ms } => {
                 if let Some(id) = task_ids.iter().find(|id| !self.tasks.contains_key(*id)) {
                     return Err(not_found(format!("no task {id}")));
@@ -381,11 +396,24 @@ impl ClusterState {
     }
 
     fn delete_service(&mut self, name: String, now_ms: u64) -> Result<Outcome, Rejection> {
-        if self.services.remove(&name).is_none() {
+        let Some(removed) = self.services.remove(&name) else {
             return Err(not_found(format!("no service named \"{name}\"")));
-        }
+        };
         for task in self.tasks.values_mut().filter(|t| t.service == name) {
-            task.desired = DesiredState::Stopped;
+            // Tasks that serve through an ingress drain first (the reconciler stops them when
+            // their drain time is over); a task already draining keeps its deadline.
+            let drain = match task.desired {
+                DesiredState::Running => removed.revision(task.revision).and_then(|r| crate::routes::drain_ms(task, &r.spec)),
+                _ => None,
+            };
+            match (task.desired, drain) {
+                (DesiredState::Draining, _) => {}
+                (_, Some(ms)) => {
+                    task.desired = DesiredState::Draining;
+                    task.drain_until_ms = now_ms + ms;
+                }
+                (_, None) => task.desired = DesiredState::Stopped,
+            }
             task.updated_ms = now_ms;
         }
         Ok(Outcome::Deleted { name })

@@ -136,6 +136,9 @@ pub struct ServiceSummary {
 #[serde(rename_all = "snake_case")]
 pub enum DesiredState {
     Running,
+    /// Going to stop: out of every ingress's target group already, it keeps running (and
+    /// answering what it was sent) until `drain_until_ms`, then it is stopped.
+    Draining,
     Stopped,
 }
 
@@ -183,6 +186,14 @@ pub struct Task {
     pub message: String,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// While draining: when it is stopped. Defaulted (and not written when 0) so that entries
+    /// from before draining existed decode and encode as they were.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub drain_until_ms: u64,
+}
+
+fn is_zero(ms: &u64) -> bool {
+    *ms == 0
 }
 
 /// Whether a node is taking work.

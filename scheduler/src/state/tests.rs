@@ -87,6 +87,7 @@ fn delete_removes_the_service_and_stops_its_tasks() {
         message: String::new(),
         created_ms: 1,
         updated_ms: 1,
+        drain_until_ms: 0,
     };
     state.apply(Command::PutTasks { tasks: vec![task], now_ms: 2 }).unwrap();
     assert_eq!(state.apply(Command::DeleteService { name: "quotes".into(), now_ms: 3 }).unwrap(), Outcome::Deleted { name: "quotes".into() });
@@ -151,6 +152,7 @@ fn task_reports_from_the_wrong_node_are_refused() {
         message: String::new(),
         created_ms: 1,
         updated_ms: 1,
+        drain_until_ms: 0,
     };
     state.apply(Command::PutTasks { tasks: vec![task], now_ms: 2 }).unwrap();
     let report = |node_id| Command::ReportTaskStatus {
@@ -185,6 +187,7 @@ fn a_task_that_dies_is_recorded_with_its_exit_code_and_backoff_once() {
         message: String::new(),
         created_ms: 1,
         updated_ms: 1,
+        drain_until_ms: 0,
     };
     state.apply(Command::PutTasks { tasks: vec![task("quotes-1"), task("quotes-2")], now_ms: 2 }).unwrap();
     let exit = |id: &str, now_ms| Command::ReportTaskStatus {
