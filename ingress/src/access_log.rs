@@ -116,6 +116,8 @@ fn write_lines(rx: Receiver<String>, writer: impl Write) {
 pub struct PendingLog {
     log: Option<AccessLog>,
     arrived: Instant,
+    /// The arrival on the wall clock, formatted only if the line is written.
+    wall: SystemTime,
     pub record: AccessRecord,
 }
 
@@ -127,13 +129,12 @@ impl PendingLog {
         host: Option<&str>,
         path: &str,
     ) -> Self {
-        let time =
-            DateTime::<Utc>::from(SystemTime::now()).to_rfc3339_opts(SecondsFormat::Millis, true);
         PendingLog {
             log,
             arrived: Instant::now(),
+            wall: SystemTime::now(),
             record: AccessRecord {
-                time,
+                time: String::new(),
                 client,
                 method: method.to_string(),
                 host: host.map(str::to_string),
@@ -166,6 +167,8 @@ impl PendingLog {
         let Some(log) = self.log.take() else {
             return;
         };
+        self.record.time =
+            DateTime::<Utc>::from(self.wall).to_rfc3339_opts(SecondsFormat::Millis, true);
         self.record.bytes = bytes;
         self.record.duration_ms = millis(self.arrived.elapsed());
         if error.is_some() {

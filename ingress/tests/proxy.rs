@@ -529,3 +529,81 @@ async fn every_request_writes_one_access_log_line() {
     assert_eq!(lines[1]["status"], 404);
     assert_eq!(lines[1]["service"], serde_json::Value::Null);
 }
+
+#[tokio::test]
+async fn clients_slow_to_send_headers_are_closed() {
+    let harness = Harness::start(
+        IngressConfig {
+            header_read_timeout: Duration::from_millis(300),
+            ..IngressConfig::default()
+        },
+        RouteTable::default(),
+    )
+    .await;
+    let mut stream = TcpStream::connect(harness.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .expect("a slow client kept its connection");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_requests_in_flight_finish() {
+    let slow = backend(|_req: Request<Incoming>| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        text(StatusCode::OK, "done")
+    })
+    .await;
+    let mut harness = Harness::start(
+        IngressConfig::default(),
+        table(vec![Route::new("slow", "/").with_targets([slow.addr])]),
+    )
+    .await;
+    let url = harness.url("/");
+    let in_flight = tokio::spawn(async move {
+        let request = Request::get(url)
+            .header("host", "x")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client().request(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    });
+    for _ in 0..100 {
+        if harness.ingress.in_flight(slow.addr) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    harness.stop();
+    let (status, body) = tokio::time::timeout(PATIENCE, in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"done"[..]));
+    let mut refused = false;
+    for _ in 0..100 {
+        if TcpStream::connect(harness.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "the listener is still open after shutdown");
+}
