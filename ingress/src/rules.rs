@@ -161,6 +161,25 @@ mod tests {
     }
 
     #[test]
+    fn an_exact_host_falls_through_where_its_prefixes_do_not_match() {
+        let routes = vec![
+            route("exact-api", Some("quotes.example"), "/api"),
+            route("wild", Some("*.example"), "/"),
+            route("root", None, "/"),
+        ];
+        let (rules, _) = Rules::new(&routes);
+        let cases = [
+            (Some("quotes.example"), "/api/x", "exact-api"),
+            (Some("quotes.example"), "/other", "wild"),
+            (Some("other.org"), "/api", "root"),
+        ];
+        for (host, path, want) in cases {
+            let got = rules.find(host, path).map(|i| routes[i].service.as_str());
+            assert_eq!(got, Some(want), "{host:?} {path:?}");
+        }
+    }
+
+    #[test]
     fn no_rule_matches_without_a_catch_all() {
         let routes = vec![route("api", Some("quotes.example"), "/api")];
         let (rules, _) = Rules::new(&routes);
