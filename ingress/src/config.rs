@@ -26,6 +26,10 @@ pub struct IngressConfig {
     /// A client connection with nothing read or written and no request in flight for this
     /// long is closed.
     pub idle_timeout: Duration,
+    /// An idle keep-alive connection to a target is closed after this. Kept below the
+    /// shortest common server keep-alive (Node.js closes idle connections after 5 s), so the
+    /// ingress rarely sends on a connection the target is closing.
+    pub target_idle_timeout: Duration,
     /// A client must send a request's headers within this (slow clients are closed).
     pub header_read_timeout: Duration,
     /// A TLS client must finish its handshake within this.
@@ -51,6 +55,7 @@ impl Default for IngressConfig {
             backoff_max: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(60),
+            target_idle_timeout: Duration::from_secs(4),
             header_read_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             retry_body_limit: 64 * 1024,

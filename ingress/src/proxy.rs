@@ -92,7 +92,7 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.idle_timeout)
+            .pool_idle_timeout(config.target_idle_timeout)
             .build(connector);
         Proxy {
             routing,

@@ -607,3 +607,47 @@ async fn shutdown_lets_requests_in_flight_finish() {
     }
     assert!(refused, "the listener is still open after shutdown");
 }
+
+#[tokio::test]
+async fn a_target_leaving_the_table_drains_its_requests_in_flight() {
+    let slow = |name: &'static str| {
+        backend(move |_req: Request<Incoming>| async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            text(StatusCode::OK, name)
+        })
+    };
+    let old = slow("old").await;
+    let new = slow("new").await;
+    let harness = Arc::new(
+        Harness::start(
+            IngressConfig::default(),
+            table(vec![Route::new("svc", "/").with_targets([old.addr])]),
+        )
+        .await,
+    );
+    let first = {
+        let harness = Arc::clone(&harness);
+        tokio::spawn(async move { get(&client(), &harness, "x", "/").await.body })
+    };
+    for _ in 0..100 {
+        if harness.ingress.in_flight(old.addr) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(harness.ingress.in_flight(old.addr), 1);
+    harness
+        .routes
+        .send(table(vec![Route::new("svc", "/").with_targets([new.addr])]))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = get(&client(), &harness, "x", "/").await;
+    assert_eq!(second.body, "new");
+    assert_eq!(
+        first.await.unwrap(),
+        "old",
+        "the request in flight finished on the old target"
+    );
+    assert_eq!(harness.ingress.in_flight(old.addr), 0, "drained");
+    assert_eq!(old.hits(), 1);
+}
