@@ -3,8 +3,9 @@
 #
 # Installs what it needs (apt), builds sched (release), starts a registry on loopback, builds
 # and pushes the quotes image (scripts/build-quotes-image.sh), starts `sched dev` (a one-server
-# cluster and an agent in one process), applies examples/quotes/service.toml, waits until both
-# tasks run, and asks each for a quote. On exit, also on failure or Ctrl-C, it deletes the
+# cluster, an agent and the ingress in one process), applies examples/quotes/service.toml, waits
+# until both tasks run, asks each for a quote, then asks the ingress (one address for every
+# task) for a few more. On exit, also on failure or Ctrl-C, it deletes the
 # service and stops and removes everything it started.
 #
 # Environment:
@@ -12,6 +13,7 @@
 #   SCHED_BIN_DIR=DIR   use already built binaries (sched, sched-runtime), e.g. target/debug
 #   REGISTRY_PORT=5000  the registry's port on 127.0.0.1
 #   SCHED_LISTEN=127.0.0.1:7700   the API address of sched dev
+#   SCHED_INGRESS=127.0.0.1:8080  where sched dev's ingress listens
 #   CGROUP_PARENT=/sched-demo     the cgroup the tasks' cgroups are made under
 #   WAIT_SECS=120       how long to wait for the tasks to run
 #
@@ -111,6 +113,7 @@ fi
 [ "$(id -u)" = 0 ] || fail "tasks are containers and need root; run it as root (sudo scripts/demo.sh)"
 registry_port=${REGISTRY_PORT:-5000}
 listen=${SCHED_LISTEN:-127.0.0.1:7700}
+ingress=${SCHED_INGRESS:-127.0.0.1:8080}
 cgroup_parent=${CGROUP_PARENT:-/sched-demo}
 wait_secs=${WAIT_SECS:-120}
 
@@ -139,6 +142,7 @@ for b in sched sched-runtime; do [ -x "$bin/$b" ] || fail "$bin/$b is missing: b
 
 port_taken 127.0.0.1 "$registry_port" && fail "127.0.0.1:$registry_port is taken: stop what listens there or set REGISTRY_PORT"
 port_taken "${listen%:*}" "${listen##*:}" && fail "$listen is taken (another sched dev or sched server?): stop it or set SCHED_LISTEN"
+port_taken "${ingress%:*}" "${ingress##*:}" && fail "$ingress is taken (another sched dev, or a web server?): stop it or set SCHED_INGRESS"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/sched-demo.XXXXXX")
 echo "$bin/sched" > "$work/sched-bin"
@@ -197,7 +201,7 @@ fi
 
 # ---- 5. sched dev
 say "starting sched dev on $listen (data in $work/sched, log in $work/sched-dev.log)"
-setsid "$bin/sched" dev --data-dir "$work/sched" --listen "$listen" --cgroup-parent "$cgroup_parent" > "$work/sched-dev.log" 2>&1 &
+setsid "$bin/sched" dev --data-dir "$work/sched" --listen "$listen" --ingress-listen "$ingress" --cgroup-parent "$cgroup_parent" > "$work/sched-dev.log" 2>&1 &
 echo $! > "$work/sched-dev.pid"
 deadline=$((SECONDS + 30))
 until [ "$(sched get nodes -o json 2>/dev/null | jq '[.[] | select(.status == "ready")] | length' 2>/dev/null)" = 1 ]; do
@@ -233,8 +237,23 @@ for endpoint in $(jq -r '.[].endpoints[]' <<<"$tasks"); do
   printf '  %-22s %s\n' "$endpoint" "$quote"
 done
 
+# ---- 8. the ingress: one address, requests spread over the healthy tasks
+say "waiting until the ingress has both tasks as healthy targets (their health check passes)"
+deadline=$((SECONDS + wait_secs))
+until [ "$(sched get routes -o json 2>/dev/null | jq '[.[] | select(.service == "quotes") | .targets[] | select(.healthy)] | length' 2>/dev/null)" = 2 ]; do
+  [ $SECONDS -lt $deadline ] || { sched get routes || true; fail "the tasks did not become healthy targets within $wait_secs s"; }
+  sleep 0.5
+done
+sched get routes
+say "asking the ingress at http://$ingress/ for quotes"
+for _ in 1 2 3 4; do
+  quote=$(curl -fsS --max-time 5 "http://$ingress/") || fail "no answer from the ingress at http://$ingress/"
+  printf '  %-22s %s\n' "ingress" "$quote"
+done
+
 echo
 echo "Look around (while it runs, e.g. with KEEP=1):"
 echo "  $bin/sched --server $listen get tasks"
 echo "  $bin/sched --server $listen describe service quotes"
-echo "  curl http://$(jq -r '.[0].endpoints[0]' <<<"$tasks")/"
+echo "  $bin/sched --server $listen get routes"
+echo "  curl http://$ingress/"

@@ -8,8 +8,11 @@
 //! server after it. The next `sched dev` on the same data dir finds the service state in the
 //! log and adopts the running tasks.
 //!
+//! The agent also runs the ingress, on 127.0.0.1:8080 unless `--ingress-listen` or
+//! `--no-ingress` say otherwise: every service's `[[route]]` is served there.
+//!
 //! It refuses to start (exit 1, before anything is created) when not run as root — tasks are
-//! containers — or when the listen address is taken.
+//! containers — or when the listen address or the ingress address is taken.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -71,7 +74,16 @@ pub struct DevArgs {
     /// else ~/.docker/config.json, when it exists).
     #[arg(long, value_name = "PATH")]
     pub docker_config: Option<PathBuf>,
+    /// The ingress listens on 127.0.0.1:8080 unless --ingress-listen says otherwise.
+    #[command(flatten)]
+    pub ingress: agent::ingress_node::IngressArgs,
+    /// Run no ingress.
+    #[arg(long, conflicts_with = "ingress_listen")]
+    pub no_ingress: bool,
 }
+
+/// Where `sched dev`'s ingress listens unless told otherwise.
+pub const DEFAULT_INGRESS_LISTEN: &str = "127.0.0.1:8080";
 
 /// Runs the server and the agent until SIGINT or SIGTERM.
 pub async fn run(args: DevArgs) -> Result<()> {
@@ -84,6 +96,24 @@ pub async fn run(args: DevArgs) -> Result<()> {
         Ok(bound) if args.listen.ends_with(":0") => bound.to_string(),
         _ => args.listen.clone(),
     };
+    let mut ingress = if args.no_ingress { None } else { args.ingress.settings(Some(DEFAULT_INGRESS_LISTEN))? };
+    // Bind the ingress's address here, before anything runs, so that a taken port is refused
+    // like a taken API address; the agent serves on it.
+    let ingress_url = match &ingress {
+        Some(settings) => {
+            let bound = std::net::TcpListener::bind(&settings.listen).map_err(|e| ingress_listen_error(&settings.listen, e))?;
+            let local = bound.local_addr().context("the ingress address")?;
+            drop(bound);
+            let scheme = if settings.config.tls.is_some() { "https" } else { "http" };
+            Some(format!("{scheme}://{local}"))
+        }
+        None => None,
+    };
+    if let (Some(settings), Some(url)) = (&mut ingress, &ingress_url) {
+        // Port 0 picked a free port above: keep it, so the printed URL is where it serves.
+        settings.listen = url.rsplit("://").next().unwrap_or(&settings.listen).to_string();
+    }
+
     let server_dir = args.data_dir.join("server");
     let agent_dir = args.data_dir.join("agent");
     for dir in [&server_dir, &agent_dir] {
@@ -107,6 +137,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     if args.no_network {
         agent.network = None;
     }
+    agent.ingress = ingress;
 
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch for SIGTERM")?;
@@ -122,6 +153,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
          deploy with `{client} apply FILE` (e.g. examples/quotes/service.toml), look with `{client} get tasks`; Ctrl-C stops",
         args.data_dir.display()
     );
+    if let Some(url) = &ingress_url {
+        println!("sched dev: the ingress serves every service's [[route]] on {url} (`{client} get routes` lists them)");
+    }
 
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping the agent, then the server; tasks keep running"),
@@ -158,6 +192,15 @@ pub async fn run(args: DevArgs) -> Result<()> {
 /// Resolves when `stop` sends (or its sender is dropped).
 async fn stopped(mut stop: watch::Receiver<()>) {
     let _ = stop.changed().await;
+}
+
+fn ingress_listen_error(address: &str, error: std::io::Error) -> anyhow::Error {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "the ingress cannot listen on {address}: the address is already in use; pick another with --ingress-listen HOST:PORT, or run none with --no-ingress"
+        ),
+        _ => anyhow::anyhow!("the ingress cannot listen on {address}: {error} (pass --ingress-listen HOST:PORT with an address of this machine)"),
+    }
 }
 
 fn listen_error(address: &str, error: std::io::Error) -> anyhow::Error {

@@ -157,6 +157,12 @@ fn the_demo_serves_a_quote_from_each_task_and_leaves_nothing_behind() {
     for (endpoint, quote) in &answers {
         assert!(quotes.contains(quote), "{endpoint} answered {quote:?}, not a line of examples/quotes/quotes.txt:\n{output}");
     }
+    // "  ingress   QUOTE": four answers through sched dev's ingress, one address for both tasks.
+    let through_ingress: Vec<&str> = output.lines().filter_map(|l| l.trim_start().strip_prefix("ingress ")).map(str::trim).collect();
+    assert_eq!(through_ingress.len(), 4, "four answers through the ingress:\n{output}");
+    for quote in &through_ingress {
+        assert!(quotes.contains(quote), "the ingress answered {quote:?}, not a line of examples/quotes/quotes.txt:\n{output}");
+    }
 
     // Nothing is left: processes (sched dev, registry, shims), task processes, cgroups, files.
     assert_eq!(leftovers.processes(), vec![], "processes left behind:\n{output}");
@@ -179,7 +185,7 @@ fn sched_dev_refuses_a_taken_port_before_it_creates_anything() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("dev");
     let mut child = Command::new(sched_binary())
-        .args(["dev", "--listen", &address, "--no-network", "--data-dir"])
+        .args(["dev", "--listen", &address, "--ingress-listen", "127.0.0.1:0", "--no-network", "--data-dir"])
         .arg(&data_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -192,6 +198,23 @@ fn sched_dev_refuses_a_taken_port_before_it_creates_anything() {
     assert_eq!(status.code(), Some(1), "bad input is exit 1: {stderr}");
     assert!(stderr.contains(&address) && stderr.contains("already in use") && stderr.contains("--listen"), "{stderr}");
     assert!(!data_dir.exists(), "nothing is created before the port is ours");
+
+    // The same for the ingress's address.
+    let free = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(sched_binary())
+        .args(["dev", "--listen", &free, "--ingress-listen", &address, "--no-network", "--data-dir"])
+        .arg(&data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sched dev");
+    let status = wait_bounded(&mut child, Duration::from_secs(20)).expect("sched dev must exit at once when its ingress port is taken");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "bad input is exit 1: {stderr}");
+    assert!(stderr.contains(&address) && stderr.contains("already in use") && stderr.contains("--ingress-listen"), "{stderr}");
+    assert!(!data_dir.exists(), "nothing is created before the ingress port is ours");
 }
 
 #[test]
@@ -237,7 +260,7 @@ impl Dev {
     fn start(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("dev.log")).unwrap();
         let child = Command::new(sched_binary())
-            .args(["dev", "--no-network", "--listen", &self.address, "--cgroup-parent", &self.cgroup_parent, "--data-dir"])
+            .args(["dev", "--no-network", "--listen", &self.address, "--ingress-listen", "127.0.0.1:0", "--cgroup-parent", &self.cgroup_parent, "--data-dir"])
             .arg(self.dir.path().join("data"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

@@ -43,6 +43,8 @@ pub struct AgentConfig {
     pub network: Option<crate::network::NodeNetworkConfig>,
     /// Registries (`host[:port]`) pulled from over plain HTTP (loopback ones always are).
     pub insecure_registries: Vec<String>,
+    /// The node's ingress; `None` runs none.
+    pub ingress: Option<crate::ingress_node::IngressSettings>,
 }
 
 /// The cgroup task cgroups are made under, at each hierarchy's root.
@@ -68,6 +70,7 @@ impl AgentConfig {
             memory_mib,
             network: Some(crate::network::NodeNetworkConfig::new(&data_dir)),
             insecure_registries: Vec::new(),
+            ingress: None,
             data_dir,
             runtime_binary: AgentConfig::default_runtime_binary(),
             cgroup_parent: DEFAULT_CGROUP_PARENT.into(),

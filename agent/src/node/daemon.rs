@@ -18,7 +18,7 @@ use proto::agent::v1::agent_api_client::AgentApiClient;
 use proto::sched::v1 as sched_pb;
 use runtime::image::{ImageService, ImageServiceOptions};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::AgentConfig;
 use super::plan::{Action, Seen, Wanted, plan};
@@ -73,8 +73,23 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let api_address = crate::logs::advertised_address(bound, &config.address);
     tracing::info!(%bound, advertised = api_address, "agent API (task logs) listening");
     let node = Node { driver: driver.clone(), network, api_address };
+    let ingress = match &config.ingress {
+        Some(settings) => {
+            let bound = crate::ingress_node::bind(settings).await?;
+            tracing::info!(listen = ?bound.local_addr(), "ingress listening");
+            Some(bound)
+        }
+        None => None,
+    };
+    let ingress = async {
+        match ingress {
+            Some(bound) => crate::ingress_node::serve(bound, config.servers.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         () = shutdown => Ok(()),
+        served = ingress => served,
         () = serve(&config, node) => Ok(()),
         served = crate::logs::serve(api, driver) => Err(AgentError::Api(format!("stopped serving: {}", served.err().map_or_else(String::new, |e| e.to_string())))),
     }
@@ -211,7 +226,7 @@ type SessionResult = std::result::Result<(), String>;
 
 async fn session(config: &AgentConfig, agent: &Node, server: &str, node: &mut NodeState) -> SessionResult {
     let driver = &agent.driver;
-    let channel = connect(server).await?;
+    let channel = super::connect::connect(server).await?;
     let mut client = AgentApiClient::new(channel);
     let node_id = client
         .register(pb::RegisterRequest {
@@ -299,21 +314,6 @@ async fn session(config: &AgentConfig, agent: &Node, server: &str, node: &mut No
             }
         }
     }
-}
-
-async fn connect(server: &str) -> std::result::Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{server}"))
-        .map_err(|e| format!("bad server address {server:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(2))
-        // A server cut off the network sends no RST: without pings every call on the
-        // connection (heartbeats, reports, the assignment stream) would hang for minutes and
-        // the node would be marked down. A dead connection is noticed within about 5 s.
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
-        .map_err(|e| format!("connect to {server}: {e}"))
 }
 
 /// The tasks an assignment message wants on this node.

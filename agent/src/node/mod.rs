@@ -2,6 +2,7 @@
 //! the node match them ([`plan`]), reporting every task state change back.
 
 mod config;
+pub(crate) mod connect;
 mod daemon;
 pub mod plan;
 

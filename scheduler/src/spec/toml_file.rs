@@ -345,7 +345,7 @@ mod tests {
         assert_eq!((health.path.as_str(), health.port, health.retries), ("/health", 8080, 3));
         assert_eq!((health.interval_ms, health.timeout_ms, health.grace_ms), (5_000, 2_000, 10_000));
         assert_eq!(spec.deploy, Deploy { min_healthy_percent: 100, max_percent: 200 });
-        assert_eq!(spec.routes, [Route { path_prefix: "/api/v1".into(), host: "quotes.example".into(), port: 8080, timeout_ms: 60_000 }]);
+        assert_eq!(spec.routes, [Route { path_prefix: "/".into(), host: String::new(), port: 8080, timeout_ms: 60_000 }]);
     }
 
     #[test]

@@ -64,6 +64,8 @@ struct Cli {
     /// Repeat or comma-separate for several.
     #[arg(long = "insecure-registry", value_delimiter = ',')]
     insecure_registries: Vec<String>,
+    #[command(flatten)]
+    ingress: agent::ingress_node::IngressArgs,
     /// Log debug records.
     #[arg(long)]
     debug: bool,
@@ -109,6 +111,7 @@ fn config(cli: Cli) -> Result<AgentConfig> {
     config.cgroup_parent = cli.cgroup_parent;
     config.stop_grace = Duration::from_secs(cli.stop_grace);
     config.insecure_registries = cli.insecure_registries;
+    config.ingress = cli.ingress.settings(None)?;
     match &mut config.network {
         Some(_) if cli.no_network => config.network = None,
         Some(net) => {
