@@ -286,7 +286,7 @@ impl Load {
                     }
                     if let Some(stats) = report.endpoints.get_mut(&job.addr) {
                         match result {
-                            Ok(()) => {
+                            Ok(_) => {
                                 stats.successes += 1;
                                 stats.first_success.get_or_insert(done);
                             }
@@ -397,8 +397,8 @@ fn sleep_until(until: Instant, stop: &AtomicBool) {
     }
 }
 
-/// `GET path` from `addr` over HTTP/1.0, by `deadline`; Ok on a 200.
-pub fn get(addr: SocketAddr, path: &str, deadline: Instant) -> Result<(), String> {
+/// `GET path` from `addr` over HTTP/1.0, by `deadline`; the body of a 200.
+pub fn get(addr: SocketAddr, path: &str, deadline: Instant) -> Result<String, String> {
     let left = || deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).ok_or_else(|| "timed out".to_string());
     let mut stream = TcpStream::connect_timeout(&addr, left()?).map_err(|e| format!("connect: {e}"))?;
     stream.set_write_timeout(Some(left()?)).map_err(|e| e.to_string())?;
@@ -419,10 +419,13 @@ pub fn get(addr: SocketAddr, path: &str, deadline: Instant) -> Result<(), String
             Err(e) => return Err(format!("read: {e}")),
         }
     }
-    let head = String::from_utf8_lossy(&response[..response.len().min(64)]).into_owned();
-    let status = head.lines().next().unwrap_or_default();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.lines().next().unwrap_or_default();
     let code = status.strip_prefix("HTTP/1.").and_then(|rest| rest.split_whitespace().nth(1));
-    if code == Some("200") { Ok(()) } else { Err(format!("answered {status:?}")) }
+    if code != Some("200") {
+        return Err(format!("answered {status:?}"));
+    }
+    Ok(text.split_once("\r\n\r\n").map_or_else(String::new, |(_, body)| body.to_owned()))
 }
 
 #[cfg(test)]

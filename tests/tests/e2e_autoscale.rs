@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use sched_tests::cluster::{Cluster, ClusterOptions};
 use sched_tests::cpu_service::{
-    BURN_PATH, CpuServiceSpec, HEALTH_PATH, NetworkedAgent, Observation, Reaction, endpoints_source, observe, push_cpu_service,
+    BURN_LOOPS, BURN_PATH, CpuServiceSpec, HEALTH_PATH, NetworkedAgent, Observation, Reaction, endpoints_source, observe, push_cpu_service,
     scale_event_after,
 };
 use sched_tests::load::{AllowList, Load, LoadOptions, get};
@@ -82,6 +82,9 @@ fn scenario(lab: &NodeLab) {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(two_serving.desired_count, MIN, "the service starts at min");
+    let endpoint: SocketAddr = two_serving.running[0].1[0].parse().expect("IP:PORT");
+    let body = get(endpoint, BURN_PATH, Instant::now() + Duration::from_secs(5)).expect("the CGI answers");
+    assert_eq!(body.trim(), format!("burned {BURN_LOOPS}"), "the CGI script runs its loop");
     eprintln!("setup: 2 tasks serving {:.1} s after apply", setup.elapsed().as_secs_f64());
 
     let options = |rate: f64, duration: Duration| {
