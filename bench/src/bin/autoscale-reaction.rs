@@ -28,7 +28,8 @@
 //! - **running**: a task id not there before is seen with `observed_state == "running"`;
 //! - **serving**: the load's first 200 from an endpoint not there before (the load's clock).
 //!
-//! Then the load stops and the round waits for the count to be back at 2.
+//! Then the load stops, and the round times how long until the desired count is back at 2
+//! (the scale-in; the next round starts once the 2 tasks have been idle for 3 s).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -94,23 +95,35 @@ fn run(options: &Options, lab: &NodeLab) -> Result<()> {
     cluster.sched_ok(&["apply", &file.to_string_lossy()]);
 
     let mut reactions = Vec::new();
+    let mut scale_ins = Vec::new();
+    let (mut known_tasks, mut known_endpoints, _) = wait_idle(&servers, cluster.dir(), None)?;
     for round in 1..=options.rounds {
-        let (known_tasks, known_endpoints) = wait_idle(&servers, cluster.dir())?;
         let reaction = react(options, &servers, &known_tasks, &known_endpoints)?;
         println!("round {round}: {}", reaction.line());
         reactions.push(reaction);
+        let stopped = Instant::now();
+        let (tasks, endpoints, back) = wait_idle(&servers, cluster.dir(), Some(stopped))?;
+        let back = back.context("the count was never seen back at 2")?;
+        println!("round {round}: load stop -> desired count back at 2 after {:.1} s", back.as_secs_f64());
+        scale_ins.push(back);
+        (known_tasks, known_endpoints) = (tasks, endpoints);
     }
-    print_table(options, &reactions);
+    print_table(options, &reactions, &scale_ins);
     Ok(())
 }
 
 /// Waits (up to 3 minutes) until the service wants 2 tasks, runs exactly 2, both answer
-/// `/health`, and the count has not moved for 3 s; returns their ids and endpoints.
-fn wait_idle(servers: &str, dir: &Path) -> Result<(BTreeSet<String>, BTreeSet<SocketAddr>)> {
+/// `/health`, and the count has not moved for 3 s; returns their ids and endpoints, and, given
+/// when the load stopped, how long after it the desired count was first seen back at 2.
+fn wait_idle(servers: &str, dir: &Path, stopped: Option<Instant>) -> Result<(BTreeSet<String>, BTreeSet<SocketAddr>, Option<Duration>)> {
     let start = Instant::now();
     let mut steady_since = None;
+    let mut back_at_min = None;
     loop {
         let o = observe(servers, SERVICE, start);
+        if let (Some(stopped), None, Some(2)) = (stopped, back_at_min, o.as_ref().map(|o| o.desired_count)) {
+            back_at_min = Some(stopped.elapsed());
+        }
         let idle = o.as_ref().is_some_and(|o| o.desired_count == 2 && o.live_tasks == 2 && o.running.len() == 2);
         if idle {
             let o = o.as_ref().expect("observed");
@@ -119,7 +132,7 @@ fn wait_idle(servers: &str, dir: &Path) -> Result<(BTreeSet<String>, BTreeSet<So
             let serving = endpoints.len() == 2 && endpoints.iter().all(|e| get(*e, HEALTH_PATH, deadline).is_ok());
             let since = *steady_since.get_or_insert_with(Instant::now);
             if serving && since.elapsed() >= Duration::from_secs(3) {
-                return Ok((o.running.iter().map(|(id, _, _)| id.clone()).collect(), endpoints));
+                return Ok((o.running.iter().map(|(id, _, _)| id.clone()).collect(), endpoints, back_at_min));
             }
         } else {
             steady_since = None;
@@ -168,7 +181,7 @@ fn median(mut values: Vec<Duration>) -> Option<Duration> {
     values.get(values.len() / 2).copied()
 }
 
-fn print_table(options: &Options, reactions: &[Reaction]) {
+fn print_table(options: &Options, reactions: &[Reaction], scale_ins: &[Duration]) {
     let column = |pick: &dyn Fn(&Reaction) -> Option<Duration>| -> (String, String) {
         let values: Vec<Duration> = reactions.iter().filter_map(pick).collect();
         let s = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64()));
@@ -186,9 +199,12 @@ fn print_table(options: &Options, reactions: &[Reaction]) {
         "| new task serving | **{}** | **{}** | 109 s with 20-s metrics; 386 s before (AWS, aws/containers-roadmap#2113) | — |",
         serving.0, serving.1
     );
+    let back = (median(scale_ins.to_vec()), scale_ins.iter().max().copied());
+    let s = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64()));
     println!(
-        "\n{} rounds at {} requests/s; scale-in: 20 s cooldown here, HPA's default stabilization 300 s",
-        reactions.len(),
-        options.rate
+        "| back at min (2), from the load's stop | {} | {} | — | at least 300 s (default scale-down stabilization) |",
+        s(back.0),
+        s(back.1)
     );
+    println!("\n{} rounds at {} requests/s; scale_in_cooldown 20 s here (the stabilization window)", reactions.len(), options.rate);
 }
