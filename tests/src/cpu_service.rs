@@ -156,6 +156,11 @@ pub struct NetworkedAgent {
 impl NetworkedAgent {
     /// Starts agent `name` against every server of `cluster`, data under the cluster's dir.
     pub fn start(cluster: &Cluster, lab: &NodeLab, name: &str) -> NetworkedAgent {
+        Self::start_with(cluster, lab, name, &[])
+    }
+
+    /// Starts an agent with more flags than the usual ones (e.g. `--ingress-listen`).
+    pub fn start_with(cluster: &Cluster, lab: &NodeLab, name: &str, extra_args: &[&str]) -> NetworkedAgent {
         let data_dir = cluster.dir().join(format!("agent-{name}"));
         let cgroup_parent = format!("/sched-test-{}", unique_name());
         let log = std::fs::File::create(cluster.dir().join(format!("agent-{name}.log"))).expect("create the agent log");
@@ -172,6 +177,7 @@ impl NetworkedAgent {
             .args(["--cgroup-parent", &cgroup_parent])
             .arg("--runtime")
             .arg(runtime())
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log)
