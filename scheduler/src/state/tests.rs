@@ -287,3 +287,17 @@ fn digests_pin_revisions_and_an_unresolved_digest_is_an_event() {
          its tasks will pull it by tag"
     );
 }
+
+#[test]
+fn snapshots_written_before_the_autoscaler_and_draining_existed_still_decode() {
+    let mut state = ClusterState::default();
+    apply(&mut state, "quotes:1.0", 1, 1);
+    let mut json: serde_json::Value = serde_json::from_slice(&state.to_snapshot()).unwrap();
+    // What an older server wrote: no autoscale status on services.
+    json["services"]["quotes"].as_object_mut().unwrap().remove("autoscale");
+    let old = serde_json::to_vec(&json).unwrap();
+    let decoded = ClusterState::from_snapshot(&old).unwrap();
+    let service = decoded.service("quotes").unwrap();
+    assert_eq!(service.autoscale, crate::state::AutoscaleStatus::default());
+    assert_eq!(service.desired_count, 1);
+}
