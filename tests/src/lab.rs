@@ -55,13 +55,19 @@ pub struct LabOptions {
     pub hosts: usize,
     /// `sched server --node-timeout-ms`.
     pub node_timeout_ms: u64,
+    /// The host (index) whose agent also runs the ingress on `IP:`[`INGRESS_PORT`]; its node
+    /// gets the label `role=edge`, every other node `role=worker`.
+    pub ingress_host: Option<usize>,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { hosts: 3, node_timeout_ms: 10_000 }
+        LabOptions { hosts: 3, node_timeout_ms: 10_000, ingress_host: None }
     }
 }
+
+/// The port the ingress host's agent serves the ingress on.
+pub const INGRESS_PORT: u16 = 8080;
 
 /// One host of the lab: a namespace, its server and its agent.
 pub struct Host {
@@ -226,6 +232,11 @@ impl Lab {
         self.wait_for_port(format!("{}.1", self.net).parse().unwrap(), REGISTRY_PORT, "docker-registry");
     }
 
+    /// The lab's /24 (`10.200.N.0`), for a load generator's allow-list.
+    pub fn subnet(&self) -> Ipv4Addr {
+        format!("{}.0", self.net).parse().expect("the lab's network")
+    }
+
     /// `10.200.N.1:5000`: where agents pull images from.
     pub fn registry_addr(&self) -> String {
         format!("{}.1:{REGISTRY_PORT}", self.net)
@@ -312,6 +323,16 @@ impl Lab {
             "4096",
         ]
         .map(str::to_owned);
+        let mut args = args.to_vec();
+        if let Some(edge) = self.options.ingress_host {
+            let role = if edge == index { "role=edge" } else { "role=worker" };
+            args.extend(["--labels".to_owned(), role.to_owned()]);
+            if edge == index {
+                args.extend(["--ingress-listen".to_owned(), format!("{}:{INGRESS_PORT}", host.ip)]);
+                let access_log = self.log_path("ingress-access");
+                args.extend(["--ingress-access-log".to_owned(), access_log.to_string_lossy().into_owned()]);
+            }
+        }
         let child = self.spawn_logged(&host.netns, &agent.to_string_lossy(), &args.iter().map(String::as_str).collect::<Vec<_>>(), &format!("{}-agent", host.name));
         self.hosts[index].agent = Some(child);
     }
