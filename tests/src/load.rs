@@ -301,13 +301,14 @@ impl Load {
         }
         {
             let (stop, done, report, current) = (stop.clone(), scheduler_done.clone(), report.clone(), current.clone());
+            // The schedule's origin, set before `start` returns so every snapshot carries it.
+            let started = Instant::now();
+            {
+                let mut r = report.lock().unwrap();
+                r.started = started;
+                r.started_wall = SystemTime::now();
+            }
             threads.push(std::thread::spawn(move || {
-                let started = Instant::now();
-                {
-                    let mut r = report.lock().unwrap();
-                    r.started = started;
-                    r.started_wall = SystemTime::now();
-                }
                 let mut next_endpoint = 0usize;
                 for i in 0..options.max_requests {
                     let due = started + Duration::from_secs_f64(i as f64 / options.rate_per_sec);
