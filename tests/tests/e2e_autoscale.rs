@@ -166,9 +166,10 @@ fn scenario(lab: &NodeLab) {
     }
     eprintln!("match: {}", matched.summary());
     eprintln!("match: {}", reaction.line());
-    if let Some((_, message)) = &reaction.decision_event {
-        eprintln!("match: the decision's event: {message}");
-    }
+    // Every decision is a service event that says why.
+    let (_, message) = reaction.decision_event.clone().unwrap_or_else(|| panic!("no scale event after the load started: {}", context()));
+    eprintln!("match: the decision's event: {message}");
+    assert!(message.starts_with("scaled out 2 -> ") && message.contains("CPU"), "the event says what and why: {message}");
     let history_text = || {
         history
             .iter()
@@ -242,6 +243,14 @@ fn scenario(lab: &NodeLab) {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    let described = cluster.sched_json(&["describe", "service", SERVICE]);
+    let scaled_in: Vec<&str> = described["events"]
+        .as_array()
+        .map(|events| events.iter().filter_map(|e| e["message"].as_str()).filter(|m| m.starts_with("scaled in")).collect())
+        .unwrap_or_default();
+    assert!(scaled_in.iter().any(|m| m.contains("-> 2")), "describe names the scale-in to min and why: {scaled_in:?}");
+    eprintln!("end: the last scale-in's event: {}", scaled_in.last().unwrap_or(&"-"));
 
     cluster.sched_ok(&["delete", SERVICE]);
     let deadline = Instant::now() + Duration::from_secs(60);
