@@ -11,10 +11,13 @@
 //! by their published node ports, and one process per node is less to install, supervise and
 //! secure.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ingress::{Ingress, IngressConfig, Route, RouteTable};
+use proto::agent::v1 as agent_pb;
 use proto::sched::v1 as pb;
 use proto::sched::v1::route_api_client::RouteApiClient;
 use tokio::net::TcpListener;
@@ -108,14 +111,38 @@ pub async fn bind(settings: &IngressSettings) -> Result<BoundIngress> {
     Ok(BoundIngress { listener, config: settings.config.clone() })
 }
 
-/// Serves `bound` with the route table of `servers` until the future is dropped.
-pub async fn serve(bound: BoundIngress, servers: Vec<String>) -> Result<()> {
-    let (tx, rx) = watch::channel(RouteTable::default());
-    let ingress = Ingress::new(bound.config, rx).map_err(|e| AgentError::Api(format!("the ingress: {e}")))?;
-    tokio::select! {
-        () = follow_routes(servers, tx) => Ok(()),
-        served = ingress.serve(bound.listener, std::future::pending()) => served.map_err(|e| AgentError::Api(format!("the ingress stopped: {e}"))),
+/// What the node's ingress sends where, for the heartbeat: the servers end a task's drain once
+/// no ingress has it in its table or a request in flight to it.
+#[derive(Clone)]
+pub struct IngressHandle {
+    ingress: Arc<Ingress>,
+    routes: watch::Receiver<RouteTable>,
+}
+
+impl IngressHandle {
+    /// The targets of the ingress's current table and its requests in flight.
+    pub fn report(&self) -> agent_pb::IngressReport {
+        let mut targets: Vec<String> = self.routes.borrow().routes.iter().flat_map(|r| r.targets.iter().map(SocketAddr::to_string)).collect();
+        targets.sort();
+        targets.dedup();
+        let in_flight = self.ingress.in_flight_all().into_iter().map(|(addr, n)| (addr.to_string(), n)).collect();
+        agent_pb::IngressReport { targets, in_flight }
     }
+}
+
+/// Starts the ingress on `bound` with the route table of `servers`: its handle, and the future
+/// that serves until it is dropped. Must be called inside a tokio runtime.
+pub fn start(bound: BoundIngress, servers: Vec<String>) -> Result<(IngressHandle, impl Future<Output = Result<()>>)> {
+    let (tx, rx) = watch::channel(RouteTable::default());
+    let ingress = Arc::new(Ingress::new(bound.config, rx.clone()).map_err(|e| AgentError::Api(format!("the ingress: {e}")))?);
+    let handle = IngressHandle { ingress: Arc::clone(&ingress), routes: rx };
+    let served = async move {
+        tokio::select! {
+            () = follow_routes(servers, tx) => Ok(()),
+            served = ingress.serve(bound.listener, std::future::pending()) => served.map_err(|e| AgentError::Api(format!("the ingress stopped: {e}"))),
+        }
+    };
+    Ok((handle, served))
 }
 
 /// Follows the route table on the servers in turn, forever, sending each one on `tx`.

@@ -80,6 +80,11 @@ impl Ingress {
         self.proxy.pool.outstanding(target)
     }
 
+    /// Every target with requests (or tunnels) in flight from this ingress, and how many.
+    pub fn in_flight_all(&self) -> Vec<(SocketAddr, u64)> {
+        self.proxy.pool.busy()
+    }
+
     /// Serves `listener` until `shutdown` completes; then stops accepting, lets open
     /// connections finish their requests within `shutdown_grace`, and returns.
     pub async fn serve(

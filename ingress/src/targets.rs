@@ -99,6 +99,15 @@ impl TargetPool {
         self.lock().get(&addr).map_or(0, |s| s.outstanding)
     }
 
+    /// Every target with requests in flight, and how many (for draining reports).
+    pub fn busy(&self) -> Vec<(SocketAddr, u64)> {
+        self.lock()
+            .iter()
+            .filter(|(_, s)| s.outstanding > 0)
+            .map(|(addr, s)| (*addr, s.outstanding))
+            .collect()
+    }
+
     /// Forgets targets that are in no route and have nothing in flight.
     pub fn retain(&self, keep: &[SocketAddr]) {
         self.lock()
@@ -135,6 +144,9 @@ mod tests {
             .unwrap();
         assert_eq!(second.addr, b);
         assert_eq!((pool.outstanding(a), pool.outstanding(b)), (1, 1));
+        let mut busy = pool.busy();
+        busy.sort();
+        assert_eq!(busy, [(a, 1), (b, 1)]);
         drop(first);
         assert_eq!(pool.outstanding(a), 0);
         pool.failed(a);

@@ -38,10 +38,10 @@ fn agents_register_heartbeat_and_watch_assignments_through_any_server() {
         assert!(status.message().contains("disk type") && status.message().contains("--labels"), "{}", status.message());
 
         assert!(
-            agent.heartbeat(pb::HeartbeatRequest { node_id: id, metrics: vec![], measured_unix_ms: 0 }).await.unwrap().into_inner().known
+            agent.heartbeat(pb::HeartbeatRequest { node_id: id, ..Default::default() }).await.unwrap().into_inner().known
         );
         assert!(
-            !agent.heartbeat(pb::HeartbeatRequest { node_id: 999, metrics: vec![], measured_unix_ms: 0 }).await.unwrap().into_inner().known
+            !agent.heartbeat(pb::HeartbeatRequest { node_id: 999, ..Default::default() }).await.unwrap().into_inner().known
         );
 
         let mut watch = agent.watch_assignments(pb::WatchAssignmentsRequest { node_id: id }).await.unwrap().into_inner();

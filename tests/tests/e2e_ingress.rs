@@ -9,7 +9,9 @@
 //!   + 1 s;
 //! - no failed request: 100 requests/s through the ingress while a rolling deploy replaces
 //!   every task, while the service scales in from 6 to 2, and while a task is killed with
-//!   SIGKILL: every answer is a 200.
+//!   SIGKILL: every answer is a 200;
+//! - draining: a task scaled away while it answers a slow request finishes it (200), and is
+//!   stopped once no ingress has anything in flight to it, long before its 60 s drain time.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -52,7 +54,11 @@ fn push_site(cluster: &Cluster, registry: &Registry, repo_tag: &str, files: &[(&
             dir = format!("{dir}/{part}");
             entries.push(Entry::dir(&dir));
         }
-        entries.push(Entry::file(&format!("www/{path}"), content));
+        if path.starts_with("cgi-bin/") {
+            entries.push(Entry::File { path: format!("www/{path}"), content: content.as_bytes().to_vec(), mode: 0o755, uid: 0, gid: 0 });
+        } else {
+            entries.push(Entry::file(&format!("www/{path}"), content));
+        }
     }
     let work = cluster.dir().join(repo_tag.replace([':', '/'], "-"));
     std::fs::create_dir_all(&work).unwrap();
@@ -221,4 +227,62 @@ fn steady(lab: &NodeLab) {
 
     cluster.sched_ok(&["delete", "steady"]);
     wait_until("no container is left", TIMEOUT, || agent.containers().is_empty(), || format!("{:?}", agent.containers()));
+}
+
+#[test]
+fn a_draining_task_finishes_its_requests_and_stops_when_nothing_is_in_flight() {
+    let lab = NodeLab::new(238);
+    lab.run(|| async { draining(&lab) });
+}
+
+fn draining(lab: &NodeLab) {
+    let registry = Registry::start();
+    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
+    let ingress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let agent = NetworkedAgent::start_with(&cluster, lab, "node1", &["--ingress-listen", &ingress.to_string()]);
+    let slow = "#!/bin/sh\n/bin/sleep 3\nprintf 'Content-Type: text/plain\\r\\n\\r\\nslow\\n'\n";
+    let image = push_site(&cluster, &registry, "slow:1", &[("health", "ok"), ("cgi-bin/slow", slow)]);
+    let text = service("slow", &image, 2, "[[route]]\npath_prefix = \"/\"\nport = 8080\n").replace("drain = \"2s\"", "drain = \"60s\"");
+    apply(&cluster, "slow", &text);
+    wait_healthy(&cluster, "slow", 2);
+
+    // One slow request on each task (least outstanding spreads them), then scale in to 1.
+    let requests: Vec<_> = (0..2)
+        .map(|_| {
+            let answer = std::thread::spawn(move || {
+                let answer = request(ingress, "any.example", "/cgi-bin/slow");
+                (answer, Instant::now())
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            answer
+        })
+        .collect();
+    let scaled = Instant::now();
+    cluster.sched_ok(&["scale", "slow", "1"]);
+    let draining_task = || {
+        cluster.sched_json(&["get", "tasks", "--service", "slow"]).as_array().unwrap().iter().find(|t| t["desired_state"] != "running").cloned()
+    };
+    wait_until("a task is draining", Duration::from_secs(5), || draining_task().is_some_and(|t| t["desired_state"] == "draining"), String::new);
+    wait_until(
+        "the draining task is stopped",
+        Duration::from_secs(30),
+        || draining_task().is_some_and(|t| t["desired_state"] == "stopped"),
+        || format!("{:#}", cluster.sched_json(&["get", "tasks"])),
+    );
+    let stopped = Instant::now();
+    let answers: Vec<((u16, String), Instant)> = requests.into_iter().map(|r| r.join().unwrap()).collect();
+    for ((status, response), _) in &answers {
+        assert_eq!((*status, body(response)), (200, "slow"), "{response}");
+    }
+    let first_done = answers.iter().map(|(_, at)| *at).min().unwrap();
+    println!(
+        "drain: stopped {:.1} s after the scale-in; the slow requests ended {:.1} s after it (drain time 60 s)",
+        stopped.duration_since(scaled).as_secs_f64(),
+        first_done.duration_since(scaled).as_secs_f64()
+    );
+    assert!(stopped >= first_done, "the draining task stopped before its request in flight had ended");
+    assert!(stopped.duration_since(scaled) < Duration::from_secs(20), "the drain ran on although nothing was in flight");
+
+    cluster.sched_ok(&["delete", "slow"]);
+    wait_until("no container is left", Duration::from_secs(90), || agent.containers().is_empty(), || format!("{:?}", agent.containers()));
 }

@@ -72,24 +72,25 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let bound = api.local_addr().map_err(|e| AgentError::Api(e.to_string()))?;
     let api_address = crate::logs::advertised_address(bound, &config.address);
     tracing::info!(%bound, advertised = api_address, "agent API (task logs) listening");
-    let node = Node { driver: driver.clone(), network, api_address };
-    let ingress = match &config.ingress {
+    let (ingress, serve_ingress) = match &config.ingress {
         Some(settings) => {
             let bound = crate::ingress_node::bind(settings).await?;
             tracing::info!(listen = ?bound.local_addr(), "ingress listening");
-            Some(bound)
+            let (handle, served) = crate::ingress_node::start(bound, config.servers.clone())?;
+            (Some(handle), Some(served))
         }
-        None => None,
+        None => (None, None),
     };
-    let ingress = async {
-        match ingress {
-            Some(bound) => crate::ingress_node::serve(bound, config.servers.clone()).await,
+    let serve_ingress = async {
+        match serve_ingress {
+            Some(served) => served.await,
             None => std::future::pending().await,
         }
     };
+    let node = Node { driver: driver.clone(), network, api_address, ingress };
     tokio::select! {
         () = shutdown => Ok(()),
-        served = ingress => served,
+        served = serve_ingress => served,
         () = serve(&config, node) => Ok(()),
         served = crate::logs::serve(api, driver) => Err(AgentError::Api(format!("stopped serving: {}", served.err().map_or_else(String::new, |e| e.to_string())))),
     }
@@ -102,6 +103,8 @@ struct Node {
     network: Option<Arc<NodeNetwork>>,
     /// HOST:PORT the servers reach the agent API on (registered with the node).
     api_address: String,
+    /// The node's ingress, whose targets and requests in flight go with every heartbeat.
+    ingress: Option<crate::ingress_node::IngressHandle>,
 }
 
 impl Node {
@@ -267,8 +270,9 @@ async fn session(config: &AgentConfig, agent: &Node, server: &str, node: &mut No
                 let measured_unix_ms = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);
+                let ingress = agent.ingress.as_ref().map(crate::ingress_node::IngressHandle::report);
                 let known = client
-                    .heartbeat(pb::HeartbeatRequest { node_id, metrics, measured_unix_ms })
+                    .heartbeat(pb::HeartbeatRequest { node_id, metrics, measured_unix_ms, ingress })
                     .await
                     .map_err(|s| format!("heartbeat: {}", s.message()))?
                     .into_inner()

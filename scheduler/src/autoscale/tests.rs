@@ -114,6 +114,7 @@ impl Sim {
             leading_for_ms: self.now_ms,
             heartbeat_age_ms: BTreeMap::new(),
             cpu: self.cpu.clone(),
+            ingress: BTreeMap::new(),
         };
         let commands = run_controllers(&mut self.controllers, snapshot);
         for c in &commands {

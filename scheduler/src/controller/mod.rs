@@ -9,19 +9,23 @@
 //!    heartbeating again ready;
 //! 2. [`crate::autoscale::Autoscaler`]: each autoscaled service's desired count follows its
 //!    CPU target;
-//! 3. [`Reconcile`]: tasks are started, placed, stopped and forgotten until every service runs
-//!    its current revision at its desired count.
+//! 3. [`Reconcile`]: tasks are started, placed, stopped (routed ones drain first) and forgotten
+//!    until every service runs its current revision at its desired count;
+//! 4. [`DrainEnd`]: a draining task is stopped when its drain time is over, or once every
+//!    ingress reports it neither routes to it nor has a request in flight to it.
 //!
 //! No controller reads a clock, a lock or the network, so tests build a snapshot and step
 //! through minutes of cluster time in microseconds.
 
+mod drain;
 mod liveness;
 mod reconcile;
 mod snapshot;
 
+pub use drain::DrainEnd;
 pub use liveness::NodeLiveness;
 pub use reconcile::Reconcile;
-pub use snapshot::{CpuSample, Snapshot};
+pub use snapshot::{CpuSample, IngressView, Snapshot};
 
 use crate::state::Command;
 
@@ -31,10 +35,15 @@ pub trait Controller: Send {
     fn commands(&mut self, snapshot: &Snapshot) -> Vec<Command>;
 }
 
-/// The leader's controllers in their order: node liveness, then `autoscaler`, then the
-/// reconciler.
+/// The leader's controllers in their order: node liveness, the autoscaler, the reconciler, the
+/// end of drains.
 pub fn leader_controllers(node_timeout_ms: u64) -> Vec<Box<dyn Controller>> {
-    vec![Box::new(NodeLiveness { node_timeout_ms }), Box::new(crate::autoscale::Autoscaler::default()), Box::new(Reconcile::default())]
+    vec![
+        Box::new(NodeLiveness { node_timeout_ms }),
+        Box::new(crate::autoscale::Autoscaler::default()),
+        Box::new(Reconcile::default()),
+        Box::new(DrainEnd),
+    ]
 }
 
 /// Runs `controllers` in order on `snapshot`, each seeing the state the earlier ones' commands

@@ -1,6 +1,6 @@
 //! What the controllers see: one consistent picture gathered by the leader loop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::state::ClusterState;
 
@@ -30,4 +30,17 @@ pub struct Snapshot {
     pub heartbeat_age_ms: BTreeMap<u64, u64>,
     /// Per task id: its recent CPU samples, oldest first (a bounded history).
     pub cpu: BTreeMap<String, Vec<CpuSample>>,
+    /// Per node id whose agent runs an ingress: what its ingress last reported.
+    pub ingress: BTreeMap<u64, IngressView>,
+}
+
+/// What one node's ingress last said it sends where.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngressView {
+    /// When the leader received the report (same clock as [`Snapshot::now_ms`]).
+    pub at_ms: u64,
+    /// Every target address (`ip:port`) in its current route table.
+    pub targets: BTreeSet<String>,
+    /// Requests in flight per target address (only those above 0).
+    pub in_flight: BTreeMap<String, u64>,
 }

@@ -7,7 +7,7 @@ use crate::state::NodeStatus;
 use crate::test_fixtures::{cluster, spec};
 
 fn snapshot(state: crate::state::ClusterState, leading_for_ms: u64, ages: &[(u64, u64)]) -> Snapshot {
-    Snapshot { state, now_ms: 100_000, term: 3, leading_for_ms, heartbeat_age_ms: ages.iter().copied().collect(), cpu: BTreeMap::new() }
+    Snapshot { state, now_ms: 100_000, term: 3, leading_for_ms, heartbeat_age_ms: ages.iter().copied().collect(), cpu: BTreeMap::new(), ingress: BTreeMap::new() }
 }
 
 fn statuses(commands: &[Command]) -> Vec<(u64, NodeStatus)> {
@@ -79,4 +79,34 @@ fn new_task_ids_carry_the_term_the_time_and_a_sequence() {
     let Some(Command::PutTasks { tasks, .. }) = commands.first() else { panic!("{commands:?}") };
     let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
     assert_eq!(ids, ["quotes-3-100000-1", "quotes-3-100000-2"]);
+}
+
+#[test]
+fn the_leader_runs_liveness_autoscaling_reconciling_and_drain_ends() {
+    let mut state = cluster(1, 4000);
+    state.apply(Command::ApplyService { spec: spec("q:1", 0, 100), image_digest: String::new(), now_ms: 0, unresolved_reason: String::new() }).unwrap();
+    let task = crate::state::Task {
+        id: "draining".into(),
+        service: "quotes".into(),
+        revision: 1,
+        node_id: 1,
+        desired: crate::state::DesiredState::Draining,
+        observed: crate::state::TaskState::Running,
+        endpoints: vec![],
+        exit_code: None,
+        health: crate::state::HealthStatus::Unknown,
+        message: String::new(),
+        created_ms: 0,
+        updated_ms: 0,
+        drain_until_ms: 50_000,
+    };
+    state.apply(Command::PutTasks { tasks: vec![task], now_ms: 0 }).unwrap();
+    let mut controllers = leader_controllers(10_000);
+    assert_eq!(controllers.len(), 4);
+    // Its drain time is over: the last controller stops it.
+    let commands = run_controllers(&mut controllers, snapshot(state, 0, &[(1, 10)]));
+    assert!(
+        commands.iter().any(|c| matches!(c, Command::SetTaskDesiredState { task_ids, desired: crate::state::DesiredState::Stopped, .. } if task_ids == &["draining".to_string()])),
+        "{commands:?}"
+    );
 }

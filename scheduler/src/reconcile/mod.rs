@@ -17,8 +17,8 @@
 //! Tasks of a deleted service are forgotten once they are done, and their nodes then remove them.
 //!
 //! A task to stop whose revision has routes, while it runs, drains first: it leaves every
-//! ingress's target group at once (`Draining`) and is stopped when its service's `drain` time
-//! is over. Draining tasks are not live: their replacements start at once.
+//! ingress's target group at once (`Draining`); [`crate::controller::DrainEnd`] stops it when
+//! its drain is over. Draining tasks are not live: their replacements start at once.
 //!
 //! A task counts as live while it should run and has not exited, failed or been lost, and its
 //! node (if placed) is ready. Tasks of a node that went down are marked lost and told to stop
@@ -135,11 +135,10 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str)
     }
     stop.sort();
     stop.dedup();
-    let (drain, mut stop_now) = drain_first(state, stop, now_ms);
+    let (drain, stop_now) = drain_first(state, stop, now_ms);
     for (until_ms, task_ids) in drain {
         commands.push(Command::DrainTasks { task_ids, until_ms, now_ms });
     }
-    stop_now.extend(state.tasks().filter(|t| t.desired == DesiredState::Draining && now_ms >= t.drain_until_ms).map(|t| t.id.clone()));
     if !stop_now.is_empty() {
         commands.push(Command::SetTaskDesiredState { task_ids: stop_now, desired: DesiredState::Stopped, now_ms });
     }

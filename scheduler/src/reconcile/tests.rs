@@ -12,7 +12,14 @@ fn run(state: &mut ClusterState, now_ms: u64) -> usize {
     // Never reused, even after tasks are forgotten (as the leader's term-time-sequence ids).
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
     let mut id = |service: &str| format!("{service}-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    let commands = reconcile(state, now_ms, &mut id);
+    let mut commands = reconcile(state, now_ms, &mut id);
+    // Draining tasks are stopped by the leader's next controller, when their drain time is over.
+    let mut after = state.clone();
+    for c in &commands {
+        after.apply(c.clone()).unwrap();
+    }
+    let snapshot = crate::controller::Snapshot { state: after, now_ms, ..Default::default() };
+    commands.extend(crate::controller::Controller::commands(&mut crate::controller::DrainEnd, &snapshot));
     let count = commands.len();
     for c in commands {
         state.apply(c).unwrap();

@@ -125,7 +125,7 @@ impl AgentApi for AgentApiService {
         let r = request.get_ref();
         let known = self.consensus.raft().state().state.node(r.node_id).is_some();
         if known {
-            self.heartbeats.record(r.node_id, &r.metrics, r.measured_unix_ms);
+            self.heartbeats.record(r.node_id, &r.metrics, r.measured_unix_ms, r.ingress.as_ref());
             self.forward_to_leader(&request).await;
         }
         Ok(Response::new(pb::HeartbeatResponse { known }))

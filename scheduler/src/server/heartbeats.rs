@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use proto::agent::v1 as pb;
 
-use crate::controller::CpuSample;
+use crate::controller::{CpuSample, IngressView};
 
 /// Samples kept per task: about 30 s at the agents' 1 s heartbeat, several short windows.
 const SAMPLES_PER_TASK: usize = 30;
@@ -30,6 +30,8 @@ struct TaskSamples {
 struct Inner {
     nodes: HashMap<u64, Instant>,
     tasks: HashMap<String, TaskSamples>,
+    /// Each node's latest ingress report, when its node runs an ingress.
+    ingress: HashMap<u64, (Instant, pb::IngressReport)>,
 }
 
 /// The latest heartbeats seen by this server.
@@ -47,11 +49,20 @@ pub struct LatestSample {
 }
 
 impl Heartbeats {
-    /// Notes a heartbeat of `node_id` carrying `metrics` measured at `measured_unix_ms`.
-    pub fn record(&self, node_id: u64, metrics: &[pb::TaskMetrics], measured_unix_ms: u64) {
+    /// Notes a heartbeat of `node_id` carrying `metrics` measured at `measured_unix_ms` and,
+    /// when the node runs an ingress, its report.
+    pub fn record(&self, node_id: u64, metrics: &[pb::TaskMetrics], measured_unix_ms: u64, ingress: Option<&pb::IngressReport>) {
         let now = Instant::now();
         let mut inner = self.inner.lock().expect("heartbeats lock");
         inner.nodes.insert(node_id, now);
+        match ingress {
+            Some(report) => {
+                inner.ingress.insert(node_id, (now, report.clone()));
+            }
+            None => {
+                inner.ingress.remove(&node_id);
+            }
+        }
         for m in metrics {
             let task = inner.tasks.entry(m.task_id.clone()).or_insert_with(|| TaskSamples {
                 node_id,
@@ -84,6 +95,23 @@ impl Heartbeats {
     pub fn ages_ms(&self) -> BTreeMap<u64, u64> {
         let inner = self.inner.lock().expect("heartbeats lock");
         inner.nodes.iter().map(|(id, at)| (*id, at.elapsed().as_millis() as u64)).collect()
+    }
+
+    /// Every node's latest ingress report, timed on the clock of `now_ms` (Unix ms now).
+    pub fn ingress_reports(&self, now_ms: u64) -> BTreeMap<u64, IngressView> {
+        let inner = self.inner.lock().expect("heartbeats lock");
+        inner
+            .ingress
+            .iter()
+            .map(|(node, (at, report))| {
+                let view = IngressView {
+                    at_ms: now_ms.saturating_sub(at.elapsed().as_millis() as u64),
+                    targets: report.targets.iter().cloned().collect(),
+                    in_flight: report.in_flight.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                };
+                (*node, view)
+            })
+            .collect()
     }
 
     /// Every task's samples, timed on the clock of `now_ms` (Unix ms now).

@@ -50,6 +50,7 @@ pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_ti
             leading_for_ms: since.elapsed().as_millis() as u64,
             heartbeat_age_ms: heartbeats.ages_ms(),
             cpu: heartbeats.cpu_samples(now),
+            ingress: heartbeats.ingress_reports(now),
         };
         for command in run_controllers(controllers, snapshot) {
             match consensus.write(Proposal::Command(command)).await {
