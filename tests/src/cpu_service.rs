@@ -29,7 +29,10 @@ use crate::oci_image::Entry;
 pub const PORT: u16 = 8080;
 
 /// Iterations of the CGI script's loop per request unless the service sets `BURN_LOOPS`:
-/// about 2 µs each under busybox ash here, so about 30 ms of CPU.
+/// about 2 µs each under busybox ash here, so about 30 ms of CPU (the e2e test's quiet phase
+/// reads 26-29% of two 100 m tasks at 2 requests/s). A calibration on the host before each run
+/// was tried and dropped: one iteration's CPU time varies 1.1-1.9 µs with what else the two
+/// cores run, so a calibration taken at one moment misleads more than this constant does.
 pub const BURN_LOOPS: u32 = 15_000;
 
 /// The path that burns CPU.
