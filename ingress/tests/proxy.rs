@@ -651,3 +651,46 @@ async fn a_target_leaving_the_table_drains_its_requests_in_flight() {
     assert_eq!(harness.ingress.in_flight(old.addr), 0, "drained");
     assert_eq!(old.hits(), 1);
 }
+
+#[tokio::test]
+async fn a_refused_target_is_left_out_for_its_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let live = named("live").await;
+    let dead = refusing_addr().await;
+    let harness = Harness::start(
+        IngressConfig {
+            balancing: Balancing::RoundRobin,
+            backoff_base: Duration::from_secs(30),
+            access_log: Some(AccessLog::to_file(&path).unwrap()),
+            ..IngressConfig::default()
+        },
+        table(vec![Route::new("svc", "/").with_targets([dead, live.addr])]),
+    )
+    .await;
+    let client = client();
+    for _ in 0..6 {
+        assert_eq!(
+            get(&client, &harness, "x", "/").await.status,
+            StatusCode::OK
+        );
+    }
+    let mut attempts = Vec::new();
+    for _ in 0..200 {
+        attempts = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["attempts"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        if attempts.len() == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Round robin starts at the dead target: one retry, then it is skipped.
+    assert_eq!(attempts, [2, 1, 1, 1, 1, 1]);
+}
