@@ -28,6 +28,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -41,8 +42,9 @@ use crate::body::{ProxyBody, TargetBody, empty, full, incoming};
 use crate::config::IngressConfig;
 use crate::forwarded;
 use crate::host::normalize_host;
+use crate::route_table::Route;
 use crate::routing::Routing;
-use crate::targets::TargetPool;
+use crate::targets::{Lease, TargetPool};
 use crate::upgrade;
 
 /// What the proxy knows of the client connection a request came on.
@@ -63,6 +65,17 @@ pub struct Proxy {
     retry_body_limit: usize,
     access_log: Option<AccessLog>,
 }
+
+/// Why no target answered.
+enum Failure {
+    /// The route's timeout passed first: 504.
+    Timeout,
+    /// Every attempt failed (or a retry was not safe), for this reason: 502.
+    NoAnswer(&'static str),
+}
+
+/// The failure of an attempt whose connection could not be made.
+const CONNECT_FAILED: &str = "connect failed";
 
 /// The request body, kept for retries when it is small enough.
 enum RequestBody {
@@ -177,8 +190,40 @@ impl Proxy {
         };
 
         let cursor = routing.cursors[index].fetch_add(1, Ordering::Relaxed);
+        let sent = self
+            .send(route, &parts, &mut body, cursor, deadline, &mut log)
+            .await;
+        match sent {
+            Ok((response, lease)) => respond(response, lease, log, client_upgrade, &route.service),
+            Err(Failure::Timeout) => own_answer(
+                log,
+                answer::gateway_timeout(&route.service),
+                Some("timeout"),
+            ),
+            Err(Failure::NoAnswer(why)) => {
+                let text = if why == CONNECT_FAILED {
+                    "no target accepted the connection"
+                } else {
+                    "no target answered"
+                };
+                own_answer(log, answer::bad_gateway(&route.service, text), Some(why))
+            }
+        }
+    }
+
+    /// Sends the request to the route's targets, one attempt per target, until one answers,
+    /// retrying only when it is safe, within `deadline`.
+    async fn send(
+        &self,
+        route: &Route,
+        parts: &Parts,
+        body: &mut RequestBody,
+        cursor: usize,
+        deadline: tokio::time::Instant,
+        log: &mut PendingLog,
+    ) -> Result<(Response<Incoming>, Lease), Failure> {
         let mut tried: Vec<SocketAddr> = Vec::new();
-        let mut failure: &'static str = "no target could be tried";
+        let mut failure = Failure::NoAnswer("no target could be tried");
         while (tried.len() as u32) < self.max_attempts {
             let Some(lease) = self
                 .pool
@@ -193,64 +238,30 @@ impl Proxy {
             tried.push(target);
             log.record.target = Some(target);
             log.record.attempts += 1;
-            let upstream = upstream_request(&parts, target, attempt_body);
+            let upstream = upstream_request(parts, target, attempt_body);
             match timeout_at(deadline, self.client.request(upstream)).await {
-                Ok(Ok(mut response)) => {
+                Ok(Ok(response)) => {
                     self.pool.succeeded(target);
                     log.answered(response.status().as_u16());
-                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        let Some(client_upgrade) = client_upgrade else {
-                            return own_answer(
-                                log,
-                                answer::bad_gateway(
-                                    &route.service,
-                                    "target switched protocols unasked",
-                                ),
-                                Some("unasked upgrade"),
-                            );
-                        };
-                        let target_upgrade = hyper::upgrade::on(&mut response);
-                        tokio::spawn(upgrade::tunnel(client_upgrade, target_upgrade, lease, log));
-                        let (mut head, _) = response.into_parts();
-                        forwarded::strip_hop_by_hop(&mut head.headers, true);
-                        return Response::from_parts(head, empty());
-                    }
-                    let (mut head, target_body) = response.into_parts();
-                    forwarded::strip_hop_by_hop(&mut head.headers, false);
-                    head.version = Version::HTTP_11;
-                    return Response::from_parts(
-                        head,
-                        TargetBody::new(target_body, lease, log).boxed(),
-                    );
+                    return Ok((response, lease));
                 }
                 Ok(Err(e)) => {
                     let connect = e.is_connect();
                     tracing::debug!(%target, error = %source_chain(&e), connect, "attempt failed");
                     if connect {
                         self.pool.failed(target);
-                        failure = "connect failed";
+                        failure = Failure::NoAnswer(CONNECT_FAILED);
                     } else {
-                        failure = "target failed before answering";
+                        failure = Failure::NoAnswer("target failed before answering");
                         if !is_idempotent(&parts.method) {
                             break;
                         }
                     }
                 }
-                Err(_) => {
-                    return own_answer(
-                        log,
-                        answer::gateway_timeout(&route.service),
-                        Some("timeout"),
-                    );
-                }
+                Err(_) => return Err(Failure::Timeout),
             }
         }
-        let why = if failure == "connect failed" {
-            "no target accepted the connection"
-        } else {
-            "no target answered"
-        };
-        own_answer(log, answer::bad_gateway(&route.service, why), Some(failure))
+        Err(failure)
     }
 
     async fn request_body(
@@ -273,6 +284,35 @@ impl Proxy {
             _ => Ok(RequestBody::Once(Some(body))),
         }
     }
+}
+
+/// Hands the target's answer to the client: its body streamed (the lease and the access log
+/// line follow the body to its end), or, for a 101, the tunnel started.
+fn respond(
+    mut response: Response<Incoming>,
+    lease: Lease,
+    log: PendingLog,
+    client_upgrade: Option<OnUpgrade>,
+    service: &str,
+) -> Response<ProxyBody> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return own_answer(
+                log,
+                answer::bad_gateway(service, "target switched protocols unasked"),
+                Some("unasked upgrade"),
+            );
+        };
+        let target_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(upgrade::tunnel(client_upgrade, target_upgrade, lease, log));
+        let (mut head, _) = response.into_parts();
+        forwarded::strip_hop_by_hop(&mut head.headers, true);
+        return Response::from_parts(head, empty());
+    }
+    let (mut head, body) = response.into_parts();
+    forwarded::strip_hop_by_hop(&mut head.headers, false);
+    head.version = Version::HTTP_11;
+    Response::from_parts(head, TargetBody::new(body, lease, log).boxed())
 }
 
 /// Writes the access log line of an answer the ingress gives itself.
