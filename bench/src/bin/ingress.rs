@@ -1,0 +1,416 @@
+//! The ingress beside nginx: the same two backends behind sched's ingress and behind nginx
+//! (upstream keepalive, least_conn), measured in one run on loopback.
+//!
+//! How to run (apt: nginx-light or nginx, wrk):
+//!
+//! ```text
+//! cargo build --release -p sched-bench --bin ingress
+//! target/release/ingress                          # 3 rounds, 10 s each, 2000 req/s for latency
+//! target/release/ingress --rounds 1 --seconds 5 --rate 1000
+//! ```
+//!
+//! Every part is its own process: the backends (this program with `backend P1 P2`: hyper
+//! HTTP/1.1 servers answering 19 bytes), sched's ingress (this program with `serve-ingress`,
+//! default settings, no access log), nginx (2 workers, access log off, the same
+//! `X-Forwarded-*` headers set), and the load. Per round and proxy, alternating which goes
+//! first:
+//! - **throughput**: `wrk -t2 -c64` for the round's seconds, requests per second;
+//! - **latency at a fixed rate**: a generator of our own sends `--rate` requests per second on
+//!   64 keep-alive connections for the round's seconds. A request's latency counts from the
+//!   time it was due when no connection was free to send it then (correcting for coordinated
+//!   omission, as wrk2 does), else from when it was sent.
+//!
+//! The table gives the median of the rounds and the ratio ingress / nginx (throughput: higher
+//! is better; latency: lower is better).
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+
+const CONNECTIONS: usize = 64;
+const BODY: &str = "hello from backend\n";
+
+struct Options {
+    rounds: usize,
+    seconds: u64,
+    rate: u64,
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("backend") => backend(&args[1..]),
+        Some("serve-ingress") => serve_ingress(&args[1..]),
+        _ => compare(options(&args)?),
+    }
+}
+
+fn options(args: &[String]) -> Result<Options> {
+    let mut options = Options {
+        rounds: 3,
+        seconds: 10,
+        rate: 2000,
+    };
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--rounds" => options.rounds = value.parse()?,
+            "--seconds" => options.seconds = value.parse()?,
+            "--rate" => options.rate = value.parse()?,
+            _ => bail!("unknown flag {flag} (allowed: --rounds N, --seconds S, --rate R)"),
+        }
+    }
+    if options.rounds == 0 || options.seconds == 0 || options.rate == 0 {
+        bail!("--rounds, --seconds and --rate must be at least 1");
+    }
+    Ok(options)
+}
+
+/// The backends: one hyper HTTP/1.1 server per port given.
+fn backend(ports: &[String]) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let mut servers = tokio::task::JoinSet::new();
+        for port in ports {
+            let listener = TcpListener::bind(("127.0.0.1", port.parse::<u16>()?)).await?;
+            servers.spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(|_req| async {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from_static(BODY.as_bytes()),
+                            )))
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        }
+        servers.join_next().await;
+        Ok(())
+    })
+}
+
+/// sched's ingress on the first port, routing `/` to the other ports.
+fn serve_ingress(ports: &[String]) -> Result<()> {
+    let [listen, targets @ ..] = ports else {
+        bail!("serve-ingress LISTEN_PORT TARGET_PORT...");
+    };
+    let targets: Vec<SocketAddr> = targets
+        .iter()
+        .map(|p| Ok(SocketAddr::from(([127, 0, 0, 1], p.parse::<u16>()?))))
+        .collect::<Result<_>>()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(("127.0.0.1", listen.parse::<u16>()?)).await?;
+        let table = ingress::RouteTable {
+            routes: vec![ingress::Route::new("bench", "/").with_targets(targets)],
+        };
+        let (_routes, rx) = tokio::sync::watch::channel(table);
+        ingress::run(
+            ingress::IngressConfig::default(),
+            listener,
+            rx,
+            std::future::pending(),
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+/// A process this program started, stopped when dropped.
+struct Process {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_listening(process: &mut Process, port: u16) -> Result<()> {
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = process.child.try_wait()? {
+            bail!("{} exited before listening: {status}", process.name);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{} is not listening on {port} after 5 s", process.name)
+}
+
+fn nginx_conf(dir: &Path, listen: u16, targets: &[u16]) -> String {
+    let d = dir.display();
+    let servers: String = targets
+        .iter()
+        .map(|p| format!("        server 127.0.0.1:{p};\n"))
+        .collect();
+    format!(
+        "user root;
+worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    upstream backend {{
+        least_conn;
+{servers}        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{listen};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Forwarded-Port $server_port;
+            proxy_next_upstream error timeout;
+        }}
+    }}
+}}
+"
+    )
+}
+
+/// `wrk -t2 -c64` for `seconds`: requests per second.
+fn wrk(port: u16, seconds: u64) -> Result<f64> {
+    let output = Command::new("wrk")
+        .args(["-t2", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s")])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .context("run wrk (apt install wrk)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        bail!("wrk saw errors on port {port}:\n{text}");
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output:\n{text}"))
+}
+
+/// Latencies of `rate` requests per second for `seconds` on 64 connections, sorted; and the
+/// count of failed requests.
+async fn fixed_rate(port: u16, rate: u64, seconds: u64) -> Result<(Vec<Duration>, usize)> {
+    let total = usize::try_from(rate * seconds)?;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let (due_tx, due_rx) = tokio::sync::mpsc::channel::<Instant>(total);
+    let start = Instant::now() + Duration::from_millis(200);
+    for i in 0..total {
+        due_tx.send(start + interval * u32::try_from(i)?).await?;
+    }
+    drop(due_tx);
+    let due_rx = Arc::new(Mutex::new(due_rx));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..CONNECTIONS {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let due_rx = Arc::clone(&due_rx);
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let Some(due) = due_rx.lock().await.recv().await else {
+                    break;
+                };
+                let picked = Instant::now();
+                tokio::time::sleep_until(due.into()).await;
+                let sent = Instant::now();
+                // Late because every connection was busy: the wait counts (coordinated
+                // omission); early: the timer's slack does not.
+                let from = if picked > due { due } else { sent };
+                let request = Request::get("/")
+                    .header("host", "bench")
+                    .body(Empty::<Bytes>::new())
+                    .expect("a static request");
+                let ok = match sender.send_request(request).await {
+                    Ok(response) => {
+                        let status = response.status();
+                        response.into_body().collect().await.is_ok() && status.is_success()
+                    }
+                    Err(_) => false,
+                };
+                if ok {
+                    latencies.push(from.elapsed());
+                } else if sender.ready().await.is_err() {
+                    break;
+                }
+            }
+            latencies
+        });
+    }
+    let mut all = Vec::with_capacity(total);
+    while let Some(result) = workers.join_next().await {
+        all.extend(result?);
+    }
+    all.sort();
+    // Failed, or never sent because a worker's connection broke.
+    let failed = total - all.len();
+    Ok((all, failed))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+#[derive(Default)]
+struct Figures {
+    throughput: Vec<f64>,
+    p50_ms: Vec<f64>,
+    p99_ms: Vec<f64>,
+    p999_ms: Vec<f64>,
+    failed: usize,
+}
+
+fn compare(options: Options) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let exe = std::env::current_exe()?;
+        let (b1, b2, ours, theirs) = (free_port()?, free_port()?, free_port()?, free_port()?);
+        let mut backends = Process {
+            name: "backends",
+            child: Command::new(&exe)
+                .args(["backend", &b1.to_string(), &b2.to_string()])
+                .spawn()?,
+        };
+        wait_listening(&mut backends, b1).await?;
+        wait_listening(&mut backends, b2).await?;
+        let mut ingress = Process {
+            name: "sched ingress",
+            child: Command::new(&exe)
+                .args(["serve-ingress", &ours.to_string(), &b1.to_string(), &b2.to_string()])
+                .stderr(Stdio::null())
+                .spawn()?,
+        };
+        wait_listening(&mut ingress, ours).await?;
+        let dir = tempfile::tempdir()?;
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(dir.path(), theirs, &[b1, b2]))?;
+        let mut nginx = Process {
+            name: "nginx",
+            child: Command::new("nginx")
+                .arg("-p")
+                .arg(dir.path())
+                .arg("-c")
+                .arg(&conf)
+                .args(["-g", "daemon off;"])
+                .spawn()
+                .context("run nginx (apt install nginx-light)")?,
+        };
+        wait_listening(&mut nginx, theirs).await?;
+
+        let proxies = [("sched ingress", ours), ("nginx", theirs)];
+        for (_, port) in proxies {
+            wrk(port, 2)?; // warm up: pools, page cache, CPU frequency
+        }
+        let mut figures = [Figures::default(), Figures::default()];
+        for round in 0..options.rounds {
+            let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let (name, port) = proxies[i];
+                let rps = wrk(port, options.seconds)?;
+                let (latencies, failed) = fixed_rate(port, options.rate, options.seconds).await?;
+                let ms = |p| percentile(&latencies, p).as_secs_f64() * 1e3;
+                eprintln!(
+                    "round {}: {name}: {rps:.0} req/s; at {} req/s p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms, {failed} failed",
+                    round + 1,
+                    options.rate,
+                    ms(0.5),
+                    ms(0.99),
+                    ms(0.999)
+                );
+                let f = &mut figures[i];
+                f.throughput.push(rps);
+                f.p50_ms.push(ms(0.5));
+                f.p99_ms.push(ms(0.99));
+                f.p999_ms.push(ms(0.999));
+                f.failed += failed;
+            }
+        }
+        let [a, b] = figures;
+        println!(
+            "\n{} rounds of {} s; wrk -t2 -c{CONNECTIONS}; fixed rate {} req/s on {CONNECTIONS} connections; medians\n",
+            options.rounds, options.seconds, options.rate
+        );
+        println!("| measure | sched ingress | nginx | ratio |");
+        println!("|---|---|---|---|");
+        let row = |name: &str, ours: Vec<f64>, theirs: Vec<f64>, unit: &str, digits: usize| {
+            let (x, y) = (median(ours), median(theirs));
+            println!("| {name} | {x:.digits$} {unit} | {y:.digits$} {unit} | {:.2} |", x / y);
+        };
+        row("throughput, c=64", a.throughput, b.throughput, "req/s", 0);
+        row("p50 at fixed rate", a.p50_ms, b.p50_ms, "ms", 3);
+        row("p99 at fixed rate", a.p99_ms, b.p99_ms, "ms", 3);
+        row("p99.9 at fixed rate", a.p999_ms, b.p999_ms, "ms", 3);
+        println!("| failed requests | {} | {} | |", a.failed, b.failed);
+        // nginx's workers outlive a killed master: ask it to stop, then wait for it.
+        let _ = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf)
+            .args(["-s", "stop"])
+            .status();
+        for _ in 0..100 {
+            if nginx.child.try_wait()?.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop((nginx, ingress, backends));
+        Ok(())
+    })
+}
