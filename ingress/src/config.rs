@@ -39,6 +39,12 @@ pub struct IngressConfig {
     pub retry_body_limit: usize,
     /// On shutdown, open connections finish their requests within this; then they are cut.
     pub shutdown_grace: Duration,
+    /// `None`: serve on the caller's tokio runtime. `Some(n)`: serve on `n` threads of the
+    /// ingress's own, each with a single-threaded runtime accepting from the same listener and
+    /// keeping its own target connections (like nginx's worker processes and Pingora's
+    /// no-steal runtimes): a request never hops between threads, which saves wake-ups and
+    /// tail latency when the cores are busy.
+    pub threads: Option<usize>,
     /// Terminate TLS with this certificate and key; plain HTTP when `None`.
     pub tls: Option<TlsFiles>,
     /// Where the access log goes; none when `None`.
@@ -60,6 +66,7 @@ impl Default for IngressConfig {
             tls_handshake_timeout: Duration::from_secs(10),
             retry_body_limit: 64 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            threads: None,
             tls: None,
             access_log: None,
         }

@@ -26,9 +26,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The listener's own address.
-    #[error("listener has no local address: {0}")]
+    /// The listener's own address, or handing it to the worker threads.
+    #[error("listener has no local address or cannot be shared: {0}")]
     Listener(#[source] std::io::Error),
+    /// Starting a worker thread or its runtime.
+    #[error("cannot start an ingress worker thread: {0}")]
+    Worker(#[source] std::io::Error),
 }
 
 /// Why a route of the table is left out (the servers refuse these at apply; the ingress

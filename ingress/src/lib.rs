@@ -14,6 +14,10 @@
 //!    retries and the timeout, or an [`answer`] of its own; upgrades go through [`upgrade`].
 //! 5. [`body`] streams the answer back and, at its end, [`access_log`] writes one JSON line.
 //!
+//! By default the ingress runs on the caller's tokio runtime; with
+//! [`IngressConfig::threads`] it runs that many threads of its own, each with a single-threaded
+//! runtime and its own target connections ([`workers`]).
+//!
 //! Entry points: [`run`] for one call, or [`Ingress`] to also ask how many requests are in
 //! flight to a target (for draining).
 
@@ -34,6 +38,7 @@ mod server;
 pub mod targets;
 pub mod tls;
 mod upgrade;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -56,7 +61,8 @@ use targets::TargetPool;
 /// An ingress ready to serve: its routes followed, its TLS loaded, its target state kept.
 pub struct Ingress {
     config: IngressConfig,
-    proxy: Arc<Proxy>,
+    routing: watch::Receiver<Arc<routing::Routing>>,
+    pool: Arc<TargetPool>,
     tls: Option<TlsAcceptor>,
 }
 
@@ -70,14 +76,18 @@ impl Ingress {
         };
         let pool = Arc::new(TargetPool::new(config.backoff_base, config.backoff_max));
         let routing = routing::follow(routes, Arc::clone(&pool));
-        let proxy = Arc::new(Proxy::new(&config, routing, pool));
-        Ok(Ingress { config, proxy, tls })
+        Ok(Ingress {
+            config,
+            routing,
+            pool,
+            tls,
+        })
     }
 
     /// Requests in flight from this ingress to `target` (an upgraded connection counts until
     /// it closes). A target that left the route table is drained when this reaches 0.
     pub fn in_flight(&self, target: SocketAddr) -> u64 {
-        self.proxy.pool.outstanding(target)
+        self.pool.outstanding(target)
     }
 
     /// Every target with requests (or tunnels) in flight from this ingress, and how many.
@@ -86,23 +96,32 @@ impl Ingress {
     }
 
     /// Serves `listener` until `shutdown` completes; then stops accepting, lets open
-    /// connections finish their requests within `shutdown_grace`, and returns.
+    /// connections finish their requests within `shutdown_grace`, and returns. With
+    /// `config.threads`, on that many threads of its own (see [`IngressConfig::threads`]).
     pub async fn serve(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
         let addr = listener.local_addr().map_err(Error::Listener)?;
-        tracing::info!(%addr, tls = self.tls.is_some(), "ingress listening");
-        server::serve(
-            &self.config,
-            Arc::clone(&self.proxy),
-            self.tls.clone(),
-            listener,
-            shutdown,
-        )
-        .await;
-        Ok(())
+        tracing::info!(%addr, tls = self.tls.is_some(), threads = ?self.config.threads, "ingress listening");
+        let proxy = || {
+            Arc::new(Proxy::new(
+                &self.config,
+                self.routing.clone(),
+                Arc::clone(&self.pool),
+            ))
+        };
+        match self.config.threads {
+            None => {
+                server::serve(&self.config, proxy(), self.tls.clone(), listener, shutdown).await;
+                Ok(())
+            }
+            Some(threads) => {
+                let proxies = (0..threads.max(1)).map(|_| proxy()).collect();
+                workers::serve(&self.config, proxies, self.tls.clone(), listener, shutdown).await
+            }
+        }
     }
 }
 

@@ -694,3 +694,68 @@ async fn a_refused_target_is_left_out_for_its_backoff() {
     // Round robin starts at the dead target: one retry, then it is skipped.
     assert_eq!(attempts, [2, 1, 1, 1, 1, 1]);
 }
+
+#[tokio::test]
+async fn worker_threads_serve_and_stop() {
+    let a = named("a").await;
+    let b = named("b").await;
+    let mut harness = Harness::start(
+        IngressConfig {
+            threads: Some(2),
+            ..IngressConfig::default()
+        },
+        table(vec![Route::new("svc", "/").with_targets([a.addr, b.addr])]),
+    )
+    .await;
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let url = harness.url("/x");
+        clients.spawn(async move {
+            // One connection per client, so both workers get some.
+            let client = client();
+            let mut statuses = Vec::new();
+            for _ in 0..5 {
+                let request = Request::get(&url)
+                    .header("host", "x")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let response = tokio::time::timeout(PATIENCE, client.request(request))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                statuses.push(response.status());
+            }
+            statuses
+        });
+    }
+    while let Some(statuses) = clients.join_next().await {
+        assert!(statuses.unwrap().iter().all(|s| *s == StatusCode::OK));
+    }
+    assert_eq!(a.hits() + b.hits(), 40);
+    assert!(a.hits() > 0 && b.hits() > 0, "{} {}", a.hits(), b.hits());
+    harness
+        .routes
+        .send(table(vec![Route::new("svc", "/").with_targets([b.addr])]))
+        .unwrap();
+    let mut switched = false;
+    for _ in 0..100 {
+        let before = b.hits();
+        let got = get(&client(), &harness, "x", "/").await;
+        if got.body == "b /" && b.hits() == before + 1 {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(switched, "the workers never saw the new table");
+    harness.stop();
+    let mut refused = false;
+    for _ in 0..200 {
+        if TcpStream::connect(harness.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "the workers still accept after shutdown");
+}

@@ -10,8 +10,9 @@
 //! ```
 //!
 //! Every part is its own process: the backends (this program with `backend P1 P2`: hyper
-//! HTTP/1.1 servers answering 19 bytes), sched's ingress (this program with `serve-ingress`,
-//! default settings, no access log), nginx (2 workers, access log off, the same
+//! HTTP/1.1 servers answering 19 bytes), sched's ingress (this program with `serve-ingress`:
+//! default settings but `threads = 2`, or `--ingress-threads N`, 0 for a multi-threaded tokio
+//! runtime instead; no access log), nginx (2 workers, access log off, the same
 //! `X-Forwarded-*` headers set), and the load. Per round and proxy, alternating which goes
 //! first:
 //! - **throughput**: `wrk -t2 -c64` for the round's seconds, requests per second;
@@ -44,6 +45,8 @@ struct Options {
     rounds: usize,
     seconds: u64,
     rate: u64,
+    /// The ingress's `threads` setting; 0 runs it on a multi-threaded tokio runtime.
+    ingress_threads: usize,
 }
 
 fn main() -> Result<()> {
@@ -60,6 +63,7 @@ fn options(args: &[String]) -> Result<Options> {
         rounds: 3,
         seconds: 10,
         rate: 2000,
+        ingress_threads: 2,
     };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
@@ -70,7 +74,10 @@ fn options(args: &[String]) -> Result<Options> {
             "--rounds" => options.rounds = value.parse()?,
             "--seconds" => options.seconds = value.parse()?,
             "--rate" => options.rate = value.parse()?,
-            _ => bail!("unknown flag {flag} (allowed: --rounds N, --seconds S, --rate R)"),
+            "--ingress-threads" => options.ingress_threads = value.parse()?,
+            _ => bail!(
+                "unknown flag {flag} (allowed: --rounds N, --seconds S, --rate R, --ingress-threads N)"
+            ),
         }
     }
     if options.rounds == 0 || options.seconds == 0 || options.rate == 0 {
@@ -111,9 +118,14 @@ fn backend(ports: &[String]) -> Result<()> {
 }
 
 /// sched's ingress on the first port, routing `/` to the other ports.
-fn serve_ingress(ports: &[String]) -> Result<()> {
-    let [listen, targets @ ..] = ports else {
-        bail!("serve-ingress LISTEN_PORT TARGET_PORT...");
+fn serve_ingress(args: &[String]) -> Result<()> {
+    let [threads, listen, targets @ ..] = args else {
+        bail!("serve-ingress THREADS LISTEN_PORT TARGET_PORT...");
+    };
+    let threads: usize = threads.parse()?;
+    let config = ingress::IngressConfig {
+        threads: (threads > 0).then_some(threads),
+        ..ingress::IngressConfig::default()
     };
     let targets: Vec<SocketAddr> = targets
         .iter()
@@ -126,13 +138,7 @@ fn serve_ingress(ports: &[String]) -> Result<()> {
             routes: vec![ingress::Route::new("bench", "/").with_targets(targets)],
         };
         let (_routes, rx) = tokio::sync::watch::channel(table);
-        ingress::run(
-            ingress::IngressConfig::default(),
-            listener,
-            rx,
-            std::future::pending(),
-        )
-        .await?;
+        ingress::run(config, listener, rx, std::future::pending()).await?;
         Ok(())
     })
 }
@@ -331,7 +337,13 @@ fn compare(options: Options) -> Result<()> {
         let mut ingress = Process {
             name: "sched ingress",
             child: Command::new(&exe)
-                .args(["serve-ingress", &ours.to_string(), &b1.to_string(), &b2.to_string()])
+                .args([
+                    "serve-ingress",
+                    &options.ingress_threads.to_string(),
+                    &ours.to_string(),
+                    &b1.to_string(),
+                    &b2.to_string(),
+                ])
                 .stderr(Stdio::null())
                 .spawn()?,
         };
