@@ -36,6 +36,23 @@ impl Activity {
         let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
         self.since.elapsed().saturating_sub(last)
     }
+
+    /// Completes once nothing was read or written for `timeout` (checked every quarter of it,
+    /// between 50 ms and 1 s).
+    pub async fn idle_at_least(&self, timeout: Duration) {
+        let mut watchdog = tokio::time::interval(check_every(timeout));
+        loop {
+            watchdog.tick().await;
+            if self.idle_for() >= timeout {
+                return;
+            }
+        }
+    }
+}
+
+/// How often an idle timeout is checked: a quarter of it, between 50 ms and 1 s.
+pub fn check_every(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
 /// A stream that records its activity.

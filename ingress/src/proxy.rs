@@ -19,6 +19,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST, HeaderValue};
@@ -63,6 +64,8 @@ pub struct Proxy {
     balancing: Balancing,
     max_attempts: u32,
     retry_body_limit: usize,
+    /// Upgraded connections close after this long with nothing moving either way.
+    idle_timeout: Duration,
     access_log: Option<AccessLog>,
 }
 
@@ -114,6 +117,7 @@ impl Proxy {
             balancing: config.balancing,
             max_attempts: config.max_attempts.max(1),
             retry_body_limit: config.retry_body_limit,
+            idle_timeout: config.idle_timeout,
             access_log: config.access_log.clone(),
         }
     }
@@ -194,7 +198,14 @@ impl Proxy {
             .send(route, &parts, &mut body, cursor, deadline, &mut log)
             .await;
         match sent {
-            Ok((response, lease)) => respond(response, lease, log, client_upgrade, &route.service),
+            Ok((response, lease)) => respond(
+                response,
+                lease,
+                log,
+                client_upgrade,
+                &route.service,
+                self.idle_timeout,
+            ),
             Err(Failure::Timeout) => own_answer(
                 log,
                 answer::gateway_timeout(&route.service),
@@ -294,6 +305,7 @@ fn respond(
     log: PendingLog,
     client_upgrade: Option<OnUpgrade>,
     service: &str,
+    idle_timeout: Duration,
 ) -> Response<ProxyBody> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -304,7 +316,13 @@ fn respond(
             );
         };
         let target_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(upgrade::tunnel(client_upgrade, target_upgrade, lease, log));
+        tokio::spawn(upgrade::tunnel(
+            client_upgrade,
+            target_upgrade,
+            lease,
+            log,
+            idle_timeout,
+        ));
         let (mut head, _) = response.into_parts();
         forwarded::strip_hop_by_hop(&mut head.headers, true);
         return Response::from_parts(head, empty());

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::IngressConfig;
-use crate::idle::{Activity, IdleIo};
+use crate::idle::{Activity, IdleIo, check_every};
 use crate::proxy::{Downstream, Proxy};
 
 /// hyper refuses a smaller HTTP/1 read buffer.
@@ -146,8 +146,7 @@ async fn serve_http<S>(
     });
     let conn = shared.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    let tick = (shared.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut watchdog = tokio::time::interval(tick);
+    let mut watchdog = tokio::time::interval(check_every(shared.idle_timeout));
     let mut closing = false;
     loop {
         tokio::select! {

@@ -1,16 +1,26 @@
 //! Upgrade pass-through (WebSocket and any other `Upgrade`): once the target answered 101,
 //! the client's connection and the target's are joined and bytes copied both ways until
-//! either side closes. The target stays leased (counted as outstanding) for as long.
+//! either side closes, or nothing has moved either way for the idle timeout (as ALB does for
+//! WebSockets). The target stays leased (counted as outstanding) for as long.
+
+use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::access_log::PendingLog;
+use crate::idle::{Activity, IdleIo};
 use crate::targets::Lease;
 
 /// Joins the two upgraded connections; logs the request when the tunnel closes, with the
 /// bytes sent to the client.
-pub async fn tunnel(client: OnUpgrade, target: OnUpgrade, lease: Lease, log: PendingLog) {
+pub async fn tunnel(
+    client: OnUpgrade,
+    target: OnUpgrade,
+    lease: Lease,
+    log: PendingLog,
+    idle_timeout: Duration,
+) {
     let (client, target) = match tokio::try_join!(client, target) {
         Ok(both) => both,
         Err(e) => {
@@ -19,13 +29,20 @@ pub async fn tunnel(client: OnUpgrade, target: OnUpgrade, lease: Lease, log: Pen
             return;
         }
     };
-    let mut client = TokioIo::new(client);
+    let activity = Activity::new();
+    let mut client = IdleIo::new(TokioIo::new(client), activity.clone());
     let mut target = TokioIo::new(target);
-    match tokio::io::copy_bidirectional(&mut client, &mut target).await {
-        Ok((_, to_client)) => log.finish(to_client, None),
-        Err(e) => {
-            tracing::debug!(error = %e, "upgraded connection failed");
-            log.finish(0, Some("upgraded connection failed"));
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut target) => match copied {
+            Ok((_, to_client)) => log.finish(to_client, None),
+            Err(e) => {
+                tracing::debug!(error = %e, "upgraded connection failed");
+                log.finish(0, Some("upgraded connection failed"));
+            }
+        },
+        () = activity.idle_at_least(idle_timeout) => {
+            tracing::debug!(target = %lease.addr, "closing idle upgraded connection");
+            log.finish(0, Some("idle timeout"));
         }
     }
     drop(lease);

@@ -283,9 +283,9 @@ async fn forwarded_headers_tell_the_target_who_asked() {
     }
 }
 
-#[tokio::test]
-async fn upgrade_requests_are_tunnelled_both_ways() {
-    let echo = backend(|mut req: Request<Incoming>| async move {
+/// A backend that switches to any protocol asked and echoes bytes.
+async fn upgrade_echo() -> Backend {
+    backend(|mut req: Request<Incoming>| async move {
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             let Ok(upgraded) = upgrade.await else {
@@ -308,12 +308,11 @@ async fn upgrade_requests_are_tunnelled_both_ways() {
             .insert("upgrade", "echo".parse().unwrap());
         response
     })
-    .await;
-    let harness = Harness::start(
-        IngressConfig::default(),
-        table(vec![Route::new("echo", "/").with_targets([echo.addr])]),
-    )
-    .await;
+    .await
+}
+
+/// Opens an upgraded connection through the ingress.
+async fn upgrade_through(harness: &Harness) -> TokioIo<hyper::upgrade::Upgraded> {
     let stream = TcpStream::connect(harness.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -331,12 +330,65 @@ async fn upgrade_requests_are_tunnelled_both_ways() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(response.headers()["upgrade"], "echo");
-    let mut io = TokioIo::new(
+    TokioIo::new(
         tokio::time::timeout(PATIENCE, hyper::upgrade::on(response))
             .await
             .unwrap()
             .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn idle_upgraded_connections_are_closed() {
+    let echo = upgrade_echo().await;
+    let harness = Harness::start(
+        IngressConfig {
+            idle_timeout: Duration::from_millis(300),
+            ..IngressConfig::default()
+        },
+        table(vec![Route::new("echo", "/").with_targets([echo.addr])]),
+    )
+    .await;
+    let mut io = upgrade_through(&harness).await;
+    io.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(PATIENCE, io.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let started = Instant::now();
+    let n = tokio::time::timeout(PATIENCE, io.read(&mut buf))
+        .await
+        .expect("the idle tunnel stayed open")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
     );
+    for _ in 0..100 {
+        if harness.ingress.in_flight(echo.addr) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        harness.ingress.in_flight(echo.addr),
+        0,
+        "the closed tunnel still counts"
+    );
+}
+
+#[tokio::test]
+async fn upgrade_requests_are_tunnelled_both_ways() {
+    let echo = upgrade_echo().await;
+    let harness = Harness::start(
+        IngressConfig::default(),
+        table(vec![Route::new("echo", "/").with_targets([echo.addr])]),
+    )
+    .await;
+    let mut io = upgrade_through(&harness).await;
     for message in [&b"ping"[..], b"and pong"] {
         io.write_all(message).await.unwrap();
         let mut buf = vec![0u8; message.len()];
