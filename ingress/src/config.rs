@@ -42,8 +42,8 @@ pub struct IngressConfig {
     /// `None`: serve on the caller's tokio runtime. `Some(n)`: serve on `n` threads of the
     /// ingress's own, each with a single-threaded runtime accepting from the same listener and
     /// keeping its own target connections (like nginx's worker processes and Pingora's
-    /// no-steal runtimes): a request never hops between threads, which saves wake-ups and
-    /// tail latency when the cores are busy.
+    /// no-steal runtimes): a request never hops between threads, which saves wake-ups (more
+    /// throughput), at the cost of work stealing (a preempted thread holds up its connections).
     pub threads: Option<usize>,
     /// Terminate TLS with this certificate and key; plain HTTP when `None`.
     pub tls: Option<TlsFiles>,
