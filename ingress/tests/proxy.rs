@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -810,4 +810,87 @@ async fn worker_threads_serve_and_stop() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(refused, "the workers still accept after shutdown");
+}
+
+#[tokio::test]
+async fn request_bodies_reach_the_target_small_large_or_chunked() {
+    let echo = backend(|req: Request<Incoming>| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let mut response = Response::new(Full::new(body));
+        response
+            .headers_mut()
+            .insert("x-echo", "1".parse().unwrap());
+        response
+    })
+    .await;
+    let harness = Harness::start(
+        IngressConfig::default(),
+        table(vec![Route::new("echo", "/").with_targets([echo.addr])]),
+    )
+    .await;
+    let client = client();
+    // Within the retry limit (kept whole), then above it (streamed).
+    for size in [1024usize, 300 * 1024] {
+        let sent: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let request = Request::post(harness.url("/upload"))
+            .header("host", "x")
+            .body(Full::new(Bytes::from(sent.clone())))
+            .unwrap();
+        let response = tokio::time::timeout(PATIENCE, client.request(request))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let got = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), size);
+        assert!(
+            got[..] == sent[..],
+            "the body changed on the way ({size} bytes)"
+        );
+    }
+    // Chunked, from a client that streams it.
+    let stream = TcpStream::connect(harness.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let body = Chunks(
+        (0..50)
+            .map(|i| Bytes::from(format!("chunk {i};")))
+            .collect(),
+    );
+    let request = Request::post("/chunked")
+        .header("host", "x")
+        .body(body)
+        .unwrap();
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = response.into_body().collect().await.unwrap().to_bytes();
+    let want: String = (0..50).map(|i| format!("chunk {i};")).collect();
+    assert_eq!(String::from_utf8_lossy(&got), want);
+    // HEAD: the head only.
+    let got = send(&client, &harness, "HEAD", "x", "/", &[]).await;
+    assert_eq!((got.status, got.body.as_str()), (StatusCode::OK, ""));
+    assert_eq!(got.headers["x-echo"], "1");
+}
+
+/// A body of these chunks with no length known in advance: sent chunked.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.0
+                .pop_front()
+                .map(|chunk| Ok(http_body::Frame::data(chunk))),
+        )
+    }
 }
