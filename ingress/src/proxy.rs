@@ -66,6 +66,8 @@ pub struct Proxy {
     retry_body_limit: usize,
     /// Upgraded connections close after this long with nothing moving either way.
     idle_timeout: Duration,
+    /// Every open tunnel holds a receiver; `true` closes them (at shutdown).
+    tunnels: watch::Sender<bool>,
     access_log: Option<AccessLog>,
 }
 
@@ -118,6 +120,7 @@ impl Proxy {
             max_attempts: config.max_attempts.max(1),
             retry_body_limit: config.retry_body_limit,
             idle_timeout: config.idle_timeout,
+            tunnels: watch::Sender::new(false),
             access_log: config.access_log.clone(),
         }
     }
@@ -198,14 +201,9 @@ impl Proxy {
             .send(route, &parts, &mut body, cursor, deadline, &mut log)
             .await;
         match sent {
-            Ok((response, lease)) => respond(
-                response,
-                lease,
-                log,
-                client_upgrade,
-                &route.service,
-                self.idle_timeout,
-            ),
+            Ok((response, lease)) => {
+                self.respond(response, lease, log, client_upgrade, &route.service)
+            }
             Err(Failure::Timeout) => own_answer(
                 log,
                 answer::gateway_timeout(&route.service),
@@ -275,6 +273,35 @@ impl Proxy {
         Err(failure)
     }
 
+    /// Hands the target's answer to the client (see [`respond`]).
+    fn respond(
+        &self,
+        response: Response<Incoming>,
+        lease: Lease,
+        log: PendingLog,
+        client_upgrade: Option<OnUpgrade>,
+        service: &str,
+    ) -> Response<ProxyBody> {
+        respond(response, lease, log, client_upgrade, service, || {
+            upgrade::TunnelLimits {
+                idle_timeout: self.idle_timeout,
+                stop: self.tunnels.subscribe(),
+            }
+        })
+    }
+
+    /// Waits until `deadline` for the open tunnels to end, then closes those left.
+    pub async fn close_tunnels(&self, deadline: tokio::time::Instant) {
+        while self.tunnels.receiver_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let open = self.tunnels.receiver_count();
+        if open > 0 {
+            tracing::info!(open, "closing upgraded connections");
+        }
+        self.tunnels.send_replace(true);
+    }
+
     async fn request_body(
         &self,
         parts: &Parts,
@@ -305,7 +332,7 @@ fn respond(
     log: PendingLog,
     client_upgrade: Option<OnUpgrade>,
     service: &str,
-    idle_timeout: Duration,
+    tunnel: impl FnOnce() -> upgrade::TunnelLimits,
 ) -> Response<ProxyBody> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -321,7 +348,7 @@ fn respond(
             target_upgrade,
             lease,
             log,
-            idle_timeout,
+            tunnel(),
         ));
         let (mut head, _) = response.into_parts();
         forwarded::strip_hop_by_hop(&mut head.headers, true);

@@ -85,7 +85,8 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let open = connections.len();
     tracing::info!(open, "ingress stopping; draining connections");
-    let drained = tokio::time::timeout(config.shutdown_grace, async {
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    let drained = tokio::time::timeout_at(deadline, async {
         while connections.join_next().await.is_some() {}
     })
     .await;
@@ -96,6 +97,7 @@ pub async fn serve(
         );
         connections.shutdown().await;
     }
+    shared.proxy.close_tunnels(deadline).await;
 }
 
 /// One client connection: TLS handshake if any, then HTTP until the client leaves, the

@@ -894,3 +894,39 @@ impl http_body::Body for Chunks {
         )
     }
 }
+
+#[tokio::test]
+async fn shutdown_closes_open_tunnels_after_the_grace_period() {
+    let echo = upgrade_echo().await;
+    let mut harness = Harness::start(
+        IngressConfig {
+            shutdown_grace: Duration::from_millis(300),
+            ..IngressConfig::default()
+        },
+        table(vec![Route::new("echo", "/").with_targets([echo.addr])]),
+    )
+    .await;
+    let mut io = upgrade_through(&harness).await;
+    let started = Instant::now();
+    harness.stop();
+    io.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    tokio::time::timeout(PATIENCE, io.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &buf, b"still here",
+        "the tunnel works during the grace period"
+    );
+    let n = tokio::time::timeout(PATIENCE, io.read(&mut buf))
+        .await
+        .expect("the tunnel outlived the ingress")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+}
