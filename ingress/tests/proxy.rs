@@ -930,3 +930,37 @@ async fn shutdown_closes_open_tunnels_after_the_grace_period() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn malformed_requests_get_400_or_a_closed_connection() {
+    let api = named("api").await;
+    let harness = Harness::start(
+        IngressConfig::default(),
+        table(vec![Route::new("api", "/").with_targets([api.addr])]),
+    )
+    .await;
+    let garbage: [&[u8]; 3] = [
+        b"HELLO THERE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: nope\r\n\r\n",
+        b"GET / HTTP/1.1\r\nbad header line\r\n\r\n",
+    ];
+    for request in garbage {
+        let mut stream = TcpStream::connect(harness.addr).await.unwrap();
+        let _ = stream.write_all(request).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+            .await
+            .expect("the ingress neither answered nor closed");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+            "{request:?}: {answer}"
+        );
+    }
+    assert_eq!(api.hits(), 0);
+    // The ingress still serves.
+    assert_eq!(
+        get(&client(), &harness, "x", "/").await.status,
+        StatusCode::OK
+    );
+}
