@@ -964,3 +964,90 @@ async fn malformed_requests_get_400_or_a_closed_connection() {
         StatusCode::OK
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_fails_through_a_rolling_replace_a_kill_and_a_scale_in() {
+    let delay = Duration::from_millis(5);
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        backends.push(killable(name, delay).await);
+    }
+    let addr = |i: usize| backends[i].0.addr;
+    let targets = |ids: &[usize]| {
+        table(vec![
+            Route::new("svc", "/").with_targets(ids.iter().map(|&i| addr(i))),
+        ])
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("access.log");
+    let config = IngressConfig {
+        access_log: Some(AccessLog::to_file(&log_path).unwrap()),
+        ..IngressConfig::default()
+    };
+    let harness = Arc::new(Harness::start(config, targets(&[0, 1, 2])).await);
+
+    // 4 clients, each a request every 20 ms for 3 s: 200 requests/s, 600 in all.
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let harness = Arc::clone(&harness);
+        load.spawn(async move {
+            let client = client();
+            let mut failures = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for _ in 0..150 {
+                tick.tick().await;
+                let got = get(&client, &harness, "x", "/").await;
+                if got.status != StatusCode::OK {
+                    failures.push(format!("{} {}", got.status, got.body));
+                }
+            }
+            failures
+        });
+    }
+    let drain = Duration::from_millis(200);
+    let at = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
+    at(500).await;
+    // A rolling replace: d starts, a leaves the table, a stops after its drain.
+    harness.routes.send(targets(&[0, 1, 2, 3])).unwrap();
+    harness.routes.send(targets(&[1, 2, 3])).unwrap();
+    at(drain.as_millis() as u64).await;
+    backends[0].1.abort();
+    at(500).await;
+    // c dies while still routed; the servers notice 300 ms later.
+    backends[2].1.abort();
+    at(300).await;
+    harness.routes.send(targets(&[1, 3])).unwrap();
+    at(500).await;
+    // A scale-in to one target: b leaves, and stops after its drain.
+    harness.routes.send(targets(&[3])).unwrap();
+    at(drain.as_millis() as u64).await;
+    backends[1].1.abort();
+
+    let mut failures = Vec::new();
+    while let Some(result) = load.join_next().await {
+        failures.extend(result.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    let served: usize = backends.iter().map(|(b, _)| b.hits()).sum();
+    assert!(served >= 600, "{served}");
+    assert!(backends[3].0.hits() > 0);
+    // The kill was felt: some requests needed a second target.
+    let mut retried = 0;
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.lines().count() >= 600 {
+            retried = text
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|v| v["attempts"].as_u64() > Some(1))
+                .count();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(retried > 0, "no request met the killed target");
+}

@@ -71,6 +71,37 @@ where
     Backend { addr, hits }
 }
 
+/// A backend answering `name` after `delay`, that can be killed: its listener and every
+/// connection close at once, mid-request or not (a task's SIGKILL, as its clients see it).
+pub async fn killable(name: &'static str, delay: Duration) -> (Backend, tokio::task::AbortHandle) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    let serving = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = Arc::clone(&counter);
+            connections.spawn(async move {
+                let service = service_fn(move |_req: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(text(StatusCode::OK, name))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (Backend { addr, hits }, serving.abort_handle())
+}
+
 /// A backend that answers `name` (and the path) to every request.
 pub async fn named(name: &'static str) -> Backend {
     backend(move |req: Request<Incoming>| async move {
