@@ -6,17 +6,17 @@
 //! 1. Whoever watches the servers builds a [`RouteTable`] (every service's routes, each with
 //!    its healthy target addresses and timeout) and sends it on a `tokio::sync::watch`
 //!    channel whenever it changes ([`route_table`]).
-//! 2. [`routing`] compiles each table into [`rules`] (host and path precedence, pure) once.
-//! 3. [`server`] accepts connections (TLS by [`tls`] when configured), serves HTTP/1.1 and
-//!    HTTP/2 with hyper, and closes idle connections ([`idle`]).
-//! 4. [`proxy`] handles each request: the rule, a target chosen by [`balance`] (pure) over the
+//! 2. `routing` compiles each table into [`rules`] (host and path precedence, pure) once.
+//! 3. `server` accepts connections (TLS by [`tls`] when configured), serves HTTP/1.1 and
+//!    HTTP/2 with hyper, and closes idle connections (`idle`).
+//! 4. `proxy` handles each request: the rule, a target chosen by [`balance`] (pure) over the
 //!    state in [`targets`] (outstanding requests, passive health), headers by [`forwarded`],
-//!    retries and the timeout, or an [`answer`] of its own; upgrades go through [`upgrade`].
+//!    retries and the timeout, or an [`answer`] of its own; upgrades go through `upgrade`.
 //! 5. [`body`] streams the answer back and, at its end, [`access_log`] writes one JSON line.
 //!
 //! By default the ingress runs on the caller's tokio runtime; with
 //! [`IngressConfig::threads`] it runs that many threads of its own, each with a single-threaded
-//! runtime and its own target connections ([`workers`]).
+//! runtime and its own target connections (`workers`).
 //!
 //! Entry points: [`run`] for one call, or [`Ingress`] to also ask how many requests are in
 //! flight to a target (for draining).
