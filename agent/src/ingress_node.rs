@@ -46,6 +46,10 @@ pub struct IngressArgs {
     /// How a route's targets share its requests.
     #[arg(long, value_enum, default_value_t = BalancingArg::LeastOutstanding)]
     pub ingress_balancing: BalancingArg,
+    /// Serve the ingress on this many threads of its own, each with its own event loop (as
+    /// nginx's workers); by default it shares the agent's.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub ingress_threads: Option<u16>,
 }
 
 /// `--ingress-balancing`.
@@ -68,6 +72,7 @@ impl IngressArgs {
                 BalancingArg::LeastOutstanding => ingress::Balancing::LeastOutstanding,
                 BalancingArg::RoundRobin => ingress::Balancing::RoundRobin,
             },
+            threads: self.ingress_threads.map(usize::from),
             ..IngressConfig::default()
         };
         if let (Some(cert), Some(key)) = (&self.ingress_tls_cert, &self.ingress_tls_key) {

@@ -92,7 +92,7 @@ impl Ingress {
 
     /// Every target with requests (or tunnels) in flight from this ingress, and how many.
     pub fn in_flight_all(&self) -> Vec<(SocketAddr, u64)> {
-        self.proxy.pool.busy()
+        self.pool.busy()
     }
 
     /// Serves `listener` until `shutdown` completes; then stops accepting, lets open
