@@ -1,10 +1,10 @@
 //! Builders the unit tests of the state machine, the reconciler, the controllers and the
-//! autoscaler share: a spec, a cluster of nodes, and a node's report about a task.
+//! autoscaler share: a spec, a cluster of nodes, a task, and a node's report about a task.
 
 use std::collections::BTreeMap;
 
 use crate::spec::{Deploy, ServiceSpec};
-use crate::state::{ClusterState, Command, HealthStatus, Task, TaskState};
+use crate::state::{ClusterState, Command, DesiredState, HealthStatus, Task, TaskState};
 
 /// A service "quotes" running `image` with `count` tasks of `cpu` millicores and 128 MiB.
 pub fn spec(image: &str, count: u32, cpu: u32) -> ServiceSpec {
@@ -59,4 +59,24 @@ pub fn report(state: &mut ClusterState, task: &Task, observed: TaskState, exit_c
             now_ms,
         })
         .unwrap();
+}
+
+/// Task `id` of service "quotes" at revision 1 on `node_id`, desired running and seen
+/// `observed`, created and updated at 1 ms; change the rest with struct update syntax.
+pub fn task(id: &str, node_id: u64, observed: TaskState) -> Task {
+    Task {
+        id: id.into(),
+        service: "quotes".into(),
+        revision: 1,
+        node_id,
+        desired: DesiredState::Running,
+        observed,
+        endpoints: vec![],
+        exit_code: None,
+        health: HealthStatus::Unknown,
+        message: String::new(),
+        created_ms: 1,
+        updated_ms: 1,
+        drain_until_ms: 0,
+    }
 }

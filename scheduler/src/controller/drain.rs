@@ -53,7 +53,7 @@ mod tests {
 
     use super::*;
     use crate::controller::IngressView;
-    use crate::state::{ClusterState, HealthStatus, TaskState};
+    use crate::state::{ClusterState, TaskState};
 
     fn draining(until_ms: u64) -> ClusterState {
         let mut state = crate::test_fixtures::cluster(1, 1000);
@@ -66,19 +66,11 @@ mod tests {
             })
             .unwrap();
         let task = Task {
-            id: "t".into(),
-            service: "quotes".into(),
-            revision: 1,
-            node_id: 1,
             desired: DesiredState::Draining,
-            observed: TaskState::Running,
             endpoints: vec!["10.0.0.1:30001".into()],
-            exit_code: None,
-            health: HealthStatus::Unknown,
-            message: String::new(),
-            created_ms: 0,
             updated_ms: 0,
             drain_until_ms: until_ms,
+            ..crate::test_fixtures::task("t", 1, TaskState::Running)
         };
         state.apply(Command::PutTasks { tasks: vec![task], now_ms: 10_000 }).unwrap();
         state

@@ -86,19 +86,9 @@ fn the_leader_runs_liveness_autoscaling_reconciling_and_drain_ends() {
     let mut state = cluster(1, 4000);
     state.apply(Command::ApplyService { spec: spec("q:1", 0, 100), image_digest: String::new(), now_ms: 0, unresolved_reason: String::new() }).unwrap();
     let task = crate::state::Task {
-        id: "draining".into(),
-        service: "quotes".into(),
-        revision: 1,
-        node_id: 1,
         desired: crate::state::DesiredState::Draining,
-        observed: crate::state::TaskState::Running,
-        endpoints: vec![],
-        exit_code: None,
-        health: crate::state::HealthStatus::Unknown,
-        message: String::new(),
-        created_ms: 0,
-        updated_ms: 0,
         drain_until_ms: 50_000,
+        ..crate::test_fixtures::task("draining", 1, crate::state::TaskState::Running)
     };
     state.apply(Command::PutTasks { tasks: vec![task], now_ms: 0 }).unwrap();
     let mut controllers = leader_controllers(10_000);

@@ -20,21 +20,7 @@ fn apply(state: &mut ClusterState, spec: ServiceSpec) -> Result<crate::state::Ou
 /// Puts one task of `service` on node 1 in `observed` state with `endpoints`.
 fn task(state: &mut ClusterState, service: &str, id: &str, observed: TaskState, health: HealthStatus, endpoints: &[&str]) {
     let revision = state.service(service).unwrap().current;
-    let t = crate::state::Task {
-        id: id.into(),
-        service: service.into(),
-        revision,
-        node_id: 1,
-        desired: crate::state::DesiredState::Running,
-        observed: TaskState::Assigned,
-        endpoints: vec![],
-        exit_code: None,
-        health: HealthStatus::Unknown,
-        message: String::new(),
-        created_ms: 1,
-        updated_ms: 1,
-        drain_until_ms: 0,
-    };
+    let t = crate::state::Task { service: service.into(), revision, ..crate::test_fixtures::task(id, 1, TaskState::Assigned) };
     state.apply(Command::PutTasks { tasks: vec![t.clone()], now_ms: 1 }).unwrap();
     state
         .apply(Command::ReportTaskStatus {

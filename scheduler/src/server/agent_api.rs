@@ -9,16 +9,15 @@
 //!   every applied change to it (level-triggered; a reconnecting agent needs only the latest).
 //! - `ReportTaskStatus` records an observed state change through Raft.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
 use proto::agent::v1 as pb;
 use proto::agent::v1::agent_api_client::AgentApiClient;
 use proto::agent::v1::agent_api_server::AgentApi;
 use proto::sched::v1 as sched_pb;
 use tonic::{Request, Response, Status};
 
+use super::applied_stream::{AppliedStream, applied_stream};
 use super::heartbeats::Heartbeats;
 use super::to_leader::{self, FORWARD_TIMEOUT, ToLeader};
 use super::{errors, now_ms, views};
@@ -91,7 +90,7 @@ fn health(value: i32) -> HealthStatus {
     }
 }
 
-type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::Assignments, Status>> + Send>>;
+type AssignmentStream = AppliedStream<pb::Assignments>;
 
 #[tonic::async_trait]
 impl AgentApi for AgentApiService {
@@ -142,8 +141,12 @@ impl AgentApi for AgentApiService {
             .map_err(errors::consensus)?
             .ok_or_else(|| Status::not_found(format!("no node with id {node_id}: register first")))?;
         let raft = self.consensus.raft().clone();
-        let status = raft.watch_status();
-        let stream = assignment_stream(first, raft, status, node_id);
+        let stream = applied_stream(
+            first,
+            raft,
+            move |applied| assignments_of(&applied.state, node_id, applied.index),
+            |last, next| next.assignments != last.assignments,
+        );
         Ok(Response::new(stream))
     }
 
@@ -166,30 +169,4 @@ impl AgentApi for AgentApiService {
             .map_err(errors::rejection)?;
         Ok(Response::new(pb::ReportTaskStatusResponse {}))
     }
-}
-
-/// Yields `first`, then the node's assignments after every applied change to them.
-fn assignment_stream(
-    first: pb::Assignments,
-    raft: crate::raft::RaftHandle,
-    status: tokio::sync::watch::Receiver<crate::raft::NodeStatus>,
-    node_id: u64,
-) -> AssignmentStream {
-    let state = (Some(first.clone()), first, raft, status);
-    Box::pin(futures::stream::unfold(state, move |(pending, last, raft, mut status)| async move {
-        if let Some(first) = pending {
-            return Some((Ok(first), (None, last, raft, status)));
-        }
-        loop {
-            // Ends the stream when the server shuts down.
-            status.changed().await.ok()?;
-            let next = {
-                let applied = raft.state();
-                assignments_of(&applied.state, node_id, applied.index)
-            };
-            if next.assignments != last.assignments {
-                return Some((Ok(next.clone()), (None, next, raft, status)));
-            }
-        }
-    }))
 }

@@ -8,6 +8,7 @@
 //! and calls everything). Tests bind port 0 and pass the listener in.
 
 mod agent_api;
+mod applied_stream;
 mod cluster_api;
 mod errors;
 mod heartbeats;

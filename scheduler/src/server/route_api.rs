@@ -4,16 +4,15 @@
 //! changes it (level-triggered, like the agents' assignments), so a new rule or a task that
 //! became healthy or stopped reaches every ingress within milliseconds of its commit.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
 use proto::sched::v1 as pb;
 use proto::sched::v1::route_api_server::RouteApi;
 use tonic::{Request, Response, Status};
 
+use super::applied_stream::{AppliedStream, applied_stream};
 use super::errors;
-use crate::raft::{Consensus, RaftHandle};
+use crate::raft::Consensus;
 use crate::routes::{RouteEntry, route_table};
 use crate::state::ClusterState;
 
@@ -47,7 +46,7 @@ fn rule(e: &RouteEntry) -> pb::RouteRule {
     }
 }
 
-type TableStream = Pin<Box<dyn Stream<Item = Result<pb::RouteTable, Status>> + Send>>;
+type TableStream = AppliedStream<pb::RouteTable>;
 
 #[tonic::async_trait]
 impl RouteApi for RouteApiService {
@@ -62,28 +61,6 @@ impl RouteApi for RouteApiService {
     async fn watch_routes(&self, _request: Request<pb::WatchRoutesRequest>) -> Result<Response<TableStream>, Status> {
         let first = self.consensus.read(false, |a| table(&a.state, a.index)).await.map_err(errors::consensus)?;
         let raft = self.consensus.raft().clone();
-        Ok(Response::new(table_stream(first, raft)))
+        Ok(Response::new(applied_stream(first, raft, |applied| table(&applied.state, applied.index), |last, next| next.rules != last.rules)))
     }
-}
-
-/// Yields `first`, then the table after every applied change to its rules or targets.
-fn table_stream(first: pb::RouteTable, raft: RaftHandle) -> TableStream {
-    let status = raft.watch_status();
-    let state = (Some(first.clone()), first, raft, status);
-    Box::pin(futures::stream::unfold(state, |(pending, last, raft, mut status)| async move {
-        if let Some(first) = pending {
-            return Some((Ok(first), (None, last, raft, status)));
-        }
-        loop {
-            // Ends the stream when the server shuts down.
-            status.changed().await.ok()?;
-            let next = {
-                let applied = raft.state();
-                table(&applied.state, applied.index)
-            };
-            if next.rules != last.rules {
-                return Some((Ok(next.clone()), (None, next, raft, status)));
-            }
-        }
-    }))
 }

@@ -74,21 +74,7 @@ fn scale_changes_count_without_a_revision_and_respects_autoscale_bounds() {
 fn delete_removes_the_service_and_stops_its_tasks() {
     let mut state = ClusterState::default();
     apply(&mut state, "quotes:1.0", 1, 1);
-    let task = Task {
-        id: "quotes-1".into(),
-        service: "quotes".into(),
-        revision: 1,
-        node_id: 0,
-        desired: DesiredState::Running,
-        observed: TaskState::Pending,
-        endpoints: vec![],
-        exit_code: None,
-        health: HealthStatus::Unknown,
-        message: String::new(),
-        created_ms: 1,
-        updated_ms: 1,
-        drain_until_ms: 0,
-    };
+    let task = crate::test_fixtures::task("quotes-1", 0, TaskState::Pending);
     state.apply(Command::PutTasks { tasks: vec![task], now_ms: 2 }).unwrap();
     assert_eq!(state.apply(Command::DeleteService { name: "quotes".into(), now_ms: 3 }).unwrap(), Outcome::Deleted { name: "quotes".into() });
     assert!(state.service("quotes").is_none());
@@ -139,21 +125,7 @@ fn apply_commands_written_before_constraints_existed_still_decode() {
 fn task_reports_from_the_wrong_node_are_refused() {
     let mut state = ClusterState::default();
     apply(&mut state, "quotes:1.0", 1, 1);
-    let task = Task {
-        id: "quotes-1".into(),
-        service: "quotes".into(),
-        revision: 1,
-        node_id: 2,
-        desired: DesiredState::Running,
-        observed: TaskState::Assigned,
-        endpoints: vec![],
-        exit_code: None,
-        health: HealthStatus::Unknown,
-        message: String::new(),
-        created_ms: 1,
-        updated_ms: 1,
-        drain_until_ms: 0,
-    };
+    let task = crate::test_fixtures::task("quotes-1", 2, TaskState::Assigned);
     state.apply(Command::PutTasks { tasks: vec![task], now_ms: 2 }).unwrap();
     let report = |node_id| Command::ReportTaskStatus {
         node_id,
