@@ -152,21 +152,15 @@ pub fn start(bound: BoundIngress, servers: Vec<String>) -> Result<(IngressHandle
 
 /// Follows the route table on the servers in turn, forever, sending each one on `tx`.
 async fn follow_routes(servers: Vec<String>, tx: watch::Sender<RouteTable>) {
-    let mut next = 0usize;
-    let mut backoff = Duration::from_millis(100);
+    let mut rotation = crate::node::connect::ServerRotation::new(&servers);
     loop {
-        let server = &servers[next % servers.len()];
+        let server = rotation.server();
         let began = Instant::now();
         match watch_one(server, &tx).await {
             Ok(()) => tracing::warn!(server, "the route stream ended; reconnecting"),
             Err(e) => tracing::warn!(server, "following the routes failed: {e}"),
         }
-        if began.elapsed() > Duration::from_secs(10) {
-            backoff = Duration::from_millis(100);
-        }
-        next += 1;
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        rotation.ended(began).await;
     }
 }
 

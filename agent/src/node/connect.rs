@@ -1,6 +1,7 @@
-//! One connection to a server, as every long-lived stream of the agent needs it.
+//! One connection to a server, as every long-lived stream of the agent needs it, and the
+//! order in which the servers are tried.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 
@@ -19,4 +20,36 @@ pub async fn connect(server: &str) -> Result<Channel, String> {
         .connect()
         .await
         .map_err(|e| format!("connect to {server}: {e}"))
+}
+
+/// The servers in turn: a stream that ends (its server died, or closed it) moves on to the
+/// next, after a pause of 100 ms doubling to 2 s while sessions keep failing quickly.
+pub struct ServerRotation<'a> {
+    servers: &'a [String],
+    next: usize,
+    backoff: Duration,
+}
+
+impl<'a> ServerRotation<'a> {
+    /// A rotation over `servers`, which must not be empty.
+    pub fn new(servers: &'a [String]) -> Self {
+        assert!(!servers.is_empty(), "a rotation needs at least one server");
+        ServerRotation { servers, next: 0, backoff: Duration::from_millis(100) }
+    }
+
+    /// The server to try now.
+    pub fn server(&self) -> &'a str {
+        &self.servers[self.next % self.servers.len()]
+    }
+
+    /// After a session with the current server that began at `began` ended: waits the backoff
+    /// (reset when the session lasted 10 s or more) and moves to the next server.
+    pub async fn ended(&mut self, began: Instant) {
+        if began.elapsed() > Duration::from_secs(10) {
+            self.backoff = Duration::from_millis(100);
+        }
+        self.next += 1;
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
+    }
 }

@@ -182,22 +182,16 @@ impl Node {
 
 /// Sessions with the servers in turn, forever.
 async fn serve(config: &AgentConfig, node: Node) {
-    let mut next = 0usize;
-    let mut backoff = Duration::from_millis(100);
+    let mut rotation = super::connect::ServerRotation::new(&config.servers);
     let mut state = NodeState { endpoints: node.endpoints(&config.address).await, ips: node.ips().await, ..Default::default() };
     loop {
-        let server = &config.servers[next % config.servers.len()];
+        let server = rotation.server();
         let began = Instant::now();
         match session(config, &node, server, &mut state).await {
             Ok(()) => tracing::warn!(server, "the assignment stream ended; reconnecting"),
             Err(e) => tracing::warn!(server, "session failed: {e}"),
         }
-        if began.elapsed() > Duration::from_secs(10) {
-            backoff = Duration::from_millis(100);
-        }
-        next += 1;
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        rotation.ended(began).await;
     }
 }
 
