@@ -70,16 +70,7 @@ impl AgentProcess {
 
     /// The containers the node's runtime knows: `(id, status)`.
     pub fn containers(&self) -> Vec<(String, String)> {
-        let out = Command::new(runtime_binary())
-            .arg("--root")
-            .arg(self.data_dir.join("runtime"))
-            .args(["list", "--format", "json"])
-            .output()
-            .expect("sched-runtime list");
-        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
-        list.as_array()
-            .map(|a| a.iter().map(|c| (c["id"].as_str().unwrap_or("").to_string(), c["status"].as_str().unwrap_or("").to_string())).collect())
-            .unwrap_or_default()
+        node_containers(&runtime_binary(), &self.data_dir)
     }
 
     /// The ids of the containers the node's runtime knows.
@@ -115,15 +106,30 @@ fn spawn(cluster: &Cluster, servers: Option<&str>, name: &str, data_dir: &Path, 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.kill();
-        for id in self.container_ids() {
-            let _ = Command::new(runtime_binary()).arg("--root").arg(self.data_dir.join("runtime")).args(["delete", "--force", &id]).output();
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        for m in mounts_under(&self.data_dir).iter().rev() {
-            let _ = nix::mount::umount2(Path::new(m), nix::mount::MntFlags::MNT_DETACH);
-        }
-        remove_cgroup_parent(&self.cgroup_parent);
+        remove_node_leftovers(&runtime_binary(), &self.data_dir, &self.cgroup_parent);
     }
+}
+
+/// The containers `runtime` knows under an agent's data dir: `(id, status)`.
+pub fn node_containers(runtime: &Path, data_dir: &Path) -> Vec<(String, String)> {
+    let out = Command::new(runtime).arg("--root").arg(data_dir.join("runtime")).args(["list", "--format", "json"]).output().expect("sched-runtime list");
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
+    list.as_array()
+        .map(|a| a.iter().map(|c| (c["id"].as_str().unwrap_or("").to_string(), c["status"].as_str().unwrap_or("").to_string())).collect())
+        .unwrap_or_default()
+}
+
+/// What a stopped agent of a test may have left: every container (force-deleted), the mounts
+/// under its data dir, its cgroup parent.
+pub fn remove_node_leftovers(runtime: &Path, data_dir: &Path, cgroup_parent: &str) {
+    for (id, _) in node_containers(runtime, data_dir) {
+        let _ = Command::new(runtime).arg("--root").arg(data_dir.join("runtime")).args(["delete", "--force", &id]).output();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for m in mounts_under(data_dir).iter().rev() {
+        let _ = nix::mount::umount2(Path::new(m), nix::mount::MntFlags::MNT_DETACH);
+    }
+    remove_cgroup_parent(cgroup_parent);
 }
 
 /// Polls `check` every 200 ms until it returns true; panics with `what` and `context()` after

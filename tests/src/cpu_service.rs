@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::bundle::{mounts_under, remove_cgroup_parent, unique_name};
+use crate::bundle::unique_name;
 use crate::busybox_image::push_busybox;
 use crate::cluster::{Cluster, sched_binary};
 use crate::netlab::NodeLab;
@@ -191,18 +191,7 @@ impl NetworkedAgent {
 
     /// The containers the node's runtime knows: `(id, status)`.
     pub fn containers(&self) -> Vec<(String, String)> {
-        let out = Command::new(runtime())
-            .arg("--root")
-            .arg(self.data_dir.join("runtime"))
-            .args(["list", "--format", "json"])
-            .output()
-            .expect("sched-runtime list");
-        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
-        list.as_array()
-            .map(|a| {
-                a.iter().map(|c| (c["id"].as_str().unwrap_or("").to_string(), c["status"].as_str().unwrap_or("").to_string())).collect()
-            })
-            .unwrap_or_default()
+        crate::agent_process::node_containers(&runtime(), &self.data_dir)
     }
 }
 
@@ -210,14 +199,7 @@ impl Drop for NetworkedAgent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for (id, _) in self.containers() {
-            let _ = Command::new(runtime()).arg("--root").arg(self.data_dir.join("runtime")).args(["delete", "--force", &id]).output();
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        for m in mounts_under(&self.data_dir).iter().rev() {
-            let _ = nix::mount::umount2(Path::new(m), nix::mount::MntFlags::MNT_DETACH);
-        }
-        remove_cgroup_parent(&self.cgroup_parent);
+        crate::agent_process::remove_node_leftovers(&runtime(), &self.data_dir, &self.cgroup_parent);
     }
 }
 
