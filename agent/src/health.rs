@@ -81,6 +81,15 @@ pub struct ProbeTarget {
     pub state_root: PathBuf,
 }
 
+/// The `sched-runtime` arguments that run `command` in the task. The `--` ends the runtime's
+/// options: a command like `["--cap", "CAP_SYS_ADMIN", "sh"]` or `["--help"]` is a program
+/// and its arguments, never flags of `exec`.
+fn exec_args(target: &ProbeTarget, command: &[String]) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec!["--root".into(), target.state_root.clone().into(), "exec".into(), target.task_id.clone().into(), "--".into()];
+    args.extend(command.iter().map(Into::into));
+    args
+}
+
 /// Runs one probe; false on failure or timeout.
 pub async fn probe(probe: &Probe, target: &ProbeTarget, timeout: Duration) -> bool {
     tokio::time::timeout(timeout, probe_inner(probe, target)).await.unwrap_or(false)
@@ -98,11 +107,7 @@ async fn probe_inner(probe: &Probe, target: &ProbeTarget) -> bool {
         },
         Probe::Cmd { command } => {
             let status = tokio::process::Command::new(&target.runtime_binary)
-                .arg("--root")
-                .arg(&target.state_root)
-                .arg("exec")
-                .arg(&target.task_id)
-                .args(command)
+                .args(exec_args(target, command))
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
@@ -142,6 +147,14 @@ fn status_is_ok(head: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_probe_can_never_be_read_as_runtime_options() {
+        let target = ProbeTarget { task_id: "t1".into(), ip: None, runtime_binary: "sched-runtime".into(), state_root: "/var/lib/sched/runtime".into() };
+        let command: Vec<String> = ["--cap", "CAP_SYS_ADMIN", "--process", "/etc/x", "sh"].map(String::from).to_vec();
+        let args: Vec<String> = exec_args(&target, &command).into_iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(args, ["--root", "/var/lib/sched/runtime", "exec", "t1", "--", "--cap", "CAP_SYS_ADMIN", "--process", "/etc/x", "sh"]);
+    }
 
     fn spec(retries: u32, grace_ms: u64) -> HealthSpec {
         HealthSpec {

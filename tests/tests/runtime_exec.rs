@@ -184,3 +184,20 @@ fn container_and_exec_ignore_no_more_signals_than_their_caller() {
     let bundle = sleeping();
     assert_ignores_no_more(&bundle.cli(&["exec", bundle.id(), "grep", "SigIgn", "/proc/self/status"]), baseline);
 }
+
+/// A command after `--` is a program and its arguments, never `exec`'s own flags: a health
+/// check of `["--cap", "CAP_SYS_ADMIN", "sh"]` or `["--help"]` must not become options (issue
+/// 11: the agent passes its checks this way).
+#[test]
+fn a_command_after_the_double_dash_is_never_read_as_options() {
+    let bundle = sleeping();
+    let out = bundle.cli(&["exec", bundle.id(), "--", "--help"]);
+    assert_ne!(out.code(), 0, "--help ran as a program, which does not exist: {out:#?}");
+    assert!(!out.stdout.contains("Usage"), "the usage was printed: {out:#?}");
+    let out = bundle.cli(&["exec", bundle.id(), "--", "--cap", "CAP_SYS_ADMIN", "sh", "-c", "exit 0"]);
+    assert_ne!(out.code(), 0, "--cap ran as a program, which does not exist: {out:#?}");
+    // And a real program after `--` runs with its own dashes.
+    let out = bundle.cli(&["exec", bundle.id(), "--", "sh", "-c", "echo -n ok"]);
+    out.assert_success();
+    assert_eq!(out.stdout, "ok");
+}

@@ -58,10 +58,12 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
     if let Err(why) = check_image(&spec.image) {
         fail("image", why);
     }
-    if let Some(first) = spec.command.first()
-        && first.is_empty()
-    {
-        fail("command", "the first element (the program) must not be empty".into());
+    if let Some(first) = spec.command.first() {
+        if first.is_empty() {
+            fail("command", "the first element (the program) must not be empty".into());
+        } else if first.starts_with('-') {
+            fail("command", format!("the first element (the program) must not start with '-', got \"{first}\""));
+        }
     }
     for key in spec.env.keys() {
         let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
@@ -121,6 +123,8 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
         }
         if health.kind == HealthKind::Cmd && health.command.first().is_none_or(|c| c.is_empty()) {
             fail("health.command", "a cmd check needs a command, e.g. [\"/bin/check\"]".into());
+        } else if health.command.first().is_some_and(|c| c.starts_with('-')) {
+            fail("health.command", format!("the program must not start with '-', got \"{}\": name the program first, e.g. [\"/bin/check\", \"--quick\"]", health.command[0]));
         }
         if health.interval_ms == 0 {
             fail("health.interval", "must be longer than 0s".into());
@@ -395,6 +399,24 @@ mod tests {
         let slow = Route { timeout_ms: 0, ..route("", "/", 8080) };
         assert_eq!(fields(&with(vec![slow])), ["route[0].timeout"]);
         assert_eq!(fields(&ServiceSpec { drain_ms: 600_001, ..minimal() }), ["drain"]);
+    }
+
+    #[test]
+    fn a_program_never_starts_with_a_dash() {
+        let check = |command: &[&str]| HealthCheck {
+            kind: HealthKind::Cmd,
+            path: String::new(),
+            port: 0,
+            command: command.iter().map(|c| c.to_string()).collect(),
+            interval_ms: 1000,
+            timeout_ms: 1000,
+            retries: 1,
+            grace_ms: 0,
+        };
+        assert_eq!(fields(&ServiceSpec { health: Some(check(&["--help"])), ..minimal() }), ["health.command"]);
+        assert_eq!(fields(&ServiceSpec { health: Some(check(&["--cap", "CAP_SYS_ADMIN", "sh"])), ..minimal() }), ["health.command"]);
+        assert_eq!(fields(&ServiceSpec { health: Some(check(&["/bin/check", "--quick"])), ..minimal() }), Vec::<String>::new());
+        assert_eq!(fields(&ServiceSpec { command: vec!["-x".into()], ..minimal() }), ["command"]);
     }
 
     #[test]
