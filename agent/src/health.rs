@@ -85,7 +85,8 @@ pub struct ProbeTarget {
 /// options: a command like `["--cap", "CAP_SYS_ADMIN", "sh"]` or `["--help"]` is a program
 /// and its arguments, never flags of `exec`.
 fn exec_args(target: &ProbeTarget, command: &[String]) -> Vec<std::ffi::OsString> {
-    let mut args: Vec<std::ffi::OsString> = vec!["--root".into(), target.state_root.clone().into(), "exec".into(), target.task_id.clone().into(), "--".into()];
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["--root".into(), target.state_root.clone().into(), "exec".into(), target.task_id.clone().into(), "--".into()];
     args.extend(command.iter().map(Into::into));
     args
 }
@@ -150,7 +151,12 @@ mod tests {
 
     #[test]
     fn a_command_probe_can_never_be_read_as_runtime_options() {
-        let target = ProbeTarget { task_id: "t1".into(), ip: None, runtime_binary: "sched-runtime".into(), state_root: "/var/lib/sched/runtime".into() };
+        let target = ProbeTarget {
+            task_id: "t1".into(),
+            ip: None,
+            runtime_binary: "sched-runtime".into(),
+            state_root: "/var/lib/sched/runtime".into(),
+        };
         let command: Vec<String> = ["--cap", "CAP_SYS_ADMIN", "--process", "/etc/x", "sh"].map(String::from).to_vec();
         let args: Vec<String> = exec_args(&target, &command).into_iter().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(args, ["--root", "/var/lib/sched/runtime", "exec", "t1", "--", "--cap", "CAP_SYS_ADMIN", "--process", "/etc/x", "sh"]);
@@ -215,7 +221,10 @@ mod tests {
         let target = ProbeTarget { task_id: "t".into(), ip: Some(Ipv4Addr::LOCALHOST), runtime_binary: "x".into(), state_root: "y".into() };
         assert!(probe(&Probe::Tcp { port }, &target, Duration::from_secs(2)).await);
         assert!(probe(&Probe::Http { port, path: "/health".into() }, &target, Duration::from_secs(2)).await);
-        let closed = { let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap(); l.local_addr().unwrap().port() };
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
         assert!(!probe(&Probe::Tcp { port: closed }, &target, Duration::from_secs(2)).await);
     }
 }

@@ -110,9 +110,9 @@ impl BoundIngress {
 
 /// Binds the ingress's address now, so that a taken address stops the start with a clear error.
 pub async fn bind(settings: &IngressSettings) -> Result<BoundIngress> {
-    let listener = TcpListener::bind(&settings.listen)
-        .await
-        .map_err(|e| AgentError::Api(format!("the ingress cannot listen on {}: {e} (pick another with --ingress-listen)", settings.listen)))?;
+    let listener = TcpListener::bind(&settings.listen).await.map_err(|e| {
+        AgentError::Api(format!("the ingress cannot listen on {}: {e} (pick another with --ingress-listen)", settings.listen))
+    })?;
     Ok(BoundIngress { listener, config: settings.config.clone() })
 }
 
@@ -127,7 +127,8 @@ pub struct IngressHandle {
 impl IngressHandle {
     /// The targets of the ingress's current table and its requests in flight.
     pub fn report(&self) -> agent_pb::IngressReport {
-        let mut targets: Vec<String> = self.routes.borrow().routes.iter().flat_map(|r| r.targets.iter().map(SocketAddr::to_string)).collect();
+        let mut targets: Vec<String> =
+            self.routes.borrow().routes.iter().flat_map(|r| r.targets.iter().map(SocketAddr::to_string)).collect();
         targets.sort();
         targets.dedup();
         let in_flight = self.ingress.in_flight_all().into_iter().map(|(addr, n)| (addr.to_string(), n)).collect();

@@ -59,10 +59,7 @@ impl AccessLog {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| Error::AccessLog {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| Error::AccessLog { path: path.to_path_buf(), source })?;
         Ok(Self::to_writer(file))
     }
 
@@ -74,10 +71,7 @@ impl AccessLog {
             .spawn(move || write_lines(rx, writer))
             .map(drop)
             .unwrap_or_else(|e| tracing::warn!(error = %e, "cannot start the access log writer"));
-        AccessLog {
-            lines,
-            dropped: Arc::new(AtomicU64::new(0)),
-        }
+        AccessLog { lines, dropped: Arc::new(AtomicU64::new(0)) }
     }
 
     fn write(&self, record: &AccessRecord) {
@@ -122,13 +116,7 @@ pub struct PendingLog {
 }
 
 impl PendingLog {
-    pub fn start(
-        log: Option<AccessLog>,
-        client: SocketAddr,
-        method: &http::Method,
-        host: Option<&str>,
-        path: &str,
-    ) -> Self {
+    pub fn start(log: Option<AccessLog>, client: SocketAddr, method: &http::Method, host: Option<&str>, path: &str) -> Self {
         PendingLog {
             log,
             arrived: Instant::now(),
@@ -167,8 +155,7 @@ impl PendingLog {
         let Some(log) = self.log.take() else {
             return;
         };
-        self.record.time =
-            DateTime::<Utc>::from(self.wall).to_rfc3339_opts(SecondsFormat::Millis, true);
+        self.record.time = DateTime::<Utc>::from(self.wall).to_rfc3339_opts(SecondsFormat::Millis, true);
         self.record.bytes = bytes;
         self.record.duration_ms = millis(self.arrived.elapsed());
         if error.is_some() {
@@ -206,18 +193,11 @@ mod tests {
         let buffer = Shared::default();
         let log = AccessLog::to_writer(buffer.clone());
         let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let mut pending = PendingLog::start(
-            Some(log.clone()),
-            client,
-            &http::Method::GET,
-            Some("a.example"),
-            "/x",
-        );
+        let mut pending = PendingLog::start(Some(log.clone()), client, &http::Method::GET, Some("a.example"), "/x");
         pending.record.service = Some("quotes".into());
         pending.answered(200);
         pending.finish(42, None);
-        PendingLog::start(Some(log), client, &http::Method::POST, None, "/y")
-            .finish(0, Some("timeout"));
+        PendingLog::start(Some(log), client, &http::Method::POST, None, "/y").finish(0, Some("timeout"));
         let mut text = String::new();
         for _ in 0..200 {
             text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
@@ -226,10 +206,7 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert_eq!(lines[0]["service"], "quotes");
         assert_eq!(lines[0]["status"], 200);

@@ -15,38 +15,24 @@ pub const RETRY_AFTER_SECS: u32 = 1;
 /// 404: no rule matches the host and path.
 pub fn no_rule(host: Option<&str>, path: &str) -> Response<ProxyBody> {
     let host = host.unwrap_or("(no host)");
-    text(
-        StatusCode::NOT_FOUND,
-        format!("no route for host {host} and path {path}\n"),
-    )
+    text(StatusCode::NOT_FOUND, format!("no route for host {host} and path {path}\n"))
 }
 
 /// 503: the route's target group is empty.
 pub fn no_target(service: &str) -> Response<ProxyBody> {
-    let mut response = text(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("service {service} has no healthy target\n"),
-    );
-    response
-        .headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, format!("service {service} has no healthy target\n"));
+    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     response
 }
 
 /// 502: no target gave an answer (refused, reset, closed or malformed).
 pub fn bad_gateway(service: &str, why: &str) -> Response<ProxyBody> {
-    text(
-        StatusCode::BAD_GATEWAY,
-        format!("service {service}: {why}\n"),
-    )
+    text(StatusCode::BAD_GATEWAY, format!("service {service}: {why}\n"))
 }
 
 /// 504: the target did not answer within the route's timeout.
 pub fn gateway_timeout(service: &str) -> Response<ProxyBody> {
-    text(
-        StatusCode::GATEWAY_TIMEOUT,
-        format!("service {service} did not answer in time\n"),
-    )
+    text(StatusCode::GATEWAY_TIMEOUT, format!("service {service} did not answer in time\n"))
 }
 
 /// 400: the client's request could not be read.
@@ -56,19 +42,13 @@ pub fn bad_request(why: &str) -> Response<ProxyBody> {
 
 /// 408: the client was slower than the route's timeout sending its request body.
 pub fn request_timeout() -> Response<ProxyBody> {
-    text(
-        StatusCode::REQUEST_TIMEOUT,
-        "request body too slow\n".to_string(),
-    )
+    text(StatusCode::REQUEST_TIMEOUT, "request body too slow\n".to_string())
 }
 
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     let mut response = Response::new(full(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 
@@ -86,10 +66,7 @@ mod tests {
     async fn answers_carry_alb_statuses_and_say_why() {
         let r = no_rule(Some("quotes.example"), "/nope");
         assert_eq!(r.status(), 404);
-        assert_eq!(
-            body(r).await,
-            "no route for host quotes.example and path /nope\n"
-        );
+        assert_eq!(body(r).await, "no route for host quotes.example and path /nope\n");
         let r = no_target("quotes");
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[RETRY_AFTER], "1");

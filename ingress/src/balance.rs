@@ -35,13 +35,7 @@ pub struct Candidate {
 
 /// The index of the candidate for the next attempt, skipping those in `tried`; `None` when
 /// every candidate was tried. `cursor` rotates the starting point (a per-route counter).
-pub fn choose(
-    candidates: &[Candidate],
-    balancing: Balancing,
-    cursor: usize,
-    now: Instant,
-    tried: &[SocketAddr],
-) -> Option<usize> {
+pub fn choose(candidates: &[Candidate], balancing: Balancing, cursor: usize, now: Instant, tried: &[SocketAddr]) -> Option<usize> {
     let n = candidates.len();
     if n == 0 {
         return None;
@@ -85,11 +79,7 @@ mod tests {
     }
 
     fn up(port: u16, outstanding: u64) -> Candidate {
-        Candidate {
-            addr: addr(port),
-            outstanding,
-            down_until: None,
-        }
+        Candidate { addr: addr(port), outstanding, down_until: None }
     }
 
     #[test]
@@ -104,11 +94,7 @@ mod tests {
             (&[up(1, 0), up(2, 0), up(3, 0)], 5, Some(2)),
         ];
         for (candidates, cursor, want) in cases {
-            assert_eq!(
-                choose(candidates, lor, cursor, now, &[]),
-                want,
-                "{candidates:?} {cursor}"
-            );
+            assert_eq!(choose(candidates, lor, cursor, now, &[]), want, "{candidates:?} {cursor}");
         }
     }
 
@@ -116,9 +102,7 @@ mod tests {
     fn round_robin_follows_the_cursor_whatever_the_load() {
         let now = Instant::now();
         let targets = [up(1, 9), up(2, 0), up(3, 5)];
-        let picks: Vec<_> = (0..6)
-            .map(|cursor| choose(&targets, Balancing::RoundRobin, cursor, now, &[]))
-            .collect();
+        let picks: Vec<_> = (0..6).map(|cursor| choose(&targets, Balancing::RoundRobin, cursor, now, &[])).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2].map(Some));
     }
 
@@ -132,21 +116,11 @@ mod tests {
         expired.down_until = Some(now);
         let targets = [down, up(2, 5), expired];
         for balancing in [Balancing::LeastOutstanding, Balancing::RoundRobin] {
-            assert_eq!(
-                choose(&targets, balancing, 0, now, &[]),
-                Some(1),
-                "{balancing:?}"
-            );
+            assert_eq!(choose(&targets, balancing, 0, now, &[]), Some(1), "{balancing:?}");
             assert_eq!(choose(&targets, balancing, 0, now, &[addr(2)]), Some(2));
             // Only the down one is left: fail open.
-            assert_eq!(
-                choose(&targets, balancing, 0, now, &[addr(2), addr(3)]),
-                Some(0)
-            );
-            assert_eq!(
-                choose(&targets, balancing, 0, now, &[addr(1), addr(2), addr(3)]),
-                None
-            );
+            assert_eq!(choose(&targets, balancing, 0, now, &[addr(2), addr(3)]), Some(0));
+            assert_eq!(choose(&targets, balancing, 0, now, &[addr(1), addr(2), addr(3)]), None);
         }
     }
 
@@ -157,20 +131,14 @@ mod tests {
         a.down_until = Some(now + Duration::from_secs(5));
         let mut b = up(2, 0);
         b.down_until = Some(now + Duration::from_secs(2));
-        assert_eq!(
-            choose(&[a, b], Balancing::LeastOutstanding, 0, now, &[]),
-            Some(1)
-        );
+        assert_eq!(choose(&[a, b], Balancing::LeastOutstanding, 0, now, &[]), Some(1));
     }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let base = Duration::from_secs(1);
         let max = Duration::from_secs(30);
-        let got: Vec<u64> = [1, 2, 3, 5, 6, 100]
-            .iter()
-            .map(|&f| backoff(f, base, max).as_secs())
-            .collect();
+        let got: Vec<u64> = [1, 2, 3, 5, 6, 100].iter().map(|&f| backoff(f, base, max).as_secs()).collect();
         assert_eq!(got, [1, 2, 4, 16, 30, 30]);
     }
 }

@@ -47,12 +47,7 @@ pub struct TargetBody {
 
 impl TargetBody {
     pub fn new(inner: Incoming, lease: Lease, log: PendingLog) -> Self {
-        TargetBody {
-            inner,
-            bytes: 0,
-            lease: Some(lease),
-            log: Some(log),
-        }
+        TargetBody { inner, bytes: 0, lease: Some(lease), log: Some(log) }
     }
 
     fn finish(&mut self, error: Option<&'static str>) {
@@ -67,10 +62,7 @@ impl Body for TargetBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {

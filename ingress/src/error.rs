@@ -38,19 +38,10 @@ pub enum Error {
 /// skips them and logs why, so one bad route does not take the others down).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
-    #[error(
-        "host {0:?} is not a host name (labels of letters, digits and '-' joined by '.', optionally starting with '*.')"
-    )]
+    #[error("host {0:?} is not a host name (labels of letters, digits and '-' joined by '.', optionally starting with '*.')")]
     BadHost(String),
     #[error("path_prefix {0:?} must start with '/'")]
     BadPathPrefix(String),
-    #[error(
-        "service {service} claims host {host} and path_prefix {path_prefix}, already routed to {other}"
-    )]
-    Duplicate {
-        service: String,
-        other: String,
-        host: String,
-        path_prefix: String,
-    },
+    #[error("service {service} claims host {host} and path_prefix {path_prefix}, already routed to {other}")]
+    Duplicate { service: String, other: String, host: String, path_prefix: String },
 }

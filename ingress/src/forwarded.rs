@@ -10,9 +10,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{
-    CONNECTION, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{CONNECTION, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -24,29 +22,19 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 
 /// Whether the request asks to switch protocols (`Connection: upgrade` and an `Upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    headers.contains_key(UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Drops hop-by-hop headers, and those the `Connection` header names. With `keep_upgrade`,
 /// `Upgrade` stays and `Connection` becomes `upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
+    let listed: Vec<HeaderName> = connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
     for name in listed {
         if !(keep_upgrade && name == UPGRADE) {
             headers.remove(name);
         }
     }
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-    ] {
+    for name in [CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER, TRANSFER_ENCODING] {
         headers.remove(name);
     }
     if keep_upgrade {
@@ -58,26 +46,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Adds the `X-Forwarded-*` headers for a client at `client` that reached port `port` over
 /// `https` or not, asking for `host` (as sent, port included).
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    https: bool,
-    host: Option<&str>,
-    port: u16,
-) {
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool, host: Option<&str>, port: u16) {
     let client = client.to_canonical().to_string();
-    let previous: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    let chain = if previous.is_empty() {
-        client
-    } else {
-        format!("{}, {client}", previous.join(", "))
-    };
+    let previous: Vec<&str> =
+        headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()).collect();
+    let chain = if previous.is_empty() { client } else { format!("{}, {client}", previous.join(", ")) };
     if let Ok(value) = HeaderValue::from_str(&chain) {
         headers.insert(X_FORWARDED_FOR, value);
     }
@@ -91,13 +64,7 @@ pub fn add_forwarded(
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    headers.get_all(CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -107,10 +74,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
+            map.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
         }
         map
     }
@@ -133,11 +97,7 @@ mod tests {
 
     #[test]
     fn upgrade_requests_keep_upgrade() {
-        let mut map = headers(&[
-            ("connection", "Upgrade, x-secret"),
-            ("upgrade", "websocket"),
-            ("x-secret", "1"),
-        ]);
+        let mut map = headers(&[("connection", "Upgrade, x-secret"), ("upgrade", "websocket"), ("x-secret", "1")]);
         assert!(is_upgrade(&map));
         strip_hop_by_hop(&mut map, true);
         assert_eq!(map.get(CONNECTION).unwrap(), "upgrade");
@@ -153,13 +113,7 @@ mod tests {
         let cases = [
             (vec![], "10.0.0.9"),
             (vec![("x-forwarded-for", "1.2.3.4")], "1.2.3.4, 10.0.0.9"),
-            (
-                vec![
-                    ("x-forwarded-for", "1.2.3.4, 5.6.7.8"),
-                    ("x-forwarded-for", "9.9.9.9"),
-                ],
-                "1.2.3.4, 5.6.7.8, 9.9.9.9, 10.0.0.9",
-            ),
+            (vec![("x-forwarded-for", "1.2.3.4, 5.6.7.8"), ("x-forwarded-for", "9.9.9.9")], "1.2.3.4, 5.6.7.8, 9.9.9.9, 10.0.0.9"),
         ];
         for (before, want) in cases {
             let mut map = headers(&before);

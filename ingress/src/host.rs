@@ -33,11 +33,7 @@ impl HostPattern {
         if !is_host_name(name) {
             return Err(RuleError::BadHost(raw.to_string()));
         }
-        Ok(if wildcard {
-            HostPattern::Wildcard(format!(".{name}"))
-        } else {
-            HostPattern::Exact(name.to_string())
-        })
+        Ok(if wildcard { HostPattern::Wildcard(format!(".{name}")) } else { HostPattern::Exact(name.to_string()) })
     }
 
     /// Whether `host` (already normalized with [`normalize_host`]) matches. A request without
@@ -46,9 +42,7 @@ impl HostPattern {
         match (self, host) {
             (HostPattern::Any, _) => true,
             (HostPattern::Exact(want), Some(host)) => host == want,
-            (HostPattern::Wildcard(suffix), Some(host)) => {
-                host.len() > suffix.len() && host.ends_with(suffix.as_str())
-            }
+            (HostPattern::Wildcard(suffix), Some(host)) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
             (_, None) => false,
         }
     }
@@ -90,9 +84,7 @@ fn is_host_name(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -124,14 +116,8 @@ mod tests {
     fn patterns_parse_exact_wildcard_or_refuse() {
         let cases: [(Option<&str>, Result<HostPattern, ()>); 8] = [
             (None, Ok(HostPattern::Any)),
-            (
-                Some("Quotes.Example"),
-                Ok(HostPattern::Exact("quotes.example".into())),
-            ),
-            (
-                Some("*.example.com"),
-                Ok(HostPattern::Wildcard(".example.com".into())),
-            ),
+            (Some("Quotes.Example"), Ok(HostPattern::Exact("quotes.example".into()))),
+            (Some("*.example.com"), Ok(HostPattern::Wildcard(".example.com".into()))),
             (Some("a-b.c"), Ok(HostPattern::Exact("a-b.c".into()))),
             (Some("*"), Err(())),
             (Some("a.*.com"), Err(())),

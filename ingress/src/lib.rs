@@ -76,12 +76,7 @@ impl Ingress {
         };
         let pool = Arc::new(TargetPool::new(config.backoff_base, config.backoff_max));
         let routing = routing::follow(routes, Arc::clone(&pool));
-        Ok(Ingress {
-            config,
-            routing,
-            pool,
-            tls,
-        })
+        Ok(Ingress { config, routing, pool, tls })
     }
 
     /// Requests in flight from this ingress to `target` (an upgraded connection counts until
@@ -98,20 +93,10 @@ impl Ingress {
     /// Serves `listener` until `shutdown` completes; then stops accepting, lets open
     /// connections finish their requests within `shutdown_grace`, and returns. With
     /// `config.threads`, on that many threads of its own (see [`IngressConfig::threads`]).
-    pub async fn serve(
-        &self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), Error> {
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let addr = listener.local_addr().map_err(Error::Listener)?;
         tracing::info!(%addr, tls = self.tls.is_some(), threads = ?self.config.threads, "ingress listening");
-        let proxy = || {
-            Arc::new(Proxy::new(
-                &self.config,
-                self.routing.clone(),
-                Arc::clone(&self.pool),
-            ))
-        };
+        let proxy = || Arc::new(Proxy::new(&self.config, self.routing.clone(), Arc::clone(&self.pool)));
         match self.config.threads {
             None => {
                 server::serve(&self.config, proxy(), self.tls.clone(), listener, shutdown).await;
@@ -132,7 +117,5 @@ pub async fn run(
     routes: watch::Receiver<RouteTable>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    Ingress::new(config, routes)?
-        .serve(listener, shutdown)
-        .await
+    Ingress::new(config, routes)?.serve(listener, shutdown).await
 }

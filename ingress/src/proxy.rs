@@ -99,11 +99,7 @@ impl RequestBody {
 }
 
 impl Proxy {
-    pub fn new(
-        config: &IngressConfig,
-        routing: watch::Receiver<Arc<Routing>>,
-        pool: Arc<TargetPool>,
-    ) -> Self {
+    pub fn new(config: &IngressConfig, routing: watch::Receiver<Arc<Routing>>, pool: Arc<TargetPool>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
@@ -126,37 +122,19 @@ impl Proxy {
     }
 
     /// Answers one client request.
-    pub async fn handle(
-        &self,
-        mut req: Request<Incoming>,
-        down: Downstream,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>, down: Downstream) -> Response<ProxyBody> {
         let raw_host = request_host(&req);
         let host = raw_host.as_deref().and_then(normalize_host);
         let path = req.uri().path().to_string();
-        let mut log = PendingLog::start(
-            self.access_log.clone(),
-            down.client,
-            req.method(),
-            raw_host.as_deref(),
-            &path,
-        );
+        let mut log = PendingLog::start(self.access_log.clone(), down.client, req.method(), raw_host.as_deref(), &path);
         let routing = self.routing.borrow().clone();
         let Some(index) = routing.rules.find(host.as_deref(), &path) else {
-            return own_answer(
-                log,
-                answer::no_rule(host.as_deref(), &path),
-                Some("no rule"),
-            );
+            return own_answer(log, answer::no_rule(host.as_deref(), &path), Some("no rule"));
         };
         let route = &routing.table.routes[index];
         log.record.service = Some(route.service.clone());
         if route.targets.is_empty() {
-            return own_answer(
-                log,
-                answer::no_target(&route.service),
-                Some("no healthy target"),
-            );
+            return own_answer(log, answer::no_target(&route.service), Some("no healthy target"));
         }
         let deadline = (log.arrived() + route.timeout).into();
 
@@ -164,57 +142,28 @@ impl Proxy {
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         forwarded::strip_hop_by_hop(&mut parts.headers, upgrading);
-        forwarded::add_forwarded(
-            &mut parts.headers,
-            down.client.ip(),
-            down.https,
-            raw_host.as_deref(),
-            down.local_port,
-        );
-        if let Some(value) = raw_host
-            .as_deref()
-            .and_then(|h| HeaderValue::from_str(h).ok())
-        {
+        forwarded::add_forwarded(&mut parts.headers, down.client.ip(), down.https, raw_host.as_deref(), down.local_port);
+        if let Some(value) = raw_host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
             parts.headers.insert(HOST, value);
         }
         let mut body = match timeout_at(deadline, self.request_body(&parts, body)).await {
             Ok(Ok(body)) => body,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "cannot read the request body");
-                return own_answer(
-                    log,
-                    answer::bad_request("cannot read the request body"),
-                    Some("bad request body"),
-                );
+                return own_answer(log, answer::bad_request("cannot read the request body"), Some("bad request body"));
             }
             Err(_) => {
-                return own_answer(
-                    log,
-                    answer::request_timeout(),
-                    Some("request body too slow"),
-                );
+                return own_answer(log, answer::request_timeout(), Some("request body too slow"));
             }
         };
 
         let cursor = routing.cursors[index].fetch_add(1, Ordering::Relaxed);
-        let sent = self
-            .send(route, &parts, &mut body, cursor, deadline, &mut log)
-            .await;
+        let sent = self.send(route, &parts, &mut body, cursor, deadline, &mut log).await;
         match sent {
-            Ok((response, lease)) => {
-                self.respond(response, lease, log, client_upgrade, &route.service)
-            }
-            Err(Failure::Timeout) => own_answer(
-                log,
-                answer::gateway_timeout(&route.service),
-                Some("timeout"),
-            ),
+            Ok((response, lease)) => self.respond(response, lease, log, client_upgrade, &route.service),
+            Err(Failure::Timeout) => own_answer(log, answer::gateway_timeout(&route.service), Some("timeout")),
             Err(Failure::NoAnswer(why)) => {
-                let text = if why == CONNECT_FAILED {
-                    "no target accepted the connection"
-                } else {
-                    "no target answered"
-                };
+                let text = if why == CONNECT_FAILED { "no target accepted the connection" } else { "no target answered" };
                 own_answer(log, answer::bad_gateway(&route.service, text), Some(why))
             }
         }
@@ -234,10 +183,7 @@ impl Proxy {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut failure = Failure::NoAnswer("no target could be tried");
         while (tried.len() as u32) < self.max_attempts {
-            let Some(lease) = self
-                .pool
-                .acquire(&route.targets, self.balancing, cursor, &tried)
-            else {
+            let Some(lease) = self.pool.acquire(&route.targets, self.balancing, cursor, &tried) else {
                 break;
             };
             let Some(attempt_body) = body.take() else {
@@ -282,11 +228,9 @@ impl Proxy {
         client_upgrade: Option<OnUpgrade>,
         service: &str,
     ) -> Response<ProxyBody> {
-        respond(response, lease, log, client_upgrade, service, || {
-            upgrade::TunnelLimits {
-                idle_timeout: self.idle_timeout,
-                stop: self.tunnels.subscribe(),
-            }
+        respond(response, lease, log, client_upgrade, service, || upgrade::TunnelLimits {
+            idle_timeout: self.idle_timeout,
+            stop: self.tunnels.subscribe(),
         })
     }
 
@@ -302,23 +246,13 @@ impl Proxy {
         self.tunnels.send_replace(true);
     }
 
-    async fn request_body(
-        &self,
-        parts: &Parts,
-        body: Incoming,
-    ) -> Result<RequestBody, hyper::Error> {
+    async fn request_body(&self, parts: &Parts, body: Incoming) -> Result<RequestBody, hyper::Error> {
         if body.is_end_stream() {
             return Ok(RequestBody::Replayable(Bytes::new()));
         }
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         match declared {
-            Some(len) if len <= self.retry_body_limit as u64 => {
-                Ok(RequestBody::Replayable(body.collect().await?.to_bytes()))
-            }
+            Some(len) if len <= self.retry_body_limit as u64 => Ok(RequestBody::Replayable(body.collect().await?.to_bytes())),
             _ => Ok(RequestBody::Once(Some(body))),
         }
     }
@@ -336,20 +270,10 @@ fn respond(
 ) -> Response<ProxyBody> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
-            return own_answer(
-                log,
-                answer::bad_gateway(service, "target switched protocols unasked"),
-                Some("unasked upgrade"),
-            );
+            return own_answer(log, answer::bad_gateway(service, "target switched protocols unasked"), Some("unasked upgrade"));
         };
         let target_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(upgrade::tunnel(
-            client_upgrade,
-            target_upgrade,
-            lease,
-            log,
-            tunnel(),
-        ));
+        tokio::spawn(upgrade::tunnel(client_upgrade, target_upgrade, lease, log, tunnel()));
         let (mut head, _) = response.into_parts();
         forwarded::strip_hop_by_hop(&mut head.headers, true);
         return Response::from_parts(head, empty());
@@ -361,11 +285,7 @@ fn respond(
 }
 
 /// Writes the access log line of an answer the ingress gives itself.
-fn own_answer(
-    mut log: PendingLog,
-    response: Response<ProxyBody>,
-    error: Option<&'static str>,
-) -> Response<ProxyBody> {
+fn own_answer(mut log: PendingLog, response: Response<ProxyBody>, error: Option<&'static str>) -> Response<ProxyBody> {
     log.record.status = response.status().as_u16();
     let bytes = response.body().size_hint().exact().unwrap_or(0);
     log.finish(bytes, error);
@@ -385,11 +305,7 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
 /// The request to send to `target`: same method, path, query and (rewritten) headers, over
 /// HTTP/1.1.
 fn upstream_request(parts: &Parts, target: SocketAddr, body: ProxyBody) -> Request<ProxyBody> {
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     let uri = Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(target.to_string())
@@ -405,15 +321,7 @@ fn upstream_request(parts: &Parts, target: SocketAddr, body: ProxyBody) -> Reque
 }
 
 fn is_idempotent(method: &Method) -> bool {
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::PUT,
-        Method::DELETE,
-        Method::TRACE,
-    ]
-    .contains(method)
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::PUT, Method::DELETE, Method::TRACE].contains(method)
 }
 
 /// An error and its causes, `: `-joined (hyper's own messages are terse).

@@ -41,13 +41,7 @@ pub struct Route {
 impl Route {
     /// A route for `service` on `path_prefix`, any host, no targets yet, the default timeout.
     pub fn new(service: impl Into<String>, path_prefix: impl Into<String>) -> Self {
-        Route {
-            host: None,
-            path_prefix: path_prefix.into(),
-            service: service.into(),
-            targets: Vec::new(),
-            timeout: DEFAULT_ROUTE_TIMEOUT,
-        }
+        Route { host: None, path_prefix: path_prefix.into(), service: service.into(), targets: Vec::new(), timeout: DEFAULT_ROUTE_TIMEOUT }
     }
 
     /// The same route restricted to `host` (exact or `*.` wildcard).

@@ -27,36 +27,21 @@ impl Routing {
             tracing::warn!(%error, "route left out");
         }
         let cursors = table.routes.iter().map(|_| AtomicUsize::new(0)).collect();
-        Routing {
-            table,
-            rules,
-            cursors,
-        }
+        Routing { table, rules, cursors }
     }
 }
 
 /// Compiles the current table, then every new one, until the sender goes away (the last table
 /// stays in use). Returns the receiver requests read the compiled table from.
-pub fn follow(
-    mut routes: watch::Receiver<RouteTable>,
-    pool: Arc<TargetPool>,
-) -> watch::Receiver<Arc<Routing>> {
+pub fn follow(mut routes: watch::Receiver<RouteTable>, pool: Arc<TargetPool>) -> watch::Receiver<Arc<Routing>> {
     let first = Routing::new(routes.borrow_and_update().clone());
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         while routes.changed().await.is_ok() {
             let table = routes.borrow_and_update().clone();
-            let targets: Vec<_> = table
-                .routes
-                .iter()
-                .flat_map(|r| r.targets.iter().copied())
-                .collect();
+            let targets: Vec<_> = table.routes.iter().flat_map(|r| r.targets.iter().copied()).collect();
             pool.retain(&targets);
-            tracing::debug!(
-                routes = table.routes.len(),
-                targets = targets.len(),
-                "route table changed"
-            );
+            tracing::debug!(routes = table.routes.len(), targets = targets.len(), "route table changed");
             if tx.send(Arc::new(Routing::new(table))).is_err() {
                 break;
             }

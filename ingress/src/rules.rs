@@ -57,17 +57,11 @@ impl Rules {
                 });
                 continue;
             }
-            rules.push(Rule {
-                host,
-                prefix,
-                route: index,
-            });
+            rules.push(Rule { host, prefix, route: index });
         }
         // Stable: equal specificity cannot happen after the duplicate check, but keep the
         // table order as the last word anyway.
-        rules.sort_by(|a, b| {
-            (b.host.specificity(), b.prefix.len()).cmp(&(a.host.specificity(), a.prefix.len()))
-        });
+        rules.sort_by_key(|r| std::cmp::Reverse((r.host.specificity(), r.prefix.len())));
         (Rules { rules }, errors)
     }
 
@@ -75,10 +69,7 @@ impl Rules {
     /// is normalized (see [`crate::host::normalize_host`]); `path` is the request's path
     /// without the query.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
-        self.rules
-            .iter()
-            .find(|rule| rule.host.matches(host) && prefix_matches(&rule.prefix, path))
-            .map(|rule| rule.route)
+        self.rules.iter().find(|rule| rule.host.matches(host) && prefix_matches(&rule.prefix, path)).map(|rule| rule.route)
     }
 
     /// How many rules are in use.
@@ -162,11 +153,8 @@ mod tests {
 
     #[test]
     fn an_exact_host_falls_through_where_its_prefixes_do_not_match() {
-        let routes = vec![
-            route("exact-api", Some("quotes.example"), "/api"),
-            route("wild", Some("*.example"), "/"),
-            route("root", None, "/"),
-        ];
+        let routes =
+            vec![route("exact-api", Some("quotes.example"), "/api"), route("wild", Some("*.example"), "/"), route("root", None, "/")];
         let (rules, _) = Rules::new(&routes);
         let cases = [
             (Some("quotes.example"), "/api/x", "exact-api"),
@@ -201,10 +189,7 @@ mod tests {
         assert_eq!(rules.len(), 1);
         assert_eq!(rules.find(Some("a.example"), "/api"), Some(0));
         assert_eq!(errors.len(), 3);
-        assert!(
-            matches!(&errors[0], RuleError::Duplicate { service, other, .. } if service == "second" && other == "first"),
-            "{errors:?}"
-        );
+        assert!(matches!(&errors[0], RuleError::Duplicate { service, other, .. } if service == "second" && other == "first"), "{errors:?}");
         assert_eq!(errors[1], RuleError::BadPathPrefix("api".into()));
         assert_eq!(errors[2], RuleError::BadHost("a_b".into()));
     }

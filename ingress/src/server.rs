@@ -46,20 +46,10 @@ pub async fn serve(
 ) {
     let mut http = auto::Builder::new(TokioExecutor::new());
     let header_bytes = config.max_header_bytes.max(MIN_HEADER_BYTES);
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(header_bytes);
-    http.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
-    let shared = Arc::new(Shared {
-        proxy,
-        http,
-        tls,
-        idle_timeout: config.idle_timeout,
-        tls_handshake_timeout: config.tls_handshake_timeout,
-    });
+    http.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout).max_buf_size(header_bytes);
+    http.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
+    let shared =
+        Arc::new(Shared { proxy, http, tls, idle_timeout: config.idle_timeout, tls_handshake_timeout: config.tls_handshake_timeout });
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -86,15 +76,9 @@ pub async fn serve(
     let open = connections.len();
     tracing::info!(open, "ingress stopping; draining connections");
     let deadline = tokio::time::Instant::now() + config.shutdown_grace;
-    let drained = tokio::time::timeout_at(deadline, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout_at(deadline, async { while connections.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(
-            left = connections.len(),
-            "connections cut after the shutdown grace period"
-        );
+        tracing::warn!(left = connections.len(), "connections cut after the shutdown grace period");
         connections.shutdown().await;
     }
     shared.proxy.close_tunnels(deadline).await;
@@ -102,34 +86,22 @@ pub async fn serve(
 
 /// One client connection: TLS handshake if any, then HTTP until the client leaves, the
 /// connection idles out or the ingress stops.
-async fn connection(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    down: Downstream,
-    stop: watch::Receiver<bool>,
-) {
+async fn connection(shared: Arc<Shared>, stream: TcpStream, down: Downstream, stop: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
     match &shared.tls {
         None => serve_http(&shared, stream, down, stop).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(stream)).await
-            {
-                Ok(Ok(tls)) => serve_http(&shared, tls, down, stop).await,
-                Ok(Err(e)) => {
-                    tracing::debug!(client = %down.client, error = %e, "tls handshake failed")
-                }
-                Err(_) => tracing::debug!(client = %down.client, "tls handshake timed out"),
+        Some(acceptor) => match tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => serve_http(&shared, tls, down, stop).await,
+            Ok(Err(e)) => {
+                tracing::debug!(client = %down.client, error = %e, "tls handshake failed")
             }
-        }
+            Err(_) => tracing::debug!(client = %down.client, "tls handshake timed out"),
+        },
     }
 }
 
-async fn serve_http<S>(
-    shared: &Shared,
-    stream: S,
-    down: Downstream,
-    mut stop: watch::Receiver<bool>,
-) where
+async fn serve_http<S>(shared: &Shared, stream: S, down: Downstream, mut stop: watch::Receiver<bool>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();

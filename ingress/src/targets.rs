@@ -34,11 +34,7 @@ pub struct Lease {
 
 impl TargetPool {
     pub fn new(backoff_base: Duration, backoff_max: Duration) -> Self {
-        TargetPool {
-            state: Mutex::new(HashMap::new()),
-            backoff_base,
-            backoff_max,
-        }
+        TargetPool { state: Mutex::new(HashMap::new()), backoff_base, backoff_max }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, TargetState>> {
@@ -47,33 +43,20 @@ impl TargetPool {
     }
 
     /// Chooses among `targets` (skipping `tried`) and counts the request as outstanding.
-    pub fn acquire(
-        self: &Arc<Self>,
-        targets: &[SocketAddr],
-        balancing: Balancing,
-        cursor: usize,
-        tried: &[SocketAddr],
-    ) -> Option<Lease> {
+    pub fn acquire(self: &Arc<Self>, targets: &[SocketAddr], balancing: Balancing, cursor: usize, tried: &[SocketAddr]) -> Option<Lease> {
         let now = Instant::now();
         let mut state = self.lock();
         let candidates: Vec<Candidate> = targets
             .iter()
             .map(|&addr| {
                 let s = state.get(&addr).copied().unwrap_or_default();
-                Candidate {
-                    addr,
-                    outstanding: s.outstanding,
-                    down_until: s.down_until,
-                }
+                Candidate { addr, outstanding: s.outstanding, down_until: s.down_until }
             })
             .collect();
         let index = choose(&candidates, balancing, cursor, now, tried)?;
         let addr = targets[index];
         state.entry(addr).or_default().outstanding += 1;
-        Some(Lease {
-            pool: Arc::clone(self),
-            addr,
-        })
+        Some(Lease { pool: Arc::clone(self), addr })
     }
 
     /// The target answered: it is up again.
@@ -101,17 +84,12 @@ impl TargetPool {
 
     /// Every target with requests in flight, and how many (for draining reports).
     pub fn busy(&self) -> Vec<(SocketAddr, u64)> {
-        self.lock()
-            .iter()
-            .filter(|(_, s)| s.outstanding > 0)
-            .map(|(addr, s)| (*addr, s.outstanding))
-            .collect()
+        self.lock().iter().filter(|(_, s)| s.outstanding > 0).map(|(addr, s)| (*addr, s.outstanding)).collect()
     }
 
     /// Forgets targets that are in no route and have nothing in flight.
     pub fn retain(&self, keep: &[SocketAddr]) {
-        self.lock()
-            .retain(|addr, s| s.outstanding > 0 || keep.contains(addr));
+        self.lock().retain(|addr, s| s.outstanding > 0 || keep.contains(addr));
     }
 }
 
@@ -129,19 +107,12 @@ mod tests {
 
     #[test]
     fn leases_count_outstanding_and_steer_the_next_choice() {
-        let pool = Arc::new(TargetPool::new(
-            Duration::from_secs(1),
-            Duration::from_secs(2),
-        ));
+        let pool = Arc::new(TargetPool::new(Duration::from_secs(1), Duration::from_secs(2)));
         let a = SocketAddr::from(([127, 0, 0, 1], 1));
         let b = SocketAddr::from(([127, 0, 0, 1], 2));
-        let first = pool
-            .acquire(&[a, b], Balancing::LeastOutstanding, 0, &[])
-            .unwrap();
+        let first = pool.acquire(&[a, b], Balancing::LeastOutstanding, 0, &[]).unwrap();
         assert_eq!(first.addr, a);
-        let second = pool
-            .acquire(&[a, b], Balancing::LeastOutstanding, 0, &[])
-            .unwrap();
+        let second = pool.acquire(&[a, b], Balancing::LeastOutstanding, 0, &[]).unwrap();
         assert_eq!(second.addr, b);
         assert_eq!((pool.outstanding(a), pool.outstanding(b)), (1, 1));
         let mut busy = pool.busy();
@@ -150,14 +121,10 @@ mod tests {
         drop(first);
         assert_eq!(pool.outstanding(a), 0);
         pool.failed(a);
-        let third = pool
-            .acquire(&[a, b], Balancing::LeastOutstanding, 0, &[])
-            .unwrap();
+        let third = pool.acquire(&[a, b], Balancing::LeastOutstanding, 0, &[]).unwrap();
         assert_eq!(third.addr, b, "a is down");
         pool.succeeded(a);
-        let fourth = pool
-            .acquire(&[a, b], Balancing::LeastOutstanding, 0, &[])
-            .unwrap();
+        let fourth = pool.acquire(&[a, b], Balancing::LeastOutstanding, 0, &[]).unwrap();
         assert_eq!(fourth.addr, a, "a is back");
     }
 }

@@ -23,17 +23,8 @@ pub struct TunnelLimits {
 
 /// Joins the two upgraded connections; logs the request when the tunnel closes, with the
 /// bytes sent to the client.
-pub async fn tunnel(
-    client: OnUpgrade,
-    target: OnUpgrade,
-    lease: Lease,
-    log: PendingLog,
-    limits: TunnelLimits,
-) {
-    let TunnelLimits {
-        idle_timeout,
-        mut stop,
-    } = limits;
+pub async fn tunnel(client: OnUpgrade, target: OnUpgrade, lease: Lease, log: PendingLog, limits: TunnelLimits) {
+    let TunnelLimits { idle_timeout, mut stop } = limits;
     let (client, target) = match tokio::try_join!(client, target) {
         Ok(both) => both,
         Err(e) => {

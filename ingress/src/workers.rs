@@ -29,10 +29,7 @@ pub async fn serve(
     let mut finished = Vec::with_capacity(proxies.len());
     for (index, proxy) in proxies.into_iter().enumerate() {
         let listener = listener.try_clone().map_err(Error::Listener)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(Error::Worker)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Error::Worker)?;
         let (config, tls, mut stop) = (config.clone(), tls.clone(), stop_rx.clone());
         let (done_tx, done_rx) = oneshot::channel::<()>();
         std::thread::Builder::new()

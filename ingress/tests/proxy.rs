@@ -32,12 +32,8 @@ async fn requests_go_by_host_then_longest_path_prefix() {
         table(vec![
             Route::new("root", "/").with_targets([root.addr]),
             Route::new("api", "/api/v1").with_targets([api.addr]),
-            Route::new("quotes", "/")
-                .with_host("quotes.example")
-                .with_targets([quotes.addr]),
-            Route::new("wild", "/")
-                .with_host("*.example.com")
-                .with_targets([wild.addr]),
+            Route::new("quotes", "/").with_host("quotes.example").with_targets([quotes.addr]),
+            Route::new("wild", "/").with_host("*.example.com").with_targets([wild.addr]),
         ]),
     )
     .await;
@@ -52,11 +48,7 @@ async fn requests_go_by_host_then_longest_path_prefix() {
     ];
     for (host, path, want) in cases {
         let got = get(&client, &harness, host, path).await;
-        assert_eq!(
-            (got.status, got.body.as_str()),
-            (StatusCode::OK, want),
-            "{host} {path}"
-        );
+        assert_eq!((got.status, got.body.as_str()), (StatusCode::OK, want), "{host} {path}");
     }
 }
 
@@ -65,29 +57,17 @@ async fn no_rule_is_404_naming_host_and_path() {
     let api = named("api").await;
     let harness = Harness::start(
         IngressConfig::default(),
-        table(vec![
-            Route::new("api", "/api")
-                .with_host("quotes.example")
-                .with_targets([api.addr]),
-        ]),
+        table(vec![Route::new("api", "/api").with_host("quotes.example").with_targets([api.addr])]),
     )
     .await;
     let got = get(&client(), &harness, "nobody.example", "/api/x").await;
     assert_eq!(got.status, StatusCode::NOT_FOUND);
-    assert!(
-        got.body.contains("nobody.example") && got.body.contains("/api/x"),
-        "{}",
-        got.body
-    );
+    assert!(got.body.contains("nobody.example") && got.body.contains("/api/x"), "{}", got.body);
 }
 
 #[tokio::test]
 async fn no_healthy_target_is_503_with_retry_after() {
-    let harness = Harness::start(
-        IngressConfig::default(),
-        table(vec![Route::new("quotes", "/")]),
-    )
-    .await;
+    let harness = Harness::start(IngressConfig::default(), table(vec![Route::new("quotes", "/")])).await;
     let got = get(&client(), &harness, "x", "/").await;
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(got.headers["retry-after"], "1");
@@ -107,9 +87,7 @@ async fn broken_backend(partial: bool) -> SocketAddr {
             let mut buf = vec![0u8; 4096];
             let _ = stream.read(&mut buf).await;
             if partial {
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b")
-                    .await;
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b").await;
             }
             drop(stream);
         }
@@ -120,11 +98,7 @@ async fn broken_backend(partial: bool) -> SocketAddr {
 #[tokio::test]
 async fn target_closing_before_its_answer_is_502() {
     let addr = broken_backend(false).await;
-    let harness = Harness::start(
-        IngressConfig::default(),
-        table(vec![Route::new("broken", "/").with_targets([addr])]),
-    )
-    .await;
+    let harness = Harness::start(IngressConfig::default(), table(vec![Route::new("broken", "/").with_targets([addr])])).await;
     let client = client();
     for method in ["POST", "GET"] {
         let got = send(&client, &harness, method, "x", "/", &[]).await;
@@ -136,26 +110,11 @@ async fn target_closing_before_its_answer_is_502() {
 #[tokio::test]
 async fn target_failing_mid_body_cuts_the_response() {
     let addr = broken_backend(true).await;
-    let harness = Harness::start(
-        IngressConfig::default(),
-        table(vec![Route::new("broken", "/").with_targets([addr])]),
-    )
-    .await;
-    let request = Request::get(harness.url("/"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = tokio::time::timeout(PATIENCE, client().request(request))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        StatusCode::OK,
-        "the head was already forwarded"
-    );
-    let body = tokio::time::timeout(PATIENCE, response.into_body().collect())
-        .await
-        .unwrap();
+    let harness = Harness::start(IngressConfig::default(), table(vec![Route::new("broken", "/").with_targets([addr])])).await;
+    let request = Request::get(harness.url("/")).body(Full::new(Bytes::new())).unwrap();
+    let response = tokio::time::timeout(PATIENCE, client().request(request)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the head was already forwarded");
+    let body = tokio::time::timeout(PATIENCE, response.into_body().collect()).await.unwrap();
     assert!(body.is_err(), "a truncated body must not look complete");
 }
 
@@ -168,21 +127,13 @@ async fn slower_than_the_route_timeout_is_504() {
     .await;
     let harness = Harness::start(
         IngressConfig::default(),
-        table(vec![
-            Route::new("slow", "/")
-                .with_targets([slow.addr])
-                .with_timeout(Duration::from_millis(300)),
-        ]),
+        table(vec![Route::new("slow", "/").with_targets([slow.addr]).with_timeout(Duration::from_millis(300))]),
     )
     .await;
     let started = Instant::now();
     let got = get(&client(), &harness, "x", "/").await;
     assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -190,10 +141,7 @@ async fn refused_targets_are_retried_and_no_request_fails() {
     let live = named("live").await;
     let dead = refusing_addr().await;
     let harness = Harness::start(
-        IngressConfig {
-            balancing: Balancing::RoundRobin,
-            ..IngressConfig::default()
-        },
+        IngressConfig { balancing: Balancing::RoundRobin, ..IngressConfig::default() },
         table(vec![Route::new("svc", "/").with_targets([dead, live.addr])]),
     )
     .await;
@@ -201,12 +149,7 @@ async fn refused_targets_are_retried_and_no_request_fails() {
     for i in 0..20 {
         let method = if i % 2 == 0 { "GET" } else { "POST" };
         let got = send(&client, &harness, method, "x", "/", &[]).await;
-        assert_eq!(
-            got.status,
-            StatusCode::OK,
-            "request {i} ({method}): {}",
-            got.body
-        );
+        assert_eq!(got.status, StatusCode::OK, "request {i} ({method}): {}", got.body);
     }
     assert_eq!(live.hits(), 20);
 }
@@ -221,11 +164,7 @@ async fn least_outstanding_spreads_concurrent_requests() {
     };
     let a = slow("a").await;
     let b = slow("b").await;
-    let harness = Harness::start(
-        IngressConfig::default(),
-        table(vec![Route::new("svc", "/").with_targets([a.addr, b.addr])]),
-    )
-    .await;
+    let harness = Harness::start(IngressConfig::default(), table(vec![Route::new("svc", "/").with_targets([a.addr, b.addr])])).await;
     let harness = Arc::new(harness);
     let client = client();
     let mut requests = tokio::task::JoinSet::new();
@@ -253,23 +192,10 @@ async fn least_outstanding_spreads_concurrent_requests() {
 #[tokio::test]
 async fn forwarded_headers_tell_the_target_who_asked() {
     let echo = echo_headers().await;
-    let harness = Harness::start(
-        IngressConfig::default(),
-        table(vec![Route::new("echo", "/").with_targets([echo.addr])]),
-    )
-    .await;
-    let got = send(
-        &client(),
-        &harness,
-        "GET",
-        "quotes.example:1234",
-        "/",
-        &[
-            ("x-forwarded-for", "203.0.113.7"),
-            ("x-forwarded-proto", "https"),
-        ],
-    )
-    .await;
+    let harness = Harness::start(IngressConfig::default(), table(vec![Route::new("echo", "/").with_targets([echo.addr])])).await;
+    let got =
+        send(&client(), &harness, "GET", "quotes.example:1234", "/", &[("x-forwarded-for", "203.0.113.7"), ("x-forwarded-proto", "https")])
+            .await;
     let lines: Vec<&str> = got.body.lines().collect();
     let port = harness.addr.port().to_string();
     for want in [
@@ -300,12 +226,8 @@ async fn upgrade_echo() -> Backend {
             }
         });
         let mut response = text(StatusCode::SWITCHING_PROTOCOLS, "");
-        response
-            .headers_mut()
-            .insert("connection", "upgrade".parse().unwrap());
-        response
-            .headers_mut()
-            .insert("upgrade", "echo".parse().unwrap());
+        response.headers_mut().insert("connection", "upgrade".parse().unwrap());
+        response.headers_mut().insert("upgrade", "echo".parse().unwrap());
         response
     })
     .await
@@ -314,9 +236,7 @@ async fn upgrade_echo() -> Backend {
 /// Opens an upgraded connection through the ingress.
 async fn upgrade_through(harness: &Harness) -> TokioIo<hyper::upgrade::Upgraded> {
     let stream = TcpStream::connect(harness.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn.with_upgrades());
     let request = Request::get("/ws")
         .header("host", "x")
@@ -324,113 +244,63 @@ async fn upgrade_through(harness: &Harness) -> TokioIo<hyper::upgrade::Upgraded>
         .header("upgrade", "echo")
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
-        .await
-        .unwrap()
-        .unwrap();
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(request)).await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(response.headers()["upgrade"], "echo");
-    TokioIo::new(
-        tokio::time::timeout(PATIENCE, hyper::upgrade::on(response))
-            .await
-            .unwrap()
-            .unwrap(),
-    )
+    TokioIo::new(tokio::time::timeout(PATIENCE, hyper::upgrade::on(response)).await.unwrap().unwrap())
 }
 
 #[tokio::test]
 async fn idle_upgraded_connections_are_closed() {
     let echo = upgrade_echo().await;
     let harness = Harness::start(
-        IngressConfig {
-            idle_timeout: Duration::from_millis(300),
-            ..IngressConfig::default()
-        },
+        IngressConfig { idle_timeout: Duration::from_millis(300), ..IngressConfig::default() },
         table(vec![Route::new("echo", "/").with_targets([echo.addr])]),
     )
     .await;
     let mut io = upgrade_through(&harness).await;
     io.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
-    tokio::time::timeout(PATIENCE, io.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(PATIENCE, io.read_exact(&mut buf)).await.unwrap().unwrap();
     let started = Instant::now();
-    let n = tokio::time::timeout(PATIENCE, io.read(&mut buf))
-        .await
-        .expect("the idle tunnel stayed open")
-        .unwrap_or(0);
+    let n = tokio::time::timeout(PATIENCE, io.read(&mut buf)).await.expect("the idle tunnel stayed open").unwrap_or(0);
     assert_eq!(n, 0);
-    assert!(
-        started.elapsed() >= Duration::from_millis(250),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
     for _ in 0..100 {
         if harness.ingress.in_flight(echo.addr) == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(
-        harness.ingress.in_flight(echo.addr),
-        0,
-        "the closed tunnel still counts"
-    );
+    assert_eq!(harness.ingress.in_flight(echo.addr), 0, "the closed tunnel still counts");
 }
 
 #[tokio::test]
 async fn upgrade_requests_are_tunnelled_both_ways() {
     let echo = upgrade_echo().await;
-    let harness = Harness::start(
-        IngressConfig::default(),
-        table(vec![Route::new("echo", "/").with_targets([echo.addr])]),
-    )
-    .await;
+    let harness = Harness::start(IngressConfig::default(), table(vec![Route::new("echo", "/").with_targets([echo.addr])])).await;
     let mut io = upgrade_through(&harness).await;
     for message in [&b"ping"[..], b"and pong"] {
         io.write_all(message).await.unwrap();
         let mut buf = vec![0u8; message.len()];
-        tokio::time::timeout(PATIENCE, io.read_exact(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(PATIENCE, io.read_exact(&mut buf)).await.unwrap().unwrap();
         assert_eq!(buf, message);
     }
-    assert_eq!(
-        harness.ingress.in_flight(echo.addr),
-        1,
-        "an open tunnel counts as in flight"
-    );
+    assert_eq!(harness.ingress.in_flight(echo.addr), 1, "an open tunnel counts as in flight");
 }
 
 #[tokio::test]
 async fn http2_clients_are_served() {
     let api = named("api").await;
-    let harness = Harness::start(
-        IngressConfig::default(),
-        table(vec![
-            Route::new("api", "/")
-                .with_host("app.example")
-                .with_targets([api.addr]),
-        ]),
-    )
-    .await;
+    let harness =
+        Harness::start(IngressConfig::default(), table(vec![Route::new("api", "/").with_host("app.example").with_targets([api.addr])]))
+            .await;
     let stream = TcpStream::connect(harness.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     for i in 0..3 {
-        let request = Request::get("http://app.example/hello")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
-            .await
-            .unwrap()
-            .unwrap();
+        let request = Request::get("http://app.example/hello").body(Empty::<Bytes>::new()).unwrap();
+        let response = tokio::time::timeout(PATIENCE, sender.send_request(request)).await.unwrap().unwrap();
         assert_eq!(response.version(), http::Version::HTTP_2);
         assert_eq!(response.status(), StatusCode::OK, "request {i}");
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -442,10 +312,7 @@ async fn http2_clients_are_served() {
 async fn oversized_headers_are_refused_not_stuck() {
     let api = named("api").await;
     let harness = Harness::start(
-        IngressConfig {
-            max_header_bytes: 16 * 1024,
-            ..IngressConfig::default()
-        },
+        IngressConfig { max_header_bytes: 16 * 1024, ..IngressConfig::default() },
         table(vec![Route::new("api", "/").with_targets([api.addr])]),
     )
     .await;
@@ -455,74 +322,41 @@ async fn oversized_headers_are_refused_not_stuck() {
     // The ingress may answer and close before reading it all: a write error is fine.
     let _ = stream.write_all(request.as_bytes()).await;
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
-        .await
-        .expect("the ingress neither answered nor closed");
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await.expect("the ingress neither answered nor closed");
     let answer = String::from_utf8_lossy(&answer);
     // 431 when the answer wins the race with the reset of the unread bytes; else closed.
-    assert!(
-        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
-        "{answer}"
-    );
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer}");
     assert_eq!(api.hits(), 0);
 }
 
 #[tokio::test]
 async fn idle_client_connections_are_closed() {
-    let harness = Harness::start(
-        IngressConfig {
-            idle_timeout: Duration::from_millis(300),
-            ..IngressConfig::default()
-        },
-        RouteTable::default(),
-    )
-    .await;
+    let harness =
+        Harness::start(IngressConfig { idle_timeout: Duration::from_millis(300), ..IngressConfig::default() }, RouteTable::default()).await;
     let mut stream = TcpStream::connect(harness.addr).await.unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
-        .await
-        .expect("still open")
-        .unwrap_or(0);
+    let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf)).await.expect("still open").unwrap_or(0);
     assert_eq!(n, 0);
-    assert!(
-        started.elapsed() >= Duration::from_millis(250),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
 }
 
 #[tokio::test]
 async fn route_changes_apply_to_open_keep_alive_connections() {
     let a = named("a").await;
     let b = named("b").await;
-    let harness = Harness::start(
-        IngressConfig::default(),
-        table(vec![Route::new("svc", "/").with_targets([a.addr])]),
-    )
-    .await;
+    let harness = Harness::start(IngressConfig::default(), table(vec![Route::new("svc", "/").with_targets([a.addr])])).await;
     let stream = TcpStream::connect(harness.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     let conn = tokio::spawn(conn);
     let mut ask = async || {
-        let request = Request::get("/")
-            .header("host", "x")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
-            .await
-            .unwrap()
-            .unwrap();
+        let request = Request::get("/").header("host", "x").body(Empty::<Bytes>::new()).unwrap();
+        let response = tokio::time::timeout(PATIENCE, sender.send_request(request)).await.unwrap().unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(body.to_vec()).unwrap()
     };
     assert_eq!(ask().await, "a /");
-    harness
-        .routes
-        .send(table(vec![Route::new("svc", "/").with_targets([b.addr])]))
-        .unwrap();
+    harness.routes.send(table(vec![Route::new("svc", "/").with_targets([b.addr])])).unwrap();
     let mut switched = false;
     for _ in 0..100 {
         if ask().await == "b /" {
@@ -541,22 +375,13 @@ async fn every_request_writes_one_access_log_line() {
     let path = dir.path().join("access.log");
     let api = named("api").await;
     let harness = Harness::start(
-        IngressConfig {
-            access_log: Some(AccessLog::to_file(&path).unwrap()),
-            ..IngressConfig::default()
-        },
+        IngressConfig { access_log: Some(AccessLog::to_file(&path).unwrap()), ..IngressConfig::default() },
         table(vec![Route::new("api", "/api").with_targets([api.addr])]),
     )
     .await;
     let client = client();
-    assert_eq!(
-        get(&client, &harness, "h.example", "/api/x").await.status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        get(&client, &harness, "h.example", "/nope").await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(get(&client, &harness, "h.example", "/api/x").await.status, StatusCode::OK);
+    assert_eq!(get(&client, &harness, "h.example", "/nope").await.status, StatusCode::NOT_FOUND);
     let mut lines = Vec::new();
     for _ in 0..200 {
         lines = std::fs::read_to_string(&path)
@@ -585,33 +410,18 @@ async fn every_request_writes_one_access_log_line() {
 #[tokio::test]
 async fn clients_slow_to_send_headers_are_closed() {
     let harness = Harness::start(
-        IngressConfig {
-            header_read_timeout: Duration::from_millis(300),
-            ..IngressConfig::default()
-        },
+        IngressConfig { header_read_timeout: Duration::from_millis(300), ..IngressConfig::default() },
         RouteTable::default(),
     )
     .await;
     let mut stream = TcpStream::connect(harness.addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
-        .await
-        .unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
     let started = Instant::now();
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
-        .await
-        .expect("a slow client kept its connection");
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await.expect("a slow client kept its connection");
     let answer = String::from_utf8_lossy(&answer);
-    assert!(
-        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
-        "{answer}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -621,17 +431,10 @@ async fn shutdown_lets_requests_in_flight_finish() {
         text(StatusCode::OK, "done")
     })
     .await;
-    let mut harness = Harness::start(
-        IngressConfig::default(),
-        table(vec![Route::new("slow", "/").with_targets([slow.addr])]),
-    )
-    .await;
+    let mut harness = Harness::start(IngressConfig::default(), table(vec![Route::new("slow", "/").with_targets([slow.addr])])).await;
     let url = harness.url("/");
     let in_flight = tokio::spawn(async move {
-        let request = Request::get(url)
-            .header("host", "x")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let request = Request::get(url).header("host", "x").body(Full::new(Bytes::new())).unwrap();
         let response = client().request(request).await.unwrap();
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -644,10 +447,7 @@ async fn shutdown_lets_requests_in_flight_finish() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     harness.stop();
-    let (status, body) = tokio::time::timeout(PATIENCE, in_flight)
-        .await
-        .unwrap()
-        .unwrap();
+    let (status, body) = tokio::time::timeout(PATIENCE, in_flight).await.unwrap().unwrap();
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"done"[..]));
     let mut refused = false;
     for _ in 0..100 {
@@ -670,13 +470,7 @@ async fn a_target_leaving_the_table_drains_its_requests_in_flight() {
     };
     let old = slow("old").await;
     let new = slow("new").await;
-    let harness = Arc::new(
-        Harness::start(
-            IngressConfig::default(),
-            table(vec![Route::new("svc", "/").with_targets([old.addr])]),
-        )
-        .await,
-    );
+    let harness = Arc::new(Harness::start(IngressConfig::default(), table(vec![Route::new("svc", "/").with_targets([old.addr])])).await);
     let first = {
         let harness = Arc::clone(&harness);
         tokio::spawn(async move { get(&client(), &harness, "x", "/").await.body })
@@ -688,18 +482,11 @@ async fn a_target_leaving_the_table_drains_its_requests_in_flight() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(harness.ingress.in_flight(old.addr), 1);
-    harness
-        .routes
-        .send(table(vec![Route::new("svc", "/").with_targets([new.addr])]))
-        .unwrap();
+    harness.routes.send(table(vec![Route::new("svc", "/").with_targets([new.addr])])).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let second = get(&client(), &harness, "x", "/").await;
     assert_eq!(second.body, "new");
-    assert_eq!(
-        first.await.unwrap(),
-        "old",
-        "the request in flight finished on the old target"
-    );
+    assert_eq!(first.await.unwrap(), "old", "the request in flight finished on the old target");
     assert_eq!(harness.ingress.in_flight(old.addr), 0, "drained");
     assert_eq!(old.hits(), 1);
 }
@@ -722,21 +509,14 @@ async fn a_refused_target_is_left_out_for_its_backoff() {
     .await;
     let client = client();
     for _ in 0..6 {
-        assert_eq!(
-            get(&client, &harness, "x", "/").await.status,
-            StatusCode::OK
-        );
+        assert_eq!(get(&client, &harness, "x", "/").await.status, StatusCode::OK);
     }
     let mut attempts = Vec::new();
     for _ in 0..200 {
         attempts = std::fs::read_to_string(&path)
             .unwrap_or_default()
             .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["attempts"]
-                    .as_u64()
-                    .unwrap()
-            })
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["attempts"].as_u64().unwrap())
             .collect();
         if attempts.len() == 6 {
             break;
@@ -752,10 +532,7 @@ async fn worker_threads_serve_and_stop() {
     let a = named("a").await;
     let b = named("b").await;
     let mut harness = Harness::start(
-        IngressConfig {
-            threads: Some(2),
-            ..IngressConfig::default()
-        },
+        IngressConfig { threads: Some(2), ..IngressConfig::default() },
         table(vec![Route::new("svc", "/").with_targets([a.addr, b.addr])]),
     )
     .await;
@@ -767,14 +544,8 @@ async fn worker_threads_serve_and_stop() {
             let client = client();
             let mut statuses = Vec::new();
             for _ in 0..5 {
-                let request = Request::get(&url)
-                    .header("host", "x")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap();
-                let response = tokio::time::timeout(PATIENCE, client.request(request))
-                    .await
-                    .unwrap()
-                    .unwrap();
+                let request = Request::get(&url).header("host", "x").body(Full::new(Bytes::new())).unwrap();
+                let response = tokio::time::timeout(PATIENCE, client.request(request)).await.unwrap().unwrap();
                 statuses.push(response.status());
             }
             statuses
@@ -785,10 +556,7 @@ async fn worker_threads_serve_and_stop() {
     }
     assert_eq!(a.hits() + b.hits(), 40);
     assert!(a.hits() > 0 && b.hits() > 0, "{} {}", a.hits(), b.hits());
-    harness
-        .routes
-        .send(table(vec![Route::new("svc", "/").with_targets([b.addr])]))
-        .unwrap();
+    harness.routes.send(table(vec![Route::new("svc", "/").with_targets([b.addr])])).unwrap();
     let mut switched = false;
     for _ in 0..100 {
         let before = b.hits();
@@ -817,56 +585,29 @@ async fn request_bodies_reach_the_target_small_large_or_chunked() {
     let echo = backend(|req: Request<Incoming>| async move {
         let body = req.into_body().collect().await.unwrap().to_bytes();
         let mut response = Response::new(Full::new(body));
-        response
-            .headers_mut()
-            .insert("x-echo", "1".parse().unwrap());
+        response.headers_mut().insert("x-echo", "1".parse().unwrap());
         response
     })
     .await;
-    let harness = Harness::start(
-        IngressConfig::default(),
-        table(vec![Route::new("echo", "/").with_targets([echo.addr])]),
-    )
-    .await;
+    let harness = Harness::start(IngressConfig::default(), table(vec![Route::new("echo", "/").with_targets([echo.addr])])).await;
     let client = client();
     // Within the retry limit (kept whole), then above it (streamed).
     for size in [1024usize, 300 * 1024] {
         let sent: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-        let request = Request::post(harness.url("/upload"))
-            .header("host", "x")
-            .body(Full::new(Bytes::from(sent.clone())))
-            .unwrap();
-        let response = tokio::time::timeout(PATIENCE, client.request(request))
-            .await
-            .unwrap()
-            .unwrap();
+        let request = Request::post(harness.url("/upload")).header("host", "x").body(Full::new(Bytes::from(sent.clone()))).unwrap();
+        let response = tokio::time::timeout(PATIENCE, client.request(request)).await.unwrap().unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let got = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(got.len(), size);
-        assert!(
-            got[..] == sent[..],
-            "the body changed on the way ({size} bytes)"
-        );
+        assert!(got[..] == sent[..], "the body changed on the way ({size} bytes)");
     }
     // Chunked, from a client that streams it.
     let stream = TcpStream::connect(harness.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let body = Chunks(
-        (0..50)
-            .map(|i| Bytes::from(format!("chunk {i};")))
-            .collect(),
-    );
-    let request = Request::post("/chunked")
-        .header("host", "x")
-        .body(body)
-        .unwrap();
-    let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
-        .await
-        .unwrap()
-        .unwrap();
+    let body = Chunks((0..50).map(|i| Bytes::from(format!("chunk {i};"))).collect());
+    let request = Request::post("/chunked").header("host", "x").body(body).unwrap();
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(request)).await.unwrap().unwrap();
     let got = response.into_body().collect().await.unwrap().to_bytes();
     let want: String = (0..50).map(|i| format!("chunk {i};")).collect();
     assert_eq!(String::from_utf8_lossy(&got), want);
@@ -887,11 +628,7 @@ impl http_body::Body for Chunks {
         mut self: std::pin::Pin<&mut Self>,
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(
-            self.0
-                .pop_front()
-                .map(|chunk| Ok(http_body::Frame::data(chunk))),
-        )
+        std::task::Poll::Ready(self.0.pop_front().map(|chunk| Ok(http_body::Frame::data(chunk))))
     }
 }
 
@@ -899,10 +636,7 @@ impl http_body::Body for Chunks {
 async fn shutdown_closes_open_tunnels_after_the_grace_period() {
     let echo = upgrade_echo().await;
     let mut harness = Harness::start(
-        IngressConfig {
-            shutdown_grace: Duration::from_millis(300),
-            ..IngressConfig::default()
-        },
+        IngressConfig { shutdown_grace: Duration::from_millis(300), ..IngressConfig::default() },
         table(vec![Route::new("echo", "/").with_targets([echo.addr])]),
     )
     .await;
@@ -911,34 +645,17 @@ async fn shutdown_closes_open_tunnels_after_the_grace_period() {
     harness.stop();
     io.write_all(b"still here").await.unwrap();
     let mut buf = [0u8; 10];
-    tokio::time::timeout(PATIENCE, io.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        &buf, b"still here",
-        "the tunnel works during the grace period"
-    );
-    let n = tokio::time::timeout(PATIENCE, io.read(&mut buf))
-        .await
-        .expect("the tunnel outlived the ingress")
-        .unwrap_or(0);
+    tokio::time::timeout(PATIENCE, io.read_exact(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf, b"still here", "the tunnel works during the grace period");
+    let n = tokio::time::timeout(PATIENCE, io.read(&mut buf)).await.expect("the tunnel outlived the ingress").unwrap_or(0);
     assert_eq!(n, 0);
-    assert!(
-        started.elapsed() >= Duration::from_millis(250),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
 }
 
 #[tokio::test]
 async fn malformed_requests_get_400_or_a_closed_connection() {
     let api = named("api").await;
-    let harness = Harness::start(
-        IngressConfig::default(),
-        table(vec![Route::new("api", "/").with_targets([api.addr])]),
-    )
-    .await;
+    let harness = Harness::start(IngressConfig::default(), table(vec![Route::new("api", "/").with_targets([api.addr])])).await;
     let garbage: [&[u8]; 3] = [
         b"HELLO THERE\r\n\r\n",
         b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: nope\r\n\r\n",
@@ -948,21 +665,13 @@ async fn malformed_requests_get_400_or_a_closed_connection() {
         let mut stream = TcpStream::connect(harness.addr).await.unwrap();
         let _ = stream.write_all(request).await;
         let mut answer = Vec::new();
-        let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
-            .await
-            .expect("the ingress neither answered nor closed");
+        let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await.expect("the ingress neither answered nor closed");
         let answer = String::from_utf8_lossy(&answer);
-        assert!(
-            answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
-            "{request:?}: {answer}"
-        );
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{request:?}: {answer}");
     }
     assert_eq!(api.hits(), 0);
     // The ingress still serves.
-    assert_eq!(
-        get(&client(), &harness, "x", "/").await.status,
-        StatusCode::OK
-    );
+    assert_eq!(get(&client(), &harness, "x", "/").await.status, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -973,17 +682,10 @@ async fn no_request_fails_through_a_rolling_replace_a_kill_and_a_scale_in() {
         backends.push(killable(name, delay).await);
     }
     let addr = |i: usize| backends[i].0.addr;
-    let targets = |ids: &[usize]| {
-        table(vec![
-            Route::new("svc", "/").with_targets(ids.iter().map(|&i| addr(i))),
-        ])
-    };
+    let targets = |ids: &[usize]| table(vec![Route::new("svc", "/").with_targets(ids.iter().map(|&i| addr(i)))]);
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("access.log");
-    let config = IngressConfig {
-        access_log: Some(AccessLog::to_file(&log_path).unwrap()),
-        ..IngressConfig::default()
-    };
+    let config = IngressConfig { access_log: Some(AccessLog::to_file(&log_path).unwrap()), ..IngressConfig::default() };
     let harness = Arc::new(Harness::start(config, targets(&[0, 1, 2])).await);
 
     // 4 clients, each a request every 20 ms for 3 s: 200 requests/s, 600 in all.
@@ -1027,11 +729,7 @@ async fn no_request_fails_through_a_rolling_replace_a_kill_and_a_scale_in() {
     while let Some(result) = load.join_next().await {
         failures.extend(result.unwrap());
     }
-    assert!(
-        failures.is_empty(),
-        "{} failed: {failures:?}",
-        failures.len()
-    );
+    assert!(failures.is_empty(), "{} failed: {failures:?}", failures.len());
     let served: usize = backends.iter().map(|(b, _)| b.hits()).sum();
     assert!(served >= 600, "{served}");
     assert!(backends[3].0.hits() > 0);

@@ -266,7 +266,13 @@ impl RegistryClient {
     }
 
     /// [`RegistryClient::send`] with another method (`HEAD` for digest resolution).
-    pub async fn send_request(&self, method: Method, reference: &Reference, url: &str, headers: HeaderMap) -> Result<Response, RegistryError> {
+    pub async fn send_request(
+        &self,
+        method: Method,
+        reference: &Reference,
+        url: &str,
+        headers: HeaderMap,
+    ) -> Result<Response, RegistryError> {
         let key = reference.name();
         let mut authenticated = false;
         let mut attempt = 0;
@@ -282,12 +288,8 @@ impl RegistryClient {
                     if authenticated {
                         return Err(self.unauthorized(reference, "the registry refused the credentials"));
                     }
-                    let challenges: Vec<String> = resp
-                        .headers()
-                        .get_all(WWW_AUTHENTICATE)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok().map(str::to_string))
-                        .collect();
+                    let challenges: Vec<String> =
+                        resp.headers().get_all(WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect();
                     self.authenticate(reference, &challenges).await?;
                     authenticated = true;
                     attempt -= 1;
@@ -322,7 +324,10 @@ impl RegistryClient {
             reason: if has_creds {
                 format!("{what}; check the user name and password for {}", reference.registry())
             } else {
-                format!("{what}; no credentials were given for {} (use --creds USER:PASSWORD or docker's config.json)", reference.registry())
+                format!(
+                    "{what}; no credentials were given for {} (use --creds USER:PASSWORD or docker's config.json)",
+                    reference.registry()
+                )
             },
         }
     }
@@ -343,10 +348,7 @@ impl RegistryClient {
                 None => return Err(self.unauthorized(reference, "the registry requires basic authentication")),
             },
             _ => {
-                return Err(self.unauthorized(
-                    reference,
-                    &format!("the registry answered 401 with no usable challenge ({challenges:?})"),
-                ));
+                return Err(self.unauthorized(reference, &format!("the registry answered 401 with no usable challenge ({challenges:?})")));
             }
         };
         self.authorizations.lock().expect("poisoned").insert(reference.name(), value);
@@ -363,9 +365,8 @@ impl RegistryClient {
         scope: &str,
         creds: Option<&crate::auth::Credentials>,
     ) -> Result<String, RegistryError> {
-        let mut url = reqwest::Url::parse(realm).map_err(|e| {
-            self.unauthorized(reference, &format!("the token realm {realm:?} is not a URL ({e})"))
-        })?;
+        let mut url = reqwest::Url::parse(realm)
+            .map_err(|e| self.unauthorized(reference, &format!("the token realm {realm:?} is not a URL ({e})")))?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -384,12 +385,11 @@ impl RegistryClient {
             }
             match req.send().await {
                 Ok(resp) if resp.status().is_success() => {
-                    let body: TokenResponse = resp.json().await.map_err(|e| {
-                        self.unauthorized(reference, &format!("the token server's answer is not token JSON ({e})"))
-                    })?;
-                    return body
-                        .into_token()
-                        .ok_or_else(|| self.unauthorized(reference, "the token server's answer holds no token"));
+                    let body: TokenResponse = resp
+                        .json()
+                        .await
+                        .map_err(|e| self.unauthorized(reference, &format!("the token server's answer is not token JSON ({e})")))?;
+                    return body.into_token().ok_or_else(|| self.unauthorized(reference, "the token server's answer holds no token"));
                 }
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN => {
                     return Err(self.unauthorized(reference, &format!("the token server {realm} answered {}", resp.status())));
@@ -468,11 +468,7 @@ mod tests {
 
     #[test]
     fn loopback_registries_are_insecure_others_are_not() {
-        let c = RegistryClient::new(ClientOptions {
-            insecure_registries: vec!["registry.lan:5000".into()],
-            ..Default::default()
-        })
-        .unwrap();
+        let c = RegistryClient::new(ClientOptions { insecure_registries: vec!["registry.lan:5000".into()], ..Default::default() }).unwrap();
         for r in ["localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000", "registry.lan:5000"] {
             assert!(c.is_insecure(r), "{r}");
         }

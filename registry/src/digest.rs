@@ -38,11 +38,7 @@ impl Digest {
     pub fn verify(&self, what: &str, data: &[u8]) -> Result<(), RegistryError> {
         let actual = Self::of(data);
         if &actual != self {
-            return Err(RegistryError::DigestMismatch {
-                what: what.to_string(),
-                expected: self.to_string(),
-                actual: actual.to_string(),
-            });
+            return Err(RegistryError::DigestMismatch { what: what.to_string(), expected: self.to_string(), actual: actual.to_string() });
         }
         Ok(())
     }
@@ -139,10 +135,7 @@ mod tests {
 
     #[test]
     fn digest_of_empty_input_is_the_well_known_one() {
-        assert_eq!(
-            Digest::of(b"").to_string(),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(Digest::of(b"").to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     }
 
     #[test]

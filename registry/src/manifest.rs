@@ -108,15 +108,10 @@ pub fn parse_manifest(body: &[u8], content_type: Option<&str>, what: &str) -> Re
     }
     let probe: Probe = serde_json::from_slice(body).map_err(|e| invalid(format!("not JSON: {e}")))?;
     if probe.schema_version != Some(2) {
-        return Err(invalid(format!(
-            "schemaVersion {:?} is not supported (only schema 2: OCI or Docker v2s2)",
-            probe.schema_version
-        )));
+        return Err(invalid(format!("schemaVersion {:?} is not supported (only schema 2: OCI or Docker v2s2)", probe.schema_version)));
     }
-    let media_type = probe
-        .media_type
-        .or_else(|| content_type.map(|c| c.split(';').next().unwrap_or(c).trim().to_string()))
-        .unwrap_or_default();
+    let media_type =
+        probe.media_type.or_else(|| content_type.map(|c| c.split(';').next().unwrap_or(c).trim().to_string())).unwrap_or_default();
     let is_index = match media_type.as_str() {
         OCI_INDEX | DOCKER_MANIFEST_LIST => true,
         OCI_MANIFEST | DOCKER_MANIFEST => false,
@@ -146,11 +141,8 @@ impl ImageIndex {
 
     /// The platforms on offer, for error messages.
     pub fn platforms(&self) -> String {
-        let v: Vec<String> = self
-            .manifests
-            .iter()
-            .map(|d| d.platform.as_ref().map_or_else(|| "unknown".to_string(), |p| p.to_string()))
-            .collect();
+        let v: Vec<String> =
+            self.manifests.iter().map(|d| d.platform.as_ref().map_or_else(|| "unknown".to_string(), |p| p.to_string())).collect();
         v.join(", ")
     }
 }
@@ -199,8 +191,8 @@ pub struct RootFs {
 
 impl ImageConfig {
     pub fn parse(body: &[u8], what: &str) -> Result<Self, RegistryError> {
-        let config: Self = serde_json::from_slice(body)
-            .map_err(|e| RegistryError::InvalidConfig { what: what.to_string(), reason: e.to_string() })?;
+        let config: Self =
+            serde_json::from_slice(body).map_err(|e| RegistryError::InvalidConfig { what: what.to_string(), reason: e.to_string() })?;
         if config.rootfs.kind != "layers" {
             return Err(RegistryError::InvalidConfig {
                 what: what.to_string(),
@@ -220,11 +212,7 @@ mod tests {
             media_type: OCI_MANIFEST.into(),
             digest: Digest::of(arch.as_bytes()),
             size: 1,
-            platform: Some(Platform {
-                architecture: arch.into(),
-                os: "linux".into(),
-                variant: variant.map(Into::into),
-            }),
+            platform: Some(Platform { architecture: arch.into(), os: "linux".into(), variant: variant.map(Into::into) }),
             annotations: BTreeMap::new(),
         }
     }
@@ -246,9 +234,7 @@ mod tests {
     #[test]
     fn manifests_are_told_apart_by_media_type_or_shape() {
         let d = Digest::of(b"x");
-        let m = format!(
-            r#"{{"schemaVersion":2,"config":{{"mediaType":"a","digest":"{d}","size":1}},"layers":[]}}"#
-        );
+        let m = format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"a","digest":"{d}","size":1}},"layers":[]}}"#);
         assert!(matches!(parse_manifest(m.as_bytes(), None, "m").unwrap(), ManifestKind::Image(_)));
         let i = format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{d}","size":1}}]}}"#);
         assert!(matches!(parse_manifest(i.as_bytes(), None, "i").unwrap(), ManifestKind::Index(_)));

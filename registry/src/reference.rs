@@ -29,10 +29,7 @@ pub struct Reference {
 impl Reference {
     /// Parses and normalises a reference.
     pub fn parse(input: &str) -> Result<Self, RegistryError> {
-        let bad = |reason: &str| RegistryError::InvalidReference {
-            reference: input.to_string(),
-            reason: reason.to_string(),
-        };
+        let bad = |reason: &str| RegistryError::InvalidReference { reference: input.to_string(), reason: reason.to_string() };
         if input.is_empty() {
             return Err(bad("it is empty"));
         }
@@ -53,9 +50,7 @@ impl Reference {
             validate_tag(tag).map_err(|r| bad(&r))?;
         }
         let (registry, repository) = match name.split_once('/') {
-            Some((first, path))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
+            Some((first, path)) if first.contains('.') || first.contains(':') || first == "localhost" => {
                 (first.to_string(), path.to_string())
             }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
@@ -65,11 +60,7 @@ impl Reference {
             _ => registry,
         };
         validate_registry(&registry).map_err(|r| bad(&r))?;
-        let repository = if registry == DOCKER_HUB && !repository.contains('/') {
-            format!("library/{repository}")
-        } else {
-            repository
-        };
+        let repository = if registry == DOCKER_HUB && !repository.contains('/') { format!("library/{repository}") } else { repository };
         validate_repository(&repository).map_err(|r| bad(&r))?;
         let tag = match (tag, &digest) {
             (Some(t), _) => Some(t.to_string()),
@@ -123,10 +114,7 @@ impl Reference {
 }
 
 fn validate_registry(registry: &str) -> Result<(), String> {
-    let ok = !registry.is_empty()
-        && registry
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    let ok = !registry.is_empty() && registry.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
     if ok { Ok(()) } else { Err(format!("registry {registry:?} is not a valid host[:port]")) }
 }
 
@@ -168,15 +156,8 @@ fn validate_repository(repository: &str) -> Result<(), String> {
 fn validate_tag(tag: &str) -> Result<(), String> {
     let b = tag.as_bytes();
     let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
-    let ok = !b.is_empty()
-        && b.len() <= 128
-        && word(b[0])
-        && b.iter().all(|&c| word(c) || c == b'.' || c == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"))
-    }
+    let ok = !b.is_empty() && b.len() <= 128 && word(b[0]) && b.iter().all(|&c| word(c) || c == b'.' || c == b'-');
+    if ok { Ok(()) } else { Err(format!("tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}")) }
 }
 
 impl fmt::Display for Reference {

@@ -36,12 +36,9 @@ impl Bundle {
                 return Err(Error::Io { what: format!("read {}", config.display()), source: e });
             }
         };
-        let spec: Spec = serde_json::from_slice(&text)
-            .map_err(|e| Error::ConfigMalformed { path: config.clone(), reason: e.to_string() })?;
-        let root = spec
-            .root()
-            .as_ref()
-            .ok_or_else(|| Error::ConfigInvalid("root.path is missing".into()))?;
+        let spec: Spec =
+            serde_json::from_slice(&text).map_err(|e| Error::ConfigMalformed { path: config.clone(), reason: e.to_string() })?;
+        let root = spec.root().as_ref().ok_or_else(|| Error::ConfigInvalid("root.path is missing".into()))?;
         let rootfs = dir.join(root.path());
         if !rootfs.is_dir() {
             return Err(Error::RootfsMissing(rootfs));
@@ -53,28 +50,28 @@ impl Bundle {
 
     /// Checks the parts of the spec this runtime needs before it starts anything.
     fn validate(&self) -> Result<()> {
-        let process = self
-            .spec
-            .process()
-            .as_ref()
-            .ok_or_else(|| Error::ConfigInvalid("process is missing".into()))?;
+        let process = self.spec.process().as_ref().ok_or_else(|| Error::ConfigInvalid("process is missing".into()))?;
         match process.args() {
             Some(args) if !args.is_empty() && !args[0].is_empty() => {}
             _ => return Err(Error::ConfigInvalid("process.args must name a program to run".into())),
         }
         if !process.cwd().is_absolute() {
-            return Err(Error::ConfigInvalid(format!(
-                "process.cwd {:?} must be an absolute path",
-                process.cwd()
-            )));
+            return Err(Error::ConfigInvalid(format!("process.cwd {:?} must be an absolute path", process.cwd())));
         }
         if process.apparmor_profile().is_some() || process.selinux_label().is_some() {
             tracing::warn!("process.apparmorProfile and process.selinuxLabel are not applied by this runtime");
         }
         if let Some(hooks) = self.spec.hooks() {
-            let any = [hooks.prestart(), hooks.create_runtime(), hooks.create_container(), hooks.start_container(), hooks.poststart(), hooks.poststop()]
-                .iter()
-                .any(|h| h.as_ref().is_some_and(|v| !v.is_empty()));
+            let any = [
+                hooks.prestart(),
+                hooks.create_runtime(),
+                hooks.create_container(),
+                hooks.start_container(),
+                hooks.poststart(),
+                hooks.poststop(),
+            ]
+            .iter()
+            .any(|h| h.as_ref().is_some_and(|v| !v.is_empty()));
             if any {
                 return Err(Error::ConfigInvalid("hooks are not supported yet (remove them from config.json)".into()));
             }
@@ -88,9 +85,7 @@ impl Bundle {
                     )));
                 }
                 LinuxNamespaceType::Mount if ns.path().is_some() => {
-                    return Err(Error::ConfigInvalid(
-                        "joining an existing mount namespace is not supported".into(),
-                    ));
+                    return Err(Error::ConfigInvalid("joining an existing mount namespace is not supported".into()));
                 }
                 _ => {}
             }
@@ -102,10 +97,7 @@ impl Bundle {
         }
         for mount in self.spec.mounts().iter().flatten() {
             if !mount.destination().is_absolute() {
-                return Err(Error::ConfigInvalid(format!(
-                    "mount destination {:?} must be an absolute path",
-                    mount.destination()
-                )));
+                return Err(Error::ConfigInvalid(format!("mount destination {:?} must be an absolute path", mount.destination())));
             }
         }
         Ok(())
@@ -113,11 +105,7 @@ impl Bundle {
 
     /// The namespaces the spec asks for (an empty list when `linux` is absent).
     pub fn namespaces(&self) -> &[oci_spec::runtime::LinuxNamespace] {
-        self.spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_deref())
-            .unwrap_or(&[])
+        self.spec.linux().as_ref().and_then(|l| l.namespaces().as_deref()).unwrap_or(&[])
     }
 
     /// Whether the spec asks for a namespace of this type (new or joined).

@@ -4,9 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use libcgroups::common::{
-    AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt, FreezerState, create_cgroup_manager,
-};
+use libcgroups::common::{AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt, FreezerState, create_cgroup_manager};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Spec};
 
@@ -24,21 +22,15 @@ pub struct ContainerCgroup {
 /// The cgroup path a container uses: the spec's `linux.cgroupsPath`, else
 /// `/sched-runtime/<id>`. Relative paths are taken from each hierarchy's root.
 pub fn cgroup_path(spec: &Spec, id: &str) -> PathBuf {
-    spec.linux()
-        .as_ref()
-        .and_then(|l| l.cgroups_path().clone())
-        .unwrap_or_else(|| Path::new(DEFAULT_PARENT).join(id))
+    spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()).unwrap_or_else(|| Path::new(DEFAULT_PARENT).join(id))
 }
 
 impl ContainerCgroup {
     /// Opens (without creating) the cgroup at `path`.
     pub fn open(path: &Path, id: &str) -> Result<ContainerCgroup> {
-        let manager = create_cgroup_manager(CgroupConfig {
-            cgroup_path: path.to_path_buf(),
-            systemd_cgroup: false,
-            container_name: id.to_string(),
-        })
-        .map_err(|e| Error::Cgroup { path: path.to_path_buf(), reason: e.to_string() })?;
+        let manager =
+            create_cgroup_manager(CgroupConfig { cgroup_path: path.to_path_buf(), systemd_cgroup: false, container_name: id.to_string() })
+                .map_err(|e| Error::Cgroup { path: path.to_path_buf(), reason: e.to_string() })?;
         Ok(ContainerCgroup { path: path.to_path_buf(), manager })
     }
 
@@ -50,11 +42,7 @@ impl ContainerCgroup {
         let resources = resources.unwrap_or(&default);
         let opts = ControllerOpt {
             resources,
-            disable_oom_killer: resources
-                .memory()
-                .as_ref()
-                .and_then(|m| m.disable_oom_killer())
-                .unwrap_or(false),
+            disable_oom_killer: resources.memory().as_ref().and_then(|m| m.disable_oom_killer()).unwrap_or(false),
             oom_score_adj: None,
             freezer_state: None,
         };
@@ -208,7 +196,10 @@ fn parse_mountinfo(text: &str) -> Vec<Hierarchy> {
         }
         let controllers = super_opts
             .split(',')
-            .filter(|o| !matches!(*o, "rw" | "ro" | "nsdelegate" | "memory_recursiveprot" | "xattr" | "clone_children") && !o.starts_with("release_agent="))
+            .filter(|o| {
+                !matches!(*o, "rw" | "ro" | "nsdelegate" | "memory_recursiveprot" | "xattr" | "clone_children")
+                    && !o.starts_with("release_agent=")
+            })
             .collect::<Vec<_>>()
             .join(",");
         out.push(Hierarchy { mount_point: PathBuf::from(mount_point), fstype: fstype.into(), controllers });

@@ -72,11 +72,7 @@ impl StateRoot {
     /// Uses `dir` as the state root, creating it (mode 0700) if needed.
     pub fn open(dir: &Path) -> Result<StateRoot> {
         use std::os::unix::fs::DirBuilderExt;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .context(|| format!("create state root {}", dir.display()))?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).context(|| format!("create state root {}", dir.display()))?;
         Ok(StateRoot { dir: dir.to_path_buf() })
     }
 
@@ -91,9 +87,7 @@ impl StateRoot {
         let dir = self.container_dir(id)?;
         match fs::create_dir(&dir) {
             Ok(()) => Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Err(Error::AlreadyExists(id.to_string()))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::AlreadyExists(id.to_string())),
             Err(e) => Err(Error::Io { what: format!("create {}", dir.display()), source: e }),
         }
     }

@@ -12,9 +12,7 @@ use crate::error::{Context, Error, Result};
 pub fn fork() -> Result<ForkResult> {
     let threads = thread_count()?;
     if threads != 1 {
-        return Err(Error::ConfigInvalid(format!(
-            "internal: cannot fork a process with {threads} threads"
-        )));
+        return Err(Error::ConfigInvalid(format!("internal: cannot fork a process with {threads} threads")));
     }
     // SAFETY: the process has exactly one thread (checked above), so the child gets a consistent
     // copy of every lock and allocator state; the child only calls async-signal-safe functions or
@@ -40,18 +38,10 @@ pub fn cloexec_from(first: RawFd) -> Result<()> {
     // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets a flag on descriptors; it takes
     // plain integers and touches no memory of ours.
     let rc = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
-        )
+        libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_uint)
     };
     if rc < 0 {
-        return Err(Error::Sys {
-            what: "mark inherited file descriptors close-on-exec".into(),
-            source: nix::Error::last(),
-        });
+        return Err(Error::Sys { what: "mark inherited file descriptors close-on-exec".into(), source: nix::Error::last() });
     }
     Ok(())
 }
@@ -93,9 +83,7 @@ pub fn install_seccomp_filter(program: &[libc::sock_filter], flags: libc::c_ulon
     let prog = libc::sock_fprog { len, filter: program.as_ptr().cast_mut() };
     // SAFETY: `prog` describes `program` (pointer and length), which outlives the call; the
     // kernel only reads the instructions (it copies them) and keeps no pointer to our memory.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog)
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog) };
     match rc {
         0 => Ok(()),
         // With TSYNC, a positive result names a thread that could not be synchronized.

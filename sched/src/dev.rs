@@ -139,8 +139,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
     agent.ingress = ingress;
 
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch for SIGTERM")?;
     let (stop_agent, agent_stopped) = watch::channel(());
     let (stop_server, server_stopped) = watch::channel(());
     let server_run = scheduler::server::run(server, listener, stopped(server_stopped));
@@ -199,7 +198,9 @@ fn ingress_listen_error(address: &str, error: std::io::Error) -> anyhow::Error {
         std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
             "the ingress cannot listen on {address}: the address is already in use; pick another with --ingress-listen HOST:PORT, or run none with --no-ingress"
         ),
-        _ => anyhow::anyhow!("the ingress cannot listen on {address}: {error} (pass --ingress-listen HOST:PORT with an address of this machine)"),
+        _ => anyhow::anyhow!(
+            "the ingress cannot listen on {address}: {error} (pass --ingress-listen HOST:PORT with an address of this machine)"
+        ),
     }
 }
 

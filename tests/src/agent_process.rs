@@ -112,7 +112,12 @@ impl Drop for AgentProcess {
 
 /// The containers `runtime` knows under an agent's data dir: `(id, status)`.
 pub fn node_containers(runtime: &Path, data_dir: &Path) -> Vec<(String, String)> {
-    let out = Command::new(runtime).arg("--root").arg(data_dir.join("runtime")).args(["list", "--format", "json"]).output().expect("sched-runtime list");
+    let out = Command::new(runtime)
+        .arg("--root")
+        .arg(data_dir.join("runtime"))
+        .args(["list", "--format", "json"])
+        .output()
+        .expect("sched-runtime list");
     let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
     list.as_array()
         .map(|a| a.iter().map(|c| (c["id"].as_str().unwrap_or("").to_string(), c["status"].as_str().unwrap_or("").to_string())).collect())

@@ -41,10 +41,7 @@ pub fn runtime_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("the test binary's own path (current_exe)");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps/");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("the test binary lives in target/<profile>/deps/");
     let binary = profile_dir.join("sched-runtime");
     assert!(
         binary.exists(),
@@ -63,49 +60,29 @@ fn host_busybox() -> PathBuf {
         .find(|p| p.exists())
         .expect("busybox is missing: run `bash scripts/install-test-deps.sh` (busybox-static)");
     let elf = fs::read(&found).expect("read busybox");
-    assert!(
-        !has_interpreter(&elf),
-        "{} is dynamically linked: install busybox-static (scripts/install-test-deps.sh)",
-        found.display()
-    );
+    assert!(!has_interpreter(&elf), "{} is dynamically linked: install busybox-static (scripts/install-test-deps.sh)", found.display());
     found
 }
 
 /// True if a 64-bit little-endian ELF file has a PT_INTERP program header (needs ld.so).
 fn has_interpreter(elf: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
-    let u16_at = |at: usize| {
-        elf.get(at..at + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
-    };
-    let u64_at = |at: usize| {
-        elf.get(at..at + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
-    };
-    let (Some(phoff), Some(entsize), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
-    else {
+    let u16_at = |at: usize| elf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u64_at = |at: usize| elf.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
+    let (Some(phoff), Some(entsize), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
         return false;
     };
     (0..count).any(|i| {
         let at = phoff + i * entsize;
-        elf.get(at..at + 4)
-            .is_some_and(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == PT_INTERP)
+        elf.get(at..at + 4).is_some_and(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == PT_INTERP)
     })
 }
 
 /// A name no other test, process or earlier run uses: `sched-test-<pid>-<n>-<micros>`.
 pub fn unique_name() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() % 1_000_000_000)
-        .unwrap_or(0);
-    format!(
-        "sched-test-{}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed),
-        micros
-    )
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() % 1_000_000_000).unwrap_or(0);
+    format!("sched-test-{}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), micros)
 }
 
 /// What one runtime CLI call did.
@@ -143,15 +120,8 @@ impl Outcome {
     pub fn assert_one_line_failure(&self) -> &str {
         assert_eq!(self.code(), 1, "a failing call must exit 1: {self:#?}");
         let line = self.stderr.trim();
-        assert!(
-            !line.is_empty(),
-            "a failing call must explain itself on stderr: {self:#?}"
-        );
-        assert_eq!(
-            line.lines().count(),
-            1,
-            "the error must be one line: {self:#?}"
-        );
+        assert!(!line.is_empty(), "a failing call must explain itself on stderr: {self:#?}");
+        assert_eq!(line.lines().count(), 1, "the error must be one line: {self:#?}");
         line
     }
 }
@@ -221,13 +191,7 @@ impl BusyboxBundle {
     pub fn new() -> Self {
         let name = unique_name();
         let dir = std::env::temp_dir().join(&name);
-        let bundle = Self {
-            config: default_config(&name),
-            dir,
-            name,
-            runtime: runtime_binary(),
-            calls: AtomicU32::new(0),
-        };
+        let bundle = Self { config: default_config(&name), dir, name, runtime: runtime_binary(), calls: AtomicU32::new(0) };
         for sub in ["bundle", "state", "io"] {
             fs::create_dir_all(bundle.dir.join(sub)).expect("create the test's temp dir");
         }
@@ -312,12 +276,9 @@ impl BusyboxBundle {
 
     /// Appends a mount to `mounts`.
     pub fn mount(mut self, destination: &str, kind: &str, source: &str, options: &[&str]) -> Self {
-        self.config["mounts"]
-            .as_array_mut()
-            .expect("mounts is an array")
-            .push(json!({
-                "destination": destination, "type": kind, "source": source, "options": options,
-            }));
+        self.config["mounts"].as_array_mut().expect("mounts is an array").push(json!({
+            "destination": destination, "type": kind, "source": source, "options": options,
+        }));
         self
     }
 
@@ -329,9 +290,7 @@ impl BusyboxBundle {
 
     /// Adds `KEY=VALUE` entries to `process.env`.
     pub fn env(mut self, vars: &[&str]) -> Self {
-        let env = self.config["process"]["env"]
-            .as_array_mut()
-            .expect("env is an array");
+        let env = self.config["process"]["env"].as_array_mut().expect("env is an array");
         env.extend(vars.iter().map(|v| json!(v)));
         self
     }
@@ -344,16 +303,13 @@ impl BusyboxBundle {
 
     /// `process.user`.
     pub fn user(mut self, uid: u32, gid: u32, additional_gids: &[u32]) -> Self {
-        self.config["process"]["user"] =
-            json!({ "uid": uid, "gid": gid, "additionalGids": additional_gids });
+        self.config["process"]["user"] = json!({ "uid": uid, "gid": gid, "additionalGids": additional_gids });
         self
     }
 
     /// Sets (or replaces) one `process.rlimits` entry, e.g. `RLIMIT_NOFILE`.
     pub fn rlimit(mut self, kind: &str, soft: u64, hard: u64) -> Self {
-        let rlimits = self.config["process"]["rlimits"]
-            .as_array_mut()
-            .expect("rlimits array");
+        let rlimits = self.config["process"]["rlimits"].as_array_mut().expect("rlimits array");
         rlimits.retain(|r| r["type"] != kind);
         rlimits.push(json!({ "type": kind, "soft": soft, "hard": hard }));
         self
@@ -390,9 +346,7 @@ impl BusyboxBundle {
     }
 
     fn namespaces(&mut self) -> &mut Vec<Value> {
-        self.config["linux"]["namespaces"]
-            .as_array_mut()
-            .expect("namespaces is an array")
+        self.config["linux"]["namespaces"].as_array_mut().expect("namespaces is an array")
     }
 
     /// Writes config.json (every verb that takes `--bundle` does this first).
@@ -424,46 +378,27 @@ impl BusyboxBundle {
             .stderr(fs::File::create(&stderr).expect("create stderr capture file"))
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", self.runtime.display()));
-        BackgroundCall {
-            child,
-            stdout,
-            stderr,
-        }
+        BackgroundCall { child, stdout, stderr }
     }
 
     /// `run --bundle B ID` in the foreground: the container's output and exit code.
     #[track_caller]
     pub fn run(&self) -> Outcome {
         self.write_config();
-        self.cli(&[
-            "run",
-            "--bundle",
-            &self.bundle_dir().to_string_lossy(),
-            self.id(),
-        ])
+        self.cli(&["run", "--bundle", &self.bundle_dir().to_string_lossy(), self.id()])
     }
 
     /// `run --bundle B ID` in the background (to signal it or inspect the running container).
     pub fn spawn_run(&self) -> BackgroundCall {
         self.write_config();
-        self.spawn_cli(&[
-            "run",
-            "--bundle",
-            &self.bundle_dir().to_string_lossy(),
-            self.id(),
-        ])
+        self.spawn_cli(&["run", "--bundle", &self.bundle_dir().to_string_lossy(), self.id()])
     }
 
     /// `create --bundle B ID`.
     #[track_caller]
     pub fn create(&self) -> Outcome {
         self.write_config();
-        self.cli(&[
-            "create",
-            "--bundle",
-            &self.bundle_dir().to_string_lossy(),
-            self.id(),
-        ])
+        self.cli(&["create", "--bundle", &self.bundle_dir().to_string_lossy(), self.id()])
     }
 
     /// `start ID`.
@@ -489,17 +424,13 @@ impl BusyboxBundle {
     pub fn state(&self) -> Value {
         let outcome = self.cli(&["state", self.id()]);
         outcome.assert_success();
-        serde_json::from_str(&outcome.stdout)
-            .unwrap_or_else(|e| panic!("state printed invalid JSON ({e}): {outcome:#?}"))
+        serde_json::from_str(&outcome.stdout).unwrap_or_else(|e| panic!("state printed invalid JSON ({e}): {outcome:#?}"))
     }
 
     /// The container's status from `state`.
     #[track_caller]
     pub fn status(&self) -> String {
-        self.state()["status"]
-            .as_str()
-            .expect("state has a string status")
-            .to_owned()
+        self.state()["status"].as_str().expect("state has a string status").to_owned()
     }
 
     /// Polls `state` until the status is `wanted` (a container that does not exist yet, like
@@ -509,17 +440,11 @@ impl BusyboxBundle {
         let deadline = Instant::now() + timeout;
         loop {
             let outcome = self.cli(&["state", self.id()]);
-            let status = serde_json::from_str::<Value>(&outcome.stdout)
-                .ok()
-                .and_then(|state| state["status"].as_str().map(str::to_owned));
+            let status = serde_json::from_str::<Value>(&outcome.stdout).ok().and_then(|state| state["status"].as_str().map(str::to_owned));
             if status.as_deref() == Some(wanted) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "container {} not {wanted:?} after {timeout:?}; last state call: {outcome:#?}",
-                self.id()
-            );
+            assert!(Instant::now() < deadline, "container {} not {wanted:?} after {timeout:?}; last state call: {outcome:#?}", self.id());
             sleep(Duration::from_millis(10));
         }
     }
@@ -530,11 +455,7 @@ impl BusyboxBundle {
         let full = self.rootfs().join(path.trim_start_matches('/'));
         let deadline = Instant::now() + timeout;
         while !full.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not appear within {timeout:?}",
-                full.display()
-            );
+            assert!(Instant::now() < deadline, "{} did not appear within {timeout:?}", full.display());
             sleep(Duration::from_millis(10));
         }
     }
@@ -546,11 +467,7 @@ impl BusyboxBundle {
 
     /// Every existing dir of this container's cgroup, in every hierarchy.
     pub fn existing_cgroup_dirs(&self) -> Vec<PathBuf> {
-        cgroup_hierarchies()
-            .into_iter()
-            .map(|h| h.join(self.cgroup_name()))
-            .filter(|d| d.exists())
-            .collect()
+        cgroup_hierarchies().into_iter().map(|h| h.join(self.cgroup_name())).filter(|d| d.exists()).collect()
     }
 
     /// Asserts that the runtime left nothing of this container behind: no state entry, no cgroup
@@ -561,9 +478,7 @@ impl BusyboxBundle {
         if let Ok(entries) = fs::read_dir(self.state_root()) {
             let names: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
             assert!(
-                !names
-                    .iter()
-                    .any(|n| n.to_string_lossy().contains(self.id())),
+                !names.iter().any(|n| n.to_string_lossy().contains(self.id())),
                 "state dir {} still holds {names:?}",
                 self.state_root().display()
             );
@@ -571,21 +486,12 @@ impl BusyboxBundle {
         let cgroups = self.existing_cgroup_dirs();
         assert!(cgroups.is_empty(), "cgroup dirs left behind: {cgroups:?}");
         let mounts = mounts_under(&self.dir);
-        assert!(
-            mounts.is_empty(),
-            "mounts left behind in the host namespace: {mounts:?}"
-        );
+        assert!(mounts.is_empty(), "mounts left behind in the host namespace: {mounts:?}");
         if let Some(pid) = former_pid {
-            assert!(
-                !process_alive(pid),
-                "the container's process {pid} is still alive"
-            );
+            assert!(!process_alive(pid), "the container's process {pid} is still alive");
         }
         let rooted = processes_rooted_under(&self.dir);
-        assert!(
-            rooted.is_empty(),
-            "processes still rooted in the bundle: {rooted:?}"
-        );
+        assert!(rooted.is_empty(), "processes still rooted in the bundle: {rooted:?}");
     }
 }
 
@@ -680,9 +586,7 @@ pub fn default_config(name: &str) -> Value {
 /// busybox + one absolute symlink per applet, the mount points, and users root and tester (1000).
 fn build_rootfs(rootfs: &Path) -> io::Result<()> {
     let busybox = host_busybox();
-    for dir in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "etc", "tmp", "root",
-    ] {
+    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "etc", "tmp", "root"] {
         fs::create_dir_all(rootfs.join(dir))?;
     }
     fs::copy(&busybox, rootfs.join("bin/busybox"))?;
@@ -696,14 +600,8 @@ fn build_rootfs(rootfs: &Path) -> io::Result<()> {
             symlink("/bin/busybox", &link)?;
         }
     }
-    fs::write(
-        rootfs.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\ntester:x:1000:1000:tester:/tmp:/bin/sh\n",
-    )?;
-    fs::write(
-        rootfs.join("etc/group"),
-        "root:x:0:\ntester:x:1000:\nextra:x:2000:\n",
-    )?;
+    fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\ntester:x:1000:1000:tester:/tmp:/bin/sh\n")?;
+    fs::write(rootfs.join("etc/group"), "root:x:0:\ntester:x:1000:\nextra:x:2000:\n")?;
     Ok(())
 }
 
@@ -752,18 +650,13 @@ pub fn cgroup_dir_for(controller: &str) -> PathBuf {
     }
     cgroup_hierarchies()
         .into_iter()
-        .find(|h| {
-            h.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.split(',').any(|c| c == controller))
-        })
+        .find(|h| h.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.split(',').any(|c| c == controller)))
         .unwrap_or_else(|| root.join("unified"))
 }
 
 /// True when `/sys/fs/cgroup/<controller>` is a v1 hierarchy (hybrid or v1 hosts).
 pub fn is_cgroup_v1(controller: &str) -> bool {
-    cgroup_dir_for(controller) != Path::new(CGROUP_ROOT)
-        && cgroup_dir_for(controller) != Path::new(CGROUP_ROOT).join("unified")
+    cgroup_dir_for(controller) != Path::new(CGROUP_ROOT) && cgroup_dir_for(controller) != Path::new(CGROUP_ROOT).join("unified")
 }
 
 /// Kills every process in the cgroup tree at `dir` and removes its dirs, deepest first.
@@ -781,10 +674,7 @@ fn remove_cgroup_tree(dir: &Path) {
     for _ in 0..200 {
         let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
         for pid in procs.split_whitespace() {
-            let _ = Command::new("kill")
-                .args(["-9", pid])
-                .stderr(Stdio::null())
-                .status();
+            let _ = Command::new("kill").args(["-9", pid]).stderr(Stdio::null()).status();
         }
         if fs::remove_dir(dir).is_ok() || !dir.exists() {
             return;
@@ -809,10 +699,7 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
 pub fn process_alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state field follows the parenthesised command, which may itself contain spaces.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z"),
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z"),
         Err(_) => false,
     }
 }
@@ -824,16 +711,11 @@ pub fn processes_rooted_under(dir: &Path) -> Vec<i32> {
         return found;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
-        let rooted = ["root", "cwd"].iter().any(|link| {
-            fs::read_link(format!("/proc/{pid}/{link}")).is_ok_and(|target| target.starts_with(dir))
-        });
+        let rooted =
+            ["root", "cwd"].iter().any(|link| fs::read_link(format!("/proc/{pid}/{link}")).is_ok_and(|target| target.starts_with(dir)));
         if rooted && process_alive(pid) {
             found.push(pid);
         }

@@ -7,8 +7,8 @@ use crate::oci_image::{Compression, Entry, ImageDef, OciLayout, PushFormat, push
 
 /// The applets the tests use (all link to /bin/busybox).
 const APPLETS: [&str; 27] = [
-    "sh", "ls", "cat", "echo", "sleep", "true", "false", "id", "hostname", "ps", "grep", "wc",
-    "httpd", "nc", "wget", "env", "kill", "mkdir", "touch", "tr", "head", "seq", "yes", "date", "test", "rm", "ln",
+    "sh", "ls", "cat", "echo", "sleep", "true", "false", "id", "hostname", "ps", "grep", "wc", "httpd", "nc", "wget", "env", "kill",
+    "mkdir", "touch", "tr", "head", "seq", "yes", "date", "test", "rm", "ln",
 ];
 
 /// Builds a busybox image with `extra` entries in a layout under `work` and pushes it to

@@ -142,15 +142,8 @@ impl Lab {
         let root = Path::new("/run").join(unique_name());
         fs::create_dir_all(&root).expect("create the lab dir under /run");
         let dir = tempfile::Builder::new().prefix("sched-lab-").tempdir().expect("temp dir");
-        let mut lab = Lab {
-            switch: root.join("switch"),
-            root,
-            dir,
-            net: format!("10.200.{n}"),
-            registry: None,
-            hosts: Vec::new(),
-            options,
-        };
+        let mut lab =
+            Lab { switch: root.join("switch"), root, dir, net: format!("10.200.{n}"), registry: None, hosts: Vec::new(), options };
         let tag = lab.root.file_name().unwrap().to_string_lossy().into_owned();
         for i in 1..=lab.options.hosts as u64 {
             let name = format!("h{i}");
@@ -180,10 +173,20 @@ impl Lab {
             lab.spawn_agent(i);
         }
         let names: Vec<String> = lab.hosts.iter().map(|h| h.name.clone()).collect();
-        wait_until("every agent's node is ready", Duration::from_secs(30), || {
-            let ready = lab.nodes().into_iter().filter(|n| n["status"] == "ready").filter_map(|n| n["name"].as_str().map(str::to_owned)).collect::<Vec<_>>();
-            names.iter().all(|n| ready.contains(n))
-        }, || format!("nodes: {:#}", Value::Array(lab.nodes())));
+        wait_until(
+            "every agent's node is ready",
+            Duration::from_secs(30),
+            || {
+                let ready = lab
+                    .nodes()
+                    .into_iter()
+                    .filter(|n| n["status"] == "ready")
+                    .filter_map(|n| n["name"].as_str().map(str::to_owned))
+                    .collect::<Vec<_>>();
+                names.iter().all(|n| ready.contains(n))
+            },
+            || format!("nodes: {:#}", Value::Array(lab.nodes())),
+        );
         lab
     }
 
@@ -286,7 +289,8 @@ impl Lab {
             &self.registry_addr(),
         ]
         .map(str::to_owned);
-        let child = self.spawn_logged(&host.netns, &sched, &args.iter().map(String::as_str).collect::<Vec<_>>(), &format!("{}-server", host.name));
+        let child =
+            self.spawn_logged(&host.netns, &sched, &args.iter().map(String::as_str).collect::<Vec<_>>(), &format!("{}-server", host.name));
         self.hosts[index].server = Some(child);
     }
 
@@ -333,7 +337,12 @@ impl Lab {
                 args.extend(["--ingress-access-log".to_owned(), access_log.to_string_lossy().into_owned()]);
             }
         }
-        let child = self.spawn_logged(&host.netns, &agent.to_string_lossy(), &args.iter().map(String::as_str).collect::<Vec<_>>(), &format!("{}-agent", host.name));
+        let child = self.spawn_logged(
+            &host.netns,
+            &agent.to_string_lossy(),
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            &format!("{}-agent", host.name),
+        );
         self.hosts[index].agent = Some(child);
     }
 
@@ -560,7 +569,12 @@ impl Lab {
             left.extend(entries.flatten().map(|e| format!("task netns {}", e.path().display())));
         }
         let rules = nsenter(&host.netns, &["nft", "list", "table", "ip", agent::network::DEFAULT_NFT_TABLE]);
-        left.extend(text(&rules.stdout).lines().filter(|l| l.contains(" dnat to ")).map(|l| format!("published port in {}: {}", host.name, l.trim())));
+        left.extend(
+            text(&rules.stdout)
+                .lines()
+                .filter(|l| l.contains(" dnat to "))
+                .map(|l| format!("published port in {}: {}", host.name, l.trim())),
+        );
         let links = nsenter(&host.netns, &["ip", "-br", "link"]);
         for line in text(&links.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or_default().split('@').next().unwrap_or_default();
@@ -574,7 +588,13 @@ impl Lab {
     /// The last lines of every log, for failure messages.
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
-        let mut names: Vec<PathBuf> = fs::read_dir(self.dir.path()).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect();
+        let mut names: Vec<PathBuf> = fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
         names.sort();
         for path in names {
             let log = fs::read_to_string(&path).unwrap_or_default();
@@ -605,7 +625,8 @@ impl Drop for Lab {
             let root = host.agent_data.join("runtime");
             if let Ok(entries) = fs::read_dir(&root) {
                 for entry in entries.flatten() {
-                    let _ = Command::new(runtime_binary()).arg("--root").arg(&root).args(["delete", "--force"]).arg(entry.file_name()).output();
+                    let _ =
+                        Command::new(runtime_binary()).arg("--root").arg(&root).args(["delete", "--force"]).arg(entry.file_name()).output();
                 }
             }
         }

@@ -49,28 +49,16 @@ impl NodeLab {
         fs::create_dir_all(&root).expect("create the lab dir under /run");
         let data = tempfile::tempdir().expect("create the data dir");
         let node = root.join("node");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("a tokio runtime");
-        runtime
-            .block_on(netns::create(&node))
-            .expect("create the node network namespace");
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a tokio runtime");
+        runtime.block_on(netns::create(&node)).expect("create the node network namespace");
         let mut config = NodeNetworkConfig::new(data.path());
         config.bridge = format!("sbr{tag}");
-        config.subnet = format!("10.199.{tag}.0/24")
-            .parse()
-            .expect("a valid subnet");
+        config.subnet = format!("10.199.{tag}.0/24").parse().expect("a valid subnet");
         config.nft_table = format!("sched_test_{tag}");
         config.netns_dir = root.join("netns");
         let first = 40000 + u16::from(tag) * 100;
         config.host_ports = first..=first + 99;
-        let lab = Self {
-            root,
-            data,
-            node,
-            config,
-            children: Mutex::new(Vec::new()),
-        };
+        let lab = Self { root, data, node, config, children: Mutex::new(Vec::new()) };
         let lo = lab.in_node(&["ip", "link", "set", "lo", "up"]);
         assert!(lo.status.success(), "set lo up in the node: {lo:?}");
         lab
@@ -102,11 +90,7 @@ impl NodeLab {
         std::thread::scope(|scope| {
             let worker = scope.spawn(move || {
                 setns(&node, CloneFlags::CLONE_NEWNET).expect("enter the node netns");
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a tokio runtime")
-                    .block_on(body());
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime").block_on(body());
             });
             if let Err(panic) = worker.join() {
                 std::panic::resume_unwind(panic);
@@ -118,12 +102,8 @@ impl NodeLab {
     /// through an uplink the test wires itself); removed on drop.
     pub fn extra_namespace(&self, name: &str) -> PathBuf {
         let path = self.root.join(name);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("a tokio runtime");
-        runtime
-            .block_on(netns::create(&path))
-            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a tokio runtime");
+        runtime.block_on(netns::create(&path)).unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
         path
     }
 
@@ -157,29 +137,13 @@ impl NodeLab {
         let www = self.data.path().join(format!("www-{}", unique_name()));
         fs::create_dir_all(&www).expect("create the web root");
         fs::write(www.join("index.html"), body).expect("write index.html");
-        self.spawn_in(
-            netns,
-            &[
-                "busybox",
-                "httpd",
-                "-f",
-                "-p",
-                listen,
-                "-h",
-                &www.to_string_lossy(),
-            ],
-        )
+        self.spawn_in(netns, &["busybox", "httpd", "-f", "-p", listen, "-h", &www.to_string_lossy()])
     }
 }
 
 impl Drop for NodeLab {
     fn drop(&mut self) {
-        for mut child in self
-            .children
-            .lock()
-            .map(|mut c| std::mem::take(&mut *c))
-            .unwrap_or_default()
-        {
+        for mut child in self.children.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -215,21 +179,12 @@ pub fn nsenter(netns: &Path, args: &[&str]) -> Output {
 /// `GET /index.html` from `addr` over a plain TCP connection (from the calling thread's
 /// namespace); the response body, or why it failed.
 pub fn http_get(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET /index.html HTTP/1.0\r\nHost: test\r\n\r\n")
-        .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream.write_all(b"GET /index.html HTTP/1.0\r\nHost: test\r\n\r\n").map_err(|e| format!("send to {addr}: {e}"))?;
     let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read from {addr}: {e}"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{addr} answered without headers: {response:?}"))?;
+    stream.read_to_string(&mut response).map_err(|e| format!("read from {addr}: {e}"))?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| format!("{addr} answered without headers: {response:?}"))?;
     if !head.starts_with("HTTP/1.") || !head.contains(" 200 ") {
         return Err(format!("{addr} answered {head:?}"));
     }

@@ -10,14 +10,43 @@ use sha2::{Digest as _, Sha256};
 /// One tar entry. Paths are written verbatim (so `../x` and `/x` are possible).
 #[derive(Debug, Clone)]
 pub enum Entry {
-    Dir { path: String, mode: u32, uid: u64, gid: u64 },
-    File { path: String, content: Vec<u8>, mode: u32, uid: u64, gid: u64 },
-    Symlink { path: String, target: String },
-    Hardlink { path: String, target: String },
-    CharDev { path: String, major: u32, minor: u32, mode: u32 },
-    Fifo { path: String, mode: u32 },
+    Dir {
+        path: String,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    },
+    File {
+        path: String,
+        content: Vec<u8>,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+    Hardlink {
+        path: String,
+        target: String,
+    },
+    CharDev {
+        path: String,
+        major: u32,
+        minor: u32,
+        mode: u32,
+    },
+    Fifo {
+        path: String,
+        mode: u32,
+    },
     /// A regular file carrying PAX xattrs.
-    FileWithXattrs { path: String, content: Vec<u8>, xattrs: Vec<(String, Vec<u8>)> },
+    FileWithXattrs {
+        path: String,
+        content: Vec<u8>,
+        xattrs: Vec<(String, Vec<u8>)>,
+    },
 }
 
 impl Entry {
@@ -76,8 +105,7 @@ pub fn layer_tar(entries: &[Entry]) -> Vec<u8> {
                 b.append(&h, &content[..]).unwrap();
             }
             Entry::FileWithXattrs { path, content, xattrs } => {
-                let pax: Vec<(String, &[u8])> =
-                    xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), &v[..])).collect();
+                let pax: Vec<(String, &[u8])> = xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), &v[..])).collect();
                 b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), *v))).unwrap();
                 let mut h = raw_header(tar::EntryType::Regular, path, 0o644, 0, 0, content.len() as u64);
                 h.set_cksum();

@@ -26,7 +26,11 @@ use base64::Engine as _;
 pub enum ProxyMode {
     Forward,
     CutFirstBlob,
-    Bearer { user: String, password: String, token: String },
+    Bearer {
+        user: String,
+        password: String,
+        token: String,
+    },
     /// Answers the first `n` requests with `503 Service Unavailable`.
     FailFirst(usize),
 }
@@ -155,10 +159,7 @@ fn handle(conn: TcpStream, upstream: &str, mode: &ProxyMode, port: u16, shared: 
     if let ProxyMode::Bearer { user, password, token } = mode {
         if path == "/token" {
             shared.token_queries.lock().unwrap().push(query.clone());
-            let expected = format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-            );
+            let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
             return if header("Authorization").as_deref() == Some(expected.as_str()) {
                 let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
                 respond(conn, "200 OK", &[("Content-Type", "application/json".into())], body.as_bytes())
@@ -167,9 +168,8 @@ fn handle(conn: TcpStream, upstream: &str, mode: &ProxyMode, port: u16, shared: 
             };
         }
         if header("Authorization").as_deref() != Some(format!("Bearer {token}").as_str()) {
-            let repo = path
-                .strip_prefix("/v2/")
-                .and_then(|p| p.rfind("/manifests/").or_else(|| p.rfind("/blobs/")).map(|i| p[..i].to_string()));
+            let repo =
+                path.strip_prefix("/v2/").and_then(|p| p.rfind("/manifests/").or_else(|| p.rfind("/blobs/")).map(|i| p[..i].to_string()));
             let mut challenge = format!(r#"Bearer realm="http://127.0.0.1:{port}/token",service="sched-test""#);
             if let Some(repo) = repo {
                 challenge.push_str(&format!(r#",scope="repository:{repo}:pull""#));
@@ -187,8 +187,8 @@ fn handle(conn: TcpStream, upstream: &str, mode: &ProxyMode, port: u16, shared: 
     let mut up = TcpStream::connect(upstream)?;
     let mut out = format!("{method} {target} HTTP/1.1\r\n");
     for (k, v) in &headers {
-        let drop = k.eq_ignore_ascii_case("connection")
-            || (matches!(mode, ProxyMode::Bearer { .. }) && k.eq_ignore_ascii_case("authorization"));
+        let drop =
+            k.eq_ignore_ascii_case("connection") || (matches!(mode, ProxyMode::Bearer { .. }) && k.eq_ignore_ascii_case("authorization"));
         if !drop {
             out.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -220,10 +220,8 @@ fn handle(conn: TcpStream, upstream: &str, mode: &ProxyMode, port: u16, shared: 
     let mut conn = conn;
     conn.write_all(head.as_bytes())?;
     // Only big blobs (layers, not configs) are cut, half-way through their body.
-    let is_full_blob = method == "GET"
-        && path.contains("/blobs/")
-        && status_line.contains(" 200 ")
-        && content_length.is_some_and(|n| n > 64 << 10);
+    let is_full_blob =
+        method == "GET" && path.contains("/blobs/") && status_line.contains(" 200 ") && content_length.is_some_and(|n| n > 64 << 10);
     if matches!(mode, ProxyMode::CutFirstBlob) && is_full_blob && !shared.cut_done.swap(true, Ordering::SeqCst) {
         let half = content_length.unwrap_or(0) / 2;
         std::io::copy(&mut (&mut up_reader).take(half), &mut conn)?;

@@ -22,20 +22,13 @@ fn busybox_in(netns: &Path, args: &[&str]) -> String {
     let mut full = vec!["busybox"];
     full.extend_from_slice(args);
     let output = nsenter(netns, &full);
-    assert!(
-        output.status.success(),
-        "busybox {args:?} in {} failed: {output:?}",
-        netns.display()
-    );
+    assert!(output.status.success(), "busybox {args:?} in {} failed: {output:?}", netns.display());
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// `ip ARGS...` in the caller's namespace (the node's inside `NodeLab::run`).
 fn ip(args: &[&str]) -> std::process::Output {
-    std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip (iproute2)")
+    std::process::Command::new("ip").args(args).output().expect("run ip (iproute2)")
 }
 
 #[test]
@@ -51,41 +44,24 @@ fn tasks_on_one_bridge_reach_each_other_and_the_gateway() {
         assert!(lab.config().subnet.is_task_address(a.ip));
 
         // Inside: eth0 holds the address, the default route goes via the gateway.
-        let addrs = String::from_utf8_lossy(
-            &nsenter(&a.netns_path, &["ip", "-4", "-o", "addr", "show", "eth0"]).stdout,
-        )
-        .into_owned();
+        let addrs = String::from_utf8_lossy(&nsenter(&a.netns_path, &["ip", "-4", "-o", "addr", "show", "eth0"]).stdout).into_owned();
         assert!(addrs.contains(&format!("{}/24", a.ip)), "{addrs}");
-        let routes =
-            String::from_utf8_lossy(&nsenter(&a.netns_path, &["ip", "route"]).stdout).into_owned();
-        assert!(
-            routes.contains(&format!("default via {}", node.gateway())),
-            "{routes}"
-        );
+        let routes = String::from_utf8_lossy(&nsenter(&a.netns_path, &["ip", "route"]).stdout).into_owned();
+        assert!(routes.contains(&format!("default via {}", node.gateway())), "{routes}");
         // Outside: the host end is a port of the bridge.
-        let veth = String::from_utf8_lossy(&ip(&["-o", "link", "show", &a.veth_host_name]).stdout)
-            .into_owned();
-        assert!(
-            veth.contains(&format!("master {}", lab.config().bridge)),
-            "{veth}"
-        );
+        let veth = String::from_utf8_lossy(&ip(&["-o", "link", "show", &a.veth_host_name]).stdout).into_owned();
+        assert!(veth.contains(&format!("master {}", lab.config().bridge)), "{veth}");
 
         busybox_in(&a.netns_path, &["ping", "-c1", "-W1", &b.ip.to_string()]);
         busybox_in(&b.netns_path, &["ping", "-c1", "-W1", &a.ip.to_string()]);
-        busybox_in(
-            &a.netns_path,
-            &["ping", "-c1", "-W1", &node.gateway().to_string()],
-        );
+        busybox_in(&a.netns_path, &["ping", "-c1", "-W1", &node.gateway().to_string()]);
 
         lab.serve_http(&b.netns_path, 8080, "hello from b\n");
         let url = format!("http://{}:8080/index.html", b.ip);
         let deadline = Instant::now() + SERVE_TIMEOUT;
         loop {
             // busybox 1.35's `wget -T` segfaults: bound it with timeout(1) instead.
-            let got = nsenter(
-                &a.netns_path,
-                &["timeout", "2", "busybox", "wget", "-q", "-O-", &url],
-            );
+            let got = nsenter(&a.netns_path, &["timeout", "2", "busybox", "wget", "-q", "-O-", &url]);
             if got.status.success() {
                 assert_eq!(String::from_utf8_lossy(&got.stdout), "hello from b\n");
                 break;
@@ -108,18 +84,7 @@ fn outbound_nat_and_published_ports_work_across_an_uplink() {
         let task = TaskNetwork::create(&node, "client").await.expect("task");
         let outside_arg = outside.to_string_lossy().into_owned();
         for args in [
-            &[
-                "link",
-                "add",
-                "upl7",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &outside_arg,
-            ][..],
+            &["link", "add", "upl7", "type", "veth", "peer", "name", "eth0", "netns", &outside_arg][..],
             &["addr", "add", "10.198.7.1/30", "dev", "upl7"],
             &["link", "set", "upl7", "up"],
         ] {
@@ -135,30 +100,12 @@ fn outbound_nat_and_published_ports_work_across_an_uplink() {
             assert!(out.status.success(), "{args:?} outside: {out:?}");
         }
         let no_route = nsenter(&outside, &["ip", "route", "get", &task.ip.to_string()]);
-        assert!(
-            !no_route.status.success(),
-            "outside must not route to tasks: {no_route:?}"
-        );
+        assert!(!no_route.status.success(), "outside must not route to tasks: {no_route:?}");
 
         lab.serve_http(&outside, 80, "outside the node\n");
         wait_for_http(addr(Ipv4Addr::new(10, 198, 7, 2), 80), SERVE_TIMEOUT);
-        let fetched = nsenter(
-            &task.netns_path,
-            &[
-                "timeout",
-                "3",
-                "busybox",
-                "wget",
-                "-q",
-                "-O-",
-                "http://10.198.7.2/index.html",
-            ],
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&fetched.stdout),
-            "outside the node\n",
-            "{fetched:?}"
-        );
+        let fetched = nsenter(&task.netns_path, &["timeout", "3", "busybox", "wget", "-q", "-O-", "http://10.198.7.2/index.html"]);
+        assert_eq!(String::from_utf8_lossy(&fetched.stdout), "outside the node\n", "{fetched:?}");
 
         // The other way: a remote client reaches a published port on the node's uplink address
         // (prerouting DNAT; the task's reply is un-NATed on its way back through the node).
@@ -166,15 +113,8 @@ fn outbound_nat_and_published_ports_work_across_an_uplink() {
         wait_for_http(addr(task.ip, 8080), SERVE_TIMEOUT);
         let host_port = node.publish(task.ip, 8080).await.expect("publish");
         let url = format!("http://10.198.7.1:{host_port}/index.html");
-        let remote = nsenter(
-            &outside,
-            &["timeout", "3", "busybox", "wget", "-q", "-O-", &url],
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&remote.stdout),
-            "published to the outside\n",
-            "{remote:?}"
-        );
+        let remote = nsenter(&outside, &["timeout", "3", "busybox", "wget", "-q", "-O-", &url]);
+        assert_eq!(String::from_utf8_lossy(&remote.stdout), "published to the outside\n", "{remote:?}");
         node.teardown().await.expect("teardown");
     });
 }
@@ -195,55 +135,25 @@ fn a_task_cannot_reach_node_services_bound_to_loopback() {
 
         // The attack of CVE-2020-8558: the task routes 127.0.0.0/8 out of eth0 to the gateway's
         // MAC, hoping the node's route_localnet lets the packets reach its loopback services.
-        let bridge_mac =
-            String::from_utf8_lossy(&ip(&["-o", "link", "show", &config.bridge]).stdout)
-                .split_whitespace()
-                .skip_while(|word| *word != "link/ether")
-                .nth(1)
-                .expect("the bridge's MAC")
-                .to_owned();
+        let bridge_mac = String::from_utf8_lossy(&ip(&["-o", "link", "show", &config.bridge]).stdout)
+            .split_whitespace()
+            .skip_while(|word| *word != "link/ether")
+            .nth(1)
+            .expect("the bridge's MAC")
+            .to_owned();
         let gateway = node.gateway().to_string();
         for args in [
             &["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"][..],
             &["sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1"],
             // Removing lo's address also removes the local routes of 127.0.0.0/8.
             &["ip", "addr", "del", "127.0.0.1/8", "dev", "lo"],
-            &[
-                "ip",
-                "route",
-                "add",
-                "127.0.0.0/8",
-                "via",
-                &gateway,
-                "dev",
-                "eth0",
-            ],
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                "127.0.0.1",
-                "lladdr",
-                &bridge_mac,
-                "dev",
-                "eth0",
-            ],
+            &["ip", "route", "add", "127.0.0.0/8", "via", &gateway, "dev", "eth0"],
+            &["ip", "neigh", "replace", "127.0.0.1", "lladdr", &bridge_mac, "dev", "eth0"],
         ] {
             let out = nsenter(&task.netns_path, args);
             assert!(out.status.success(), "{args:?} in the task: {out:?}");
         }
-        let attack = nsenter(
-            &task.netns_path,
-            &[
-                "timeout",
-                "2",
-                "busybox",
-                "wget",
-                "-q",
-                "-O-",
-                "http://127.0.0.1:9999/",
-            ],
-        );
+        let attack = nsenter(&task.netns_path, &["timeout", "2", "busybox", "wget", "-q", "-O-", "http://127.0.0.1:9999/"]);
         assert!(
             !attack.status.success() && !String::from_utf8_lossy(&attack.stdout).contains("secret"),
             "the task reached the node's loopback: {attack:?}"
@@ -277,11 +187,7 @@ fn published_port_forwards_localhost_and_gateway_to_the_task_until_destroyed() {
 
         let host_port = node.publish(task.ip, 8080).await.expect("publish");
         assert!(lab.config().host_ports.contains(&host_port), "{host_port}");
-        assert_eq!(
-            node.publish(task.ip, 8080).await.unwrap(),
-            host_port,
-            "publishing again returns the same port"
-        );
+        assert_eq!(node.publish(task.ip, 8080).await.unwrap(), host_port, "publishing again returns the same port");
         for via in [Ipv4Addr::LOCALHOST, node.gateway()] {
             assert_eq!(
                 http_get(addr(via, host_port), SERVE_TIMEOUT).expect("published port answers"),
@@ -291,22 +197,11 @@ fn published_port_forwards_localhost_and_gateway_to_the_task_until_destroyed() {
         }
         // Hairpin: the task reaches its own published port through the gateway.
         let url = format!("http://{}:{host_port}/index.html", node.gateway());
-        let hairpin = nsenter(
-            &task.netns_path,
-            &["timeout", "2", "busybox", "wget", "-q", "-O-", &url],
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&hairpin.stdout),
-            "served from the task\n",
-            "{hairpin:?}"
-        );
+        let hairpin = nsenter(&task.netns_path, &["timeout", "2", "busybox", "wget", "-q", "-O-", &url]);
+        assert_eq!(String::from_utf8_lossy(&hairpin.stdout), "served from the task\n", "{hairpin:?}");
         let other = lab.config();
         let wrong = node.publish(Ipv4Addr::new(10, 199, 2, 200), 80).await;
-        assert!(
-            matches!(wrong, Err(NetworkError::NotATaskAddress { .. })),
-            "{wrong:?} ({})",
-            other.subnet
-        );
+        assert!(matches!(wrong, Err(NetworkError::NotATaskAddress { .. })), "{wrong:?} ({})", other.subnet);
 
         task.destroy(&node).await.expect("destroy");
         assert!(
@@ -315,11 +210,7 @@ fn published_port_forwards_localhost_and_gateway_to_the_task_until_destroyed() {
         );
         assert!(node.published().await.is_empty());
         assert!(!task.netns_path.exists(), "netns file left behind");
-        assert!(
-            !ip(&["link", "show", &task.veth_host_name]).status.success(),
-            "veth {} left behind",
-            task.veth_host_name
-        );
+        assert!(!ip(&["link", "show", &task.veth_host_name]).status.success(), "veth {} left behind", task.veth_host_name);
         assert_eq!(node.task("web").await, None, "address not released");
         task.destroy(&node).await.expect("destroy is idempotent");
         node.teardown().await.expect("teardown");
@@ -337,32 +228,15 @@ fn allocations_and_published_ports_survive_a_new_node_network_instance() {
         let host_port = first.publish(task.ip, 80).await.expect("publish");
         drop(first); // like an agent restart: nothing is torn down
 
-        let second = NodeNetwork::new(lab.config())
-            .await
-            .expect("node network again");
+        let second = NodeNetwork::new(lab.config()).await.expect("node network again");
         assert_eq!(second.task("kept").await, Some(task.clone()));
         assert_eq!(second.published().await.len(), 1);
-        assert_eq!(
-            http_get(addr(Ipv4Addr::LOCALHOST, host_port), SERVE_TIMEOUT).unwrap(),
-            "still here\n"
-        );
-        let next = TaskNetwork::create(&second, "new")
-            .await
-            .expect("another task");
-        assert_ne!(
-            next.ip, task.ip,
-            "a restarted agent handed out a held address"
-        );
-        assert_eq!(
-            second.publish(next.ip, 80).await.unwrap(),
-            host_port + 1,
-            "a restarted agent reused a published port"
-        );
+        assert_eq!(http_get(addr(Ipv4Addr::LOCALHOST, host_port), SERVE_TIMEOUT).unwrap(), "still here\n");
+        let next = TaskNetwork::create(&second, "new").await.expect("another task");
+        assert_ne!(next.ip, task.ip, "a restarted agent handed out a held address");
+        assert_eq!(second.publish(next.ip, 80).await.unwrap(), host_port + 1, "a restarted agent reused a published port");
         let duplicate = TaskNetwork::create(&second, "kept").await;
-        assert!(
-            matches!(duplicate, Err(NetworkError::TaskExists { .. })),
-            "{duplicate:?}"
-        );
+        assert!(matches!(duplicate, Err(NetworkError::TaskExists { .. })), "{duplicate:?}");
         second.teardown().await.expect("teardown");
     });
 }
@@ -383,25 +257,16 @@ fn teardown_leaves_no_bridge_table_namespace_or_state() {
         assert!(config.ipam_file().exists());
         node.teardown().await.expect("teardown");
 
-        assert!(
-            !ip(&["link", "show", &config.bridge]).status.success(),
-            "bridge left"
-        );
+        assert!(!ip(&["link", "show", &config.bridge]).status.success(), "bridge left");
         for task in &tasks {
             assert!(!ip(&["link", "show", &task.veth_host_name]).status.success());
             assert!(!task.netns_path.exists());
         }
-        assert!(
-            !table_exists(&config.nft, &config.nft_table).await.unwrap(),
-            "nft table left"
-        );
+        assert!(!table_exists(&config.nft, &config.nft_table).await.unwrap(), "nft table left");
         assert!(!config.netns_dir.exists(), "netns dir left");
         assert!(!config.ipam_file().exists() && !config.ports_file().exists());
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(
-            !mounts.contains(&*config.netns_dir.to_string_lossy()),
-            "mounts left under the netns dir"
-        );
+        assert!(!mounts.contains(&*config.netns_dir.to_string_lossy()), "mounts left under the netns dir");
     });
 }
 
@@ -414,9 +279,7 @@ fn a_failed_create_undoes_what_it_made() {
         // Without the bridge, create fails after it made the namespace (at the veth step).
         assert!(ip(&["link", "del", &config.bridge]).status.success());
         let failed = TaskNetwork::create(&node, "doomed").await;
-        let error = failed
-            .expect_err("create without a bridge must fail")
-            .to_string();
+        let error = failed.expect_err("create without a bridge must fail").to_string();
         assert!(error.contains(&config.bridge), "{error}");
         assert_eq!(node.task("doomed").await, None, "address not released");
         let left: Vec<_> = std::fs::read_dir(&config.netns_dir).unwrap().collect();
@@ -425,16 +288,9 @@ fn a_failed_create_undoes_what_it_made() {
         assert!(!links.contains("veth"), "veth left: {links}");
 
         // A new NodeNetwork repairs the node, and the id can be used again.
-        let node = NodeNetwork::new(lab.config())
-            .await
-            .expect("node network again");
-        let task = TaskNetwork::create(&node, "doomed")
-            .await
-            .expect("create again");
-        busybox_in(
-            &task.netns_path,
-            &["ping", "-c1", "-W1", &node.gateway().to_string()],
-        );
+        let node = NodeNetwork::new(lab.config()).await.expect("node network again");
+        let task = TaskNetwork::create(&node, "doomed").await.expect("create again");
+        busybox_in(&task.netns_path, &["ping", "-c1", "-W1", &node.gateway().to_string()]);
         node.teardown().await.expect("teardown");
     });
 }
@@ -445,26 +301,14 @@ fn container_in_the_task_namespace_serves_through_the_published_port() {
     lab.run(|| async {
         let node = NodeNetwork::new(lab.config()).await.expect("node network");
         let task = TaskNetwork::create(&node, "container").await.expect("task");
-        let bundle = BusyboxBundle::new()
-            .namespace_path("network", &task.netns_path)
-            .args(&["httpd", "-f", "-p", "8080", "-h", "/www"]);
+        let bundle = BusyboxBundle::new().namespace_path("network", &task.netns_path).args(&["httpd", "-f", "-p", "8080", "-h", "/www"]);
         let www = bundle.rootfs().join("www");
         std::fs::create_dir_all(&www).unwrap();
-        std::fs::write(
-            www.join("index.html"),
-            "hello from a sched-runtime container\n",
-        )
-        .unwrap();
+        std::fs::write(www.join("index.html"), "hello from a sched-runtime container\n").unwrap();
         let run = bundle.spawn_run();
         let host_port = node.publish(task.ip, 8080).await.expect("publish");
-        assert_eq!(
-            wait_for_http(addr(Ipv4Addr::LOCALHOST, host_port), SERVE_TIMEOUT),
-            "hello from a sched-runtime container\n"
-        );
-        assert_eq!(
-            http_get(addr(node.gateway(), host_port), SERVE_TIMEOUT).unwrap(),
-            "hello from a sched-runtime container\n"
-        );
+        assert_eq!(wait_for_http(addr(Ipv4Addr::LOCALHOST, host_port), SERVE_TIMEOUT), "hello from a sched-runtime container\n");
+        assert_eq!(http_get(addr(node.gateway(), host_port), SERVE_TIMEOUT).unwrap(), "hello from a sched-runtime container\n");
         bundle.kill("KILL").assert_success();
         run.wait(SERVE_TIMEOUT);
         drop(bundle);

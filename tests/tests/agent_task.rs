@@ -64,7 +64,10 @@ impl Drop for Node {
         if let Ok(entries) = std::fs::read_dir(&state) {
             for e in entries.flatten() {
                 let _ = std::process::Command::new(runtime_binary())
-                    .arg("--root").arg(&state).args(["delete", "--force"]).arg(e.file_name())
+                    .arg("--root")
+                    .arg(&state)
+                    .args(["delete", "--force"])
+                    .arg(e.file_name())
                     .output();
             }
         }

@@ -39,18 +39,12 @@ fn newest_kernel() -> PathBuf {
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
             let version = name.strip_prefix("vmlinuz-")?;
-            let key = version
-                .split(|c: char| !c.is_ascii_digit())
-                .filter_map(|part| part.parse().ok())
-                .collect();
+            let key = version.split(|c: char| !c.is_ascii_digit()).filter_map(|part| part.parse().ok()).collect();
             Some((key, entry.path()))
         })
         .collect();
     kernels.sort();
-    kernels
-        .pop()
-        .map(|(_, path)| path)
-        .expect("no /boot/vmlinuz-*: install linux-image-amd64 (scripts/install-test-deps.sh)")
+    kernels.pop().map(|(_, path)| path).expect("no /boot/vmlinuz-*: install linux-image-amd64 (scripts/install-test-deps.sh)")
 }
 
 /// A temp dir removed on drop.
@@ -85,18 +79,8 @@ fn guest_bundle(name: &str, bundle: BusyboxBundle) -> BusyboxBundle {
 
 #[track_caller]
 fn copy_tree(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("run cp");
-    assert!(
-        status.success(),
-        "cp -a {} {}",
-        from.display(),
-        to.display()
-    );
+    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().expect("run cp");
+    assert!(status.success(), "cp -a {} {}", from.display(), to.display());
 }
 
 /// Boots the VM and returns the serial console output.
@@ -117,9 +101,7 @@ fn boot(kernel: &Path, initramfs: &Path, console: &Path) -> String {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect(
-                "start qemu-system-x86_64: install qemu-system-x86 (scripts/install-test-deps.sh)",
-            ),
+            .expect("start qemu-system-x86_64: install qemu-system-x86 (scripts/install-test-deps.sh)"),
     );
     loop {
         if let Some(status) = qemu.0.try_wait().expect("wait for qemu") {
@@ -128,10 +110,7 @@ fn boot(kernel: &Path, initramfs: &Path, console: &Path) -> String {
             if let Some(mut pipe) = qemu.0.stderr.take() {
                 let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
             }
-            assert!(
-                status.success(),
-                "qemu failed ({status}): {stderr}\nconsole:\n{output}"
-            );
+            assert!(status.success(), "qemu failed ({status}): {stderr}\nconsole:\n{output}");
             eprintln!("VM ran for {:.1} s", started.elapsed().as_secs_f64());
             return output;
         }
@@ -163,31 +142,18 @@ fn cgroup_v2_memory_and_cpu_limits_in_a_vm() {
     fs::create_dir_all(&bundles).expect("create the VM work dir");
 
     let memory = json!({ "memory": { "limit": MEMORY_LIMIT, "swap": MEMORY_LIMIT }, "pids": { "limit": 64 } });
-    let eater = || {
-        BusyboxBundle::new()
-            .args(&["tail", "/dev/zero"])
-            .resources(memory.clone())
-    };
+    let eater = || BusyboxBundle::new().args(&["tail", "/dev/zero"]).resources(memory.clone());
     let oom_run = guest_bundle("oomrun", eater());
     let oom = guest_bundle("oom", eater());
     let cpu = guest_bundle(
         "cpu",
-        BusyboxBundle::new()
-            .shell("while :; do :; done")
-            .resources(json!({ "cpu": { "quota": 20000, "period": 100000, "shares": 512 } })),
+        BusyboxBundle::new().shell("while :; do :; done").resources(json!({ "cpu": { "quota": 20000, "period": 100000, "shares": 512 } })),
     );
     let cpu_half = guest_bundle(
         "cpuhalf",
-        BusyboxBundle::new()
-            .shell("while :; do :; done")
-            .resources(json!({ "cpu": { "quota": 50000, "period": 100000 } })),
+        BusyboxBundle::new().shell("while :; do :; done").resources(json!({ "cpu": { "quota": 50000, "period": 100000 } })),
     );
-    for (name, bundle) in [
-        ("oomrun", &oom_run),
-        ("oom", &oom),
-        ("cpu", &cpu),
-        ("cpuhalf", &cpu_half),
-    ] {
+    for (name, bundle) in [("oomrun", &oom_run), ("oom", &oom), ("cpu", &cpu), ("cpuhalf", &cpu_half)] {
         copy_tree(&bundle.bundle_dir(), &bundles.join(name));
     }
 
@@ -199,72 +165,36 @@ fn cgroup_v2_memory_and_cpu_limits_in_a_vm() {
         .arg(&bundles)
         .status()
         .expect("run tests/vm/build-initramfs.sh");
-    assert!(
-        built.success(),
-        "building the initramfs failed (needs cpio, busybox-static)"
-    );
+    assert!(built.success(), "building the initramfs failed (needs cpio, busybox-static)");
 
     let console_path = work.0.join("console.log");
     let console = boot(&kernel, &work.0.join("initramfs.gz"), &console_path);
     eprintln!("{console}");
     let results = parse_results(&console);
     let get = |key: &str| -> &str {
-        results
-            .get(key)
-            .map(String::as_str)
-            .unwrap_or_else(|| panic!("the guest did not report {key}; console:\n{console}"))
+        results.get(key).map(String::as_str).unwrap_or_else(|| panic!("the guest did not report {key}; console:\n{console}"))
     };
-    let number = |key: &str| -> u64 {
-        get(key)
-            .parse()
-            .unwrap_or_else(|_| panic!("{key}={} is not a number", get(key)))
-    };
+    let number = |key: &str| -> u64 { get(key).parse().unwrap_or_else(|_| panic!("{key}={} is not a number", get(key))) };
 
     assert_eq!(get("done"), "yes", "the guest finished its script");
     for controller in ["cpu", "memory", "pids"] {
-        assert!(
-            get("subtree_control").split(',').any(|c| c == controller),
-            "{controller} enabled"
-        );
+        assert!(get("subtree_control").split(',').any(|c| c == controller), "{controller} enabled");
     }
 
     // Memory: the foreground run ends with SIGKILL from the OOM killer.
-    assert_eq!(
-        get("oom_run_exit"),
-        "137",
-        "run exits 128+SIGKILL after the OOM kill"
-    );
-    assert_eq!(
-        get("oom_run_cgroup_left"),
-        "no",
-        "run removes the container's cgroup"
-    );
+    assert_eq!(get("oom_run_exit"), "137", "run exits 128+SIGKILL after the OOM kill");
+    assert_eq!(get("oom_run_cgroup_left"), "no", "run removes the container's cgroup");
     assert_eq!(get("oom_create_exit"), "0");
     assert_eq!(number("oom_memory_max"), MEMORY_LIMIT);
     assert_eq!(get("oom_pids_max"), "64");
-    assert_eq!(
-        get("oom_swap_max"),
-        "0",
-        "memory.swap = memory.limit means no swap (memory.swap.max 0)"
-    );
-    assert_eq!(
-        get("oom_stopped"),
-        "0",
-        "the OOM-killed container is reported stopped"
-    );
-    let events: HashMap<&str, u64> = get("oom_events")
-        .split(',')
-        .filter_map(|pair| pair.split_once('='))
-        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
-        .collect();
+    assert_eq!(get("oom_swap_max"), "0", "memory.swap = memory.limit means no swap (memory.swap.max 0)");
+    assert_eq!(get("oom_stopped"), "0", "the OOM-killed container is reported stopped");
+    let events: HashMap<&str, u64> =
+        get("oom_events").split(',').filter_map(|pair| pair.split_once('=')).filter_map(|(k, v)| Some((k, v.parse().ok()?))).collect();
     let kills = events.get("oom_kill").copied().unwrap_or(0);
     assert!(kills >= 1, "memory.events counts the OOM kill: {events:?}");
     assert_eq!(get("oom_delete_exit"), "0");
-    assert_eq!(
-        get("oom_cgroup_left"),
-        "no",
-        "delete removes the container's cgroup"
-    );
+    assert_eq!(get("oom_cgroup_left"), "no", "delete removes the container's cgroup");
 
     // CPU: about 20% of one CPU, most periods throttled.
     assert_eq!(get("cpu_running"), "0");
@@ -277,66 +207,33 @@ fn cgroup_v2_memory_and_cpu_limits_in_a_vm() {
     let l = 512f64.log2();
     let quadratic = 10f64.powf((l * l + 125.0 * l) / 612.0 - 7.0 / 34.0).ceil() as u64;
     let weight = number("cpu_weight");
-    assert!(
-        weight == linear || weight == quadratic,
-        "cpu.weight {weight} for shares 512: expected {linear} or {quadratic}"
-    );
+    assert!(weight == linear || weight == quadratic, "cpu.weight {weight} for shares 512: expected {linear} or {quadratic}");
     let share = number("cpu_usage_usec") as f64 / number("cpu_window_usec") as f64;
     let (periods, throttled) = (number("cpu_nr_periods"), number("cpu_nr_throttled"));
-    eprintln!(
-        "cgroup v2: cpu share {:.1}% of a CPU, {throttled}/{periods} periods throttled; oom_kill={kills}",
-        share * 100.0
-    );
-    assert!(
-        (0.12..=0.30).contains(&share),
-        "cpu.max 20% gave {:.1}%",
-        share * 100.0
-    );
-    assert!(
-        periods >= 10 && throttled * 2 >= periods,
-        "throttled {throttled} of {periods} periods"
-    );
+    eprintln!("cgroup v2: cpu share {:.1}% of a CPU, {throttled}/{periods} periods throttled; oom_kill={kills}", share * 100.0);
+    assert!((0.12..=0.30).contains(&share), "cpu.max 20% gave {:.1}%", share * 100.0);
+    assert!(periods >= 10 && throttled * 2 >= periods, "throttled {throttled} of {periods} periods");
     assert_eq!(get("cpu_run_exit"), "137", "kill KILL ends run with 137");
     assert_eq!(get("cpu_cgroup_left"), "no");
 
     // CPU as the agent reports it: a busy task under half a CPU uses about all of its limit.
     assert_eq!(get("half_running"), "0");
     assert_eq!(get("half_cpu_max"), "50000/100000");
-    let seconds = |key: &str| -> f64 {
-        get(key)
-            .parse()
-            .unwrap_or_else(|_| panic!("{key}={} is not a time", get(key)))
-    };
+    let seconds = |key: &str| -> f64 { get(key).parse().unwrap_or_else(|_| panic!("{key}={} is not a time", get(key))) };
     let used_ns = |key: &str| -> u64 {
         // The guest printed cpu.stat with ' ' -> ':' and '\n' -> ','; put the file back and let
         // the agent's reader take it.
         let dir = work.0.join(key);
         fs::create_dir_all(&dir).expect("a dir for the cpu.stat copy");
-        fs::write(
-            dir.join("cpu.stat"),
-            get(key).replace(':', " ").replace(',', "\n"),
-        )
-        .expect("write cpu.stat");
-        agent::metrics::cpu_usage_ns(&[dir])
-            .unwrap_or_else(|| panic!("the agent cannot read {key}={}", get(key)))
+        fs::write(dir.join("cpu.stat"), get(key).replace(':', " ").replace(',', "\n")).expect("write cpu.stat");
+        agent::metrics::cpu_usage_ns(&[dir]).unwrap_or_else(|| panic!("the agent cannot read {key}={}", get(key)))
     };
     let wall_ns = (seconds("half_t2") - seconds("half_t1")) * 1e9;
     let limit_cores = 50000.0 / 100000.0;
-    let fraction = used_ns("half_stat2").saturating_sub(used_ns("half_stat1")) as f64
-        / (wall_ns * limit_cores);
-    eprintln!(
-        "cgroup v2: a busy task under cpu.max 50000/100000 uses {fraction:.3} of its limit over {:.2} s",
-        wall_ns / 1e9
-    );
-    assert!(
-        wall_ns >= 1.5e9,
-        "the two reads were {:.2} s apart, not ~2 s",
-        wall_ns / 1e9
-    );
-    assert!(
-        (0.8..=1.1).contains(&fraction),
-        "a busy task reads {fraction:.3} of its limit (want 0.8-1.1)"
-    );
+    let fraction = used_ns("half_stat2").saturating_sub(used_ns("half_stat1")) as f64 / (wall_ns * limit_cores);
+    eprintln!("cgroup v2: a busy task under cpu.max 50000/100000 uses {fraction:.3} of its limit over {:.2} s", wall_ns / 1e9);
+    assert!(wall_ns >= 1.5e9, "the two reads were {:.2} s apart, not ~2 s", wall_ns / 1e9);
+    assert!((0.8..=1.1).contains(&fraction), "a busy task reads {fraction:.3} of its limit (want 0.8-1.1)");
     assert_eq!(get("half_run_exit"), "137", "kill KILL ends run with 137");
     assert_eq!(get("half_cgroup_left"), "no");
 }

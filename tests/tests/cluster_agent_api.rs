@@ -32,17 +32,14 @@ fn agents_register_heartbeat_and_watch_assignments_through_any_server() {
         let status = agent.register(pb::RegisterRequest { name: String::new(), ..register("x", "y") }).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         // A label no service constraint could require is refused, named.
-        let bad_label = pb::RegisterRequest { labels: [("disk type".to_string(), "ssd".to_string())].into(), ..register("node-c", "10.0.0.3") };
+        let bad_label =
+            pb::RegisterRequest { labels: [("disk type".to_string(), "ssd".to_string())].into(), ..register("node-c", "10.0.0.3") };
         let status = agent.register(bad_label).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().contains("disk type") && status.message().contains("--labels"), "{}", status.message());
 
-        assert!(
-            agent.heartbeat(pb::HeartbeatRequest { node_id: id, ..Default::default() }).await.unwrap().into_inner().known
-        );
-        assert!(
-            !agent.heartbeat(pb::HeartbeatRequest { node_id: 999, ..Default::default() }).await.unwrap().into_inner().known
-        );
+        assert!(agent.heartbeat(pb::HeartbeatRequest { node_id: id, ..Default::default() }).await.unwrap().into_inner().known);
+        assert!(!agent.heartbeat(pb::HeartbeatRequest { node_id: 999, ..Default::default() }).await.unwrap().into_inner().known);
 
         let mut watch = agent.watch_assignments(pb::WatchAssignmentsRequest { node_id: id }).await.unwrap().into_inner();
         let first = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
@@ -63,10 +60,7 @@ fn agents_register_heartbeat_and_watch_assignments_through_any_server() {
         .iter()
         .map(|n| (n["name"].as_str().unwrap().into(), n["address"].as_str().unwrap().into(), n["status"].as_str().unwrap().into()))
         .collect();
-    assert_eq!(
-        summary,
-        [("node-a".into(), "10.0.0.9".into(), "ready".into()), ("node-b".into(), "10.0.0.2".into(), "ready".into())]
-    );
+    assert_eq!(summary, [("node-a".into(), "10.0.0.9".into(), "ready".into()), ("node-b".into(), "10.0.0.2".into(), "ready".into())]);
     let table = cluster.sched_ok(&["get", "nodes"]);
     assert!(table.contains("node-a  10.0.0.9  2000    4096         ready   zone=a"), "{table}");
 }

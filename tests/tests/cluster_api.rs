@@ -52,7 +52,8 @@ fn apply_get_describe_scale_rollback_delete_round_trip() {
     let events: Vec<&str> = described["events"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
     // Nothing listens at CLOSED_REGISTRY: each new revision says its tag was not pinned, and why.
     let unresolved = |event: &str, revision: u32, image: &str| {
-        event.starts_with(&format!("revision {revision}: the digest of {image} could not be resolved (request to http://{CLOSED_REGISTRY}/"))
+        event
+            .starts_with(&format!("revision {revision}: the digest of {image} could not be resolved (request to http://{CLOSED_REGISTRY}/"))
             && event.contains("Connection refused")
             && event.ends_with("; its tasks will pull it by tag")
     };
@@ -87,7 +88,11 @@ fn malformed_files_are_rejected_with_positions_and_change_nothing() {
     let err = stderr(&out);
     assert!(err.contains("bad.toml:3:1: `cpus`: unknown field `cpus`"), "{err}");
 
-    std::fs::write(&bad, "name = \"quotes\"\nimage = \"127.0.0.1:1/busybox\"\nmemory = 1\nports = [80]\n[health]\nkind = \"tcp\"\nport = 81\n").unwrap();
+    std::fs::write(
+        &bad,
+        "name = \"quotes\"\nimage = \"127.0.0.1:1/busybox\"\nmemory = 1\nports = [80]\n[health]\nkind = \"tcp\"\nport = 81\n",
+    )
+    .unwrap();
     let out = cluster.sched(&["apply", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -117,10 +122,22 @@ fn bad_grpc_requests_get_clear_errors_and_change_nothing() {
         let status = client.apply(pb::ApplyRequest { spec: None }).await.unwrap_err();
         assert_eq!((status.code(), status.message()), (tonic::Code::InvalidArgument, "`spec` is required"));
 
-        let spec = pb::ServiceSpec { name: "Quotes".into(), image: "".into(), cpu_millis: 0, memory_mib: 64, ports: vec![70000], ..Default::default() };
+        let spec = pb::ServiceSpec {
+            name: "Quotes".into(),
+            image: "".into(),
+            cpu_millis: 0,
+            memory_mib: 64,
+            ports: vec![70000],
+            ..Default::default()
+        };
         let status = client.apply(pb::ApplyRequest { spec: Some(spec) }).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        for expected in ["`ports`: ports must be 1 to 65535, got 70000", "`name`: \"Quotes\" is not allowed", "`image`: must name an image", "`cpu`: must be 1 to 256000"] {
+        for expected in [
+            "`ports`: ports must be 1 to 65535, got 70000",
+            "`name`: \"Quotes\" is not allowed",
+            "`image`: must name an image",
+            "`cpu`: must be 1 to 256000",
+        ] {
             assert!(status.message().contains(expected), "{expected} not in {}", status.message());
         }
 

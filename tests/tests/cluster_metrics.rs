@@ -35,8 +35,11 @@ fn a_busy_tasks_cpu_is_at_the_leader_within_2_s_through_a_follower_and_every_ser
     // The agent knows only the follower: its heartbeats reach the leader through it.
     let agent = AgentProcess::start_against(&cluster, Some(&follower), "node1", &[]);
     let file = cluster.dir().join("busy.toml");
-    std::fs::write(&file, format!("name = \"busy\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"while :; do :; done\"]\ncpu = 100\ncount = 1\n"))
-        .unwrap();
+    std::fs::write(
+        &file,
+        format!("name = \"busy\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"while :; do :; done\"]\ncpu = 100\ncount = 1\n"),
+    )
+    .unwrap();
     cluster.sched_ok(&["apply", &file.to_string_lossy()]);
     let task = |server: &str, extra: &[&str]| {
         let mut args = vec!["get", "tasks"];

@@ -23,7 +23,8 @@ fn routes_are_listed_streamed_on_every_change_and_never_claimed_twice() {
     let cluster = Cluster::start(ClusterOptions::default());
     let leader = cluster.wait_for_leader(Duration::from_secs(5));
     let follower = cluster.servers.values().find(|s| s.id != leader).unwrap().address.clone();
-    let quotes = write(&cluster, "quotes", &routed("quotes", "[[route]]\nhost = \"quotes.example\"\npath_prefix = \"/api/v1\"\nport = 8080\n"));
+    let quotes =
+        write(&cluster, "quotes", &routed("quotes", "[[route]]\nhost = \"quotes.example\"\npath_prefix = \"/api/v1\"\nport = 8080\n"));
     cluster.sched_ok(&["apply", &quotes]);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -32,10 +33,15 @@ fn routes_are_listed_streamed_on_every_change_and_never_claimed_twice() {
         client.watch_routes(pb::WatchRoutesRequest {}).await.unwrap().into_inner()
     });
     let next = |stream: &mut tonic::Streaming<pb::RouteTable>| {
-        runtime.block_on(async { tokio::time::timeout(Duration::from_secs(1), stream.message()).await }).expect("a table within 1 s").unwrap().unwrap()
+        runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(1), stream.message()).await })
+            .expect("a table within 1 s")
+            .unwrap()
+            .unwrap()
     };
     let first = next(&mut stream);
-    let rules: Vec<(&str, &str, &str)> = first.rules.iter().map(|r| (r.service.as_str(), r.host.as_str(), r.path_prefix.as_str())).collect();
+    let rules: Vec<(&str, &str, &str)> =
+        first.rules.iter().map(|r| (r.service.as_str(), r.host.as_str(), r.path_prefix.as_str())).collect();
     assert_eq!(rules, [("quotes", "quotes.example", "/api/v1")]);
 
     // A new service with a route: the stream has it within a second of the apply.
@@ -50,7 +56,8 @@ fn routes_are_listed_streamed_on_every_change_and_never_claimed_twice() {
     assert_eq!((web_rule.host.as_str(), web_rule.path_prefix.as_str(), web_rule.timeout_ms), ("", "/", 5_000));
 
     // A third service claiming quotes' host and prefix is refused, naming quotes; nothing changes.
-    let thief = write(&cluster, "thief", &routed("thief", "[[route]]\nhost = \"quotes.example\"\npath_prefix = \"/api/v1\"\nport = 8080\n"));
+    let thief =
+        write(&cluster, "thief", &routed("thief", "[[route]]\nhost = \"quotes.example\"\npath_prefix = \"/api/v1\"\nport = 8080\n"));
     let out = cluster.sched(&["apply", &thief]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(stderr(&out).contains("already served by service \"quotes\""), "{}", stderr(&out));

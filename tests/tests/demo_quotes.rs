@@ -173,7 +173,9 @@ fn the_demo_serves_a_quote_from_each_task_and_leaves_nothing_behind() {
     // The task network namespaces are pinned on the host's /run, outside the test's mount
     // namespace: their files must go too.
     let pins: Vec<_> = std::fs::read_dir("/run/sched/netns")
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("quotes-"))).collect())
+        .map(|d| {
+            d.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("quotes-"))).collect()
+        })
         .unwrap_or_default();
     assert_eq!(pins, Vec::<PathBuf>::new(), "task network namespaces left behind:\n{output}");
 }
@@ -260,7 +262,17 @@ impl Dev {
     fn start(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("dev.log")).unwrap();
         let child = Command::new(sched_binary())
-            .args(["dev", "--no-network", "--listen", &self.address, "--ingress-listen", "127.0.0.1:0", "--cgroup-parent", &self.cgroup_parent, "--data-dir"])
+            .args([
+                "dev",
+                "--no-network",
+                "--listen",
+                &self.address,
+                "--ingress-listen",
+                "127.0.0.1:0",
+                "--cgroup-parent",
+                &self.cgroup_parent,
+                "--data-dir",
+            ])
             .arg(self.dir.path().join("data"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -292,7 +304,8 @@ impl Dev {
 
     /// (container id, pid) of every running container of the node.
     fn containers(&self) -> Vec<(String, i64)> {
-        let out = Command::new(runtime_binary()).arg("--root").arg(self.runtime_root()).args(["list", "--format", "json"]).output().unwrap();
+        let out =
+            Command::new(runtime_binary()).arg("--root").arg(self.runtime_root()).args(["list", "--format", "json"]).output().unwrap();
         let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         let mut found: Vec<(String, i64)> = list
             .as_array()
@@ -345,7 +358,8 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool, context: impl Fn() ->
 fn a_restarted_sched_dev_adopts_the_tasks_it_left_running_and_serves_their_logs() {
     let registry = Registry::start();
     let mut dev = Dev::new();
-    let image = push_busybox(dev.dir.path(), &registry.addr(), "sleepy:1", vec![], serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
+    let image =
+        push_busybox(dev.dir.path(), &registry.addr(), "sleepy:1", vec![], serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
     let file = dev.dir.path().join("sleepy.toml");
     std::fs::write(&file, format!("name = \"sleepy\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"echo started; exec sleep 1000\"]\ncpu = 100\nmemory = 32\ncount = 2\n")).unwrap();
     dev.start();
@@ -357,9 +371,11 @@ fn a_restarted_sched_dev_adopts_the_tasks_it_left_running_and_serves_their_logs(
     let before = dev.containers();
     // `sched logs` goes server -> the dev agent's log API (loopback, the port it registered).
     let logs = |dev: &Dev| String::from_utf8_lossy(&dev.sched(&["logs", "sleepy"]).stdout).into_owned();
-    wait_until("sched logs shows what both tasks printed", || logs(&dev).matches("started").count() == 2, || {
-        format!("{}\nsched logs:\n{}", dev.context(), logs(&dev))
-    });
+    wait_until(
+        "sched logs shows what both tasks printed",
+        || logs(&dev).matches("started").count() == 2,
+        || format!("{}\nsched logs:\n{}", dev.context(), logs(&dev)),
+    );
 
     // Stopped: it exits 0 and its tasks run on under their shims.
     let status = dev.stop();
@@ -455,7 +471,8 @@ kill $R; wait $R || true
     };
     let status = wait_bounded(&mut child, Duration::from_secs(180));
     let (out, err) = (reader.join().unwrap(), errors.join().unwrap());
-    let context = format!("stdout:\n{out}\nstderr:\n{err}\nsched dev log:\n{}", std::fs::read_to_string(work.join("dev.log")).unwrap_or_default());
+    let context =
+        format!("stdout:\n{out}\nstderr:\n{err}\nsched dev log:\n{}", std::fs::read_to_string(work.join("dev.log")).unwrap_or_default());
     assert!(status.is_some_and(|s| s.success()), "the script failed ({status:?}):\n{context}");
     let runs: Vec<Vec<&str>> = out.lines().map(|l| l.splitn(4, '|').collect()).collect();
     assert_eq!(runs.len(), 2, "{context}");

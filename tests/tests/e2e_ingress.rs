@@ -62,7 +62,13 @@ fn push_site(cluster: &Cluster, registry: &Registry, repo_tag: &str, files: &[(&
     }
     let work = cluster.dir().join(repo_tag.replace([':', '/'], "-"));
     std::fs::create_dir_all(&work).unwrap();
-    push_busybox(&work, &registry.addr(), repo_tag, entries, json!({"Env": ["PATH=/bin"], "Cmd": ["httpd", "-f", "-p", "8080", "-h", "/www"]}))
+    push_busybox(
+        &work,
+        &registry.addr(),
+        repo_tag,
+        entries,
+        json!({"Env": ["PATH=/bin"], "Cmd": ["httpd", "-f", "-p", "8080", "-h", "/www"]}),
+    )
 }
 
 /// A service.toml with an http health check on `/health` (1 s interval, 2 retries).
@@ -209,7 +215,8 @@ fn steady(lab: &NodeLab) {
     wait_healthy(&cluster, "steady", 2);
     // (c) a task killed with SIGKILL.
     load("a task killed", 20, &|| {
-        let task = cluster.sched_json(&["get", "tasks", "--service", "steady"])
+        let task = cluster
+            .sched_json(&["get", "tasks", "--service", "steady"])
             .as_array()
             .unwrap()
             .iter()
@@ -260,9 +267,20 @@ fn draining(lab: &NodeLab) {
     let scaled = Instant::now();
     cluster.sched_ok(&["scale", "slow", "1"]);
     let draining_task = || {
-        cluster.sched_json(&["get", "tasks", "--service", "slow"]).as_array().unwrap().iter().find(|t| t["desired_state"] != "running").cloned()
+        cluster
+            .sched_json(&["get", "tasks", "--service", "slow"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["desired_state"] != "running")
+            .cloned()
     };
-    wait_until("a task is draining", Duration::from_secs(5), || draining_task().is_some_and(|t| t["desired_state"] == "draining"), String::new);
+    wait_until(
+        "a task is draining",
+        Duration::from_secs(5),
+        || draining_task().is_some_and(|t| t["desired_state"] == "draining"),
+        String::new,
+    );
     wait_until(
         "the draining task is stopped",
         Duration::from_secs(30),

@@ -100,7 +100,9 @@ fn json_lines(out: &Output) -> Vec<(String, String, String)> {
     stdout(out)
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
-        .map(|v| (v["task_id"].as_str().unwrap_or("").into(), v["stream"].as_str().unwrap_or("").into(), v["text"].as_str().unwrap_or("").into()))
+        .map(|v| {
+            (v["task_id"].as_str().unwrap_or("").into(), v["stream"].as_str().unwrap_or("").into(), v["text"].as_str().unwrap_or("").into())
+        })
         .collect()
 }
 
@@ -128,7 +130,11 @@ fn logs_of_every_task_stream_from_their_nodes_through_the_server() {
     wait_until("both nodes are ready", || nodes() == 2, || format!("{:#?}", cluster.sched_json(&["get", "nodes"])));
     let file = cluster.dir().join("ticker.toml");
     let script = "echo hello-out; echo hello-err >&2; i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.2; done";
-    std::fs::write(&file, format!("name = \"ticker\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"{script}\"]\ncpu = 100\nmemory = 64\ncount = 2\n")).unwrap();
+    std::fs::write(
+        &file,
+        format!("name = \"ticker\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"{script}\"]\ncpu = 100\nmemory = 64\ncount = 2\n"),
+    )
+    .unwrap();
     cluster.sched_ok(&["apply", &file.to_string_lossy()]);
     wait_until("2 tasks run", || running_tasks(&cluster).len() == 2, || format!("{:#?}", cluster.sched_json(&["get", "tasks"])));
     let tasks: Vec<String> = running_tasks(&cluster).iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();

@@ -125,7 +125,13 @@ fn cpu_use_is_reported_as_a_fraction_of_the_limit() {
     let agent = AgentProcess::start(&cluster, "node1");
     let file = cluster.dir().join("busy.toml");
     // A busy loop under a 200m limit uses all of it: about 1.0 of its limit.
-    std::fs::write(&file, format!("name = \"busy\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"while :; do :; done\"]\ncpu = 200\nmemory = 64\ncount = 1\n")).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"busy\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"while :; do :; done\"]\ncpu = 200\nmemory = 64\ncount = 1\n"
+        ),
+    )
+    .unwrap();
     cluster.sched_ok(&["apply", &file.to_string_lossy()]);
     let context = || format!("tasks: {:#?}", tasks(&cluster));
     let cpu = |cluster: &Cluster| tasks(cluster).first().and_then(|t| t["cpu_fraction"].as_f64()).unwrap_or(0.0);
@@ -149,15 +155,16 @@ fn a_crash_loop_is_reported_and_backs_off() {
     let file = cluster.dir().join("crashy.toml");
     std::fs::write(
         &file,
-        format!("name = \"crashy\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"sleep 0.2; exit 3\"]\ncpu = 100\nmemory = 64\ncount = 1\n"),
+        format!(
+            "name = \"crashy\"\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"sleep 0.2; exit 3\"]\ncpu = 100\nmemory = 64\ncount = 1\n"
+        ),
     )
     .unwrap();
     cluster.sched_ok(&["apply", &file.to_string_lossy()]);
     let context = || format!("tasks: {:#?}", tasks(&cluster));
     // Four tasks: the first and three replacements, after backoffs of 1 s, 2 s and 4 s.
     let exited = |cluster: &Cluster| {
-        let mut exited: Vec<Value> =
-            tasks(cluster).into_iter().filter(|t| t["observed_state"] == "exited").collect();
+        let mut exited: Vec<Value> = tasks(cluster).into_iter().filter(|t| t["observed_state"] == "exited").collect();
         exited.sort_by_key(|t| t["created_unix_ms"].as_u64());
         exited
     };
@@ -279,13 +286,16 @@ fn constraints_place_tasks_on_nodes_with_the_labels() {
     let apply = |zone: &str| {
         std::fs::write(
             &file,
-            format!("name = \"zoned\"\nimage = \"{image}\"\ncommand = [\"sleep\", \"1000\"]\ncount = 2\nconstraints = {{ zone = \"{zone}\" }}\n"),
+            format!(
+                "name = \"zoned\"\nimage = \"{image}\"\ncommand = [\"sleep\", \"1000\"]\ncount = 2\nconstraints = {{ zone = \"{zone}\" }}\n"
+            ),
         )
         .unwrap();
         cluster.sched_ok(&["apply", &file.to_string_lossy()]);
     };
     let live = |cluster: &Cluster| -> Vec<Value> { tasks(cluster).into_iter().filter(|t| t["desired_state"] == "running").collect() };
-    let context = || format!("nodes: {nodes:#?}\ntasks: {:#?}\nin-a: {:?}\nin-b: {:?}", tasks(&cluster), in_a.containers(), in_b.containers());
+    let context =
+        || format!("nodes: {nodes:#?}\ntasks: {:#?}\nin-a: {:?}\nin-b: {:?}", tasks(&cluster), in_a.containers(), in_b.containers());
 
     // Both tasks on the zone=b node, though spreading would otherwise put one on each.
     apply("b");
@@ -341,9 +351,8 @@ fn a_new_revision_rolls_out_and_a_broken_one_leaves_the_running_tasks_alone() {
         .unwrap();
         cluster.sched_ok(&["apply", &file.to_string_lossy()]);
     };
-    let running_of = |revision: u64| {
-        tasks(&cluster).iter().filter(|t| t["revision"] == revision && t["observed_state"] == "running").count()
-    };
+    let running_of =
+        |revision: u64| tasks(&cluster).iter().filter(|t| t["revision"] == revision && t["observed_state"] == "running").count();
     let context = || format!("tasks: {:#?}\ncontainers: {:?}", tasks(&cluster), agent.containers());
 
     apply(&image, "1");

@@ -63,10 +63,8 @@ async fn bearer_token_flow_gets_a_token_for_the_repository_scope() {
     let layout = layout(&work.path().join("layout"));
     push(&layout.dir, "v1", &format!("{}/org/app:v1", registry.addr()), PushFormat::Oci, false, None);
     let token = "tok-7f3a9c";
-    let proxy = RegistryProxy::start(
-        &registry.addr(),
-        ProxyMode::Bearer { user: "bob".into(), password: "hunter2".into(), token: token.into() },
-    );
+    let proxy =
+        RegistryProxy::start(&registry.addr(), ProxyMode::Bearer { user: "bob".into(), password: "hunter2".into(), token: token.into() });
     let reference = format!("{}/org/app:v1", proxy.addr());
 
     let missing = service(&work.path().join("d1"), CredentialStore::default());

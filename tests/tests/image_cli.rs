@@ -49,13 +49,7 @@ impl Drop for ReleaseOnDrop<'_> {
 }
 
 fn image_cli(data: &Path, args: &[&str]) -> (String, String) {
-    let out = Command::new(runtime_binary())
-        .arg("--data-dir")
-        .arg(data)
-        .arg("image")
-        .args(args)
-        .output()
-        .expect("run sched-runtime");
+    let out = Command::new(runtime_binary()).arg("--data-dir").arg(data).arg("image").args(args).output().expect("run sched-runtime");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(out.status.success(), "image {args:?} failed:\nstdout: {stdout}\nstderr: {stderr}");
     (stdout, stderr)
@@ -151,7 +145,19 @@ fn sched_runtime_runs_a_bundle_made_from_a_pulled_image() {
     let dir = bundle.bundle_dir();
     let (out, _) = image_cli(
         &data,
-        &["bundle", &reference, dir.to_str().unwrap(), "--id", &id, "-e", "GREETING=cli", "-u", "4321:77", "--", "echo $GREETING; id -u; id -g; pwd"],
+        &[
+            "bundle",
+            &reference,
+            dir.to_str().unwrap(),
+            "--id",
+            &id,
+            "-e",
+            "GREETING=cli",
+            "-u",
+            "4321:77",
+            "--",
+            "echo $GREETING; id -u; id -g; pwd",
+        ],
     );
     let _release = ReleaseCli(&data, id.clone());
     assert!(out.contains("Overlay"), "{out}");

@@ -127,7 +127,10 @@ async fn unpacked_rootfs_equals_umoci_unpack() {
 
     // skopeo + umoci
     let copied = work.path().join("copied");
-    run(Command::new("skopeo").args(["copy", "-q", "--src-tls-verify=false"]).arg(format!("docker://{reference}")).arg(format!("oci:{}:v1", copied.display())));
+    run(Command::new("skopeo")
+        .args(["copy", "-q", "--src-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:v1", copied.display())));
     let bundle = work.path().join("bundle");
     run(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:v1", copied.display())).arg(&bundle));
 

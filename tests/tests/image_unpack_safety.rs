@@ -53,11 +53,7 @@ fn cases(outside: &Path, abs: &Path) -> Vec<Case> {
             layers: vec![vec![Entry::hardlink("h", &format!("../../../../../../..{out}/victim"))]],
             entry: "h",
         },
-        Case {
-            name: "hardlink-absolute",
-            layers: vec![vec![Entry::hardlink("h", &format!("{out}/victim"))]],
-            entry: "h",
-        },
+        Case { name: "hardlink-absolute", layers: vec![vec![Entry::hardlink("h", &format!("{out}/victim"))]], entry: "h" },
         Case {
             name: "hardlink-through-symlink",
             layers: vec![vec![Entry::symlink("evil", &out), Entry::hardlink("h", "evil/victim")]],
@@ -167,10 +163,7 @@ async fn malicious_images_fail_to_pull_and_leave_no_image_or_snapshot() {
     let data = work.path().join("data");
     let images = ImageService::open(&data, ImageServiceOptions::default()).unwrap();
     for case in &all {
-        let err = images
-            .pull(&format!("{}/evil/{}:1", registry.addr(), case.name), Arc::new(NoProgress))
-            .await
-            .expect_err(case.name);
+        let err = images.pull(&format!("{}/evil/{}:1", registry.addr(), case.name), Arc::new(NoProgress)).await.expect_err(case.name);
         assert!(matches!(err, ImageError::UnsafeLayerEntry { .. }), "{}: {err}", case.name);
         assert!(err.to_string().contains(case.entry), "{}: the error must name {:?}: {err}", case.name, case.entry);
         assert_outside_untouched(case.name, outside.path(), &abs, work.path());

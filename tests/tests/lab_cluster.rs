@@ -77,12 +77,7 @@ fn containers_match_tasks(lab: &Lab) -> Result<(), String> {
 }
 
 fn context(lab: &Lab) -> String {
-    format!(
-        "tasks: {:#}\ncontainers: {:#?}\nmatch: {:?}",
-        Value::Array(lab.tasks()),
-        lab.containers(),
-        containers_match_tasks(lab)
-    )
+    format!("tasks: {:#}\ncontainers: {:#?}\nmatch: {:?}", Value::Array(lab.tasks()), lab.containers(), containers_match_tasks(lab))
 }
 
 /// (host, task id, pid) of every running container: unchanged = nothing was restarted.
@@ -189,7 +184,12 @@ fn a_cut_off_hosts_tasks_run_on_the_other_hosts_within_15_s() {
     lab.heal(victim);
     lab.restart_server(victim);
     lab.restart_agent(victim);
-    wait_until("the victim is ready again", Duration::from_secs(30), || lab.nodes().iter().all(|n| n["status"] == "ready"), || context(&lab));
+    wait_until(
+        "the victim is ready again",
+        Duration::from_secs(30),
+        || lab.nodes().iter().all(|n| n["status"] == "ready"),
+        || context(&lab),
+    );
     let settled = fingerprint(&lab);
     assert_eq!(settled, after, "the returning host changed nothing: {}", context(&lab));
     assert_unchanged_for(&lab, Duration::from_secs(3), &settled);
@@ -199,7 +199,12 @@ fn a_cut_off_hosts_tasks_run_on_the_other_hosts_within_15_s() {
         left.extend(lab.containers().into_iter().filter(|c| c.host == victim_name).map(|c| format!("container {} ({})", c.id, c.status)));
         left
     };
-    wait_until("the victim cleaned up its dead tasks", Duration::from_secs(10), || victim_left().is_empty(), || format!("left: {:#?}", victim_left()));
+    wait_until(
+        "the victim cleaned up its dead tasks",
+        Duration::from_secs(10),
+        || victim_left().is_empty(),
+        || format!("left: {:#?}", victim_left()),
+    );
 }
 
 #[test]
@@ -235,7 +240,12 @@ fn a_restarted_agent_runs_no_task_twice() {
     // The old copies (still listed, as lost) hold nothing on the host any more: no mount, task
     // namespace, veth, published port or cgroup.
     assert!(settled.iter().all(|(h, _, _)| *h != host), "nothing runs on {host} now: {settled:?}");
-    wait_until("the old copies are released", Duration::from_secs(10), || lab.task_leftovers(0).is_empty(), || format!("left: {:#?}", lab.task_leftovers(0)));
+    wait_until(
+        "the old copies are released",
+        Duration::from_secs(10),
+        || lab.task_leftovers(0).is_empty(),
+        || format!("left: {:#?}", lab.task_leftovers(0)),
+    );
 }
 
 #[test]
@@ -259,13 +269,19 @@ fn a_deleted_service_leaves_nothing_behind() {
     let deleted_at = Instant::now();
     lab.sched_ok(&["delete", SERVICE]);
     let leftovers = || {
-        let mut left: Vec<String> = lab.containers().into_iter().map(|c| format!("container {} on {} ({})", c.id, c.host, c.status)).collect();
+        let mut left: Vec<String> =
+            lab.containers().into_iter().map(|c| format!("container {} on {} ({})", c.id, c.host, c.status)).collect();
         for (i, _) in lab.hosts.iter().enumerate() {
             left.extend(lab.task_leftovers(i));
         }
         left
     };
-    wait_until("nothing of the service is left on any host", Duration::from_secs(30), || leftovers().is_empty(), || format!("left: {:#?}", leftovers()));
+    wait_until(
+        "nothing of the service is left on any host",
+        Duration::from_secs(30),
+        || leftovers().is_empty(),
+        || format!("left: {:#?}", leftovers()),
+    );
     eprintln!("lab: nothing of the service was left {:.1} s after the delete", deleted_at.elapsed().as_secs_f64());
     assert!(running(&lab).is_empty(), "no task of the service runs: {}", context(&lab));
     for (i, host) in lab.hosts.iter().enumerate() {

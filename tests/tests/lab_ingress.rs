@@ -48,11 +48,23 @@ fn an_ingress_on_one_host_serves_tasks_on_two_others_and_rides_out_a_cut_host() 
     )
     .unwrap();
     lab.sched_ok(&["apply", &file.to_string_lossy()]);
-    let context = || format!("routes: {:#}\ntasks: {:#}\n{}", lab.sched_json(&["get", "routes"]).unwrap_or_default(), Value::Array(lab.tasks()), lab.log_tails(20));
-    wait_until("4 healthy targets on h2 and h3", Duration::from_secs(90), || {
-        let t = healthy_targets(&lab);
-        t.len() == TASKS && t.contains(&h2) && t.contains(&h3)
-    }, context);
+    let context = || {
+        format!(
+            "routes: {:#}\ntasks: {:#}\n{}",
+            lab.sched_json(&["get", "routes"]).unwrap_or_default(),
+            Value::Array(lab.tasks()),
+            lab.log_tails(20)
+        )
+    };
+    wait_until(
+        "4 healthy targets on h2 and h3",
+        Duration::from_secs(90),
+        || {
+            let t = healthy_targets(&lab);
+            t.len() == TASKS && t.contains(&h2) && t.contains(&h3)
+        },
+        context,
+    );
 
     let ingress = format!("{}:{INGRESS_PORT}", lab.hosts[0].ip);
     let mut options = LoadOptions::new(100.0, "/index.html", Duration::from_secs(30));
@@ -77,13 +89,21 @@ fn an_ingress_on_one_host_serves_tasks_on_two_others_and_rides_out_a_cut_host() 
         let target = r["target"].as_str().unwrap_or_default();
         assert!(target.starts_with(&format!("{h3}:")), "a request failed that did not go to the cut host: {r}");
     }
-    assert!(failed.len() <= 4, "more failures than h3's two targets held at the cut (one in flight, one reused connection each): {failed:#?}");
+    assert!(
+        failed.len() <= 4,
+        "more failures than h3's two targets held at the cut (one in flight, one reused connection each): {failed:#?}"
+    );
     assert!(report.failures + report.no_endpoint <= 4, "{}", report.summary());
     assert!(report.successes >= 2_990, "{}", report.summary());
 
     // h3's tasks were replaced on h2: the route has 4 healthy targets again, all on h2.
-    wait_until("4 healthy targets, all on h2", Duration::from_secs(60), || {
-        let t = healthy_targets(&lab);
-        t.len() == TASKS && t.iter().all(|a| *a == h2)
-    }, context);
+    wait_until(
+        "4 healthy targets, all on h2",
+        Duration::from_secs(60),
+        || {
+            let t = healthy_targets(&lab);
+            t.len() == TASKS && t.iter().all(|a| *a == h2)
+        },
+        context,
+    );
 }

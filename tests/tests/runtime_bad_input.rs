@@ -15,10 +15,7 @@ use sched_tests::bundle::BusyboxBundle;
 #[track_caller]
 fn assert_mentions(line: &str, words: &[&str]) {
     let lower = line.to_lowercase();
-    assert!(
-        words.iter().any(|w| lower.contains(&w.to_lowercase())),
-        "the error must name the problem ({words:?}): {line}"
-    );
+    assert!(words.iter().any(|w| lower.contains(&w.to_lowercase())), "the error must name the problem ({words:?}): {line}");
 }
 
 #[test]
@@ -36,17 +33,8 @@ fn missing_bundle_is_named() {
 #[test]
 fn malformed_config_json_is_named() {
     let bundle = BusyboxBundle::new();
-    fs::write(
-        bundle.bundle_dir().join("config.json"),
-        "{ \"ociVersion\": ",
-    )
-    .unwrap();
-    let outcome = bundle.cli(&[
-        "create",
-        "--bundle",
-        &bundle.bundle_dir().to_string_lossy(),
-        bundle.id(),
-    ]);
+    fs::write(bundle.bundle_dir().join("config.json"), "{ \"ociVersion\": ").unwrap();
+    let outcome = bundle.cli(&["create", "--bundle", &bundle.bundle_dir().to_string_lossy(), bundle.id()]);
     let line = outcome.assert_one_line_failure();
     assert_mentions(line, &["config.json"]);
     bundle.assert_nothing_left(None);
@@ -78,14 +66,9 @@ fn duplicate_id_is_refused_and_the_first_container_survives() {
     assert_mentions(line, &["exists"]);
 
     let state = first.state();
-    assert_eq!(
-        state["status"], "created",
-        "the first container is untouched: {state:#}"
-    );
+    assert_eq!(state["status"], "created", "the first container is untouched: {state:#}");
     assert_eq!(state["pid"], pid);
-    first
-        .cli(&["delete", "--force", first.id()])
-        .assert_success();
+    first.cli(&["delete", "--force", first.id()]).assert_success();
     first.assert_nothing_left(pid.as_i64().map(|p| p as i32));
 }
 
@@ -95,12 +78,7 @@ fn missing_rootfs_is_named() {
     fs::remove_dir_all(bundle.rootfs()).expect("remove the rootfs");
     for verb in ["create", "run"] {
         bundle.write_config();
-        let outcome = bundle.cli(&[
-            verb,
-            "--bundle",
-            &bundle.bundle_dir().to_string_lossy(),
-            bundle.id(),
-        ]);
+        let outcome = bundle.cli(&[verb, "--bundle", &bundle.bundle_dir().to_string_lossy(), bundle.id()]);
         let line = outcome.assert_one_line_failure();
         assert_mentions(line, &["rootfs"]);
         bundle.assert_nothing_left(None);
@@ -139,10 +117,7 @@ fn unknown_signal_is_refused() {
     let bundle = BusyboxBundle::new().args(&["sleep", "1000"]);
     bundle.create().assert_success();
     bundle.start().assert_success();
-    let line = bundle
-        .kill("NOSUCHSIGNAL")
-        .assert_one_line_failure()
-        .to_owned();
+    let line = bundle.kill("NOSUCHSIGNAL").assert_one_line_failure().to_owned();
     assert_mentions(&line, &["signal", "NOSUCHSIGNAL"]);
     assert_eq!(bundle.status(), "running", "the container is untouched");
 }
@@ -151,14 +126,7 @@ fn unknown_signal_is_refused() {
 fn failures_are_logged_as_json_with_log_format_json() {
     let bundle = BusyboxBundle::new();
     let log = bundle.dir().join("runtime.log");
-    let outcome = bundle.cli(&[
-        "--log",
-        &log.to_string_lossy(),
-        "--log-format",
-        "json",
-        "state",
-        "no-such-container",
-    ]);
+    let outcome = bundle.cli(&["--log", &log.to_string_lossy(), "--log-format", "json", "state", "no-such-container"]);
     outcome.assert_one_line_failure();
     let text = fs::read_to_string(&log).expect("--log creates the log file");
     let records: Vec<serde_json::Value> = text
@@ -169,8 +137,7 @@ fn failures_are_logged_as_json_with_log_format_json() {
     assert!(
         records
             .iter()
-            .any(|r| r.to_string().to_lowercase().contains("does not exist")
-                || r.to_string().to_lowercase().contains("not found")),
+            .any(|r| r.to_string().to_lowercase().contains("does not exist") || r.to_string().to_lowercase().contains("not found")),
         "the error is in the log: {text}"
     );
 }

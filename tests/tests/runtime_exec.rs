@@ -37,8 +37,17 @@ fn exec_runs_in_the_containers_namespaces() {
 fn exec_flags_set_env_user_cwd_and_the_exit_code() {
     let bundle = sleeping();
     let out = bundle.cli(&[
-        "exec", "-e", "GREETING=hi", "-u", "1000:1001", "--cwd", "/tmp", bundle.id(),
-        "sh", "-c", "echo $GREETING; id -u; id -g; pwd; exit 7",
+        "exec",
+        "-e",
+        "GREETING=hi",
+        "-u",
+        "1000:1001",
+        "--cwd",
+        "/tmp",
+        bundle.id(),
+        "sh",
+        "-c",
+        "echo $GREETING; id -u; id -g; pwd; exit 7",
     ]);
     assert_eq!(out.code(), 7, "{out:#?}");
     assert_eq!(out.stdout, "hi\n1000\n1001\n/tmp\n", "{out:#?}");
@@ -67,9 +76,7 @@ fn exec_into_a_stopped_container_is_refused() {
 fn detached_exec_joins_the_containers_cgroup() {
     let bundle = sleeping();
     let pid_file = bundle.dir().join("exec.pid");
-    bundle
-        .cli(&["exec", "--detach", "--pid-file", &pid_file.to_string_lossy(), bundle.id(), "sleep", "1000"])
-        .assert_success();
+    bundle.cli(&["exec", "--detach", "--pid-file", &pid_file.to_string_lossy(), bundle.id(), "sleep", "1000"]).assert_success();
     let pid: i32 = std::fs::read_to_string(&pid_file).expect("pid file").trim().parse().expect("a pid");
     assert!(process_alive(pid));
     let procs = std::fs::read_to_string(bundle.cgroup_dir("pids").join("cgroup.procs")).expect("cgroup.procs");
@@ -85,8 +92,12 @@ fn detached_exec_joins_the_containers_cgroup() {
 
 #[test]
 fn pause_freezes_and_resume_thaws() {
-    let bundle = BusyboxBundle::new().shell("i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done")
-        .mount("/tmp", "tmpfs", "tmpfs", &["nosuid"]);
+    let bundle = BusyboxBundle::new().shell("i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done").mount(
+        "/tmp",
+        "tmpfs",
+        "tmpfs",
+        &["nosuid"],
+    );
     bundle.create().assert_success();
     bundle.start().assert_success();
     bundle.cli(&["pause", bundle.id()]).assert_success();
@@ -117,8 +128,12 @@ fn terminal_master_goes_to_the_console_socket() {
     let listener = UnixListener::bind(&socket_path).expect("bind the console socket");
     bundle.write_config();
     let create = bundle.spawn_cli(&[
-        "create", "--bundle", &bundle.bundle_dir().to_string_lossy(),
-        "--console-socket", &socket_path.to_string_lossy(), bundle.id(),
+        "create",
+        "--bundle",
+        &bundle.bundle_dir().to_string_lossy(),
+        "--console-socket",
+        &socket_path.to_string_lossy(),
+        bundle.id(),
     ]);
     let (stream, _) = listener.accept().expect("the runtime connects to the console socket");
     let mut buf = [0u8; 256];

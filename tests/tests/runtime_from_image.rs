@@ -16,7 +16,14 @@ fn a_pulled_image_runs_with_a_command_and_leaves_nothing() {
     let data = work.path().join("data");
     let state = work.path().join("state");
     let cli = |args: &[&str]| {
-        Command::new(runtime_binary()).arg("--data-dir").arg(&data).arg("--root").arg(&state).args(args).output().expect("run sched-runtime")
+        Command::new(runtime_binary())
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--root")
+            .arg(&state)
+            .args(args)
+            .output()
+            .expect("run sched-runtime")
     };
     let id = unique_name();
     let out = cli(&["run", "--image", &reference, &id, "--", "sh", "-c", "echo from-image; exit 4"]);

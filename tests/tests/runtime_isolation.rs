@@ -26,19 +26,13 @@ fn container_process_is_pid_1() {
     let out = run_ok(&bundle);
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("1"), "the shell is pid 1: {out}");
-    assert_eq!(
-        lines.next(),
-        Some("1"),
-        "its child's parent is pid 1: {out}"
-    );
+    assert_eq!(lines.next(), Some("1"), "its child's parent is pid 1: {out}");
 }
 
 #[test]
 fn container_has_its_own_hostname() {
     let host_before = fs::read_to_string("/proc/sys/kernel/hostname").expect("host hostname");
-    let bundle = BusyboxBundle::new()
-        .hostname("isolated-box")
-        .shell("hostname");
+    let bundle = BusyboxBundle::new().hostname("isolated-box").shell("hostname");
     assert_eq!(run_ok(&bundle), "isolated-box\n");
     let host_after = fs::read_to_string("/proc/sys/kernel/hostname").expect("host hostname");
     assert_eq!(host_before, host_after, "the host's hostname is untouched");
@@ -46,36 +40,20 @@ fn container_has_its_own_hostname() {
 
 #[test]
 fn host_processes_are_invisible() {
-    let host_count = fs::read_dir("/proc")
-        .expect("list /proc")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .count();
+    let host_count =
+        fs::read_dir("/proc").expect("list /proc").flatten().filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok()).count();
     assert!(host_count > 10, "the host runs many processes");
 
     let bundle = BusyboxBundle::new().shell("ls /proc; echo done");
     let out = run_ok(&bundle);
     let pids = numeric_entries(&out);
-    assert!(
-        pids.contains(&1),
-        "the container sees itself as pid 1: {pids:?}"
-    );
-    assert!(
-        pids.len() <= 3,
-        "only the container's own processes are visible: {pids:?}"
-    );
-    assert!(
-        !pids.contains(&std::process::id()),
-        "the test process (host pid {}) is invisible: {pids:?}",
-        std::process::id()
-    );
+    assert!(pids.contains(&1), "the container sees itself as pid 1: {pids:?}");
+    assert!(pids.len() <= 3, "only the container's own processes are visible: {pids:?}");
+    assert!(!pids.contains(&std::process::id()), "the test process (host pid {}) is invisible: {pids:?}", std::process::id());
 }
 
 fn numeric_entries(listing: &str) -> Vec<u32> {
-    listing
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect()
+    listing.split_whitespace().filter_map(|w| w.parse().ok()).collect()
 }
 
 /// One line of /proc/self/mountinfo, as seen inside the container.
@@ -97,12 +75,7 @@ fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
                 point: left.get(4)?.to_string(),
                 options: left.get(5)?.split(',').map(str::to_owned).collect(),
                 fstype: right.first()?.to_string(),
-                super_options: right
-                    .get(2)
-                    .unwrap_or(&"")
-                    .split(',')
-                    .map(str::to_owned)
-                    .collect(),
+                super_options: right.get(2).unwrap_or(&"").split(',').map(str::to_owned).collect(),
             })
         })
         .collect()
@@ -111,11 +84,7 @@ fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 /// The topmost (last) mount at `point`.
 #[track_caller]
 fn mount_at<'a>(mounts: &'a [MountEntry], point: &str) -> &'a MountEntry {
-    mounts
-        .iter()
-        .rev()
-        .find(|m| m.point == point)
-        .unwrap_or_else(|| panic!("no mount at {point} in the container: {mounts:#?}"))
+    mounts.iter().rev().find(|m| m.point == point).unwrap_or_else(|| panic!("no mount at {point} in the container: {mounts:#?}"))
 }
 
 #[test]
@@ -126,21 +95,14 @@ fn mounts_are_as_specified() {
     fs::write(shared.join("hello"), "from the host\n").expect("write the shared file");
     let bundle = bundle
         .mount("/data", "bind", &shared.to_string_lossy(), &["rbind", "ro"])
-        .mount(
-            "/scratch",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "size=1m", "mode=1777"],
-        )
+        .mount("/scratch", "tmpfs", "tmpfs", &["nosuid", "size=1m", "mode=1777"])
         .shell(
             "cat /proc/self/mountinfo; echo ===; cat /data/hello; \
              echo x 2>/dev/null > /data/new && echo WROTE-DATA; \
              echo y > /scratch/file && echo WROTE-SCRATCH",
         );
     let out = run_ok(&bundle);
-    let (mountinfo, rest) = out
-        .split_once("===\n")
-        .expect("the script prints a separator");
+    let (mountinfo, rest) = out.split_once("===\n").expect("the script prints a separator");
     let mounts = parse_mountinfo(mountinfo);
 
     for (point, fstype) in [
@@ -152,63 +114,26 @@ fn mounts_are_as_specified() {
         ("/sys", "sysfs"),
         ("/scratch", "tmpfs"),
     ] {
-        assert_eq!(
-            mount_at(&mounts, point).fstype,
-            fstype,
-            "{point}: {mounts:#?}"
-        );
+        assert_eq!(mount_at(&mounts, point).fstype, fstype, "{point}: {mounts:#?}");
     }
     let sys = mount_at(&mounts, "/sys");
-    assert!(
-        sys.options.contains(&"ro".into()),
-        "/sys is read-only: {sys:?}"
-    );
+    assert!(sys.options.contains(&"ro".into()), "/sys is read-only: {sys:?}");
     let cgroup = mount_at(&mounts, "/sys/fs/cgroup");
-    assert!(
-        ["cgroup", "cgroup2", "tmpfs"].contains(&cgroup.fstype.as_str()),
-        "/sys/fs/cgroup holds the cgroup filesystem: {cgroup:?}"
-    );
+    assert!(["cgroup", "cgroup2", "tmpfs"].contains(&cgroup.fstype.as_str()), "/sys/fs/cgroup holds the cgroup filesystem: {cgroup:?}");
     let shm = mount_at(&mounts, "/dev/shm");
-    assert!(
-        shm.options.contains(&"noexec".into()),
-        "/dev/shm options applied: {shm:?}"
-    );
+    assert!(shm.options.contains(&"noexec".into()), "/dev/shm options applied: {shm:?}");
 
     let data = mount_at(&mounts, "/data");
-    assert!(
-        data.options.contains(&"ro".into()),
-        "the bind mount is read-only: {data:?}"
-    );
+    assert!(data.options.contains(&"ro".into()), "the bind mount is read-only: {data:?}");
     let scratch = mount_at(&mounts, "/scratch");
-    assert!(
-        scratch.super_options.contains(&"size=1024k".into()),
-        "tmpfs size: {scratch:?}"
-    );
-    assert!(
-        scratch.options.contains(&"nosuid".into()),
-        "tmpfs flags: {scratch:?}"
-    );
+    assert!(scratch.super_options.contains(&"size=1024k".into()), "tmpfs size: {scratch:?}");
+    assert!(scratch.options.contains(&"nosuid".into()), "tmpfs flags: {scratch:?}");
 
-    assert!(
-        rest.contains("from the host"),
-        "the bind mount shows the host dir: {rest}"
-    );
-    assert!(
-        !rest.contains("WROTE-DATA"),
-        "writing to the ro bind mount must fail: {rest}"
-    );
-    assert!(
-        !shared.join("new").exists(),
-        "nothing reached the host through the ro mount"
-    );
-    assert!(
-        rest.contains("WROTE-SCRATCH"),
-        "the tmpfs is writable: {rest}"
-    );
-    assert!(
-        !bundle.rootfs().join("scratch/file").exists(),
-        "the tmpfs write stays out of the rootfs"
-    );
+    assert!(rest.contains("from the host"), "the bind mount shows the host dir: {rest}");
+    assert!(!rest.contains("WROTE-DATA"), "writing to the ro bind mount must fail: {rest}");
+    assert!(!shared.join("new").exists(), "nothing reached the host through the ro mount");
+    assert!(rest.contains("WROTE-SCRATCH"), "the tmpfs is writable: {rest}");
+    assert!(!bundle.rootfs().join("scratch/file").exists(), "the tmpfs write stays out of the rootfs");
 }
 
 #[test]
@@ -221,14 +146,8 @@ fn masked_paths_are_unreadable() {
         .map(|p| p.as_str().expect("a path").to_owned())
         .collect();
     // Only paths that have content on this host prove anything.
-    let with_content: Vec<&String> = masked
-        .iter()
-        .filter(|p| has_content(Path::new(p.as_str())))
-        .collect();
-    assert!(
-        !with_content.is_empty(),
-        "no masked path has content on this host: {masked:?}"
-    );
+    let with_content: Vec<&String> = masked.iter().filter(|p| has_content(Path::new(p.as_str()))).collect();
+    assert!(!with_content.is_empty(), "no masked path has content on this host: {masked:?}");
 
     let script: String = with_content
         .iter()
@@ -242,14 +161,9 @@ fn masked_paths_are_unreadable() {
     let bundle = bundle.shell(&script);
     let out = run_ok(&bundle);
     for path in with_content {
-        let line = out
-            .lines()
-            .find(|l| l.split(' ').next() == Some(path.as_str()))
-            .unwrap_or_else(|| panic!("no report for {path}: {out}"));
-        assert!(
-            line.ends_with(" 0"),
-            "{path} must read empty inside the container: {line}"
-        );
+        let line =
+            out.lines().find(|l| l.split(' ').next() == Some(path.as_str())).unwrap_or_else(|| panic!("no report for {path}: {out}"));
+        assert!(line.ends_with(" 0"), "{path} must read empty inside the container: {line}");
     }
 }
 
@@ -273,29 +187,14 @@ fn readonly_paths_are_read_only() {
     let out = run_ok(&bundle);
     let (mountinfo, rest) = out.split_once("===\n").expect("separator");
     let mounts = parse_mountinfo(mountinfo);
-    for point in [
-        "/proc/sys",
-        "/proc/bus",
-        "/proc/fs",
-        "/proc/irq",
-        "/proc/sysrq-trigger",
-    ] {
+    for point in ["/proc/sys", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sysrq-trigger"] {
         if let Some(m) = mounts.iter().rev().find(|m| m.point == point) {
-            assert!(
-                m.options.contains(&"ro".into()),
-                "{point} is read-only: {m:?}"
-            );
+            assert!(m.options.contains(&"ro".into()), "{point} is read-only: {m:?}");
         } else {
-            assert!(
-                !Path::new(point).exists(),
-                "{point} exists on the host but is not remounted"
-            );
+            assert!(!Path::new(point).exists(), "{point} exists on the host but is not remounted");
         }
     }
-    assert!(
-        !rest.contains("WROTE-PROC-SYS"),
-        "/proc/sys must refuse writes: {rest}"
-    );
+    assert!(!rest.contains("WROTE-PROC-SYS"), "/proc/sys must refuse writes: {rest}");
 }
 
 #[test]
@@ -305,15 +204,9 @@ fn readonly_root_refuses_writes() {
          echo y > /dev/shm/f && echo WROTE-SHM",
     );
     let out = run_ok(&bundle);
-    assert!(
-        out.contains("Read-only file system"),
-        "the root refuses writes: {out}"
-    );
+    assert!(out.contains("Read-only file system"), "the root refuses writes: {out}");
     assert!(!out.contains("touch-exit=0"), "{out}");
-    assert!(
-        out.contains("WROTE-SHM"),
-        "mounts on top of a read-only root stay writable: {out}"
-    );
+    assert!(out.contains("WROTE-SHM"), "mounts on top of a read-only root stay writable: {out}");
     assert!(!bundle.rootfs().join("newfile").exists());
 }
 
@@ -327,14 +220,8 @@ fn sysctls_apply_inside_the_container_only() {
         .sysctl("kernel.domainname", "sched.test")
         .shell("cat /proc/sys/net/ipv4/ip_default_ttl /proc/sys/kernel/domainname");
     assert_eq!(run_ok(&bundle), "77\nsched.test\n");
-    assert_eq!(
-        fs::read_to_string("/proc/sys/net/ipv4/ip_default_ttl").unwrap(),
-        host_ttl
-    );
-    assert_eq!(
-        fs::read_to_string("/proc/sys/kernel/domainname").unwrap(),
-        host_domain
-    );
+    assert_eq!(fs::read_to_string("/proc/sys/net/ipv4/ip_default_ttl").unwrap(), host_ttl);
+    assert_eq!(fs::read_to_string("/proc/sys/kernel/domainname").unwrap(), host_domain);
 }
 
 /// A named network namespace (`ip netns add`) holding a veth pair; deleted on drop.
@@ -347,18 +234,7 @@ impl NamedNetns {
         let name = unique_name();
         let netns = Self { name };
         ip(&["netns", "add", &netns.name]);
-        ip(&[
-            "-n",
-            &netns.name,
-            "link",
-            "add",
-            "schedprobe0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "schedprobe1",
-        ]);
+        ip(&["-n", &netns.name, "link", "add", "schedprobe0", "type", "veth", "peer", "name", "schedprobe1"]);
         netns
     }
 
@@ -369,18 +245,13 @@ impl NamedNetns {
 
 impl Drop for NamedNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
     }
 }
 
 #[track_caller]
 fn ip(args: &[&str]) {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .expect("run ip (iproute2)");
+    let status = Command::new("ip").args(args).status().expect("run ip (iproute2)");
     assert!(status.success(), "ip {args:?} failed");
 }
 
@@ -388,30 +259,17 @@ fn ip(args: &[&str]) {
 fn joins_an_existing_network_namespace_by_path() {
     let netns = NamedNetns::new();
     let inode = fs::metadata(netns.path()).expect("the netns file").ino();
-    let bundle = BusyboxBundle::new()
-        .namespace_path("network", &netns.path())
-        .shell("readlink /proc/self/ns/net; cat /proc/net/dev");
+    let bundle = BusyboxBundle::new().namespace_path("network", &netns.path()).shell("readlink /proc/self/ns/net; cat /proc/net/dev");
     let out = run_ok(&bundle);
-    assert!(
-        out.starts_with(&format!("net:[{inode}]")),
-        "joined {inode}: {out}"
-    );
-    assert!(
-        out.contains("schedprobe0"),
-        "the namespace's links are visible: {out}"
-    );
+    assert!(out.starts_with(&format!("net:[{inode}]")), "joined {inode}: {out}");
+    assert!(out.contains("schedprobe0"), "the namespace's links are visible: {out}");
 }
 
 #[test]
 fn new_network_namespace_has_only_loopback() {
     let bundle = BusyboxBundle::new().shell("cat /proc/net/dev");
     let out = run_ok(&bundle);
-    let links: Vec<&str> = out
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split(':').next())
-        .map(str::trim)
-        .collect();
+    let links: Vec<&str> = out.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
     assert_eq!(links, ["lo"], "{out}");
 }
 
@@ -461,16 +319,11 @@ fn capability_number(name: &str) -> u32 {
         "CHECKPOINT_RESTORE",
     ];
     let short = name.strip_prefix("CAP_").unwrap_or(name);
-    NAMES
-        .iter()
-        .position(|n| *n == short)
-        .unwrap_or_else(|| panic!("unknown cap {name}")) as u32
+    NAMES.iter().position(|n| *n == short).unwrap_or_else(|| panic!("unknown cap {name}")) as u32
 }
 
 fn capability_mask(names: &[&str]) -> u64 {
-    names
-        .iter()
-        .fold(0, |mask, name| mask | 1 << capability_number(name))
+    names.iter().fold(0, |mask, name| mask | 1 << capability_number(name))
 }
 
 /// The `Cap*` lines of the container's pid 1, as masks.
@@ -497,16 +350,8 @@ fn default_capabilities_are_exactly_the_specs() {
 
 #[test]
 fn custom_capabilities_fill_all_five_sets() {
-    let caps = [
-        "CAP_CHOWN",
-        "CAP_NET_RAW",
-        "CAP_SYS_TIME",
-        "CAP_SETUID",
-        "CAP_KILL",
-    ];
-    let bundle = BusyboxBundle::new()
-        .capabilities(&caps)
-        .shell("cat /proc/1/status");
+    let caps = ["CAP_CHOWN", "CAP_NET_RAW", "CAP_SYS_TIME", "CAP_SETUID", "CAP_KILL"];
+    let bundle = BusyboxBundle::new().capabilities(&caps).shell("cat /proc/1/status");
     let expected = capability_mask(&caps);
     let sets = capability_sets(&run_ok(&bundle));
     assert_eq!(sets.len(), 5, "five Cap lines: {sets:?}");
@@ -518,21 +363,14 @@ fn custom_capabilities_fill_all_five_sets() {
 #[test]
 fn every_namespace_in_the_spec_is_new() {
     let kinds = ["pid", "mnt", "net", "ipc", "uts", "cgroup"];
-    let script: String = kinds
-        .iter()
-        .map(|k| format!("readlink /proc/1/ns/{k}; "))
-        .collect();
+    let script: String = kinds.iter().map(|k| format!("readlink /proc/1/ns/{k}; ")).collect();
     let bundle = BusyboxBundle::new().shell(&script);
     let out = run_ok(&bundle);
     let inside: Vec<&str> = out.lines().collect();
     assert_eq!(inside.len(), kinds.len(), "{out}");
     for (kind, link) in kinds.iter().zip(inside) {
         let host = fs::read_link(format!("/proc/self/ns/{kind}")).expect("host namespace link");
-        assert_ne!(
-            link,
-            host.to_string_lossy(),
-            "the {kind} namespace must be new"
-        );
+        assert_ne!(link, host.to_string_lossy(), "the {kind} namespace must be new");
     }
 }
 
@@ -543,16 +381,10 @@ fn root_is_the_bundle_rootfs_and_the_host_root_is_gone() {
     let bundle = bundle.shell("cat /bundle-marker; ls -a /; echo ===; cat /proc/self/mountinfo");
     let out = run_ok(&bundle);
     let (listing, mountinfo) = out.split_once("===\n").expect("separator");
-    assert!(
-        listing.starts_with("inside\n"),
-        "/ is the bundle's rootfs: {out}"
-    );
+    assert!(listing.starts_with("inside\n"), "/ is the bundle's rootfs: {out}");
     for host_dir in ["boot", "work", "home"] {
         if Path::new("/").join(host_dir).exists() {
-            assert!(
-                !listing.lines().any(|l| l == host_dir),
-                "host /{host_dir} is visible: {out}"
-            );
+            assert!(!listing.lines().any(|l| l == host_dir), "host /{host_dir} is visible: {out}");
         }
     }
     // After pivot_root the old root is detached: every mount is the new root or one the spec
@@ -560,10 +392,7 @@ fn root_is_the_bundle_rootfs_and_the_host_root_is_gone() {
     for mount in parse_mountinfo(mountinfo) {
         let point = mount.point.as_str();
         assert!(
-            point == "/"
-                || ["/proc", "/dev", "/sys"]
-                    .iter()
-                    .any(|p| point.starts_with(p)),
+            point == "/" || ["/proc", "/dev", "/sys"].iter().any(|p| point.starts_with(p)),
             "unexpected mount {point} (is the host's root still attached?): {mountinfo}"
         );
     }
@@ -578,14 +407,7 @@ fn default_devices_and_dev_symlinks_exist() {
          echo ok > /dev/null && head -c 4 /dev/zero | wc -c",
     );
     let out = run_ok(&bundle);
-    for (device, numbers) in [
-        ("null", "1,3"),
-        ("zero", "1,5"),
-        ("full", "1,7"),
-        ("random", "1,8"),
-        ("urandom", "1,9"),
-        ("tty", "5,0"),
-    ] {
+    for (device, numbers) in [("null", "1,3"), ("zero", "1,5"), ("full", "1,7"), ("random", "1,8"), ("urandom", "1,9"), ("tty", "5,0")] {
         let want = format!("{device} character special file {numbers}");
         assert!(out.lines().any(|l| l == want), "{want}: {out}");
     }
@@ -599,10 +421,7 @@ fn default_devices_and_dev_symlinks_exist() {
         let want = format!("{link} -> {target}");
         assert!(out.lines().any(|l| l == want), "{want}: {out}");
     }
-    assert!(
-        out.ends_with("4\n"),
-        "the device cgroup allows the default devices: {out}"
-    );
+    assert!(out.ends_with("4\n"), "the device cgroup allows the default devices: {out}");
 }
 
 #[test]
@@ -611,9 +430,6 @@ fn cgroup_namespace_shows_the_container_cgroup_as_root() {
     let out = run_ok(&bundle);
     assert!(!out.is_empty());
     for line in out.lines() {
-        assert!(
-            line.ends_with(":/"),
-            "the container's own cgroup is its root: {line}"
-        );
+        assert!(line.ends_with(":/"), "the container's own cgroup is its root: {line}");
     }
 }

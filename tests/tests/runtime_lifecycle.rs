@@ -18,10 +18,7 @@ fn container_exit_code_becomes_run_exit_code() {
     let bundle = BusyboxBundle::new().shell("echo hello from the container; exit 3");
     let outcome = bundle.run();
     assert_eq!(outcome.code(), 3, "{outcome:#?}");
-    assert_eq!(
-        outcome.stdout, "hello from the container\n",
-        "stdout is inherited"
-    );
+    assert_eq!(outcome.stdout, "hello from the container\n", "stdout is inherited");
     bundle.assert_nothing_left(None);
 }
 
@@ -54,9 +51,7 @@ fn kill_by_number_ends_run_with_128_plus_signal() {
 #[test]
 fn kill_defaults_to_term() {
     // Without a pid namespace `sleep` is not an init process, so SIGTERM's default action applies.
-    let bundle = BusyboxBundle::new()
-        .without_namespace("pid")
-        .args(&["sleep", "1000"]);
+    let bundle = BusyboxBundle::new().without_namespace("pid").args(&["sleep", "1000"]);
     let run = bundle.spawn_run();
     bundle.wait_for_status("running", STATUS_TIMEOUT);
     bundle.cli(&["kill", bundle.id()]).assert_success();
@@ -66,9 +61,7 @@ fn kill_defaults_to_term() {
 
 #[test]
 fn kill_accepts_sig_prefixed_names() {
-    let bundle = BusyboxBundle::new()
-        .without_namespace("pid")
-        .args(&["sleep", "1000"]);
+    let bundle = BusyboxBundle::new().without_namespace("pid").args(&["sleep", "1000"]);
     let run = bundle.spawn_run();
     bundle.wait_for_status("running", STATUS_TIMEOUT);
     bundle.kill("SIGTERM").assert_success();
@@ -77,21 +70,13 @@ fn kill_accepts_sig_prefixed_names() {
 
 #[test]
 fn signals_sent_to_run_reach_the_container() {
-    let bundle = BusyboxBundle::new().shell(
-        "trap 'echo got TERM; exit 42' TERM; touch /tmp/ready; while :; do sleep 0.05; done",
-    );
+    let bundle = BusyboxBundle::new().shell("trap 'echo got TERM; exit 42' TERM; touch /tmp/ready; while :; do sleep 0.05; done");
     let run = bundle.spawn_run();
     bundle.wait_for_file("/tmp/ready", STATUS_TIMEOUT);
-    let sent = Command::new("kill")
-        .args(["-TERM", &run.pid().to_string()])
-        .status();
+    let sent = Command::new("kill").args(["-TERM", &run.pid().to_string()]).status();
     assert!(sent.expect("run kill(1)").success());
     let outcome = run.wait(STATUS_TIMEOUT);
-    assert_eq!(
-        outcome.code(),
-        42,
-        "the container's TERM handler ran: {outcome:#?}"
-    );
+    assert_eq!(outcome.code(), 42, "the container's TERM handler ran: {outcome:#?}");
     assert!(outcome.stdout.contains("got TERM"), "{outcome:#?}");
 }
 
@@ -105,26 +90,13 @@ fn state_goes_created_running_stopped() {
     assert_eq!(created["id"], bundle.id());
     assert!(created["ociVersion"].is_string(), "{created:#}");
     let bundle_path = fs::canonicalize(bundle.bundle_dir()).expect("canonical bundle path");
-    assert_eq!(
-        created["bundle"],
-        bundle_path.to_string_lossy().as_ref(),
-        "{created:#}"
-    );
-    let pid = created["pid"]
-        .as_i64()
-        .expect("a created container has a pid") as i32;
-    assert!(
-        pid > 0 && process_alive(pid),
-        "the init process {pid} waits for start"
-    );
+    assert_eq!(created["bundle"], bundle_path.to_string_lossy().as_ref(), "{created:#}");
+    let pid = created["pid"].as_i64().expect("a created container has a pid") as i32;
+    assert!(pid > 0 && process_alive(pid), "the init process {pid} waits for start");
 
     bundle.start().assert_success();
     assert_eq!(bundle.status(), "running");
-    assert_eq!(
-        bundle.state()["pid"],
-        created["pid"],
-        "start runs the created process"
-    );
+    assert_eq!(bundle.state()["pid"], created["pid"], "start runs the created process");
 
     fs::write(bundle.rootfs().join("tmp/go"), "").expect("signal the container to exit");
     bundle.wait_for_status("stopped", STATUS_TIMEOUT);
@@ -138,21 +110,12 @@ fn state_goes_created_running_stopped() {
 
 #[test]
 fn kill_and_delete_leave_nothing_behind() {
-    let bundle = BusyboxBundle::new().args(&["sleep", "1000"]).mount(
-        "/scratch",
-        "tmpfs",
-        "tmpfs",
-        &["size=1m"],
-    );
+    let bundle = BusyboxBundle::new().args(&["sleep", "1000"]).mount("/scratch", "tmpfs", "tmpfs", &["size=1m"]);
     bundle.create().assert_success();
     bundle.start().assert_success();
     let pid = bundle.state()["pid"].as_i64().expect("pid") as i32;
     assert!(process_alive(pid));
-    assert!(
-        !bundle.existing_cgroup_dirs().is_empty(),
-        "a running container has a cgroup named {}",
-        bundle.cgroup_name()
-    );
+    assert!(!bundle.existing_cgroup_dirs().is_empty(), "a running container has a cgroup named {}", bundle.cgroup_name());
 
     bundle.kill("KILL").assert_success();
     bundle.wait_for_status("stopped", STATUS_TIMEOUT);
@@ -166,9 +129,7 @@ fn delete_force_removes_a_running_container() {
     bundle.create().assert_success();
     bundle.start().assert_success();
     let pid = bundle.state()["pid"].as_i64().expect("pid") as i32;
-    bundle
-        .cli(&["delete", "--force", bundle.id()])
-        .assert_success();
+    bundle.cli(&["delete", "--force", bundle.id()]).assert_success();
     bundle.assert_nothing_left(Some(pid));
 }
 
@@ -177,9 +138,7 @@ fn delete_removes_a_created_container_that_never_started() {
     let bundle = BusyboxBundle::new().args(&["sleep", "1000"]);
     bundle.create().assert_success();
     let pid = bundle.state()["pid"].as_i64().expect("pid") as i32;
-    bundle
-        .cli(&["delete", "--force", bundle.id()])
-        .assert_success();
+    bundle.cli(&["delete", "--force", bundle.id()]).assert_success();
     bundle.assert_nothing_left(Some(pid));
 }
 
@@ -189,14 +148,7 @@ fn pid_file_holds_the_container_pid() {
     bundle.write_config();
     let pid_file = bundle.dir().join("container.pid");
     bundle
-        .cli(&[
-            "create",
-            "--bundle",
-            &bundle.bundle_dir().to_string_lossy(),
-            "--pid-file",
-            &pid_file.to_string_lossy(),
-            bundle.id(),
-        ])
+        .cli(&["create", "--bundle", &bundle.bundle_dir().to_string_lossy(), "--pid-file", &pid_file.to_string_lossy(), bundle.id()])
         .assert_success();
     let written = fs::read_to_string(&pid_file).expect("the pid file exists after create");
     let state_pid = bundle.state()["pid"].as_i64().expect("pid");

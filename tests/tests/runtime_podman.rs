@@ -63,8 +63,15 @@ impl Podman {
     /// `podman run` with the flags this machine needs, then ARGS (image and command included).
     fn run(&self, extra: &[&str], command: &[&str]) -> Output {
         let mut args = vec![
-            "run", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
-            "--cgroup-parent", &self.cgroup_parent,
+            "run",
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "--cgroup-parent",
+            &self.cgroup_parent,
         ];
         args.extend_from_slice(extra);
         args.push(&self.image);

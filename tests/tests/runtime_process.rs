@@ -31,9 +31,7 @@ fn status_field(status: &str, key: &str) -> String {
 
 #[test]
 fn user_group_and_additional_groups_apply() {
-    let bundle = BusyboxBundle::new()
-        .user(1000, 1000, &[2000, 3000])
-        .shell("cat /proc/1/status");
+    let bundle = BusyboxBundle::new().user(1000, 1000, &[2000, 3000]).shell("cat /proc/1/status");
     let status = run_ok(&bundle);
     assert_eq!(status_field(&status, "Uid"), "1000 1000 1000 1000");
     assert_eq!(status_field(&status, "Gid"), "1000 1000 1000 1000");
@@ -42,31 +40,19 @@ fn user_group_and_additional_groups_apply() {
 
 #[test]
 fn non_root_user_cannot_write_root_owned_files() {
-    let bundle = BusyboxBundle::new()
-        .user(1000, 1000, &[])
-        .shell("echo x 2>/dev/null > /etc/passwd && echo WROTE; id -u");
+    let bundle = BusyboxBundle::new().user(1000, 1000, &[]).shell("echo x 2>/dev/null > /etc/passwd && echo WROTE; id -u");
     assert_eq!(run_ok(&bundle), "1000\n");
 }
 
 #[test]
 fn env_is_exactly_the_specs() {
-    let bundle = BusyboxBundle::new()
-        .env(&["GREETING=hello world", "EMPTY="])
-        .shell("env");
+    let bundle = BusyboxBundle::new().env(&["GREETING=hello world", "EMPTY="]).shell("env");
     let out = run_ok(&bundle);
     let vars: Vec<&str> = out.lines().collect();
     assert!(vars.contains(&"GREETING=hello world"), "{out}");
     assert!(vars.contains(&"EMPTY="), "{out}");
-    assert!(
-        vars.iter().any(|v| v.starts_with("PATH=/usr/local/sbin:")),
-        "{out}"
-    );
-    assert!(
-        !vars
-            .iter()
-            .any(|v| v.starts_with("CARGO") || v.starts_with("RUST")),
-        "the host's environment must not leak in: {out}"
-    );
+    assert!(vars.iter().any(|v| v.starts_with("PATH=/usr/local/sbin:")), "{out}");
+    assert!(!vars.iter().any(|v| v.starts_with("CARGO") || v.starts_with("RUST")), "the host's environment must not leak in: {out}");
 }
 
 #[test]
@@ -79,21 +65,11 @@ fn cwd_is_the_specs() {
 
 #[test]
 fn rlimits_apply_to_the_process() {
-    let bundle = BusyboxBundle::new()
-        .rlimit("RLIMIT_NOFILE", 512, 768)
-        .rlimit("RLIMIT_CORE", 0, 4096)
-        .shell("cat /proc/1/limits");
+    let bundle = BusyboxBundle::new().rlimit("RLIMIT_NOFILE", 512, 768).rlimit("RLIMIT_CORE", 0, 4096).shell("cat /proc/1/limits");
     let out = run_ok(&bundle);
     let limit = |name: &str| -> Vec<String> {
-        let line = out
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("{out}"));
-        line[name.len()..]
-            .split_whitespace()
-            .take(2)
-            .map(str::to_owned)
-            .collect()
+        let line = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{out}"));
+        line[name.len()..].split_whitespace().take(2).map(str::to_owned).collect()
     };
     assert_eq!(limit("Max open files"), ["512", "768"], "{out}");
     assert_eq!(limit("Max core file size"), ["0", "4096"], "{out}");
@@ -101,13 +77,9 @@ fn rlimits_apply_to_the_process() {
 
 #[test]
 fn no_new_privileges_is_set_when_asked() {
-    let on = BusyboxBundle::new()
-        .no_new_privileges(true)
-        .shell("cat /proc/1/status");
+    let on = BusyboxBundle::new().no_new_privileges(true).shell("cat /proc/1/status");
     assert_eq!(status_field(&run_ok(&on), "NoNewPrivs"), "1");
-    let off = BusyboxBundle::new()
-        .no_new_privileges(false)
-        .shell("cat /proc/1/status");
+    let off = BusyboxBundle::new().no_new_privileges(false).shell("cat /proc/1/status");
     assert_eq!(status_field(&run_ok(&off), "NoNewPrivs"), "0");
 }
 

@@ -148,27 +148,12 @@ fn assert_mkdir_refused(bundle: &BusyboxBundle, message: &str) {
     let outcome = bundle.run();
     outcome.assert_success();
     let out = &outcome.stdout;
-    assert!(
-        out.contains("before\n"),
-        "echo works under the filter: {outcome:#?}"
-    );
-    assert!(
-        out.contains("mkdir exit 1\n") && out.contains("absent\n"),
-        "mkdir must fail: {outcome:#?}"
-    );
-    assert!(
-        outcome.stderr.contains(message),
-        "mkdir must report {message:?}: {outcome:#?}"
-    );
+    assert!(out.contains("before\n"), "echo works under the filter: {outcome:#?}");
+    assert!(out.contains("mkdir exit 1\n") && out.contains("absent\n"), "mkdir must fail: {outcome:#?}");
+    assert!(outcome.stderr.contains(message), "mkdir must report {message:?}: {outcome:#?}");
     // Mode 2 is "filter": the container's own process (pid 1, the shell) runs under it.
-    assert!(
-        out.contains("Seccomp:\t2"),
-        "pid 1 is filtered: {outcome:#?}"
-    );
-    assert!(
-        !bundle.rootfs().join("tmp/x").exists(),
-        "nothing was created on the host"
-    );
+    assert!(out.contains("Seccomp:\t2"), "pid 1 is filtered: {outcome:#?}");
+    assert!(!bundle.rootfs().join("tmp/x").exists(), "nothing was created on the host");
 }
 
 #[test]
@@ -181,27 +166,16 @@ fn errno_rule_fails_mkdir_while_echo_works() {
 fn errno_rule_applies_without_no_new_privileges_for_an_unprivileged_user() {
     // Without noNewPrivileges installing a filter needs CAP_SYS_ADMIN, which the switch to uid
     // 1000 with three capabilities drops: the runtime must install it before that.
-    let bundle = BusyboxBundle::new()
-        .no_new_privileges(false)
-        .user(1000, 1000, &[])
-        .shell(MKDIR_SCRIPT);
+    let bundle = BusyboxBundle::new().no_new_privileges(false).user(1000, 1000, &[]).shell(MKDIR_SCRIPT);
     let bundle = with_profile(bundle, deny_mkdir(None));
     assert_mkdir_refused(&bundle, "Operation not permitted");
-    let root = with_profile(
-        BusyboxBundle::new()
-            .no_new_privileges(false)
-            .shell(MKDIR_SCRIPT),
-        deny_mkdir(None),
-    );
+    let root = with_profile(BusyboxBundle::new().no_new_privileges(false).shell(MKDIR_SCRIPT), deny_mkdir(None));
     assert_mkdir_refused(&root, "Operation not permitted");
 }
 
 #[test]
 fn errno_ret_is_the_error_the_program_sees() {
-    let bundle = with_profile(
-        BusyboxBundle::new().shell(MKDIR_SCRIPT),
-        deny_mkdir(Some(38)),
-    );
+    let bundle = with_profile(BusyboxBundle::new().shell(MKDIR_SCRIPT), deny_mkdir(Some(38)));
     assert_mkdir_refused(&bundle, "Function not implemented");
 }
 
@@ -220,10 +194,7 @@ fn argument_condition_blocks_only_the_matching_value() {
     assert!(outcome.stdout.contains("per_linux ok\n"), "{outcome:#?}");
     assert!(!outcome.stdout.contains("per_linux32 ok"), "{outcome:#?}");
     assert!(outcome.stdout.contains("linux32 exit 1\n"), "{outcome:#?}");
-    assert!(
-        outcome.stderr.contains("Permission denied"),
-        "EACCES (13) is reported: {outcome:#?}"
-    );
+    assert!(outcome.stderr.contains("Permission denied"), "EACCES (13) is reported: {outcome:#?}");
 }
 
 #[test]
@@ -235,15 +206,8 @@ fn kill_and_trap_actions_end_the_container_with_sigsys() {
         });
         let bundle = with_profile(BusyboxBundle::new().args(&["uname", "-a"]), profile);
         let outcome = bundle.run();
-        assert_eq!(
-            outcome.code(),
-            128 + SIGSYS,
-            "{action}: the container dies of SIGSYS: {outcome:#?}"
-        );
-        assert!(
-            outcome.stdout.is_empty(),
-            "{action}: uname printed nothing: {outcome:#?}"
-        );
+        assert_eq!(outcome.code(), 128 + SIGSYS, "{action}: the container dies of SIGSYS: {outcome:#?}");
+        assert!(outcome.stdout.is_empty(), "{action}: uname printed nothing: {outcome:#?}");
         bundle.assert_nothing_left(None);
     }
 }
@@ -257,9 +221,7 @@ fn allow_list_with_a_deny_default_runs_a_shell() {
             "defaultErrnoRet": 1,
             "syscalls": [{ "names": ALLOWED, "action": "SCMP_ACT_ALLOW" }],
         });
-        let bundle = BusyboxBundle::new()
-            .no_new_privileges(no_new_privileges)
-            .shell(MKDIR_SCRIPT);
+        let bundle = BusyboxBundle::new().no_new_privileges(no_new_privileges).shell(MKDIR_SCRIPT);
         let bundle = with_profile(bundle, profile);
         assert_mkdir_refused(&bundle, "Operation not permitted");
     }
@@ -282,30 +244,19 @@ fn mixed_actions_each_reach_their_syscalls() {
         });
         let script = "mkdir /tmp/x; echo \"mkdir exit $?\"; rmdir /proc; echo \"rmdir exit $?\"; \
                       grep Seccomp_filters: /proc/1/status";
-        let bundle = BusyboxBundle::new()
-            .no_new_privileges(no_new_privileges)
-            .shell(script);
+        let bundle = BusyboxBundle::new().no_new_privileges(no_new_privileges).shell(script);
         let outcome = with_profile(bundle, profile).run();
         outcome.assert_success();
         let out = &outcome.stdout;
         assert!(out.contains("mkdir exit 1\n"), "{outcome:#?}");
         assert!(out.contains("rmdir exit 1\n"), "{outcome:#?}");
-        assert!(
-            out.contains("Seccomp_filters:\t1\n"),
-            "one filter: {outcome:#?}"
-        );
+        assert!(out.contains("Seccomp_filters:\t1\n"), "one filter: {outcome:#?}");
         let line_of = |applet: &str| {
             let line = outcome.stderr.lines().find(|l| l.contains(applet));
             line.unwrap_or_default().to_owned()
         };
-        assert!(
-            line_of("mkdir").contains("Function not implemented"),
-            "{outcome:#?}"
-        );
-        assert!(
-            line_of("rmdir").contains("Operation not permitted"),
-            "{outcome:#?}"
-        );
+        assert!(line_of("mkdir").contains("Function not implemented"), "{outcome:#?}");
+        assert!(line_of("rmdir").contains("Operation not permitted"), "{outcome:#?}");
     }
 }
 
@@ -318,10 +269,7 @@ fn notify_is_refused_by_create_and_leaves_nothing() {
     let bundle = with_profile(BusyboxBundle::new(), profile);
     let outcome = bundle.create();
     let line = outcome.assert_one_line_failure();
-    assert!(
-        line.contains("SCMP_ACT_NOTIFY"),
-        "the error names the action: {line}"
-    );
+    assert!(line.contains("SCMP_ACT_NOTIFY"), "the error names the action: {line}");
     bundle.assert_nothing_left(None);
 }
 

@@ -11,8 +11,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use proto::agent::v1::task_log_api_server::{TaskLogApi, TaskLogApiServer};
 use proto::agent::v1::TaskLogsRequest;
+use proto::agent::v1::task_log_api_server::{TaskLogApi, TaskLogApiServer};
 use proto::sched::v1::{LogLine, LogStream};
 use runtime::shim::{self, log::LogRecord};
 use tokio::net::TcpListener;
@@ -43,10 +43,7 @@ impl TaskLogService {
 /// Serves `agent.v1.TaskLogApi` on `listener` until the future is dropped.
 pub async fn serve(listener: TcpListener, driver: Arc<TaskDriver>) -> Result<(), tonic::transport::Error> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .add_service(TaskLogApiServer::new(TaskLogService::new(driver)))
-        .serve_with_incoming(incoming)
-        .await
+    tonic::transport::Server::builder().add_service(TaskLogApiServer::new(TaskLogService::new(driver))).serve_with_incoming(incoming).await
 }
 
 /// The address the servers should call: the bound address, with an unspecified IP (0.0.0.0)
@@ -112,11 +109,7 @@ impl TaskLogApi for TaskLogService {
         if !task_dir.is_dir() {
             return Err(Status::not_found(format!("task {} has no log on this node (never ran here, or was removed)", r.task_id)));
         }
-        let query = LogQuery {
-            follow: r.follow,
-            tail: r.tail.map(|t| t as usize),
-            since_unix_ms: r.since_unix_ms,
-        };
+        let query = LogQuery { follow: r.follow, tail: r.tail.map(|t| t as usize), since_unix_ms: r.since_unix_ms };
         let (tx, rx) = mpsc::channel(CHANNEL_LINES);
         let mut sink = ChannelSink { tx: tx.clone(), driver: self.driver.clone(), task: r.task_id.clone() };
         let log_dir = task_dir.join(shim::LOG_DIR);

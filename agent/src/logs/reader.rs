@@ -317,7 +317,8 @@ mod tests {
         let current = std::fs::read_to_string(dir.path().join(CURRENT)).unwrap().lines().count();
         let tail = current + 2;
         let lines = read(dir.path(), LogQuery { tail: Some(tail), ..Default::default() });
-        let expected: Vec<String> = (40 - tail..40).map(|i| format!("{} line {i}", if i.is_multiple_of(2) { "stdout" } else { "stderr" })).collect();
+        let expected: Vec<String> =
+            (40 - tail..40).map(|i| format!("{} line {i}", if i.is_multiple_of(2) { "stdout" } else { "stderr" })).collect();
         assert_eq!(lines, expected);
         assert!(read(dir.path(), LogQuery { tail: Some(0), ..Default::default() }).is_empty());
     }

@@ -69,24 +69,11 @@ impl NodeNetworkConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(NetworkError::InvalidConfig(what));
         let is_name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
-        if self.bridge.is_empty()
-            || self.bridge.len() > 15
-            || !self.bridge.chars().all(is_name_char)
-        {
-            return bad(format!(
-                "bridge name {:?} must be 1-15 characters from [A-Za-z0-9_.-]",
-                self.bridge
-            ));
+        if self.bridge.is_empty() || self.bridge.len() > 15 || !self.bridge.chars().all(is_name_char) {
+            return bad(format!("bridge name {:?} must be 1-15 characters from [A-Za-z0-9_.-]", self.bridge));
         }
-        let table_ok = self
-            .nft_table
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic())
-            && self
-                .nft_table
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        let table_ok = self.nft_table.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && self.nft_table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && self.nft_table.len() <= 64;
         if !table_ok {
             return bad(format!(
@@ -121,10 +108,7 @@ mod tests {
     fn defaults_are_valid_and_bad_names_are_refused() {
         let config = NodeNetworkConfig::new(Path::new("/var/lib/sched"));
         config.validate().unwrap();
-        assert_eq!(
-            config.ipam_file(),
-            Path::new("/var/lib/sched/network/ipam.json")
-        );
+        assert_eq!(config.ipam_file(), Path::new("/var/lib/sched/network/ipam.json"));
         let mut long = config.clone();
         long.bridge = "a-bridge-name-too-long".into();
         assert!(long.validate().unwrap_err().to_string().contains("1-15"));

@@ -31,9 +31,7 @@ pub enum NetworkError {
     },
 
     /// Every host port of the publishing range is taken.
-    #[error(
-        "no free host port left in {first}-{last}: unpublish ports or widen the host port range"
-    )]
+    #[error("no free host port left in {first}-{last}: unpublish ports or widen the host port range")]
     PortsExhausted {
         /// First port of the range.
         first: u16,
@@ -42,9 +40,7 @@ pub enum NetworkError {
     },
 
     /// The task already has a network on this node.
-    #[error(
-        "task {task_id} already has a network on this node: destroy it before creating it again"
-    )]
+    #[error("task {task_id} already has a network on this node: destroy it before creating it again")]
     TaskExists {
         /// The task id.
         task_id: String,
@@ -119,10 +115,7 @@ pub type Result<T, E = NetworkError> = std::result::Result<T, E>;
 
 impl NetworkError {
     pub(crate) fn io(action: impl Into<String>, source: io::Error) -> Self {
-        Self::Io {
-            action: action.into(),
-            source,
-        }
+        Self::Io { action: action.into(), source }
     }
 
     pub(crate) fn errno(action: impl Into<String>, errno: nix::errno::Errno) -> Self {
@@ -130,20 +123,14 @@ impl NetworkError {
     }
 
     pub(crate) fn netlink(action: impl Into<String>, source: rtnetlink::Error) -> Self {
-        Self::Netlink {
-            action: action.into(),
-            source,
-        }
+        Self::Netlink { action: action.into(), source }
     }
 
     /// Keeps `cleanup`'s error beside `self` when an undo failed.
     pub(crate) fn with_cleanup(self, cleanup: Result<()>) -> Self {
         match cleanup {
             Ok(()) => self,
-            Err(cleanup) => Self::CleanupFailed {
-                original: Box::new(self),
-                cleanup: Box::new(cleanup),
-            },
+            Err(cleanup) => Self::CleanupFailed { original: Box::new(self), cleanup: Box::new(cleanup) },
         }
     }
 }

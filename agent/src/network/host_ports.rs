@@ -41,48 +41,25 @@ pub struct HostPorts {
 impl HostPorts {
     /// Nothing published; new ports come from `range`.
     pub fn new(range: RangeInclusive<u16>) -> Self {
-        Self {
-            first: *range.start(),
-            last: *range.end(),
-            previous: None,
-            published: BTreeMap::new(),
-        }
+        Self { first: *range.start(), last: *range.end(), previous: None, published: BTreeMap::new() }
     }
 
     /// Publishes `task_ip:container_port` on a free host port (the same one if it is already
     /// published). `is_free` is asked about each candidate port before it is taken.
-    pub fn publish(
-        &mut self,
-        task_ip: Ipv4Addr,
-        container_port: u16,
-        mut is_free: impl FnMut(u16) -> bool,
-    ) -> Result<PublishedPort> {
-        if let Some(existing) = self
-            .published
-            .values()
-            .find(|p| p.task_ip == task_ip && p.container_port == container_port)
-        {
+    pub fn publish(&mut self, task_ip: Ipv4Addr, container_port: u16, mut is_free: impl FnMut(u16) -> bool) -> Result<PublishedPort> {
+        if let Some(existing) = self.published.values().find(|p| p.task_ip == task_ip && p.container_port == container_port) {
             return Ok(*existing);
         }
         let count = u32::from(self.last) - u32::from(self.first) + 1;
         let start = match self.previous {
-            Some(previous) if (self.first..=self.last).contains(&previous) => {
-                u32::from(previous) - u32::from(self.first) + 1
-            }
+            Some(previous) if (self.first..=self.last).contains(&previous) => u32::from(previous) - u32::from(self.first) + 1,
             _ => 0,
         };
         let host_port = (0..count)
             .map(|step| (u32::from(self.first) + (start + step) % count) as u16)
             .find(|port| !self.published.contains_key(port) && is_free(*port))
-            .ok_or(NetworkError::PortsExhausted {
-                first: self.first,
-                last: self.last,
-            })?;
-        let published = PublishedPort {
-            host_port,
-            task_ip,
-            container_port,
-        };
+            .ok_or(NetworkError::PortsExhausted { first: self.first, last: self.last })?;
+        let published = PublishedPort { host_port, task_ip, container_port };
         self.published.insert(host_port, published);
         self.previous = Some(host_port);
         Ok(published)
@@ -95,16 +72,8 @@ impl HostPorts {
 
     /// Removes every forwarding to `task_ip`; returns them.
     pub fn unpublish_task(&mut self, task_ip: Ipv4Addr) -> Vec<PublishedPort> {
-        let ports: Vec<u16> = self
-            .published
-            .values()
-            .filter(|p| p.task_ip == task_ip)
-            .map(|p| p.host_port)
-            .collect();
-        ports
-            .into_iter()
-            .filter_map(|port| self.published.remove(&port))
-            .collect()
+        let ports: Vec<u16> = self.published.values().filter(|p| p.task_ip == task_ip).map(|p| p.host_port).collect();
+        ports.into_iter().filter_map(|port| self.published.remove(&port)).collect()
     }
 
     /// Every forwarding, ordered by host port.
@@ -139,22 +108,14 @@ mod tests {
         let web = ports.publish(TASK, 8080, |_| true).unwrap();
         assert_eq!(web.host_port, 40000);
         assert_eq!(ports.publish(TASK, 8080, |_| true).unwrap(), web);
-        assert_eq!(
-            ports.publish(TASK, 9090, |_| true).unwrap().host_port,
-            40001
-        );
-        assert_eq!(
-            ports.publish(OTHER, 8080, |_| true).unwrap().host_port,
-            40002
-        );
+        assert_eq!(ports.publish(TASK, 9090, |_| true).unwrap().host_port, 40001);
+        assert_eq!(ports.publish(OTHER, 8080, |_| true).unwrap().host_port, 40002);
     }
 
     #[test]
     fn ports_in_use_on_the_host_are_skipped() {
         let mut ports = HostPorts::new(40000..=40009);
-        let published = ports
-            .publish(TASK, 80, |p| p != 40000 && p != 40001)
-            .unwrap();
+        let published = ports.publish(TASK, 80, |p| p != 40000 && p != 40001).unwrap();
         assert_eq!(published.host_port, 40002);
     }
 

@@ -28,11 +28,7 @@ pub struct Ipam {
 impl Ipam {
     /// No allocations yet.
     pub fn new(subnet: Ipv4Subnet) -> Self {
-        Self {
-            subnet,
-            last: None,
-            allocations: BTreeMap::new(),
-        }
+        Self { subnet, last: None, allocations: BTreeMap::new() }
     }
 
     /// The subnet addresses come from.
@@ -55,10 +51,7 @@ impl Ipam {
         let free = (0..count)
             .map(|step| Ipv4Addr::from(first + (start + step) % count))
             .find(|ip| !used.contains(ip))
-            .ok_or_else(|| NetworkError::SubnetExhausted {
-                subnet: self.subnet.to_string(),
-                allocated: self.allocations.len(),
-            })?;
+            .ok_or_else(|| NetworkError::SubnetExhausted { subnet: self.subnet.to_string(), allocated: self.allocations.len() })?;
         self.allocations.insert(task_id.to_owned(), free);
         self.last = Some(free);
         Ok(free)
@@ -101,10 +94,7 @@ impl Ipam {
                 ),
             });
         }
-        if let Some((task, ip)) = ipam
-            .allocations()
-            .find(|(_, ip)| !subnet.is_task_address(*ip))
-        {
+        if let Some((task, ip)) = ipam.allocations().find(|(_, ip)| !subnet.is_task_address(*ip)) {
             return Err(NetworkError::StateFile {
                 path: path.to_owned(),
                 problem: format!(
@@ -135,11 +125,7 @@ mod tests {
         let mut ipam = Ipam::new(slash("10.88.0.0/24"));
         assert_eq!(ipam.allocate("a").unwrap(), Ipv4Addr::new(10, 88, 0, 2));
         assert_eq!(ipam.allocate("b").unwrap(), Ipv4Addr::new(10, 88, 0, 3));
-        assert_eq!(
-            ipam.allocate("a").unwrap(),
-            Ipv4Addr::new(10, 88, 0, 2),
-            "a task asking again keeps its address"
-        );
+        assert_eq!(ipam.allocate("a").unwrap(), Ipv4Addr::new(10, 88, 0, 2), "a task asking again keeps its address");
         assert_eq!(ipam.get("b"), Some(Ipv4Addr::new(10, 88, 0, 3)));
         assert_eq!(ipam.get("c"), None);
     }
@@ -154,11 +140,7 @@ mod tests {
         assert_eq!(ipam.allocate("c").unwrap(), Ipv4Addr::new(10, 88, 0, 4));
         ipam.allocate("d").unwrap();
         ipam.allocate("e").unwrap();
-        assert_eq!(
-            ipam.allocate("f").unwrap(),
-            a,
-            "wraps around to the freed one"
-        );
+        assert_eq!(ipam.allocate("f").unwrap(), a, "wraps around to the freed one");
     }
 
     #[test]
@@ -173,10 +155,7 @@ mod tests {
         }
         assert_eq!(seen.len(), 13);
         let error = ipam.allocate("one-too-many").unwrap_err();
-        assert!(
-            matches!(error, NetworkError::SubnetExhausted { allocated: 13, .. }),
-            "{error:?}"
-        );
+        assert!(matches!(error, NetworkError::SubnetExhausted { allocated: 13, .. }), "{error:?}");
         assert!(error.to_string().contains("10.7.3.0/28"), "{error}");
         ipam.release("task-5");
         assert!(ipam.allocate("one-too-many").is_ok());
@@ -202,12 +181,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ipam.json");
         Ipam::new(slash("10.88.0.0/24")).save(&path).unwrap();
-        let error = Ipam::load(&path, slash("10.99.0.0/24"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains("10.88.0.0/24") && error.contains("10.99.0.0/24"),
-            "{error}"
-        );
+        let error = Ipam::load(&path, slash("10.99.0.0/24")).unwrap_err().to_string();
+        assert!(error.contains("10.88.0.0/24") && error.contains("10.99.0.0/24"), "{error}");
     }
 }

@@ -58,10 +58,7 @@ mod subnet;
 mod sysctl;
 mod task;
 
-pub use config::{
-    DEFAULT_BRIDGE, DEFAULT_HOST_PORTS, DEFAULT_NETNS_DIR, DEFAULT_NFT_TABLE, DEFAULT_SUBNET,
-    NodeNetworkConfig,
-};
+pub use config::{DEFAULT_BRIDGE, DEFAULT_HOST_PORTS, DEFAULT_NETNS_DIR, DEFAULT_NFT_TABLE, DEFAULT_SUBNET, NodeNetworkConfig};
 pub use error::{NetworkError, Result};
 pub use host_ports::{HostPorts, PublishedPort};
 pub use ipam::Ipam;

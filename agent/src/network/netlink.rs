@@ -29,20 +29,14 @@ fn errno_of(error: &rtnetlink::Error) -> Option<i32> {
 impl Netlink {
     /// Opens a socket in the calling thread's network namespace.
     pub(crate) fn connect() -> Result<Self> {
-        let (connection, handle, _) = rtnetlink::new_connection()
-            .map_err(|e| NetworkError::io("open a route netlink socket", e))?;
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| NetworkError::io("open a route netlink socket", e))?;
         tokio::spawn(connection);
         Ok(Self { handle })
     }
 
     /// The index of link `name`, or `None` if there is no such link.
     pub(crate) async fn link_index(&self, name: &str) -> Result<Option<u32>> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute();
+        let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
         match links.try_next().await {
             Ok(link) => Ok(link.map(|l| l.header.index)),
             Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
@@ -52,24 +46,15 @@ impl Netlink {
 
     /// The index of link `name`; an error naming it if it does not exist.
     pub(crate) async fn existing_link_index(&self, name: &str) -> Result<u32> {
-        self.link_index(name).await?.ok_or_else(|| {
-            NetworkError::io(
-                format!("find link {name}"),
-                std::io::Error::from_raw_os_error(libc::ENODEV),
-            )
-        })
+        self.link_index(name)
+            .await?
+            .ok_or_else(|| NetworkError::io(format!("find link {name}"), std::io::Error::from_raw_os_error(libc::ENODEV)))
     }
 
     /// Creates bridge `name` unless it exists, and sets it up; returns its index.
     pub(crate) async fn ensure_bridge(&self, name: &str) -> Result<u32> {
         if self.link_index(name).await?.is_none() {
-            match self
-                .handle
-                .link()
-                .add(LinkBridge::new(name).build())
-                .execute()
-                .await
-            {
+            match self.handle.link().add(LinkBridge::new(name).build()).execute().await {
                 Ok(()) => {}
                 Err(e) if errno_of(&e) == Some(libc::EEXIST) => {}
                 Err(e) => return Err(NetworkError::netlink(format!("create bridge {name}"), e)),
@@ -91,24 +76,9 @@ impl Netlink {
     }
 
     /// Adds `ip/prefix` to link `index` unless it is there already.
-    pub(crate) async fn ensure_address(
-        &self,
-        index: u32,
-        name: &str,
-        ip: Ipv4Addr,
-        prefix: u8,
-    ) -> Result<()> {
-        match self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(ip), prefix)
-            .execute()
-            .await
-        {
-            Err(e) if errno_of(&e) != Some(libc::EEXIST) => Err(NetworkError::netlink(
-                format!("add address {ip}/{prefix} to {name}"),
-                e,
-            )),
+    pub(crate) async fn ensure_address(&self, index: u32, name: &str, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+        match self.handle.address().add(index, IpAddr::V4(ip), prefix).execute().await {
+            Err(e) if errno_of(&e) != Some(libc::EEXIST) => Err(NetworkError::netlink(format!("add address {ip}/{prefix} to {name}"), e)),
             _ => Ok(()),
         }
     }
@@ -127,27 +97,11 @@ impl Netlink {
 
     /// Creates veth pair `host` (attached to bridge `bridge_index`, up, hairpin on) and `peer`,
     /// the peer created directly inside the network namespace `netns`.
-    pub(crate) async fn create_veth_into(
-        &self,
-        host: &str,
-        bridge_index: u32,
-        peer: &str,
-        netns: BorrowedFd<'_>,
-    ) -> Result<u32> {
-        let peer_message = LinkUnspec::new_with_name(peer)
-            .setns_by_fd(netns.as_raw_fd())
-            .build();
-        let message = LinkVeth::new(host, peer)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message)))
-            .controller(bridge_index)
-            .up()
-            .build();
-        self.handle
-            .link()
-            .add(message)
-            .execute()
-            .await
-            .map_err(|e| NetworkError::netlink(format!("create veth {host} <-> {peer}"), e))?;
+    pub(crate) async fn create_veth_into(&self, host: &str, bridge_index: u32, peer: &str, netns: BorrowedFd<'_>) -> Result<u32> {
+        let peer_message = LinkUnspec::new_with_name(peer).setns_by_fd(netns.as_raw_fd()).build();
+        let message =
+            LinkVeth::new(host, peer).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message))).controller(bridge_index).up().build();
+        self.handle.link().add(message).execute().await.map_err(|e| NetworkError::netlink(format!("create veth {host} <-> {peer}"), e))?;
         let index = self.existing_link_index(host).await?;
         // Hairpin lets a task reach its own published port through a node address: the DNATed
         // packet must leave the bridge by the port it came in on.
@@ -162,14 +116,7 @@ impl Netlink {
 
     /// Adds the default route via `gateway`.
     pub(crate) async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .build();
-        self.handle
-            .route()
-            .add(route)
-            .execute()
-            .await
-            .map_err(|e| NetworkError::netlink(format!("add default route via {gateway}"), e))
+        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        self.handle.route().add(route).execute().await.map_err(|e| NetworkError::netlink(format!("add default route via {gateway}"), e))
     }
 }

@@ -40,20 +40,10 @@ fn create_on_this_thread(path: &Path) -> Result<()> {
         .mode(0o444)
         .open(path)
         .map_err(|e| NetworkError::io(format!("create netns file {}", path.display()), e))?;
-    let pinned = unshare(CloneFlags::CLONE_NEWNET)
-        .map_err(|e| NetworkError::errno("unshare a new network namespace", e))
-        .and_then(|()| {
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                path,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| {
-                NetworkError::errno(format!("bind-mount the netns onto {}", path.display()), e)
-            })
-        });
+    let pinned = unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NetworkError::errno("unshare a new network namespace", e)).and_then(|()| {
+        mount(Some("/proc/thread-self/ns/net"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| NetworkError::errno(format!("bind-mount the netns onto {}", path.display()), e))
+    });
     pinned.map_err(|error| error.with_cleanup(remove(path)))
 }
 
@@ -63,17 +53,11 @@ pub fn remove(path: &Path) -> Result<()> {
     match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
         Err(e) => {
-            return Err(NetworkError::errno(
-                format!("unmount netns {}", path.display()),
-                e,
-            ));
+            return Err(NetworkError::errno(format!("unmount netns {}", path.display()), e));
         }
     }
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(NetworkError::io(
-            format!("remove netns file {}", path.display()),
-            e,
-        )),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(NetworkError::io(format!("remove netns file {}", path.display()), e)),
         _ => Ok(()),
     }
 }
@@ -94,8 +78,7 @@ where
     let namespace = open(path)?;
     let shown = path.display().to_string();
     on_dedicated_thread("netns-worker", move || {
-        setns(&namespace, CloneFlags::CLONE_NEWNET)
-            .map_err(|e| NetworkError::errno(format!("enter netns {shown}"), e))?;
+        setns(&namespace, CloneFlags::CLONE_NEWNET).map_err(|e| NetworkError::errno(format!("enter netns {shown}"), e))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -106,10 +89,7 @@ where
 }
 
 /// Runs `job` on a fresh OS thread (which may change namespaces and then ends).
-async fn on_dedicated_thread<T: Send + 'static>(
-    name: &str,
-    job: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+async fn on_dedicated_thread<T: Send + 'static>(name: &str, job: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     let (done, result) = oneshot::channel();
     thread::Builder::new()
         .name(name.to_owned())
@@ -117,40 +97,20 @@ async fn on_dedicated_thread<T: Send + 'static>(
             let _ = done.send(job());
         })
         .map_err(|e| NetworkError::io(format!("spawn thread {name}"), e))?;
-    result.await.map_err(|_| {
-        NetworkError::io(
-            format!("thread {name}"),
-            io::Error::other("it panicked before reporting a result"),
-        )
-    })?
+    result.await.map_err(|_| NetworkError::io(format!("thread {name}"), io::Error::other("it panicked before reporting a result")))?
 }
 
 /// Creates `dir` and makes it a shared mount point (bind-mounting it onto itself first if it
 /// is not a mount point yet), like iproute2 does for /run/netns.
 pub fn ensure_shared_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir)
-        .map_err(|e| NetworkError::io(format!("create netns dir {}", dir.display()), e))?;
-    let make_shared = || {
-        mount(
-            None::<&str>,
-            dir,
-            None::<&str>,
-            MsFlags::MS_SHARED | MsFlags::MS_REC,
-            None::<&str>,
-        )
-    };
+    fs::create_dir_all(dir).map_err(|e| NetworkError::io(format!("create netns dir {}", dir.display()), e))?;
+    let make_shared = || mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
     let action = || format!("make {} a shared mount point", dir.display());
     match make_shared() {
         Ok(()) => Ok(()),
         Err(Errno::EINVAL) => {
-            mount(
-                Some(dir),
-                dir,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(|e| NetworkError::errno(action(), e))?;
+            mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                .map_err(|e| NetworkError::errno(action(), e))?;
             make_shared().map_err(|e| NetworkError::errno(action(), e))
         }
         Err(e) => Err(NetworkError::errno(action(), e)),
@@ -171,9 +131,7 @@ pub fn remove_shared_dir(dir: &Path) -> Result<()> {
     if !left.is_empty() {
         return Err(NetworkError::io(
             format!("remove netns dir {}", dir.display()),
-            io::Error::other(format!(
-                "it still holds {left:?}: destroy those task networks first"
-            )),
+            io::Error::other(format!("it still holds {left:?}: destroy those task networks first")),
         ));
     }
     match umount2(dir, MntFlags::MNT_DETACH) {
@@ -181,10 +139,7 @@ pub fn remove_shared_dir(dir: &Path) -> Result<()> {
         Err(e) => return Err(NetworkError::errno(format!("unmount {}", dir.display()), e)),
     }
     match fs::remove_dir(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(NetworkError::io(
-            format!("remove netns dir {}", dir.display()),
-            e,
-        )),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(NetworkError::io(format!("remove netns dir {}", dir.display()), e)),
         _ => Ok(()),
     }
 }

@@ -35,11 +35,7 @@ pub(crate) fn render_table<'a>(
     let _ = writeln!(text, "table ip {table} {{");
     text.push_str("\tchain published {\n");
     for port in published {
-        let _ = writeln!(
-            text,
-            "\t\ttcp dport {} dnat to {}:{}",
-            port.host_port, port.task_ip, port.container_port
-        );
+        let _ = writeln!(text, "\t\ttcp dport {} dnat to {}:{}", port.host_port, port.task_ip, port.container_port);
     }
     text.push_str("\t}\n");
     text.push_str(
@@ -85,12 +81,7 @@ pub(crate) async fn replace_table(nft: &Path, table: &str, rules: &str) -> Resul
 
 /// Deletes table `ip <table>`; a missing table is fine.
 pub(crate) async fn delete_table(nft: &Path, table: &str) -> Result<()> {
-    run(
-        nft,
-        table,
-        &format!("table ip {table}\ndelete table ip {table}\n"),
-    )
-    .await
+    run(nft, table, &format!("table ip {table}\ndelete table ip {table}\n")).await
 }
 
 /// True if table `ip <table>` exists in the caller's network namespace.
@@ -116,10 +107,7 @@ async fn run(nft: &Path, table: &str, script: &str) -> Result<()> {
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let written = stdin.write_all(script.as_bytes()).await;
     drop(stdin);
-    let output = child
-        .wait_with_output()
-        .await
-        .map_err(|e| spawn_error(nft, table, e))?;
+    let output = child.wait_with_output().await.map_err(|e| spawn_error(nft, table, e))?;
     if !output.status.success() {
         return Err(NetworkError::Nftables {
             table: table.to_owned(),
@@ -135,15 +123,8 @@ async fn run(nft: &Path, table: &str, script: &str) -> Result<()> {
 }
 
 fn spawn_error(nft: &Path, table: &str, error: std::io::Error) -> NetworkError {
-    let hint = if error.kind() == std::io::ErrorKind::NotFound {
-        " (install the nftables package)"
-    } else {
-        ""
-    };
-    NetworkError::Nftables {
-        table: table.to_owned(),
-        problem: format!("cannot run {}: {error}{hint}", nft.display()),
-    }
+    let hint = if error.kind() == std::io::ErrorKind::NotFound { " (install the nftables package)" } else { "" };
+    NetworkError::Nftables { table: table.to_owned(), problem: format!("cannot run {}: {error}{hint}", nft.display()) }
 }
 
 #[cfg(test)]
@@ -154,52 +135,17 @@ mod tests {
     #[test]
     fn table_masquerades_outbound_and_forwards_published_ports_from_local_addresses() {
         let published = [
-            PublishedPort {
-                host_port: 32768,
-                task_ip: Ipv4Addr::new(10, 88, 0, 2),
-                container_port: 8080,
-            },
-            PublishedPort {
-                host_port: 32769,
-                task_ip: Ipv4Addr::new(10, 88, 0, 3),
-                container_port: 80,
-            },
+            PublishedPort { host_port: 32768, task_ip: Ipv4Addr::new(10, 88, 0, 2), container_port: 8080 },
+            PublishedPort { host_port: 32769, task_ip: Ipv4Addr::new(10, 88, 0, 3), container_port: 80 },
         ];
-        let text = render_table(
-            "sched",
-            "sched0",
-            "10.88.0.0/24".parse().unwrap(),
-            &published,
-        );
+        let text = render_table("sched", "sched0", "10.88.0.0/24".parse().unwrap(), &published);
         assert!(text.starts_with("table ip sched {\n"), "{text}");
-        assert!(
-            text.contains("tcp dport 32768 dnat to 10.88.0.2:8080\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("tcp dport 32769 dnat to 10.88.0.3:80\n"),
-            "{text}"
-        );
-        assert_eq!(
-            text.matches("fib daddr type local jump published").count(),
-            2
-        );
-        assert!(
-            text.contains("ip saddr 10.88.0.0/24 oifname != \"sched0\" masquerade"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "oifname \"sched0\" ct status dnat ip saddr { 127.0.0.0/8, 10.88.0.0/24 } masquerade"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "iifname \"sched0\" ip daddr 127.0.0.0/8 ct state != { established, related } counter drop"
-            ),
-            "{text}"
-        );
+        assert!(text.contains("tcp dport 32768 dnat to 10.88.0.2:8080\n"), "{text}");
+        assert!(text.contains("tcp dport 32769 dnat to 10.88.0.3:80\n"), "{text}");
+        assert_eq!(text.matches("fib daddr type local jump published").count(), 2);
+        assert!(text.contains("ip saddr 10.88.0.0/24 oifname != \"sched0\" masquerade"), "{text}");
+        assert!(text.contains("oifname \"sched0\" ct status dnat ip saddr { 127.0.0.0/8, 10.88.0.0/24 } masquerade"), "{text}");
+        assert!(text.contains("iifname \"sched0\" ip daddr 127.0.0.0/8 ct state != { established, related } counter drop"), "{text}");
         assert_eq!(text.matches('{').count(), text.matches('}').count());
     }
 

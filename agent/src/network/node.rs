@@ -51,25 +51,14 @@ impl NodeNetwork {
         let netlink = Netlink::connect()?;
         let bridge = netlink.ensure_bridge(&config.bridge).await?;
         let gateway = config.subnet.gateway();
-        netlink
-            .ensure_address(bridge, &config.bridge, gateway, config.subnet.prefix())
-            .await?;
+        netlink.ensure_address(bridge, &config.bridge, gateway, config.subnet.prefix()).await?;
         netns::ensure_shared_dir(&config.netns_dir)?;
-        let node = Self {
-            inner: Arc::new(NodeInner {
-                config,
-                netlink,
-                state: Mutex::new(NodeState { ipam, ports }),
-            }),
-        };
+        let node = Self { inner: Arc::new(NodeInner { config, netlink, state: Mutex::new(NodeState { ipam, ports }) }) };
         // The table first: its input chain guards loopback before route_localnet opens it.
         node.write_rules(&*node.inner.state.lock().await).await?;
         let config = &node.inner.config;
         sysctl::set("net/ipv4/ip_forward", "1")?;
-        sysctl::set(
-            &format!("net/ipv4/conf/{}/route_localnet", config.bridge),
-            "1",
-        )?;
+        sysctl::set(&format!("net/ipv4/conf/{}/route_localnet", config.bridge), "1")?;
         info!(bridge = %config.bridge, subnet = %config.subnet, table = %config.nft_table, "node network ready");
         Ok(node)
     }
@@ -87,20 +76,13 @@ impl NodeNetwork {
     /// The network of task `task_id`, if it has one (e.g. after an agent restart).
     pub async fn task(&self, task_id: &str) -> Option<TaskNetwork> {
         let state = self.inner.state.lock().await;
-        state
-            .ipam
-            .get(task_id)
-            .map(|ip| TaskNetwork::describe(&self.inner.config, task_id, ip))
+        state.ipam.get(task_id).map(|ip| TaskNetwork::describe(&self.inner.config, task_id, ip))
     }
 
     /// Every task network of this node, ordered by task id.
     pub async fn tasks(&self) -> Vec<TaskNetwork> {
         let state = self.inner.state.lock().await;
-        state
-            .ipam
-            .allocations()
-            .map(|(id, ip)| TaskNetwork::describe(&self.inner.config, id, ip))
-            .collect()
+        state.ipam.allocations().map(|(id, ip)| TaskNetwork::describe(&self.inner.config, id, ip)).collect()
     }
 
     /// Forwards TCP connections to `host_port` on any node address (127.0.0.1 and the gateway
@@ -109,15 +91,10 @@ impl NodeNetwork {
     pub async fn publish(&self, task_ip: Ipv4Addr, container_port: u16) -> Result<u16> {
         let mut state = self.inner.state.lock().await;
         if !state.ipam.is_allocated(task_ip) {
-            return Err(NetworkError::NotATaskAddress {
-                ip: task_ip,
-                subnet: self.inner.config.subnet.to_string(),
-            });
+            return Err(NetworkError::NotATaskAddress { ip: task_ip, subnet: self.inner.config.subnet.to_string() });
         }
         let before = state.ports.clone();
-        let published = state
-            .ports
-            .publish(task_ip, container_port, host_port_is_free)?;
+        let published = state.ports.publish(task_ip, container_port, host_port_is_free)?;
         if before != state.ports {
             self.change_ports(&mut state, before).await?;
             info!(host_port = published.host_port, %task_ip, container_port, "published");
@@ -160,11 +137,7 @@ impl NodeNetwork {
     }
 
     /// Removes what a task network is made of (veth, netns file, address), each if present.
-    pub(super) async fn remove_task_parts(
-        &self,
-        state: &mut MutexGuard<'_, NodeState>,
-        task_id: &str,
-    ) -> Result<()> {
+    pub(super) async fn remove_task_parts(&self, state: &mut MutexGuard<'_, NodeState>, task_id: &str) -> Result<()> {
         let config = &self.inner.config;
         if let Some(ip) = state.ipam.get(task_id) {
             let task = TaskNetwork::describe(config, task_id, ip);
@@ -199,11 +172,7 @@ impl NodeNetwork {
 
     /// Saves the changed ports and rewrites the nft table; on failure restores `before` in
     /// memory, on disk and in the kernel.
-    async fn change_ports(
-        &self,
-        state: &mut MutexGuard<'_, NodeState>,
-        before: HostPorts,
-    ) -> Result<()> {
+    async fn change_ports(&self, state: &mut MutexGuard<'_, NodeState>, before: HostPorts) -> Result<()> {
         let written = async {
             state.ports.save(&self.inner.config.ports_file())?;
             self.write_rules(state).await
@@ -223,12 +192,7 @@ impl NodeNetwork {
 
     async fn write_rules(&self, state: &NodeState) -> Result<()> {
         let config = &self.inner.config;
-        let rules = nftables::render_table(
-            &config.nft_table,
-            &config.bridge,
-            config.subnet,
-            state.ports.published(),
-        );
+        let rules = nftables::render_table(&config.nft_table, &config.bridge, config.subnet, state.ports.published());
         nftables::replace_table(&config.nft, &config.nft_table, &rules).await
     }
 }

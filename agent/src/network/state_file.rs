@@ -20,30 +20,23 @@ pub(crate) fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(NetworkError::io(format!("read {}", path.display()), e)),
     };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| NetworkError::StateFile {
-            path: path.to_owned(),
-            problem: format!(
-                "cannot be parsed ({e}): fix or remove it (tasks' addresses or ports it held \
+    serde_json::from_str(&text).map(Some).map_err(|e| NetworkError::StateFile {
+        path: path.to_owned(),
+        problem: format!(
+            "cannot be parsed ({e}): fix or remove it (tasks' addresses or ports it held \
                  are then forgotten)"
-            ),
-        })
+        ),
+    })
 }
 
 /// Replaces the file with `value` as pretty JSON, atomically; creates the directory if needed.
 pub(crate) fn write<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let action = |what: &str| format!("{what} {}", path.display());
-    let dir = path
-        .parent()
-        .ok_or_else(|| NetworkError::InvalidConfig(action("state file has no directory:")))?;
+    let dir = path.parent().ok_or_else(|| NetworkError::InvalidConfig(action("state file has no directory:")))?;
     fs::create_dir_all(dir).map_err(|e| NetworkError::io(action("create the directory of"), e))?;
     let mut text = serde_json::to_vec_pretty(value).expect("state types serialize to JSON");
     text.push(b'\n');
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let temp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let written = (|| -> io::Result<()> {
         let mut file = File::create(&temp)?;
@@ -61,9 +54,7 @@ pub(crate) fn write<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 /// Removes the file; a missing file is fine.
 pub(crate) fn remove(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(NetworkError::io(format!("remove {}", path.display()), e))
-        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(NetworkError::io(format!("remove {}", path.display()), e)),
         _ => Ok(()),
     }
 }
@@ -82,10 +73,7 @@ mod tests {
         write(&path, &state).unwrap();
         write(&path, &state).unwrap();
         assert_eq!(read(&path).unwrap(), Some(state));
-        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["state.json"]);
         remove(&path).unwrap();
         remove(&path).unwrap();
@@ -96,9 +84,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         fs::write(&path, "{not json").unwrap();
-        let error = read::<BTreeMap<String, u16>>(&path)
-            .unwrap_err()
-            .to_string();
+        let error = read::<BTreeMap<String, u16>>(&path).unwrap_err().to_string();
         assert!(error.contains("state.json"), "{error}");
     }
 }

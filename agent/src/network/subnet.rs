@@ -96,11 +96,7 @@ impl FromStr for Ipv4Subnet {
     type Err = NetworkError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let invalid = || {
-            NetworkError::InvalidConfig(format!(
-                "subnet {text:?} is not in CIDR form like 10.88.0.0/24"
-            ))
-        };
+        let invalid = || NetworkError::InvalidConfig(format!("subnet {text:?} is not in CIDR form like 10.88.0.0/24"));
         let (network, prefix) = text.split_once('/').ok_or_else(invalid)?;
         let network = network.parse().map_err(|_| invalid())?;
         let prefix = prefix.parse().map_err(|_| invalid())?;
@@ -143,10 +139,7 @@ mod tests {
 
     #[test]
     fn host_bits_and_bad_prefixes_are_refused_with_a_hint() {
-        let error = "10.88.0.5/24"
-            .parse::<Ipv4Subnet>()
-            .unwrap_err()
-            .to_string();
+        let error = "10.88.0.5/24".parse::<Ipv4Subnet>().unwrap_err().to_string();
         assert!(error.contains("did you mean 10.88.0.0/24"), "{error}");
         assert!("10.88.0.0/31".parse::<Ipv4Subnet>().is_err());
         assert!("10.88.0.0".parse::<Ipv4Subnet>().is_err());

@@ -15,6 +15,5 @@ pub(crate) fn set(key: &str, value: &str) -> Result<()> {
     if fs::read_to_string(&path).is_ok_and(|current| current.trim() == value) {
         return Ok(());
     }
-    fs::write(&path, value)
-        .map_err(|e| NetworkError::io(format!("set {} to {value}", path.display()), e))
+    fs::write(&path, value).map_err(|e| NetworkError::io(format!("set {} to {value}", path.display()), e))
 }

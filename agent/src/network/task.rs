@@ -43,9 +43,7 @@ impl TaskNetwork {
         let mut state = inner.state.lock().await;
         let netns_path = config.netns_dir.join(task_id);
         if state.ipam.get(task_id).is_some() || netns_path.exists() {
-            return Err(NetworkError::TaskExists {
-                task_id: task_id.to_owned(),
-            });
+            return Err(NetworkError::TaskExists { task_id: task_id.to_owned() });
         }
         let ip = state.ipam.allocate(task_id)?;
         let task = Self::describe(config, task_id, ip);
@@ -86,24 +84,14 @@ async fn build(inner: &NodeInner, task: &TaskNetwork) -> Result<()> {
     inner.netlink.delete_link(&task.veth_host_name).await?;
     let bridge = inner.netlink.existing_link_index(&config.bridge).await?;
     let namespace = netns::open(&task.netns_path)?;
-    inner
-        .netlink
-        .create_veth_into(
-            &task.veth_host_name,
-            bridge,
-            TASK_INTERFACE,
-            namespace.as_fd(),
-        )
-        .await?;
+    inner.netlink.create_veth_into(&task.veth_host_name, bridge, TASK_INTERFACE, namespace.as_fd()).await?;
     let (ip, prefix, gateway) = (task.ip, config.subnet.prefix(), config.subnet.gateway());
     netns::run_in(&task.netns_path, move || async move {
         let netlink = Netlink::connect()?;
         let lo = netlink.existing_link_index("lo").await?;
         netlink.set_up(lo, "lo").await?;
         let eth0 = netlink.existing_link_index(TASK_INTERFACE).await?;
-        netlink
-            .ensure_address(eth0, TASK_INTERFACE, ip, prefix)
-            .await?;
+        netlink.ensure_address(eth0, TASK_INTERFACE, ip, prefix).await?;
         netlink.set_up(eth0, TASK_INTERFACE).await?;
         netlink.add_default_route(gateway).await
     })
@@ -116,16 +104,8 @@ pub(super) fn validate_task_id(task_id: &str) -> Result<()> {
         && task_id.len() <= 128
         && task_id != "."
         && task_id != ".."
-        && task_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(NetworkError::InvalidTaskId {
-            task_id: task_id.to_owned(),
-        })
-    }
+        && task_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok { Ok(()) } else { Err(NetworkError::InvalidTaskId { task_id: task_id.to_owned() }) }
 }
 
 #[cfg(test)]

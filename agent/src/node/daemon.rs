@@ -8,8 +8,8 @@
 //! heartbeat.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::Ipv4Addr;
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -321,11 +321,7 @@ fn wanted_from(assignments: &pb::Assignments) -> BTreeMap<String, Wanted> {
         .iter()
         .map(|a| {
             let spec = a.spec.clone().unwrap_or_default();
-            let image = if a.image_digest.is_empty() {
-                spec.image.clone()
-            } else {
-                pin_digest(&spec.image, &a.image_digest)
-            };
+            let image = if a.image_digest.is_empty() { spec.image.clone() } else { pin_digest(&spec.image, &a.image_digest) };
             let task = TaskSpec {
                 id: a.task_id.clone(),
                 image,
@@ -345,10 +341,9 @@ fn wanted_from(assignments: &pb::Assignments) -> BTreeMap<String, Wanted> {
 /// The agent's health check from the wire form; defaults as the service.toml docs give them.
 fn health_spec(h: &sched_pb::HealthCheck) -> Option<HealthSpec> {
     let probe = match sched_pb::HealthKind::try_from(h.kind).ok()? {
-        sched_pb::HealthKind::Http => Probe::Http {
-            port: u16::try_from(h.port).ok()?,
-            path: if h.path.is_empty() { "/".into() } else { h.path.clone() },
-        },
+        sched_pb::HealthKind::Http => {
+            Probe::Http { port: u16::try_from(h.port).ok()?, path: if h.path.is_empty() { "/".into() } else { h.path.clone() } }
+        }
         sched_pb::HealthKind::Tcp => Probe::Tcp { port: u16::try_from(h.port).ok()? },
         sched_pb::HealthKind::Cmd if !h.command.is_empty() => Probe::Cmd { command: h.command.clone() },
         _ => return None,

@@ -6,8 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Spec,
+    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Spec,
 };
 use runtime::image::{PreparedRootfs, ProcessOverrides};
 
@@ -42,7 +41,8 @@ pub fn finish_spec(mut spec: Spec, task: &TaskSpec, cgroup_parent: &str, netns: 
     if task.cpu_millis > 0 {
         let quota = i64::from(task.cpu_millis) * CPU_PERIOD_US as i64 / 1000;
         let shares = (u64::from(task.cpu_millis) * 1024 / 1000).max(2);
-        resources = resources.cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).shares(shares).build().map_err(spec_error)?);
+        resources =
+            resources.cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).shares(shares).build().map_err(spec_error)?);
     }
     if task.memory_mib > 0 {
         let bytes = i64::from(task.memory_mib) * 1024 * 1024;

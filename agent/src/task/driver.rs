@@ -61,8 +61,7 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 impl TaskDriver {
     /// A driver over `images`.
     pub fn new(config: DriverConfig, images: Arc<ImageService>) -> Result<TaskDriver> {
-        std::fs::create_dir_all(&config.tasks_dir)
-            .map_err(|e| AgentError::io(format!("create {}", config.tasks_dir.display()), e))?;
+        std::fs::create_dir_all(&config.tasks_dir).map_err(|e| AgentError::io(format!("create {}", config.tasks_dir.display()), e))?;
         let state = StateRoot::open(&config.state_root)?;
         Ok(TaskDriver { config, images, state })
     }

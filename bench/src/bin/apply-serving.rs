@@ -133,11 +133,7 @@ fn run(options: &Options, work: &Path) -> Result<()> {
         for &count in &options.counts {
             let sched_first = round % 2 == 0;
             for side in if sched_first { ["sched", "podman"] } else { ["podman", "sched"] } {
-                let elapsed = if side == "sched" {
-                    sched.measure(&image, count, &format!("r{round}"))?
-                } else {
-                    podman.measure(count)?
-                };
+                let elapsed = if side == "sched" { sched.measure(&image, count, &format!("r{round}"))? } else { podman.measure(count)? };
                 println!("round {} {side:>6} {count:>3} tasks: {:>8.0} ms", round + 1, ms(elapsed));
                 samples.push(Sample { side, count, elapsed });
             }
@@ -163,12 +159,7 @@ fn print_table(options: &Options, samples: &[Sample]) {
     for &count in &options.counts {
         let of = |side: &str| median(samples.iter().filter(|s| s.side == side && s.count == count).map(|s| s.elapsed).collect());
         let (sched, podman) = (of("sched"), of("podman"));
-        println!(
-            "| {count} | {:.0} ms | {:.0} ms | **{:.2}x** |",
-            ms(sched),
-            ms(podman),
-            sched.as_secs_f64() / podman.as_secs_f64()
-        );
+        println!("| {count} | {:.0} ms | {:.0} ms | **{:.2}x** |", ms(sched), ms(podman), sched.as_secs_f64() / podman.as_secs_f64());
     }
     println!("\nmedians of {} rounds; ratio = sched / podman (lower is faster)", options.rounds);
 }
@@ -266,12 +257,7 @@ impl SchedSide {
     fn measure(&self, image: &str, count: usize, tag: &str) -> Result<Duration> {
         let name = format!("web-{count}-{tag}");
         let file = self.dir.join(format!("{name}.toml"));
-        fs::write(
-            &file,
-            format!(
-                "name = \"{name}\"\nimage = \"{image}\"\ncpu = 50\nmemory = 32\nports = [8080]\ncount = {count}\n"
-            ),
-        )?;
+        fs::write(&file, format!("name = \"{name}\"\nimage = \"{image}\"\ncpu = 50\nmemory = 32\nports = [8080]\ncount = {count}\n"))?;
         let start = Instant::now();
         let deadline = start + SERVE_TIMEOUT;
         let out = self.cli(&["apply", &file.to_string_lossy()])?;
@@ -328,7 +314,8 @@ impl Drop for SchedSide {
         if let Ok(list) = self.containers() {
             for c in list {
                 let id = c["id"].as_str().unwrap_or_default();
-                let _ = Command::new(&self.runtime).arg("--root").arg(self.agent_data.join("runtime")).args(["delete", "--force", id]).output();
+                let _ =
+                    Command::new(&self.runtime).arg("--root").arg(self.agent_data.join("runtime")).args(["delete", "--force", id]).output();
             }
         }
         for m in sched_tests::bundle::mounts_under(&self.dir).iter().rev() {

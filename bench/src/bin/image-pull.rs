@@ -64,14 +64,24 @@ fn main() -> Result<()> {
         rows.push(row);
     }
 
-    println!("image pull + unpack, {LAYERS} layers, {} MB uncompressed, {} MB in the registry, loopback", (LAYERS * (RANDOM_PER_LAYER + TEXT_PER_LAYER)) >> 20, blobs >> 20);
+    println!(
+        "image pull + unpack, {LAYERS} layers, {} MB uncompressed, {} MB in the registry, loopback",
+        (LAYERS * (RANDOM_PER_LAYER + TEXT_PER_LAYER)) >> 20,
+        blobs >> 20
+    );
     println!();
     println!("| round | sched pull+rootfs | sched pull+unpack | skopeo copy | umoci unpack | skopeo+umoci | ratio |");
     println!("|---|---|---|---|---|---|---|");
     for (i, r) in rows.iter().enumerate() {
         println!(
             "| {} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} |",
-            i + 1, secs(r[0]), secs(r[1]), secs(r[2]), secs(r[3]), secs(r[4]), secs(r[0]) / secs(r[4])
+            i + 1,
+            secs(r[0]),
+            secs(r[1]),
+            secs(r[2]),
+            secs(r[3]),
+            secs(r[4]),
+            secs(r[0]) / secs(r[4])
         );
     }
     let med = |k: usize| {
@@ -81,7 +91,12 @@ fn main() -> Result<()> {
     };
     println!(
         "| median | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | **{:.2}** |",
-        med(0), med(1), med(2), med(3), med(4), med(0) / med(4)
+        med(0),
+        med(1),
+        med(2),
+        med(3),
+        med(4),
+        med(0) / med(4)
     );
     println!();
     println!("ratio = sched pull+rootfs / (skopeo copy + umoci unpack); target <= 0.5");
@@ -122,7 +137,10 @@ fn peer_round(reference: &str, work: &Path) -> Result<(Duration, Duration)> {
     remove(&layout)?;
     remove(&bundle)?;
     let t = Instant::now();
-    run(Command::new("skopeo").args(["copy", "-q", "--src-tls-verify=false"]).arg(format!("docker://{reference}")).arg(format!("oci:{}:v1", layout.display())))?;
+    run(Command::new("skopeo")
+        .args(["copy", "-q", "--src-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:v1", layout.display())))?;
     let copy = t.elapsed();
     let t = Instant::now();
     run(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:v1", layout.display())).arg(&bundle))?;

@@ -59,25 +59,16 @@ fn main() -> Result<()> {
 }
 
 fn options(args: &[String]) -> Result<Options> {
-    let mut options = Options {
-        rounds: 3,
-        seconds: 10,
-        rate: 2000,
-        ingress_threads: 2,
-    };
+    let mut options = Options { rounds: 3, seconds: 10, rate: 2000, ingress_threads: 2 };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
+        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--rounds" => options.rounds = value.parse()?,
             "--seconds" => options.seconds = value.parse()?,
             "--rate" => options.rate = value.parse()?,
             "--ingress-threads" => options.ingress_threads = value.parse()?,
-            _ => bail!(
-                "unknown flag {flag} (allowed: --rounds N, --seconds S, --rate R, --ingress-threads N)"
-            ),
+            _ => bail!("unknown flag {flag} (allowed: --rounds N, --seconds S, --rate R, --ingress-threads N)"),
         }
     }
     if options.rounds == 0 || options.seconds == 0 || options.rate == 0 {
@@ -101,13 +92,9 @@ fn backend(ports: &[String]) -> Result<()> {
                     let _ = stream.set_nodelay(true);
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(|_req| async {
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                                Bytes::from_static(BODY.as_bytes()),
-                            )))
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(BODY.as_bytes()))))
                         });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
                     });
                 }
             });
@@ -123,20 +110,13 @@ fn serve_ingress(args: &[String]) -> Result<()> {
         bail!("serve-ingress THREADS LISTEN_PORT TARGET_PORT...");
     };
     let threads: usize = threads.parse()?;
-    let config = ingress::IngressConfig {
-        threads: (threads > 0).then_some(threads),
-        ..ingress::IngressConfig::default()
-    };
-    let targets: Vec<SocketAddr> = targets
-        .iter()
-        .map(|p| Ok(SocketAddr::from(([127, 0, 0, 1], p.parse::<u16>()?))))
-        .collect::<Result<_>>()?;
+    let config = ingress::IngressConfig { threads: (threads > 0).then_some(threads), ..ingress::IngressConfig::default() };
+    let targets: Vec<SocketAddr> =
+        targets.iter().map(|p| Ok(SocketAddr::from(([127, 0, 0, 1], p.parse::<u16>()?)))).collect::<Result<_>>()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let listener = TcpListener::bind(("127.0.0.1", listen.parse::<u16>()?)).await?;
-        let table = ingress::RouteTable {
-            routes: vec![ingress::Route::new("bench", "/").with_targets(targets)],
-        };
+        let table = ingress::RouteTable { routes: vec![ingress::Route::new("bench", "/").with_targets(targets)] };
         let (_routes, rx) = tokio::sync::watch::channel(table);
         ingress::run(config, listener, rx, std::future::pending()).await?;
         Ok(())
@@ -175,10 +155,7 @@ async fn wait_listening(process: &mut Process, port: u16) -> Result<()> {
 
 fn nginx_conf(dir: &Path, listen: u16, targets: &[u16]) -> String {
     let d = dir.display();
-    let servers: String = targets
-        .iter()
-        .map(|p| format!("        server 127.0.0.1:{p};\n"))
-        .collect();
+    let servers: String = targets.iter().map(|p| format!("        server 127.0.0.1:{p};\n")).collect();
     format!(
         "user root;
 worker_processes 2;
@@ -249,8 +226,7 @@ async fn fixed_rate(port: u16, rate: u64, seconds: u64) -> Result<(Vec<Duration>
     for _ in 0..CONNECTIONS {
         let stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream.set_nodelay(true)?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let due_rx = Arc::clone(&due_rx);
         workers.spawn(async move {
@@ -265,10 +241,7 @@ async fn fixed_rate(port: u16, rate: u64, seconds: u64) -> Result<(Vec<Duration>
                 // Late because every connection was busy: the wait counts (coordinated
                 // omission); early: the timer's slack does not.
                 let from = if picked > due { due } else { sent };
-                let request = Request::get("/")
-                    .header("host", "bench")
-                    .body(Empty::<Bytes>::new())
-                    .expect("a static request");
+                let request = Request::get("/").header("host", "bench").body(Empty::<Bytes>::new()).expect("a static request");
                 let ok = match sender.send_request(request).await {
                     Ok(response) => {
                         let status = response.status();
@@ -305,11 +278,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
+    if values.len().is_multiple_of(2) { (values[mid - 1] + values[mid]) / 2.0 } else { values[mid] }
 }
 
 #[derive(Default)]
@@ -326,24 +295,14 @@ fn compare(options: Options) -> Result<()> {
     runtime.block_on(async {
         let exe = std::env::current_exe()?;
         let (b1, b2, ours, theirs) = (free_port()?, free_port()?, free_port()?, free_port()?);
-        let mut backends = Process {
-            name: "backends",
-            child: Command::new(&exe)
-                .args(["backend", &b1.to_string(), &b2.to_string()])
-                .spawn()?,
-        };
+        let mut backends =
+            Process { name: "backends", child: Command::new(&exe).args(["backend", &b1.to_string(), &b2.to_string()]).spawn()? };
         wait_listening(&mut backends, b1).await?;
         wait_listening(&mut backends, b2).await?;
         let mut ingress = Process {
             name: "sched ingress",
             child: Command::new(&exe)
-                .args([
-                    "serve-ingress",
-                    &options.ingress_threads.to_string(),
-                    &ours.to_string(),
-                    &b1.to_string(),
-                    &b2.to_string(),
-                ])
+                .args(["serve-ingress", &options.ingress_threads.to_string(), &ours.to_string(), &b1.to_string(), &b2.to_string()])
                 .stderr(Stdio::null())
                 .spawn()?,
         };
@@ -409,13 +368,7 @@ fn compare(options: Options) -> Result<()> {
         row("p99.9 at fixed rate", a.p999_ms, b.p999_ms, "ms", 3);
         println!("| failed requests | {} | {} | |", a.failed, b.failed);
         // nginx's workers outlive a killed master: ask it to stop, then wait for it.
-        let _ = Command::new("nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf)
-            .args(["-s", "stop"])
-            .status();
+        let _ = Command::new("nginx").arg("-p").arg(dir.path()).arg("-c").arg(&conf).args(["-s", "stop"]).status();
         for _ in 0..100 {
             if nginx.child.try_wait()?.is_some() {
                 break;

@@ -141,10 +141,6 @@ fn main() -> Result<()> {
         "| leader failover: kill -9 to next acknowledged write, median of {FAILOVERS} (ms) | {} | election timeout 1000 (default) |",
         ms(failovers[failovers.len() / 2])
     );
-    println!(
-        "| leader failover: min / max (ms) | {} / {} | — |",
-        ms(failovers[0]),
-        ms(failovers[failovers.len() - 1])
-    );
+    println!("| leader failover: min / max (ms) | {} / {} | — |", ms(failovers[0]), ms(failovers[failovers.len() - 1]));
     Ok(())
 }

@@ -44,22 +44,14 @@ struct Options {
 
 fn parse_options() -> Result<Options> {
     let exe = std::env::current_exe().context("find the benchmark's own path")?;
-    let profile_dir = exe
-        .parent()
-        .context("the benchmark lives in target/<profile>/")?;
-    let mut options = Options {
-        iterations: 50,
-        sched: profile_dir.join("sched-runtime"),
-        runc: PathBuf::from("/usr/sbin/runc"),
-    };
+    let profile_dir = exe.parent().context("the benchmark lives in target/<profile>/")?;
+    let mut options = Options { iterations: 50, sched: profile_dir.join("sched-runtime"), runc: PathBuf::from("/usr/sbin/runc") };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
         match arg.as_str() {
             "--iterations" | "-n" => {
-                options.iterations = value("--iterations")?
-                    .parse()
-                    .context("--iterations takes a positive number")?;
+                options.iterations = value("--iterations")?.parse().context("--iterations takes a positive number")?;
             }
             "--sched" => options.sched = PathBuf::from(value("--sched")?),
             "--runc" => options.runc = PathBuf::from(value("--runc")?),
@@ -172,30 +164,17 @@ fn config(cgroup_path: &str) -> Value {
 
 /// True while `pid` exists and is not a zombie.
 fn alive(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z")
-    })
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z"))
 }
 
 /// create, start, wait for the process to exit, delete.
 fn create_start_delete(runtime: &Runtime, bundle: &Path, id: &str) -> Result<Duration> {
-    let pid_file = bundle
-        .parent()
-        .context("bundle parent")?
-        .join(format!("{id}.pid"));
+    let pid_file = bundle.parent().context("bundle parent")?.join(format!("{id}.pid"));
     let bundle_arg = bundle.to_string_lossy();
     let pid_arg = pid_file.to_string_lossy();
     let started = Instant::now();
-    runtime.call(&[
-        "create",
-        "--bundle",
-        &bundle_arg,
-        "--pid-file",
-        &pid_arg,
-        id,
-    ])?;
+    runtime.call(&["create", "--bundle", &bundle_arg, "--pid-file", &pid_arg, id])?;
     runtime.call(&["start", id])?;
     let pid: i32 = fs::read_to_string(&pid_file)
         .with_context(|| format!("{} wrote no pid file", runtime.label))?
@@ -203,11 +182,7 @@ fn create_start_delete(runtime: &Runtime, bundle: &Path, id: &str) -> Result<Dur
         .parse()
         .context("the pid file holds a number")?;
     while alive(pid) {
-        ensure!(
-            started.elapsed() < EXIT_TIMEOUT,
-            "{} container {id} did not exit",
-            runtime.label
-        );
+        ensure!(started.elapsed() < EXIT_TIMEOUT, "{} container {id} did not exit", runtime.label);
         sleep(Duration::from_micros(100));
     }
     runtime.call(&["delete", id])?;
@@ -228,36 +203,21 @@ fn summary(samples: &mut [Duration]) -> (f64, f64, f64) {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let n = samples.len();
-    let median = if n % 2 == 1 {
-        ms(samples[n / 2])
-    } else {
-        (ms(samples[n / 2 - 1]) + ms(samples[n / 2])) / 2.0
-    };
+    let median = if n % 2 == 1 { ms(samples[n / 2]) } else { (ms(samples[n / 2 - 1]) + ms(samples[n / 2])) / 2.0 };
     (ms(samples[0]), median, ms(samples[n - 1]))
 }
 
 fn main() -> Result<()> {
     let options = parse_options()?;
-    let workspace = Workspace {
-        dir: std::env::temp_dir().join(format!("sched-bench-{}", std::process::id())),
-    };
+    let workspace = Workspace { dir: std::env::temp_dir().join(format!("sched-bench-{}", std::process::id())) };
     let bundle = workspace.dir.join("bundle");
     build_rootfs(&bundle.join("rootfs"))?;
     let runtimes = [
-        Runtime {
-            label: "sched-runtime",
-            binary: options.sched.clone(),
-            root: workspace.dir.join("state-sched"),
-        },
-        Runtime {
-            label: "runc",
-            binary: options.runc.clone(),
-            root: workspace.dir.join("state-runc"),
-        },
+        Runtime { label: "sched-runtime", binary: options.sched.clone(), root: workspace.dir.join("state-sched") },
+        Runtime { label: "runc", binary: options.runc.clone(), root: workspace.dir.join("state-runc") },
     ];
     // samples[runtime][operation]
-    let mut samples =
-        vec![vec![Vec::with_capacity(options.iterations); OPERATIONS.len()]; runtimes.len()];
+    let mut samples = vec![vec![Vec::with_capacity(options.iterations); OPERATIONS.len()]; runtimes.len()];
 
     for iteration in 0..options.iterations {
         let mut order: Vec<usize> = (0..runtimes.len()).collect();
@@ -278,20 +238,14 @@ fn main() -> Result<()> {
                     Ok(elapsed) => samples[r][o].push(elapsed),
                     Err(e) => {
                         runtime.force_delete(&id);
-                        return Err(e.context(format!(
-                            "{} {operation}, iteration {iteration}",
-                            runtime.label
-                        )));
+                        return Err(e.context(format!("{} {operation}, iteration {iteration}", runtime.label)));
                     }
                 }
             }
         }
     }
 
-    println!(
-        "container start on a busybox bundle, {} iterations, runtimes interleaved\n",
-        options.iterations
-    );
+    println!("container start on a busybox bundle, {} iterations, runtimes interleaved\n", options.iterations);
     println!("| runtime | operation | min ms | median ms | max ms |");
     println!("|---|---|---:|---:|---:|");
     let mut medians = vec![[0.0; OPERATIONS.len()]; runtimes.len()];
@@ -299,18 +253,12 @@ fn main() -> Result<()> {
         for (r, runtime) in runtimes.iter().enumerate() {
             let (min, median, max) = summary(&mut samples[r][o]);
             medians[r][o] = median;
-            println!(
-                "| {} | {operation} | {min:.1} | {median:.1} | {max:.1} |",
-                runtime.label
-            );
+            println!("| {} | {operation} | {min:.1} | {median:.1} | {max:.1} |", runtime.label);
         }
     }
     println!();
     for (o, operation) in OPERATIONS.iter().enumerate() {
-        println!(
-            "ratio sched-runtime/runc of medians, {operation}: {:.2}x",
-            medians[0][o] / medians[1][o]
-        );
+        println!("ratio sched-runtime/runc of medians, {operation}: {:.2}x", medians[0][o] / medians[1][o]);
     }
     Ok(())
 }

@@ -47,11 +47,7 @@ fn main() -> Result<()> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--iterations" | "-n" => {
-                iterations = args
-                    .next()
-                    .context("--iterations needs a value")?
-                    .parse()
-                    .context("--iterations takes a number")?
+                iterations = args.next().context("--iterations needs a value")?.parse().context("--iterations takes a number")?
             }
             other => bail!("unknown argument {other:?} (expected --iterations N)"),
         }
@@ -62,10 +58,7 @@ fn main() -> Result<()> {
          (containernetworking-plugins)"
     );
     let lab = NodeLab::new(250);
-    let cni = Cni {
-        netns_dir: lab.config().netns_dir,
-        ipam_dir: lab.data_dir().join("cni-ipam"),
-    };
+    let cni = Cni { netns_dir: lab.config().netns_dir, ipam_dir: lab.data_dir().join("cni-ipam") };
     let mut samples = Samples::default();
     let mut failure = None;
     lab.run(|| async {
@@ -77,25 +70,13 @@ fn main() -> Result<()> {
         return Err(e);
     }
     println!("task network setup, {iterations} iterations (ms)");
-    println!(
-        "| operation | sched min | sched median | sched max | CNI min | CNI median | CNI max | sched/CNI |"
-    );
+    println!("| operation | sched min | sched median | sched max | CNI min | CNI median | CNI max | sched/CNI |");
     println!("|---|---|---|---|---|---|---|---|");
-    for (name, ours, theirs) in [
-        ("create+publish", &samples.sched_create, &samples.cni_create),
-        ("destroy", &samples.sched_destroy, &samples.cni_destroy),
-    ] {
+    for (name, ours, theirs) in
+        [("create+publish", &samples.sched_create, &samples.cni_create), ("destroy", &samples.sched_destroy, &samples.cni_destroy)]
+    {
         let (a, b) = (stats(ours), stats(theirs));
-        println!(
-            "| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |",
-            a.0,
-            a.1,
-            a.2,
-            b.0,
-            b.1,
-            b.2,
-            a.1 / b.1
-        );
+        println!("| {name} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |", a.0, a.1, a.2, b.0, b.1, b.2, a.1 / b.1);
     }
     Ok(())
 }
@@ -193,11 +174,7 @@ fn plugin(command: &str, id: &str, netns: &Path, config: &Value) -> Result<Strin
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("start CNI plugin {kind}"))?;
-    child
-        .stdin
-        .take()
-        .context("plugin stdin")?
-        .write_all(config.to_string().as_bytes())?;
+    child.stdin.take().context("plugin stdin")?.write_all(config.to_string().as_bytes())?;
     let output = child.wait_with_output()?;
     ensure!(
         output.status.success(),

@@ -61,10 +61,7 @@ where
                     let answer = handler(req);
                     async move { Ok::<_, Infallible>(answer.await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await;
             });
         }
     });
@@ -93,9 +90,7 @@ pub async fn killable(name: &'static str, delay: Duration) -> (Backend, tokio::t
                         Ok::<_, Infallible>(text(StatusCode::OK, name))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -104,20 +99,13 @@ pub async fn killable(name: &'static str, delay: Duration) -> (Backend, tokio::t
 
 /// A backend that answers `name` (and the path) to every request.
 pub async fn named(name: &'static str) -> Backend {
-    backend(move |req: Request<Incoming>| async move {
-        text(StatusCode::OK, &format!("{name} {}", req.uri().path()))
-    })
-    .await
+    backend(move |req: Request<Incoming>| async move { text(StatusCode::OK, &format!("{name} {}", req.uri().path())) }).await
 }
 
 /// A backend that answers with the request's headers, one `name: value` per line.
 pub async fn echo_headers() -> Backend {
     backend(|req: Request<Incoming>| async move {
-        let lines: Vec<String> = req
-            .headers()
-            .iter()
-            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
-            .collect();
+        let lines: Vec<String> = req.headers().iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?"))).collect();
         text(StatusCode::OK, &lines.join("\n"))
     })
     .await
@@ -159,12 +147,7 @@ impl Harness {
                 .await
                 .unwrap();
         });
-        Harness {
-            addr,
-            routes,
-            ingress,
-            stop: Some(stop),
-        }
+        Harness { addr, routes, ingress, stop: Some(stop) }
     }
 
     /// `http://ADDR{path}`.
@@ -210,37 +193,18 @@ pub async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Got {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(harness.url(path))
-        .header("host", host);
+    let mut request = Request::builder().method(method).uri(harness.url(path)).header("host", host);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
     let request = request.body(Full::new(Bytes::new())).unwrap();
-    let response = tokio::time::timeout(PATIENCE, client.request(request))
-        .await
-        .expect("no answer in time")
-        .expect("request failed");
+    let response = tokio::time::timeout(PATIENCE, client.request(request)).await.expect("no answer in time").expect("request failed");
     let (head, body) = response.into_parts();
-    let body = tokio::time::timeout(PATIENCE, body.collect())
-        .await
-        .expect("no body in time")
-        .expect("body failed")
-        .to_bytes();
-    Got {
-        status: head.status,
-        headers: head.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    let body = tokio::time::timeout(PATIENCE, body.collect()).await.expect("no body in time").expect("body failed").to_bytes();
+    Got { status: head.status, headers: head.headers, body: String::from_utf8_lossy(&body).into_owned() }
 }
 
 /// `GET path` with `Host: host`.
-pub async fn get(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    harness: &Harness,
-    host: &str,
-    path: &str,
-) -> Got {
+pub async fn get(client: &Client<HttpConnector, Full<Bytes>>, harness: &Harness, host: &str, path: &str) -> Got {
     send(client, harness, "GET", host, path, &[]).await
 }

@@ -69,14 +69,10 @@ impl Container {
         let mut rollback = Rollback { dir: &dir, child: None, cgroup: None, armed: true };
 
         let fifo_path = dir.join(EXEC_FIFO);
-        nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o600))
-            .context(|| format!("create {}", fifo_path.display()))?;
+        nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o600)).context(|| format!("create {}", fifo_path.display()))?;
         // Read-write: opening never blocks, and the init's read blocks until `start` writes.
-        let exec_fifo = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&fifo_path)
-            .context(|| format!("open {}", fifo_path.display()))?;
+        let exec_fifo =
+            std::fs::OpenOptions::new().read(true).write(true).open(&fifo_path).context(|| format!("open {}", fifo_path.display()))?;
         let joins = init::open_joins(&bundle)?;
         let cg_path = cgroup_path(&bundle.spec, &opts.id);
         rollback.cgroup = Some(ContainerCgroup::open(&cg_path, &opts.id)?);
@@ -103,8 +99,8 @@ impl Container {
         parent_end.wait_ready()?;
         tracing::debug!("init ready");
 
-        let (pid_start_time, _) = process_start_time(child.as_raw())
-            .ok_or_else(|| Error::Init("the container init died right after setup".into()))?;
+        let (pid_start_time, _) =
+            process_start_time(child.as_raw()).ok_or_else(|| Error::Init("the container init died right after setup".into()))?;
         let state = PersistedState {
             id: opts.id.clone(),
             pid: child.as_raw(),
@@ -144,12 +140,10 @@ fn connect_console(bundle: &Bundle, opts: &CreateOptions) -> Result<Option<std::
     let terminal = bundle.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
     match (terminal, &opts.console_socket) {
         (false, _) => Ok(None),
-        (true, Some(path)) => std::os::unix::net::UnixStream::connect(path)
-            .map(Some)
-            .context(|| format!("connect to --console-socket {}", path.display())),
-        (true, None) => Err(Error::ConfigInvalid(
-            "process.terminal is true: pass --console-socket to receive the terminal".into(),
-        )),
+        (true, Some(path)) => {
+            std::os::unix::net::UnixStream::connect(path).map(Some).context(|| format!("connect to --console-socket {}", path.display()))
+        }
+        (true, None) => Err(Error::ConfigInvalid("process.terminal is true: pass --console-socket to receive the terminal".into())),
     }
 }
 

@@ -43,8 +43,7 @@ impl Container {
         } else {
             crate::cgroups::remove_dirs(&self.state.cgroup_dirs, CGROUP_REMOVE_TIMEOUT)?;
         }
-        std::fs::remove_dir_all(&self.dir)
-            .map_err(|e| Error::Io { what: format!("remove {}", self.dir.display()), source: e })
+        std::fs::remove_dir_all(&self.dir).map_err(|e| Error::Io { what: format!("remove {}", self.dir.display()), source: e })
     }
 
     /// Waits until the init process is gone or a zombie.

@@ -81,10 +81,7 @@ impl Container {
             ForkResult::Parent { child } => child,
         };
         drop(child_end);
-        let started = self
-            .join_cgroup(child.as_raw())
-            .and_then(|()| parent_end.send_go())
-            .and_then(|()| parent_end.wait_ready());
+        let started = self.join_cgroup(child.as_raw()).and_then(|()| parent_end.send_go()).and_then(|()| parent_end.wait_ready());
         if let Err(e) = started {
             let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(child, None);
@@ -154,10 +151,6 @@ impl Container {
     /// exec ID CMD...` starts from before its flags change args, env, cwd, user and the rest.
     pub fn base_process(&self) -> Result<Process> {
         let bundle = crate::bundle::Bundle::load(&self.state.bundle)?;
-        bundle
-            .spec
-            .process()
-            .clone()
-            .ok_or_else(|| Error::ConfigInvalid("the container's config.json has no process".into()))
+        bundle.spec.process().clone().ok_or_else(|| Error::ConfigInvalid("the container's config.json has no process".into()))
     }
 }

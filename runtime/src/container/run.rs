@@ -26,7 +26,6 @@ impl Container {
         deleted?;
         Ok(code)
     }
-
 }
 
 /// Waits for our child `pid` to exit, forwarding every other signal in `set` (blocked by the

@@ -188,7 +188,13 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser> {
 fn read_in_root(rootfs: &Path, rel: &str) -> Result<String> {
     let root = rustix::fs::open(rootfs, OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).at(rootfs)?;
     let path = rootfs.join(rel);
-    match rustix::fs::openat2(&root, rel, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS) {
+    match rustix::fs::openat2(
+        &root,
+        rel,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    ) {
         Ok(fd) => {
             let mut s = String::new();
             std::fs::File::from(fd).take(4 << 20).read_to_string(&mut s).at(&path)?;

@@ -64,40 +64,36 @@ impl Puller<'_> {
     pub async fn pull(&self, reference: &Reference) -> Result<(ImageRecord, Vec<(Digest, Vec<u8>)>)> {
         let top = self.client.get_manifest(reference).await?;
         let mut blobs_to_store = vec![(top.digest.clone(), top.body.clone())];
-        let (manifest, manifest_digest, index_digest) =
-            match parse_manifest(&top.body, top.media_type.as_deref(), &reference.to_string())? {
-                ManifestKind::Image(m) => (m, top.digest.clone(), None),
-                ManifestKind::Index(index) => {
-                    let chosen = index.select(self.platform).ok_or_else(|| ImageError::NoMatchingPlatform {
-                        reference: reference.to_string(),
-                        wanted: self.platform.to_string(),
-                        available: index.platforms(),
-                    })?;
-                    debug!(%reference, digest = %chosen.digest, platform = %self.platform, "index: chose manifest");
-                    let fetched = self.client.get_manifest(&reference.with_digest(chosen.digest.clone())).await?;
-                    let what = format!("{reference}@{}", chosen.digest);
-                    match parse_manifest(&fetched.body, fetched.media_type.as_deref(), &what)? {
-                        ManifestKind::Image(m) => {
-                            blobs_to_store.push((fetched.digest.clone(), fetched.body.clone()));
-                            (m, fetched.digest, Some(top.digest.clone()))
-                        }
-                        ManifestKind::Index(_) => {
-                            return Err(ImageError::InvalidManifest { what, reason: "an index inside an index".into() });
-                        }
+        let (manifest, manifest_digest, index_digest) = match parse_manifest(&top.body, top.media_type.as_deref(), &reference.to_string())?
+        {
+            ManifestKind::Image(m) => (m, top.digest.clone(), None),
+            ManifestKind::Index(index) => {
+                let chosen = index.select(self.platform).ok_or_else(|| ImageError::NoMatchingPlatform {
+                    reference: reference.to_string(),
+                    wanted: self.platform.to_string(),
+                    available: index.platforms(),
+                })?;
+                debug!(%reference, digest = %chosen.digest, platform = %self.platform, "index: chose manifest");
+                let fetched = self.client.get_manifest(&reference.with_digest(chosen.digest.clone())).await?;
+                let what = format!("{reference}@{}", chosen.digest);
+                match parse_manifest(&fetched.body, fetched.media_type.as_deref(), &what)? {
+                    ManifestKind::Image(m) => {
+                        blobs_to_store.push((fetched.digest.clone(), fetched.body.clone()));
+                        (m, fetched.digest, Some(top.digest.clone()))
+                    }
+                    ManifestKind::Index(_) => {
+                        return Err(ImageError::InvalidManifest { what, reason: "an index inside an index".into() });
                     }
                 }
-            };
+            }
+        };
         let config_bytes = self.client.get_blob_bytes(reference, &manifest.config.digest, manifest.config.size).await?;
         let config = ImageConfig::parse(&config_bytes, &manifest.config.digest.to_string())?;
         blobs_to_store.push((manifest.config.digest.clone(), config_bytes));
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
             return Err(ImageError::InvalidConfig {
                 what: manifest.config.digest.to_string(),
-                reason: format!(
-                    "it lists {} diff ids for the manifest's {} layers",
-                    config.rootfs.diff_ids.len(),
-                    manifest.layers.len()
-                ),
+                reason: format!("it lists {} diff ids for the manifest's {} layers", config.rootfs.diff_ids.len(), manifest.layers.len()),
             });
         }
         let chains = chain_ids(&config.rootfs.diff_ids);
@@ -110,10 +106,8 @@ impl Puller<'_> {
             .enumerate()
             .map(|(i, layer)| self.pull_layer(reference, i, layer, &config.rootfs.diff_ids[i], &chains[i]))
             .collect();
-        let results: Vec<Result<LayerResult>> = futures::stream::iter(pulls)
-            .buffer_unordered(self.max_parallel_layers.max(1))
-            .collect()
-            .await;
+        let results: Vec<Result<LayerResult>> =
+            futures::stream::iter(pulls).buffer_unordered(self.max_parallel_layers.max(1)).collect().await;
         let mut done: Vec<LayerResult> = Vec::with_capacity(results.len());
         for r in results {
             done.push(r?);
@@ -149,17 +143,11 @@ impl Puller<'_> {
             manifest_digest,
             index_digest,
             config_digest: manifest.config.digest.clone(),
-            platform: Platform {
-                architecture: config.architecture.clone(),
-                os: config.os.clone(),
-                variant: None,
-            },
+            platform: Platform { architecture: config.architecture.clone(), os: config.os.clone(), variant: None },
             layers: manifest.layers.clone(),
             diff_ids: config.rootfs.diff_ids.clone(),
             chain_ids: chains,
-            pulled_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            pulled_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         };
         info!(image = %record.name, layers = record.layers.len(), "pulled");
         Ok((record, blobs_to_store))
@@ -291,7 +279,7 @@ fn invalid(layer: &str, e: std::io::Error) -> ImageError {
 }
 
 async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(ImageError::InvalidLayer { layer: String::new(), reason: format!("the unpack thread failed: {e}") })
-    })
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ImageError::InvalidLayer { layer: String::new(), reason: format!("the unpack thread failed: {e}") }))
 }

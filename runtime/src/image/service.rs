@@ -200,13 +200,8 @@ impl ImageService {
     /// container rootfs uses it.
     pub fn remove(&self, reference_or_id: &str) -> Result<PruneReport> {
         let record = self.get(reference_or_id)?;
-        let users: Vec<String> = self
-            .snapshots
-            .rootfs_records()?
-            .into_iter()
-            .filter(|r| r.image == record.name)
-            .map(|r| r.container_id)
-            .collect();
+        let users: Vec<String> =
+            self.snapshots.rootfs_records()?.into_iter().filter(|r| r.image == record.name).map(|r| r.container_id).collect();
         if !users.is_empty() {
             return Err(ImageError::InUse { what: format!("image {}", record.name), users: users.join(", ") });
         }
@@ -221,17 +216,10 @@ impl ImageService {
     /// (Pulls in other processes are not seen: do not prune a data dir an agent is pulling into.)
     pub fn prune(&self) -> Result<PruneReport> {
         // Timestamps can be coarse: spare a little more than strictly needed.
-        let spare_since = self
-            .pulls_in_flight
-            .lock()
-            .expect("poisoned")
-            .iter()
-            .map(|(_, t)| *t)
-            .min()
-            .map(|t| t - std::time::Duration::from_secs(2));
-        let fresh = |path: &Path| {
-            spare_since.is_some_and(|since| std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|m| m >= since))
-        };
+        let spare_since =
+            self.pulls_in_flight.lock().expect("poisoned").iter().map(|(_, t)| *t).min().map(|t| t - std::time::Duration::from_secs(2));
+        let fresh =
+            |path: &Path| spare_since.is_some_and(|since| std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|m| m >= since));
         let records = self.records.list()?;
         let rootfs = self.snapshots.rootfs_records()?;
         let keep_blobs: HashSet<Digest> = records.iter().flat_map(|r| r.blobs().cloned()).collect();

@@ -147,8 +147,7 @@ impl Snapshotter {
         let mut removed = 0;
         for chain in self.list()? {
             let dir = self.snapshots.join(chain.hex());
-            let fresh = spare_since
-                .is_some_and(|since| std::fs::metadata(&dir).and_then(|m| m.modified()).is_ok_and(|m| m >= since));
+            let fresh = spare_since.is_some_and(|since| std::fs::metadata(&dir).and_then(|m| m.modified()).is_ok_and(|m| m >= since));
             if !keep.contains(&chain) && !fresh {
                 std::fs::remove_dir_all(&dir).at(&dir)?;
                 removed += 1;
@@ -188,10 +187,7 @@ impl Snapshotter {
         validate_container_id(&record.container_id)?;
         let dir = self.rootfs_dir(&record.container_id);
         if dir.exists() {
-            return Err(ImageError::InUse {
-                what: format!("rootfs directory {}", dir.display()),
-                users: record.container_id.clone(),
-            });
+            return Err(ImageError::InUse { what: format!("rootfs directory {}", dir.display()), users: record.container_id.clone() });
         }
         for sub in ["merged", "upper", "work"] {
             let d = dir.join(sub);
@@ -221,12 +217,7 @@ impl Snapshotter {
             std::fs::create_dir_all(&empty).at(&empty)?;
             lower.push(empty.display().to_string());
         }
-        let data = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            dir.join("upper").display(),
-            dir.join("work").display()
-        );
+        let data = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), dir.join("upper").display(), dir.join("work").display());
         // The options must fit in one page. Past that, name each layer by a descriptor we hold
         // open (`/proc/self/fd/N`, ~17 bytes): overlayfs resolves the paths at mount time.
         let mut held: Vec<std::os::fd::OwnedFd> = Vec::new();
@@ -235,8 +226,12 @@ impl Snapshotter {
         } else {
             let mut short = Vec::with_capacity(lower.len());
             for l in &lower {
-                let fd = rustix::fs::open(l.as_str(), rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
-                    .at(l.as_str())?;
+                let fd = rustix::fs::open(
+                    l.as_str(),
+                    rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .at(l.as_str())?;
                 short.push(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)));
                 held.push(fd);
             }
@@ -374,8 +369,7 @@ mod tests {
         let lowers = vec![lower.path().to_path_buf()];
         let err = check_implicit_dirs("l", &[PathBuf::from("evil")], &lowers).unwrap_err();
         assert!(err.to_string().contains("\"evil\""), "{err}");
-        check_implicit_dirs("l", &[PathBuf::from("ok"), PathBuf::from("ok/new"), PathBuf::from("fresh")], &lowers)
-            .unwrap();
+        check_implicit_dirs("l", &[PathBuf::from("ok"), PathBuf::from("ok/new"), PathBuf::from("fresh")], &lowers).unwrap();
     }
 
     #[test]

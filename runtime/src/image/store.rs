@@ -152,11 +152,7 @@ impl Ingest {
             return Err(ImageError::SizeMismatch { what: what.to_string(), expected: size, actual: len });
         }
         if &actual != expected {
-            return Err(ImageError::DigestMismatch {
-                what: what.to_string(),
-                expected: expected.to_string(),
-                actual: actual.to_string(),
-            });
+            return Err(ImageError::DigestMismatch { what: what.to_string(), expected: expected.to_string(), actual: actual.to_string() });
         }
         self.file.sync_data().at(&self.path)?;
         let target = self.blobs.join(expected.hex());

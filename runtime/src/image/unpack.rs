@@ -241,10 +241,8 @@ impl Unpacker {
                 let Some((tname, tparent_comps)) = tcomps.split_last() else {
                     return Err(self.unsafe_entry(&name, "is a hard link to the layer root"));
                 };
-                let missing = format!(
-                    "hard link {name:?} points to {:?}, which is not in this layer (or the layers below)",
-                    target.display()
-                );
+                let missing =
+                    format!("hard link {name:?} points to {:?}, which is not in this layer (or the layers below)", target.display());
                 let tparent = self.open_dir(tparent_comps, &name, false)?;
                 let Some(tparent) = tparent.filter(|t| stat_nofollow(t, tname).is_some()) else {
                     if self.mode == WhiteoutMode::Overlay {
@@ -318,8 +316,7 @@ impl Unpacker {
                 Err(Errno::NOENT) => return Ok(None),
                 Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
                     let sub: PathBuf = comps[..=i].iter().collect();
-                    let is_link = stat_nofollow(&cur, comp)
-                        .is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
+                    let is_link = stat_nofollow(&cur, comp).is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
                     if is_link {
                         return Err(self.unsafe_entry(
                             entry,
@@ -361,8 +358,7 @@ impl Unpacker {
             WhiteoutMode::Overlay => {
                 let parent = self.open_dir(parent_comps, entry, true)?.expect("created");
                 self.clear(&parent, hidden, &at)?;
-                rustix::fs::mknodat(&parent, hidden, FileType::CharacterDevice, Mode::empty(), rustix::fs::makedev(0, 0))
-                    .at(&at)?;
+                rustix::fs::mknodat(&parent, hidden, FileType::CharacterDevice, Mode::empty(), rustix::fs::makedev(0, 0)).at(&at)?;
             }
         }
         Ok(())
@@ -389,14 +385,7 @@ impl Unpacker {
         if !self.privileged {
             return Ok(());
         }
-        rustix::fs::chownat(
-            parent,
-            name,
-            Some(Uid::from_raw(meta.uid)),
-            Some(Gid::from_raw(meta.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .at(at)
+        rustix::fs::chownat(parent, name, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)), AtFlags::SYMLINK_NOFOLLOW).at(at)
     }
 
     /// Owner (first: chown clears set-id bits), mode and xattrs of an open file or directory.
@@ -495,8 +484,7 @@ fn find_in_lowers(lowers: &[PathBuf], rel: &Path) -> Result<Option<OwnedFd>, Str
     let comps: Vec<&OsStr> = rel.iter().collect();
     let Some((name, dirs)) = comps.split_last() else { return Ok(None) };
     for lower in lowers {
-        let Ok(mut cur) = rustix::fs::open(lower.as_path(), OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        else {
+        let Ok(mut cur) = rustix::fs::open(lower.as_path(), OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) else {
             return Ok(None);
         };
         let mut opaque = false;
@@ -573,12 +561,7 @@ fn times(mtime: u64) -> Timestamps {
 }
 
 fn open_dir_nofollow(parent: impl AsFd, name: &OsStr) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat(
-        parent,
-        name,
-        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
+    rustix::fs::openat(parent, name, OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
 }
 
 fn stat_nofollow(parent: impl AsFd, name: &OsStr) -> Option<rustix::fs::Stat> {

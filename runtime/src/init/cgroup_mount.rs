@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::{MsFlags, mount};
 use super::in_root::RootDir;
+use nix::mount::{MsFlags, mount};
 
 use super::mounts::{MountContext, MountOptions, ensure_target, remount};
 use crate::cgroups::{Hierarchy, host_hierarchies, membership};

@@ -11,14 +11,8 @@ use super::mounts::resolve;
 use crate::error::{Context, Error, Result};
 
 /// (path, major, minor) of the devices every container gets, all mode 0666 and owned by root.
-const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
-    ("/dev/null", 1, 3),
-    ("/dev/zero", 1, 5),
-    ("/dev/full", 1, 7),
-    ("/dev/random", 1, 8),
-    ("/dev/urandom", 1, 9),
-    ("/dev/tty", 5, 0),
-];
+const DEFAULT_DEVICES: [(&str, u64, u64); 6] =
+    [("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7), ("/dev/random", 1, 8), ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0)];
 
 /// Creates the default devices and the spec's devices with mknod.
 pub fn create_default(root: &RootDir, extra: &[LinuxDevice]) -> Result<()> {
@@ -44,12 +38,8 @@ pub fn create_default(root: &RootDir, extra: &[LinuxDevice]) -> Result<()> {
         root.mknod(d.path(), kind, mode, makedev(d.major() as u64, d.minor() as u64))?;
         if d.uid().is_some() || d.gid().is_some() {
             let target = resolve(root, d.path())?;
-            nix::unistd::chown(
-                target.as_str(),
-                d.uid().map(nix::unistd::Uid::from_raw),
-                d.gid().map(nix::unistd::Gid::from_raw),
-            )
-            .context(|| format!("chown device {}", d.path().display()))?;
+            nix::unistd::chown(target.as_str(), d.uid().map(nix::unistd::Uid::from_raw), d.gid().map(nix::unistd::Gid::from_raw))
+                .context(|| format!("chown device {}", d.path().display()))?;
         }
     }
     Ok(())

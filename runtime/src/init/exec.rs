@@ -27,23 +27,15 @@ impl ExecTarget {
         let path = if program.contains('/') {
             PathBuf::from(program)
         } else {
-            let search = env
-                .iter()
-                .find_map(|e| e.strip_prefix("PATH="))
-                .unwrap_or(DEFAULT_PATH);
+            let search = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
             search
                 .split(':')
                 .map(|dir| Path::new(dir).join(program))
                 .find(|p| is_executable(p))
-                .ok_or_else(|| {
-                    Error::Init(format!("executable file {program:?} not found in $PATH ({search})"))
-                })?
+                .ok_or_else(|| Error::Init(format!("executable file {program:?} not found in $PATH ({search})")))?
         };
         if !is_executable(&path) {
-            return Err(Error::Init(format!(
-                "{} does not exist in the container or is not executable",
-                path.display()
-            )));
+            return Err(Error::Init(format!("{} does not exist in the container or is not executable", path.display())));
         }
         Ok(ExecTarget {
             path: cstring(path.as_os_str().as_encoded_bytes())?,

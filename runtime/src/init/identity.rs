@@ -95,9 +95,7 @@ pub fn to_caps(set: Option<&Capabilities>, supported: &HashSet<Cap>) -> Result<H
     let mut out = HashSet::new();
     for cap in set.into_iter().flatten() {
         let name = serde_json::to_value(cap).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-        let parsed: Cap = name
-            .parse()
-            .map_err(|_| Error::ConfigInvalid(format!("unknown capability {name:?}")))?;
+        let parsed: Cap = name.parse().map_err(|_| Error::ConfigInvalid(format!("unknown capability {name:?}")))?;
         if supported.contains(&parsed) {
             out.insert(parsed);
         }

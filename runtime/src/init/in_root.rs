@@ -69,8 +69,7 @@ impl RootDir {
             .flags(OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC)
             .mode(Mode::from_bits_truncate(mode))
             .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-        sys::openat2(parent_fd.as_fd(), name, how)
-            .map_err(|e| sys_error(format!("create file {}", path.display()), e))?;
+        sys::openat2(parent_fd.as_fd(), name, how).map_err(|e| sys_error(format!("create file {}", path.display()), e))?;
         self.resolve(path)
     }
 

@@ -137,8 +137,7 @@ fn become_process(process: &Process) -> Result<exec::ExecTarget> {
         nix::sys::prctl::set_no_new_privs().context(|| "prctl(PR_SET_NO_NEW_PRIVS)".into())?;
     }
     identity::switch_user_and_capabilities(process)?;
-    nix::unistd::chdir(process.cwd())
-        .context(|| format!("chdir to process.cwd {}", process.cwd().display()))?;
+    nix::unistd::chdir(process.cwd()).context(|| format!("chdir to process.cwd {}", process.cwd().display()))?;
     umask(Mode::from_bits_truncate(process.user().umask().unwrap_or(0o022) as _));
     exec::ExecTarget::resolve(process)
 }

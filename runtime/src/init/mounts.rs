@@ -5,12 +5,12 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use nix::mount::{MsFlags, mount};
-use oci_spec::runtime::Mount;
 use super::in_root::RootDir;
 use super::rootfs::fd_path;
 use crate::bundle::Bundle;
 use crate::error::{Context, Error, Result};
+use nix::mount::{MsFlags, mount};
+use oci_spec::runtime::Mount;
 
 /// What a mount needs to know about the rest of the container.
 pub struct MountContext<'a> {
@@ -60,8 +60,7 @@ pub fn parse_options(options: &[String]) -> Result<MountOptions> {
             "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
             "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
             "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
-            p @ ("private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave"
-            | "unbindable" | "runbindable") => {
+            p @ ("private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable" | "runbindable") => {
                 out.propagation.push(propagation_flag(p)?);
                 continue;
             }
@@ -102,8 +101,7 @@ pub fn propagation_flag(name: &str) -> Result<MsFlags> {
 
 /// Whether the mount is a bind mount (by type or by option).
 pub fn is_bind(m: &Mount) -> bool {
-    m.typ().as_deref() == Some("bind")
-        || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind")
+    m.typ().as_deref() == Some("bind") || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind")
 }
 
 /// Makes one spec mount inside the rootfs.
@@ -112,12 +110,9 @@ pub fn mount_one(root: &RootDir, m: &Mount, ctx: &MountContext<'_>) -> Result<()
     let dest = m.destination();
     let typ = m.typ().as_deref().unwrap_or("");
     if is_bind(m) {
-        let source = m.source().as_ref().ok_or_else(|| {
-            Error::ConfigInvalid(format!("bind mount on {} has no source", dest.display()))
-        })?;
+        let source = m.source().as_ref().ok_or_else(|| Error::ConfigInvalid(format!("bind mount on {} has no source", dest.display())))?;
         let source = if source.is_absolute() { source.clone() } else { ctx.bundle.dir.join(source) };
-        let meta = std::fs::metadata(&source)
-            .context(|| format!("bind mount source {}", source.display()))?;
+        let meta = std::fs::metadata(&source).context(|| format!("bind mount source {}", source.display()))?;
         let target = ensure_target(root, dest, meta.is_dir())?;
         let flags = MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC);
         mount(Some(&source), target.as_str(), None::<&str>, flags, None::<&str>)
@@ -133,13 +128,16 @@ pub fn mount_one(root: &RootDir, m: &Mount, ctx: &MountContext<'_>) -> Result<()
         let target = ensure_target(root, dest, true)?;
         mount(Some("/sys"), target.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
             .context(|| format!("bind /sys on {}", dest.display()))?;
-        remount(root, dest, (opts.flags & MsFlags::MS_RDONLY) | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)?;
+        remount(
+            root,
+            dest,
+            (opts.flags & MsFlags::MS_RDONLY) | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        )?;
     } else {
         let target = ensure_target(root, dest, true)?;
         let source = m.source().as_ref().map(|s| s.as_path()).unwrap_or(Path::new(typ));
         let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
-        mount(Some(source), target.as_str(), Some(typ), opts.flags, data)
-            .context(|| format!("mount {typ} on {}", dest.display()))?;
+        mount(Some(source), target.as_str(), Some(typ), opts.flags, data).context(|| format!("mount {typ} on {}", dest.display()))?;
     }
     for p in &opts.propagation {
         let target = resolve(root, dest)?;

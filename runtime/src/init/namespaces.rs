@@ -34,8 +34,7 @@ pub fn open_joins(bundle: &Bundle) -> Result<Vec<NamespaceJoin>> {
     let mut joins = Vec::new();
     for ns in bundle.namespaces() {
         if let Some(path) = ns.path() {
-            let file = File::open(path)
-                .context(|| format!("open {} namespace {}", ns.typ(), path.display()))?;
+            let file = File::open(path).context(|| format!("open {} namespace {}", ns.typ(), path.display()))?;
             joins.push(NamespaceJoin { typ: ns.typ(), file });
         }
     }
@@ -66,15 +65,12 @@ pub fn configure(bundle: &Bundle) -> Result<()> {
     let spec = &bundle.spec;
     if let Some(hostname) = spec.hostname() {
         if !bundle.has_namespace(LinuxNamespaceType::Uts) {
-            return Err(Error::ConfigInvalid(
-                "hostname is set but there is no uts namespace to set it in".into(),
-            ));
+            return Err(Error::ConfigInvalid("hostname is set but there is no uts namespace to set it in".into()));
         }
         nix::unistd::sethostname(hostname).context(|| format!("set hostname {hostname:?}"))?;
     }
     if let Some(domain) = spec.domainname() {
-        std::fs::write("/proc/sys/kernel/domainname", domain)
-            .context(|| format!("set domainname {domain:?}"))?;
+        std::fs::write("/proc/sys/kernel/domainname", domain).context(|| format!("set domainname {domain:?}"))?;
     }
     if let Some(sysctls) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
         for (key, value) in sysctls {
@@ -86,8 +82,7 @@ pub fn configure(bundle: &Bundle) -> Result<()> {
         }
     }
     if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .context(|| format!("set oomScoreAdj {adj}"))?;
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string()).context(|| format!("set oomScoreAdj {adj}"))?;
     }
     Ok(())
 }

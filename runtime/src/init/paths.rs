@@ -7,8 +7,8 @@
 
 use std::path::Path;
 
-use nix::mount::{MsFlags, mount};
 use super::in_root::RootDir;
+use nix::mount::{MsFlags, mount};
 
 use super::mounts::{Target, remount};
 use crate::error::{Context, Result};
@@ -17,9 +17,7 @@ use crate::error::{Context, Result};
 fn existing(root: &RootDir, path: &Path) -> Result<Option<(Target, bool)>> {
     match super::mounts::resolve(root, path) {
         Ok(target) => {
-            let is_dir = std::fs::metadata(target.as_str())
-                .context(|| format!("stat {}", path.display()))?
-                .is_dir();
+            let is_dir = std::fs::metadata(target.as_str()).context(|| format!("stat {}", path.display()))?.is_dir();
             Ok(Some((target, is_dir)))
         }
         Err(_) => Ok(None),
@@ -44,9 +42,5 @@ pub fn make_readonly(root: &RootDir, path: &Path) -> Result<()> {
     mount(Some(target.as_str()), target.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .context(|| format!("bind {} onto itself", path.display()))?;
     drop(target);
-    remount(
-        root,
-        path,
-        MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-    )
+    remount(root, path, MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)
 }

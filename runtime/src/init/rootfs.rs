@@ -9,10 +9,10 @@
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
+use super::in_root::RootDir;
 use nix::fcntl::{OFlag, open};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::Mode;
-use super::in_root::RootDir;
 
 use super::{devices, mounts, paths};
 use crate::bundle::Bundle;
@@ -26,13 +26,9 @@ pub fn prepare(bundle: &Bundle) -> Result<()> {
         return Err(Error::ConfigInvalid("a mount namespace is required".into()));
     }
     // Nothing we mount may propagate back to the host.
-    let propagation = linux
-        .and_then(|l| l.rootfs_propagation().as_deref())
-        .map(mounts::propagation_flag)
-        .transpose()?
-        .unwrap_or(MsFlags::MS_SLAVE);
-    mount(None::<&str>, "/", None::<&str>, propagation | MsFlags::MS_REC, None::<&str>)
-        .context(|| "make / a slave mount".into())?;
+    let propagation =
+        linux.and_then(|l| l.rootfs_propagation().as_deref()).map(mounts::propagation_flag).transpose()?.unwrap_or(MsFlags::MS_SLAVE);
+    mount(None::<&str>, "/", None::<&str>, propagation | MsFlags::MS_REC, None::<&str>).context(|| "make / a slave mount".into())?;
     // pivot_root needs the new root to be a mount point.
     let rootfs = &bundle.rootfs;
     mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
@@ -45,9 +41,7 @@ pub fn prepare(bundle: &Bundle) -> Result<()> {
     for m in spec_mounts {
         mounts::mount_one(&root, m, &mounts::MountContext { has_cgroupns, has_netns, bundle })?;
     }
-    let dev_is_bind = spec_mounts.iter().any(|m| {
-        m.destination() == Path::new("/dev") && mounts::is_bind(m)
-    });
+    let dev_is_bind = spec_mounts.iter().any(|m| m.destination() == Path::new("/dev") && mounts::is_bind(m));
     if !dev_is_bind {
         devices::create_default(&root, linux.and_then(|l| l.devices().as_deref()).unwrap_or(&[]))?;
         devices::create_symlinks(&root, spec_mounts)?;
@@ -63,14 +57,8 @@ pub fn prepare(bundle: &Bundle) -> Result<()> {
     drop(root);
     pivot(rootfs)?;
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .context(|| "remount the root read-only".into())?;
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
+            .context(|| "remount the root read-only".into())?;
     }
     Ok(())
 }
@@ -78,8 +66,8 @@ pub fn prepare(bundle: &Bundle) -> Result<()> {
 /// runc's pivot_root dance: pivot the new root over the old one in place, then detach the old
 /// root, so no path to the host's filesystem is left.
 fn pivot(rootfs: &Path) -> Result<()> {
-    let old_root = open("/", OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .context(|| "open the old root".into())?;
+    let old_root =
+        open("/", OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).context(|| "open the old root".into())?;
     let new_root = open(rootfs, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
         .context(|| format!("open the rootfs {}", rootfs.display()))?;
     nix::unistd::fchdir(new_root).context(|| "chdir to the rootfs".into())?;

@@ -49,14 +49,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Instant;
 
-use oci_spec::runtime::{
-    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompFilterFlag,
-    LinuxSeccompOperator, Process, Spec,
-};
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompFilterFlag, LinuxSeccompOperator, Process, Spec};
+use seccompiler::{BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch};
 
 use crate::error::{Context, Error, Result};
 use crate::sys;
@@ -103,10 +97,7 @@ impl Abi {
             Abi::X86_64 => syscall_table::X86_64,
             Abi::Aarch64 => syscall_table::AARCH64,
         };
-        table
-            .binary_search_by(|(n, _)| (*n).cmp(name))
-            .ok()
-            .map(|i| table[i].1)
+        table.binary_search_by(|(n, _)| (*n).cmp(name)).ok().map(|i| table[i].1)
     }
 }
 
@@ -138,10 +129,8 @@ impl CompiledProfile {
             return Ok(());
         };
         let started = Instant::now();
-        sys::install_seccomp_filter(program, self.flags).context(|| {
-            "install the linux.seccomp filter (without noNewPrivileges this needs CAP_SYS_ADMIN)"
-                .into()
-        })?;
+        sys::install_seccomp_filter(program, self.flags)
+            .context(|| "install the linux.seccomp filter (without noNewPrivileges this needs CAP_SYS_ADMIN)".into())?;
         tracing::debug!(took = ?started.elapsed(), "installed linux.seccomp");
         Ok(())
     }
@@ -170,10 +159,7 @@ pub fn compile_spec(spec: &Spec) -> Result<Option<CompiledProfile>> {
 /// runc's timing: without `noNewPrivileges`, installs the filter now, while `CAP_SYS_ADMIN` is
 /// still effective (call it before the capabilities are dropped); with it, returns the filter
 /// for the caller to install right before `execve`.
-pub fn install_unless_no_new_privileges(
-    profile: Option<CompiledProfile>,
-    process: &Process,
-) -> Result<Option<CompiledProfile>> {
+pub fn install_unless_no_new_privileges(profile: Option<CompiledProfile>, process: &Process) -> Result<Option<CompiledProfile>> {
     match profile {
         Some(profile) if process.no_new_privileges() != Some(true) => {
             profile.install()?;
@@ -223,21 +209,13 @@ pub fn compile(profile: &LinuxSeccomp, abi: Abi) -> Result<CompiledProfile> {
         )));
     }
     let flags = filter_flags(profile.flags().as_deref().unwrap_or(&[]))?;
-    let default = action(
-        profile.default_action(),
-        profile.default_errno_ret(),
-        "defaultAction",
-    )?;
+    let default = action(profile.default_action(), profile.default_errno_ret(), "defaultAction")?;
 
     // Rules grouped by action, in the order the actions first appear.
     let mut by_action: Vec<(SeccompAction, SyscallMatches)> = Vec::new();
     let mut skipped = Vec::new();
     for (i, syscall) in profile.syscalls().iter().flatten().enumerate() {
-        let act = action(
-            syscall.action(),
-            syscall.errno_ret(),
-            &format!("syscalls[{i}].action"),
-        )?;
+        let act = action(syscall.action(), syscall.errno_ret(), &format!("syscalls[{i}].action"))?;
         let matches = arg_matches(syscall.args().as_deref().unwrap_or(&[]), i)?;
         if act == default {
             // Same as not listing it (runc skips these too).
@@ -287,11 +265,7 @@ pub fn compile(profile: &LinuxSeccomp, abi: Abi) -> Result<CompiledProfile> {
     if default != SeccompAction::Allow {
         parts.push(part(listed, default, SeccompAction::Allow, abi)?);
     }
-    let compiled = CompiledProfile {
-        program: chain(parts, abi)?,
-        flags,
-        skipped,
-    };
+    let compiled = CompiledProfile { program: chain(parts, abi)?, flags, skipped };
     tracing::debug!(took = ?started.elapsed(), ?compiled, "compiled linux.seccomp");
     Ok(compiled)
 }
@@ -311,22 +285,11 @@ fn severity(act: &SeccompAction) -> u8 {
 
 /// One part of the program: `matched` calls get `on_match`, all others `otherwise` (seccompiler
 /// also kills calls from another audit arch).
-fn part(
-    matched: SyscallMatches,
-    otherwise: SeccompAction,
-    on_match: SeccompAction,
-    abi: Abi,
-) -> Result<BpfProgram> {
+fn part(matched: SyscallMatches, otherwise: SeccompAction, on_match: SeccompAction, abi: Abi) -> Result<BpfProgram> {
     let what = format!("the {on_match:?} rules");
-    let rules = matched
-        .into_iter()
-        .map(|(nr, m)| (nr, m.into_rules()))
-        .collect();
-    let filter = SeccompFilter::new(rules, otherwise, on_match, abi.target())
-        .map_err(|e| invalid(format!("{what}: {e}")))?;
-    filter
-        .try_into()
-        .map_err(|e| invalid(format!("{what}: {e}")))
+    let rules = matched.into_iter().map(|(nr, m)| (nr, m.into_rules())).collect();
+    let filter = SeccompFilter::new(rules, otherwise, on_match, abi.target()).map_err(|e| invalid(format!("{what}: {e}")))?;
+    filter.try_into().map_err(|e| invalid(format!("{what}: {e}")))
 }
 
 /// Chains the parts into one program behind the ABI guard: in every part but the last, "return
@@ -347,12 +310,7 @@ fn chain(parts: Vec<BpfProgram>, abi: Abi) -> Result<Option<Vec<libc::sock_filte
             } else {
                 (i.code, i.k)
             };
-            out.push(libc::sock_filter {
-                code,
-                jt: i.jt,
-                jf: i.jf,
-                k,
-            });
+            out.push(libc::sock_filter { code, jt: i.jt, jf: i.jf, k });
         }
     }
     if out.len() > MAX_PROGRAM_LEN {
@@ -392,13 +350,9 @@ fn abi_guard(abi: Abi) -> Vec<libc::sock_filter> {
 fn action(act: LinuxSeccompAction, errno_ret: Option<u32>, what: &str) -> Result<SeccompAction> {
     Ok(match act {
         LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
-        LinuxSeccompAction::ScmpActErrno => {
-            SeccompAction::Errno(errno_ret.unwrap_or(DEFAULT_ERRNO))
-        }
+        LinuxSeccompAction::ScmpActErrno => SeccompAction::Errno(errno_ret.unwrap_or(DEFAULT_ERRNO)),
         // libseccomp's SCMP_ACT_KILL is SCMP_ACT_KILL_THREAD.
-        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
-            SeccompAction::KillThread
-        }
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => SeccompAction::KillThread,
         LinuxSeccompAction::ScmpActKillProcess => SeccompAction::KillProcess,
         LinuxSeccompAction::ScmpActTrap => SeccompAction::Trap,
         LinuxSeccompAction::ScmpActLog => SeccompAction::Log,
@@ -423,9 +377,7 @@ fn filter_flags(flags: &[LinuxSeccompFilterFlag]) -> Result<libc::c_ulong> {
     for flag in flags {
         bits |= match flag {
             LinuxSeccompFilterFlag::SeccompFilterFlagLog => libc::SECCOMP_FILTER_FLAG_LOG,
-            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
-                libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW
-            }
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW,
             LinuxSeccompFilterFlag::SeccompFilterFlagTsync => libc::SECCOMP_FILTER_FLAG_TSYNC,
             LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => {
                 return Err(invalid(
@@ -445,22 +397,13 @@ fn arg_matches(args: &[LinuxSeccompArg], rule: usize) -> Result<Matches> {
     if args.is_empty() {
         return Ok(Matches::All);
     }
-    let conditions = args
-        .iter()
-        .enumerate()
-        .map(|(j, arg)| condition(arg, &format!("syscalls[{rule}].args[{j}]")))
-        .collect::<Result<Vec<_>>>()?;
+    let conditions =
+        args.iter().enumerate().map(|(j, arg)| condition(arg, &format!("syscalls[{rule}].args[{j}]"))).collect::<Result<Vec<_>>>()?;
     let mut indexes: Vec<usize> = args.iter().map(|a| a.index()).collect();
     indexes.sort_unstable();
     let repeated = indexes.windows(2).any(|w| w[0] == w[1]);
-    let rules = if repeated {
-        conditions
-            .into_iter()
-            .map(|c| rule_of(vec![c]))
-            .collect::<Result<_>>()?
-    } else {
-        vec![rule_of(conditions)?]
-    };
+    let rules =
+        if repeated { conditions.into_iter().map(|c| rule_of(vec![c])).collect::<Result<_>>()? } else { vec![rule_of(conditions)?] };
     Ok(Matches::Any(rules))
 }
 
@@ -472,12 +415,7 @@ fn condition(arg: &LinuxSeccompArg, what: &str) -> Result<SeccompCondition> {
     let index = u8::try_from(arg.index())
         .ok()
         .filter(|i| *i <= 5)
-        .ok_or_else(|| {
-            invalid(format!(
-                "{what}.index {} is out of range: syscalls have arguments 0 to 5",
-                arg.index()
-            ))
-        })?;
+        .ok_or_else(|| invalid(format!("{what}.index {} is out of range: syscalls have arguments 0 to 5", arg.index())))?;
     let (op, value) = match arg.op() {
         LinuxSeccompOperator::ScmpCmpEq => (SeccompCmpOp::Eq, arg.value()),
         LinuxSeccompOperator::ScmpCmpNe => (SeccompCmpOp::Ne, arg.value()),
@@ -486,13 +424,9 @@ fn condition(arg: &LinuxSeccompArg, what: &str) -> Result<SeccompCondition> {
         LinuxSeccompOperator::ScmpCmpGt => (SeccompCmpOp::Gt, arg.value()),
         LinuxSeccompOperator::ScmpCmpGe => (SeccompCmpOp::Ge, arg.value()),
         // libseccomp: (arg & value) == valueTwo.
-        LinuxSeccompOperator::ScmpCmpMaskedEq => (
-            SeccompCmpOp::MaskedEq(arg.value()),
-            arg.value_two().unwrap_or(0),
-        ),
+        LinuxSeccompOperator::ScmpCmpMaskedEq => (SeccompCmpOp::MaskedEq(arg.value()), arg.value_two().unwrap_or(0)),
     };
-    SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value)
-        .map_err(|e| invalid(format!("{what}: {e}")))
+    SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value).map_err(|e| invalid(format!("{what}: {e}")))
 }
 
 fn invalid(msg: String) -> Error {
@@ -527,14 +461,8 @@ mod tests {
 
     impl Call {
         fn new(name: &str) -> Call {
-            let nr = Abi::X86_64
-                .syscall_number(name)
-                .unwrap_or_else(|| panic!("{name} is an x86_64 syscall"));
-            Call {
-                nr: nr as u32,
-                arch: AUDIT_ARCH_X86_64,
-                args: [0; 6],
-            }
+            let nr = Abi::X86_64.syscall_number(name).unwrap_or_else(|| panic!("{name} is an x86_64 syscall"));
+            Call { nr: nr as u32, arch: AUDIT_ARCH_X86_64, args: [0; 6] }
         }
 
         fn arg(mut self, index: usize, value: u64) -> Call {
@@ -584,9 +512,7 @@ mod tests {
 
     /// What the installed filter returns for `call` (ALLOW with no filter).
     fn verdict(profile: &CompiledProfile, call: &Call) -> u32 {
-        profile
-            .program()
-            .map_or(RET_ALLOW, |program| run_program(program, call))
+        profile.program().map_or(RET_ALLOW, |program| run_program(program, call))
     }
 
     fn compile_json(profile: serde_json::Value) -> Result<CompiledProfile> {
@@ -600,9 +526,7 @@ mod tests {
 
     #[track_caller]
     fn refused(value: serde_json::Value) -> String {
-        compile_json(value)
-            .expect_err("the profile is refused")
-            .to_string()
+        compile_json(value).expect_err("the profile is refused").to_string()
     }
 
     #[test]
@@ -685,46 +609,12 @@ mod tests {
         // (operator, value, [(argument, refused)]).
         type Case = (&'static str, u64, &'static [(u64, bool)]);
         let cases: [Case; 6] = [
-            (
-                "SCMP_CMP_EQ",
-                HIGH + 5,
-                &[(HIGH + 5, true), (5, false), (HIGH + 6, false)],
-            ),
-            (
-                "SCMP_CMP_NE",
-                HIGH + 5,
-                &[(HIGH + 5, false), (5, true), (HIGH, true)],
-            ),
-            (
-                "SCMP_CMP_LT",
-                HIGH + 5,
-                &[
-                    (HIGH + 4, true),
-                    (HIGH + 5, false),
-                    (2 * HIGH, false),
-                    (7, true),
-                ],
-            ),
-            (
-                "SCMP_CMP_LE",
-                HIGH + 5,
-                &[(HIGH + 5, true), (HIGH + 6, false), (0, true)],
-            ),
-            (
-                "SCMP_CMP_GT",
-                HIGH + 5,
-                &[
-                    (HIGH + 6, true),
-                    (HIGH + 5, false),
-                    (u64::MAX, true),
-                    (6, false),
-                ],
-            ),
-            (
-                "SCMP_CMP_GE",
-                HIGH + 5,
-                &[(HIGH + 5, true), (HIGH + 4, false), (2 * HIGH, true)],
-            ),
+            ("SCMP_CMP_EQ", HIGH + 5, &[(HIGH + 5, true), (5, false), (HIGH + 6, false)]),
+            ("SCMP_CMP_NE", HIGH + 5, &[(HIGH + 5, false), (5, true), (HIGH, true)]),
+            ("SCMP_CMP_LT", HIGH + 5, &[(HIGH + 4, true), (HIGH + 5, false), (2 * HIGH, false), (7, true)]),
+            ("SCMP_CMP_LE", HIGH + 5, &[(HIGH + 5, true), (HIGH + 6, false), (0, true)]),
+            ("SCMP_CMP_GT", HIGH + 5, &[(HIGH + 6, true), (HIGH + 5, false), (u64::MAX, true), (6, false)]),
+            ("SCMP_CMP_GE", HIGH + 5, &[(HIGH + 5, true), (HIGH + 4, false), (2 * HIGH, true)]),
         ];
         for (op, value, checks) in cases {
             let p = profile(json!({
@@ -733,16 +623,8 @@ mod tests {
                                "args": [{ "index": 0, "value": value, "op": op }] }],
             }));
             for &(arg, blocked) in checks {
-                let want = if blocked {
-                    errno(libc::EPERM)
-                } else {
-                    RET_ALLOW
-                };
-                assert_eq!(
-                    verdict(&p, &Call::new("personality").arg(0, arg)),
-                    want,
-                    "{op} {value:#x} vs {arg:#x}"
-                );
+                let want = if blocked { errno(libc::EPERM) } else { RET_ALLOW };
+                assert_eq!(verdict(&p, &Call::new("personality").arg(0, arg)), want, "{op} {value:#x} vs {arg:#x}");
             }
         }
     }
@@ -756,14 +638,8 @@ mod tests {
                            "args": [{ "index": 0, "value": 0x7e02_0000u64, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }] }],
         }));
         let clone = |flags: u64| verdict(&p, &Call::new("clone").arg(0, flags));
-        assert_eq!(
-            clone(libc::SIGCHLD as u64 | libc::CLONE_VM as u64),
-            RET_ALLOW
-        );
-        assert_eq!(
-            clone(libc::CLONE_NEWNS as u64 | libc::SIGCHLD as u64),
-            errno(libc::EPERM)
-        );
+        assert_eq!(clone(libc::SIGCHLD as u64 | libc::CLONE_VM as u64), RET_ALLOW);
+        assert_eq!(clone(libc::CLONE_NEWNS as u64 | libc::SIGCHLD as u64), errno(libc::EPERM));
         assert_eq!(clone(libc::CLONE_NEWUSER as u64), errno(libc::EPERM));
     }
 
@@ -776,14 +652,7 @@ mod tests {
                 { "index": 1, "value": libc::SOCK_RAW, "op": "SCMP_CMP_EQ" },
             ] }],
         }));
-        let socket = |domain: i32, kind: i32| {
-            verdict(
-                &p,
-                &Call::new("socket")
-                    .arg(0, domain as u64)
-                    .arg(1, kind as u64),
-            )
-        };
+        let socket = |domain: i32, kind: i32| verdict(&p, &Call::new("socket").arg(0, domain as u64).arg(1, kind as u64));
         assert_eq!(socket(libc::AF_INET, libc::SOCK_RAW), errno(libc::EPERM));
         assert_eq!(socket(libc::AF_INET, libc::SOCK_STREAM), RET_ALLOW);
         assert_eq!(socket(libc::AF_UNIX, libc::SOCK_RAW), RET_ALLOW);
@@ -865,10 +734,7 @@ mod tests {
         }));
         assert_eq!(verdict(&p, &Call::new("uname").arg(0, 7)), RET_KILL_PROCESS);
         assert_eq!(verdict(&p, &Call::new("uname")), errno(libc::EPERM));
-        assert_eq!(
-            verdict(&p, &Call::new("getpid").arg(0, 7)),
-            RET_KILL_PROCESS
-        );
+        assert_eq!(verdict(&p, &Call::new("getpid").arg(0, 7)), RET_KILL_PROCESS);
         assert_eq!(verdict(&p, &Call::new("getpid")), RET_TRAP);
         assert_eq!(verdict(&p, &Call::new("getppid")), RET_ALLOW);
     }
@@ -879,15 +745,9 @@ mod tests {
             "defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{ "names": ["mkdir"], "action": "SCMP_ACT_NOTIFY" }],
         }));
-        assert!(
-            msg.contains("SCMP_ACT_NOTIFY") && msg.contains("syscalls[0]"),
-            "{msg}"
-        );
+        assert!(msg.contains("SCMP_ACT_NOTIFY") && msg.contains("syscalls[0]"), "{msg}");
         let msg = refused(json!({ "defaultAction": "SCMP_ACT_NOTIFY" }));
-        assert!(
-            msg.contains("SCMP_ACT_NOTIFY") && msg.contains("defaultAction"),
-            "{msg}"
-        );
+        assert!(msg.contains("SCMP_ACT_NOTIFY") && msg.contains("defaultAction"), "{msg}");
         let msg = refused(json!({
             "defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [
@@ -895,17 +755,9 @@ mod tests {
                 { "names": ["ptrace"], "action": "SCMP_ACT_TRACE", "errnoRet": 1 },
             ],
         }));
-        assert!(
-            msg.contains("SCMP_ACT_TRACE") && msg.contains("syscalls[1]"),
-            "{msg}"
-        );
-        let msg = refused(
-            json!({ "defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/agent.sock" }),
-        );
-        assert!(
-            msg.contains("listenerPath") && msg.contains("/run/agent.sock"),
-            "{msg}"
-        );
+        assert!(msg.contains("SCMP_ACT_TRACE") && msg.contains("syscalls[1]"), "{msg}");
+        let msg = refused(json!({ "defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/agent.sock" }));
+        assert!(msg.contains("listenerPath") && msg.contains("/run/agent.sock"), "{msg}");
         let msg = refused(json!({
             "defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"],
         }));
@@ -937,10 +789,7 @@ mod tests {
             "defaultAction": "SCMP_ACT_ALLOW",
             "flags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
         }));
-        assert_eq!(
-            p.flags,
-            libc::SECCOMP_FILTER_FLAG_LOG | libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW
-        );
+        assert_eq!(p.flags, libc::SECCOMP_FILTER_FLAG_LOG | libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW);
     }
 
     #[test]
@@ -951,23 +800,11 @@ mod tests {
             "syscalls": [{ "names": ["mkdir"], "action": "SCMP_ACT_ERRNO" }],
         }));
         // 32-bit x86 mkdir is 39; x32 mkdir is 83 | 0x40000000.
-        let i386_mkdir = Call {
-            nr: 39,
-            arch: AUDIT_ARCH_I386,
-            args: [0; 6],
-        };
+        let i386_mkdir = Call { nr: 39, arch: AUDIT_ARCH_I386, args: [0; 6] };
         assert_eq!(verdict(&p, &i386_mkdir), RET_KILL_PROCESS);
-        let x32_mkdir = Call {
-            nr: 83 | X32_SYSCALL_BIT,
-            arch: AUDIT_ARCH_X86_64,
-            args: [0; 6],
-        };
+        let x32_mkdir = Call { nr: 83 | X32_SYSCALL_BIT, arch: AUDIT_ARCH_X86_64, args: [0; 6] };
         assert_eq!(verdict(&p, &x32_mkdir), RET_KILL_PROCESS);
-        let negative = Call {
-            nr: u32::MAX,
-            arch: AUDIT_ARCH_X86_64,
-            args: [0; 6],
-        };
+        let negative = Call { nr: u32::MAX, arch: AUDIT_ARCH_X86_64, args: [0; 6] };
         assert_eq!(verdict(&p, &negative), RET_ALLOW);
     }
 
@@ -980,27 +817,16 @@ mod tests {
         .unwrap();
         let p = compile(&spec, Abi::Aarch64).unwrap();
         assert_eq!(p.skipped(), ["mkdir"], "aarch64 has only mkdirat");
-        let mkdirat = Call {
-            nr: 34,
-            arch: AUDIT_ARCH_AARCH64,
-            args: [0; 6],
-        };
+        let mkdirat = Call { nr: 34, arch: AUDIT_ARCH_AARCH64, args: [0; 6] };
         assert_eq!(verdict(&p, &mkdirat), errno(libc::EPERM));
-        let on_x86 = Call {
-            nr: 34,
-            arch: AUDIT_ARCH_X86_64,
-            args: [0; 6],
-        };
+        let on_x86 = Call { nr: 34, arch: AUDIT_ARCH_X86_64, args: [0; 6] };
         assert_eq!(verdict(&p, &on_x86), RET_KILL_PROCESS);
     }
 
     #[test]
     fn syscall_tables_are_sorted_and_agree_with_libc() {
         for table in [syscall_table::X86_64, syscall_table::AARCH64] {
-            assert!(
-                table.windows(2).all(|w| w[0].0 < w[1].0),
-                "sorted, no duplicates"
-            );
+            assert!(table.windows(2).all(|w| w[0].0 < w[1].0), "sorted, no duplicates");
         }
         #[cfg(target_arch = "x86_64")]
         let native = Abi::X86_64;
@@ -1022,19 +848,8 @@ mod tests {
 
     /// A Docker-sized allow-list: every x86_64 syscall but a few, default EPERM.
     fn docker_sized_profile() -> LinuxSeccomp {
-        let denied = [
-            "kexec_load",
-            "reboot",
-            "mount",
-            "umount2",
-            "pivot_root",
-            "init_module",
-        ];
-        let names: Vec<&str> = syscall_table::X86_64
-            .iter()
-            .map(|(n, _)| *n)
-            .filter(|n| !denied.contains(n))
-            .collect();
+        let denied = ["kexec_load", "reboot", "mount", "umount2", "pivot_root", "init_module"];
+        let names: Vec<&str> = syscall_table::X86_64.iter().map(|(n, _)| *n).filter(|n| !denied.contains(n)).collect();
         serde_json::from_value(json!({
             "defaultAction": "SCMP_ACT_ERRNO",
             "defaultErrnoRet": 1,
@@ -1055,17 +870,10 @@ mod tests {
         let started = Instant::now();
         let p = compile(&spec, Abi::X86_64).unwrap();
         let took = started.elapsed();
-        assert!(
-            p.program()
-                .is_some_and(|prog| prog.len() <= MAX_PROGRAM_LEN),
-            "{p:?}"
-        );
+        assert!(p.program().is_some_and(|prog| prog.len() <= MAX_PROGRAM_LEN), "{p:?}");
         assert_eq!(verdict(&p, &Call::new("write")), RET_ALLOW);
         assert_eq!(verdict(&p, &Call::new("mount")), errno(libc::EPERM));
         assert_eq!(verdict(&p, &Call::new("clone3")), errno(libc::ENOSYS));
-        eprintln!(
-            "compiled {} syscalls into {p:?} in {took:?}",
-            syscall_table::X86_64.len()
-        );
+        eprintln!("compiled {} syscalls into {p:?} in {took:?}", syscall_table::X86_64.len());
     }
 }

@@ -96,11 +96,8 @@ impl RotatingLog {
     }
 
     fn record(&mut self, stream: Stream, line: &[u8], now: &str) -> std::io::Result<()> {
-        let record = LogRecord {
-            time: now.to_string(),
-            stream: stream.name().to_string(),
-            line: String::from_utf8_lossy(line).into_owned(),
-        };
+        let record =
+            LogRecord { time: now.to_string(), stream: stream.name().to_string(), line: String::from_utf8_lossy(line).into_owned() };
         let mut text = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
         text.push(b'\n');
         if self.written > 0 && self.written + text.len() as u64 > self.max_bytes {

@@ -130,8 +130,7 @@ fn start_container(root: &StateRoot, opts: &ShimOptions) -> Result<(Container, O
         terminal.add(s);
     }
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&terminal), None).context(|| "block terminal signals".into())?;
-    std::fs::write(opts.task_dir.join(PID_FILE), std::process::id().to_string())
-        .context(|| "write shim.pid".into())?;
+    std::fs::write(opts.task_dir.join(PID_FILE), std::process::id().to_string()).context(|| "write shim.pid".into())?;
 
     let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context(|| "create the stdout pipe".into())?;
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context(|| "create the stderr pipe".into())?;
@@ -157,8 +156,7 @@ fn start_container(root: &StateRoot, opts: &ShimOptions) -> Result<(Container, O
 
 /// Copies output into the log until the container exits, then records the exit and deletes it.
 fn supervise(container: &Container, opts: &ShimOptions, out: OwnedFd, err: OwnedFd) -> Result<()> {
-    let mut log = log::RotatingLog::open(&opts.task_dir.join(LOG_DIR), opts.max_log_bytes)
-        .context(|| "open the task log".into())?;
+    let mut log = log::RotatingLog::open(&opts.task_dir.join(LOG_DIR), opts.max_log_bytes).context(|| "open the task log".into())?;
     let pid = Pid::from_raw(container.pid());
     let mut streams = vec![(std::fs::File::from(out), log::Stream::Stdout), (std::fs::File::from(err), log::Stream::Stderr)];
     let mut status = None;

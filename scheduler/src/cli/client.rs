@@ -77,7 +77,12 @@ impl Servers {
                     failures.push(format!("{address}: {}", status.message()));
                 }
                 // May have been applied: asking another server could apply it twice.
-                Err(status) if matches!(status.code(), tonic::Code::Aborted | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled) => {
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Aborted | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled
+                    ) =>
+                {
                     return Err(CliError::Unreachable(format!(
                         "{address}: {} (the request may or may not have been applied: check before retrying)",
                         status.message()

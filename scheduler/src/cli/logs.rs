@@ -71,7 +71,12 @@ pub async fn run(servers: Servers, args: LogsArgs) -> Result<(), CliError> {
             async move { LogApiClient::new(c).logs(request).await.map(|r| r.into_inner()) }
         })
         .await?;
-    let format = LineFormat { service: args.name.clone(), prefix: args.task.is_none(), timestamps: args.timestamps, json: args.output == Format::Json };
+    let format = LineFormat {
+        service: args.name.clone(),
+        prefix: args.task.is_none(),
+        timestamps: args.timestamps,
+        json: args.output == Format::Json,
+    };
     let mut failed = Vec::new();
     loop {
         let line = match stream.message().await {
@@ -83,11 +88,7 @@ pub async fn run(servers: Servers, args: LogsArgs) -> Result<(), CliError> {
             failed.push(line.task_id.clone());
         }
         let (text, to_stderr) = format.render(&line);
-        let written = if to_stderr {
-            writeln!(std::io::stderr().lock(), "{text}")
-        } else {
-            writeln!(std::io::stdout().lock(), "{text}")
-        };
+        let written = if to_stderr { writeln!(std::io::stderr().lock(), "{text}") } else { writeln!(std::io::stdout().lock(), "{text}") };
         // A closed pipe (`| head`) ends the command quietly.
         if written.is_err() {
             return Ok(());

@@ -42,9 +42,7 @@ pub enum CliCommand {
     /// Run one Raft member with the gRPC API.
     Server(ServerArgs),
     /// Create or update a service from a service.toml file.
-    Apply {
-        file: PathBuf,
-    },
+    Apply { file: PathBuf },
     /// List services, tasks, nodes or routes (the ingress rules).
     Get {
         what: GetWhat,
@@ -236,7 +234,9 @@ pub async fn run_cli(cli: Cli) -> Result<(), CliError> {
             match what {
                 GetWhat::Services => {
                     let services = servers
-                        .call(|c| async move { client::services(c).list_services(pb::ListServicesRequest { stale }).await.map(|r| r.into_inner().services) })
+                        .call(|c| async move {
+                            client::services(c).list_services(pb::ListServicesRequest { stale }).await.map(|r| r.into_inner().services)
+                        })
                         .await?;
                     print(output, || output::services_table(&services), || services.iter().map(output::service_json).collect());
                 }
@@ -252,13 +252,17 @@ pub async fn run_cli(cli: Cli) -> Result<(), CliError> {
                 }
                 GetWhat::Nodes => {
                     let nodes = servers
-                        .call(|c| async move { client::services(c).list_nodes(pb::ListNodesRequest { stale }).await.map(|r| r.into_inner().nodes) })
+                        .call(|c| async move {
+                            client::services(c).list_nodes(pb::ListNodesRequest { stale }).await.map(|r| r.into_inner().nodes)
+                        })
                         .await?;
                     print(output, || output::nodes_table(&nodes), || nodes.iter().map(output::node_json).collect());
                 }
                 GetWhat::Routes => {
                     let table = servers
-                        .call(|c| async move { client::routes(c).list_routes(pb::ListRoutesRequest { stale }).await.map(|r| r.into_inner()) })
+                        .call(
+                            |c| async move { client::routes(c).list_routes(pb::ListRoutesRequest { stale }).await.map(|r| r.into_inner()) },
+                        )
                         .await?;
                     print(output, || output::routes_table(&table.rules), || table.rules.iter().map(output::route_json).collect());
                 }
@@ -273,14 +277,18 @@ pub async fn run_cli(cli: Cli) -> Result<(), CliError> {
                     async move { client::services(c).describe_service(request).await.map(|r| r.into_inner()) }
                 })
                 .await?;
-            print_one(output, || output::describe_text(&d), || {
-                serde_json::json!({
-                    "service": d.service.as_ref().map(output::service_json),
-                    "revisions": d.revisions.iter().map(output::revision_json).collect::<Vec<_>>(),
-                    "tasks": d.tasks.iter().map(output::task_json).collect::<Vec<_>>(),
-                    "events": d.events.iter().map(|e| serde_json::json!({"unix_ms": e.unix_ms, "message": e.message})).collect::<Vec<_>>(),
-                })
-            });
+            print_one(
+                output,
+                || output::describe_text(&d),
+                || {
+                    serde_json::json!({
+                        "service": d.service.as_ref().map(output::service_json),
+                        "revisions": d.revisions.iter().map(output::revision_json).collect::<Vec<_>>(),
+                        "tasks": d.tasks.iter().map(output::task_json).collect::<Vec<_>>(),
+                        "events": d.events.iter().map(|e| serde_json::json!({"unix_ms": e.unix_ms, "message": e.message})).collect::<Vec<_>>(),
+                    })
+                },
+            );
             Ok(())
         }
         CliCommand::Scale { name, count } => {
@@ -342,16 +350,19 @@ pub async fn run_cli(cli: Cli) -> Result<(), CliError> {
 async fn cluster(servers: Servers, command: ClusterCommand) -> Result<(), CliError> {
     match command {
         ClusterCommand::Members { output } => {
-            let m = servers
-                .call(|c| async move { client::cluster(c).members(pb::MembersRequest {}).await.map(|r| r.into_inner()) })
-                .await?;
-            print_one(output, || output::members_table(&m), || {
-                serde_json::json!({
-                    "members": m.members.iter().map(output::member_json).collect::<Vec<_>>(),
-                    "leader_id": m.leader_id, "term": m.term, "commit_index": m.commit_index,
-                    "applied_index": m.applied_index, "answered_by": m.answered_by,
-                })
-            });
+            let m =
+                servers.call(|c| async move { client::cluster(c).members(pb::MembersRequest {}).await.map(|r| r.into_inner()) }).await?;
+            print_one(
+                output,
+                || output::members_table(&m),
+                || {
+                    serde_json::json!({
+                        "members": m.members.iter().map(output::member_json).collect::<Vec<_>>(),
+                        "leader_id": m.leader_id, "term": m.term, "commit_index": m.commit_index,
+                        "applied_index": m.applied_index, "answered_by": m.answered_by,
+                    })
+                },
+            );
         }
         ClusterCommand::Join { id, address } => {
             let request = pb::JoinRequest { id, address: address.clone() };
@@ -364,9 +375,7 @@ async fn cluster(servers: Servers, command: ClusterCommand) -> Result<(), CliErr
             println!("server {id} at {address} is a member");
         }
         ClusterCommand::Leave { id } => {
-            servers
-                .call(|c| async move { client::cluster(c).leave(pb::LeaveRequest { id }).await.map(|r| r.into_inner()) })
-                .await?;
+            servers.call(|c| async move { client::cluster(c).leave(pb::LeaveRequest { id }).await.map(|r| r.into_inner()) }).await?;
             println!("server {id} removed from the cluster");
         }
     }

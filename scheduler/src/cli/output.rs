@@ -4,8 +4,8 @@
 use proto::sched::v1 as pb;
 use serde_json::{Value, json};
 
-use super::table;
 use super::age::{age, until};
+use super::table;
 use crate::spec::format_duration_ms;
 
 pub fn task_state(v: i32) -> &'static str {

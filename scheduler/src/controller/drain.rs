@@ -15,12 +15,8 @@ pub struct DrainEnd;
 
 impl Controller for DrainEnd {
     fn commands(&mut self, snapshot: &Snapshot) -> Vec<Command> {
-        let done: Vec<String> = snapshot
-            .state
-            .tasks()
-            .filter(|t| t.desired == DesiredState::Draining && drained(t, snapshot))
-            .map(|t| t.id.clone())
-            .collect();
+        let done: Vec<String> =
+            snapshot.state.tasks().filter(|t| t.desired == DesiredState::Draining && drained(t, snapshot)).map(|t| t.id.clone()).collect();
         if done.is_empty() {
             return Vec::new();
         }

@@ -7,7 +7,15 @@ use crate::state::NodeStatus;
 use crate::test_fixtures::{cluster, spec};
 
 fn snapshot(state: crate::state::ClusterState, leading_for_ms: u64, ages: &[(u64, u64)]) -> Snapshot {
-    Snapshot { state, now_ms: 100_000, term: 3, leading_for_ms, heartbeat_age_ms: ages.iter().copied().collect(), cpu: BTreeMap::new(), ingress: BTreeMap::new() }
+    Snapshot {
+        state,
+        now_ms: 100_000,
+        term: 3,
+        leading_for_ms,
+        heartbeat_age_ms: ages.iter().copied().collect(),
+        cpu: BTreeMap::new(),
+        ingress: BTreeMap::new(),
+    }
 }
 
 fn statuses(commands: &[Command]) -> Vec<(u64, NodeStatus)> {
@@ -84,7 +92,14 @@ fn new_task_ids_carry_the_term_the_time_and_a_sequence() {
 #[test]
 fn the_leader_runs_liveness_autoscaling_reconciling_and_drain_ends() {
     let mut state = cluster(1, 4000);
-    state.apply(Command::ApplyService { spec: spec("q:1", 0, 100), image_digest: String::new(), now_ms: 0, unresolved_reason: String::new() }).unwrap();
+    state
+        .apply(Command::ApplyService {
+            spec: spec("q:1", 0, 100),
+            image_digest: String::new(),
+            now_ms: 0,
+            unresolved_reason: String::new(),
+        })
+        .unwrap();
     let task = crate::state::Task {
         desired: crate::state::DesiredState::Draining,
         drain_until_ms: 50_000,

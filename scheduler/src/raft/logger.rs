@@ -3,7 +3,7 @@
 
 use std::fmt::{self, Write as _};
 
-use slog::{Drain, Key, Level, OwnedKVList, Record, Serializer, KV};
+use slog::{Drain, KV, Key, Level, OwnedKVList, Record, Serializer};
 
 /// A `slog::Logger` whose records go to `tracing` under the target `raft`.
 pub fn raft_logger(server_id: u64) -> slog::Logger {

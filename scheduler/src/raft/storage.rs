@@ -227,10 +227,7 @@ impl DiskStorage {
     }
 
     fn write(&self, batch: &mut LogBatch, sync: bool) -> Result<(), StorageFailure> {
-        self.engine
-            .write(batch, sync)
-            .map(|_| ())
-            .map_err(|source| StorageFailure::Engine { path: self.path.clone(), source })
+        self.engine.write(batch, sync).map(|_| ()).map_err(|source| StorageFailure::Engine { path: self.path.clone(), source })
     }
 
     /// Appends entries (overwriting any conflicting tail) and persists the hard state, in one
@@ -241,12 +238,12 @@ impl DiskStorage {
         }
         let mut batch = LogBatch::default();
         if !entries.is_empty() {
-            batch
-                .add_entries::<EntryCodec>(LOG, entries)
-                .map_err(|source| StorageFailure::Engine { path: self.path.clone(), source })?;
+            batch.add_entries::<EntryCodec>(LOG, entries).map_err(|source| StorageFailure::Engine { path: self.path.clone(), source })?;
         }
         if let Some(hs) = hard_state {
-            batch.put_message(META, KEY_HARD_STATE.to_vec(), hs).map_err(|source| StorageFailure::Engine { path: self.path.clone(), source })?;
+            batch
+                .put_message(META, KEY_HARD_STATE.to_vec(), hs)
+                .map_err(|source| StorageFailure::Engine { path: self.path.clone(), source })?;
         }
         self.write(&mut batch, true)?;
         if let Some(last) = entries.last() {

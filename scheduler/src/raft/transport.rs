@@ -143,11 +143,7 @@ impl Transport {
                     }
                 }
                 let has_snapshot = batch.iter().any(is_snapshot);
-                let request = RaftBatch {
-                    from,
-                    from_address: from_address.clone(),
-                    messages: batch.iter().map(encode_message).collect(),
-                };
+                let request = RaftBatch { from, from_address: from_address.clone(), messages: batch.iter().map(encode_message).collect() };
                 let delivered = matches!(tokio::time::timeout(SEND_TIMEOUT, client.send(request)).await, Ok(Ok(_)));
                 if let Some(feedback) = &feedback {
                     if has_snapshot {

@@ -243,16 +243,19 @@ fn node_views(state: &ClusterState) -> Vec<NodeView> {
     let mut views: BTreeMap<u64, NodeView> = state
         .nodes()
         .map(|n| {
-            (n.id, NodeView {
-                id: n.id,
-                ready: n.status == NodeStatus::Ready,
-                cpu_millis: n.cpu_millis,
-                memory_mib: n.memory_mib,
-                labels: n.labels.clone(),
-                used_cpu_millis: 0,
-                used_memory_mib: 0,
-                tasks_per_service: BTreeMap::new(),
-            })
+            (
+                n.id,
+                NodeView {
+                    id: n.id,
+                    ready: n.status == NodeStatus::Ready,
+                    cpu_millis: n.cpu_millis,
+                    memory_mib: n.memory_mib,
+                    labels: n.labels.clone(),
+                    used_cpu_millis: 0,
+                    used_memory_mib: 0,
+                    tasks_per_service: BTreeMap::new(),
+                },
+            )
         })
         .collect();
     for t in state.tasks().filter(|t| is_live(state, t) && t.node_id != 0) {

@@ -43,7 +43,14 @@ fn per_node(state: &ClusterState) -> BTreeMap<u64, usize> {
 }
 
 fn apply_service(state: &mut ClusterState, image: &str, count: u32, cpu: u32) {
-    state.apply(Command::ApplyService { spec: spec(image, count, cpu), image_digest: String::new(), now_ms: 0, unresolved_reason: String::new() }).unwrap();
+    state
+        .apply(Command::ApplyService {
+            spec: spec(image, count, cpu),
+            image_digest: String::new(),
+            now_ms: 0,
+            unresolved_reason: String::new(),
+        })
+        .unwrap();
 }
 
 #[test]
@@ -103,7 +110,15 @@ fn tasks_that_fit_nowhere_stay_pending_with_the_reason_and_are_placed_later() {
     assert_eq!(run(&mut state, 2), 0, "the same reason is not written again");
     // A second node joins: the pending task is placed.
     state
-        .apply(Command::RegisterNode { name: "big".into(), address: "10.0.0.9".into(), cpu_millis: 4000, memory_mib: 4096, labels: BTreeMap::new(), now_ms: 3, api_address: String::new() })
+        .apply(Command::RegisterNode {
+            name: "big".into(),
+            address: "10.0.0.9".into(),
+            cpu_millis: 4000,
+            memory_mib: 4096,
+            labels: BTreeMap::new(),
+            now_ms: 3,
+            api_address: String::new(),
+        })
         .unwrap();
     run(&mut state, 4);
     assert!(state.tasks().all(|t| t.observed != TaskState::Pending));

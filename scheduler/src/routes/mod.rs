@@ -29,9 +29,7 @@ pub fn claimed_by_another<'a>(state: &'a ClusterState, spec: &ServiceSpec) -> Op
         state
             .services()
             .filter(|other| other.name != spec.name)
-            .find(|other| {
-                other.current_revision().spec.routes.iter().any(|r| r.host == route.host && r.path_prefix == route.path_prefix)
-            })
+            .find(|other| other.current_revision().spec.routes.iter().any(|r| r.host == route.host && r.path_prefix == route.path_prefix))
             .map(|other| (i, other.name.as_str()))
     })
 }

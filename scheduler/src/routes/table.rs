@@ -36,7 +36,8 @@ pub fn route_table(state: &ClusterState) -> Vec<RouteEntry> {
         for route in &spec.routes {
             let mut targets = Vec::new();
             for task in state.tasks_of(&service.name) {
-                if task.desired != DesiredState::Running || matches!(task.observed, TaskState::Exited | TaskState::Failed | TaskState::Lost) {
+                if task.desired != DesiredState::Running || matches!(task.observed, TaskState::Exited | TaskState::Failed | TaskState::Lost)
+                {
                     continue;
                 }
                 // The task's own revision says where the port is published.

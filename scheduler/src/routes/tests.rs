@@ -63,7 +63,9 @@ fn targets_are_the_tasks_endpoint_of_the_routes_port_and_healthy_only_when_they_
     assert_eq!(targets, [("a", "10.0.0.1:30002", true), ("b", "10.0.0.1:30004", false)]);
     assert_eq!(table[1].targets[0].address, "10.0.0.1:30001");
     // A task told to stop leaves the target group at once; a task on a down node is not healthy.
-    state.apply(Command::SetTaskDesiredState { task_ids: vec!["b".into()], desired: crate::state::DesiredState::Stopped, now_ms: 3 }).unwrap();
+    state
+        .apply(Command::SetTaskDesiredState { task_ids: vec!["b".into()], desired: crate::state::DesiredState::Stopped, now_ms: 3 })
+        .unwrap();
     state.apply(Command::SetNodeStatus { node_id: 1, status: NodeStatus::Down, now_ms: 4 }).unwrap();
     let table = route_table(&state);
     let targets: Vec<(&str, bool)> = table[0].targets.iter().map(|t| (t.task_id.as_str(), t.healthy)).collect();
@@ -75,8 +77,7 @@ fn a_second_service_claiming_the_same_host_and_prefix_is_refused_naming_the_firs
     let mut state = cluster(1, 8000);
     apply(&mut state, routed("quotes", vec![route("quotes.example", "/api/v1", 8080)])).unwrap();
     // Another host, another prefix, or a longer prefix: fine.
-    apply(&mut state, routed("other", vec![route("other.example", "/api/v1", 8080), route("quotes.example", "/api/v10", 8080)]))
-        .unwrap();
+    apply(&mut state, routed("other", vec![route("other.example", "/api/v1", 8080), route("quotes.example", "/api/v10", 8080)])).unwrap();
     let refused = apply(&mut state, routed("thief", vec![route("", "/", 8080), route("quotes.example", "/api/v1", 8080)])).unwrap_err();
     assert_eq!(refused.kind, RejectionKind::Conflict);
     assert_eq!(

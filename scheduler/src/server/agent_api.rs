@@ -101,8 +101,7 @@ impl AgentApi for AgentApiService {
         }
         // The same rule as a service's `constraints`, so every label a node has can be required.
         for (key, value) in &r.labels {
-            crate::spec::check_label(key, value)
-                .map_err(|e| Status::invalid_argument(format!("{e} (fix `sched-agent --labels`)")))?;
+            crate::spec::check_label(key, value).map_err(|e| Status::invalid_argument(format!("{e} (fix `sched-agent --labels`)")))?;
         }
         let command = Command::RegisterNode {
             name: r.name,
@@ -150,7 +149,10 @@ impl AgentApi for AgentApiService {
         Ok(Response::new(stream))
     }
 
-    async fn report_task_status(&self, request: Request<pb::ReportTaskStatusRequest>) -> Result<Response<pb::ReportTaskStatusResponse>, Status> {
+    async fn report_task_status(
+        &self,
+        request: Request<pb::ReportTaskStatusRequest>,
+    ) -> Result<Response<pb::ReportTaskStatusResponse>, Status> {
         let r = request.into_inner();
         let command = Command::ReportTaskStatus {
             node_id: r.node_id,
@@ -162,11 +164,7 @@ impl AgentApi for AgentApiService {
             message: r.message,
             now_ms: now_ms(),
         };
-        self.consensus
-            .write(Proposal::Command(command))
-            .await
-            .map_err(errors::consensus)?
-            .map_err(errors::rejection)?;
+        self.consensus.write(Proposal::Command(command)).await.map_err(errors::consensus)?.map_err(errors::rejection)?;
         Ok(Response::new(pb::ReportTaskStatusResponse {}))
     }
 }

@@ -26,11 +26,7 @@ impl ClusterApiService {
     /// after this server's own write, which it has applied already — and which may have
     /// removed this very server, so that no ReadIndex would be answered any more.
     async fn members(&self, stale: bool) -> Result<(Vec<pb::Member>, NodeStatus), Status> {
-        let members = self
-            .consensus
-            .read(stale, |a| a.state.members().clone())
-            .await
-            .map_err(errors::consensus)?;
+        let members = self.consensus.read(stale, |a| a.state.members().clone()).await.map_err(errors::consensus)?;
         let status = self.consensus.raft().status();
         let members = members
             .into_iter()
@@ -100,11 +96,7 @@ impl ClusterApi for ClusterApiService {
         if members.len() == 1 {
             return Err(Status::failed_precondition(format!("server {id} is the last member: a cluster cannot remove its last server")));
         }
-        self.consensus
-            .write(Proposal::RemoveVoter { id })
-            .await
-            .map_err(errors::consensus)?
-            .map_err(errors::rejection)?;
+        self.consensus.write(Proposal::RemoveVoter { id }).await.map_err(errors::consensus)?.map_err(errors::rejection)?;
         let (members, _) = ClusterApiService::members(self, true).await?;
         Ok(Response::new(pb::LeaveResponse { members }))
     }

@@ -67,7 +67,11 @@ impl ImagePinner {
     }
 
     /// A pinner with explicit credentials and time limit.
-    pub fn with_credentials(insecure_registries: Vec<String>, credentials: CredentialStore, timeout: Duration) -> Result<ImagePinner, RegistryError> {
+    pub fn with_credentials(
+        insecure_registries: Vec<String>,
+        credentials: CredentialStore,
+        timeout: Duration,
+    ) -> Result<ImagePinner, RegistryError> {
         // One attempt: an apply should not wait out a flapping registry's backoff; applying
         // again pins the tag once the registry answers.
         let options = ClientOptions { insecure_registries, credentials, max_attempts: 1, ..ClientOptions::default() };
@@ -82,9 +86,9 @@ impl ImagePinner {
         match tokio::time::timeout(self.timeout, self.client.resolve_digest(reference)).await {
             Ok(Ok(digest)) => Resolution::Pinned(digest),
             Ok(Err(e)) => Resolution::Unresolved { reason: failure_reason(reference, &e) },
-            Err(_) => Resolution::Unresolved {
-                reason: format!("registry {} did not answer within {:?}", reference.registry(), self.timeout),
-            },
+            Err(_) => {
+                Resolution::Unresolved { reason: format!("registry {} did not answer within {:?}", reference.registry(), self.timeout) }
+            }
         }
     }
 }
@@ -144,10 +148,7 @@ mod tests {
         let reference = Reference::parse(&format!("{address}/app:1.0")).unwrap();
         let resolution = pinner(Duration::from_millis(300)).resolve(&reference).await;
         silent.abort();
-        assert_eq!(
-            resolution,
-            Resolution::Unresolved { reason: format!("registry {address} did not answer within 300ms") }
-        );
+        assert_eq!(resolution, Resolution::Unresolved { reason: format!("registry {address} did not answer within 300ms") });
     }
 
     #[test]

@@ -124,13 +124,19 @@ async fn open(target: &Target, request: TaskLogsRequest) -> Result<Streaming<Log
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    let channel = endpoint.connect().await.map_err(|e| {
-        OpenError::Unreachable(format!("cannot reach node {node} at {}{down}: {}", target.api_address, source_chain(&e)))
-    })?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| OpenError::Unreachable(format!("cannot reach node {node} at {}{down}: {}", target.api_address, source_chain(&e))))?;
     match TaskLogApiClient::new(channel).logs(request).await {
         Ok(response) => Ok(response.into_inner()),
         Err(s) if s.code() == tonic::Code::NotFound => Err(OpenError::NotFound(format!("node {node}: {}", s.message()))),
-        Err(s) => Err(OpenError::Unreachable(format!("node {node} at {} refused the log of task {}: {}", target.api_address, target.task_id, s.message()))),
+        Err(s) => Err(OpenError::Unreachable(format!(
+            "node {node} at {} refused the log of task {}: {}",
+            target.api_address,
+            target.task_id,
+            s.message()
+        ))),
     }
 }
 
@@ -148,7 +154,10 @@ async fn forward(target: &Target, mut stream: Streaming<LogLine>, out: &Lines) -
                 line
             }
             Ok(None) => return true,
-            Err(s) => error_line(target, format!("the log stream of task {} from node {} broke: {}", target.task_id, target.node_name, s.message())),
+            Err(s) => error_line(
+                target,
+                format!("the log stream of task {} from node {} broke: {}", target.task_id, target.node_name, s.message()),
+            ),
         };
         let broke = !line.error.is_empty();
         if out.send(Ok(line)).await.is_err() {
@@ -223,7 +232,10 @@ impl LogApi for LogApiService {
                 (None, service_targets(state, &r.service))
             } else {
                 let task = find_task(|id| state.task(id), &r.service, &r.task_id).ok_or_else(|| {
-                    Status::not_found(format!("service {} has no task {:?} (sched get tasks --service {} lists them)", r.service, r.task_id, r.service))
+                    Status::not_found(format!(
+                        "service {} has no task {:?} (sched get tasks --service {} lists them)",
+                        r.service, r.task_id, r.service
+                    ))
                 })?;
                 if task.node_id == 0 {
                     return Err(Status::failed_precondition(format!("task {} is not placed on a node yet: it has no log", task.id)));

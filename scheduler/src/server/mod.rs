@@ -117,7 +117,12 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ServiceApiServer::new(service_api::ServiceApiService::new(consensus.clone(), heartbeats.clone(), pinner, to_leader.clone())))
+        .add_service(ServiceApiServer::new(service_api::ServiceApiService::new(
+            consensus.clone(),
+            heartbeats.clone(),
+            pinner,
+            to_leader.clone(),
+        )))
         .add_service(ClusterApiServer::new(cluster_api::ClusterApiService::new(consensus.clone())))
         .add_service(LogApiServer::new(log_api::LogApiService::new(consensus.clone())))
         .add_service(RouteApiServer::new(route_api::RouteApiService::new(consensus.clone())))

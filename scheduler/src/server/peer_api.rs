@@ -34,8 +34,8 @@ impl RaftPeer for RaftPeerService {
     }
 
     async fn propose(&self, request: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
-        let proposal: Proposal = serde_json::from_slice(&request.into_inner().proposal)
-            .map_err(|e| Status::invalid_argument(format!("not a proposal: {e}")))?;
+        let proposal: Proposal =
+            serde_json::from_slice(&request.into_inner().proposal).map_err(|e| Status::invalid_argument(format!("not a proposal: {e}")))?;
         let outcome = self.raft.propose(proposal).await;
         Ok(Response::new(pb::ProposeResponse { outcome: serde_json::to_vec(&outcome).expect("outcomes serialize") }))
     }

@@ -61,6 +61,11 @@ impl RouteApi for RouteApiService {
     async fn watch_routes(&self, _request: Request<pb::WatchRoutesRequest>) -> Result<Response<TableStream>, Status> {
         let first = self.consensus.read(false, |a| table(&a.state, a.index)).await.map_err(errors::consensus)?;
         let raft = self.consensus.raft().clone();
-        Ok(Response::new(applied_stream(first, raft, |applied| table(&applied.state, applied.index), |last, next| next.rules != last.rules)))
+        Ok(Response::new(applied_stream(
+            first,
+            raft,
+            |applied| table(&applied.state, applied.index),
+            |last, next| next.rules != last.rules,
+        )))
     }
 }

@@ -7,14 +7,14 @@
 use std::sync::Arc;
 
 use proto::sched::v1 as pb;
-use proto::sched::v1::service_api_server::ServiceApi;
 use proto::sched::v1::service_api_client::ServiceApiClient;
+use proto::sched::v1::service_api_server::ServiceApi;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::heartbeats::Heartbeats;
-use super::to_leader::{self, ToLeader};
 use super::image_pin::{ImagePinner, Resolution};
+use super::to_leader::{self, ToLeader};
 use super::{errors, now_ms, views};
 use crate::raft::{Consensus, Proposal};
 use crate::spec::ServiceSpec;
@@ -84,11 +84,7 @@ impl ServiceApiService {
     }
 
     async fn write(&self, command: Command) -> Result<Outcome, Status> {
-        self.consensus
-            .write(Proposal::Command(command))
-            .await
-            .map_err(errors::consensus)?
-            .map_err(errors::rejection)
+        self.consensus.write(Proposal::Command(command)).await.map_err(errors::consensus)?.map_err(errors::rejection)
     }
 
     async fn write_service(&self, command: Command, what: &str) -> Result<(pb::Service, bool), Status> {
@@ -127,7 +123,9 @@ impl ServiceApi for ServiceApiService {
     }
 
     async fn list_services(&self, request: Request<pb::ListServicesRequest>) -> Result<Response<pb::ListServicesResponse>, Status> {
-        if let Some(answer) = self.answer_of_leader(&request, request.get_ref().stale, |mut c, r| async move { c.list_services(r).await }).await {
+        if let Some(answer) =
+            self.answer_of_leader(&request, request.get_ref().stale, |mut c, r| async move { c.list_services(r).await }).await
+        {
             return answer;
         }
         let now = now_ms();
@@ -141,7 +139,9 @@ impl ServiceApi for ServiceApiService {
     }
 
     async fn list_tasks(&self, request: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
-        if let Some(answer) = self.answer_of_leader(&request, request.get_ref().stale, |mut c, r| async move { c.list_tasks(r).await }).await {
+        if let Some(answer) =
+            self.answer_of_leader(&request, request.get_ref().stale, |mut c, r| async move { c.list_tasks(r).await }).await
+        {
             return answer;
         }
         let request = request.into_inner();
@@ -167,8 +167,13 @@ impl ServiceApi for ServiceApiService {
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
-    async fn describe_service(&self, request: Request<pb::DescribeServiceRequest>) -> Result<Response<pb::DescribeServiceResponse>, Status> {
-        if let Some(answer) = self.answer_of_leader(&request, request.get_ref().stale, |mut c, r| async move { c.describe_service(r).await }).await {
+    async fn describe_service(
+        &self,
+        request: Request<pb::DescribeServiceRequest>,
+    ) -> Result<Response<pb::DescribeServiceResponse>, Status> {
+        if let Some(answer) =
+            self.answer_of_leader(&request, request.get_ref().stale, |mut c, r| async move { c.describe_service(r).await }).await
+        {
             return answer;
         }
         let request = request.into_inner();

@@ -7,8 +7,7 @@ use proto::sched::v1 as pb;
 use crate::autoscale;
 use crate::controller::CpuSample;
 use crate::state::{
-    ClusterState, DesiredState, Event, HealthStatus, Node, NodeStatus, Revision, ServiceRecord, ServiceSummary, Task,
-    TaskState,
+    ClusterState, DesiredState, Event, HealthStatus, Node, NodeStatus, Revision, ServiceRecord, ServiceSummary, Task, TaskState,
 };
 
 pub fn revision(r: &Revision) -> pb::Revision {

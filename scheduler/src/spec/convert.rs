@@ -34,10 +34,7 @@ impl ServiceSpec {
                         grace_ms: h.grace_ms,
                     }),
                     None => {
-                        errors.push(FieldError {
-                            field: "health.kind".into(),
-                            message: "must be HTTP, TCP or CMD".into(),
-                        });
+                        errors.push(FieldError { field: "health.kind".into(), message: "must be HTTP, TCP or CMD".into() });
                         None
                     }
                 }
@@ -118,10 +115,7 @@ impl ServiceSpec {
                 retries: h.retries,
                 grace_ms: h.grace_ms,
             }),
-            deploy: Some(pb::Deploy {
-                min_healthy_percent: self.deploy.min_healthy_percent,
-                max_percent: self.deploy.max_percent,
-            }),
+            deploy: Some(pb::Deploy { min_healthy_percent: self.deploy.min_healthy_percent, max_percent: self.deploy.max_percent }),
             routes: self
                 .routes
                 .iter()

@@ -14,8 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Autoscale, DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_MIB, Deploy, HealthCheck, HealthKind, Route,
-    ServiceSpec, parse_duration_ms, validate,
+    Autoscale, DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_MIB, Deploy, HealthCheck, HealthKind, Route, ServiceSpec, parse_duration_ms, validate,
 };
 
 /// Health probe timing when the `[health]` table leaves it out.
@@ -384,10 +383,7 @@ mod tests {
         let text = "name = \"Quotes\"\nimage = \"busybox\"\nports = [8080]\ncount = 3\n[health]\nkind = \"http\"\npath = \"/h\"\nport = 9090\ninterval = \"5\"\n";
         let p = problems(text);
         let summary: Vec<_> = p.iter().map(|p| (p.field.clone().unwrap(), p.line, p.column)).collect();
-        assert_eq!(
-            summary,
-            [("name".to_string(), 1, 8), ("health.port".to_string(), 8, 8), ("health.interval".to_string(), 9, 12)]
-        );
+        assert_eq!(summary, [("name".to_string(), 1, 8), ("health.port".to_string(), 8, 8), ("health.interval".to_string(), 9, 12)]);
         assert!(p[2].message.contains("no unit"));
     }
 

@@ -48,9 +48,7 @@ impl fmt::Display for FieldError {
 /// Checks every rule and returns all broken ones (not just the first).
 pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
     let mut errors = Vec::new();
-    let mut fail = |field: &str, message: String| {
-        errors.push(FieldError { field: field.to_string(), message })
-    };
+    let mut fail = |field: &str, message: String| errors.push(FieldError { field: field.to_string(), message });
 
     if let Err(why) = check_name(&spec.name) {
         fail("name", why);
@@ -101,7 +99,9 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
         } else if auto.min > auto.max {
             fail("autoscale.min", format!("must not exceed autoscale.max ({}), got {}", auto.max, auto.min));
         }
-        for (field, ms) in [("autoscale.scale_out_cooldown", auto.scale_out_cooldown_ms), ("autoscale.scale_in_cooldown", auto.scale_in_cooldown_ms)] {
+        for (field, ms) in
+            [("autoscale.scale_out_cooldown", auto.scale_out_cooldown_ms), ("autoscale.scale_in_cooldown", auto.scale_in_cooldown_ms)]
+        {
             if !(MIN_COOLDOWN_MS..=MAX_COOLDOWN_MS).contains(&ms) {
                 fail(field, format!("must be 1s to 1h, got {}", super::format_duration_ms(ms)));
             }
@@ -124,13 +124,22 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
         if health.kind == HealthKind::Cmd && health.command.first().is_none_or(|c| c.is_empty()) {
             fail("health.command", "a cmd check needs a command, e.g. [\"/bin/check\"]".into());
         } else if health.command.first().is_some_and(|c| c.starts_with('-')) {
-            fail("health.command", format!("the program must not start with '-', got \"{}\": name the program first, e.g. [\"/bin/check\", \"--quick\"]", health.command[0]));
+            fail(
+                "health.command",
+                format!(
+                    "the program must not start with '-', got \"{}\": name the program first, e.g. [\"/bin/check\", \"--quick\"]",
+                    health.command[0]
+                ),
+            );
         }
         if health.interval_ms == 0 {
             fail("health.interval", "must be longer than 0s".into());
         }
         if health.timeout_ms == 0 || health.timeout_ms > health.interval_ms {
-            fail("health.timeout", format!("must be longer than 0s and at most health.interval ({}ms), got {}ms", health.interval_ms, health.timeout_ms));
+            fail(
+                "health.timeout",
+                format!("must be longer than 0s and at most health.interval ({}ms), got {}ms", health.interval_ms, health.timeout_ms),
+            );
         }
         if health.retries == 0 {
             fail("health.retries", "must be at least 1".into());
@@ -188,7 +197,9 @@ fn check_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("\"{name}\" is not allowed: use 1-63 lowercase letters, digits and '-', starting with a letter and not ending with '-'"))
+        Err(format!(
+            "\"{name}\" is not allowed: use 1-63 lowercase letters, digits and '-', starting with a letter and not ending with '-'"
+        ))
     }
 }
 
@@ -203,9 +214,7 @@ fn check_image(image: &str) -> Result<(), String> {
     let name = image.split('@').next().unwrap_or(image);
     let repository = match name.rsplit_once(':') {
         Some((repo, tag)) if !tag.contains('/') => {
-            let tag_ok = !tag.is_empty()
-                && tag.len() <= 128
-                && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            let tag_ok = !tag.is_empty() && tag.len() <= 128 && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
             if !tag_ok {
                 return Err(format!("tag \"{tag}\" is not allowed: use letters, digits, '_', '.' and '-'"));
             }
@@ -213,9 +222,9 @@ fn check_image(image: &str) -> Result<(), String> {
         }
         _ => name,
     };
-    let path = repository.split_once('/').map_or(repository, |(first, rest)| {
-        if first.contains(['.', ':']) || first == "localhost" { rest } else { repository }
-    });
+    let path = repository
+        .split_once('/')
+        .map_or(repository, |(first, rest)| if first.contains(['.', ':']) || first == "localhost" { rest } else { repository });
     if path.is_empty() || path.chars().any(|c| c.is_ascii_uppercase()) {
         return Err(format!("repository \"{path}\" must be non-empty and lowercase"));
     }
@@ -228,14 +237,10 @@ fn check_image(image: &str) -> Result<(), String> {
 pub fn check_label(key: &str, value: &str) -> Result<(), String> {
     let allowed = |text: &str| text.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
     if key.is_empty() || key.len() > MAX_LABEL_KEY_LEN || !allowed(key) {
-        return Err(format!(
-            "label key \"{key}\" is not allowed: use 1-{MAX_LABEL_KEY_LEN} letters, digits, '.', '_', '-' and '/'"
-        ));
+        return Err(format!("label key \"{key}\" is not allowed: use 1-{MAX_LABEL_KEY_LEN} letters, digits, '.', '_', '-' and '/'"));
     }
     if value.is_empty() || value.len() > MAX_LABEL_VALUE_LEN || !allowed(value) {
-        return Err(format!(
-            "label value \"{value}\" is not allowed: use 1-{MAX_LABEL_VALUE_LEN} letters, digits, '.', '_', '-' and '/'"
-        ));
+        return Err(format!("label value \"{value}\" is not allowed: use 1-{MAX_LABEL_VALUE_LEN} letters, digits, '.', '_', '-' and '/'"));
     }
     Ok(())
 }
@@ -270,10 +275,7 @@ fn check_path_prefix(path: &str) -> Result<(), String> {
         return Ok(());
     }
     if path.ends_with('/') {
-        return Err(format!(
-            "\"{path}\" ends with '/': write \"{}\", prefixes match whole segments",
-            path.trim_end_matches('/')
-        ));
+        return Err(format!("\"{path}\" ends with '/': write \"{}\", prefixes match whole segments", path.trim_end_matches('/')));
     }
     if path[1..].split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..") {
         return Err(format!("\"{path}\" has an empty, '.' or '..' segment"));
@@ -354,10 +356,7 @@ mod tests {
             routes: vec![Route { path_prefix: "/api".into(), host: "bad host".into(), port: 1, timeout_ms: 60_000 }],
             ..minimal()
         };
-        assert_eq!(
-            fields(&spec),
-            ["health.port", "health.path", "health.timeout", "health.retries", "route[0].host", "route[0].port"]
-        );
+        assert_eq!(fields(&spec), ["health.port", "health.path", "health.timeout", "health.retries", "route[0].host", "route[0].port"]);
     }
 
     #[test]
@@ -475,7 +474,9 @@ mod tests {
         assert_eq!(fields(&with(&good)), Vec::<String>::new());
         let long_value = "v".repeat(64);
         let long_key = "k".repeat(254);
-        for (key, value) in [("", "a"), ("my zone", "a"), ("zone", ""), ("zone", "eu 1"), ("zone", "a=b"), ("zone", &long_value), (&long_key, "a")] {
+        for (key, value) in
+            [("", "a"), ("my zone", "a"), ("zone", ""), ("zone", "eu 1"), ("zone", "a=b"), ("zone", &long_value), (&long_key, "a")]
+        {
             assert_eq!(fields(&with(&[(key, value)])), [format!("constraints.{key}")], "{key:?} = {value:?}");
         }
         let errors = validate(&with(&[("zone", "eu 1")])).unwrap_err();

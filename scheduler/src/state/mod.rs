@@ -30,9 +30,16 @@ pub use model::{
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// A service after the change; `changed` is false when nothing had to change.
-    Service { service: ServiceSummary, changed: bool },
-    Deleted { name: String },
-    NodeRegistered { node_id: u64 },
+    Service {
+        service: ServiceSummary,
+        changed: bool,
+    },
+    Deleted {
+        name: String,
+    },
+    NodeRegistered {
+        node_id: u64,
+    },
     Done,
 }
 
@@ -144,7 +151,16 @@ impl ClusterState {
                 let existing = self.nodes.values_mut().find(|n| n.name == name);
                 let node_id = match existing {
                     Some(node) => {
-                        *node = Node { address, api_address, cpu_millis, memory_mib, labels, status: NodeStatus::Ready, status_ms: now_ms, ..node.clone() };
+                        *node = Node {
+                            address,
+                            api_address,
+                            cpu_millis,
+                            memory_mib,
+                            labels,
+                            status: NodeStatus::Ready,
+                            status_ms: now_ms,
+                            ..node.clone()
+                        };
                         node.id
                     }
                     None => {
@@ -271,12 +287,8 @@ impl ClusterState {
     /// could not be resolved, an event says why and that the tasks pull by tag.
     fn apply_service(&mut self, spec: crate::spec::ServiceSpec, image_digest: String, now_ms: u64, unresolved_reason: &str) -> Outcome {
         let name = spec.name.clone();
-        let unresolved = (!unresolved_reason.is_empty()).then(|| {
-            format!(
-                "the digest of {} could not be resolved ({unresolved_reason}); its tasks will pull it by tag",
-                spec.image
-            )
-        });
+        let unresolved = (!unresolved_reason.is_empty())
+            .then(|| format!("the digest of {} could not be resolved ({unresolved_reason}); its tasks will pull it by tag", spec.image));
         let Some(service) = self.services.get_mut(&name) else {
             let count = spec.count;
             let first = Revision { revision: 1, spec, image_digest, created_ms: now_ms, rolled_back_from: None };
@@ -424,7 +436,12 @@ impl ClusterState {
         let target = match to {
             Some(rev) => rev,
             None if service.current > 1 => service.current - 1,
-            None => return Err(Rejection { kind: RejectionKind::Conflict, message: format!("{name} has only revision 1: there is nothing to roll back to") }),
+            None => {
+                return Err(Rejection {
+                    kind: RejectionKind::Conflict,
+                    message: format!("{name} has only revision 1: there is nothing to roll back to"),
+                });
+            }
         };
         let Some(old) = service.revision(target).cloned() else {
             let latest = service.revisions.last().map_or(0, |r| r.revision);

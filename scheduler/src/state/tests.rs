@@ -8,7 +8,10 @@ fn spec(image: &str, count: u32) -> ServiceSpec {
 }
 
 fn apply(state: &mut ClusterState, image: &str, count: u32, now_ms: u64) -> (u64, bool) {
-    match state.apply(Command::ApplyService { spec: spec(image, count), image_digest: String::new(), now_ms, unresolved_reason: String::new() }).unwrap() {
+    match state
+        .apply(Command::ApplyService { spec: spec(image, count), image_digest: String::new(), now_ms, unresolved_reason: String::new() })
+        .unwrap()
+    {
         Outcome::Service { service, changed } => (service.current.revision, changed),
         other => panic!("unexpected {other:?}"),
     }
@@ -63,7 +66,8 @@ fn scale_changes_count_without_a_revision_and_respects_autoscale_bounds() {
     assert_eq!((service.current, service.desired_count), (1, 5));
 
     let mut auto = spec("quotes:1.0", 3);
-    auto.autoscale = Some(crate::spec::Autoscale { min: 2, max: 4, target_cpu_percent: 70, scale_out_cooldown_ms: 1_000, scale_in_cooldown_ms: 1_000 });
+    auto.autoscale =
+        Some(crate::spec::Autoscale { min: 2, max: 4, target_cpu_percent: 70, scale_out_cooldown_ms: 1_000, scale_in_cooldown_ms: 1_000 });
     state.apply(Command::ApplyService { spec: auto, image_digest: String::new(), now_ms: 3, unresolved_reason: String::new() }).unwrap();
     let err = state.apply(Command::ScaleService { name: "quotes".into(), count: 9, now_ms: 4 }).unwrap_err();
     assert_eq!(err.kind, RejectionKind::Invalid);
@@ -76,7 +80,10 @@ fn delete_removes_the_service_and_stops_its_tasks() {
     apply(&mut state, "quotes:1.0", 1, 1);
     let task = crate::test_fixtures::task("quotes-1", 0, TaskState::Pending);
     state.apply(Command::PutTasks { tasks: vec![task], now_ms: 2 }).unwrap();
-    assert_eq!(state.apply(Command::DeleteService { name: "quotes".into(), now_ms: 3 }).unwrap(), Outcome::Deleted { name: "quotes".into() });
+    assert_eq!(
+        state.apply(Command::DeleteService { name: "quotes".into(), now_ms: 3 }).unwrap(),
+        Outcome::Deleted { name: "quotes".into() }
+    );
     assert!(state.service("quotes").is_none());
     assert_eq!(state.task("quotes-1").unwrap().desired, DesiredState::Stopped);
     let err = state.apply(Command::DeleteService { name: "quotes".into(), now_ms: 4 }).unwrap_err();
@@ -176,10 +183,13 @@ fn a_task_that_dies_is_recorded_with_its_exit_code_and_backoff_once() {
     state.apply(exit("quotes-1", 11)).unwrap(); // a repeated report is no new death
     state.apply(exit("quotes-2", 20)).unwrap();
     let events: Vec<&str> = state.service("quotes").unwrap().events.iter().skip(1).map(|e| e.message.as_str()).collect();
-    assert_eq!(events, [
-        "task quotes-1 exited with code 3; 1 exit(s) in 5 min: its replacement starts after a backoff of 1s",
-        "task quotes-2 exited with code 3; 2 exit(s) in 5 min: its replacement starts after a backoff of 2s",
-    ]);
+    assert_eq!(
+        events,
+        [
+            "task quotes-1 exited with code 3; 1 exit(s) in 5 min: its replacement starts after a backoff of 1s",
+            "task quotes-2 exited with code 3; 2 exit(s) in 5 min: its replacement starts after a backoff of 2s",
+        ]
+    );
 }
 
 #[test]
@@ -199,7 +209,12 @@ fn same_commands_give_same_state_and_snapshot_round_trips() {
     let commands = vec![
         Command::ApplyService { spec: spec("quotes:1.0", 2), image_digest: String::new(), now_ms: 1, unresolved_reason: String::new() },
         Command::ScaleService { name: "quotes".into(), count: 4, now_ms: 2 },
-        Command::ApplyService { spec: spec("quotes:1.1", 2), image_digest: "sha256:ab".into(), now_ms: 3, unresolved_reason: String::new() },
+        Command::ApplyService {
+            spec: spec("quotes:1.1", 2),
+            image_digest: "sha256:ab".into(),
+            now_ms: 3,
+            unresolved_reason: String::new(),
+        },
         Command::ScaleService { name: "missing".into(), count: 4, now_ms: 4 },
     ];
     let run = || {

@@ -1,17 +1,16 @@
 //! `sched-runtime image ...`: pull, list, inspect, remove, prune and unpack images in the data
 //! dir (default /var/lib/sched), and turn a pulled image into a bundle for `sched-runtime run`. Parsing and printing only; the work is in
 //! `runtime::image::ImageService`.
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::collections::HashMap;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use runtime::image::{
-    ClientOptions, CredentialStore, Credentials, Digest, ImageService, ImageServiceOptions, Platform, ProcessOverrides,
-    PullProgress,
+    ClientOptions, CredentialStore, Credentials, Digest, ImageService, ImageServiceOptions, Platform, ProcessOverrides, PullProgress,
 };
 
 /// Image commands.
@@ -222,9 +221,7 @@ fn parse_platform(s: &str) -> Result<Platform> {
     let parts: Vec<&str> = s.split('/').collect();
     match parts.as_slice() {
         [os, arch] => Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: None }),
-        [os, arch, variant] => {
-            Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: Some(variant.to_string()) })
-        }
+        [os, arch, variant] => Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: Some(variant.to_string()) }),
         _ => bail!("--platform {s:?} must be os/arch or os/arch/variant, e.g. linux/arm64"),
     }
 }

@@ -268,9 +268,7 @@ fn main() {
 fn init_logging(cli: &Cli) {
     let level = if cli.debug { tracing::Level::DEBUG } else { tracing::Level::WARN };
     let builder = tracing_subscriber::fmt().with_max_level(level).with_target(false);
-    let file = cli.log.as_ref().and_then(|p| {
-        std::fs::OpenOptions::new().create(true).append(true).open(p).ok()
-    });
+    let file = cli.log.as_ref().and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
     match (file, cli.log_format) {
         (Some(f), LogFormat::Json) => builder.json().with_writer(std::sync::Mutex::new(f)).init(),
         (Some(f), LogFormat::Text) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init(),
@@ -367,10 +365,7 @@ fn run_image(root: &StateRoot, data_dir: &std::path::Path, create: &CreateArgs, 
     std::fs::create_dir_all(&bundle).with_context(|| format!("create {}", bundle.display()))?;
     let result = (|| {
         let prepared = images.prepare_rootfs(reference, &create.id)?;
-        let overrides = ProcessOverrides {
-            entrypoint: (!command.is_empty()).then(|| command.to_vec()),
-            ..Default::default()
-        };
+        let overrides = ProcessOverrides { entrypoint: (!command.is_empty()).then(|| command.to_vec()), ..Default::default() };
         let spec = images.spec_for(&prepared, &overrides, runtime::spec_template::default_spec(&[]))?;
         std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&spec)?)
             .with_context(|| format!("write {}/config.json", bundle.display()))?;
@@ -439,12 +434,7 @@ fn exec_options(container: &Container, args: &ExecArgs) -> Result<ExecOptions> {
             p
         }
     };
-    Ok(ExecOptions {
-        process,
-        detach: args.detach,
-        pid_file: args.pid_file.clone(),
-        console_socket: args.console_socket.clone(),
-    })
+    Ok(ExecOptions { process, detach: args.detach, pid_file: args.pid_file.clone(), console_socket: args.console_socket.clone() })
 }
 
 /// The signal mask this process runs with (the container's program inherits it).
