@@ -7,5 +7,11 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 bash scripts/install-test-deps.sh
+# The lint gates: the code as rustfmt.toml formats it, and no clippy warning.
+for tool in fmt clippy; do
+  cargo "$tool" --version >/dev/null 2>&1 || { echo "scripts/test.sh: cargo $tool is missing: rustup component add ${tool/fmt/rustfmt}" >&2; exit 1; }
+done
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 cargo test --workspace
