@@ -1,5 +1,6 @@
 //! The only place in the crate with `unsafe` code: thin wrappers over the few system calls that
 //! nix does not wrap safely. Each wrapper states and checks the invariant it relies on.
+#![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 

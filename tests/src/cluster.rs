@@ -6,6 +6,8 @@
 //! so elections take 200-400 ms) and small snapshot intervals when asked. Drop kills every
 //! process (SIGKILL, also stopped ones) and removes the data.
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -172,10 +174,9 @@ impl Cluster {
     /// SIGSTOPs (`true`) or SIGCONTs (`false`) a server: a partition it cannot notice.
     pub fn pause(&self, id: u64, paused: bool) {
         let child = self.servers[&id].child.as_ref().expect("server runs");
-        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
-        // SAFETY: kill(2) on the pid of a child this fixture spawned and has not reaped.
-        let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}) failed", child.id());
+        let signal = if paused { Signal::SIGSTOP } else { Signal::SIGCONT };
+        // The pid of a child this fixture spawned and has not reaped: it cannot be reused.
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap_or_else(|e| panic!("kill({}, {signal}) failed: {e}", child.id()));
     }
 
     /// Every running server's address, comma-separated (for `--server`).
@@ -253,8 +254,8 @@ impl Drop for Cluster {
         let ids: Vec<u64> = self.servers.keys().copied().collect();
         for id in ids {
             if let Some(child) = self.servers.get(&id).and_then(|s| s.child.as_ref()) {
-                // SAFETY: SIGCONT to our own unreaped child so a stopped server can die.
-                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
+                // SIGCONT to our own unreaped child so a stopped server can die.
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
             }
             self.kill(id);
         }

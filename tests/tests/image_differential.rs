@@ -47,6 +47,8 @@ fn describe(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
+// The one call nix does not wrap; a test helper, so allowed here rather than in runtime's sys.
+#[allow(unsafe_code)]
 fn list_xattrs(path: &Path, buf: &mut [u8]) -> usize {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: `c` is a valid NUL-terminated path and `buf` a writable buffer of the given length.

@@ -119,6 +119,8 @@ fn pause_freezes_and_resume_thaws() {
     bundle.assert_nothing_left(None);
 }
 
+// Taking ownership of an fd received with SCM_RIGHTS has no safe wrapper in nix.
+#[allow(unsafe_code)]
 #[test]
 fn terminal_master_goes_to_the_console_socket() {
     let bundle = BusyboxBundle::new().shell("tty; echo tty-ok");
