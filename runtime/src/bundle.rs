@@ -95,6 +95,9 @@ impl Bundle {
                 return Err(Error::ConfigInvalid(format!("{} namespace path {} does not exist", ns.typ(), path.display())));
             }
         }
+        if let Some(sysctls) = self.spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
+            crate::sysctl::check(sysctls.keys(), |t| self.has_namespace(t)).map_err(Error::ConfigInvalid)?;
+        }
         for mount in self.spec.mounts().iter().flatten() {
             if !mount.destination().is_absolute() {
                 return Err(Error::ConfigInvalid(format!("mount destination {:?} must be an absolute path", mount.destination())));

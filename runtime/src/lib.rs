@@ -24,6 +24,7 @@ pub mod spec_template;
 pub mod state;
 mod sync;
 mod sys;
+pub mod sysctl;
 pub mod time;
 
 pub use error::{Error, Result};

@@ -141,3 +141,22 @@ fn failures_are_logged_as_json_with_log_format_json() {
         "the error is in the log: {text}"
     );
 }
+
+/// A sysctl that no namespace of the container's own holds would be written to the host's
+/// /proc/sys (issue 11 point 5): refused before anything runs, the key named, the host's value
+/// unchanged. A namespaced key without its namespace is refused the same way.
+#[test]
+fn host_sysctls_are_refused_naming_the_key() {
+    let core_pattern = || fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    let before = core_pattern();
+    let bundle = BusyboxBundle::new().args(&["true"]).sysctl("kernel.core_pattern", "|/tmp/sched-pwned");
+    let line = bundle.create().assert_one_line_failure().to_string();
+    assert_mentions(&line, &["kernel.core_pattern"]);
+    assert_eq!(core_pattern(), before, "the host's core_pattern changed");
+    bundle.assert_nothing_left(None);
+
+    let bundle = BusyboxBundle::new().args(&["true"]).without_namespace("network").sysctl("net.ipv4.ip_forward", "1");
+    let line = bundle.create().assert_one_line_failure().to_string();
+    assert_mentions(&line, &["net.ipv4.ip_forward"]);
+    bundle.assert_nothing_left(None);
+}
