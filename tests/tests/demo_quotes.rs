@@ -180,41 +180,39 @@ fn the_demo_serves_a_quote_from_each_task_and_leaves_nothing_behind() {
     assert_eq!(pins, Vec::<PathBuf>::new(), "task network namespaces left behind:\n{output}");
 }
 
+/// Runs `sched dev ARGS --no-network --data-dir DATA_DIR`, which must exit at once with status
+/// 1; returns its stderr.
+fn dev_refused(args: &[&str], data_dir: &Path) -> String {
+    let mut child = Command::new(sched_binary())
+        .arg("dev")
+        .args(args)
+        .args(["--no-network", "--data-dir"])
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sched dev");
+    let status = wait_bounded(&mut child, Duration::from_secs(20)).expect("sched dev must exit at once on bad input");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(status.code(), Some(1), "bad input is exit 1: {stderr}");
+    stderr
+}
+
 #[test]
 fn sched_dev_refuses_a_taken_port_before_it_creates_anything() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("dev");
-    let mut child = Command::new(sched_binary())
-        .args(["dev", "--listen", &address, "--ingress-listen", "127.0.0.1:0", "--no-network", "--data-dir"])
-        .arg(&data_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sched dev");
-    let status = wait_bounded(&mut child, Duration::from_secs(20)).expect("sched dev must exit at once when its port is taken");
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(status.code(), Some(1), "bad input is exit 1: {stderr}");
+    let stderr = dev_refused(&["--listen", &address, "--ingress-listen", "127.0.0.1:0"], &data_dir);
     assert!(stderr.contains(&address) && stderr.contains("already in use") && stderr.contains("--listen"), "{stderr}");
     assert!(!data_dir.exists(), "nothing is created before the port is ours");
 
     // The same for the ingress's address.
     let free = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(sched_binary())
-        .args(["dev", "--listen", &free, "--ingress-listen", &address, "--no-network", "--data-dir"])
-        .arg(&data_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sched dev");
-    let status = wait_bounded(&mut child, Duration::from_secs(20)).expect("sched dev must exit at once when its ingress port is taken");
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(status.code(), Some(1), "bad input is exit 1: {stderr}");
+    let stderr = dev_refused(&["--listen", &free, "--ingress-listen", &address], &data_dir);
     assert!(stderr.contains(&address) && stderr.contains("already in use") && stderr.contains("--ingress-listen"), "{stderr}");
     assert!(!data_dir.exists(), "nothing is created before the ingress port is ours");
 }

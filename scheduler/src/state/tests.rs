@@ -153,21 +153,7 @@ fn task_reports_from_the_wrong_node_are_refused() {
 fn a_task_that_dies_is_recorded_with_its_exit_code_and_backoff_once() {
     let mut state = ClusterState::default();
     apply(&mut state, "quotes:1.0", 1, 1);
-    let task = |id: &str| Task {
-        id: id.into(),
-        service: "quotes".into(),
-        revision: 1,
-        node_id: 2,
-        desired: DesiredState::Running,
-        observed: TaskState::Running,
-        endpoints: vec![],
-        exit_code: None,
-        health: HealthStatus::Unknown,
-        message: String::new(),
-        created_ms: 1,
-        updated_ms: 1,
-        drain_until_ms: 0,
-    };
+    let task = |id: &str| crate::test_fixtures::task(id, 2, TaskState::Running);
     state.apply(Command::PutTasks { tasks: vec![task("quotes-1"), task("quotes-2")], now_ms: 2 }).unwrap();
     let exit = |id: &str, now_ms| Command::ReportTaskStatus {
         node_id: 2,
