@@ -30,6 +30,27 @@ use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
+/// A registry, one server and one networked agent running the ingress, in the lab's namespace.
+/// Bind its parts in this order (`let IngressNode { registry, cluster, ingress, agent } = ...`),
+/// so the agent and its tasks go before the server and the registry. Dropped whole, the fields
+/// go in declaration order: the agent first too.
+struct IngressNode {
+    agent: NetworkedAgent,
+    ingress: SocketAddr,
+    cluster: Cluster,
+    registry: Registry,
+}
+
+impl IngressNode {
+    fn start(lab: &NodeLab) -> IngressNode {
+        let registry = Registry::start();
+        let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
+        let ingress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let agent = NetworkedAgent::start_with(&cluster, lab, "node1", &["--ingress-listen", &ingress.to_string()]);
+        IngressNode { agent, ingress, cluster, registry }
+    }
+}
+
 /// One HTTP/1.0 GET with `Host: host`: (status, headers and body as text).
 fn request(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the ingress");
@@ -109,10 +130,7 @@ fn rules_hosts_404_503_and_a_failing_check_take_effect_through_the_ingress() {
 }
 
 fn rules(lab: &NodeLab) {
-    let registry = Registry::start();
-    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
-    let ingress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let agent = NetworkedAgent::start_with(&cluster, lab, "node1", &["--ingress-listen", &ingress.to_string()]);
+    let IngressNode { registry, cluster, ingress, agent } = IngressNode::start(lab);
     let api = push_site(&cluster, &registry, "api:1", &[("health", "ok"), ("api/v1/quote", "from api")]);
     let hosted = push_site(&cluster, &registry, "hosted:1", &[("health", "ok"), ("index.html", "from hosted")]);
     let web = push_site(&cluster, &registry, "web:1", &[("health", "ok"), ("index.html", "from web"), ("api/v10/index.html", "web v10")]);
@@ -172,10 +190,7 @@ fn no_failed_request_through_a_rolling_deploy_a_scale_in_and_a_killed_task() {
 }
 
 fn steady(lab: &NodeLab) {
-    let registry = Registry::start();
-    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
-    let ingress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let agent = NetworkedAgent::start_with(&cluster, lab, "node1", &["--ingress-listen", &ingress.to_string()]);
+    let IngressNode { registry, cluster, ingress, agent } = IngressNode::start(lab);
     let v1 = push_site(&cluster, &registry, "steady:1", &[("health", "ok"), ("index.html", "v1")]);
     let v2 = push_site(&cluster, &registry, "steady:2", &[("health", "ok"), ("index.html", "v2")]);
     let route = "[[route]]\npath_prefix = \"/\"\nport = 8080\n";
@@ -243,10 +258,7 @@ fn a_draining_task_finishes_its_requests_and_stops_when_nothing_is_in_flight() {
 }
 
 fn draining(lab: &NodeLab) {
-    let registry = Registry::start();
-    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
-    let ingress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let agent = NetworkedAgent::start_with(&cluster, lab, "node1", &["--ingress-listen", &ingress.to_string()]);
+    let IngressNode { registry, cluster, ingress, agent } = IngressNode::start(lab);
     let slow = "#!/bin/sh\n/bin/sleep 3\nprintf 'Content-Type: text/plain\\r\\n\\r\\nslow\\n'\n";
     let image = push_site(&cluster, &registry, "slow:1", &[("health", "ok"), ("cgi-bin/slow", slow)]);
     let text = service("slow", &image, 2, "[[route]]\npath_prefix = \"/\"\nport = 8080\n").replace("drain = \"2s\"", "drain = \"60s\"");
