@@ -1,6 +1,8 @@
 //! The public API on a real 3-server cluster: the CLI round trip, exit codes, and that
 //! malformed files and bad gRPC requests get clear errors and change nothing.
 
+use std::time::Duration;
+
 use proto::sched::v1 as pb;
 use proto::sched::v1::service_api_client::ServiceApiClient;
 use sched_tests::cluster::{CLOSED_REGISTRY, Cluster, ClusterOptions, free_port, stderr, stdout};
@@ -224,4 +226,58 @@ fn settled_describe(cluster: &Cluster, name: &str) -> serde_json::Value {
         last = now;
     }
     panic!("describe service {name} never settled: {last:#}");
+}
+
+/// A proposal sent straight to the peer API skips the gRPC API's checks: the state machine
+/// must refuse it on its own (issue 11: a count of u32::MAX made every server run out of
+/// memory, on every restart), and a restarted server replays its log to the same verdict.
+#[test]
+fn raw_proposals_are_held_to_the_api_rules_and_survive_a_restart() {
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    let address = format!("http://{}", cluster.servers[&leader].address);
+    let spec = |name: &str, count: u64, env_value: &str| {
+        serde_json::json!({
+            "name": name, "image": "127.0.0.1:5000/quotes:1", "command": [], "env": {"V": env_value},
+            "cpu_millis": 100, "memory_mib": 64, "ports": [8080], "count": count,
+            "autoscale": null, "health": null, "deploy": {"min_healthy_percent": 100, "max_percent": 200}, "routes": []
+        })
+    };
+    let apply =
+        |spec: serde_json::Value| serde_json::json!({"command": {"op": "apply_service", "spec": spec, "image_digest": "", "now_ms": 1}});
+    let huge_env = "v".repeat(1 << 20);
+    let refused = [
+        ("a count of u32::MAX", apply(spec("greedy", u64::from(u32::MAX), ""))),
+        ("a 1 MiB environment", apply(spec("fat", 1, &huge_env))),
+        ("a name that is a path", apply(spec("../../etc", 1, ""))),
+        (
+            "a node whose API address smuggles a user",
+            serde_json::json!({"command": {"op": "register_node", "name": "n1",
+            "address": "10.0.0.1", "cpu_millis": 1000, "memory_mib": 1024, "labels": {}, "now_ms": 1, "api_address": "me@evil:80"}}),
+        ),
+        ("a voter at no address", serde_json::json!({"add_voter": {"id": 9, "address": "not an address"}})),
+    ];
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut peer = proto::raft::v1::raft_peer_client::RaftPeerClient::connect(address).await.unwrap();
+        for (what, proposal) in &refused {
+            let request = proto::raft::v1::ProposeRequest { proposal: serde_json::to_vec(proposal).unwrap() };
+            let outcome = peer.propose(request).await.unwrap().into_inner().outcome;
+            let outcome: serde_json::Value = serde_json::from_slice(&outcome).unwrap();
+            assert_eq!(outcome["Ok"]["Err"]["kind"], "invalid", "{what} was not refused as invalid: {outcome}");
+        }
+    });
+    let services = |cluster: &Cluster| cluster.sched_json(&["get", "services"]);
+    assert_eq!(services(&cluster), serde_json::json!([]), "nothing was stored");
+    assert_eq!(cluster.sched_json(&["get", "nodes"]), serde_json::json!([]));
+    // The refused entries are in every server's log: each replays them to the same refusal.
+    for id in [1, 2, 3] {
+        cluster.kill(id);
+    }
+    for id in [1, 2, 3] {
+        cluster.restart(id);
+    }
+    cluster.wait_for_leader(Duration::from_secs(20));
+    cluster.sched_ok(&["apply", &example(&cluster)]);
+    let names: Vec<_> = services(&cluster).as_array().unwrap().iter().map(|s| s["name"].clone()).collect();
+    assert_eq!(names, ["quotes"]);
 }

@@ -145,6 +145,13 @@ impl RaftHandle {
 
     /// Proposes on this server, which must be the leader; resolves once applied here.
     pub async fn propose(&self, proposal: Proposal) -> Result<Applied, ProposeFailure> {
+        // A voter's address is not part of the state machine's checks (it changes the
+        // membership, not the state): check it here, for local and forwarded proposals alike.
+        if let Proposal::AddVoter { address, .. } = &proposal
+            && let Err(rejection) = crate::state::check_host_port("server address", address)
+        {
+            return Ok(Err(rejection));
+        }
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Propose { proposal, reply }).await.map_err(|_| ProposeFailure::Stopped)?;
         answer.await.map_err(|_| ProposeFailure::Stopped)?

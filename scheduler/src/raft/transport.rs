@@ -63,7 +63,22 @@ impl Transport {
         let _ = self.feedback.set(feedback);
     }
 
-    /// Records where a peer listens.
+    /// Records where a peer listens, as a message from it claims: only for a peer whose
+    /// address the replicated membership has not told yet (a server that joins hears from the
+    /// leader before it has the membership), and only a well-formed `HOST:PORT`. A claim can
+    /// never redirect a known member's traffic.
+    pub fn learn_claimed(&self, id: u64, address: &str) {
+        if crate::state::check_host_port("peer address", address).is_err() {
+            tracing::warn!(id, address, "a raft message claims a malformed sender address; not learned");
+            return;
+        }
+        let mut addresses = self.addresses.lock().expect("addresses lock");
+        if id != self.me && !addresses.contains_key(&id) {
+            addresses.insert(id, address.to_string());
+        }
+    }
+
+    /// Records where a peer listens (from the replicated membership).
     pub fn learn(&self, id: u64, address: &str) {
         if id != self.me && !address.is_empty() {
             self.addresses.lock().expect("addresses lock").insert(id, address.to_string());
@@ -161,5 +176,24 @@ impl Transport {
             }
         });
         Peer { address, queue }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claimed_address_never_redirects_a_known_member() {
+        let transport = Transport::new(1, "10.0.0.1:7000".into());
+        transport.learn(2, "10.0.0.2:7000");
+        transport.learn_claimed(2, "10.6.6.6:7000");
+        assert_eq!(transport.address_of(2).as_deref(), Some("10.0.0.2:7000"), "the membership's address stays");
+        transport.learn_claimed(3, "evil/path@x");
+        assert_eq!(transport.address_of(3), None, "a malformed claim is not learned");
+        transport.learn_claimed(3, "10.0.0.3:7000");
+        assert_eq!(transport.address_of(3).as_deref(), Some("10.0.0.3:7000"), "an unknown peer is learned from its claim");
+        transport.learn(3, "10.0.0.33:7000");
+        assert_eq!(transport.address_of(3).as_deref(), Some("10.0.0.33:7000"), "the membership overrides a claim");
     }
 }

@@ -3,8 +3,8 @@
 //! Membership changes are single-server Raft configuration changes (one at a time; raft-rs
 //! refuses a second while one is pending, and the write is retried until the deadline).
 
-use std::net::ToSocketAddrs;
 use std::sync::Arc;
+use std::time::Duration;
 
 use proto::sched::v1 as pb;
 use proto::sched::v1::cluster_api_server::ClusterApi;
@@ -12,6 +12,9 @@ use tonic::{Request, Response, Status};
 
 use super::errors;
 use crate::raft::{Consensus, NodeStatus, Proposal};
+
+/// How long a joining server's address may take to resolve.
+const JOIN_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct ClusterApiService {
     consensus: Arc<Consensus>,
@@ -59,7 +62,12 @@ impl ClusterApi for ClusterApiService {
         if request.id == 0 {
             return Err(Status::invalid_argument("`id` must be a positive server id"));
         }
-        if request.address.to_socket_addrs().map(|mut a| a.next().is_none()).unwrap_or(true) {
+        crate::state::check_host_port("`address`", &request.address).map_err(|e| Status::invalid_argument(e.message))?;
+        // The name must resolve; asked off the async workers (a slow resolver would stall
+        // them) and given up after a while.
+        let resolved = tokio::time::timeout(JOIN_LOOKUP_TIMEOUT, tokio::net::lookup_host(request.address.clone())).await;
+        let found = resolved.ok().and_then(Result::ok).is_some_and(|mut addresses| addresses.next().is_some());
+        if !found {
             return Err(Status::invalid_argument(format!(
                 "`address` \"{}\" is not HOST:PORT of a reachable name: give the address the new server listens on",
                 request.address

@@ -25,7 +25,7 @@ impl RaftPeerService {
 impl RaftPeer for RaftPeerService {
     async fn send(&self, request: Request<pb::RaftBatch>) -> Result<Response<pb::SendAck>, Status> {
         let batch = request.into_inner();
-        self.raft.transport().learn(batch.from, &batch.from_address);
+        self.raft.transport().learn_claimed(batch.from, &batch.from_address);
         for bytes in batch.messages {
             let message: Message = decode("raft message", &bytes).map_err(|e| Status::invalid_argument(e.to_string()))?;
             self.raft.step(message);

@@ -31,6 +31,20 @@ pub const MAX_LABEL_KEY_LEN: usize = 253;
 /// Longest node label value.
 pub const MAX_LABEL_VALUE_LEN: usize = 63;
 
+/// Longest image reference.
+pub const MAX_IMAGE_LEN: usize = 512;
+/// Arguments of `command` or `health.command`, and their bytes together (ECS caps a whole
+/// task definition at 64 KiB).
+pub const MAX_ARGS: usize = 256;
+pub const MAX_ARGS_BYTES: usize = 65_536;
+/// Environment variables, and their names and values together.
+pub const MAX_ENV_VARS: usize = 1_000;
+pub const MAX_ENV_BYTES: usize = 65_536;
+/// Published ports, routes (ALB's rules per listener) and placement constraints of a service.
+pub const MAX_PORTS: usize = 64;
+pub const MAX_ROUTES: usize = 100;
+pub const MAX_CONSTRAINTS: usize = 64;
+
 /// One broken rule: which field, and what is wrong with it and allowed instead.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
@@ -55,6 +69,31 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
     }
     if let Err(why) = check_image(&spec.image) {
         fail("image", why);
+    }
+    if spec.image.len() > MAX_IMAGE_LEN {
+        fail("image", format!("must be at most {MAX_IMAGE_LEN} characters, got {}", spec.image.len()));
+    }
+    if let Err(why) = check_args(&spec.command) {
+        fail("command", why);
+    }
+    if spec.env.len() > MAX_ENV_VARS {
+        fail("env", format!("may set {MAX_ENV_VARS} variables, got {}", spec.env.len()));
+    }
+    let env_bytes: usize = spec.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if env_bytes > MAX_ENV_BYTES {
+        fail("env", format!("names and values may take {MAX_ENV_BYTES} bytes together, got {env_bytes}"));
+    }
+    if let Some((key, _)) = spec.env.iter().find(|(_, v)| v.contains('\0')) {
+        fail(&format!("env.{key}"), "contains a NUL character, which no process environment can carry".into());
+    }
+    for (field, len, max) in [
+        ("ports", spec.ports.len(), MAX_PORTS),
+        ("route", spec.routes.len(), MAX_ROUTES),
+        ("constraints", spec.constraints.len(), MAX_CONSTRAINTS),
+    ] {
+        if len > max {
+            fail(field, format!("may have {max} entries, got {len}"));
+        }
     }
     if let Some(first) = spec.command.first() {
         if first.is_empty() {
@@ -132,6 +171,12 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
                 ),
             );
         }
+        if let Err(why) = check_args(&health.command) {
+            fail("health.command", why);
+        }
+        if health.path.len() > MAX_PATH_PREFIX_LEN || health.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            fail("health.path", format!("must be at most {MAX_PATH_PREFIX_LEN} characters without whitespace or control characters"));
+        }
         if health.interval_ms == 0 {
             fail("health.interval", "must be longer than 0s".into());
         }
@@ -185,6 +230,22 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), Vec<FieldError>> {
         fail("drain", format!("must be 0s to 10m, got {}", super::format_duration_ms(spec.drain_ms)));
     }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// A command line: at most [`MAX_ARGS`] arguments and [`MAX_ARGS_BYTES`] bytes, no NUL (an
+/// argument cannot carry one).
+fn check_args(args: &[String]) -> Result<(), String> {
+    if args.len() > MAX_ARGS {
+        return Err(format!("may have {MAX_ARGS} arguments, got {}", args.len()));
+    }
+    let bytes: usize = args.iter().map(String::len).sum();
+    if bytes > MAX_ARGS_BYTES {
+        return Err(format!("may take {MAX_ARGS_BYTES} bytes, got {bytes}"));
+    }
+    if args.iter().any(|a| a.contains('\0')) {
+        return Err("contains a NUL character, which no argument can carry".into());
+    }
+    Ok(())
 }
 
 /// Service names become parts of host names and file names: DNS labels.
@@ -338,6 +399,21 @@ mod tests {
     fn reports_every_broken_rule_at_once() {
         let spec = ServiceSpec { cpu_millis: 0, memory_mib: 1, ports: vec![80, 80], ..minimal() };
         assert_eq!(fields(&spec), ["cpu", "memory", "ports"]);
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        let many_args = vec!["x".to_string(); MAX_ARGS + 1];
+        let big_env = (0..MAX_ENV_VARS + 1).map(|i| (format!("V{i}"), String::new())).collect();
+        let huge_value = [("BIG".to_string(), "v".repeat(MAX_ENV_BYTES))].into();
+        let spec = ServiceSpec { image: format!("{}:1", "a".repeat(MAX_IMAGE_LEN)), command: many_args, env: big_env, ..minimal() };
+        assert_eq!(fields(&spec), ["image", "command", "env"]);
+        assert_eq!(fields(&ServiceSpec { env: huge_value, ..minimal() }), ["env"]);
+        let nul =
+            ServiceSpec { command: vec!["/bin/sh".into(), "a\0b".into()], env: [("A".to_string(), "\0".to_string())].into(), ..minimal() };
+        assert_eq!(fields(&nul), ["command", "env.A"]);
+        let ports = ServiceSpec { ports: (1..=MAX_PORTS as u16 + 1).collect(), ..minimal() };
+        assert_eq!(fields(&ports), ["ports"]);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! snapshot tells a new server where its peers are.
 
 mod command;
+mod limits;
 mod model;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use command::{COMMAND_VERSION, Command, DecodeError};
+pub use limits::{MAX_DESIRED_TASKS, MAX_REVISIONS, MAX_SERVICES, MAX_TEXT_BYTES, check_host_port};
 pub use model::{
     AutoscaleStatus, DesiredState, EVENTS_PER_SERVICE, Event, HealthStatus, Node, NodeStatus, Revision, ScaleDecision, ServiceRecord,
     ServiceSummary, Task, TaskState,
@@ -137,8 +139,10 @@ impl ClusterState {
         serde_json::from_slice(bytes)
     }
 
-    /// Applies one command. On rejection the state is unchanged.
+    /// Applies one command. On rejection the state is unchanged. Every command first passes
+    /// the checks of [`limits`], whoever proposed it.
     pub fn apply(&mut self, command: Command) -> Result<Outcome, Rejection> {
+        self.check(&command)?;
         match command {
             Command::ApplyService { spec, image_digest, now_ms, unresolved_reason } => {
                 self.refuse_claimed_routes(&spec)?;
@@ -193,9 +197,6 @@ impl ClusterState {
                 Ok(Outcome::Done)
             }
             Command::PutTasks { tasks, now_ms } => {
-                if let Some(t) = tasks.iter().find(|t| !self.services.contains_key(&t.service)) {
-                    return Err(not_found(format!("task {} belongs to unknown service {}", t.id, t.service)));
-                }
                 for mut task in tasks {
                     task.updated_ms = now_ms;
                     self.tasks.insert(task.id.clone(), task);
@@ -243,7 +244,7 @@ impl ClusterState {
                 task.exit_code = exit_code.or(task.exit_code);
                 task.endpoints = endpoints;
                 task.health = health;
-                task.message = message;
+                task.message = limits::bounded_text(message);
                 task.updated_ms = now_ms;
                 if died {
                     self.record_death(&task_id, now_ms);
@@ -289,6 +290,7 @@ impl ClusterState {
         let name = spec.name.clone();
         let unresolved = (!unresolved_reason.is_empty())
             .then(|| format!("the digest of {} could not be resolved ({unresolved_reason}); its tasks will pull it by tag", spec.image));
+        let in_use = self.revisions_in_use(&name);
         let Some(service) = self.services.get_mut(&name) else {
             let count = spec.count;
             let first = Revision { revision: 1, spec, image_digest, created_ms: now_ms, rolled_back_from: None };
@@ -324,6 +326,7 @@ impl ClusterState {
         };
         service.revisions.push(Revision { revision, spec, image_digest, created_ms: now_ms, rolled_back_from: None });
         service.current = revision;
+        service.prune_revisions(&in_use);
         service.set_desired_count(count, now_ms);
         service.updated_ms = now_ms;
         service.record(now_ms, format!("revision {revision} applied{how} {count} task(s)"));
@@ -402,9 +405,15 @@ impl ClusterState {
             service.desired_count = to;
             service.autoscale.last_scale_in_ms = now_ms;
         }
+        let reason = limits::bounded_text(reason);
         service.autoscale.last_decision = Some(ScaleDecision { unix_ms: now_ms, from, to, reason: reason.clone() });
         service.record(now_ms, reason);
         Ok(Outcome::Service { service: service.summary(), changed: true })
+    }
+
+    /// The revisions of `service` that its tasks run (or ran, until they are forgotten).
+    fn revisions_in_use(&self, service: &str) -> std::collections::BTreeSet<u64> {
+        self.tasks_of(service).map(|t| t.revision).collect()
     }
 
     fn delete_service(&mut self, name: String, now_ms: u64) -> Result<Outcome, Rejection> {
@@ -445,12 +454,16 @@ impl ClusterState {
         };
         let Some(old) = service.revision(target).cloned() else {
             let latest = service.revisions.last().map_or(0, |r| r.revision);
-            return Err(not_found(format!("{name} has no revision {target}: revisions are 1 to {latest}")));
+            let oldest = service.revisions.first().map_or(0, |r| r.revision);
+            let kept =
+                if service.revisions.len() as u64 != latest { format!(" (it keeps the last {MAX_REVISIONS})") } else { String::new() };
+            return Err(not_found(format!("{name} has no revision {target}: revisions are {oldest} to {latest}{kept}")));
         };
         if old.spec == service.current_revision().spec {
             return Ok(Outcome::Service { service: service.summary(), changed: false });
         }
         self.refuse_claimed_routes(&old.spec)?;
+        let in_use = self.revisions_in_use(name);
         let service = self.services.get_mut(name).expect("found above");
         let revision = service.revisions.last().map_or(0, |r| r.revision) + 1;
         service.revisions.push(Revision {
@@ -461,6 +474,7 @@ impl ClusterState {
             rolled_back_from: Some(target),
         });
         service.current = revision;
+        service.prune_revisions(&in_use);
         service.updated_ms = now_ms;
         service.record(now_ms, format!("rolled back to the spec of revision {target} as revision {revision}"));
         Ok(Outcome::Service { service: service.summary(), changed: true })

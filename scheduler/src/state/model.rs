@@ -106,7 +106,21 @@ impl ServiceRecord {
         if self.events.len() == EVENTS_PER_SERVICE {
             self.events.pop_front();
         }
-        self.events.push_back(Event { unix_ms, message });
+        self.events.push_back(Event { unix_ms, message: super::limits::bounded_text(message) });
+    }
+
+    /// Forgets the oldest revisions past [`MAX_REVISIONS`](super::MAX_REVISIONS), except the
+    /// current one and those `in_use` by tasks (a rolling deploy still stops them by revision).
+    pub(crate) fn prune_revisions(&mut self, in_use: &std::collections::BTreeSet<u64>) {
+        let mut excess = self.revisions.len().saturating_sub(super::MAX_REVISIONS);
+        let current = self.current;
+        self.revisions.retain(|r| {
+            let drop = excess > 0 && r.revision != current && !in_use.contains(&r.revision);
+            if drop {
+                excess -= 1;
+            }
+            !drop
+        });
     }
 
     /// The fields a caller needs after a change, without the history.

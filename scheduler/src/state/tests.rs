@@ -274,3 +274,98 @@ fn snapshots_written_before_the_autoscaler_and_draining_existed_still_decode() {
     assert_eq!(service.autoscale, crate::state::AutoscaleStatus::default());
     assert_eq!(service.desired_count, 1);
 }
+
+fn apply_spec(state: &mut ClusterState, spec: ServiceSpec, now_ms: u64) -> Result<Outcome, Rejection> {
+    state.apply(Command::ApplyService { spec, image_digest: String::new(), now_ms, unresolved_reason: String::new() })
+}
+
+#[test]
+fn apply_refuses_what_the_api_would_refuse_whoever_proposed_it() {
+    let mut state = ClusterState::default();
+    // A forwarded proposal skips the gRPC API's checks: the state machine holds the same rules.
+    for bad in [
+        ServiceSpec { count: u32::MAX, ..spec("quotes:1", 1) },
+        ServiceSpec { name: "../etc".into(), ..spec("quotes:1", 1) },
+        ServiceSpec { env: [("BIG".to_string(), "v".repeat(1 << 20))].into(), ..spec("quotes:1", 1) },
+    ] {
+        let err = apply_spec(&mut state, bad, 1).unwrap_err();
+        assert_eq!(err.kind, RejectionKind::Invalid, "{err}");
+    }
+    assert_eq!(state, ClusterState::default(), "nothing was stored");
+    let err = state.apply(Command::ScaleService { name: "quotes".into(), count: u32::MAX, now_ms: 1 }).unwrap_err();
+    assert_eq!(err.kind, RejectionKind::Invalid);
+    let bad_digest = state.apply(Command::ApplyService {
+        spec: spec("quotes:1", 1),
+        image_digest: "sha256:../x".into(),
+        now_ms: 1,
+        unresolved_reason: String::new(),
+    });
+    assert!(bad_digest.unwrap_err().message.contains("image digest"));
+}
+
+#[test]
+fn the_sum_of_desired_counts_is_bounded() {
+    let mut state = ClusterState::default();
+    let max = crate::spec::validate::MAX_COUNT;
+    let services = (MAX_DESIRED_TASKS / u64::from(max)) as u32;
+    for i in 0..services {
+        apply_spec(&mut state, ServiceSpec { name: format!("s{i}"), ..spec("quotes:1", max) }, 1).unwrap();
+    }
+    let err = apply_spec(&mut state, ServiceSpec { name: "one-more".into(), ..spec("quotes:1", 1) }, 2).unwrap_err();
+    assert_eq!(err.kind, RejectionKind::Conflict);
+    assert!(err.message.contains("limit"), "{err}");
+    // Scaling down is always allowed, and frees room.
+    state.apply(Command::ScaleService { name: "s0".into(), count: 0, now_ms: 3 }).unwrap();
+    apply_spec(&mut state, ServiceSpec { name: "one-more".into(), ..spec("quotes:1", 1) }, 4).unwrap();
+}
+
+#[test]
+fn old_revisions_are_forgotten_unless_a_task_runs_them() {
+    let mut state = crate::test_fixtures::cluster(1, 4000);
+    apply(&mut state, "quotes:0", 1, 1);
+    let mut task = crate::test_fixtures::task("quotes-1", 1, TaskState::Running);
+    task.revision = 1;
+    state.apply(Command::PutTasks { tasks: vec![task], now_ms: 1 }).unwrap();
+    for i in 1..=(MAX_REVISIONS as u64 + 10) {
+        apply(&mut state, &format!("quotes:{i}"), 1, 1 + i);
+    }
+    let service = state.service("quotes").unwrap();
+    assert_eq!(service.revisions.len(), MAX_REVISIONS);
+    let kept: Vec<u64> = service.revisions.iter().map(|r| r.revision).collect();
+    assert_eq!(kept[0], 1, "revision 1 still has a task");
+    assert_eq!(kept[1], 13, "the oldest ones without tasks went first");
+    assert_eq!(*kept.last().unwrap(), MAX_REVISIONS as u64 + 11);
+    let err = state.apply(Command::RollbackService { name: "quotes".into(), to_revision: Some(5), now_ms: 999 }).unwrap_err();
+    assert_eq!(
+        err.message,
+        format!("quotes has no revision 5: revisions are 1 to {} (it keeps the last {MAX_REVISIONS})", MAX_REVISIONS + 11)
+    );
+}
+
+#[test]
+fn long_texts_are_cut_and_bad_addresses_refused() {
+    let mut state = crate::test_fixtures::cluster(1, 4000);
+    apply(&mut state, "quotes:1", 1, 1);
+    state.apply(Command::PutTasks { tasks: vec![crate::test_fixtures::task("quotes-1", 1, TaskState::Assigned)], now_ms: 1 }).unwrap();
+    let task = state.task("quotes-1").unwrap().clone();
+    crate::test_fixtures::report(&mut state, &task, TaskState::Failed, None, &"x".repeat(100_000), 2);
+    assert!(state.task("quotes-1").unwrap().message.len() <= MAX_TEXT_BYTES);
+    assert!(state.service("quotes").unwrap().events.iter().all(|e| e.message.len() <= MAX_TEXT_BYTES));
+    let register = |address: &str, api_address: &str| Command::RegisterNode {
+        name: "n9".into(),
+        address: address.into(),
+        cpu_millis: 1000,
+        memory_mib: 1024,
+        labels: Default::default(),
+        now_ms: 3,
+        api_address: api_address.into(),
+    };
+    for (address, api) in
+        [("10.0.0.9", "evil@10.0.0.9:7071"), ("10.0.0.9", "10.0.0.9:7071/x"), ("10.0.0.9/8", ""), ("10.0.0.9", "10.0.0.9")]
+    {
+        let err = state.apply(register(address, api)).unwrap_err();
+        assert_eq!(err.kind, RejectionKind::Invalid, "{address} {api}: {err}");
+    }
+    state.apply(register("10.0.0.9", "10.0.0.9:7071")).unwrap();
+    state.apply(register("fd00::9", "[fd00::9]:7071")).unwrap();
+}
