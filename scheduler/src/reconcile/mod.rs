@@ -12,7 +12,8 @@
 //!   reason, and pending tasks are placed again on every pass. Constraints are checked only
 //!   when a task is placed: a running task stays on a node whose labels changed since;
 //! - a service whose tasks keep dying gets its replacements delayed with exponential backoff
-//!   (1 s doubling to 60 s, from the last exit), so a crash loop does not spin.
+//!   (1 s doubling to 60 s, from the last exit), so a crash loop does not spin; the start of
+//!   replacements after a backoff is an event of the service (`Command::RecordEvents`).
 //!
 //! Tasks of a deleted service are forgotten once they are done, and their nodes then remove them.
 //!
@@ -31,7 +32,7 @@ mod tests;
 use std::collections::BTreeMap;
 
 use crate::placement::{Ask, NodeView, Placer};
-use crate::state::{ClusterState, Command, DesiredState, HealthStatus, NodeStatus, Task, TaskState};
+use crate::state::{ClusterState, Command, DesiredState, HealthStatus, NodeStatus, ServiceEvent, Task, TaskState};
 
 /// Deaths within this window count towards the backoff.
 const BACKOFF_WINDOW_MS: u64 = 5 * 60 * 1000;
@@ -48,6 +49,7 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str)
     let mut placer = Placer::new(node_views(state));
     let mut put = Vec::new();
     let mut stop = Vec::new();
+    let mut events = Vec::new();
     for service in state.services() {
         let current = service.current_revision();
         let tasks: Vec<&Task> = state.tasks_of(&service.name).collect();
@@ -106,6 +108,16 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str)
         if missing == 0 || backing_off(&tasks, now_ms) {
             continue;
         }
+        if let Some(b) = backoff(tasks.iter().copied(), now_ms) {
+            events.push(ServiceEvent {
+                service: service.name.clone(),
+                message: format!(
+                    "{missing} new task(s) after a backoff of {}: {} exit(s) in 5 min",
+                    crate::spec::format_duration_ms(b.delay_ms),
+                    b.deaths
+                ),
+            });
+        }
         let placement = placer.place(&ask(missing as u32));
         let reason = placement.reason.clone().unwrap_or_default();
         for i in 0..missing {
@@ -144,6 +156,9 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str)
     }
     if !put.is_empty() {
         commands.push(Command::PutTasks { tasks: put, now_ms });
+    }
+    if !events.is_empty() {
+        commands.push(Command::RecordEvents { events, now_ms });
     }
     commands
 }

@@ -142,6 +142,12 @@ fn a_crash_loop_is_replaced_with_backoff() {
     assert_eq!(run(&mut state, 13_500), 0, "2 deaths: wait 2 s");
     run(&mut state, 14_000);
     assert_eq!(live(&state).len(), 1);
+    let events: Vec<&str> = state.service("quotes").unwrap().events.iter().skip(1).map(|e| e.message.as_str()).collect();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(events[0].ends_with("exited with code 1"), "{events:?}");
+    assert_eq!(events[1], "1 new task(s) after a backoff of 1s: 1 exit(s) in 5 min");
+    assert!(events[2].ends_with("exited with code 1"), "{events:?}");
+    assert_eq!(events[3], "1 new task(s) after a backoff of 2s: 2 exit(s) in 5 min");
 }
 
 #[test]

@@ -75,6 +75,17 @@ pub enum Command {
     Autoscale { name: String, from: u32, to: u32, reason: String, now_ms: u64 },
     /// Forgets tasks that are stopped for good.
     RemoveTasks { task_ids: Vec<String> },
+    /// Adds events that a controller decided, worded by it (e.g. the reconciler's crash-loop
+    /// backoff): the state machine records them as they are, so no controller's policy ends up
+    /// computed inside the state machine. Events of services that are gone are dropped.
+    RecordEvents { events: Vec<ServiceEvent>, now_ms: u64 },
+}
+
+/// An event for one service's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEvent {
+    pub service: String,
+    pub message: String,
 }
 
 #[derive(Serialize, Deserialize)]

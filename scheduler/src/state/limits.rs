@@ -181,6 +181,12 @@ impl ClusterState {
                 }
                 endpoints.iter().try_for_each(|e| check_host_port("endpoint", e))
             }
+            Command::RecordEvents { events, .. } => {
+                if events.len() > MAX_SERVICES {
+                    return Err(invalid(format!("{} events in one command, more than {MAX_SERVICES}", events.len())));
+                }
+                Ok(())
+            }
             Command::DeleteService { .. }
             | Command::RollbackService { .. }
             | Command::SetNodeStatus { .. }

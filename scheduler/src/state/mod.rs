@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{COMMAND_VERSION, Command, DecodeError};
+pub use command::{COMMAND_VERSION, Command, DecodeError, ServiceEvent};
 pub use limits::{MAX_DESIRED_TASKS, MAX_REVISIONS, MAX_SERVICES, MAX_TEXT_BYTES, check_host_port};
 pub use model::{
     AutoscaleStatus, DesiredState, EVENTS_PER_SERVICE, Event, HealthStatus, Node, NodeStatus, Revision, ScaleDecision, ServiceRecord,
@@ -252,6 +252,14 @@ impl ClusterState {
                 Ok(Outcome::Done)
             }
             Command::Autoscale { name, from, to, reason, now_ms } => self.autoscale(&name, from, to, reason, now_ms),
+            Command::RecordEvents { events, now_ms } => {
+                for event in events {
+                    if let Some(service) = self.services.get_mut(&event.service) {
+                        service.record(now_ms, event.message);
+                    }
+                }
+                Ok(Outcome::Done)
+            }
             Command::RemoveTasks { task_ids } => {
                 for id in task_ids {
                     self.tasks.remove(&id);
@@ -262,7 +270,7 @@ impl ClusterState {
     }
 
     /// Records in its service's events that a task which should run died, with its exit code
-    /// (or failure) and the restart backoff now in force, so `describe` shows a crash loop.
+    /// (or failure). The reconciler's event on the replacement tells the backoff.
     fn record_death(&mut self, task_id: &str, now_ms: u64) {
         let Some(task) = self.tasks.get(task_id) else { return };
         let what = match (task.observed, task.exit_code) {
@@ -271,17 +279,9 @@ impl ClusterState {
             _ => format!("task {task_id} failed: {}", task.message),
         };
         let service = task.service.clone();
-        let backoff = crate::reconcile::backoff(self.tasks.values().filter(|t| t.service == service), now_ms);
-        let Some(record) = self.services.get_mut(&service) else { return };
-        let message = match backoff {
-            Some(b) => format!(
-                "{what}; {} exit(s) in 5 min: its replacement starts after a backoff of {}",
-                b.deaths,
-                crate::spec::format_duration_ms(b.delay_ms)
-            ),
-            None => what,
-        };
-        record.record(now_ms, message);
+        if let Some(record) = self.services.get_mut(&service) {
+            record.record(now_ms, what);
+        }
     }
 
     /// Records a new revision (unless spec and digest are unchanged). When the image digest
