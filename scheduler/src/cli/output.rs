@@ -7,44 +7,26 @@ use serde_json::{Value, json};
 use super::age::{age, until};
 use super::table;
 use crate::spec::format_duration_ms;
+use crate::state::{DesiredState, HealthStatus, NodeStatus, TaskState};
 
 pub fn task_state(v: i32) -> &'static str {
-    match pb::TaskState::try_from(v) {
-        Ok(pb::TaskState::Pending) => "pending",
-        Ok(pb::TaskState::Assigned) => "assigned",
-        Ok(pb::TaskState::Preparing) => "preparing",
-        Ok(pb::TaskState::Running) => "running",
-        Ok(pb::TaskState::Exited) => "exited",
-        Ok(pb::TaskState::Failed) => "failed",
-        Ok(pb::TaskState::Lost) => "lost",
-        _ => "unknown",
-    }
+    TaskState::try_from(v).map_or("unknown", TaskState::name)
 }
 
 fn desired_state(v: i32) -> &'static str {
-    match pb::DesiredState::try_from(v) {
-        Ok(pb::DesiredState::Running) => "running",
-        Ok(pb::DesiredState::Stopped) => "stopped",
-        Ok(pb::DesiredState::Draining) => "draining",
-        _ => "unknown",
-    }
+    DesiredState::try_from(v).map_or("unknown", DesiredState::name)
 }
 
+/// "-" for no check (or no result yet).
 fn health(v: i32) -> &'static str {
-    match pb::HealthStatus::try_from(v) {
-        Ok(pb::HealthStatus::Starting) => "starting",
-        Ok(pb::HealthStatus::Healthy) => "healthy",
-        Ok(pb::HealthStatus::Unhealthy) => "unhealthy",
-        _ => "-",
+    match HealthStatus::from(v) {
+        HealthStatus::Unknown => "-",
+        known => known.name(),
     }
 }
 
 fn node_status(v: i32) -> &'static str {
-    match pb::NodeStatus::try_from(v) {
-        Ok(pb::NodeStatus::Ready) => "ready",
-        Ok(pb::NodeStatus::Down) => "down",
-        _ => "unknown",
-    }
+    NodeStatus::try_from(v).map_or("unknown", NodeStatus::name)
 }
 
 fn role(v: i32) -> &'static str {

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use super::applied_stream::{AppliedStream, applied_stream};
 use super::heartbeats::Heartbeats;
 use super::to_leader::{self, FORWARD_TIMEOUT, ToLeader};
-use super::{errors, now_ms, views};
+use super::{errors, now_ms};
 use crate::raft::{Consensus, Proposal};
 use crate::state::{ClusterState, Command, HealthStatus, Outcome, TaskState};
 
@@ -61,33 +61,11 @@ fn assignments_of(state: &ClusterState, node_id: u64, index: u64) -> pb::Assignm
                 revision: t.revision,
                 spec: revision.map(|r| r.spec.to_proto()),
                 image_digest: revision.map(|r| r.image_digest.clone()).unwrap_or_default(),
-                desired_state: views::desired_state(t.desired) as i32,
+                desired_state: sched_pb::DesiredState::from(t.desired) as i32,
             }
         })
         .collect();
     pb::Assignments { index, assignments }
-}
-
-fn task_state(value: i32) -> Result<TaskState, Status> {
-    Ok(match sched_pb::TaskState::try_from(value) {
-        Ok(sched_pb::TaskState::Pending) => TaskState::Pending,
-        Ok(sched_pb::TaskState::Assigned) => TaskState::Assigned,
-        Ok(sched_pb::TaskState::Preparing) => TaskState::Preparing,
-        Ok(sched_pb::TaskState::Running) => TaskState::Running,
-        Ok(sched_pb::TaskState::Exited) => TaskState::Exited,
-        Ok(sched_pb::TaskState::Failed) => TaskState::Failed,
-        Ok(sched_pb::TaskState::Lost) => TaskState::Lost,
-        _ => return Err(Status::invalid_argument(format!("`state` {value} is not a task state (PENDING..LOST)"))),
-    })
-}
-
-fn health(value: i32) -> HealthStatus {
-    match sched_pb::HealthStatus::try_from(value) {
-        Ok(sched_pb::HealthStatus::Starting) => HealthStatus::Starting,
-        Ok(sched_pb::HealthStatus::Healthy) => HealthStatus::Healthy,
-        Ok(sched_pb::HealthStatus::Unhealthy) => HealthStatus::Unhealthy,
-        _ => HealthStatus::Unknown,
-    }
 }
 
 type AssignmentStream = AppliedStream<pb::Assignments>;
@@ -157,10 +135,10 @@ impl AgentApi for AgentApiService {
         let command = Command::ReportTaskStatus {
             node_id: r.node_id,
             task_id: r.task_id,
-            state: task_state(r.state)?,
+            state: TaskState::try_from(r.state).map_err(|e| Status::invalid_argument(format!("`state`: {e} (PENDING..LOST)")))?,
             exit_code: r.exit_code,
             endpoints: r.endpoints,
-            health: health(r.health),
+            health: HealthStatus::from(r.health),
             message: r.message,
             now_ms: now_ms(),
         };

@@ -6,9 +6,7 @@ use proto::sched::v1 as pb;
 
 use crate::autoscale;
 use crate::controller::CpuSample;
-use crate::state::{
-    ClusterState, DesiredState, Event, HealthStatus, Node, NodeStatus, Revision, ServiceRecord, ServiceSummary, Task, TaskState,
-};
+use crate::state::{ClusterState, Event, Node, Revision, ServiceRecord, ServiceSummary, Task, TaskState};
 
 pub fn revision(r: &Revision) -> pb::Revision {
     pb::Revision {
@@ -63,46 +61,17 @@ pub fn task(t: &Task) -> pb::Task {
         service: t.service.clone(),
         revision: t.revision,
         node_id: t.node_id,
-        desired_state: desired_state(t.desired) as i32,
-        observed_state: task_state(t.observed) as i32,
+        desired_state: pb::DesiredState::from(t.desired) as i32,
+        observed_state: pb::TaskState::from(t.observed) as i32,
         endpoints: t.endpoints.clone(),
         exit_code: t.exit_code,
-        health: health(t.health) as i32,
+        health: pb::HealthStatus::from(t.health) as i32,
         message: t.message.clone(),
         created_unix_ms: t.created_ms,
         updated_unix_ms: t.updated_ms,
         cpu_fraction: 0.0,
         memory_bytes: 0,
         metrics_unix_ms: 0,
-    }
-}
-
-pub fn desired_state(d: DesiredState) -> pb::DesiredState {
-    match d {
-        DesiredState::Running => pb::DesiredState::Running,
-        DesiredState::Draining => pb::DesiredState::Draining,
-        DesiredState::Stopped => pb::DesiredState::Stopped,
-    }
-}
-
-pub fn task_state(s: TaskState) -> pb::TaskState {
-    match s {
-        TaskState::Pending => pb::TaskState::Pending,
-        TaskState::Assigned => pb::TaskState::Assigned,
-        TaskState::Preparing => pb::TaskState::Preparing,
-        TaskState::Running => pb::TaskState::Running,
-        TaskState::Exited => pb::TaskState::Exited,
-        TaskState::Failed => pb::TaskState::Failed,
-        TaskState::Lost => pb::TaskState::Lost,
-    }
-}
-
-pub fn health(h: HealthStatus) -> pb::HealthStatus {
-    match h {
-        HealthStatus::Unknown => pb::HealthStatus::Unspecified,
-        HealthStatus::Starting => pb::HealthStatus::Starting,
-        HealthStatus::Healthy => pb::HealthStatus::Healthy,
-        HealthStatus::Unhealthy => pb::HealthStatus::Unhealthy,
     }
 }
 
@@ -114,10 +83,7 @@ pub fn node(n: &Node) -> pb::Node {
         cpu_millis: n.cpu_millis,
         memory_mib: n.memory_mib,
         labels: n.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        status: match n.status {
-            NodeStatus::Ready => pb::NodeStatus::Ready,
-            NodeStatus::Down => pb::NodeStatus::Down,
-        } as i32,
+        status: pb::NodeStatus::from(n.status) as i32,
         last_heartbeat_unix_ms: n.status_ms,
         registered_unix_ms: n.registered_ms,
     }

@@ -11,6 +11,7 @@
 //! snapshot tells a new server where its peers are.
 
 mod command;
+mod enums_proto;
 mod limits;
 mod model;
 
@@ -19,6 +20,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use command::{COMMAND_VERSION, Command, DecodeError, ServiceEvent};
+pub use enums_proto::UnknownEnumValue;
 pub use limits::{MAX_DESIRED_TASKS, MAX_REVISIONS, MAX_SERVICES, MAX_TEXT_BYTES, check_host_port};
 pub use model::{
     AutoscaleStatus, DesiredState, EVENTS_PER_SERVICE, Event, HealthStatus, Node, NodeStatus, Revision, ScaleDecision, ServiceRecord,
