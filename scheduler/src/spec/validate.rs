@@ -350,22 +350,7 @@ mod tests {
     use crate::spec::{Autoscale, Deploy, HealthCheck, Route};
 
     fn minimal() -> ServiceSpec {
-        ServiceSpec {
-            name: "quotes".into(),
-            image: "127.0.0.1:5000/quotes:1.0".into(),
-            command: vec![],
-            env: Default::default(),
-            cpu_millis: 250,
-            memory_mib: 128,
-            ports: vec![8080],
-            count: 2,
-            autoscale: None,
-            health: None,
-            deploy: Deploy::default(),
-            routes: vec![],
-            constraints: Default::default(),
-            drain_ms: crate::spec::DEFAULT_DRAIN_MS,
-        }
+        crate::test_fixtures::spec("127.0.0.1:5000/quotes:1.0", 2, 250)
     }
 
     fn fields(spec: &ServiceSpec) -> Vec<String> {
