@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -137,13 +137,4 @@ pub fn remove_node_leftovers(runtime: &Path, data_dir: &Path, cgroup_parent: &st
     remove_cgroup_parent(cgroup_parent);
 }
 
-/// Polls `check` every 200 ms until it returns true; panics with `what` and `context()` after
-/// `timeout`.
-#[track_caller]
-pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}: {}", context());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+pub use crate::wait::wait_until;

@@ -209,20 +209,14 @@ impl Cluster {
     }
 
     /// The leader's id as the running servers agree, once they do.
+    #[track_caller]
     pub fn wait_for_leader(&self, timeout: Duration) -> u64 {
-        let start = Instant::now();
-        loop {
+        let members = || {
             let out = self.sched(&["cluster", "members", "-o", "json"]);
-            if out.status.success() {
-                let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("members JSON");
-                let leader = json["leader_id"].as_u64().unwrap_or(0);
-                if leader != 0 && self.servers.get(&leader).is_some_and(|s| s.child.is_some()) {
-                    return leader;
-                }
-            }
-            assert!(start.elapsed() < timeout, "no leader within {timeout:?}; logs in {}", self.dir.path().display());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            out.status.success().then(|| serde_json::from_str(&stdout(&out)).expect("members JSON"))
+        };
+        let runs = |id: u64| self.servers.get(&id).is_some_and(|s| s.child.is_some());
+        crate::wait::wait_for_leader(timeout, members, runs, self.dir.path())
     }
 
     /// The text a server logged so far.

@@ -121,15 +121,7 @@ pub struct Lab {
     options: LabOptions,
 }
 
-/// Polls `check` every 100 ms until it is true; panics with `what` and `context()` at `timeout`.
-#[track_caller]
-pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting until {what}: {}", context());
-        sleep(Duration::from_millis(100));
-    }
-}
+pub use crate::wait::wait_until;
 
 impl Lab {
     /// Builds the network, starts the registry, the servers (waiting for a leader) and the
@@ -455,17 +447,8 @@ impl Lab {
     /// The leader's server id once the running servers agree on one that runs.
     #[track_caller]
     pub fn wait_for_leader(&self, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(members) = self.sched_json(&["cluster", "members"]) {
-                let leader = members["leader_id"].as_u64().unwrap_or(0);
-                if self.hosts.iter().any(|h| h.id == leader && h.server.is_some()) {
-                    return leader;
-                }
-            }
-            assert!(Instant::now() < deadline, "no leader within {timeout:?}; logs in {}", self.dir.path().display());
-            sleep(Duration::from_millis(100));
-        }
+        let runs = |id: u64| self.hosts.iter().any(|h| h.id == id && h.server.is_some());
+        crate::wait::wait_for_leader(timeout, || self.sched_json(&["cluster", "members"]), runs, self.dir.path())
     }
 
     /// Every container the hosts' runtimes know (running or not).

@@ -344,12 +344,8 @@ impl Drop for Dev {
 
 /// Polls `check` for up to a minute.
 #[track_caller]
-fn wait_until(what: &str, mut check: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}: {}", context());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_until(what: &str, check: impl FnMut() -> bool, context: impl Fn() -> String) {
+    sched_tests::wait::wait_until(what, Duration::from_secs(60), check, context)
 }
 
 #[test]
