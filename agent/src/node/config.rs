@@ -45,6 +45,10 @@ pub struct AgentConfig {
     pub insecure_registries: Vec<String>,
     /// The node's ingress; `None` runs none.
     pub ingress: Option<crate::ingress_node::IngressSettings>,
+    /// The most bytes one image's layers may unpack to (a bigger image fails to pull).
+    pub max_image_bytes: u64,
+    /// When images no task uses are removed.
+    pub image_gc: super::ImageGcPolicy,
 }
 
 /// The cgroup task cgroups are made under, at each hierarchy's root.
@@ -71,6 +75,8 @@ impl AgentConfig {
             network: Some(crate::network::NodeNetworkConfig::new(&data_dir)),
             insecure_registries: Vec::new(),
             ingress: None,
+            max_image_bytes: runtime::image::DEFAULT_MAX_IMAGE_BYTES,
+            image_gc: super::ImageGcPolicy::default(),
             data_dir,
             runtime_binary: AgentConfig::default_runtime_binary(),
             cgroup_parent: DEFAULT_CGROUP_PARENT.into(),
