@@ -18,8 +18,11 @@ pub struct AgentConfig {
     /// The address other nodes and the ingress reach this node's published ports on.
     pub address: String,
     /// Where the agent's own API (task logs, for `sched logs`) listens: HOST:PORT, port 0 for any
-    /// free one. Registered with the servers, with an unspecified IP replaced by `address`.
-    pub api_listen: String,
+    /// free one; `None` is `address`:7071. Registered with the servers, with an unspecified IP
+    /// replaced by `address`.
+    pub api_listen: Option<String>,
+    /// Log follows the agent API serves at once (one more is refused, naming the limit).
+    pub max_log_follows: usize,
     pub labels: BTreeMap<String, String>,
     /// CPU capacity offered to tasks, in millicores.
     pub cpu_millis: u32,
@@ -68,7 +71,8 @@ impl AgentConfig {
             servers,
             name,
             address: "127.0.0.1".into(),
-            api_listen: crate::logs::DEFAULT_API_LISTEN.into(),
+            api_listen: None,
+            max_log_follows: crate::logs::DEFAULT_MAX_FOLLOWS,
             labels: BTreeMap::new(),
             cpu_millis,
             memory_mib,

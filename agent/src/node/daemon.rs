@@ -82,9 +82,12 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         Some(net) => Some(Arc::new(NodeNetwork::new(net.clone()).await?)),
         None => None,
     };
-    let api = tokio::net::TcpListener::bind(&config.api_listen)
-        .await
-        .map_err(|e| AgentError::Api(format!("cannot listen on {}: {e}", config.api_listen)))?;
+    if config.max_log_follows == 0 {
+        return Err(AgentError::Spec("--max-log-follows must be at least 1".into()));
+    }
+    let api_listen = config.api_listen.clone().unwrap_or_else(|| crate::logs::default_api_listen(&config.address));
+    let api =
+        tokio::net::TcpListener::bind(&api_listen).await.map_err(|e| AgentError::Api(format!("cannot listen on {api_listen}: {e}")))?;
     let bound = api.local_addr().map_err(|e| AgentError::Api(e.to_string()))?;
     let api_address = crate::logs::advertised_address(bound, &config.address);
     tracing::info!(%bound, advertised = api_address, "agent API (task logs) listening");
@@ -109,7 +112,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         served = serve_ingress => served,
         () = collect_images => Ok(()),
         () = serve(&config, node) => Ok(()),
-        served = crate::logs::serve(api, driver) => Err(AgentError::Api(format!("stopped serving: {}", served.err().map_or_else(String::new, |e| e.to_string())))),
+        served = crate::logs::serve(api, driver, config.max_log_follows) => Err(AgentError::Api(format!("stopped serving: {}", served.err().map_or_else(String::new, |e| e.to_string())))),
     }
 }
 

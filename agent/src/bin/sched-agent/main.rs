@@ -29,9 +29,13 @@ struct Cli {
     #[arg(long, default_value = "127.0.0.1")]
     address: String,
     /// Where the agent API listens (task logs for `sched logs`; the servers call it): HOST:PORT,
-    /// port 0 for any free port. Serves what tasks print: keep it on the nodes' network.
-    #[arg(long, default_value = agent::logs::DEFAULT_API_LISTEN)]
-    api_listen: String,
+    /// port 0 for any free port (default: the --address, port 7071). Serves what tasks print:
+    /// keep it on the nodes' network.
+    #[arg(long)]
+    api_listen: Option<String>,
+    /// Log follows (`sched logs -f`) the agent API serves at once; one more is refused.
+    #[arg(long, default_value_t = agent::logs::DEFAULT_MAX_FOLLOWS)]
+    max_log_follows: usize,
     /// CPU offered to tasks in millicores (default: all cores).
     #[arg(long)]
     cpu: Option<u32>,
@@ -123,6 +127,7 @@ fn config(cli: Cli) -> Result<AgentConfig> {
     }
     config.address = cli.address;
     config.api_listen = cli.api_listen;
+    config.max_log_follows = cli.max_log_follows;
     config.cpu_millis = cli.cpu.unwrap_or(config.cpu_millis);
     config.memory_mib = cli.memory.unwrap_or(config.memory_mib);
     config.cgroup_parent = cli.cgroup_parent;
