@@ -4,11 +4,11 @@
 //! same image pulls under a cap it fits; layers whose compressed sizes already exceed the cap
 //! are refused before any download; a manifest over 4 MiB (which the registry will not store,
 //! so a proxy in front of it serves one) is refused, with or without a `Content-Length`, after
-//! reading no more than the limit.
+//! reading no more than the limit; a bearer-token answer over 1 MiB is refused.
 use std::path::Path;
 use std::sync::Arc;
 
-use runtime::image::{ImageError, ImageService, ImageServiceOptions, NoProgress};
+use runtime::image::{CredentialStore, Credentials, ImageError, ImageService, ImageServiceOptions, NoProgress};
 use sched_tests::oci_image::{Entry, ImageDef, OciLayout, PushFormat, push};
 use sched_tests::registry::Registry;
 use sched_tests::registry_proxy::{ProxyMode, RegistryProxy};
@@ -103,4 +103,25 @@ async fn a_manifest_over_4_mib_is_refused_with_or_without_a_content_length() {
         assert!(sent < 64 << 20, "announce_length={announce_length}: the client took in {sent} of {size} bytes");
     }
     assert!(images.list().unwrap().is_empty() && images.store().list().unwrap().is_empty(), "nothing kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_answer_over_1_mib_is_refused() {
+    let registry = Registry::start();
+    let work = tempfile::Builder::new().prefix("sched-limits-token-").tempdir().unwrap();
+    let mut layout = OciLayout::create(&work.path().join("layout"));
+    let desc = layout.add_image(&ImageDef::new(vec![vec![Entry::file("ok", "fine")]]));
+    layout.tag("v1", &desc);
+    push(&layout.dir, "v1", &format!("{}/limits/token:v1", registry.addr()), PushFormat::Oci, false, None);
+    // The proxy's token server answers `{"token":"<token>",...}`: a 2 MiB token.
+    let token = "t".repeat(2 << 20);
+    let proxy = RegistryProxy::start(&registry.addr(), ProxyMode::Bearer { user: "bob".into(), password: "pw".into(), token });
+    let mut credentials = CredentialStore::default();
+    credentials.insert(&proxy.addr(), Credentials::new("bob", "pw"));
+    let mut options = ImageServiceOptions::default();
+    options.client.credentials = credentials;
+    let images = ImageService::open(&work.path().join("data"), options).unwrap();
+    let err = images.pull(&format!("{}/limits/token:v1", proxy.addr()), Arc::new(NoProgress)).await.expect_err("a 2 MiB token");
+    assert!(matches!(err, ImageError::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("token server's answer") && err.to_string().contains("1 MiB limit"), "{err}");
 }
