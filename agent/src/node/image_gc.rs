@@ -11,8 +11,9 @@
 //! ([`ImageService::remove`]).
 //!
 //! Collections and task starts exclude each other through [`ImageGc::lock`]: a start holds it
-//! shared from its pull to its container's rootfs, a collection exclusively while it removes,
-//! so an image is never removed between a start finding it and mounting it.
+//! shared from its pull to its container's rootfs, a collection exclusively while it removes
+//! (and skips its turn while any start is in flight, so no start ever waits behind another's
+//! pull), so an image is never removed between a start finding it and mounting it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -114,8 +115,13 @@ impl ImageGc {
     }
 
     /// One collection. `wanted` are the image references of the tasks assigned to the node.
+    /// Skipped (an empty report) while a task start is in flight: waiting for it would queue
+    /// every later start behind a pull, and the next look comes soon.
     pub async fn collect(&mut self, wanted: &HashSet<String>) -> GcReport {
-        let _exclusive = self.lock.clone().write_owned().await;
+        let Ok(_exclusive) = self.lock.clone().try_write_owned() else {
+            tracing::debug!("a task start is in flight; image collection skipped this time");
+            return GcReport::default();
+        };
         let images = self.images.clone();
         let (policy, data_dir, started) = (self.policy, self.data_dir.clone(), self.started);
         let mut last_seen = std::mem::take(&mut self.last_seen);
