@@ -1,6 +1,7 @@
 //! Sizes an image may not exceed, pulled from a real registry (Debian's docker-registry on
 //! loopback): a "gzip bomb" layer (a small blob that expands past the image's cap) fails the
-//! pull with an error naming the limit and leaves no snapshot, blob or record behind, while the
+//! pull with an error naming the limit and leaves no snapshot, blob or record behind (through
+//! the library and `sched-runtime image pull --max-image-bytes`), while the
 //! same image pulls under a cap it fits; layers whose compressed sizes already exceed the cap
 //! are refused before any download; a manifest over 4 MiB (which the registry will not store,
 //! so a proxy in front of it serves one) is refused, with or without a `Content-Length`, after
@@ -9,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use runtime::image::{CredentialStore, Credentials, ImageError, ImageService, ImageServiceOptions, NoProgress};
+use sched_tests::bundle::runtime_binary;
 use sched_tests::oci_image::{Entry, ImageDef, OciLayout, PushFormat, push};
 use sched_tests::registry::Registry;
 use sched_tests::registry_proxy::{ProxyMode, RegistryProxy};
@@ -53,6 +55,18 @@ async fn a_gzip_bomb_fails_the_pull_past_the_cap_and_leaves_nothing() {
     assert!(!kept.iter().any(|d| d == bomb_digest), "the bomb's blob is not kept: {kept:?}");
     assert!(kept.len() <= 1, "at most the harmless first layer's verified blob (prune takes it): {kept:?}");
     assert_eq!(count_entries(&data.join("blobs/ingest")), 0, "no partial download");
+
+    // `sched-runtime image pull` takes the cap as a flag and says the same.
+    let cli_data = work.path().join("data-cli");
+    let out = std::process::Command::new(runtime_binary())
+        .arg("--data-dir")
+        .arg(&cli_data)
+        .args(["image", "pull", &image, "--max-image-bytes", "16MiB"])
+        .output()
+        .expect("run sched-runtime");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("16 MiB limit"), "sched-runtime image pull: {out:?}");
+    assert_eq!(count_entries(&cli_data.join("snapshots")), 1, "only the empty snapshots/tmp: {stderr}");
 
     // The same image fits a larger cap: the limit, not the image, failed the first pull.
     let roomy =
