@@ -26,7 +26,7 @@ pub enum RegistryError {
     #[error("request to {url} failed after {attempts} attempt(s): {reason}")]
     Transport { url: String, attempts: u32, reason: String },
 
-    #[error("{what} is larger than the {limit} limit; refused, nothing was stored")]
+    #[error("{what} is larger than the {limit} limit; refused")]
     TooLarge { what: String, limit: String },
 
     #[error("manifest {what}: {reason}")]

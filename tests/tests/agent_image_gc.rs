@@ -1,7 +1,9 @@
 //! Image garbage collection on a real node (`sched server` + `sched-agent` + a loopback
 //! registry): once a service is deleted its image (record, blobs and snapshots) leaves the
 //! node after `--image-gc-unused-secs`, or at once under disk pressure (here: a high mark of
-//! 1 %, which every real disk is above), while the image of a running service stays.
+//! 1 %, which every real disk is above), while the image of a running service stays; and an
+//! image past `--max-image-bytes` (a gzip bomb) fails its task naming the limit, leaving no
+//! snapshot on the node.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -11,7 +13,7 @@ use runtime::image::{ImageService, ImageServiceOptions};
 use sched_tests::agent_process::{self, AgentProcess};
 use sched_tests::busybox_image::push_busybox;
 use sched_tests::cluster::{Cluster, ClusterOptions};
-use sched_tests::oci_image::Entry;
+use sched_tests::oci_image::{Entry, OciLayout, PushFormat, gzip_bomb, push};
 use sched_tests::registry::Registry;
 use serde_json::json;
 
@@ -74,4 +76,31 @@ fn an_image_unused_for_its_age_is_collected_and_one_in_use_is_not() {
 fn under_disk_pressure_an_unused_image_goes_before_its_age() {
     // A day's age never passes here: only the pressure removes it.
     unused_image_is_collected(&["--image-gc-unused-secs", "86400", "--image-gc-high-percent", "1", "--image-gc-low-percent", "0"]);
+}
+
+#[test]
+fn an_image_past_max_image_bytes_fails_its_task_and_leaves_no_snapshot() {
+    let registry = Registry::start();
+    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
+    let mut layout = OciLayout::create(&cluster.dir().join("bomb-layout"));
+    let desc = layout.add_image(&gzip_bomb(64 << 20));
+    layout.tag("1", &desc);
+    let image = format!("{}/gc/bomb:1", registry.addr());
+    push(&layout.dir, "1", &image, PushFormat::Oci, false, None);
+    let agent = AgentProcess::start_with(&cluster, "bomb-node", &["--max-image-bytes", "16MiB"]);
+    service(&cluster, "bomb", &image);
+    let failure = || -> Option<String> {
+        let tasks = cluster.sched_json(&["get", "tasks"]);
+        tasks.as_array()?.iter().find_map(|t| {
+            let failed = t["observed_state"].as_str().is_some_and(|s| s.eq_ignore_ascii_case("failed"));
+            failed.then(|| t["message"].as_str().unwrap_or_default().to_string())
+        })
+    };
+    let data = agent.data_dir().to_path_buf();
+    let context = || format!("tasks: {:#}\nimages: {:?}", cluster.sched_json(&["get", "tasks"]), node_images(&data));
+    agent_process::wait_until("the task fails", TIMEOUT, || failure().is_some(), context);
+    let message = failure().unwrap();
+    assert!(message.contains("16 MiB limit") && message.contains("gc/bomb"), "the failure names the image and the limit: {message}");
+    assert_eq!(node_images(&data), (BTreeSet::new(), 0), "no image record and no snapshot on the node");
+    cluster.sched_ok(&["delete", "bomb"]);
 }

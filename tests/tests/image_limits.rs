@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use runtime::image::{CredentialStore, Credentials, ImageError, ImageService, ImageServiceOptions, NoProgress};
 use sched_tests::bundle::runtime_binary;
-use sched_tests::oci_image::{Entry, ImageDef, OciLayout, PushFormat, push};
+use sched_tests::oci_image::{Entry, ImageDef, OciLayout, PushFormat, gzip_bomb, push};
 use sched_tests::registry::Registry;
 use sched_tests::registry_proxy::{ProxyMode, RegistryProxy};
 use serde_json::json;
@@ -28,9 +28,8 @@ async fn a_gzip_bomb_fails_the_pull_past_the_cap_and_leaves_nothing() {
     let registry = Registry::start();
     let work = tempfile::Builder::new().prefix("sched-limits-bomb-").tempdir().unwrap();
     // 64 MiB of zeros gzip to about 64 KiB: a thousandfold expansion.
-    let zeros = "\0".repeat(64 << 20);
     let mut layout = OciLayout::create(&work.path().join("layout"));
-    let desc = layout.add_image(&ImageDef::new(vec![vec![Entry::file("ok", "fine")], vec![Entry::file("bomb", &zeros)]]));
+    let desc = layout.add_image(&gzip_bomb(64 << 20));
     layout.tag("bomb", &desc);
     let image = format!("{}/limits/bomb:1", registry.addr());
     push(&layout.dir, "bomb", &image, PushFormat::Oci, false, None);

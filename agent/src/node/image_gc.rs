@@ -8,7 +8,8 @@
 //! the last collection that saw it in use, and the agent's start: a restarted agent gives
 //! every image a fresh `unused_age` rather than guessing from a clock it did not keep.
 //! Removing an image prunes the blobs and snapshots nothing else references
-//! ([`ImageService::remove`]).
+//! ([`ImageService::remove`]); a collection that removes nothing still prunes what failed
+//! pulls left (the verified layers of an image refused as too large, for one).
 //!
 //! Collections and task starts exclude each other through [`ImageGc::lock`]: a start holds it
 //! shared from its pull to its container's rootfs, a collection exclusively while it removes
@@ -218,6 +219,22 @@ fn collect_blocking(
     }
     for name in report.by_age.iter().chain(&report.by_pressure) {
         last_seen.remove(name);
+    }
+    if report.by_age.is_empty() && report.by_pressure.is_empty() {
+        // Leftovers of failed pulls (verified layers of a refused image, temporary files) are
+        // referenced by nothing: no start is in flight, so nothing of a pull is in the way.
+        match images.prune() {
+            Ok(pruned) if pruned.blobs + pruned.snapshots > 0 => {
+                tracing::info!(
+                    blobs = pruned.blobs,
+                    snapshots = pruned.snapshots,
+                    bytes = pruned.bytes,
+                    "pruned leftovers of failed pulls"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("pruning leftovers failed: {e}"),
+        }
     }
     report
 }

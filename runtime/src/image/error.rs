@@ -44,7 +44,7 @@ pub enum ImageError {
     #[error("layer {layer}: {reason}")]
     InvalidLayer { layer: String, reason: String },
 
-    #[error("{what} is larger than the {limit} limit; refused, nothing was stored")]
+    #[error("{what} is larger than the {limit} limit; refused")]
     TooLarge { what: String, limit: String },
 
     #[error("manifest {what}: {reason}")]
