@@ -50,6 +50,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         return Err(AgentError::Spec("no server address given (--server HOST:PORT)".into()));
     }
     config.image_gc.validate().map_err(AgentError::Spec)?;
+    if config.max_log_follows == 0 {
+        return Err(AgentError::Spec("--max-log-follows must be at least 1".into()));
+    }
     let mut image_options = ImageServiceOptions { max_image_bytes: config.max_image_bytes, ..Default::default() };
     image_options.client.insecure_registries = config.insecure_registries.clone();
     let images = Arc::new(ImageService::open(&config.data_dir, image_options)?);
@@ -82,9 +85,6 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         Some(net) => Some(Arc::new(NodeNetwork::new(net.clone()).await?)),
         None => None,
     };
-    if config.max_log_follows == 0 {
-        return Err(AgentError::Spec("--max-log-follows must be at least 1".into()));
-    }
     let api_listen = config.api_listen.clone().unwrap_or_else(|| crate::logs::default_api_listen(&config.address));
     let api =
         tokio::net::TcpListener::bind(&api_listen).await.map_err(|e| AgentError::Api(format!("cannot listen on {api_listen}: {e}")))?;
