@@ -21,8 +21,17 @@ use crate::error::RegistryError;
 use crate::manifest::MANIFEST_ACCEPT;
 use crate::reference::Reference;
 
-/// Manifests larger than this are refused (distribution's own limit is 4 MiB).
-const MAX_MANIFEST_BYTES: usize = 8 << 20;
+/// Manifests (and indexes) larger than this are refused: distribution and containerd use the
+/// same 4 MiB limit, so no registry serves a larger one that those clients would pull.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Image configs larger than this are refused, whatever size the manifest claims. A config
+/// holds the process defaults, one diff id and one history entry per layer: real ones are a
+/// few KiB, and twice the manifest limit leaves room for images with hundreds of layers.
+pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
+/// Bearer-token answers larger than this are refused (real ones are a few KiB of JSON).
+pub const MAX_TOKEN_BYTES: usize = 1 << 20;
+/// Of an error answer's body, at most this much is read (and 400 characters of it shown).
+const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 
 /// How the client reaches registries.
 #[derive(Debug, Clone)]
@@ -107,13 +116,7 @@ impl RegistryClient {
         let resp = expect_status(reference, &url, resp, &[StatusCode::OK]).await?;
         let media_type = header_str(resp.headers(), CONTENT_TYPE);
         let announced = header_str(resp.headers(), "docker-content-digest");
-        if resp.content_length().is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
-            return Err(invalid_manifest(&url, "it is larger than 8 MiB"));
-        }
-        let body = resp.bytes().await.map_err(|e| transport(&url, 1, &e))?;
-        if body.len() > MAX_MANIFEST_BYTES {
-            return Err(invalid_manifest(&url, "it is larger than 8 MiB"));
-        }
+        let body = read_capped(resp, MAX_MANIFEST_BYTES, "manifest", &url).await?;
         let digest = Digest::of(&body);
         let expected = match (reference.digest(), announced) {
             (Some(d), _) => Some(d.clone()),
@@ -129,7 +132,7 @@ impl RegistryClient {
                 actual: digest.to_string(),
             });
         }
-        Ok(FetchedManifest { body: body.to_vec(), media_type, digest })
+        Ok(FetchedManifest { body, media_type, digest })
     }
 
     /// The digest of the manifest `reference` names, as the registry serves it now: what a
@@ -155,11 +158,19 @@ impl RegistryClient {
         }
     }
 
-    /// Fetches a small blob (a config) into memory and verifies digest and size.
-    pub async fn get_blob_bytes(&self, reference: &Reference, digest: &Digest, size: u64) -> Result<Vec<u8>, RegistryError> {
+    /// Fetches an image config into memory and verifies digest and size. A config the manifest
+    /// says is larger than [`MAX_CONFIG_BYTES`] is refused before any request (and the
+    /// download stops at the manifest's size, so no more than that is ever read).
+    pub async fn get_config_bytes(&self, reference: &Reference, digest: &Digest, size: u64) -> Result<Vec<u8>, RegistryError> {
+        if size > MAX_CONFIG_BYTES {
+            return Err(RegistryError::TooLarge {
+                what: format!("image config {digest} of {reference} ({size} bytes, as its manifest says)"),
+                limit: human_size(MAX_CONFIG_BYTES),
+            });
+        }
         let (tx, mut rx) = mpsc::channel::<Bytes>(16);
         let collect = async {
-            let mut out = Vec::with_capacity(size.min(16 << 20) as usize);
+            let mut out = Vec::with_capacity(size as usize);
             while let Some(chunk) = rx.recv().await {
                 out.extend_from_slice(&chunk);
             }
@@ -385,9 +396,8 @@ impl RegistryClient {
             }
             match req.send().await {
                 Ok(resp) if resp.status().is_success() => {
-                    let body: TokenResponse = resp
-                        .json()
-                        .await
+                    let body = read_capped(resp, MAX_TOKEN_BYTES, "the token server's answer", realm).await?;
+                    let body: TokenResponse = serde_json::from_slice(&body)
                         .map_err(|e| self.unauthorized(reference, &format!("the token server's answer is not token JSON ({e})")))?;
                     return body.into_token().ok_or_else(|| self.unauthorized(reference, "the token server's answer holds no token"));
                 }
@@ -451,8 +461,8 @@ async fn expect_status_of(
         return Ok(resp);
     }
     let status = resp.status().as_u16();
-    let mut body = resp.text().await.unwrap_or_default();
-    body.truncate(400);
+    let body = read_prefix(resp, MAX_ERROR_BODY_BYTES).await;
+    let body: String = String::from_utf8_lossy(&body).chars().take(400).collect();
     Err(RegistryError::Status {
         registry: reference.registry().to_string(),
         method: method.to_string(),
@@ -460,6 +470,54 @@ async fn expect_status_of(
         status,
         body: body.trim().to_string(),
     })
+}
+
+/// The body of `resp`, refused with [`RegistryError::TooLarge`] as soon as it is known to be
+/// over `limit` bytes: from `Content-Length` before reading, else while streaming (a server
+/// that lies about or omits the length is cut off at the limit, never buffered whole).
+async fn read_capped(resp: Response, limit: usize, what: &str, url: &str) -> Result<Vec<u8>, RegistryError> {
+    let too_large = || RegistryError::TooLarge { what: format!("{what} from {url}"), limit: human_size(limit as u64) };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| transport(url, 1, &e))?;
+        if out.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// At most the first `limit` bytes of the body of `resp` (the rest is never read); what
+/// arrived before a transport error.
+async fn read_prefix(resp: Response, limit: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while out.len() < limit {
+        match stream.next().await {
+            Some(Ok(chunk)) => out.extend_from_slice(&chunk[..chunk.len().min(limit - out.len())]),
+            _ => break,
+        }
+    }
+    out
+}
+
+/// `4 MiB`, `10 GiB`, `512 KiB`, `100 bytes`: a limit as people read it.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (unit, name) in UNITS {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{} {name}", bytes / unit);
+        }
+    }
+    match UNITS.iter().find(|(unit, _)| bytes >= *unit) {
+        Some((unit, name)) => format!("{:.1} {name}", bytes as f64 / *unit as f64),
+        None => format!("{bytes} bytes"),
+    }
 }
 
 #[cfg(test)]
@@ -474,6 +532,19 @@ mod tests {
         }
         for r in ["docker.io", "ghcr.io", "10.0.0.1:5000", "registry.lan:5001", "localhost.evil.com"] {
             assert!(!c.is_insecure(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn limits_read_as_people_write_them() {
+        for (bytes, text) in [
+            (MAX_MANIFEST_BYTES as u64, "4 MiB"),
+            (10 << 30, "10 GiB"),
+            (64 << 10, "64 KiB"),
+            (100, "100 bytes"),
+            ((1 << 20) + (1 << 19) + 1, "1.5 MiB"),
+        ] {
+            assert_eq!(human_size(bytes), text);
         }
     }
 }

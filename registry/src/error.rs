@@ -26,6 +26,9 @@ pub enum RegistryError {
     #[error("request to {url} failed after {attempts} attempt(s): {reason}")]
     Transport { url: String, attempts: u32, reason: String },
 
+    #[error("{what} is larger than the {limit} limit; refused")]
+    TooLarge { what: String, limit: String },
+
     #[error("manifest {what}: {reason}")]
     InvalidManifest { what: String, reason: String },
 

@@ -132,7 +132,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     agent.cpu_millis = args.cpu.unwrap_or(agent.cpu_millis);
     agent.memory_mib = args.memory.unwrap_or(agent.memory_mib);
     agent.cgroup_parent = args.cgroup_parent;
-    agent.api_listen = AGENT_API_LISTEN.into();
+    agent.api_listen = Some(AGENT_API_LISTEN.into());
     agent.insecure_registries = server.registries.insecure_registries.clone();
     if args.no_network {
         agent.network = None;

@@ -162,7 +162,8 @@ impl NetworkedAgent {
         Self::start_with(cluster, lab, name, &[])
     }
 
-    /// Starts an agent with more flags than the usual ones (e.g. `--ingress-listen`).
+    /// Starts an agent with more flags than the usual ones (e.g. `--ingress-listen`; an
+    /// `--api-listen` replaces the usual `127.0.0.1:0`).
     pub fn start_with(cluster: &Cluster, lab: &NodeLab, name: &str, extra_args: &[&str]) -> NetworkedAgent {
         let data_dir = cluster.dir().join(format!("agent-{name}"));
         let cgroup_parent = format!("/sched-test-{}", unique_name());
@@ -172,7 +173,8 @@ impl NetworkedAgent {
         assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
         let child = Command::new(agent)
             .args(["--server", &cluster.addresses(), "--name", name, "--stop-grace", "1"])
-            .args(["--api-listen", "127.0.0.1:0", "--bridge", &config.bridge, "--subnet", &config.subnet.to_string()])
+            .args(["--bridge", &config.bridge, "--subnet", &config.subnet.to_string()])
+            .args(if extra_args.contains(&"--api-listen") { &[][..] } else { &["--api-listen", "127.0.0.1:0"][..] })
             .arg("--netns-dir")
             .arg(&config.netns_dir)
             .arg("--data-dir")

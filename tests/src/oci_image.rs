@@ -182,6 +182,27 @@ impl ImageDef {
     }
 }
 
+/// A "gzip bomb": a harmless first layer, then a layer of one file of `zeros` zero bytes, which
+/// gzip shrinks over 200-fold (64 MiB -> about 290 KiB at the fastest level the fixtures use).
+pub fn gzip_bomb(zeros: usize) -> ImageDef {
+    use std::io::Read as _;
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(zeros as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append_data(&mut header, "bomb", std::io::repeat(0).take(zeros as u64)).unwrap();
+    ImageDef::new(vec![vec![Entry::file("ok", "fine")], vec![]]).with_layer(1, builder.into_inner().unwrap())
+}
+
+impl ImageDef {
+    /// Replaces layer `index` with the (uncompressed) tar `tar`, gzip-compressed.
+    pub fn with_layer(mut self, index: usize, tar: Vec<u8>) -> Self {
+        self.layers[index] = (tar, Compression::Gzip);
+        self
+    }
+}
+
 /// An OCI image layout directory (`oci-layout`, `index.json`, `blobs/sha256/`).
 pub struct OciLayout {
     pub dir: PathBuf,

@@ -95,6 +95,24 @@ impl Registry {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// `PUT /v2/REPO/manifests/TAG` with `body` as it is (what a client that builds its own
+    /// manifests sends); returns the HTTP status and the registry's answer.
+    pub fn put_manifest(&self, repo: &str, tag: &str, media_type: &str, body: &[u8]) -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the registry");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let head = format!(
+            "PUT /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {}\r\nContent-Type: {media_type}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr(),
+            body.len()
+        );
+        s.write_all(head.as_bytes()).and_then(|()| s.write_all(body)).expect("send the manifest");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        let status = answer.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, answer)
+    }
 }
 
 impl Drop for Registry {

@@ -10,6 +10,9 @@
 //!   auth server.
 //!
 //! - [`ProxyMode::FailFirst`] answers the first requests with 503 (to prove retries).
+//! - [`ProxyMode::OversizedManifest`] answers manifest requests with a huge manifest (which a
+//!   real registry refuses to store), with or without `Content-Length` (to prove a client caps
+//!   what it reads, and stops reading there).
 //!
 //! One thread per connection, one request per connection (`Connection: close`). Stopped on drop.
 use std::collections::HashMap;
@@ -33,6 +36,12 @@ pub enum ProxyMode {
     },
     /// Answers the first `n` requests with `503 Service Unavailable`.
     FailFirst(usize),
+    /// Answers every manifest `GET` with a JSON manifest of `size` bytes; without
+    /// `Content-Length` when `announce_length` is false (the body ends when the connection does).
+    OversizedManifest {
+        size: usize,
+        announce_length: bool,
+    },
 }
 
 #[derive(Default)]
@@ -46,6 +55,8 @@ struct Shared {
     cut_done: AtomicBool,
     /// Requests answered 503 so far (FailFirst).
     failed: Mutex<usize>,
+    /// Bytes of oversized manifest bodies the client took in (OversizedManifest).
+    manifest_bytes_sent: Mutex<u64>,
     stop: AtomicBool,
 }
 
@@ -94,6 +105,11 @@ impl RegistryProxy {
 
     pub fn ranges(&self) -> Vec<String> {
         self.shared.ranges.lock().unwrap().clone()
+    }
+
+    /// Bytes of the oversized manifest the client read before it hung up.
+    pub fn manifest_bytes_sent(&self) -> u64 {
+        *self.shared.manifest_bytes_sent.lock().unwrap()
     }
 
     pub fn cut_happened(&self) -> bool {
@@ -154,6 +170,34 @@ fn handle(conn: TcpStream, upstream: &str, mode: &ProxyMode, port: u16, shared: 
             drop(failed);
             return respond(conn, "503 Service Unavailable", &[], b"try again");
         }
+    }
+
+    if let ProxyMode::OversizedManifest { size, announce_length } = mode
+        && method == "GET"
+        && path.contains("/manifests/")
+    {
+        let mut head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n".to_string();
+        if *announce_length {
+            head.push_str(&format!("Content-Length: {size}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut conn = conn;
+        conn.write_all(head.as_bytes())?;
+        // `{"schemaVersion":2,"annotations":{"p":"xxxx...."}}`, sent in 64 KiB pieces.
+        let (open, close) = (br#"{"schemaVersion":2,"annotations":{"p":""#.as_slice(), br#""}}"#.as_slice());
+        conn.write_all(open)?;
+        let mut left = size.saturating_sub(open.len() + close.len());
+        let piece = vec![b'x'; 64 << 10];
+        while left > 0 {
+            let n = left.min(piece.len());
+            conn.write_all(&piece[..n])?;
+            *shared.manifest_bytes_sent.lock().unwrap() += n as u64;
+            left -= n;
+        }
+        conn.write_all(close)?;
+        conn.flush()?;
+        let _ = conn.shutdown(Shutdown::Write);
+        return Ok(());
     }
 
     if let ProxyMode::Bearer { user, password, token } = mode {

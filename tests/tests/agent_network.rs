@@ -163,8 +163,9 @@ fn a_task_cannot_reach_node_services_bound_to_loopback() {
             .output()
             .expect("nft list chain");
         let listing = String::from_utf8_lossy(&table.stdout).into_owned();
+        let loopback_guard = listing.lines().find(|l| l.contains("127.0.0.0/8")).unwrap_or_default();
         assert!(
-            listing.contains("counter packets") && !listing.contains("counter packets 0 "),
+            loopback_guard.contains("counter packets") && !loopback_guard.contains("counter packets 0 "),
             "the guard dropped nothing, so the attack never arrived: {listing}"
         );
         assert_eq!(
@@ -172,6 +173,44 @@ fn a_task_cannot_reach_node_services_bound_to_loopback() {
             "published\n",
             "the guard must not break 127.0.0.1 -> published port"
         );
+        node.teardown().await.expect("teardown");
+    });
+}
+
+#[test]
+fn a_task_cannot_open_connections_to_the_node_but_reaches_published_ports() {
+    let lab = NodeLab::new(9);
+    let config = lab.config();
+    lab.run(|| async {
+        let node = NodeNetwork::new(lab.config()).await.expect("node network");
+        let task = TaskNetwork::create(&node, "prober").await.expect("task");
+        let web = TaskNetwork::create(&node, "web").await.expect("web task");
+        // A node service on every address, a second node address, and a neighbour's published port.
+        let extra = "10.250.9.1";
+        let added = ip(&["addr", "add", &format!("{extra}/32"), "dev", "lo"]);
+        assert!(added.status.success(), "{added:?}");
+        lab.serve_http_on(lab.node_netns(), "0.0.0.0:9998", "node service\n");
+        wait_for_http(addr(Ipv4Addr::LOCALHOST, 9998), SERVE_TIMEOUT);
+        lab.serve_http(&web.netns_path, 8080, "published\n");
+        wait_for_http(addr(web.ip, 8080), SERVE_TIMEOUT);
+        let host_port = node.publish(web.ip, 8080).await.expect("publish");
+
+        // One TCP connect from the task (nc runs `true` once connected).
+        let connects = |host: &str, port: u16| {
+            nsenter(&task.netns_path, &["busybox", "nc", "-w", "2", host, &port.to_string(), "-e", "/bin/true"]).status.success()
+        };
+        let gateway = node.gateway().to_string();
+        assert!(connects(&gateway, host_port), "a published port through the gateway must stay reachable from tasks");
+        assert!(connects(&web.ip.to_string(), 8080), "a neighbour task is reachable directly");
+        for host in [gateway.as_str(), extra] {
+            assert!(!connects(host, 9998), "the task connected to the node's service at {host}:9998");
+        }
+        busybox_in(&task.netns_path, &["ping", "-c1", "-W1", &gateway]);
+        // No IPv6 on the bridge: no link-local way around the IPv4 table.
+        let disabled = std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", config.bridge)).unwrap_or_default();
+        assert_eq!(disabled.trim(), "1", "IPv6 on the bridge");
+        let v6 = String::from_utf8_lossy(&ip(&["-6", "-o", "addr", "show", "dev", &config.bridge]).stdout).into_owned();
+        assert!(v6.trim().is_empty(), "the bridge holds IPv6 addresses: {v6}");
         node.teardown().await.expect("teardown");
     });
 }

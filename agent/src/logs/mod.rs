@@ -9,5 +9,5 @@
 pub mod api;
 pub mod reader;
 
-pub use api::{DEFAULT_API_LISTEN, TaskLogService, advertised_address, serve};
+pub use api::{DEFAULT_API_PORT, DEFAULT_MAX_FOLLOWS, TaskLogService, advertised_address, default_api_listen, serve};
 pub use reader::{LogQuery, LogSink, read_log};

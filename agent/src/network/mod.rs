@@ -35,6 +35,15 @@
 //!   `route_localnet` alone would also let a task address the node's loopback services through
 //!   the bridge (kube-proxy's CVE-2020-8558), so an `input` chain drops packets from the bridge
 //!   to 127.0.0.0/8 unless they belong to a connection the node opened.
+//!
+//! # Tasks do not reach the node's own services
+//! The same `input` chain drops every connection a task opens to any of the node's own
+//! addresses (`fib daddr type local`): the gateway is the task's router, not its server. The
+//! node's services (the agent API that serves every task's log, sshd, a server on the same
+//! host) bind addresses tasks could otherwise reach through the gateway. Replies of what the
+//! node opens (health checks, the ingress) and ping to the gateway pass; published ports keep
+//! working from tasks because their DNAT happens in `prerouting`, before the input hook. The
+//! bridge has IPv6 disabled, so no link-local address opens a way around the IPv4 table.
 //! - **hairpin**: a task connecting to its own (or a neighbour's) published port through a node
 //!   address is masqueraded too (`ct status dnat` from the subnet out of the bridge), and each
 //!   bridge port has hairpin mode on so the packet may leave by the port it arrived on.

@@ -1,4 +1,5 @@
-//! The node's nftables table: outbound NAT for the task subnet and DNAT of published ports.
+//! The node's nftables table: outbound NAT for the task subnet, DNAT of published ports, and
+//! the guard that keeps tasks from the node's own services.
 //!
 //! The whole table is a pure function of the configuration and the published ports
 //! ([`render_table`]); every change re-renders it and replaces it in one `nft -f -` transaction
@@ -54,11 +55,18 @@ pub(crate) fn render_table<'a>(
     // route_localnet (needed for 127.0.0.1 -> task DNAT) would also let a task send packets to
     // the node's 127.0.0.0/8 services through the bridge (kube-proxy's CVE-2020-8558): only
     // replies of connections the node opened may arrive from the bridge for loopback addresses.
+    // Nor may tasks open connections to the node's own addresses (the gateway's, and every
+    // other one): the node's services (the agent API with every task's logs, sshd, the servers)
+    // are not theirs. Published ports still work from tasks (DNAT happened in prerouting, so
+    // those packets are forwarded, never input), and so do ping to the gateway and the replies
+    // of what the node opens (health checks, the ingress). Tasks are given no DNS of the node.
     let _ = write!(
         text,
         "\tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
          \t\tiifname \"{bridge}\" ip daddr 127.0.0.0/8 ct state != {{ established, related }} counter drop\n\
+         \t\tiifname \"{bridge}\" icmp type echo-request accept\n\
+         \t\tiifname \"{bridge}\" fib daddr type local ct state != {{ established, related }} counter drop\n\
          \t}}\n"
     );
     let _ = write!(
@@ -146,6 +154,10 @@ mod tests {
         assert!(text.contains("ip saddr 10.88.0.0/24 oifname != \"sched0\" masquerade"), "{text}");
         assert!(text.contains("oifname \"sched0\" ct status dnat ip saddr { 127.0.0.0/8, 10.88.0.0/24 } masquerade"), "{text}");
         assert!(text.contains("iifname \"sched0\" ip daddr 127.0.0.0/8 ct state != { established, related } counter drop"), "{text}");
+        assert!(
+            text.contains("iifname \"sched0\" fib daddr type local ct state != { established, related } counter drop"),
+            "tasks open no connection to the node's own addresses: {text}"
+        );
         assert_eq!(text.matches('{').count(), text.matches('}').count());
     }
 

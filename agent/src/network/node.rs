@@ -59,6 +59,12 @@ impl NodeNetwork {
         let config = &node.inner.config;
         sysctl::set("net/ipv4/ip_forward", "1")?;
         sysctl::set(&format!("net/ipv4/conf/{}/route_localnet", config.bridge), "1")?;
+        // The table guards IPv4 only: no IPv6 on the bridge, or tasks would reach the node's
+        // services through its link-local address. (Nothing to do where IPv6 is off.)
+        let ipv6 = format!("net/ipv6/conf/{}/disable_ipv6", config.bridge);
+        if std::path::Path::new("/proc/sys").join(&ipv6).exists() {
+            sysctl::set(&ipv6, "1")?;
+        }
         info!(bridge = %config.bridge, subnet = %config.subnet, table = %config.nft_table, "node network ready");
         Ok(node)
     }

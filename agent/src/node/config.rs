@@ -18,8 +18,11 @@ pub struct AgentConfig {
     /// The address other nodes and the ingress reach this node's published ports on.
     pub address: String,
     /// Where the agent's own API (task logs, for `sched logs`) listens: HOST:PORT, port 0 for any
-    /// free one. Registered with the servers, with an unspecified IP replaced by `address`.
-    pub api_listen: String,
+    /// free one; `None` is `address`:7071. Registered with the servers, with an unspecified IP
+    /// replaced by `address`.
+    pub api_listen: Option<String>,
+    /// Log follows the agent API serves at once (one more is refused, naming the limit).
+    pub max_log_follows: usize,
     pub labels: BTreeMap<String, String>,
     /// CPU capacity offered to tasks, in millicores.
     pub cpu_millis: u32,
@@ -45,6 +48,10 @@ pub struct AgentConfig {
     pub insecure_registries: Vec<String>,
     /// The node's ingress; `None` runs none.
     pub ingress: Option<crate::ingress_node::IngressSettings>,
+    /// The most bytes one image's layers may unpack to (a bigger image fails to pull).
+    pub max_image_bytes: u64,
+    /// When images no task uses are removed.
+    pub image_gc: super::ImageGcPolicy,
 }
 
 /// The cgroup task cgroups are made under, at each hierarchy's root.
@@ -64,13 +71,16 @@ impl AgentConfig {
             servers,
             name,
             address: "127.0.0.1".into(),
-            api_listen: crate::logs::DEFAULT_API_LISTEN.into(),
+            api_listen: None,
+            max_log_follows: crate::logs::DEFAULT_MAX_FOLLOWS,
             labels: BTreeMap::new(),
             cpu_millis,
             memory_mib,
             network: Some(crate::network::NodeNetworkConfig::new(&data_dir)),
             insecure_registries: Vec::new(),
             ingress: None,
+            max_image_bytes: runtime::image::DEFAULT_MAX_IMAGE_BYTES,
+            image_gc: super::ImageGcPolicy::default(),
             data_dir,
             runtime_binary: AgentConfig::default_runtime_binary(),
             cgroup_parent: DEFAULT_CGROUP_PARENT.into(),

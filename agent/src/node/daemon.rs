@@ -5,7 +5,7 @@
 //! running meanwhile (each under its own shim).
 //!
 //! Starting and stopping tasks run as background jobs, so a slow image pull never delays a
-//! heartbeat.
+//! heartbeat. Beside the sessions, the image collector removes images no task uses.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -17,10 +17,11 @@ use proto::agent::v1 as pb;
 use proto::agent::v1::agent_api_client::AgentApiClient;
 use proto::sched::v1 as sched_pb;
 use runtime::image::{ImageService, ImageServiceOptions};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
 use super::AgentConfig;
+use super::image_gc::ImageGc;
 use super::plan::{Action, Seen, Wanted, plan};
 use crate::error::{AgentError, Result};
 use crate::health::{Health, HealthSpec, HealthTracker, Probe, ProbeTarget, probe};
@@ -48,9 +49,27 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     if config.servers.is_empty() {
         return Err(AgentError::Spec("no server address given (--server HOST:PORT)".into()));
     }
-    let mut image_options = ImageServiceOptions::default();
+    config.image_gc.validate().map_err(AgentError::Spec)?;
+    if config.max_log_follows == 0 {
+        return Err(AgentError::Spec("--max-log-follows must be at least 1".into()));
+    }
+    let mut image_options = ImageServiceOptions { max_image_bytes: config.max_image_bytes, ..Default::default() };
     image_options.client.insecure_registries = config.insecure_registries.clone();
-    let images = ImageService::open(&config.data_dir, image_options)?;
+    let images = Arc::new(ImageService::open(&config.data_dir, image_options)?);
+    let mut image_gc = ImageGc::new(images.clone(), config.image_gc);
+    let image_lock = image_gc.lock();
+    let (wanted_images, mut wanted_rx) = watch::channel::<Option<HashSet<String>>>(None);
+    // Until the first assignments arrive the node does not know what it will run: no
+    // collection before then.
+    let collect_images = async move {
+        let mut tick = tokio::time::interval(image_gc.policy().interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(wanted) = wanted_rx.borrow_and_update().clone() else { continue };
+            image_gc.collect(&wanted).await;
+        }
+    };
     let driver = TaskDriver::new(
         DriverConfig {
             runtime_binary: config.runtime_binary.clone(),
@@ -59,16 +78,16 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             cgroup_parent: config.cgroup_parent.clone(),
             max_log_bytes: 10 * 1024 * 1024,
         },
-        Arc::new(images),
+        images,
     )?;
     let driver = Arc::new(driver);
     let network = match &config.network {
         Some(net) => Some(Arc::new(NodeNetwork::new(net.clone()).await?)),
         None => None,
     };
-    let api = tokio::net::TcpListener::bind(&config.api_listen)
-        .await
-        .map_err(|e| AgentError::Api(format!("cannot listen on {}: {e}", config.api_listen)))?;
+    let api_listen = config.api_listen.clone().unwrap_or_else(|| crate::logs::default_api_listen(&config.address));
+    let api =
+        tokio::net::TcpListener::bind(&api_listen).await.map_err(|e| AgentError::Api(format!("cannot listen on {api_listen}: {e}")))?;
     let bound = api.local_addr().map_err(|e| AgentError::Api(e.to_string()))?;
     let api_address = crate::logs::advertised_address(bound, &config.address);
     tracing::info!(%bound, advertised = api_address, "agent API (task logs) listening");
@@ -87,12 +106,13 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             None => std::future::pending().await,
         }
     };
-    let node = Node { driver: driver.clone(), network, api_address, ingress };
+    let node = Node { driver: driver.clone(), network, api_address, ingress, image_lock, wanted_images: Arc::new(wanted_images) };
     tokio::select! {
         () = shutdown => Ok(()),
         served = serve_ingress => served,
+        () = collect_images => Ok(()),
         () = serve(&config, node) => Ok(()),
-        served = crate::logs::serve(api, driver) => Err(AgentError::Api(format!("stopped serving: {}", served.err().map_or_else(String::new, |e| e.to_string())))),
+        served = crate::logs::serve(api, driver, config.max_log_follows) => Err(AgentError::Api(format!("stopped serving: {}", served.err().map_or_else(String::new, |e| e.to_string())))),
     }
 }
 
@@ -105,12 +125,18 @@ struct Node {
     api_address: String,
     /// The node's ingress, whose targets and requests in flight go with every heartbeat.
     ingress: Option<crate::ingress_node::IngressHandle>,
+    /// Held shared by every start, exclusively by image collections (see `image_gc`).
+    image_lock: Arc<tokio::sync::RwLock<()>>,
+    /// The images the assigned tasks name, for the image collector.
+    wanted_images: Arc<watch::Sender<Option<HashSet<String>>>>,
 }
 
 impl Node {
     /// Network, container, published ports; returns the pid and the endpoints. On failure the
     /// task's network is removed again (the driver cleans up its own part).
     async fn start(&self, spec: &TaskSpec, address: &str) -> std::result::Result<(i32, Vec<String>, Option<Ipv4Addr>), String> {
+        // No image collection between finding (or pulling) the image and mounting its rootfs.
+        let _images = self.image_lock.read().await;
         let Some(network) = &self.network else {
             let pid = self.driver.start(spec, None).await.map_err(|e| e.to_string())?;
             return Ok((pid, Vec::new(), None));
@@ -255,6 +281,7 @@ async fn session(config: &AgentConfig, agent: &Node, server: &str, node: &mut No
                 Some(assignments) => {
                     node.wanted = wanted_from(&assignments);
                     node.assigned = true;
+                    agent.wanted_images.send_replace(Some(node.wanted.values().map(|w| w.spec.image.clone()).collect()));
                     act(config, agent, node, &done_tx).await?;
                 }
                 None => return Ok(()),

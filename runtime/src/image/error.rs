@@ -44,6 +44,9 @@ pub enum ImageError {
     #[error("layer {layer}: {reason}")]
     InvalidLayer { layer: String, reason: String },
 
+    #[error("{what} is larger than the {limit} limit; refused")]
+    TooLarge { what: String, limit: String },
+
     #[error("manifest {what}: {reason}")]
     InvalidManifest { what: String, reason: String },
 
@@ -83,6 +86,7 @@ impl From<RegistryError> for ImageError {
             RegistryError::Unauthorized { registry, scope, reason } => Self::Unauthorized { registry, scope, reason },
             RegistryError::Status { registry, method, url, status, body } => Self::Registry { registry, method, url, status, body },
             RegistryError::Transport { url, attempts, reason } => Self::Transport { url, attempts, reason },
+            RegistryError::TooLarge { what, limit } => Self::TooLarge { what, limit },
             RegistryError::InvalidManifest { what, reason } => Self::InvalidManifest { what, reason },
             RegistryError::InvalidConfig { what, reason } => Self::InvalidConfig { what, reason },
             RegistryError::Credentials { path, reason } => Self::Credentials { path, reason },

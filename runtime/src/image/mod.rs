@@ -5,6 +5,7 @@
 //!   downloads). They live in the `registry` crate, which the scheduler shares, and are
 //!   re-exported here; their [`RegistryError`] converts one-to-one into [`ImageError`].
 //! - [`store`]: the content store, blobs by digest, written atomically after verification.
+//! - [`budget`]: the cap on an image's uncompressed bytes (gzip bombs), counted while unpacking.
 //! - [`unpack`]: safe layer extraction (nothing outside the target, ever).
 //! - [`snapshot`]: one directory per layer chain, overlay rootfs mounts, copy fallback, GC.
 //! - [`pull`]: the pull pipeline (parallel layers; download, hash and unpack in one pass).
@@ -16,6 +17,7 @@
 //! `images/<sha256(name)>.json`, `snapshots/<chain id hex>/fs`, `rootfs/<container>/{merged,upper,work}`.
 pub use registry::{RegistryError, auth, client, digest, manifest, reference};
 
+pub mod budget;
 pub mod config_to_spec;
 pub mod error;
 pub mod pull;
@@ -26,6 +28,7 @@ pub mod store;
 pub mod unpack;
 
 pub use auth::{CredentialStore, Credentials};
+pub use budget::{DEFAULT_MAX_IMAGE_BYTES, parse_size};
 pub use client::{ClientOptions, RegistryClient};
 pub use config_to_spec::{ProcessOverrides, config_to_spec};
 pub use digest::Digest;

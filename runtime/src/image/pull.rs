@@ -7,6 +7,10 @@
 //! their chain id) only after every layer is unpacked, the lower-layer symlink check passed
 //! and hard links to lower-layer files were copied up;
 //! the image record is written last.
+//!
+//! Sizes are capped before anything is trusted: the manifest (4 MiB) and config (8 MiB) by the
+//! registry client, the layers' compressed sizes together and their uncompressed bytes (counted
+//! while they unpack, see [`super::budget`]) by the image's `max_image_bytes`.
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +20,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use super::client::RegistryClient;
+use super::budget::{CappedReader, ImageBudget};
+use super::client::{RegistryClient, human_size};
 use super::digest::{Digest, HashingReader};
 use super::error::{ImageError, Result};
 use super::manifest::{Descriptor, ImageConfig, ManifestKind, Platform, parse_manifest};
@@ -47,6 +52,8 @@ pub(crate) struct Puller<'a> {
     pub snapshots: &'a Snapshotter,
     pub platform: &'a Platform,
     pub max_parallel_layers: usize,
+    /// The most uncompressed bytes the image's layers may unpack to.
+    pub max_image_bytes: u64,
     pub progress: Arc<dyn PullProgress>,
 }
 
@@ -87,7 +94,7 @@ impl Puller<'_> {
                 }
             }
         };
-        let config_bytes = self.client.get_blob_bytes(reference, &manifest.config.digest, manifest.config.size).await?;
+        let config_bytes = self.client.get_config_bytes(reference, &manifest.config.digest, manifest.config.size).await?;
         let config = ImageConfig::parse(&config_bytes, &manifest.config.digest.to_string())?;
         blobs_to_store.push((manifest.config.digest.clone(), config_bytes));
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
@@ -97,6 +104,16 @@ impl Puller<'_> {
             });
         }
         let chains = chain_ids(&config.rootfs.diff_ids);
+        // A layer never unpacks to (much) less than its compressed size: layers that add up to
+        // more than the cap already are refused before any download.
+        let compressed = manifest.layers.iter().fold(0u64, |sum, l| sum.saturating_add(l.size));
+        if compressed > self.max_image_bytes {
+            return Err(ImageError::TooLarge {
+                what: format!("image {reference} (its layers are {compressed} bytes compressed)"),
+                limit: human_size(self.max_image_bytes),
+            });
+        }
+        let budget = ImageBudget::new(self.max_image_bytes);
 
         // The futures are built first (they are lazy): a closure inside the stream's type would
         // make the pull future fail `Send` checks when callers spawn it (a rustc HRTB limit).
@@ -104,11 +121,18 @@ impl Puller<'_> {
             .layers
             .iter()
             .enumerate()
-            .map(|(i, layer)| self.pull_layer(reference, i, layer, &config.rootfs.diff_ids[i], &chains[i]))
+            .map(|(i, layer)| self.pull_layer(reference, i, layer, &config.rootfs.diff_ids[i], &chains[i], &budget))
             .collect();
         let results: Vec<Result<LayerResult>> =
             futures::stream::iter(pulls).buffer_unordered(self.max_parallel_layers.max(1)).collect().await;
         let mut done: Vec<LayerResult> = Vec::with_capacity(results.len());
+        if budget.exceeded() {
+            // Whatever each layer reported, the reason is the cap (temporary snapshots are gone).
+            return Err(ImageError::TooLarge {
+                what: format!("image {reference} (uncompressed, its layers unpacked past the limit)"),
+                limit: human_size(budget.limit()),
+            });
+        }
         for r in results {
             done.push(r?);
         }
@@ -160,6 +184,7 @@ impl Puller<'_> {
         layer: &Descriptor,
         diff_id: &Digest,
         chain: &Digest,
+        budget: &Arc<ImageBudget>,
     ) -> Result<LayerResult> {
         let digest = &layer.digest;
         let _guard = self.store.lock(digest).await;
@@ -172,9 +197,10 @@ impl Puller<'_> {
         } else if have_blob {
             // Unpack from the local blob.
             let temp = self.snapshots.create_temp()?;
-            let (fs, file) = (temp.fs(), self.store.open_blob(digest)?);
+            let (fs, file, budget) = (temp.fs(), self.store.open_blob(digest)?, budget.clone());
             let (stats, got) = run_blocking(move || -> Result<(LayerStats, Digest)> {
-                let mut tar = HashingReader::new(decompress(file).map_err(|e| invalid(&name, e))?);
+                let tar = decompress(file).map_err(|e| invalid(&name, e))?;
+                let mut tar = HashingReader::new(CappedReader::new(tar, budget));
                 let stats = unpack_layer(&mut tar, &fs, WhiteoutMode::Overlay, &name)?;
                 Ok((stats, tar.finish().map_err(|e| invalid(&name, e))?))
             })
@@ -186,8 +212,8 @@ impl Puller<'_> {
             let ingest = self.store.ingest()?;
             let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
             let fs = temp.as_ref().map(TempSnapshot::fs);
-            let (expected, size) = (digest.clone(), layer.size);
-            let consumer = run_blocking(move || consume_layer(rx, ingest, fs, &expected, size));
+            let (expected, size, budget) = (digest.clone(), layer.size, budget.clone());
+            let consumer = run_blocking(move || consume_layer(rx, ingest, fs, &expected, size, budget));
             let progress = self.progress.clone();
             let on_bytes = |n: u64| progress.layer_bytes(digest, n);
             let download = self.client.fetch_blob(reference, digest, layer.size, tx, &on_bytes);
@@ -211,20 +237,22 @@ impl Puller<'_> {
 
 /// The blocking half of a layer download: writes every chunk to the blob, unpacks it (when
 /// `fs` is given) while it streams, then checks the blob digest. Returns the unpack stats and
-/// the diff id.
+/// the diff id. The blob is kept only when it unpacked (or was not to be unpacked).
 fn consume_layer(
     rx: mpsc::Receiver<Bytes>,
     ingest: Ingest,
     fs: Option<PathBuf>,
     expected: &Digest,
     size: u64,
+    budget: Arc<ImageBudget>,
 ) -> Result<Option<(LayerStats, Digest)>> {
     let name = expected.to_string();
     let mut source = ChannelReader { rx, ingest, chunk: Bytes::new() };
     let unpacked = match &fs {
         Some(fs) => {
             let r = (|| -> Result<(LayerStats, Digest)> {
-                let mut tar = HashingReader::new(decompress(&mut source).map_err(|e| invalid(&name, e))?);
+                let tar = decompress(&mut source).map_err(|e| invalid(&name, e))?;
+                let mut tar = HashingReader::new(CappedReader::new(tar, budget));
                 let stats = unpack_layer(&mut tar, fs, WhiteoutMode::Overlay, &name)?;
                 Ok((stats, tar.finish().map_err(|e| invalid(&name, e))?))
             })();
@@ -234,8 +262,17 @@ fn consume_layer(
     };
     // Whatever happened, take in the rest of the blob so its digest can be checked.
     std::io::copy(&mut source, &mut std::io::sink()).map_err(|e| invalid(&name, e))?;
-    source.ingest.commit(expected, Some(size), &format!("layer {expected}"))?;
-    unpacked.transpose()
+    let what = format!("layer {expected}");
+    match unpacked {
+        Some(Err(e)) => {
+            source.ingest.discard(expected, Some(size), &what)?;
+            Err(e)
+        }
+        unpacked => {
+            source.ingest.commit(expected, Some(size), &what)?;
+            unpacked.transpose()
+        }
+    }
 }
 
 /// Reads the chunks of a download in order, writing each into the blob being ingested.

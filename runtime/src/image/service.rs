@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use oci_spec::runtime::Spec;
 use tracing::{info, warn};
 
+use super::budget::DEFAULT_MAX_IMAGE_BYTES;
 use super::client::{ClientOptions, RegistryClient};
 use super::config_to_spec::{ProcessOverrides, config_to_spec};
 use super::digest::Digest;
@@ -45,11 +46,20 @@ pub struct ImageServiceOptions {
     /// Layers downloaded and unpacked at the same time.
     pub max_parallel_layers: usize,
     pub rootfs_mode: RootfsMode,
+    /// The most bytes an image's layers may unpack to (a pull past it fails and leaves
+    /// nothing); [`DEFAULT_MAX_IMAGE_BYTES`] by default.
+    pub max_image_bytes: u64,
 }
 
 impl Default for ImageServiceOptions {
     fn default() -> Self {
-        Self { client: ClientOptions::default(), platform: Platform::host(), max_parallel_layers: 6, rootfs_mode: RootfsMode::Auto }
+        Self {
+            client: ClientOptions::default(),
+            platform: Platform::host(),
+            max_parallel_layers: 6,
+            rootfs_mode: RootfsMode::Auto,
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+        }
     }
 }
 
@@ -141,6 +151,7 @@ impl ImageService {
             snapshots: &self.snapshots,
             platform: &self.options.platform,
             max_parallel_layers: self.options.max_parallel_layers,
+            max_image_bytes: self.options.max_image_bytes,
             progress,
         };
         let (record, blobs) = puller.pull(&reference).await?;

@@ -145,6 +145,21 @@ impl Ingest {
     /// Renames the blob into place if its digest (and size, when given) match; otherwise
     /// deletes it and says what did not match.
     pub fn commit(mut self, expected: &Digest, size: Option<u64>, what: &str) -> Result<()> {
+        self.check(expected, size, what)?;
+        self.file.sync_data().at(&self.path)?;
+        let target = self.blobs.join(expected.hex());
+        std::fs::rename(&self.path, &target).at(&target)?;
+        self.committed = true;
+        Ok(())
+    }
+
+    /// Checks digest and size like [`Ingest::commit`], then deletes the blob either way (for a
+    /// blob whose content was refused for another reason).
+    pub fn discard(mut self, expected: &Digest, size: Option<u64>, what: &str) -> Result<()> {
+        self.check(expected, size, what)
+    }
+
+    fn check(&mut self, expected: &Digest, size: Option<u64>, what: &str) -> Result<()> {
         let actual = std::mem::take(&mut self.hasher);
         let len = actual.len();
         let actual = actual.finish();
@@ -154,10 +169,6 @@ impl Ingest {
         if &actual != expected {
             return Err(ImageError::DigestMismatch { what: what.to_string(), expected: expected.to_string(), actual: actual.to_string() });
         }
-        self.file.sync_data().at(&self.path)?;
-        let target = self.blobs.join(expected.hex());
-        std::fs::rename(&self.path, &target).at(&target)?;
-        self.committed = true;
         Ok(())
     }
 }

@@ -29,9 +29,13 @@ struct Cli {
     #[arg(long, default_value = "127.0.0.1")]
     address: String,
     /// Where the agent API listens (task logs for `sched logs`; the servers call it): HOST:PORT,
-    /// port 0 for any free port. Serves what tasks print: keep it on the nodes' network.
-    #[arg(long, default_value = agent::logs::DEFAULT_API_LISTEN)]
-    api_listen: String,
+    /// port 0 for any free port (default: the --address, port 7071). Serves what tasks print:
+    /// keep it on the nodes' network.
+    #[arg(long)]
+    api_listen: Option<String>,
+    /// Log follows (`sched logs -f`) the agent API serves at once; one more is refused.
+    #[arg(long, default_value_t = agent::logs::DEFAULT_MAX_FOLLOWS)]
+    max_log_follows: usize,
     /// CPU offered to tasks in millicores (default: all cores).
     #[arg(long)]
     cpu: Option<u32>,
@@ -64,6 +68,23 @@ struct Cli {
     /// Repeat or comma-separate for several.
     #[arg(long = "insecure-registry", value_delimiter = ',')]
     insecure_registries: Vec<String>,
+    /// The most bytes one image's layers may unpack to (`16GiB`, `512MiB`); a bigger image
+    /// (or a "gzip bomb" layer) fails to pull and leaves nothing on the disk.
+    #[arg(long, value_parser = runtime::image::parse_size, default_value = "16GiB")]
+    max_image_bytes: u64,
+    /// Seconds an image no task on the node uses is kept (default: a day).
+    #[arg(long, default_value_t = 86_400)]
+    image_gc_unused_secs: u64,
+    /// Disk use (percent of the data dir's filesystem) from which unused images are removed
+    /// whatever their age, least recently used first.
+    #[arg(long, default_value_t = 85)]
+    image_gc_high_percent: u8,
+    /// Removals under disk pressure go on until the disk use is below this percentage.
+    #[arg(long, default_value_t = 80)]
+    image_gc_low_percent: u8,
+    /// Seconds between looks for unused images.
+    #[arg(long, default_value_t = 60)]
+    image_gc_interval_secs: u64,
     #[command(flatten)]
     ingress: agent::ingress_node::IngressArgs,
     /// Log debug records.
@@ -106,12 +127,21 @@ fn config(cli: Cli) -> Result<AgentConfig> {
     }
     config.address = cli.address;
     config.api_listen = cli.api_listen;
+    config.max_log_follows = cli.max_log_follows;
     config.cpu_millis = cli.cpu.unwrap_or(config.cpu_millis);
     config.memory_mib = cli.memory.unwrap_or(config.memory_mib);
     config.cgroup_parent = cli.cgroup_parent;
     config.stop_grace = Duration::from_secs(cli.stop_grace);
     config.insecure_registries = cli.insecure_registries;
     config.ingress = cli.ingress.settings(None)?;
+    config.max_image_bytes = cli.max_image_bytes;
+    config.image_gc = agent::node::ImageGcPolicy {
+        unused_age: Duration::from_secs(cli.image_gc_unused_secs),
+        high_percent: cli.image_gc_high_percent,
+        low_percent: cli.image_gc_low_percent,
+        interval: Duration::from_secs(cli.image_gc_interval_secs),
+    };
+    config.image_gc.validate().map_err(anyhow::Error::msg)?;
     match &mut config.network {
         Some(_) if cli.no_network => config.network = None,
         Some(net) => {
@@ -146,6 +176,17 @@ mod tests {
         if let Some(net) = &config.network {
             assert_eq!(net.subnet.to_string(), "10.99.4.0/22");
         }
+    }
+
+    #[test]
+    fn image_flags_reach_the_config_and_bad_thresholds_are_refused() {
+        let applied = config(parse(&["--max-image-bytes", "2GiB", "--image-gc-unused-secs", "60", "--name", "n1"]).unwrap()).unwrap();
+        assert_eq!(applied.max_image_bytes, 2 << 30);
+        assert_eq!(applied.image_gc.unused_age, Duration::from_secs(60));
+        assert_eq!(parse(&[]).unwrap().max_image_bytes, runtime::image::DEFAULT_MAX_IMAGE_BYTES, "the flag's default is the library's");
+        let err = config(parse(&["--image-gc-high-percent", "70", "--name", "n1"]).unwrap()).err().unwrap().to_string();
+        assert!(err.contains("--image-gc-low-percent"), "{err}");
+        assert!(parse(&["--max-image-bytes", "lots"]).is_err());
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub enum ImageCommand {
         /// (default: this host's).
         #[arg(long)]
         platform: Option<String>,
+        /// The most bytes the image's layers may unpack to (`16GiB`, `512MiB`); a pull past it
+        /// fails and keeps nothing. Stops a small "gzip bomb" layer from filling the disk.
+        #[arg(long, value_parser = runtime::image::parse_size, default_value = "16GiB")]
+        max_image_bytes: u64,
     },
     /// List pulled images.
     #[command(alias = "ls")]
@@ -112,7 +116,9 @@ pub struct RegistryArgs {
 /// Runs one image command against the data dir.
 pub fn run(cmd: ImageCommand, data_dir: &Path) -> Result<()> {
     match cmd {
-        ImageCommand::Pull { reference, registry, platform } => pull(data_dir, &reference, registry, platform),
+        ImageCommand::Pull { reference, registry, platform, max_image_bytes } => {
+            pull(data_dir, &reference, registry, platform, max_image_bytes)
+        }
         ImageCommand::List { format } => {
             let images = open(data_dir, ImageServiceOptions::default())?;
             let list = images.list()?;
@@ -186,7 +192,7 @@ fn open(data_dir: &Path, options: ImageServiceOptions) -> Result<ImageService> {
     ImageService::open(data_dir, options).with_context(|| format!("opening the image store in {}", data_dir.display()))
 }
 
-fn pull(data_dir: &Path, reference: &str, args: RegistryArgs, platform: Option<String>) -> Result<()> {
+fn pull(data_dir: &Path, reference: &str, args: RegistryArgs, platform: Option<String>, max_image_bytes: u64) -> Result<()> {
     let mut credentials = match &args.docker_config {
         Some(path) => CredentialStore::from_docker_config(path)?,
         None => match CredentialStore::default_docker_config_path().filter(|p| p.is_file()) {
@@ -206,6 +212,7 @@ fn pull(data_dir: &Path, reference: &str, args: RegistryArgs, platform: Option<S
     let options = ImageServiceOptions {
         client: ClientOptions { credentials, insecure_registries: args.insecure_registries, ..Default::default() },
         platform,
+        max_image_bytes,
         ..Default::default()
     };
     let images = open(data_dir, options)?;
