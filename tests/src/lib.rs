@@ -15,3 +15,4 @@ pub mod netlab;
 pub mod oci_image;
 pub mod registry;
 pub mod registry_proxy;
+pub mod syscall_probe;

@@ -1,17 +1,19 @@
 //! The agent's task driver on a real node: an image pulled from a loopback registry becomes a
 //! running task under a `sched-runtime shim`; its output lands in the task log, its exit code in
 //! exit.json (also for a driver that was restarted in between), stop escalates from the stop
-//! signal to SIGKILL after the grace period, and remove leaves nothing behind.
+//! signal to SIGKILL after the grace period, and remove leaves nothing behind. Tasks run under
+//! Docker's default seccomp profile unless their service opted out.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::task::{DriverConfig, TaskDriver, TaskSpec, TaskStatus};
+use agent::task::{DriverConfig, Seccomp, TaskDriver, TaskSpec, TaskStatus};
 use runtime::image::{ImageService, ImageServiceOptions};
 use sched_tests::bundle::{runtime_binary, unique_name};
 use sched_tests::busybox_image::push_busybox;
+use sched_tests::oci_image::Entry;
 use sched_tests::registry::Registry;
 use serde_json::json;
 
@@ -20,7 +22,7 @@ struct Node {
     dir: tempfile::TempDir,
     cgroup_parent: String,
     image: String,
-    _registry: Registry,
+    registry: Registry,
 }
 
 impl Node {
@@ -28,7 +30,14 @@ impl Node {
         let registry = Registry::start();
         let dir = tempfile::Builder::new().prefix("sched-agent-task-").tempdir().expect("temp dir");
         let image = push_busybox(dir.path(), &registry.addr(), "busybox:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
-        Node { dir, cgroup_parent: format!("/sched-test-{}", unique_name()), image, _registry: registry }
+        Node { dir, cgroup_parent: format!("/sched-test-{}", unique_name()), image, registry }
+    }
+
+    /// Pushes another busybox image with `extra` entries as `repo_tag`; returns its reference.
+    fn push(&self, repo_tag: &str, extra: Vec<Entry>) -> String {
+        let work = self.dir.path().join(repo_tag.replace([':', '/'], "-"));
+        std::fs::create_dir_all(&work).expect("image work dir");
+        push_busybox(&work, &self.registry.addr(), repo_tag, extra, json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}))
     }
 
     fn driver(&self) -> TaskDriver {
@@ -53,6 +62,7 @@ impl Node {
             memory_mib: 64,
             ports: vec![],
             health: None,
+            seccomp: Seccomp::Default,
         }
     }
 }
@@ -153,4 +163,48 @@ async fn a_task_that_cannot_start_leaves_nothing() {
     assert_eq!(driver.status("t-bad").unwrap(), TaskStatus::Missing);
     assert!(driver.list().unwrap().is_empty());
     assert!(sched_tests::bundle::mounts_under(node.dir.path()).is_empty());
+}
+
+/// Runs `script` in a task from an image with busybox's `unshare` and the syscall probe, under
+/// `seccomp`, and returns its log lines.
+async fn seccomp_outcome(seccomp: Seccomp, id: &str) -> Vec<String> {
+    let node = Node::new();
+    let probe = sched_tests::syscall_probe::build(node.dir.path());
+    let image = node.push(
+        "busybox-probe:1",
+        vec![
+            Entry::symlink("bin/unshare", "busybox"),
+            Entry::File { path: "bin/probe".into(), content: probe, mode: 0o755, uid: 0, gid: 0 },
+        ],
+    );
+    let driver = node.driver();
+    let script = "grep Seccomp: /proc/self/status; unshare -U true; echo unshare=$?; probe";
+    let task = TaskSpec { image, seccomp, ..node.task(id, &["sh", "-c", script]) };
+    driver.start(&task, None).await.expect("start");
+    let exit = wait_for_exit(&driver, id);
+    let lines: Vec<String> = driver.logs(id).unwrap().into_iter().map(|r| r.line).collect();
+    assert_eq!(exit.code, 0, "{lines:?}");
+    driver.remove(id).unwrap();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_run_under_the_default_seccomp_profile() {
+    let lines = seccomp_outcome(Seccomp::Default, "t-seccomp").await;
+    let has = |want: &str| lines.iter().any(|l| l.contains(want));
+    assert!(has("Seccomp:\t2"), "a filter is installed: {lines:?}");
+    assert!(has("unshare=1") && has("Operation not permitted"), "unshare -U is refused: {lines:?}");
+    assert!(has("keyctl errno=1"), "keyctl is refused with EPERM: {lines:?}");
+    assert!(has("clone_newuser errno=1"), "clone(CLONE_NEWUSER) is refused with EPERM: {lines:?}");
+    assert!(has("fork ok"), "plain fork works: {lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_that_opts_out_runs_unconfined() {
+    let lines = seccomp_outcome(Seccomp::Unconfined, "t-unconfined").await;
+    let has = |want: &str| lines.iter().any(|l| l.contains(want));
+    assert!(has("Seccomp:\t0"), "no filter: {lines:?}");
+    assert!(has("unshare=0"), "unshare -U works without the filter: {lines:?}");
+    assert!(!has("keyctl errno=1") && has("keyctl "), "keyctl is not refused by seccomp: {lines:?}");
+    assert!(has("clone_newuser ok") && has("fork ok"), "{lines:?}");
 }

@@ -26,7 +26,7 @@ use crate::error::{AgentError, Result};
 use crate::health::{Health, HealthSpec, HealthTracker, Probe, ProbeTarget, probe};
 use crate::metrics::CpuSampler;
 use crate::network::{NodeNetwork, TaskNetwork};
-use crate::task::{DriverConfig, TaskDriver, TaskSpec, TaskStatus};
+use crate::task::{DriverConfig, Seccomp, TaskDriver, TaskSpec, TaskStatus};
 
 /// How a background job ended.
 enum JobDone {
@@ -331,11 +331,21 @@ fn wanted_from(assignments: &pb::Assignments) -> BTreeMap<String, Wanted> {
                 memory_mib: spec.memory_mib,
                 ports: spec.ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect(),
                 health: spec.health.as_ref().and_then(health_spec),
+                seccomp: seccomp(spec.security.as_ref()),
             };
             let running = a.desired_state != sched_pb::DesiredState::Stopped as i32;
             (a.task_id.clone(), Wanted { spec: task, running })
         })
         .collect()
+}
+
+/// The task's seccomp profile: unconfined only when the service says so; anything else
+/// (absent, unspecified, a value this agent does not know) gets the default profile.
+fn seccomp(security: Option<&sched_pb::Security>) -> Seccomp {
+    match security.map(|s| sched_pb::SeccompProfile::try_from(s.seccomp)) {
+        Some(Ok(sched_pb::SeccompProfile::Unconfined)) => Seccomp::Unconfined,
+        _ => Seccomp::Default,
+    }
 }
 
 /// The agent's health check from the wire form; defaults as the service.toml docs give them.
@@ -552,7 +562,20 @@ fn sample_metrics(driver: &TaskDriver, node: &mut NodeState) -> Vec<pb::TaskMetr
 
 #[cfg(test)]
 mod tests {
-    use super::pin_digest;
+    use super::*;
+
+    #[test]
+    fn only_an_explicit_unconfined_turns_seccomp_off() {
+        let with = |seccomp: i32| seccomp_of(Some(sched_pb::Security { seccomp }));
+        fn seccomp_of(s: Option<sched_pb::Security>) -> Seccomp {
+            seccomp(s.as_ref())
+        }
+        assert_eq!(seccomp_of(None), Seccomp::Default);
+        assert_eq!(with(sched_pb::SeccompProfile::Unspecified as i32), Seccomp::Default);
+        assert_eq!(with(sched_pb::SeccompProfile::Default as i32), Seccomp::Default);
+        assert_eq!(with(sched_pb::SeccompProfile::Unconfined as i32), Seccomp::Unconfined);
+        assert_eq!(with(99), Seccomp::Default, "a value from a newer server is not read as unconfined");
+    }
 
     #[test]
     fn tags_are_replaced_by_the_resolved_digest() {

@@ -304,6 +304,7 @@ mod tests {
             routes: vec![],
             constraints: Default::default(),
             drain_ms: crate::spec::DEFAULT_DRAIN_MS,
+            security: Default::default(),
         }
     }
 
