@@ -208,3 +208,46 @@ async fn a_service_that_opts_out_runs_unconfined() {
     assert!(!has("keyctl errno=1") && has("keyctl "), "keyctl is not refused by seccomp: {lines:?}");
     assert!(has("clone_newuser ok") && has("fork ok"), "{lines:?}");
 }
+
+/// Pids in the task's cgroup that are alive (not zombies).
+fn live_pids_in_task(driver: &TaskDriver, id: &str) -> Vec<i32> {
+    let dir = driver.cgroup_dirs(id).into_iter().find(|d| d.join("cgroup.procs").exists()).expect("a cgroup dir of the task");
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).expect("cgroup.procs");
+    procs
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_out_command_probe_leaves_nothing_running_in_the_task() {
+    use agent::health::{Probe, ProbeTarget, probe};
+    let node = Node::new();
+    let driver = node.driver();
+    let pid = driver.start(&node.task("t-probe", &["sleep", "1000"]), None).await.expect("start");
+    let target =
+        ProbeTarget { task_id: "t-probe".into(), ip: None, runtime_binary: runtime_binary(), state_root: node.dir.path().join("state") };
+    // The probe and a child it started in the background both outlive the timeout.
+    let command = Probe::Cmd { command: ["sh", "-c", "sleep 1001 & sleep 1002"].map(String::from).to_vec() };
+    let started = Instant::now();
+    assert!(!probe(&command, &target, Duration::from_millis(500)).await, "a probe that never ends is a failure");
+    assert!(started.elapsed() < Duration::from_secs(5), "the probe returned at its timeout, took {:?}", started.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let live = live_pids_in_task(&driver, "t-probe");
+        if live == [pid] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the probe's processes still run in the task: {live:?} (init {pid})");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A probe that finishes in time still counts.
+    let ok = Probe::Cmd { command: vec!["true".into()] };
+    assert!(probe(&ok, &target, Duration::from_secs(5)).await);
+    driver.stop("t-probe", Duration::from_millis(100)).await.unwrap();
+    driver.remove("t-probe").unwrap();
+}
