@@ -251,3 +251,38 @@ async fn a_timed_out_command_probe_leaves_nothing_running_in_the_task() {
     driver.stop("t-probe", Duration::from_millis(100)).await.unwrap();
     driver.remove("t-probe").unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_cut_short_before_its_shim_does_not_block_the_task() {
+    let node = Node::new();
+    let driver = node.driver();
+    // What an agent that died between writing the bundle and starting the shim leaves: the
+    // task's rootfs (mounted) and its dir with the bundle, but no shim, container or exit record.
+    driver.ensure_image(&node.image).await.unwrap();
+    let images = ImageService::open(&node.dir.path().join("data"), ImageServiceOptions::default()).expect("image service");
+    let prepared = images.prepare_rootfs(&node.image, "t-crashed").expect("rootfs");
+    let bundle = driver.task_dir("t-crashed").join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), "{}").unwrap();
+    assert!(!sched_tests::bundle::mounts_under(node.dir.path()).is_empty(), "{:?} is mounted", prepared.path);
+    assert_eq!(driver.status("t-crashed").unwrap(), TaskStatus::Missing);
+
+    let task = node.task("t-crashed", &["sh", "-c", "echo second try"]);
+    driver.start(&task, None).await.expect("the leftover is cleared and the task starts");
+    assert_eq!(wait_for_exit(&driver, "t-crashed").code, 0);
+    let logs: Vec<String> = driver.logs("t-crashed").unwrap().into_iter().map(|r| r.line).collect();
+    assert_eq!(logs, ["second try"]);
+
+    // A dir whose task ran (or runs) is never taken over.
+    let err = driver.start(&task, None).await.expect_err("an exited task is not restarted under its id");
+    assert!(err.to_string().contains("ran and exited"), "{err}");
+    driver.start(&node.task("t-running", &["sleep", "1000"]), None).await.expect("start");
+    let err = driver.start(&node.task("t-running", &["true"]), None).await.expect_err("a running task is not started twice");
+    assert!(err.to_string().contains("container exists"), "{err}");
+    assert!(matches!(driver.status("t-running").unwrap(), TaskStatus::Running { .. }));
+    driver.stop("t-running", Duration::from_millis(100)).await.unwrap();
+    for id in ["t-crashed", "t-running"] {
+        driver.remove(id).unwrap();
+    }
+    assert!(sched_tests::bundle::mounts_under(node.dir.path()).is_empty(), "every rootfs is unmounted");
+}

@@ -115,6 +115,12 @@ impl Node {
             let pid = self.driver.start(spec, None).await.map_err(|e| e.to_string())?;
             return Ok((pid, Vec::new(), None));
         };
+        // Only a task that is not on the node is started, so a network it has is what an agent
+        // that died during an earlier start left: it would block this one.
+        if network.tasks().await.iter().any(|t| t.task_id == spec.id) {
+            tracing::warn!(task = spec.id, "removing the network an unfinished start left");
+            network.destroy_task(&spec.id).await.map_err(|e| e.to_string())?;
+        }
         let net = TaskNetwork::create(network, &spec.id).await.map_err(|e| e.to_string())?;
         let started = async {
             let pid = self.driver.start(spec, Some(&net.netns_path)).await.map_err(|e| e.to_string())?;
