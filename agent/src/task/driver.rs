@@ -310,5 +310,5 @@ fn shim_process_alive(pid: u32, runtime_binary: &Path) -> bool {
 
 /// The record of a task that ended while nothing watched it (its shim was killed too).
 fn unrecorded_exit() -> ExitRecord {
-    ExitRecord { code: 255, signal: None, finished_at: String::new() }
+    ExitRecord { code: 255, signal: None, finished_at: String::new(), log_lines_dropped: 0 }
 }
