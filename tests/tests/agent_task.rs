@@ -286,3 +286,16 @@ async fn a_start_cut_short_before_its_shim_does_not_block_the_task() {
     }
     assert!(sched_tests::bundle::mounts_under(node.dir.path()).is_empty(), "every rootfs is unmounted");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_error_reaches_the_task_as_a_status_line_without_its_body() {
+    let node = Node::new();
+    let driver = node.driver();
+    let missing = format!("{}/busybox:no-such-tag", node.registry.addr());
+    let task = TaskSpec { image: missing, ..node.task("t-no-image", &["true"]) };
+    let err = driver.start(&task, None).await.expect_err("the tag does not exist").to_string();
+    assert!(err.contains("answered HTTP 404 Not Found (MANIFEST_UNKNOWN)"), "{err}");
+    // The registry's body: {"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":...}]}
+    assert!(!err.contains("errors") && !err.contains("detail") && !err.contains("manifest unknown"), "{err}");
+    assert!(driver.list().unwrap().is_empty());
+}

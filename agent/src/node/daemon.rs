@@ -292,7 +292,7 @@ async fn session(config: &AgentConfig, agent: &Node, server: &str, node: &mut No
                 match done {
                     JobDone::Started { task, result: Err(reason) } => {
                         tracing::warn!(task, "start failed: {reason}");
-                        node.failed.insert(task.clone(), reason);
+                        node.failed.insert(task.clone(), event_text(&reason));
                         node.busy.remove(&task);
                     }
                     JobDone::Started { task, result: Ok((pid, endpoints, ip)) } => {
@@ -343,6 +343,20 @@ fn wanted_from(assignments: &pb::Assignments) -> BTreeMap<String, Wanted> {
             (a.task_id.clone(), Wanted { spec: task, running })
         })
         .collect()
+}
+
+/// Longest reason a task report carries (it becomes a service event).
+const MAX_EVENT_CHARS: usize = 512;
+
+/// A start failure as a service event: one line, control characters blanked, at most
+/// [`MAX_EVENT_CHARS`]. Reasons quote what registries, images and the runtime said (a manifest
+/// parse error quotes the manifest): a registry must not write events of its own lines or size.
+fn event_text(reason: &str) -> String {
+    let mut text: String = reason.chars().take(MAX_EVENT_CHARS).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if reason.chars().nth(MAX_EVENT_CHARS).is_some() {
+        text.push_str(" [...]");
+    }
+    text
 }
 
 /// The task's seccomp profile: unconfined only when the service says so; anything else
@@ -569,6 +583,15 @@ fn sample_metrics(driver: &TaskDriver, node: &mut NodeState) -> Vec<pb::TaskMetr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_failures_become_one_bounded_line() {
+        assert_eq!(event_text("pull failed: HTTP 404"), "pull failed: HTTP 404");
+        assert_eq!(event_text("bad manifest: \"a\nEVENT: fake\r\u{1b}[2J\""), "bad manifest: \"a EVENT: fake  [2J\"");
+        let long = event_text(&"x".repeat(10_000));
+        assert_eq!(long.len(), MAX_EVENT_CHARS + " [...]".len());
+        assert_eq!(event_text(&"é".repeat(MAX_EVENT_CHARS)), "é".repeat(MAX_EVENT_CHARS), "counted in characters, cut on one");
+    }
 
     #[test]
     fn only_an_explicit_unconfined_turns_seccomp_off() {
