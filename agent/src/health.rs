@@ -1,6 +1,10 @@
 //! Health checks from a service's `[health]`: an HTTP GET (2xx or 3xx is healthy), a TCP
 //! connect, or a command run inside the container (`sched-runtime exec`, exit 0 is healthy),
-//! every `interval`, each bounded by `timeout`. [`HealthTracker`] turns results into a status:
+//! every `interval`, each bounded by `timeout`. A command probe that times out is killed with
+//! everything it started in the container: `sched-runtime exec` runs in a process group of its
+//! own, which the exec'd process and its children inherit, and the whole group gets SIGKILL
+//! (killing only `sched-runtime exec` would leave the probe running in the container, reparented
+//! to the task's init, until the task's pids limit). [`HealthTracker`] turns results into a status:
 //! starting until the first success; failures during `grace` after the start do not count;
 //! `retries` failures in a row make the task unhealthy; one success makes it healthy again.
 
@@ -91,33 +95,51 @@ fn exec_args(target: &ProbeTarget, command: &[String]) -> Vec<std::ffi::OsString
     args
 }
 
-/// Runs one probe; false on failure or timeout.
+/// Runs one probe; false on failure or timeout. Without a task address only command probes can
+/// run.
 pub async fn probe(probe: &Probe, target: &ProbeTarget, timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, probe_inner(probe, target)).await.unwrap_or(false)
+    match (probe, target.ip) {
+        (Probe::Cmd { command }, _) => command_probe(command, target, timeout).await,
+        (_, None) => false,
+        (Probe::Tcp { port }, Some(ip)) => within(timeout, async { tokio::net::TcpStream::connect((ip, *port)).await.is_ok() }).await,
+        (Probe::Http { port, path }, Some(ip)) => within(timeout, http_ok(ip, *port, path)).await,
+    }
 }
 
-async fn probe_inner(probe: &Probe, target: &ProbeTarget) -> bool {
-    match probe {
-        Probe::Tcp { port } => match target.ip {
-            Some(ip) => tokio::net::TcpStream::connect((ip, *port)).await.is_ok(),
-            None => false,
-        },
-        Probe::Http { port, path } => match target.ip {
-            Some(ip) => http_ok(ip, *port, path).await,
-            None => false,
-        },
-        Probe::Cmd { command } => {
-            let status = tokio::process::Command::new(&target.runtime_binary)
-                .args(exec_args(target, command))
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .status()
-                .await;
-            status.is_ok_and(|s| s.success())
+/// `check`'s answer, false if it takes longer than `timeout`.
+async fn within(timeout: Duration, check: impl std::future::Future<Output = bool>) -> bool {
+    tokio::time::timeout(timeout, check).await.unwrap_or(false)
+}
+
+/// Runs `command` in the task; on timeout kills it, and whatever it started, before returning.
+async fn command_probe(command: &[String], target: &ProbeTarget, timeout: Duration) -> bool {
+    let spawned = tokio::process::Command::new(&target.runtime_binary)
+        .args(exec_args(target, command))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        // A group of its own: the exec'd process (forked by it into the container's namespaces)
+        // stays in it, so one kill reaches both.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            tracing::warn!(task = target.task_id, "cannot run {}: {e}", target.runtime_binary.display());
+            return false;
         }
+    };
+    if let Ok(status) = tokio::time::timeout(timeout, child.wait()).await {
+        return status.is_ok_and(|s| s.success());
     }
+    // Not reaped yet, so the group id (our child's pid) cannot have been reused.
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = child.wait().await;
+    tracing::debug!(task = target.task_id, ?timeout, "command probe timed out and was killed");
+    false
 }
 
 /// A minimal HTTP/1.0 GET: healthy when the status is 2xx or 3xx.

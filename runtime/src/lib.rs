@@ -17,6 +17,7 @@ pub mod image;
 pub mod bundle;
 pub mod cgroups;
 pub mod container;
+pub mod default_seccomp;
 pub mod error;
 mod init;
 pub mod shim;

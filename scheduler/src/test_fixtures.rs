@@ -23,6 +23,7 @@ pub fn spec(image: &str, count: u32, cpu: u32) -> ServiceSpec {
         routes: vec![],
         constraints: BTreeMap::new(),
         drain_ms: crate::spec::DEFAULT_DRAIN_MS,
+        security: Default::default(),
     }
 }
 

@@ -15,4 +15,5 @@ pub mod netlab;
 pub mod oci_image;
 pub mod registry;
 pub mod registry_proxy;
+pub mod syscall_probe;
 pub mod wait;

@@ -1,17 +1,19 @@
 //! The agent's task driver on a real node: an image pulled from a loopback registry becomes a
 //! running task under a `sched-runtime shim`; its output lands in the task log, its exit code in
 //! exit.json (also for a driver that was restarted in between), stop escalates from the stop
-//! signal to SIGKILL after the grace period, and remove leaves nothing behind.
+//! signal to SIGKILL after the grace period, and remove leaves nothing behind. Tasks run under
+//! Docker's default seccomp profile unless their service opted out.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::task::{DriverConfig, TaskDriver, TaskSpec, TaskStatus};
+use agent::task::{DriverConfig, Seccomp, TaskDriver, TaskSpec, TaskStatus};
 use runtime::image::{ImageService, ImageServiceOptions};
 use sched_tests::bundle::{runtime_binary, unique_name};
 use sched_tests::busybox_image::push_busybox;
+use sched_tests::oci_image::Entry;
 use sched_tests::registry::Registry;
 use serde_json::json;
 
@@ -20,7 +22,7 @@ struct Node {
     dir: tempfile::TempDir,
     cgroup_parent: String,
     image: String,
-    _registry: Registry,
+    registry: Registry,
 }
 
 impl Node {
@@ -28,7 +30,14 @@ impl Node {
         let registry = Registry::start();
         let dir = tempfile::Builder::new().prefix("sched-agent-task-").tempdir().expect("temp dir");
         let image = push_busybox(dir.path(), &registry.addr(), "busybox:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
-        Node { dir, cgroup_parent: format!("/sched-test-{}", unique_name()), image, _registry: registry }
+        Node { dir, cgroup_parent: format!("/sched-test-{}", unique_name()), image, registry }
+    }
+
+    /// Pushes another busybox image with `extra` entries as `repo_tag`; returns its reference.
+    fn push(&self, repo_tag: &str, extra: Vec<Entry>) -> String {
+        let work = self.dir.path().join(repo_tag.replace([':', '/'], "-"));
+        std::fs::create_dir_all(&work).expect("image work dir");
+        push_busybox(&work, &self.registry.addr(), repo_tag, extra, json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}))
     }
 
     fn driver(&self) -> TaskDriver {
@@ -53,6 +62,7 @@ impl Node {
             memory_mib: 64,
             ports: vec![],
             health: None,
+            seccomp: Seccomp::Default,
         }
     }
 }
@@ -153,4 +163,139 @@ async fn a_task_that_cannot_start_leaves_nothing() {
     assert_eq!(driver.status("t-bad").unwrap(), TaskStatus::Missing);
     assert!(driver.list().unwrap().is_empty());
     assert!(sched_tests::bundle::mounts_under(node.dir.path()).is_empty());
+}
+
+/// Runs `script` in a task from an image with busybox's `unshare` and the syscall probe, under
+/// `seccomp`, and returns its log lines.
+async fn seccomp_outcome(seccomp: Seccomp, id: &str) -> Vec<String> {
+    let node = Node::new();
+    let probe = sched_tests::syscall_probe::build(node.dir.path());
+    let image = node.push(
+        "busybox-probe:1",
+        vec![
+            Entry::symlink("bin/unshare", "busybox"),
+            Entry::File { path: "bin/probe".into(), content: probe, mode: 0o755, uid: 0, gid: 0 },
+        ],
+    );
+    let driver = node.driver();
+    let script = "grep Seccomp: /proc/self/status; unshare -U true; echo unshare=$?; probe";
+    let task = TaskSpec { image, seccomp, ..node.task(id, &["sh", "-c", script]) };
+    driver.start(&task, None).await.expect("start");
+    let exit = wait_for_exit(&driver, id);
+    let lines: Vec<String> = driver.logs(id).unwrap().into_iter().map(|r| r.line).collect();
+    assert_eq!(exit.code, 0, "{lines:?}");
+    driver.remove(id).unwrap();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_run_under_the_default_seccomp_profile() {
+    let lines = seccomp_outcome(Seccomp::Default, "t-seccomp").await;
+    let has = |want: &str| lines.iter().any(|l| l.contains(want));
+    assert!(has("Seccomp:\t2"), "a filter is installed: {lines:?}");
+    assert!(has("unshare=1") && has("Operation not permitted"), "unshare -U is refused: {lines:?}");
+    assert!(has("keyctl errno=1"), "keyctl is refused with EPERM: {lines:?}");
+    assert!(has("clone_newuser errno=1"), "clone(CLONE_NEWUSER) is refused with EPERM: {lines:?}");
+    assert!(has("fork ok"), "plain fork works: {lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_that_opts_out_runs_unconfined() {
+    let lines = seccomp_outcome(Seccomp::Unconfined, "t-unconfined").await;
+    let has = |want: &str| lines.iter().any(|l| l.contains(want));
+    assert!(has("Seccomp:\t0"), "no filter: {lines:?}");
+    assert!(has("unshare=0"), "unshare -U works without the filter: {lines:?}");
+    assert!(!has("keyctl errno=1") && has("keyctl "), "keyctl is not refused by seccomp: {lines:?}");
+    assert!(has("clone_newuser ok") && has("fork ok"), "{lines:?}");
+}
+
+/// Pids in the task's cgroup that are alive (not zombies).
+fn live_pids_in_task(driver: &TaskDriver, id: &str) -> Vec<i32> {
+    let dir = driver.cgroup_dirs(id).into_iter().find(|d| d.join("cgroup.procs").exists()).expect("a cgroup dir of the task");
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).expect("cgroup.procs");
+    procs
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_out_command_probe_leaves_nothing_running_in_the_task() {
+    use agent::health::{Probe, ProbeTarget, probe};
+    let node = Node::new();
+    let driver = node.driver();
+    let pid = driver.start(&node.task("t-probe", &["sleep", "1000"]), None).await.expect("start");
+    let target =
+        ProbeTarget { task_id: "t-probe".into(), ip: None, runtime_binary: runtime_binary(), state_root: node.dir.path().join("state") };
+    // The probe and a child it started in the background both outlive the timeout.
+    let command = Probe::Cmd { command: ["sh", "-c", "sleep 1001 & sleep 1002"].map(String::from).to_vec() };
+    let started = Instant::now();
+    assert!(!probe(&command, &target, Duration::from_millis(500)).await, "a probe that never ends is a failure");
+    assert!(started.elapsed() < Duration::from_secs(5), "the probe returned at its timeout, took {:?}", started.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let live = live_pids_in_task(&driver, "t-probe");
+        if live == [pid] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the probe's processes still run in the task: {live:?} (init {pid})");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A probe that finishes in time still counts.
+    let ok = Probe::Cmd { command: vec!["true".into()] };
+    assert!(probe(&ok, &target, Duration::from_secs(5)).await);
+    driver.stop("t-probe", Duration::from_millis(100)).await.unwrap();
+    driver.remove("t-probe").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_cut_short_before_its_shim_does_not_block_the_task() {
+    let node = Node::new();
+    let driver = node.driver();
+    // What an agent that died between writing the bundle and starting the shim leaves: the
+    // task's rootfs (mounted) and its dir with the bundle, but no shim, container or exit record.
+    driver.ensure_image(&node.image).await.unwrap();
+    let images = ImageService::open(&node.dir.path().join("data"), ImageServiceOptions::default()).expect("image service");
+    let prepared = images.prepare_rootfs(&node.image, "t-crashed").expect("rootfs");
+    let bundle = driver.task_dir("t-crashed").join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), "{}").unwrap();
+    assert!(!sched_tests::bundle::mounts_under(node.dir.path()).is_empty(), "{:?} is mounted", prepared.path);
+    assert_eq!(driver.status("t-crashed").unwrap(), TaskStatus::Missing);
+
+    let task = node.task("t-crashed", &["sh", "-c", "echo second try"]);
+    driver.start(&task, None).await.expect("the leftover is cleared and the task starts");
+    assert_eq!(wait_for_exit(&driver, "t-crashed").code, 0);
+    let logs: Vec<String> = driver.logs("t-crashed").unwrap().into_iter().map(|r| r.line).collect();
+    assert_eq!(logs, ["second try"]);
+
+    // A dir whose task ran (or runs) is never taken over.
+    let err = driver.start(&task, None).await.expect_err("an exited task is not restarted under its id");
+    assert!(err.to_string().contains("ran and exited"), "{err}");
+    driver.start(&node.task("t-running", &["sleep", "1000"]), None).await.expect("start");
+    let err = driver.start(&node.task("t-running", &["true"]), None).await.expect_err("a running task is not started twice");
+    assert!(err.to_string().contains("container exists"), "{err}");
+    assert!(matches!(driver.status("t-running").unwrap(), TaskStatus::Running { .. }));
+    driver.stop("t-running", Duration::from_millis(100)).await.unwrap();
+    for id in ["t-crashed", "t-running"] {
+        driver.remove(id).unwrap();
+    }
+    assert!(sched_tests::bundle::mounts_under(node.dir.path()).is_empty(), "every rootfs is unmounted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_error_reaches_the_task_as_a_status_line_without_its_body() {
+    let node = Node::new();
+    let driver = node.driver();
+    let missing = format!("{}/busybox:no-such-tag", node.registry.addr());
+    let task = TaskSpec { image: missing, ..node.task("t-no-image", &["true"]) };
+    let err = driver.start(&task, None).await.expect_err("the tag does not exist").to_string();
+    assert!(err.contains("answered HTTP 404 Not Found (MANIFEST_UNKNOWN)"), "{err}");
+    // The registry's body: {"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":...}]}
+    assert!(!err.contains("errors") && !err.contains("detail") && !err.contains("manifest unknown"), "{err}");
+    assert!(driver.list().unwrap().is_empty());
 }

@@ -1,7 +1,8 @@
 //! The task shim (`sched-runtime shim`), the per-task monitor the agent starts: it returns once
 //! the container runs, keeps its stdout/stderr in a bounded log, writes its exit status to
 //! `exit.json` when it ends (the CLI that started it is long gone by then, as an agent may be),
-//! and deletes the container.
+//! also when the disk filled up (lines that do not fit are dropped and counted), and deletes the
+//! container.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -109,4 +110,44 @@ fn a_task_that_cannot_start_fails_the_shim_and_leaves_nothing() {
     assert!(line.contains("/no/such/program"), "{line}");
     assert!(!bundle.dir().join("task").join("exit.json").exists());
     bundle.assert_nothing_left(None);
+}
+
+/// A small tmpfs mounted on `dir` for the length of a test (unmounted on drop, also on failure).
+struct TinyDisk(std::path::PathBuf);
+
+impl TinyDisk {
+    fn mount(dir: &Path, size: &str) -> TinyDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let options = format!("size={size},mode=0700");
+        nix::mount::mount(Some("tmpfs"), dir, Some("tmpfs"), nix::mount::MsFlags::empty(), Some(options.as_str()))
+            .expect("mount a tmpfs for the task dir");
+        TinyDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_full_disk_drops_log_lines_but_the_exit_is_still_recorded() {
+    // About 2 MB of log records into a 256 KiB task dir: the disk fills while the task runs.
+    let bundle = BusyboxBundle::new()
+        .shell("i=0; while [ $i -lt 20000 ]; do echo line $i of a task that writes more than the disk holds; i=$((i+1)); done; echo last >&2; exit 7");
+    let task_dir = bundle.dir().join("task");
+    let disk = TinyDisk::mount(&task_dir, "256k");
+    let out = shim(&bundle, &["--max-log-bytes", "100000000"]);
+    out.assert_success();
+    let pid: i32 = out.stdout.trim().parse().expect("the shim prints the container pid");
+    let exit = wait_for_exit(&task_dir);
+    assert_eq!(exit["code"], 7, "the exit is recorded on the full disk: {exit}");
+    let dropped = exit["log_lines_dropped"].as_u64().expect("the drops are counted");
+    let lines = log_lines(&task_dir);
+    assert!(dropped > 0 && !lines.is_empty(), "{dropped} dropped, {} kept", lines.len());
+    assert_eq!(lines.len() as u64 + dropped, 20_001, "every line is either kept whole or counted");
+    assert_eq!(lines[0].1, "line 0 of a task that writes more than the disk holds", "the oldest lines are kept");
+    drop(disk);
+    bundle.assert_nothing_left(Some(pid));
 }

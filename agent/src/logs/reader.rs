@@ -286,7 +286,7 @@ mod tests {
         let mut log = RotatingLog::open(dir, max_bytes).unwrap();
         for i in lines {
             let stream = if i.is_multiple_of(2) { Stream::Stdout } else { Stream::Stderr };
-            log.write(stream, format!("line {i}\n").as_bytes(), time).unwrap();
+            log.write(stream, format!("line {i}\n").as_bytes(), time);
         }
     }
 
@@ -364,7 +364,7 @@ mod tests {
                 }
                 let mut log = RotatingLog::open(&dir, 700).unwrap();
                 for i in 3..60 {
-                    log.write(Stream::Stdout, format!("line {i}\n").as_bytes(), T).unwrap();
+                    log.write(Stream::Stdout, format!("line {i}\n").as_bytes(), T);
                     std::thread::sleep(Duration::from_millis(15));
                 }
                 finished.store(true, Ordering::SeqCst);

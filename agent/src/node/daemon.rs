@@ -27,7 +27,7 @@ use crate::error::{AgentError, Result};
 use crate::health::{Health, HealthSpec, HealthTracker, Probe, ProbeTarget, probe};
 use crate::metrics::CpuSampler;
 use crate::network::{NodeNetwork, TaskNetwork};
-use crate::task::{DriverConfig, TaskDriver, TaskSpec, TaskStatus};
+use crate::task::{DriverConfig, Seccomp, TaskDriver, TaskSpec, TaskStatus};
 
 /// How a background job ended.
 enum JobDone {
@@ -141,6 +141,12 @@ impl Node {
             let pid = self.driver.start(spec, None).await.map_err(|e| e.to_string())?;
             return Ok((pid, Vec::new(), None));
         };
+        // Only a task that is not on the node is started, so a network it has is what an agent
+        // that died during an earlier start left: it would block this one.
+        if network.tasks().await.iter().any(|t| t.task_id == spec.id) {
+            tracing::warn!(task = spec.id, "removing the network an unfinished start left");
+            network.destroy_task(&spec.id).await.map_err(|e| e.to_string())?;
+        }
         let net = TaskNetwork::create(network, &spec.id).await.map_err(|e| e.to_string())?;
         let started = async {
             let pid = self.driver.start(spec, Some(&net.netns_path)).await.map_err(|e| e.to_string())?;
@@ -313,7 +319,7 @@ async fn session(config: &AgentConfig, agent: &Node, server: &str, node: &mut No
                 match done {
                     JobDone::Started { task, result: Err(reason) } => {
                         tracing::warn!(task, "start failed: {reason}");
-                        node.failed.insert(task.clone(), reason);
+                        node.failed.insert(task.clone(), event_text(&reason));
                         node.busy.remove(&task);
                     }
                     JobDone::Started { task, result: Ok((pid, endpoints, ip)) } => {
@@ -358,11 +364,35 @@ fn wanted_from(assignments: &pb::Assignments) -> BTreeMap<String, Wanted> {
                 memory_mib: spec.memory_mib,
                 ports: spec.ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect(),
                 health: spec.health.as_ref().and_then(health_spec),
+                seccomp: seccomp(spec.security.as_ref()),
             };
             let running = a.desired_state != sched_pb::DesiredState::Stopped as i32;
             (a.task_id.clone(), Wanted { spec: task, running })
         })
         .collect()
+}
+
+/// Longest reason a task report carries (it becomes a service event).
+const MAX_EVENT_CHARS: usize = 512;
+
+/// A start failure as a service event: one line, control characters blanked, at most
+/// [`MAX_EVENT_CHARS`]. Reasons quote what registries, images and the runtime said (a manifest
+/// parse error quotes the manifest): a registry must not write events of its own lines or size.
+fn event_text(reason: &str) -> String {
+    let mut text: String = reason.chars().take(MAX_EVENT_CHARS).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if reason.chars().nth(MAX_EVENT_CHARS).is_some() {
+        text.push_str(" [...]");
+    }
+    text
+}
+
+/// The task's seccomp profile: unconfined only when the service says so; anything else
+/// (absent, unspecified, a value this agent does not know) gets the default profile.
+fn seccomp(security: Option<&sched_pb::Security>) -> Seccomp {
+    match security.map(|s| sched_pb::SeccompProfile::try_from(s.seccomp)) {
+        Some(Ok(sched_pb::SeccompProfile::Unconfined)) => Seccomp::Unconfined,
+        _ => Seccomp::Default,
+    }
 }
 
 /// The agent's health check from the wire form; defaults as the service.toml docs give them.
@@ -579,7 +609,29 @@ fn sample_metrics(driver: &TaskDriver, node: &mut NodeState) -> Vec<pb::TaskMetr
 
 #[cfg(test)]
 mod tests {
-    use super::pin_digest;
+    use super::*;
+
+    #[test]
+    fn start_failures_become_one_bounded_line() {
+        assert_eq!(event_text("pull failed: HTTP 404"), "pull failed: HTTP 404");
+        assert_eq!(event_text("bad manifest: \"a\nEVENT: fake\r\u{1b}[2J\""), "bad manifest: \"a EVENT: fake  [2J\"");
+        let long = event_text(&"x".repeat(10_000));
+        assert_eq!(long.len(), MAX_EVENT_CHARS + " [...]".len());
+        assert_eq!(event_text(&"é".repeat(MAX_EVENT_CHARS)), "é".repeat(MAX_EVENT_CHARS), "counted in characters, cut on one");
+    }
+
+    #[test]
+    fn only_an_explicit_unconfined_turns_seccomp_off() {
+        let with = |seccomp: i32| seccomp_of(Some(sched_pb::Security { seccomp }));
+        fn seccomp_of(s: Option<sched_pb::Security>) -> Seccomp {
+            seccomp(s.as_ref())
+        }
+        assert_eq!(seccomp_of(None), Seccomp::Default);
+        assert_eq!(with(sched_pb::SeccompProfile::Unspecified as i32), Seccomp::Default);
+        assert_eq!(with(sched_pb::SeccompProfile::Default as i32), Seccomp::Default);
+        assert_eq!(with(sched_pb::SeccompProfile::Unconfined as i32), Seccomp::Unconfined);
+        assert_eq!(with(99), Seccomp::Default, "a value from a newer server is not read as unconfined");
+    }
 
     #[test]
     fn tags_are_replaced_by_the_resolved_digest() {

@@ -73,6 +73,7 @@ mod tests {
             memory_mib: 64,
             ports: vec![],
             health: None,
+            seccomp: Default::default(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! The OCI bundle of a task: the image's rootfs (an overlay snapshot prepared by the image
 //! service) and a `config.json` built from the runtime's default spec, the image config and the
 //! task spec: command and env overrides, cpu and memory as cgroup limits, the task's cgroup path,
-//! and the network namespace to join.
+//! the network namespace to join, and the seccomp profile (Docker's default unless the service
+//! opted out).
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +11,7 @@ use oci_spec::runtime::{
 };
 use runtime::image::{PreparedRootfs, ProcessOverrides};
 
-use super::TaskSpec;
+use super::{Seccomp, TaskSpec};
 use crate::error::{AgentError, Result};
 
 /// The CFS period the CPU quota is expressed in (100 ms, the kernel's default).
@@ -52,6 +53,10 @@ pub fn finish_spec(mut spec: Spec, task: &TaskSpec, cgroup_parent: &str, netns: 
     let resources = resources.build().map_err(spec_error)?;
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
     linux.set_resources(Some(resources));
+    linux.set_seccomp(match task.seccomp {
+        Seccomp::Default => Some(runtime::default_seccomp::default_seccomp()),
+        Seccomp::Unconfined => None,
+    });
     linux.set_cgroups_path(Some(PathBuf::from(format!("{}/{}", cgroup_parent.trim_end_matches('/'), task.id))));
     if let Some(path) = netns {
         let mut namespaces: Vec<LinuxNamespace> = linux.namespaces().clone().unwrap_or_default();
@@ -100,6 +105,7 @@ mod tests {
             memory_mib: 128,
             ports: vec![8080],
             health: None,
+            seccomp: Seccomp::Default,
         }
     }
 
@@ -115,6 +121,16 @@ mod tests {
         assert_eq!(r.memory().as_ref().unwrap().limit(), Some(128 * 1024 * 1024));
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/sched/quotes-7f3a")));
         assert_eq!(spec.hostname().as_deref(), Some("quotes-7f3a"));
+    }
+
+    #[test]
+    fn tasks_get_the_default_seccomp_profile_unless_the_service_opted_out() {
+        let spec = finish_spec(Spec::default(), &task(), "/sched", None).unwrap();
+        let seccomp = spec.linux().as_ref().unwrap().seccomp().as_ref().expect("a profile");
+        assert_eq!(seccomp, &runtime::default_seccomp::default_seccomp());
+        let unconfined = TaskSpec { seccomp: Seccomp::Unconfined, ..task() };
+        let spec = finish_spec(Spec::default(), &unconfined, "/sched", None).unwrap();
+        assert!(spec.linux().as_ref().unwrap().seccomp().is_none());
     }
 
     #[test]

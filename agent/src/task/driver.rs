@@ -80,13 +80,14 @@ impl TaskDriver {
     }
 
     /// Starts a task: image, rootfs, bundle, then the shim. Returns the container's pid.
-    /// On failure nothing of the task is left.
+    /// On failure nothing of the task is left. A task dir that an earlier start left without a
+    /// shim (the agent died between writing the bundle and starting the shim) is cleared first.
     pub async fn start(&self, task: &TaskSpec, netns: Option<&Path>) -> Result<i32> {
         runtime::state::validate_id(&task.id)?;
         self.ensure_image(&task.image).await?;
         let dir = self.task_dir(&task.id);
         if dir.exists() {
-            return Err(AgentError::Start { task: task.id.clone(), reason: "it already has a task dir on this node".into() });
+            self.clear_unstarted(&task.id)?;
         }
         let started = self.start_in(task, netns, &dir).await;
         if started.is_err() {
@@ -94,6 +95,29 @@ impl TaskDriver {
             let _ = std::fs::remove_dir_all(&dir);
         }
         started
+    }
+
+    /// Removes the task dir and rootfs of a start that never got a shim: no exit record, no
+    /// container, no shim process. Anything else (a task that runs, is being started by a live
+    /// shim, or ended) is refused: its dir is not ours to delete.
+    fn clear_unstarted(&self, id: &str) -> Result<()> {
+        let dir = self.task_dir(id);
+        let refuse =
+            |why: &str| Err(AgentError::Start { task: id.into(), reason: format!("it already has a task dir on this node ({why})") });
+        if shim::read_exit(&dir)?.is_some() {
+            return refuse("it ran and exited");
+        }
+        match Container::load(&self.state, id) {
+            Err(runtime::Error::NotFound(_)) => {}
+            Ok(_) => return refuse("its container exists"),
+            Err(e) => return Err(e.into()),
+        }
+        if shim_pid(&dir).is_some_and(|pid| shim_process_alive(pid, &self.config.runtime_binary)) {
+            return refuse("its shim is running");
+        }
+        tracing::warn!(task = id, "clearing the task dir of a start that never reached its shim");
+        self.images.release_rootfs(id)?;
+        std::fs::remove_dir_all(&dir).map_err(|e| AgentError::io(format!("remove the unstarted task dir of {id}"), e))
     }
 
     async fn start_in(&self, task: &TaskSpec, netns: Option<&Path>, dir: &Path) -> Result<i32> {
@@ -265,9 +289,16 @@ impl TaskDriver {
 /// Whether the task's shim (`shim.pid` in its dir, a process of `runtime_binary`) still runs.
 /// Without a pid file it is assumed to, as before such files existed.
 fn shim_alive(task_dir: &Path, runtime_binary: &Path) -> bool {
-    let Some(pid) = std::fs::read_to_string(task_dir.join(shim::PID_FILE)).ok().and_then(|p| p.trim().parse::<u32>().ok()) else {
-        return true;
-    };
+    shim_pid(task_dir).is_none_or(|pid| shim_process_alive(pid, runtime_binary))
+}
+
+/// The pid in the task's `shim.pid`, if it has one.
+fn shim_pid(task_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(task_dir.join(shim::PID_FILE)).ok().and_then(|p| p.trim().parse::<u32>().ok())
+}
+
+/// Whether `pid` is a live (not zombie) process of `runtime_binary`.
+fn shim_process_alive(pid: u32, runtime_binary: &Path) -> bool {
     // A reused pid is not the shim: check the name (the kernel keeps 15 bytes of it), and that
     // it is not a zombie.
     let binary = runtime_binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -279,5 +310,5 @@ fn shim_alive(task_dir: &Path, runtime_binary: &Path) -> bool {
 
 /// The record of a task that ended while nothing watched it (its shim was killed too).
 fn unrecorded_exit() -> ExitRecord {
-    ExitRecord { code: 255, signal: None, finished_at: String::new() }
+    ExitRecord { code: 255, signal: None, finished_at: String::new(), log_lines_dropped: 0 }
 }

@@ -7,4 +7,4 @@ mod driver;
 mod spec;
 
 pub use driver::{DriverConfig, TaskDriver, TaskStatus};
-pub use spec::TaskSpec;
+pub use spec::{Seccomp, TaskSpec};

@@ -22,4 +22,16 @@ pub struct TaskSpec {
     pub ports: Vec<u16>,
     /// The health check, if the service has one.
     pub health: Option<crate::health::HealthSpec>,
+    /// The seccomp profile the task runs under.
+    pub seccomp: Seccomp,
+}
+
+/// A task's seccomp profile (the service's `[security] seccomp`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Seccomp {
+    /// Docker's default profile ([`runtime::default_seccomp`]).
+    #[default]
+    Default,
+    /// No filter: only for services that opted out explicitly.
+    Unconfined,
 }

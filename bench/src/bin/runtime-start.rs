@@ -6,6 +6,7 @@
 //! cargo build --release -p runtime -p sched-bench
 //! target/release/runtime-start                 # 50 iterations of each operation and runtime
 //! target/release/runtime-start --iterations 200 --sched target/release/sched-runtime --runc /usr/sbin/runc
+//! target/release/runtime-start --seccomp       # both runtimes with the tasks' default profile
 //! ```
 //!
 //! On a busybox-static bundle (the default config of `runc spec`: new pid, mount, ipc, uts,
@@ -14,6 +15,9 @@
 //! - `create+start+delete`: `create`, `start`, wait until the container's process (from
 //!   `--pid-file`) has exited, `delete`;
 //! - `run true`: a foreground `run` of `true` (create, start, wait, delete in one call).
+//!
+//! With `--seccomp` the bundle carries the seccomp profile every task gets from the agent
+//! (Docker's default, `runtime/src/default_seccomp.json`): the start-up cost of that profile.
 //!
 //! The runtimes alternate inside every iteration (and swap who goes first each iteration), so
 //! both see the same machine load. It prints min / median / max in milliseconds and the ratio of
@@ -40,12 +44,15 @@ struct Options {
     iterations: usize,
     sched: PathBuf,
     runc: PathBuf,
+    /// Give every container the tasks' default seccomp profile.
+    seccomp: bool,
 }
 
 fn parse_options() -> Result<Options> {
     let exe = std::env::current_exe().context("find the benchmark's own path")?;
     let profile_dir = exe.parent().context("the benchmark lives in target/<profile>/")?;
-    let mut options = Options { iterations: 50, sched: profile_dir.join("sched-runtime"), runc: PathBuf::from("/usr/sbin/runc") };
+    let mut options =
+        Options { iterations: 50, sched: profile_dir.join("sched-runtime"), runc: PathBuf::from("/usr/sbin/runc"), seccomp: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -55,10 +62,11 @@ fn parse_options() -> Result<Options> {
             }
             "--sched" => options.sched = PathBuf::from(value("--sched")?),
             "--runc" => options.runc = PathBuf::from(value("--runc")?),
+            "--seccomp" => options.seccomp = true,
             "--help" | "-h" => {
                 println!(
                     "usage: runtime-start [--iterations N (50)] [--sched PATH \
-                     (target/release/sched-runtime)] [--runc PATH (/usr/sbin/runc)]"
+                     (target/release/sched-runtime)] [--runc PATH (/usr/sbin/runc)] [--seccomp]"
                 );
                 std::process::exit(0);
             }
@@ -153,13 +161,17 @@ fn build_rootfs(rootfs: &Path) -> Result<()> {
 }
 
 /// `runc spec`'s default config (no terminal, read-only root), running `/bin/true` in cgroup
-/// `cgroup_path`: the tests' default bundle config with runc's read-only root.
-fn config(cgroup_path: &str) -> Value {
+/// `cgroup_path`: the tests' default bundle config with runc's read-only root; with `seccomp`,
+/// the tasks' default seccomp profile.
+fn config(cgroup_path: &str, seccomp: bool) -> Result<Value> {
     let mut config = sched_tests::bundle::default_config(cgroup_path.trim_start_matches('/'));
+    if seccomp {
+        config["linux"]["seccomp"] = serde_json::to_value(runtime::default_seccomp::default_seccomp())?;
+    }
     config["process"]["args"] = json!(["/bin/true"]);
     config["root"]["readonly"] = json!(true);
     config["hostname"] = json!("bench");
-    config
+    Ok(config)
 }
 
 /// True while `pid` exists and is not a zombie.
@@ -228,7 +240,7 @@ fn main() -> Result<()> {
             let runtime = &runtimes[r];
             for (o, operation) in OPERATIONS.iter().enumerate() {
                 let id = format!("sched-bench-{}-{r}-{o}-{iteration}", std::process::id());
-                let config = config(&format!("/{id}"));
+                let config = config(&format!("/{id}"), options.seccomp)?;
                 fs::write(bundle.join("config.json"), serde_json::to_vec(&config)?)?;
                 let timed = match o {
                     0 => create_start_delete(runtime, &bundle, &id),
@@ -245,7 +257,8 @@ fn main() -> Result<()> {
         }
     }
 
-    println!("container start on a busybox bundle, {} iterations, runtimes interleaved\n", options.iterations);
+    let profile = if options.seccomp { " with the default seccomp profile" } else { "" };
+    println!("container start on a busybox bundle{profile}, {} iterations, runtimes interleaved\n", options.iterations);
     println!("| runtime | operation | min ms | median ms | max ms |");
     println!("|---|---|---:|---:|---:|");
     let mut medians = vec![[0.0; OPERATIONS.len()]; runtimes.len()];

@@ -25,7 +25,8 @@ pub enum ImageError {
     #[error("registry {registry} refused access to {scope}: {reason}")]
     Unauthorized { registry: String, scope: String, reason: String },
 
-    #[error("registry {registry}: {method} {url} answered HTTP {status}: {body}")]
+    /// The answer's body is kept for debugging but never shown (see [`registry::error`]).
+    #[error("registry {registry}: {method} {url} answered {}", registry::error::status_line(*status, body))]
     Registry { registry: String, method: String, url: String, status: u16, body: String },
 
     #[error("request to {url} failed after {attempts} attempt(s): {reason}")]

@@ -846,6 +846,77 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_default_profile_allows_what_tasks_need_and_refuses_what_docker_refuses() {
+        let p = compile(&crate::default_seccomp::default_seccomp(), Abi::X86_64).unwrap();
+        let ns_flags = [
+            libc::CLONE_NEWUSER,
+            libc::CLONE_NEWNS,
+            libc::CLONE_NEWPID,
+            libc::CLONE_NEWNET,
+            libc::CLONE_NEWUTS,
+            libc::CLONE_NEWIPC,
+            libc::CLONE_NEWCGROUP,
+        ];
+        let thread = (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD) as u64;
+        let allowed = [
+            Call::new("read"),
+            Call::new("execve"),
+            Call::new("wait4"),
+            Call::new("fork"),
+            Call::new("vfork"),
+            Call::new("clone").arg(0, libc::SIGCHLD as u64),
+            Call::new("clone").arg(0, thread),
+            Call::new("socket").arg(0, libc::AF_INET as u64),
+            Call::new("personality").arg(0, 0),
+            Call::new("personality").arg(0, 0xffff_ffff),
+            Call::new("arch_prctl"),
+            Call::new("seccomp"),
+        ];
+        for call in &allowed {
+            assert_eq!(verdict(&p, call), RET_ALLOW, "nr {} args {:?}", call.nr, call.args);
+        }
+        // Docker dropped io_uring from its default profile in 2023: refused.
+        let refused = [
+            "unshare",
+            "setns",
+            "mount",
+            "umount2",
+            "pivot_root",
+            "keyctl",
+            "add_key",
+            "request_key",
+            "bpf",
+            "ptrace",
+            "process_vm_readv",
+            "kexec_load",
+            "init_module",
+            "finit_module",
+            "reboot",
+            "swapon",
+            "chroot",
+            "userfaultfd",
+            "perf_event_open",
+            "settimeofday",
+            "open_by_handle_at",
+            "io_uring_setup",
+            "fsopen",
+            "move_mount",
+        ];
+        for name in refused {
+            assert_eq!(verdict(&p, &Call::new(name)), errno(libc::EPERM), "{name}");
+        }
+        for flag in ns_flags {
+            assert_eq!(verdict(&p, &Call::new("clone").arg(0, flag as u64 | libc::SIGCHLD as u64)), errno(libc::EPERM), "clone {flag:#x}");
+        }
+        assert_eq!(verdict(&p, &Call::new("clone3")), errno(libc::ENOSYS), "libc falls back to clone");
+        assert_eq!(verdict(&p, &Call::new("socket").arg(0, libc::AF_VSOCK as u64)), errno(libc::EPERM));
+        assert_eq!(verdict(&p, &Call::new("personality").arg(0, 0x0040_0000)), errno(libc::EPERM), "READ_IMPLIES_EXEC");
+        let i386 = Call { nr: 11, arch: AUDIT_ARCH_I386, args: [0; 6] };
+        assert_eq!(verdict(&p, &i386), RET_KILL_PROCESS, "another ABI cannot slip past the allow list");
+        assert!(p.program().is_some_and(|prog| prog.len() <= MAX_PROGRAM_LEN), "{p:?}");
+    }
+
     /// A Docker-sized allow-list: every x86_64 syscall but a few, default EPERM.
     fn docker_sized_profile() -> LinuxSeccomp {
         let denied = ["kexec_load", "reboot", "mount", "umount2", "pivot_root", "init_module"];

@@ -6,6 +6,11 @@
 //!   `D/exit.json` (atomically) when the container ends: exit codes survive agent restarts;
 //! - reads the container's stdout and stderr through pipes into a size-bounded log in `D/logs/`
 //!   ([`log`]); stdin is /dev/null;
+//! - survives a full disk: log lines that cannot be written are dropped and counted (in the exit
+//!   record), and the exit record's space is reserved before the container starts
+//!   (`D/.exit.json.tmp`, padded with spaces that JSON ignores) and overwritten in place, so it
+//!   is written even when the disk filled up meanwhile (on filesystems that overwrite in place:
+//!   tmpfs, ext4, xfs; not on copy-on-write ones);
 //! - deletes the container (cgroup, state) after it exits, then exits itself;
 //! - sits in its own session with terminal signals blocked, so stopping the agent or closing a
 //!   terminal does not take it (or the task's exit code) down.
@@ -38,6 +43,10 @@ pub const EXIT_FILE: &str = "exit.json";
 pub const PID_FILE: &str = "shim.pid";
 /// The log directory inside the task dir.
 pub const LOG_DIR: &str = "logs";
+/// The exit record's reserved space, renamed to [`EXIT_FILE`] once written.
+const EXIT_RESERVED: &str = ".exit.json.tmp";
+/// Bytes reserved for the exit record (a record is about 100).
+const EXIT_RESERVED_BYTES: usize = 4096;
 
 /// What the shim needs.
 #[derive(Debug, Clone)]
@@ -59,6 +68,13 @@ pub struct ExitRecord {
     pub signal: Option<i32>,
     /// RFC 3339 time the exit was seen.
     pub finished_at: String,
+    /// Log lines the shim could not write (the disk was full). Absent in older records.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub log_lines_dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Reads a task's exit record, if it has ended.
@@ -131,6 +147,7 @@ fn start_container(root: &StateRoot, opts: &ShimOptions) -> Result<(Container, O
     }
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&terminal), None).context(|| "block terminal signals".into())?;
     std::fs::write(opts.task_dir.join(PID_FILE), std::process::id().to_string()).context(|| "write shim.pid".into())?;
+    std::fs::write(opts.task_dir.join(EXIT_RESERVED), [b' '; EXIT_RESERVED_BYTES]).context(|| "reserve the space of exit.json".into())?;
 
     let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context(|| "create the stdout pipe".into())?;
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context(|| "create the stderr pipe".into())?;
@@ -156,7 +173,11 @@ fn start_container(root: &StateRoot, opts: &ShimOptions) -> Result<(Container, O
 
 /// Copies output into the log until the container exits, then records the exit and deletes it.
 fn supervise(container: &Container, opts: &ShimOptions, out: OwnedFd, err: OwnedFd) -> Result<()> {
-    let mut log = log::RotatingLog::open(&opts.task_dir.join(LOG_DIR), opts.max_log_bytes).context(|| "open the task log".into())?;
+    let log_dir = opts.task_dir.join(LOG_DIR);
+    let mut log = log::RotatingLog::open(&log_dir, opts.max_log_bytes).unwrap_or_else(|e| {
+        tracing::warn!("shim for {}: cannot open the task log ({e}); its lines are dropped until it can be", opts.id);
+        log::RotatingLog::unopened(&log_dir, opts.max_log_bytes)
+    });
     let pid = Pid::from_raw(container.pid());
     let mut streams = vec![(std::fs::File::from(out), log::Stream::Stdout), (std::fs::File::from(err), log::Stream::Stderr)];
     let mut status = None;
@@ -177,7 +198,7 @@ fn supervise(container: &Container, opts: &ShimOptions, out: OwnedFd, err: Owned
             let (file, stream) = &mut streams[i];
             match file.read(&mut buf) {
                 Ok(0) | Err(_) => closed.push(i),
-                Ok(n) => log.write(*stream, &buf[..n], &now).context(|| "write the task log".into())?,
+                Ok(n) => log.write(*stream, &buf[..n], &now),
             }
         }
         for i in closed.into_iter().rev() {
@@ -189,7 +210,7 @@ fn supervise(container: &Container, opts: &ShimOptions, out: OwnedFd, err: Owned
                 // The init is gone; its pid namespace took its children along. Give a process that
                 // still holds the pipes (no pid namespace) a moment, then stop reading.
                 std::thread::sleep(Duration::from_millis(50));
-                drain(&mut streams, &mut log, &mut buf)?;
+                drain(&mut streams, &mut log, &mut buf);
                 break;
             }
         }
@@ -204,16 +225,28 @@ fn supervise(container: &Container, opts: &ShimOptions, out: OwnedFd, err: Owned
         },
     };
     let now = crate::time::now_rfc3339();
-    log.flush_partial(&now).context(|| "write the task log".into())?;
-    let record = ExitRecord { code, signal, finished_at: now };
-    let tmp = opts.task_dir.join(".exit.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&record).expect("serializes")).context(|| "write exit.json".into())?;
-    std::fs::rename(&tmp, opts.task_dir.join(EXIT_FILE)).context(|| "write exit.json".into())?;
+    log.flush_partial(&now);
+    let record = ExitRecord { code, signal, finished_at: now, log_lines_dropped: log.dropped() };
+    write_exit(&opts.task_dir, &record)?;
     container.delete(true)
 }
 
+/// Writes `exit.json` into the space reserved at start (overwriting the padding, so no new
+/// blocks are needed), then renames it into place.
+fn write_exit(task_dir: &Path, record: &ExitRecord) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let text = serde_json::to_vec(record).expect("an exit record serializes");
+    let reserved = task_dir.join(EXIT_RESERVED);
+    let written = match std::fs::OpenOptions::new().write(true).open(&reserved) {
+        Ok(file) if text.len() <= EXIT_RESERVED_BYTES => file.write_all_at(&text, 0),
+        _ => std::fs::write(&reserved, &text),
+    };
+    written.context(|| format!("write {}", reserved.display()))?;
+    std::fs::rename(&reserved, task_dir.join(EXIT_FILE)).context(|| "write exit.json".into())
+}
+
 /// Reads whatever is immediately available on the remaining streams.
-fn drain(streams: &mut [(std::fs::File, log::Stream)], log: &mut log::RotatingLog, buf: &mut [u8]) -> Result<()> {
+fn drain(streams: &mut [(std::fs::File, log::Stream)], log: &mut log::RotatingLog, buf: &mut [u8]) {
     let now = crate::time::now_rfc3339();
     for (file, stream) in streams.iter_mut() {
         loop {
@@ -223,11 +256,10 @@ fn drain(streams: &mut [(std::fs::File, log::Stream)], log: &mut log::RotatingLo
             }
             match file.read(buf) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => log.write(*stream, &buf[..n], &now).context(|| "write the task log".into())?,
+                Ok(n) => log.write(*stream, &buf[..n], &now),
             }
         }
     }
-    Ok(())
 }
 
 /// The exit of our child `pid`, if it has exited: (code, killing signal).

@@ -5,7 +5,7 @@
 
 use proto::sched::v1 as pb;
 
-use super::{Autoscale, Deploy, FieldError, HealthCheck, HealthKind, Route, ServiceSpec, validate};
+use super::{Autoscale, Deploy, FieldError, HealthCheck, HealthKind, Route, Seccomp, Security, ServiceSpec, validate};
 
 impl ServiceSpec {
     /// Builds and validates a spec from a request. Errors name fields by their TOML path.
@@ -51,6 +51,22 @@ impl ServiceSpec {
                 timeout_ms: r.timeout_ms.unwrap_or(super::DEFAULT_ROUTE_TIMEOUT_MS),
             })
             .collect();
+        let security = match spec.security {
+            None => Security::default(),
+            Some(s) => Security {
+                seccomp: match pb::SeccompProfile::try_from(s.seccomp) {
+                    Ok(pb::SeccompProfile::Unspecified | pb::SeccompProfile::Default) => Seccomp::Default,
+                    Ok(pb::SeccompProfile::Unconfined) => Seccomp::Unconfined,
+                    Err(_) => {
+                        errors.push(FieldError {
+                            field: "security.seccomp".into(),
+                            message: format!("must be DEFAULT or UNCONFINED, got {}", s.seccomp),
+                        });
+                        Seccomp::Default
+                    }
+                },
+            },
+        };
         let domain = ServiceSpec {
             name: spec.name,
             image: spec.image,
@@ -74,6 +90,7 @@ impl ServiceSpec {
             routes,
             constraints: spec.constraints.into_iter().collect(),
             drain_ms: spec.drain_ms.unwrap_or(super::DEFAULT_DRAIN_MS),
+            security,
         };
         if let Err(more) = validate(&domain) {
             // A field already reported (an out-of-range port read as 0) is not reported twice.
@@ -128,6 +145,12 @@ impl ServiceSpec {
                 .collect(),
             constraints: self.constraints.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             drain_ms: Some(self.drain_ms),
+            security: Some(pb::Security {
+                seccomp: match self.security.seccomp {
+                    Seccomp::Default => pb::SeccompProfile::Default,
+                    Seccomp::Unconfined => pb::SeccompProfile::Unconfined,
+                } as i32,
+            }),
         }
     }
 }
@@ -161,6 +184,23 @@ mod tests {
         wire.constraints.insert("zone".into(), "".into());
         let fields: Vec<_> = ServiceSpec::from_proto(wire).unwrap_err().into_iter().map(|e| e.field).collect();
         assert_eq!(fields, ["constraints.zone"]);
+    }
+
+    #[test]
+    fn round_trips_the_seccomp_opt_out_and_reads_its_absence_as_default() {
+        let text = "name = \"a\"\nimage = \"busybox\"\n[security]\nseccomp = \"unconfined\"\n";
+        let spec = parse_service_toml("s", text).unwrap();
+        assert_eq!(spec.security.seccomp, Seccomp::Unconfined);
+        let wire = spec.to_proto();
+        assert_eq!(ServiceSpec::from_proto(wire.clone()), Ok(spec));
+        // An older client sends no security message (or an unspecified profile): the default.
+        for security in [None, Some(pb::Security { seccomp: 0 })] {
+            let old = pb::ServiceSpec { security, ..wire.clone() };
+            assert_eq!(ServiceSpec::from_proto(old).unwrap().security.seccomp, Seccomp::Default);
+        }
+        let unknown = pb::ServiceSpec { security: Some(pb::Security { seccomp: 7 }), ..wire };
+        let fields: Vec<_> = ServiceSpec::from_proto(unknown).unwrap_err().into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["security.seccomp"]);
     }
 
     #[test]

@@ -50,6 +50,50 @@ pub struct ServiceSpec {
     /// with routes drain. Defaulted for log entries written before it existed.
     #[serde(default = "default_drain_ms", skip_serializing_if = "is_default_drain_ms")]
     pub drain_ms: u64,
+    /// How the tasks are confined beyond namespaces and cgroups (`[security]`). Defaulted for
+    /// log entries written before it existed; not written when default (older servers read it).
+    #[serde(default, skip_serializing_if = "Security::is_default")]
+    pub security: Security,
+}
+
+/// The `[security]` table: confinement a service may relax, explicitly.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Security {
+    /// The seccomp profile of every task.
+    #[serde(default)]
+    pub seccomp: Seccomp,
+}
+
+impl Security {
+    fn is_default(&self) -> bool {
+        *self == Security::default()
+    }
+}
+
+/// Which seccomp profile a task runs under (Docker's `--security-opt seccomp=...` words).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Seccomp {
+    /// Docker's default profile: an allow list, everything else fails with EPERM.
+    #[default]
+    Default,
+    /// No seccomp filter at all.
+    Unconfined,
+}
+
+impl Seccomp {
+    /// The word used in `service.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Seccomp::Default => "default",
+            Seccomp::Unconfined => "unconfined",
+        }
+    }
+
+    /// The value of a `security.seccomp` word, `None` if it is none of them.
+    pub fn parse(word: &str) -> Option<Seccomp> {
+        [Seccomp::Default, Seccomp::Unconfined].into_iter().find(|s| s.as_str() == word)
+    }
 }
 
 /// A stopping task's drain time when the file sets none (ALB's default is 300 s; tasks here
@@ -137,4 +181,22 @@ pub struct Route {
     /// The longest wait for a target's answer before the ingress answers 504.
     #[serde(default = "default_route_timeout_ms", skip_serializing_if = "is_default_route_timeout_ms")]
     pub timeout_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_stored_before_security_existed_loads_as_default_and_encodes_as_before() {
+        let spec = crate::test_fixtures::spec("quotes:1", 2, 100);
+        let stored = serde_json::to_value(&spec).unwrap();
+        assert!(stored.get("security").is_none(), "the default is not written: {stored}");
+        let old: ServiceSpec = serde_json::from_value(stored).unwrap();
+        assert_eq!(old.security.seccomp, Seccomp::Default);
+        let opted_out = ServiceSpec { security: Security { seccomp: Seccomp::Unconfined }, ..spec };
+        let stored = serde_json::to_value(&opted_out).unwrap();
+        assert_eq!(stored["security"], serde_json::json!({ "seccomp": "unconfined" }));
+        assert_eq!(serde_json::from_value::<ServiceSpec>(stored).unwrap(), opted_out);
+    }
 }

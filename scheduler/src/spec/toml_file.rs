@@ -14,7 +14,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Autoscale, DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_MIB, Deploy, HealthCheck, HealthKind, Route, ServiceSpec, parse_duration_ms, validate,
+    Autoscale, DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_MIB, Deploy, HealthCheck, HealthKind, Route, Seccomp, Security, ServiceSpec,
+    parse_duration_ms, validate,
 };
 
 /// Health probe timing when the `[health]` table leaves it out.
@@ -82,6 +83,14 @@ struct RawService {
     /// Values are read as any TOML value so a number or a nested table (an unquoted dotted
     /// key) is reported under `constraints.<key>` instead of as a bare serde type error.
     constraints: Option<Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
+    security: Option<Spanned<RawSecurity>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecurity {
+    /// Read as a string so an unknown word is reported under `security.seccomp`.
+    seccomp: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -269,6 +278,25 @@ pub fn parse_service_toml(file: &str, text: &str) -> Result<ServiceSpec, SpecFil
         }
         constraints
     });
+    let security = raw.security.map_or_else(Security::default, |table| {
+        spans.0.insert("security".into(), table.span());
+        let seccomp = match table.into_inner().seccomp {
+            None => Seccomp::Default,
+            Some(word) => {
+                let span = word.span();
+                let word = spans.take("security.seccomp", word);
+                Seccomp::parse(&word).unwrap_or_else(|| {
+                    problems.push(located(
+                        span,
+                        Some("security.seccomp".into()),
+                        format!("must be \"default\" (Docker's default profile) or \"unconfined\" (no filter), got {word:?}"),
+                    ));
+                    Seccomp::Default
+                })
+            }
+        };
+        Security { seccomp }
+    });
     let count = match raw.count {
         Some(c) => spans.take("count", c),
         None => autoscale.as_ref().map_or(1, |a| a.min),
@@ -288,6 +316,7 @@ pub fn parse_service_toml(file: &str, text: &str) -> Result<ServiceSpec, SpecFil
         routes,
         constraints,
         drain_ms,
+        security,
     };
     if let Err(errors) = validate(&spec) {
         let reported: Vec<Option<String>> = problems.iter().map(|p| p.field.clone()).collect();
@@ -385,6 +414,21 @@ mod tests {
         let summary: Vec<_> = p.iter().map(|p| (p.field.clone().unwrap(), p.line, p.column)).collect();
         assert_eq!(summary, [("name".to_string(), 1, 8), ("health.port".to_string(), 8, 8), ("health.interval".to_string(), 9, 12)]);
         assert!(p[2].message.contains("no unit"));
+    }
+
+    #[test]
+    fn seccomp_is_default_unless_the_file_opts_out_and_unknown_words_name_the_key() {
+        let base = "name = \"a\"\nimage = \"busybox\"\n";
+        let seccomp = |extra: &str| parse_service_toml("s", &format!("{base}{extra}")).map(|s| s.security.seccomp);
+        assert_eq!(seccomp("").unwrap(), Seccomp::Default);
+        assert_eq!(seccomp("[security]\n").unwrap(), Seccomp::Default);
+        assert_eq!(seccomp("[security]\nseccomp = \"default\"\n").unwrap(), Seccomp::Default);
+        assert_eq!(seccomp("[security]\nseccomp = \"unconfined\"\n").unwrap(), Seccomp::Unconfined);
+        let p = problems(&format!("{base}[security]\nseccomp = \"Unconfined\"\n"));
+        assert_eq!((p[0].field.as_deref(), p[0].line, p[0].column), (Some("security.seccomp"), 4, 11));
+        assert!(p[0].message.contains("\"unconfined\"") && p[0].message.contains("\"Unconfined\""), "{}", p[0].message);
+        let p = problems(&format!("{base}[security]\nseccomp_profile = \"x\"\n"));
+        assert!(p[0].message.contains("seccomp"), "{}", p[0].message);
     }
 
     #[test]
