@@ -19,6 +19,7 @@ pub mod cgroups;
 pub mod container;
 pub mod error;
 mod init;
+pub mod self_exe;
 pub mod shim;
 pub mod spec_template;
 pub mod state;

@@ -253,6 +253,14 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // Every process these commands fork into a container must see a binary it cannot write
+    // through /proc/self/exe (CVE-2019-5736): re-execute from a read-only clone first.
+    if matches!(cli.command, Command::Create { .. } | Command::Run { .. } | Command::Exec(_) | Command::Shim { .. })
+        && let Err(err) = runtime::self_exe::reexec_protected()
+    {
+        eprintln!("sched-runtime: {err}");
+        std::process::exit(1);
+    }
     init_logging(&cli);
     match execute(cli) {
         Ok(code) => std::process::exit(code),
