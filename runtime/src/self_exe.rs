@@ -131,3 +131,32 @@ fn restore_name() {
         let _ = nix::sys::prctl::set_name(&name);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sealed_copy_is_whole_and_cannot_be_written() {
+        let exe = File::open(SELF_EXE).unwrap();
+        let copy = File::from(sealed_copy(&exe).unwrap());
+        assert!(is_protected(&copy), "the copy is sealed");
+        assert_eq!(copy.metadata().unwrap().len(), exe.metadata().unwrap().len());
+        let path = format!("/proc/self/fd/{}", copy.as_raw_fd());
+        if let Ok(mut writer) = std::fs::OpenOptions::new().write(true).open(&path) {
+            assert!(std::io::Write::write_all(&mut writer, b"x").is_err(), "a sealed copy took a write");
+        }
+    }
+
+    #[test]
+    fn the_read_only_clone_sits_on_a_read_only_mount() {
+        // Needs CAP_SYS_ADMIN, as the runtime does (the tests run as root).
+        let clone = read_only_clone().unwrap();
+        let path = format!("/proc/self/fd/{}", clone.as_raw_fd());
+        let file = File::open(&path).unwrap();
+        assert!(is_protected(&file), "the clone's mount is read-only");
+        let err = std::fs::OpenOptions::new().append(true).open(&path).unwrap_err();
+        // This test binary is being executed (ETXTBSY) unless the test runner copied it.
+        assert!(matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::ETXTBSY)), "{err}");
+    }
+}
