@@ -29,3 +29,6 @@ pub mod sysctl;
 pub mod time;
 
 pub use error::{Error, Result};
+/// The hidden `sched-runtime init` command: a container's init re-executed from a read-only
+/// clone of the binary takes over here.
+pub use init::{Handover as InitHandover, run_handed_over as run_init};

@@ -8,15 +8,19 @@
 //! executes the binary any more (podman's `create` and `start` exit): the next `sched-runtime`
 //! that root runs on the host would run the container's code.
 //!
-//! As runc does, the commands that put a process into a container (`create`, `run`, `exec`,
-//! `shim`) first re-execute the runtime from a copy that no container can write:
+//! As runc does, every process that enters a container runs from a copy of the binary that no
+//! container can write: a container's init re-executes itself from it right after the fork
+//! ([`crate::init`], overlapped with the parent's cgroup setup), and `exec` re-executes the CLI
+//! from it before forking the process it puts into the container ([`reexec_protected`]). The
+//! copy is:
 //! 1. **a read-only bind mount of the binary**: `open_tree(OPEN_TREE_CLONE)` clones a detached
 //!    mount of just the file, `mount_setattr(MOUNT_ATTR_RDONLY)` makes that mount read-only,
 //!    and `execveat` runs the file through it. `/proc/self/exe` then names the binary on a
 //!    read-only mount that no mount namespace holds: opening it for writing fails with EROFS.
 //!    Nothing is copied, so the cost is one `execve` whatever the binary's size (a debug build
-//!    is 40 MB). Undoing it takes `CAP_SYS_ADMIN`, which a container that has it can use to
-//!    reach the host anyway.
+//!    is 40 MB; a sealed memfd copy of the 14 MB release build would cost more than a whole
+//!    start). Undoing it takes `CAP_SYS_ADMIN`, which a container that has it can use to reach
+//!    the host anyway.
 //! 2. **a sealed memfd copy**, where the kernel has no `mount_setattr` (before 5.12): the
 //!    binary is copied into a memfd sealed against any change (`F_SEAL_SEAL | SHRINK | GROW |
 //!    WRITE`), reopened read-only (a descriptor open for writing cannot be executed) and run.
@@ -44,20 +48,32 @@ const SELF_EXE: &str = "/proc/self/exe";
 /// it already runs from one. Returns only when nothing had to be done, or with the error that
 /// stopped it.
 pub fn reexec_protected() -> Result<()> {
+    match protected_copy()? {
+        None => {
+            restore_name();
+            Ok(())
+        }
+        Some(target) => {
+            let args: Vec<CString> = std::env::args_os().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
+            Err(exec_from(&target, &args))
+        }
+    }
+}
+
+/// A descriptor of the binary that no container can write: the read-only clone, else the sealed
+/// copy; `None` when the running binary is protected already.
+pub fn protected_copy() -> Result<Option<OwnedFd>> {
     let exe = File::open(SELF_EXE).map_err(|e| Error::Io { what: format!("open {SELF_EXE}"), source: e })?;
     if is_protected(&exe) {
-        restore_name();
-        return Ok(());
+        return Ok(None);
     }
-    let target = match read_only_clone() {
-        Ok(tree) => tree,
+    match read_only_clone() {
+        Ok(tree) => Ok(Some(tree)),
         Err(clone_err) => {
             tracing::debug!("no read-only clone of the runtime binary ({clone_err}); using a sealed copy");
-            sealed_copy(&exe)?
+            sealed_copy(&exe).map(Some)
         }
-    };
-    drop(exe);
-    Err(exec(&target))
+    }
 }
 
 /// Whether writing the binary through `/proc/self/exe` is impossible already: it is on a
@@ -104,10 +120,9 @@ fn sealed_copy(exe: &File) -> Result<OwnedFd> {
     Ok(OwnedFd::from(read_only))
 }
 
-/// `execveat(fd, "", argv, environ, AT_EMPTY_PATH)` with this process's arguments and
-/// environment. Returns only on failure.
-fn exec(fd: &OwnedFd) -> Error {
-    let args: Vec<CString> = std::env::args_os().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
+/// `execveat(fd, "", args, environ, AT_EMPTY_PATH)` with this process's environment. Returns
+/// only on failure.
+pub fn exec_from(fd: &OwnedFd, args: &[CString]) -> Error {
     let env: Vec<CString> = std::env::vars_os()
         .filter_map(|(key, value)| {
             let mut pair = key.as_bytes().to_vec();
@@ -117,12 +132,12 @@ fn exec(fd: &OwnedFd) -> Error {
         })
         .collect();
     let flags = nix::fcntl::AtFlags::AT_EMPTY_PATH;
-    let err = nix::unistd::execveat(Some(fd.as_raw_fd()), c"", &args, &env, flags).unwrap_err();
+    let err = nix::unistd::execveat(Some(fd.as_raw_fd()), c"", args, &env, flags).unwrap_err();
     Error::Sys { what: "re-execute the runtime from its read-only copy".into(), source: err }
 }
 
 /// Sets `comm` back to the program's name (the last part of `argv[0]`, 15 bytes at most).
-fn restore_name() {
+pub fn restore_name() {
     let Some(arg0) = std::env::args_os().next() else { return };
     let name: Vec<u8> = arg0.as_bytes().rsplit(|b| *b == b'/').next().unwrap_or_default().iter().copied().take(15).collect();
     if let Ok(name) = CString::new(name)
