@@ -118,7 +118,8 @@ cgroup_parent=${CGROUP_PARENT:-/sched-demo}
 wait_secs=${WAIT_SECS:-120}
 
 # ---- 1. packages
-pkgs=(docker-registry umoci skopeo busybox-static curl jq nftables iproute2)
+# gcc make pkg-config zlib1g-dev libelf-dev: building sched-runtime (libbpf-sys compiles libbpf).
+pkgs=(gcc make pkg-config zlib1g-dev libelf-dev docker-registry umoci skopeo busybox-static curl jq nftables iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -9,10 +9,16 @@ if [ "$(id -u)" != 0 ]; then
   echo "scripts/runtime-demo.sh: containers need root; run it as root (sudo scripts/runtime-demo.sh)" >&2
   exit 1
 fi
-if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'; then
-  echo "installing busybox-static (the demo container's userland)"
+# busybox-static: the demo container's userland; the rest builds sched-runtime (libbpf-sys
+# compiles libbpf for the cgroup v2 device program).
+missing=()
+for p in busybox-static gcc make pkg-config zlib1g-dev libelf-dev; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 echo "building sched-runtime (release)..."
 cargo build --quiet --release -p runtime --bin sched-runtime

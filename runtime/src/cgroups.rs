@@ -1,12 +1,21 @@
 //! A container's cgroup, through youki's `libcgroups`: created when the init process is added,
 //! limited from `linux.resources`, removed on delete. Works on pure cgroup v2, v1 and hybrid
 //! hosts (libcgroups picks the manager from what is mounted).
+//!
+//! Device rules are runc's, whatever the spec carries (the agent's task bundles carry none):
+//! deny every device first, then the spec's `linux.resources.devices`, then libcgroups appends
+//! the devices every container gets (runc's `AllowedDevices`: null, zero, full, random,
+//! urandom, tty, console, ptmx, pts, tun, and mknod of any char or block device), so a spec
+//! can allow more but cannot take /dev/null away. On v1 they go to `devices.deny` and
+//! `devices.allow`; on v2 libcgroups (feature `cgroupsv2_devices`) compiles them into an eBPF
+//! device program attached to the container's cgroup. Without the leading deny a v1 cgroup
+//! inherits the host's "allow all", and v2 has no device files at all.
 
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::{AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt, FreezerState, create_cgroup_manager};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxResources, Spec};
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources, Spec};
 
 use crate::error::{Context, Error, Result};
 
@@ -38,8 +47,7 @@ impl ContainerCgroup {
     pub fn enter_and_limit(&self, pid: i32, resources: Option<&LinuxResources>) -> Result<()> {
         let pid = Pid::from_raw(pid);
         self.manager.add_task(pid).map_err(|e| self.error(e))?;
-        let default = LinuxResources::default();
-        let resources = resources.unwrap_or(&default);
+        let resources = &with_default_device_rules(resources);
         let opts = ControllerOpt {
             resources,
             disable_oom_killer: resources.memory().as_ref().and_then(|m| m.disable_oom_killer()).unwrap_or(false),
@@ -82,6 +90,18 @@ impl ContainerCgroup {
     fn error(&self, e: impl std::fmt::Display) -> Error {
         Error::Cgroup { path: self.path.clone(), reason: e.to_string() }
     }
+}
+
+/// The spec's resources with runc's "deny every device" in front of its device rules
+/// (libcgroups appends the default devices after them).
+fn with_default_device_rules(resources: Option<&LinuxResources>) -> LinuxResources {
+    let mut resources = resources.cloned().unwrap_or_default();
+    let mut deny_all = LinuxDeviceCgroup::default();
+    deny_all.set_allow(false).set_typ(Some(LinuxDeviceType::A)).set_access(Some("rwm".into()));
+    let mut rules = vec![deny_all];
+    rules.extend(resources.devices().iter().flatten().cloned());
+    resources.set_devices(Some(rules));
+    resources
 }
 
 /// One cgroup hierarchy mounted on the host.
@@ -210,6 +230,33 @@ fn parse_mountinfo(text: &str) -> Vec<Hierarchy> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_container_starts_from_deny_all_devices() {
+        let rule = |allow: bool, typ: LinuxDeviceType, access: &str| {
+            let mut r = LinuxDeviceCgroup::default();
+            r.set_allow(allow).set_typ(Some(typ)).set_access(Some(access.into()));
+            r
+        };
+        let deny_all = rule(false, LinuxDeviceType::A, "rwm");
+        let allow_block = rule(true, LinuxDeviceType::B, "r");
+        let with_rules = |rules: Option<Vec<LinuxDeviceCgroup>>| {
+            let mut r = LinuxResources::default();
+            r.set_devices(rules);
+            r
+        };
+        let cases = [
+            (None, vec![deny_all.clone()]),
+            (Some(with_rules(None)), vec![deny_all.clone()]),
+            (Some(with_rules(Some(vec![]))), vec![deny_all.clone()]),
+            (Some(with_rules(Some(vec![allow_block.clone()]))), vec![deny_all.clone(), allow_block.clone()]),
+            (Some(with_rules(Some(vec![deny_all.clone(), allow_block.clone()]))), vec![deny_all.clone(), deny_all.clone(), allow_block]),
+        ];
+        for (spec, want) in cases {
+            let got = with_default_device_rules(spec.as_ref());
+            assert_eq!(got.devices().as_deref(), Some(&want[..]), "{spec:?}");
+        }
+    }
 
     #[test]
     fn hybrid_mountinfo_lists_every_hierarchy() {

@@ -20,6 +20,7 @@ pub mod container;
 pub mod default_seccomp;
 pub mod error;
 mod init;
+pub mod self_exe;
 pub mod shim;
 pub mod spec_template;
 pub mod state;
@@ -29,3 +30,6 @@ pub mod sysctl;
 pub mod time;
 
 pub use error::{Error, Result};
+/// The hidden `sched-runtime init` command: a container's init re-executed from a read-only
+/// clone of the binary takes over here.
+pub use init::{Handover as InitHandover, run_handed_over as run_init};

@@ -5,6 +5,7 @@
 //! "mount proc on /proc: EPERM", not "channel broken").
 
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
 use crate::error::{Context, Error, Result};
@@ -17,6 +18,12 @@ const FAILED: u8 = b'E';
 pub struct ParentChannel(UnixStream);
 /// The child's end.
 pub struct ChildChannel(UnixStream);
+
+impl AsFd for ChildChannel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
 
 /// A connected pair; both ends are close-on-exec.
 pub fn channel() -> Result<(ParentChannel, ChildChannel)> {
@@ -47,6 +54,11 @@ impl ParentChannel {
 }
 
 impl ChildChannel {
+    /// The child's end taken over from an inherited descriptor (the re-executed init).
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> ChildChannel {
+        ChildChannel(UnixStream::from(fd))
+    }
+
     /// Waits for the parent's "go"; an error means the parent is gone.
     pub fn wait_go(&mut self) -> Result<()> {
         let mut tag = [0u8; 1];

@@ -93,6 +93,78 @@ pub fn install_seccomp_filter(program: &[libc::sock_filter], flags: libc::c_ulon
     }
 }
 
+/// Clears close-on-exec on `fd`, so that it survives the init's re-execution.
+pub fn keep_on_exec(fd: BorrowedFd<'_>) -> Result<()> {
+    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
+        .map(drop)
+        .context(|| format!("keep descriptor {} open across exec", fd.as_raw_fd()))
+}
+
+/// Takes ownership of descriptor `fd`, inherited across `execve` from the process that named it
+/// on our command line. Refuses a number that is not an open descriptor.
+pub fn inherited_fd(fd: RawFd) -> Result<OwnedFd> {
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).context(|| format!("inherited descriptor {fd}"))?;
+    // Closed when we exec the container's program, like every other descriptor of ours.
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::from_bits_truncate(flags) | nix::fcntl::FdFlag::FD_CLOEXEC))
+        .context(|| format!("inherited descriptor {fd}"))?;
+    // SAFETY: fcntl just showed that `fd` is open; the parent handed it over for this process
+    // alone and named it once on the command line, so nothing else in this process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The signal numbers (1..=SIGRTMAX) in `set`, real-time signals included (nix's `Signal` has
+/// only the standard ones).
+pub fn signal_numbers(set: &nix::sys::signal::SigSet) -> Vec<i32> {
+    let raw: &libc::sigset_t = set.as_ref();
+    // SAFETY: `raw` points to a valid, initialised sigset_t for the duration of the call;
+    // sigismember only reads it.
+    (1..=libc::SIGRTMAX()).filter(|&n| unsafe { libc::sigismember(raw, n) } == 1).collect()
+}
+
+/// The signal set of `numbers` (numbers outside 1..=SIGRTMAX are ignored).
+pub fn signal_set(numbers: &[i32]) -> nix::sys::signal::SigSet {
+    // SAFETY: sigemptyset initialises the zeroed sigset_t, sigaddset only writes inside it and
+    // rejects numbers it does not know; the set is fully initialised (by sigemptyset) before
+    // nix takes it, which is what from_sigset_t_unchecked asks for.
+    unsafe {
+        let mut raw: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut raw);
+        for &n in numbers {
+            libc::sigaddset(&mut raw, n);
+        }
+        nix::sys::signal::SigSet::from_sigset_t_unchecked(raw)
+    }
+}
+
+/// Makes the detached mount `tree` (from `open_tree(OPEN_TREE_CLONE)`) read-only with
+/// `mount_setattr(2)` (Linux 5.12), which neither nix nor rustix wraps.
+pub fn mount_set_read_only(tree: BorrowedFd<'_>) -> nix::Result<()> {
+    /// `struct mount_attr` of <linux/mount.h>.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    // SAFETY: `tree` is a valid descriptor for the call; the empty path is a NUL-terminated
+    // static string; `attr` is a `struct mount_attr` laid out as the kernel expects and its size
+    // is passed with it; the kernel only reads both and keeps no pointer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 { Err(nix::Error::last()) } else { Ok(()) }
+}
+
 /// Resets every catchable signal to its default action. Rust ignores SIGPIPE at startup, and
 /// ignored signals stay ignored across `execve`: without this, a container's program would start
 /// with SIGPIPE ignored (unlike under runc).

@@ -239,6 +239,13 @@ impl BusyboxBundle {
         &mut self.config
     }
 
+    /// Runs this bundle's CLI calls with `runtime` instead of [`runtime_binary`] (e.g. a private
+    /// copy that a test may see damaged).
+    pub fn with_runtime(mut self, runtime: &Path) -> Self {
+        self.runtime = runtime.to_path_buf();
+        self
+    }
+
     /// `process.args`.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.config["process"]["args"] = json!(args);

@@ -37,6 +37,13 @@ pub enum Entry {
         minor: u32,
         mode: u32,
     },
+    /// A block device node (e.g. of the host's disk: what a hostile image would carry).
+    BlockDev {
+        path: String,
+        major: u32,
+        minor: u32,
+        mode: u32,
+    },
     Fifo {
         path: String,
         mode: u32,
@@ -118,8 +125,9 @@ pub fn layer_tar(entries: &[Entry]) -> Vec<u8> {
                 h.set_cksum();
                 b.append(&h, &[][..]).unwrap();
             }
-            Entry::CharDev { path, major, minor, mode } => {
-                let mut h = raw_header(tar::EntryType::Char, path, *mode, 0, 0, 0);
+            Entry::CharDev { path, major, minor, mode } | Entry::BlockDev { path, major, minor, mode } => {
+                let kind = if matches!(e, Entry::CharDev { .. }) { tar::EntryType::Char } else { tar::EntryType::Block };
+                let mut h = raw_header(kind, path, *mode, 0, 0, 0);
                 h.set_device_major(*major).unwrap();
                 h.set_device_minor(*minor).unwrap();
                 h.set_cksum();

@@ -6,7 +6,10 @@
 //! - a busy loop under cpu.max 50000/100000 reads about 1.0 of its limit when its `cpu.stat`,
 //!   taken twice ~2 s apart, goes through the agent's own reader (`agent::metrics`) and the
 //!   agent's formula, used / (wall x limit): the number the autoscaler acts on;
-//! - the runtime removes each container's cgroup.
+//! - the runtime removes each container's cgroup;
+//! - a 0666 block device node in a rootfs (brd's /dev/ram0, holding "SECRET") cannot be opened
+//!   by a container whose spec has no device rules: the runtime's eBPF device program (runc's
+//!   default rules) refuses it, while /dev/null still works.
 //!
 //! The guest (`tests/vm/init.sh`, packed by `tests/vm/build-initramfs.sh`) only measures and
 //! prints `SCHED-VM key=value` lines on the serial console; this test parses and asserts them.
@@ -45,6 +48,15 @@ fn newest_kernel() -> PathBuf {
         .collect();
     kernels.sort();
     kernels.pop().map(|(_, path)| path).expect("no /boot/vmlinuz-*: install linux-image-amd64 (scripts/install-test-deps.sh)")
+}
+
+/// brd.ko (RAM disks, /dev/ram0 = b 1:0) of `kernel`'s version: a block device in the guest.
+fn ram_disk_module(kernel: &Path) -> PathBuf {
+    let name = kernel.file_name().expect("vmlinuz-VERSION").to_string_lossy().into_owned();
+    let version = name.strip_prefix("vmlinuz-").expect("vmlinuz-VERSION");
+    let module = Path::new("/lib/modules").join(version).join("kernel/drivers/block/brd.ko");
+    assert!(module.exists(), "{} is missing: install linux-image-amd64 (scripts/install-test-deps.sh)", module.display());
+    module
 }
 
 /// A temp dir removed on drop.
@@ -153,7 +165,14 @@ fn cgroup_v2_memory_and_cpu_limits_in_a_vm() {
         "cpuhalf",
         BusyboxBundle::new().shell("while :; do :; done").resources(json!({ "cpu": { "quota": 50000, "period": 100000 } })),
     );
-    for (name, bundle) in [("oomrun", &oom_run), ("oom", &oom), ("cpu", &cpu), ("cpuhalf", &cpu_half)] {
+    let mut devnode = guest_bundle("devnode", BusyboxBundle::new().shell("echo x > /dev/null && echo null-ok; head -c 6 /disk; echo"));
+    // Like the agent's task bundles: resources without a single device rule.
+    devnode.config_mut()["linux"]["resources"] = json!({ "pids": { "limit": 64 } });
+    devnode.write_config();
+    let disk = devnode.rootfs().join("disk");
+    let made = Command::new("mknod").args(["-m", "0666"]).arg(&disk).args(["b", "1", "0"]).status().expect("run mknod");
+    assert!(made.success(), "mknod {} b 1 0", disk.display());
+    for (name, bundle) in [("oomrun", &oom_run), ("oom", &oom), ("cpu", &cpu), ("cpuhalf", &cpu_half), ("devnode", &devnode)] {
         copy_tree(&bundle.bundle_dir(), &bundles.join(name));
     }
 
@@ -163,6 +182,7 @@ fn cgroup_v2_memory_and_cpu_limits_in_a_vm() {
         .arg(&work.0)
         .arg(runtime_binary())
         .arg(&bundles)
+        .arg(ram_disk_module(&kernel))
         .status()
         .expect("run tests/vm/build-initramfs.sh");
     assert!(built.success(), "building the initramfs failed (needs cpio, busybox-static)");
@@ -236,4 +256,11 @@ fn cgroup_v2_memory_and_cpu_limits_in_a_vm() {
     assert!((0.8..=1.1).contains(&fraction), "a busy task reads {fraction:.3} of its limit (want 0.8-1.1)");
     assert_eq!(get("half_run_exit"), "137", "kill KILL ends run with 137");
     assert_eq!(get("half_cgroup_left"), "no");
+
+    // Devices: the node of /dev/ram0 in the rootfs stays closed; /dev/null works.
+    assert_eq!(get("devnode_ram0"), "SECRET", "the guest wrote its RAM disk");
+    assert_eq!(get("devnode_exit"), "0");
+    assert_eq!(get("devnode_null"), "1", "/dev/null is usable in the container");
+    assert_eq!(get("devnode_read"), "0", "the container read the RAM disk through its own device node");
+    assert_eq!(get("devnode_refused"), "1", "the device program refuses the node");
 }

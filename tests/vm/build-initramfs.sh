@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds the initramfs of the cgroup-v2 test VM (used by tests/tests/cgroup_v2_vm.rs).
-#   build-initramfs.sh OUT_DIR RUNTIME_BINARY BUNDLES_DIR
+#   build-initramfs.sh OUT_DIR RUNTIME_BINARY BUNDLES_DIR [MODULE.ko...]
 # OUT_DIR/initramfs.gz then holds: busybox-static, the runtime binary (without debug info) as
 # /usr/bin/sched-runtime with the shared libraries `ldd` lists for it, BUNDLES_DIR copied to
-# /bundles, and tests/vm/init.sh as /init. Needs cpio, gzip, strip (binutils).
+# /bundles, the kernel modules given (in /lib/modules/, for init.sh to insmod), and
+# tests/vm/init.sh as /init. Needs cpio, gzip, strip (binutils).
 set -euo pipefail
 out=$1 runtime=$2 bundles=$3
+shift 3
 here=$(cd "$(dirname "$0")" && pwd)
 root=$out/initrd-root
 rm -rf "$root"
@@ -21,6 +23,10 @@ for lib in $(ldd "$runtime" 2>/dev/null | grep -o '/[^ ]*' || true); do
   cp -L "$lib" "$root$lib"
 done
 cp -a "$bundles" "$root/bundles"
+mkdir -p "$root/lib/modules"
+for module in "$@"; do
+  cp "$module" "$root/lib/modules/"
+done
 cp "$here/init.sh" "$root/init"
 chmod +x "$root/init"
 

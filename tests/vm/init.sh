@@ -107,5 +107,15 @@ wait $RUN; rc=$?
 report "half_run_exit=$rc half_cgroup_left=$([ -d $CG/cpuhalf ] && echo yes || echo no)"
 sed 's/^/SCHED-VM-LOG cpuhalf: /' /tmp/cpuhalf.log | tail -3
 
+# 5. A block device node planted in the rootfs (brd's /dev/ram0, b 1:0, mode 0666), a spec
+# without device rules (as the agent writes them): the runtime's eBPF device program refuses it.
+insmod /lib/modules/brd.ko rd_nr=1 rd_size=1024
+printf SECRET > /dev/ram0
+report "devnode_ram0=$(head -c 6 /dev/ram0 2>/dev/null || echo missing)"
+$R run --bundle /bundles/devnode devnode < /dev/null > /tmp/devnode.log 2>&1; rc=$?
+report "devnode_exit=$rc devnode_null=$(grep -c null-ok /tmp/devnode.log) devnode_read=$(grep -c SECRET /tmp/devnode.log)"
+report "devnode_refused=$(grep -c 'Operation not permitted' /tmp/devnode.log)"
+sed 's/^/SCHED-VM-LOG devnode: /' /tmp/devnode.log | tail -3
+
 report "done=yes uptime=$(up)"
 poweroff -f

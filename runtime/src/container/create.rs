@@ -3,7 +3,9 @@
 //! The parent (this process) validates the bundle, claims the id, forks the init into its pid
 //! namespace, puts it into its cgroup and applies the limits, then waits for the init to report
 //! "ready" or its error. Whatever fails, everything made so far is undone: the init is killed,
-//! the cgroup and the state directory are removed.
+//! the cgroup and the state directory are removed. The init re-executes itself from a read-only
+//! clone of the runtime binary right after the fork ([`crate::init`]), so the caller must be
+//! `sched-runtime` (its hidden `init` command takes over).
 
 use std::path::{Path, PathBuf};
 
@@ -80,14 +82,22 @@ impl Container {
         let (mut parent_end, child_end) = sync::channel()?;
         let console_socket = connect_console(&bundle, opts)?;
 
+        // The init execs the container's program from a binary no container can write.
+        let protected_exe = crate::self_exe::protected_copy()?;
+
         enter_pid_namespace(&bundle, &joins)?;
         let child = match sys::fork()? {
             ForkResult::Child => {
                 drop(parent_end);
-                init::run(InitArgs { bundle: &bundle, channel: child_end, exec_fifo, joins, signal_mask, console_socket })
+                let args = InitArgs { bundle: &bundle, channel: child_end, exec_fifo, joins, signal_mask, console_socket };
+                match &protected_exe {
+                    Some(exe) => init::reexec(exe, args),
+                    None => init::run(args),
+                }
             }
             ForkResult::Parent { child } => child,
         };
+        drop(protected_exe);
         drop(child_end);
         drop(exec_fifo);
         rollback.child = Some(child);

@@ -281,7 +281,8 @@ impl ImageService {
 
     /// Makes the rootfs of container `container_id` from a pulled image: an overlay mount of
     /// its snapshots with a private upper dir, or (copy mode, or when overlay fails in auto
-    /// mode) a flattened copy. Undo with [`ImageService::release_rootfs`].
+    /// mode) a flattened copy bound onto itself; both are mounted `nodev`. Undo with
+    /// [`ImageService::release_rootfs`].
     pub fn prepare_rootfs(&self, reference_or_id: &str, container_id: &str) -> Result<PreparedRootfs> {
         let image = self.get(reference_or_id)?;
         let config = self.config(&image)?;
@@ -311,7 +312,7 @@ impl ImageService {
         }
         record.kind = RootfsKind::Copy;
         let merged = self.snapshots.create_rootfs_dir(&record)?;
-        if let Err(e) = self.apply_layers(&image, &merged) {
+        if let Err(e) = self.apply_layers(&image, &merged).and_then(|()| self.snapshots.mount_copy_nodev(container_id)) {
             let _ = self.snapshots.remove_rootfs(container_id);
             return Err(e);
         }

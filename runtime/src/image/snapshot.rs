@@ -8,6 +8,12 @@
 //! so a crash never leaves a half-unpacked snapshot under a real key. [`Snapshotter::gc`]
 //! removes what no image or rootfs references.
 //!
+//! Image rootfs mounts are `nodev` (as containers/storage mounts its overlays): a layer may
+//! carry a device node of the host's disk with mode 0666, and no container may open it, even
+//! where its spec's device rules allow the numbers. A copy-mode rootfs is bound onto itself
+//! `nodev` for the same reason. The snapshot and rootfs directories are root's alone (0700),
+//! so no host user reaches such a node through the data dir either.
+//!
 //! The overlay mount options must fit in one page (4 KiB); images with more layers than fit
 //! (about 40 with the default data dir) name their layers as `/proc/self/fd/N` of descriptors
 //! held during the mount, which allows about 200 layers.
@@ -93,6 +99,10 @@ impl Snapshotter {
         let rootfs = data_dir.join("rootfs");
         for d in [snapshots.join("tmp"), rootfs.clone()] {
             std::fs::create_dir_all(&d).at(&d)?;
+        }
+        // Layers hold whatever images carry (device nodes, setuid files): root's alone.
+        for d in [&snapshots, &rootfs] {
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).at(d)?;
         }
         Ok(Self { snapshots, rootfs })
     }
@@ -241,10 +251,19 @@ impl Snapshotter {
             return Err(mount_err(&merged, &format!("too many layers ({}) for one overlay mount (options exceed 4 KiB)", lower.len())));
         }
         let data = CString::new(data).map_err(|_| mount_err(&merged, "NUL in a path"))?;
-        let result = rustix::mount::mount("overlay", &merged, "overlay", rustix::mount::MountFlags::empty(), data.as_c_str())
+        let result = rustix::mount::mount("overlay", &merged, "overlay", rustix::mount::MountFlags::NODEV, data.as_c_str())
             .map_err(|e| ImageError::Mount { target: merged.clone(), source: e.into() });
         drop(held);
         result
+    }
+
+    /// Binds container `id`'s copy-mode rootfs onto itself `nodev`, so that device nodes from its
+    /// layers cannot be opened (the overlay gets `nodev` when it is mounted).
+    pub fn mount_copy_nodev(&self, id: &str) -> Result<()> {
+        let merged = self.rootfs_dir(id).join("merged");
+        let err = |e: rustix::io::Errno| ImageError::Mount { target: merged.clone(), source: e.into() };
+        rustix::mount::mount_bind(&merged, &merged).map_err(err)?;
+        rustix::mount::mount_remount(&merged, rustix::mount::MountFlags::BIND | rustix::mount::MountFlags::NODEV, "").map_err(err)
     }
 
     /// Unmounts (if mounted) and deletes container `id`'s rootfs. Missing is fine.

@@ -6,6 +6,14 @@
 //! filesystem with its mounts, devices, masked and read-only paths, then `pivot_root`; rlimits,
 //! user, groups and capabilities; report "ready"; block on the exec FIFO until `start`; `execve`.
 //! Any error before "ready" travels back to the parent as text and the child exits.
+//!
+//! Unless the runtime binary sits on a read-only mount already, the forked child first
+//! re-executes itself from a read-only clone of that binary ([`crate::self_exe`]) as the
+//! hidden command `sched-runtime init`, which takes over the descriptors named on its command
+//! line ([`Handover`]) and goes on exactly as the forked child would: the container's program
+//! is then exec'd by a process whose `/proc/self/exe` cannot be written (CVE-2019-5736). The
+//! exec runs while the parent sets up the cgroup, so it adds little to a start. This is what
+//! makes the runtime's code here depend on being `sched-runtime`.
 
 mod cgroup_mount;
 mod console;
@@ -20,16 +28,20 @@ mod rootfs;
 mod seccomp;
 mod tenant;
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 
 use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
 use nix::sys::stat::{Mode, umask};
 use oci_spec::runtime::Process;
 
 use crate::bundle::Bundle;
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 use crate::sync::ChildChannel;
 use crate::sys;
 
@@ -62,6 +74,110 @@ pub fn run(mut args: InitArgs<'_>) -> ! {
         _ => sys::exit_now(1),
     }
     exec_program(target, late_seccomp, &args.signal_mask)
+}
+
+/// What the re-executed init (`sched-runtime init`) is handed: the bundle directory, and the
+/// numbers of the descriptors it inherits in place of [`InitArgs`]'.
+#[derive(Debug, Clone)]
+pub struct Handover {
+    pub bundle: PathBuf,
+    pub channel: RawFd,
+    pub exec_fifo: RawFd,
+    /// The namespaces joined by path, in the order of the spec's namespaces that have a path.
+    pub joins: Vec<RawFd>,
+    pub console_socket: Option<RawFd>,
+    /// The signal numbers of [`InitArgs::signal_mask`].
+    pub signal_mask: Vec<i32>,
+}
+
+impl Handover {
+    /// The command line of `sched-runtime init` that carries this handover.
+    pub fn to_args(&self) -> Vec<CString> {
+        let mut args: Vec<Vec<u8>> = vec![b"sched-runtime".to_vec(), b"init".to_vec(), b"--bundle".to_vec()];
+        args.push(self.bundle.as_os_str().as_bytes().to_vec());
+        args.extend([b"--channel".to_vec(), self.channel.to_string().into_bytes()]);
+        args.extend([b"--exec-fifo".to_vec(), self.exec_fifo.to_string().into_bytes()]);
+        for fd in &self.joins {
+            args.extend([b"--join".to_vec(), fd.to_string().into_bytes()]);
+        }
+        if let Some(fd) = self.console_socket {
+            args.extend([b"--console-socket-fd".to_vec(), fd.to_string().into_bytes()]);
+        }
+        if !self.signal_mask.is_empty() {
+            let mask: Vec<String> = self.signal_mask.iter().map(i32::to_string).collect();
+            args.extend([b"--signal-mask".to_vec(), mask.join(",").into_bytes()]);
+        }
+        args.into_iter().filter_map(|a| CString::new(a).ok()).collect()
+    }
+}
+
+/// In the forked child: re-executes the runtime from `exe` (a read-only clone of its binary) as
+/// `sched-runtime init`, handing over the descriptors of `args`. Never returns.
+pub fn reexec(exe: &OwnedFd, mut args: InitArgs<'_>) -> ! {
+    let handed = (|| -> Result<Vec<CString>> {
+        let mut fds = vec![args.channel.as_fd(), args.exec_fifo.as_fd()];
+        fds.extend(args.joins.iter().map(|j| j.file.as_fd()));
+        fds.extend(args.console_socket.iter().map(|s| s.as_fd()));
+        for fd in fds {
+            sys::keep_on_exec(fd)?;
+        }
+        let handover = Handover {
+            bundle: args.bundle.dir.clone(),
+            channel: args.channel.as_fd().as_raw_fd(),
+            exec_fifo: args.exec_fifo.as_raw_fd(),
+            joins: args.joins.iter().map(|j| j.file.as_raw_fd()).collect(),
+            console_socket: args.console_socket.as_ref().map(|s| s.as_raw_fd()),
+            signal_mask: sys::signal_numbers(&args.signal_mask),
+        };
+        Ok(handover.to_args())
+    })();
+    let err = match handed {
+        Ok(argv) => crate::self_exe::exec_from(exe, &argv),
+        Err(e) => e,
+    };
+    fail_before_setup(&mut args.channel, &err)
+}
+
+/// `sched-runtime init`: takes over what the forked child handed on, and runs the init.
+pub fn run_handed_over(handover: Handover) -> ! {
+    crate::self_exe::restore_name();
+    let Ok(channel) = sys::inherited_fd(handover.channel) else { sys::exit_now(1) };
+    let mut channel = ChildChannel::from_fd(channel);
+    let taken = (|| -> Result<_> {
+        let bundle = Bundle::load(&handover.bundle)?;
+        let exec_fifo = File::from(sys::inherited_fd(handover.exec_fifo)?);
+        let with_path: Vec<_> = bundle.namespaces().iter().filter(|ns| ns.path().is_some()).map(|ns| ns.typ()).collect();
+        if with_path.len() != handover.joins.len() {
+            return Err(Error::Init(format!("{} namespace descriptors for {} joined namespaces", handover.joins.len(), with_path.len())));
+        }
+        let joins = with_path
+            .into_iter()
+            .zip(&handover.joins)
+            .map(|(typ, fd)| Ok(NamespaceJoin { typ, file: File::from(sys::inherited_fd(*fd)?) }))
+            .collect::<Result<Vec<_>>>()?;
+        let console_socket = handover.console_socket.map(|fd| sys::inherited_fd(fd).map(UnixStream::from)).transpose()?;
+        Ok((bundle, exec_fifo, joins, console_socket))
+    })();
+    match taken {
+        Ok((bundle, exec_fifo, joins, console_socket)) => run(InitArgs {
+            bundle: &bundle,
+            channel,
+            exec_fifo,
+            joins,
+            signal_mask: sys::signal_set(&handover.signal_mask),
+            console_socket,
+        }),
+        Err(err) => fail_before_setup(&mut channel, &err),
+    }
+}
+
+/// Reports an error that happened before setup began (after "go", so the parent listens) and
+/// exits.
+fn fail_before_setup(channel: &mut ChildChannel, err: &Error) -> ! {
+    if channel.wait_go().is_ok() {
+        channel.send_error(err);
+    }
+    sys::exit_now(1)
 }
 
 /// What setup prepared: the program to exec and the seccomp filter still to install.

@@ -57,10 +57,27 @@ pub fn prepare(bundle: &Bundle) -> Result<()> {
     drop(root);
     pivot(rootfs)?;
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
-            .context(|| "remount the root read-only".into())?;
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | lock_flags_of("/")?;
+        mount(None::<&str>, "/", None::<&str>, flags, None::<&str>).context(|| "remount the root read-only".into())?;
     }
     Ok(())
+}
+
+/// The nodev, nosuid and noexec flags of the mount at `path`. A bind remount sets a mount's
+/// flags to exactly the ones given, so a read-only remount must repeat them (as runc does), or
+/// an image rootfs mounted `nodev` would let the container open device nodes from its layers.
+fn lock_flags_of(path: &str) -> Result<MsFlags> {
+    use nix::sys::statvfs::FsFlags;
+    let flags = nix::sys::statvfs::statvfs(path).context(|| format!("statvfs {path}"))?.flags();
+    let mut kept = MsFlags::empty();
+    for (has, flag) in
+        [(FsFlags::ST_NODEV, MsFlags::MS_NODEV), (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID), (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC)]
+    {
+        if flags.contains(has) {
+            kept |= flag;
+        }
+    }
+    Ok(kept)
 }
 
 /// runc's pivot_root dance: pivot the new root over the old one in place, then detach the old

@@ -151,6 +151,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Internal: a container's init re-executed from a read-only clone of this binary.
+    #[command(hide = true)]
+    Init(InitArgs),
     /// Pull, list, inspect, remove, prune and unpack OCI images.
     Image {
         #[command(subcommand)]
@@ -198,6 +201,36 @@ struct ExecArgs {
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+/// The descriptors and settings a forked init hands to its re-executed self.
+#[derive(clap::Args)]
+struct InitArgs {
+    #[arg(long)]
+    bundle: PathBuf,
+    #[arg(long)]
+    channel: i32,
+    #[arg(long)]
+    exec_fifo: i32,
+    #[arg(long)]
+    join: Vec<i32>,
+    #[arg(long)]
+    console_socket_fd: Option<i32>,
+    #[arg(long, value_delimiter = ',')]
+    signal_mask: Vec<i32>,
+}
+
+impl From<InitArgs> for runtime::InitHandover {
+    fn from(a: InitArgs) -> Self {
+        runtime::InitHandover {
+            bundle: a.bundle,
+            channel: a.channel,
+            exec_fifo: a.exec_fifo,
+            joins: a.join,
+            console_socket: a.console_socket_fd,
+            signal_mask: a.signal_mask,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -253,6 +286,18 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // A container's init re-executes itself from a read-only clone of this binary (see
+    // runtime::init); a process exec'd into a container is forked from this CLI, so `exec`
+    // re-executes from the clone first (CVE-2019-5736).
+    if let Command::Init(handover) = cli.command {
+        runtime::run_init(handover.into());
+    }
+    if matches!(cli.command, Command::Exec(_))
+        && let Err(err) = runtime::self_exe::reexec_protected()
+    {
+        eprintln!("sched-runtime: {err}");
+        std::process::exit(1);
+    }
     init_logging(&cli);
     match execute(cli) {
         Ok(code) => std::process::exit(code),
@@ -301,7 +346,7 @@ fn execute(cli: Cli) -> Result<i32> {
     };
     let root = StateRoot::open(&cli.root)?;
     match &command {
-        Command::Image { .. } | Command::Spec { .. } => unreachable!("handled above"),
+        Command::Image { .. } | Command::Spec { .. } | Command::Init(_) => unreachable!("handled above"),
         Command::Exec(args) => {
             let container = Container::load(&root, &args.id)?;
             let opts = exec_options(&container, args)?;
