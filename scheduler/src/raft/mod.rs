@@ -12,9 +12,14 @@
 //! - [`consensus`]: what the API calls: writes that reach the leader from any server and
 //!   linearizable (ReadIndex) or stale reads.
 //! - [`logger`]: raft-rs's slog records into `tracing`.
+//! - `harness` (tests only): an in-memory network (drop, cut, isolate, recover) and a trivial
+//!   state machine, for deterministic tests of the loop under partitions, leader changes, log
+//!   divergence, snapshots and membership changes.
 
 pub mod consensus;
 pub mod grpc_transport;
+#[cfg(test)]
+mod harness;
 pub mod logger;
 pub mod node;
 pub mod state_machine;

@@ -224,6 +224,8 @@ pub struct RaftNode<S: StateMachine = ClusterState, T = GrpcTransport> {
     /// Reads whose read index is known, awaiting its application.
     ready_reads: Vec<(u64, oneshot::Sender<()>)>,
     removed: bool,
+    /// Whether this server led after the previous round of the loop.
+    was_leader: bool,
 }
 
 impl<S: StateMachine, T: Transport> RaftNode<S, T> {
@@ -271,6 +273,7 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
             reads: HashMap::new(),
             ready_reads: Vec::new(),
             removed: false,
+            was_leader: false,
         };
         Ok((node, handle))
     }
@@ -279,40 +282,64 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
     pub async fn run(mut self) -> Result<(), NodeError> {
         let mut ticker = tokio::time::interval(self.options.tick);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let single_threaded = tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread;
         self.publish_status();
         loop {
+            let mut tick = false;
+            let mut inputs = Vec::new();
             tokio::select! {
-                _ = ticker.tick() => {
-                    // A removed server goes quiet: were it the leader, its heartbeats would keep
-                    // the remaining servers from electing a new one.
-                    if !self.removed {
-                        self.raw.tick();
-                    }
-                }
+                _ = ticker.tick() => tick = true,
                 request = self.requests.recv() => {
                     let Some(request) = request else { return Ok(()) };
-                    self.handle(request);
+                    inputs.push(request);
                     // Batch what else is queued into the same Ready (one fsync for many).
                     for _ in 0..256 {
                         match self.requests.try_recv() {
-                            Ok(request) => self.handle(request),
+                            Ok(request) => inputs.push(request),
                             Err(_) => break,
                         }
                     }
                 }
             }
-            if self.raw.has_ready() {
-                // Handling a Ready writes to disk (fsync). A multi-threaded runtime moves its
-                // other tasks off this thread meanwhile; the single-threaded runtime of the
-                // harness's tests cannot (and needs not: nothing else runs there).
-                if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
-                    self.on_ready()?;
-                } else {
-                    tokio::task::block_in_place(|| self.on_ready())?;
-                }
+            if single_threaded {
+                // A single-threaded runtime (the harness's, which hosts several servers) can
+                // neither `block_in_place` nor give each server's storage a thread of its own;
+                // raft-engine caches the last block it read per thread, keyed by file position
+                // and not by engine, so two engines on one thread would read each other's
+                // entries. Each round runs on a new thread, which starts with an empty cache.
+                std::thread::scope(|scope| match scope.spawn(|| self.round(tick, inputs, false)).join() {
+                    Ok(result) => result,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })?;
+            } else {
+                self.round(tick, inputs, true)?;
             }
-            self.publish_status();
         }
+    }
+
+    /// One round of the loop: the tick or the inputs, then the `Ready` they made, then the
+    /// answers and the status.
+    fn round(&mut self, tick: bool, inputs: Vec<Request<S>>, block_in_place: bool) -> Result<(), NodeError> {
+        // A removed server goes quiet: were it the leader, its heartbeats would keep the
+        // remaining servers from electing a new one.
+        if tick && !self.removed {
+            self.raw.tick();
+        }
+        for request in inputs {
+            self.handle(request);
+        }
+        if self.raw.has_ready() {
+            if block_in_place {
+                // Handling a Ready writes to disk (fsync): the runtime moves its other tasks
+                // off this thread meanwhile.
+                tokio::task::block_in_place(|| self.on_ready())?;
+            } else {
+                self.on_ready()?;
+            }
+        }
+        self.answer_if_deposed();
+        self.publish_status();
+        Ok(())
     }
 
     fn handle(&mut self, request: Request<S>) {
@@ -381,7 +408,6 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
 
     /// Handles one `Ready` in the order of raft-rs's contract (see the module doc).
     fn on_ready(&mut self) -> Result<(), NodeError> {
-        let was_leader = self.raw.raft.state == StateRole::Leader;
         let mut ready = self.raw.ready();
 
         // 1. Messages that need no persistence first.
@@ -425,11 +451,6 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
         self.raw.advance_apply();
 
         self.answer_reads();
-        if was_leader && self.raw.raft.state != StateRole::Leader {
-            for (_, reply) in self.proposals.drain() {
-                let _ = reply.send(Err(ProposeFailure::OutcomeUnknown));
-            }
-        }
         self.maybe_snapshot()
     }
 
@@ -489,6 +510,20 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
             }
         }
         Ok(())
+    }
+
+    /// Once this server stops leading (a newer term, or check quorum), its proposals not yet
+    /// applied may or may not ever be: their callers hear that now, not at their deadline.
+    /// Leadership is lost while stepping a message or ticking, before the Ready that follows,
+    /// so it is compared with the previous round of the loop.
+    fn answer_if_deposed(&mut self) {
+        let leader = self.raw.raft.state == StateRole::Leader;
+        if self.was_leader && !leader {
+            for (_, reply) in self.proposals.drain() {
+                let _ = reply.send(Err(ProposeFailure::OutcomeUnknown));
+            }
+        }
+        self.was_leader = leader;
     }
 
     /// Answers the reads whose read index this server has applied.
