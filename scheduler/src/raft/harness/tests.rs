@@ -201,3 +201,28 @@ async fn a_restarted_server_resumes_from_its_snapshot_and_log() {
     cluster.wait_converged(&all, 11).await;
     assert_eq!(cluster.network.delivered(follower, MessageType::MsgSnapshot), 0, "caught up from its own log, no snapshot needed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_that_stops_hearing_the_leader_does_not_disrupt_it() {
+    let cluster = TestCluster::start(3, options());
+    let all = [1, 2, 3];
+    let leader = cluster.wait_for_leader(&all).await;
+    let term = cluster.status(leader).term;
+    let deaf = others(&all, leader)[0];
+    // One way: the follower still reaches the leader, but hears nothing from it.
+    cluster.network.cut(leader, deaf);
+    // Over ten election timeouts it campaigns again and again; pre-vote and check quorum make
+    // the two others, which hear their leader, refuse it, so no term is ever bumped.
+    let window = options().tick * (10 * options().election_ticks as u32);
+    tokio::time::sleep(window).await;
+    cluster.write(&all, "while deaf").await.expect("committed");
+    for id in all {
+        assert_eq!(cluster.status(id).term, term, "server {id} moved to a newer term");
+    }
+    assert_eq!(cluster.leader_among(&all), Some(leader));
+    assert!(cluster.list(deaf).is_empty());
+
+    cluster.network.recover();
+    assert_eq!(cluster.wait_converged(&all, 1).await, ["while deaf"]);
+    assert_eq!(cluster.status(leader).term, term);
+}
