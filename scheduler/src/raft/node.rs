@@ -231,8 +231,7 @@ pub struct RaftNode<S: StateMachine = ClusterState, T = GrpcTransport> {
 impl<S: StateMachine, T: Transport> RaftNode<S, T> {
     /// Builds the member over opened storage and returns it with its handle. Run it with
     /// [`RaftNode::run`].
-    #[allow(clippy::type_complexity)]
-    pub fn new(options: RaftOptions, storage: DiskStorage<S>, transport: Arc<T>) -> Result<(RaftNode<S, T>, RaftHandle<S, T>), NodeError> {
+    pub fn new(options: RaftOptions, storage: DiskStorage<S>, transport: Arc<T>) -> Result<(Self, RaftHandle<S, T>), NodeError> {
         let applied = storage.applied();
         let applied_index = applied.read().expect("state lock").index;
         let config = raft::Config {
