@@ -17,9 +17,9 @@ use proto::raft::v1::ProposeRequest;
 use proto::raft::v1::raft_peer_client::RaftPeerClient;
 use tonic::transport::{Channel, Endpoint};
 
+use super::grpc_transport::MAX_PEER_MESSAGE_BYTES;
 use super::node::RaftHandle;
 use super::storage::AppliedState;
-use super::transport::MAX_PEER_MESSAGE_BYTES;
 use super::{Applied, Proposal, ProposeFailure};
 
 /// How long a write or a linearizable read may wait for a leader.

@@ -1,5 +1,9 @@
 //! The Raft loop: one task owns the `RawNode` and nothing else touches it.
 //!
+//! It is generic over the replicated [`StateMachine`] and the [`Transport`] to the peers: the
+//! servers run [`ClusterState`] over gRPC (the defaults of the type parameters), the harness
+//! (`raft::harness`, tests only) a trivial machine over an in-memory network.
+//!
 //! Inputs arrive on one channel ([`Request`]: peer messages, proposals, read requests, transport
 //! feedback) plus a ticker. After each batch of inputs, [`RaftNode::on_ready`] handles the
 //! `Ready` exactly in the order raft-rs's contract gives:
@@ -27,10 +31,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 
+use super::grpc_transport::GrpcTransport;
+use super::state_machine::StateMachine;
 use super::storage::{AppliedState, DiskStorage, StorageFailure, decode};
-use super::transport::Transport;
-use super::{Applied, Proposal, ProposeFailure};
-use crate::state::{ClusterState, Command, Outcome};
+use super::transport::{Feedback, FeedbackSink, Transport};
+use super::{Proposal, ProposeFailure};
+use crate::state::ClusterState;
 
 /// Timing and snapshot policy of a Raft member.
 #[derive(Clone, Debug)]
@@ -84,18 +90,20 @@ pub struct NodeStatus {
     pub removed: bool,
 }
 
+/// The answer to a proposal: the state machine's, or why there is none.
+pub type ProposeResult<S> = Result<<S as StateMachine>::Answer, ProposeFailure>;
+type ProposeReply<S> = oneshot::Sender<ProposeResult<S>>;
+
 /// Inputs of the Raft loop.
-pub enum Request {
+pub enum Request<S: StateMachine> {
     /// A message from a peer.
     Step(Message),
     /// Propose (only on the leader) and answer once applied.
-    Propose { proposal: Proposal, reply: oneshot::Sender<Result<Applied, ProposeFailure>> },
+    Propose { proposal: Proposal<S::Command>, reply: ProposeReply<S> },
     /// Answer once the state machine has applied everything committed before now.
     ReadIndex { reply: oneshot::Sender<()> },
-    /// The transport could not deliver to this peer.
-    Unreachable(u64),
-    /// The transport delivered (or failed to deliver) a snapshot to this peer.
-    SnapshotSent { to: u64, delivered: bool },
+    /// What the transport learned about a delivery.
+    Feedback(Feedback),
 }
 
 /// Carried in each proposed entry's context so the proposer can answer its caller.
@@ -106,22 +114,34 @@ struct EntryContext {
 }
 
 /// A cheap, cloneable handle on the Raft loop for the API and the peer service.
-#[derive(Clone)]
-pub struct RaftHandle {
+pub struct RaftHandle<S: StateMachine = ClusterState, T = GrpcTransport> {
     id: u64,
-    requests: mpsc::Sender<Request>,
-    applied: Arc<RwLock<AppliedState>>,
+    requests: mpsc::Sender<Request<S>>,
+    applied: Arc<RwLock<AppliedState<S>>>,
     status: watch::Receiver<NodeStatus>,
-    transport: Arc<Transport>,
+    transport: Arc<T>,
 }
 
-impl RaftHandle {
+// Not derived: the derive would require `S: Clone` and `T: Clone`.
+impl<S: StateMachine, T> Clone for RaftHandle<S, T> {
+    fn clone(&self) -> Self {
+        RaftHandle {
+            id: self.id,
+            requests: self.requests.clone(),
+            applied: self.applied.clone(),
+            status: self.status.clone(),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+impl<S: StateMachine, T> RaftHandle<S, T> {
     pub fn id(&self) -> u64 {
         self.id
     }
 
     /// The state machine as last applied on this server (may lag the leader).
-    pub fn state(&self) -> RwLockReadGuard<'_, AppliedState> {
+    pub fn state(&self) -> RwLockReadGuard<'_, AppliedState<S>> {
         self.applied.read().expect("state lock")
     }
 
@@ -134,7 +154,7 @@ impl RaftHandle {
         self.status.clone()
     }
 
-    pub fn transport(&self) -> &Arc<Transport> {
+    pub fn transport(&self) -> &Arc<T> {
         &self.transport
     }
 
@@ -144,13 +164,13 @@ impl RaftHandle {
     }
 
     /// Proposes on this server, which must be the leader; resolves once applied here.
-    pub async fn propose(&self, proposal: Proposal) -> Result<Applied, ProposeFailure> {
-        // A voter's address is not part of the state machine's checks (it changes the
+    pub async fn propose(&self, proposal: Proposal<S::Command>) -> ProposeResult<S> {
+        // A voter's address is not checked when the change is applied (it changes the
         // membership, not the state): check it here, for local and forwarded proposals alike.
         if let Proposal::AddVoter { address, .. } = &proposal
-            && let Err(rejection) = crate::state::check_host_port("server address", address)
+            && let Err(answer) = S::check_voter_address(address)
         {
-            return Ok(Err(rejection));
+            return Ok(answer);
         }
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Propose { proposal, reply }).await.map_err(|_| ProposeFailure::Stopped)?;
@@ -184,34 +204,34 @@ pub enum NodeError {
     UnreadableEntry {
         index: u64,
         #[source]
-        source: crate::state::DecodeError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
-type ProposeReply = oneshot::Sender<Result<Applied, ProposeFailure>>;
-
 /// The Raft member: owns the `RawNode`, applies entries, answers proposals and reads.
-pub struct RaftNode {
-    raw: RawNode<DiskStorage>,
+pub struct RaftNode<S: StateMachine = ClusterState, T = GrpcTransport> {
+    raw: RawNode<DiskStorage<S>>,
     options: RaftOptions,
-    requests: mpsc::Receiver<Request>,
-    transport: Arc<Transport>,
-    applied: Arc<RwLock<AppliedState>>,
+    requests: mpsc::Receiver<Request<S>>,
+    transport: Arc<T>,
+    applied: Arc<RwLock<AppliedState<S>>>,
     status: watch::Sender<NodeStatus>,
     /// Proposals of this server awaiting their entry's application, by sequence number.
-    proposals: HashMap<u64, ProposeReply>,
+    proposals: HashMap<u64, ProposeReply<S>>,
     next_seq: u64,
     /// ReadIndex requests awaiting their read state, by sequence number.
     reads: HashMap<u64, oneshot::Sender<()>>,
     /// Reads whose read index is known, awaiting its application.
     ready_reads: Vec<(u64, oneshot::Sender<()>)>,
     removed: bool,
+    /// Whether this server led after the previous round of the loop.
+    was_leader: bool,
 }
 
-impl RaftNode {
+impl<S: StateMachine, T: Transport> RaftNode<S, T> {
     /// Builds the member over opened storage and returns it with its handle. Run it with
     /// [`RaftNode::run`].
-    pub fn new(options: RaftOptions, storage: DiskStorage, transport: Arc<Transport>) -> Result<(RaftNode, RaftHandle), NodeError> {
+    pub fn new(options: RaftOptions, storage: DiskStorage<S>, transport: Arc<T>) -> Result<(Self, RaftHandle<S, T>), NodeError> {
         let applied = storage.applied();
         let applied_index = applied.read().expect("state lock").index;
         let config = raft::Config {
@@ -235,7 +255,10 @@ impl RaftNode {
                 transport.learn(*id, address);
             }
         }
-        transport.set_feedback(tx.clone());
+        let feedback = tx.clone();
+        transport.set_feedback(FeedbackSink::new(move |report| {
+            let _ = feedback.try_send(Request::Feedback(report));
+        }));
         let handle = RaftHandle { id: options.id, requests: tx, applied: applied.clone(), status: status_rx, transport: transport.clone() };
         let node = RaftNode {
             raw,
@@ -249,6 +272,7 @@ impl RaftNode {
             reads: HashMap::new(),
             ready_reads: Vec::new(),
             removed: false,
+            was_leader: false,
         };
         Ok((node, handle))
     }
@@ -257,36 +281,67 @@ impl RaftNode {
     pub async fn run(mut self) -> Result<(), NodeError> {
         let mut ticker = tokio::time::interval(self.options.tick);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let single_threaded = tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread;
         self.publish_status();
         loop {
+            let mut tick = false;
+            let mut inputs = Vec::new();
             tokio::select! {
-                _ = ticker.tick() => {
-                    // A removed server goes quiet: were it the leader, its heartbeats would keep
-                    // the remaining servers from electing a new one.
-                    if !self.removed {
-                        self.raw.tick();
-                    }
-                }
+                _ = ticker.tick() => tick = true,
                 request = self.requests.recv() => {
                     let Some(request) = request else { return Ok(()) };
-                    self.handle(request);
+                    inputs.push(request);
                     // Batch what else is queued into the same Ready (one fsync for many).
                     for _ in 0..256 {
                         match self.requests.try_recv() {
-                            Ok(request) => self.handle(request),
+                            Ok(request) => inputs.push(request),
                             Err(_) => break,
                         }
                     }
                 }
             }
-            if self.raw.has_ready() {
-                tokio::task::block_in_place(|| self.on_ready())?;
+            if single_threaded {
+                // A single-threaded runtime (the harness's, which hosts several servers) can
+                // neither `block_in_place` nor give each server's storage a thread of its own;
+                // raft-engine caches the last block it read per thread, keyed by file position
+                // and not by engine, so two engines on one thread would read each other's
+                // entries. Each round runs on a new thread, which starts with an empty cache.
+                std::thread::scope(|scope| match scope.spawn(|| self.round(tick, inputs, false)).join() {
+                    Ok(result) => result,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })?;
+            } else {
+                self.round(tick, inputs, true)?;
             }
-            self.publish_status();
         }
     }
 
-    fn handle(&mut self, request: Request) {
+    /// One round of the loop: the tick or the inputs, then the `Ready` they made, then the
+    /// answers and the status.
+    fn round(&mut self, tick: bool, inputs: Vec<Request<S>>, block_in_place: bool) -> Result<(), NodeError> {
+        // A removed server goes quiet: were it the leader, its heartbeats would keep the
+        // remaining servers from electing a new one.
+        if tick && !self.removed {
+            self.raw.tick();
+        }
+        for request in inputs {
+            self.handle(request);
+        }
+        if self.raw.has_ready() {
+            if block_in_place {
+                // Handling a Ready writes to disk (fsync): the runtime moves its other tasks
+                // off this thread meanwhile.
+                tokio::task::block_in_place(|| self.on_ready())?;
+            } else {
+                self.on_ready()?;
+            }
+        }
+        self.answer_if_deposed();
+        self.publish_status();
+        Ok(())
+    }
+
+    fn handle(&mut self, request: Request<S>) {
         match request {
             Request::Step(_) if self.removed => {}
             Request::Step(message) => {
@@ -300,8 +355,8 @@ impl RaftNode {
                 self.raw.read_index(seq.to_le_bytes().to_vec());
                 self.reads.insert(seq, reply);
             }
-            Request::Unreachable(id) => self.raw.report_unreachable(id),
-            Request::SnapshotSent { to, delivered } => {
+            Request::Feedback(Feedback::Unreachable(id)) => self.raw.report_unreachable(id),
+            Request::Feedback(Feedback::SnapshotSent { to, delivered }) => {
                 let status = if delivered { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
                 self.raw.report_snapshot(to, status);
             }
@@ -314,7 +369,7 @@ impl RaftNode {
         seq
     }
 
-    fn propose(&mut self, proposal: Proposal, reply: ProposeReply) {
+    fn propose(&mut self, proposal: Proposal<S::Command>, reply: ProposeReply<S>) {
         // A removed leader still believes it leads (raft-rs does not step it down); it must
         // not take proposals, which would make it send appends that keep the remaining servers
         // from electing a new leader.
@@ -325,7 +380,7 @@ impl RaftNode {
         let seq = self.next_seq();
         let context = serde_json::to_vec(&EntryContext { proposer: self.options.id, seq }).expect("context serializes");
         let result = match proposal {
-            Proposal::Command(command) => self.raw.propose(context, command.encode()),
+            Proposal::Command(command) => self.raw.propose(context, S::encode(&command)),
             Proposal::AddVoter { id, address } => {
                 let mut change = ConfChange::default();
                 change.set_change_type(ConfChangeType::AddNode);
@@ -352,7 +407,6 @@ impl RaftNode {
 
     /// Handles one `Ready` in the order of raft-rs's contract (see the module doc).
     fn on_ready(&mut self) -> Result<(), NodeError> {
-        let was_leader = self.raw.raft.state == StateRole::Leader;
         let mut ready = self.raw.ready();
 
         // 1. Messages that need no persistence first.
@@ -363,14 +417,13 @@ impl RaftNode {
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
             self.raw.mut_store().apply_snapshot(&snapshot)?;
-            let meta = snapshot.get_metadata();
-            let state = ClusterState::from_snapshot(snapshot.get_data()).map_err(StorageFailure::from)?;
-            for (id, address) in state.members() {
+            let installed = AppliedState::<S>::from_snapshot(&snapshot)?;
+            for (id, address) in installed.state.members() {
                 self.transport.learn(*id, address);
             }
-            let mut applied = self.applied.write().expect("state lock");
-            *applied = AppliedState { state, index: meta.index, term: meta.term, conf_state: meta.get_conf_state().clone() };
-            tracing::info!(index = meta.index, term = meta.term, "installed a snapshot from the leader");
+            let (index, term) = (installed.index, installed.term);
+            *self.applied.write().expect("state lock") = installed;
+            tracing::info!(index, term, "installed a snapshot from the leader");
         }
         // 3. Committed entries to the state machine.
         self.apply_entries(ready.take_committed_entries())?;
@@ -397,11 +450,6 @@ impl RaftNode {
         self.raw.advance_apply();
 
         self.answer_reads();
-        if was_leader && self.raw.raft.state != StateRole::Leader {
-            for (_, reply) in self.proposals.drain() {
-                let _ = reply.send(Err(ProposeFailure::OutcomeUnknown));
-            }
-        }
         self.maybe_snapshot()
     }
 
@@ -410,13 +458,13 @@ impl RaftNode {
             let answer = match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => None,
                 EntryType::EntryNormal => {
-                    let command = decode_committed(&entry)?;
+                    let command = decode_committed::<S>(&entry)?;
                     Some(self.applied.write().expect("state lock").state.apply(command))
                 }
                 EntryType::EntryConfChange => {
                     let change: ConfChange = decode("membership change", &entry.data)?;
                     self.apply_conf_change(&change)?;
-                    Some(Ok(Outcome::Done))
+                    Some(S::membership_changed())
                 }
                 EntryType::EntryConfChangeV2 => {
                     tracing::error!(index = entry.index, "joint membership changes are not used by sched; skipped");
@@ -461,6 +509,20 @@ impl RaftNode {
             }
         }
         Ok(())
+    }
+
+    /// Once this server stops leading (a newer term, or check quorum), its proposals not yet
+    /// applied may or may not ever be: their callers hear that now, not at their deadline.
+    /// Leadership is lost while stepping a message or ticking, before the Ready that follows,
+    /// so it is compared with the previous round of the loop.
+    fn answer_if_deposed(&mut self) {
+        let leader = self.raw.raft.state == StateRole::Leader;
+        if self.was_leader && !leader {
+            for (_, reply) in self.proposals.drain() {
+                let _ = reply.send(Err(ProposeFailure::OutcomeUnknown));
+            }
+        }
+        self.was_leader = leader;
     }
 
     /// Answers the reads whose read index this server has applied.
@@ -517,9 +579,9 @@ impl RaftNode {
 }
 
 /// The command in a committed entry, or the error that stops this server (never a skip).
-fn decode_committed(entry: &Entry) -> Result<Command, NodeError> {
-    Command::decode(&entry.data).map_err(|source| {
-        let error = NodeError::UnreadableEntry { index: entry.index, source };
+fn decode_committed<S: StateMachine>(entry: &Entry) -> Result<S::Command, NodeError> {
+    S::decode(&entry.data).map_err(|source| {
+        let error = NodeError::UnreadableEntry { index: entry.index, source: Box::new(source) };
         tracing::error!("{error}");
         error
     })
@@ -542,12 +604,12 @@ mod tests {
     #[test]
     fn an_entry_of_a_newer_build_stops_this_server_with_upgrade_advice() {
         let mut entry = Entry { index: 42, data: br#"{"v":9,"command":{"op":"from_the_future"}}"#.to_vec().into(), ..Default::default() };
-        let error = decode_committed(&entry).unwrap_err();
+        let error = decode_committed::<ClusterState>(&entry).unwrap_err();
         assert!(matches!(error, NodeError::UnreadableEntry { index: 42, .. }), "{error}");
         let message = error.to_string();
         assert!(message.contains("entry 42") && message.contains("upgrade this sched binary"), "{message}");
         // An unknown command in a known version is refused the same way.
         entry.data = br#"{"v":1,"command":{"op":"from_the_future"}}"#.to_vec().into();
-        assert!(matches!(decode_committed(&entry), Err(NodeError::UnreadableEntry { index: 42, .. })));
+        assert!(matches!(decode_committed::<ClusterState>(&entry), Err(NodeError::UnreadableEntry { index: 42, .. })));
     }
 }

@@ -3,7 +3,7 @@
 //! Layout in the engine (one directory per server):
 //! - raft group [`LOG`]: the log entries, appended and overwritten by raft-rs's rules;
 //! - raft group [`META`]: `hard_state` (term, vote, commit), `snapshot` (the latest snapshot:
-//!   our serialized [`ClusterState`] with its index, term and membership) and `truncated` (the
+//!   the serialized [`StateMachine`] with its index, term and membership) and `truncated` (the
 //!   index and term of the last entry dropped by compaction).
 //!
 //! Entries at or below `truncated` are gone; `term()` of `truncated.index` is still answered,
@@ -22,6 +22,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use raft_engine::{Engine, LogBatch, MessageExt, ReadableSize};
 
+use super::state_machine::StateMachine;
 use crate::state::ClusterState;
 
 /// The raft-engine group that holds the log entries.
@@ -56,21 +57,28 @@ pub enum StorageFailure {
     #[error("corrupt {what} in the raft log: {source}")]
     Corrupt { what: &'static str, source: protobuf::ProtobufError },
     #[error("corrupt state machine snapshot: {0}")]
-    CorruptSnapshot(#[from] serde_json::Error),
+    CorruptSnapshot(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The state machine as last applied, shared between the Raft loop (writer), the API (readers)
 /// and [`DiskStorage::snapshot`].
 #[derive(Debug)]
-pub struct AppliedState {
-    pub state: ClusterState,
+pub struct AppliedState<S = ClusterState> {
+    pub state: S,
     pub index: u64,
     pub term: u64,
     /// The membership as of `index`.
     pub conf_state: ConfState,
 }
 
-impl AppliedState {
+impl<S: StateMachine> AppliedState<S> {
+    /// Reads the state machine back from a snapshot.
+    pub fn from_snapshot(snapshot: &Snapshot) -> Result<AppliedState<S>, StorageFailure> {
+        let meta = snapshot.get_metadata();
+        let state = S::from_snapshot(snapshot.get_data()).map_err(|e| StorageFailure::CorruptSnapshot(Box::new(e)))?;
+        Ok(AppliedState { state, index: meta.index, term: meta.term, conf_state: meta.get_conf_state().clone() })
+    }
+
     /// A snapshot of this state, as raft-rs sends it to a lagging follower.
     pub fn to_snapshot(&self) -> Snapshot {
         let mut snapshot = Snapshot::default();
@@ -92,8 +100,8 @@ pub enum Bootstrap {
     Join,
 }
 
-/// raft-rs storage backed by raft-engine.
-pub struct DiskStorage {
+/// raft-rs storage backed by raft-engine, holding the state machine `S` as last applied.
+pub struct DiskStorage<S = ClusterState> {
     engine: Arc<Engine>,
     path: String,
     hard_state: HardState,
@@ -106,13 +114,13 @@ pub struct DiskStorage {
     last_index: u64,
     /// Index of the latest persisted snapshot.
     snapshot_index: u64,
-    applied: Arc<RwLock<AppliedState>>,
+    applied: Arc<RwLock<AppliedState<S>>>,
 }
 
-impl DiskStorage {
+impl<S: StateMachine> DiskStorage<S> {
     /// Opens (or creates) the log under `dir` and returns it with the state machine restored
     /// from the latest snapshot. `bootstrap` is used only when the directory is new.
-    pub fn open(dir: &Path, bootstrap: Bootstrap) -> Result<DiskStorage, StorageFailure> {
+    pub fn open(dir: &Path, bootstrap: Bootstrap) -> Result<DiskStorage<S>, StorageFailure> {
         let path = dir.display().to_string();
         let config = raft_engine::Config {
             dir: path.clone(),
@@ -131,7 +139,7 @@ impl DiskStorage {
         Ok(storage)
     }
 
-    fn reopen(engine: Arc<Engine>, path: String, snapshot: Snapshot) -> Result<DiskStorage, StorageFailure> {
+    fn reopen(engine: Arc<Engine>, path: String, snapshot: Snapshot) -> Result<DiskStorage<S>, StorageFailure> {
         let engine_err = |source| StorageFailure::Engine { path: path.clone(), source };
         let mut hard_state: HardState = engine.get_message(META, KEY_HARD_STATE).map_err(engine_err)?.unwrap_or_default();
         let meta = snapshot.get_metadata();
@@ -141,8 +149,7 @@ impl DiskStorage {
             .get(META, KEY_TRUNCATED)
             .and_then(|b| Some((u64::from_le_bytes(b.get(..8)?.try_into().ok()?), u64::from_le_bytes(b.get(8..16)?.try_into().ok()?))))
             .unwrap_or((meta.index, meta.term));
-        let state = ClusterState::from_snapshot(snapshot.get_data())?;
-        let applied = AppliedState { state, index: meta.index, term: meta.term, conf_state: meta.get_conf_state().clone() };
+        let applied = AppliedState::from_snapshot(&snapshot)?;
         let last_index = engine.last_index(LOG).unwrap_or(truncated.0).max(truncated.0);
         Ok(DiskStorage {
             snapshot_conf_state: meta.get_conf_state().clone(),
@@ -157,7 +164,7 @@ impl DiskStorage {
         })
     }
 
-    fn create(engine: Arc<Engine>, path: String, bootstrap: Bootstrap) -> Result<DiskStorage, StorageFailure> {
+    fn create(engine: Arc<Engine>, path: String, bootstrap: Bootstrap) -> Result<DiskStorage<S>, StorageFailure> {
         let mut storage = DiskStorage {
             engine,
             path,
@@ -167,17 +174,12 @@ impl DiskStorage {
             term_starts: BTreeMap::new(),
             last_index: 0,
             snapshot_index: 0,
-            applied: Arc::new(RwLock::new(AppliedState {
-                state: ClusterState::default(),
-                index: 0,
-                term: 0,
-                conf_state: ConfState::default(),
-            })),
+            applied: Arc::new(RwLock::new(AppliedState { state: S::default(), index: 0, term: 0, conf_state: ConfState::default() })),
         };
         if let Bootstrap::InitialCluster(members) = bootstrap {
             let voters: Vec<u64> = members.keys().copied().collect();
             let applied = AppliedState {
-                state: ClusterState::with_members(members),
+                state: S::with_members(members),
                 index: BOOTSTRAP_INDEX,
                 term: BOOTSTRAP_INDEX,
                 conf_state: ConfState::from((voters, vec![])),
@@ -213,7 +215,7 @@ impl DiskStorage {
     }
 
     /// The state machine shared with the API and the Raft loop.
-    pub fn applied(&self) -> Arc<RwLock<AppliedState>> {
+    pub fn applied(&self) -> Arc<RwLock<AppliedState<S>>> {
         self.applied.clone()
     }
 
@@ -351,7 +353,7 @@ fn store_error(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(StorageError::Other(e.to_string().into()))
 }
 
-impl raft::Storage for DiskStorage {
+impl<S: StateMachine> raft::Storage for DiskStorage<S> {
     fn initial_state(&self) -> raft::Result<RaftState> {
         Ok(RaftState::new(self.hard_state.clone(), self.snapshot_conf_state.clone()))
     }
@@ -404,6 +406,9 @@ pub fn decode<M: protobuf::Message>(what: &'static str, bytes: &[u8]) -> Result<
 mod tests {
     use super::*;
     use raft::Storage as _;
+
+    /// The servers' storage (the harness tests another state machine).
+    type DiskStorage = super::DiskStorage<ClusterState>;
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry { index, term, data: vec![index as u8].into(), ..Default::default() }

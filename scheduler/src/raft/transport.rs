@@ -1,199 +1,49 @@
-//! Sends raft messages to peers over gRPC (`raft.v1.RaftPeer/Send`).
+//! How the Raft loop reaches its peers: the [`Transport`] trait, implemented by the gRPC
+//! transport the servers use ([`super::grpc_transport`]) and by the in-memory network of the
+//! test harness.
 //!
-//! One task per peer drains that peer's queue in order, batching what is queued into one
-//! request. The queue is bounded: when a peer is down, messages beyond it are dropped (Raft
-//! retransmits) and the loop is told the peer is unreachable, so it backs off from it. Snapshot
-//! deliveries are reported back to the loop, as raft-rs requires.
-//!
-//! Peer addresses come from the replicated membership and from the `from_address` of incoming
-//! batches (so a server that has just joined can answer the leader before it knows the
-//! membership).
+//! A transport never blocks the loop: `send` queues, and what raft-rs must hear about delivery
+//! (a peer that cannot be reached, a snapshot delivered or lost) comes back later through the
+//! [`FeedbackSink`] the loop registers.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::Arc;
 
-use proto::raft::v1::RaftBatch;
-use proto::raft::v1::raft_peer_client::RaftPeerClient;
 use raft::eraftpb::Message;
-use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
 
-use super::node::{Request, encode_message, is_snapshot};
-
-/// Largest gRPC message between servers: snapshots travel in one message.
-pub const MAX_PEER_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
-/// Messages queued per peer before new ones are dropped.
-const PEER_QUEUE: usize = 1024;
-/// Messages sent in one request at most.
-const BATCH: usize = 128;
-/// How long one send may take (a snapshot of a large state included).
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-
-struct Peer {
-    address: String,
-    queue: mpsc::Sender<Message>,
+/// What a transport reports back to the Raft loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feedback {
+    /// A message to this peer could not be delivered: raft-rs backs off from it.
+    Unreachable(u64),
+    /// A snapshot to this peer was delivered, or was lost.
+    SnapshotSent { to: u64, delivered: bool },
 }
 
-/// The outbound side of the peer protocol.
-pub struct Transport {
-    me: u64,
-    my_address: String,
-    addresses: Mutex<HashMap<u64, String>>,
-    peers: Mutex<HashMap<u64, Peer>>,
-    feedback: OnceLock<mpsc::Sender<Request>>,
-    /// Set once this server is removed: it sends nothing more, or (were it the leader) its
-    /// messages would keep the others from electing a new leader.
-    muted: std::sync::atomic::AtomicBool,
+/// Where a transport sends its [`Feedback`]: the Raft loop's input. Reporting never blocks (a
+/// report the loop has no room for is dropped: raft-rs recovers from a missing one).
+#[derive(Clone)]
+pub struct FeedbackSink(Arc<dyn Fn(Feedback) + Send + Sync>);
+
+impl FeedbackSink {
+    pub fn new(report: impl Fn(Feedback) + Send + Sync + 'static) -> FeedbackSink {
+        FeedbackSink(Arc::new(report))
+    }
+
+    pub fn report(&self, feedback: Feedback) {
+        (self.0)(feedback);
+    }
 }
 
-impl Transport {
-    pub fn new(me: u64, my_address: String) -> Transport {
-        Transport {
-            me,
-            my_address,
-            addresses: Mutex::default(),
-            peers: Mutex::default(),
-            feedback: OnceLock::new(),
-            muted: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    pub(crate) fn set_feedback(&self, feedback: mpsc::Sender<Request>) {
-        let _ = self.feedback.set(feedback);
-    }
-
-    /// Records where a peer listens, as a message from it claims: only for a peer whose
-    /// address the replicated membership has not told yet (a server that joins hears from the
-    /// leader before it has the membership), and only a well-formed `HOST:PORT`. A claim can
-    /// never redirect a known member's traffic.
-    pub fn learn_claimed(&self, id: u64, address: &str) {
-        if crate::state::check_host_port("peer address", address).is_err() {
-            tracing::warn!(id, address, "a raft message claims a malformed sender address; not learned");
-            return;
-        }
-        let mut addresses = self.addresses.lock().expect("addresses lock");
-        if id != self.me && !addresses.contains_key(&id) {
-            addresses.insert(id, address.to_string());
-        }
-    }
-
-    /// Records where a peer listens (from the replicated membership).
-    pub fn learn(&self, id: u64, address: &str) {
-        if id != self.me && !address.is_empty() {
-            self.addresses.lock().expect("addresses lock").insert(id, address.to_string());
-        }
-    }
-
-    /// Forgets a removed peer and stops its sender.
-    pub fn forget(&self, id: u64) {
-        self.addresses.lock().expect("addresses lock").remove(&id);
-        self.peers.lock().expect("peers lock").remove(&id);
-    }
-
-    /// The known address of a peer.
-    pub fn address_of(&self, id: u64) -> Option<String> {
-        if id == self.me {
-            return Some(self.my_address.clone());
-        }
-        self.addresses.lock().expect("addresses lock").get(&id).cloned()
-    }
-
-    /// Stops all sending for good (this server was removed from the cluster).
-    pub fn mute(&self) {
-        self.muted.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.peers.lock().expect("peers lock").clear();
-    }
-
+/// The outbound side of the peer protocol, as the Raft loop uses it.
+pub trait Transport: Send + Sync + 'static {
     /// Queues messages for their peers; never blocks.
-    pub fn send(&self, messages: Vec<Message>) {
-        if self.muted.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
-        for message in messages {
-            let to = message.to;
-            let Some(address) = self.address_of(to) else {
-                tracing::debug!(to, "no address known for server {to}; message dropped");
-                continue;
-            };
-            let mut peers = self.peers.lock().expect("peers lock");
-            let stale = peers.get(&to).is_none_or(|p| p.address != address || p.queue.is_closed());
-            if stale {
-                peers.insert(to, self.spawn_peer(to, address));
-            }
-            let peer = peers.get(&to).expect("inserted above");
-            if peer.queue.try_send(message).is_err() {
-                self.feedback(Request::Unreachable(to));
-            }
-        }
-    }
-
-    fn feedback(&self, request: Request) {
-        if let Some(feedback) = self.feedback.get() {
-            let _ = feedback.try_send(request);
-        }
-    }
-
-    fn spawn_peer(&self, to: u64, address: String) -> Peer {
-        let (queue, mut rx) = mpsc::channel::<Message>(PEER_QUEUE);
-        let feedback = self.feedback.get().cloned();
-        let from = self.me;
-        let from_address = self.my_address.clone();
-        let url = format!("http://{address}");
-        tokio::spawn(async move {
-            let Ok(endpoint) = Endpoint::from_shared(url.clone()) else {
-                tracing::error!(to, "peer address {url} is not a valid URI");
-                return;
-            };
-            let channel: Channel = endpoint.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect_lazy();
-            let mut client = RaftPeerClient::new(channel)
-                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(m) => batch.push(m),
-                        Err(_) => break,
-                    }
-                }
-                let has_snapshot = batch.iter().any(is_snapshot);
-                let request = RaftBatch { from, from_address: from_address.clone(), messages: batch.iter().map(encode_message).collect() };
-                let delivered = matches!(tokio::time::timeout(SEND_TIMEOUT, client.send(request)).await, Ok(Ok(_)));
-                if let Some(feedback) = &feedback {
-                    if has_snapshot {
-                        let _ = feedback.try_send(Request::SnapshotSent { to, delivered });
-                    }
-                    if !delivered {
-                        let _ = feedback.try_send(Request::Unreachable(to));
-                    }
-                }
-                if !delivered {
-                    // Drop what piled up meanwhile: raft resends from its progress.
-                    while rx.try_recv().is_ok() {}
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        });
-        Peer { address, queue }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_claimed_address_never_redirects_a_known_member() {
-        let transport = Transport::new(1, "10.0.0.1:7000".into());
-        transport.learn(2, "10.0.0.2:7000");
-        transport.learn_claimed(2, "10.6.6.6:7000");
-        assert_eq!(transport.address_of(2).as_deref(), Some("10.0.0.2:7000"), "the membership's address stays");
-        transport.learn_claimed(3, "evil/path@x");
-        assert_eq!(transport.address_of(3), None, "a malformed claim is not learned");
-        transport.learn_claimed(3, "10.0.0.3:7000");
-        assert_eq!(transport.address_of(3).as_deref(), Some("10.0.0.3:7000"), "an unknown peer is learned from its claim");
-        transport.learn(3, "10.0.0.33:7000");
-        assert_eq!(transport.address_of(3).as_deref(), Some("10.0.0.33:7000"), "the membership overrides a claim");
-    }
+    fn send(&self, messages: Vec<Message>);
+    /// Records where a peer listens (from the replicated membership).
+    fn learn(&self, id: u64, address: &str);
+    /// Forgets a removed peer.
+    fn forget(&self, id: u64);
+    /// Stops all sending for good (this server was removed from the cluster).
+    fn mute(&self);
+    /// Registers where delivery feedback goes (once, when the loop is built).
+    fn set_feedback(&self, feedback: FeedbackSink);
 }

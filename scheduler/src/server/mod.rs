@@ -36,8 +36,8 @@ use proto::sched::v1::service_api_server::ServiceApiServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use crate::raft::grpc_transport::{GrpcTransport, MAX_PEER_MESSAGE_BYTES};
 use crate::raft::storage::{Bootstrap, DiskStorage, StorageFailure};
-use crate::raft::transport::{MAX_PEER_MESSAGE_BYTES, Transport};
 use crate::raft::{Consensus, RaftNode, RaftOptions};
 
 /// Everything `sched server` is started with.
@@ -93,7 +93,7 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| ServerError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let storage = tokio::task::block_in_place(|| DiskStorage::open(&config.data_dir.join("raft"), bootstrap))?;
-    let transport = Arc::new(Transport::new(id, config.advertise.clone()));
+    let transport = Arc::new(GrpcTransport::new(id, config.advertise.clone()));
     let (node, handle) = RaftNode::new(config.raft.clone(), storage, transport)?;
     let raft = Arc::new(handle);
     let consensus = Arc::new(Consensus::new((*raft).clone()));
