@@ -1,4 +1,5 @@
-//! Waiting for events: the one poll loop every test uses, and the one wait for a Raft leader.
+//! Waiting for events: the one poll loop every test uses, the one check that a claim holds over
+//! a window, and the one wait for a Raft leader.
 //!
 //! Tests wait on what they expect to happen, with a deadline that fails loudly and says what
 //! was being waited for and what the system looked like, never on a fixed sleep.
@@ -40,4 +41,20 @@ pub fn wait_for_leader(
         || format!("logs in {}", logs.display()),
     );
     leader
+}
+
+/// Polls `check` every [`POLL`] for all of `window` and panics with `what` and `context()` the
+/// first time it is false: for "nothing changes" claims. The window must cover the period of
+/// the mechanism that would break the claim (the caller says which), so a bug that strikes late
+/// in a period still shows; a single look after a sleep would miss a change that came and went.
+#[track_caller]
+pub fn holds_for(what: &str, window: Duration, mut check: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let end = Instant::now() + window;
+    loop {
+        assert!(check(), "{what} stopped holding within {window:?}: {}", context());
+        if Instant::now() >= end {
+            return;
+        }
+        sleep(POLL);
+    }
 }

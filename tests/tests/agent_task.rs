@@ -133,8 +133,18 @@ async fn stop_escalates_to_sigkill_after_the_grace_period() {
     driver.remove("t-stubborn").unwrap();
 
     // A task that handles SIGTERM exits within its grace period.
-    driver.start(&node.task("t-polite", &["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]), None).await.expect("start");
-    std::thread::sleep(Duration::from_millis(200));
+    // Stopped only once the shell says its trap is set (a TERM before that would kill it).
+    driver
+        .start(&node.task("t-polite", &["sh", "-c", "trap 'exit 0' TERM; echo trapped; while true; do sleep 0.1; done"]), None)
+        .await
+        .expect("start");
+    let lines = || driver.logs("t-polite").unwrap_or_default().into_iter().map(|r| r.line).collect::<Vec<_>>();
+    sched_tests::wait::wait_until(
+        "the shell set its trap",
+        Duration::from_secs(20),
+        || lines() == ["trapped"],
+        || format!("logs: {:?}", lines()),
+    );
     let exit = driver.stop("t-polite", Duration::from_secs(10)).await.expect("stop");
     assert_eq!(exit.code, 0, "{exit:?}");
     driver.remove("t-polite").unwrap();
@@ -236,15 +246,12 @@ async fn a_timed_out_command_probe_leaves_nothing_running_in_the_task() {
     let started = Instant::now();
     assert!(!probe(&command, &target, Duration::from_millis(500)).await, "a probe that never ends is a failure");
     assert!(started.elapsed() < Duration::from_secs(5), "the probe returned at its timeout, took {:?}", started.elapsed());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let live = live_pids_in_task(&driver, "t-probe");
-        if live == [pid] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the probe's processes still run in the task: {live:?} (init {pid})");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sched_tests::wait::wait_until(
+        "the probe's processes are gone from the task",
+        Duration::from_secs(10),
+        || live_pids_in_task(&driver, "t-probe") == [pid],
+        || format!("still running: {:?} (init {pid})", live_pids_in_task(&driver, "t-probe")),
+    );
     // A probe that finishes in time still counts.
     let ok = Probe::Cmd { command: vec!["true".into()] };
     assert!(probe(&ok, &target, Duration::from_secs(5)).await);

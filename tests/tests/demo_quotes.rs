@@ -106,7 +106,10 @@ fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<std::process::Ex
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    std::thread::sleep(Duration::from_secs(20));
+    let grace = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < grace && child.try_wait().ok().flatten().is_none() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = child.kill();
     let _ = child.wait();
     None
@@ -386,10 +389,13 @@ fn a_restarted_sched_dev_adopts_the_tasks_it_left_running_and_serves_their_logs(
         nodes[0]["last_heartbeat_unix_ms"].as_u64().unwrap_or(0)
     };
     wait_until("the agent heartbeats again", || heartbeat_ms(&dev) > restarted_ms, || dev.context());
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(running(&dev), 2, "both tasks reported running: {}", dev.context());
-    assert_eq!(dev.containers(), before, "adopted, not restarted: {}", dev.context());
-    assert_eq!(dev.tasks().len(), 2, "no replacement tasks: {}", dev.context());
+    // Over 3 s: six passes of the leader's reconciler, six local checks of the agent.
+    sched_tests::wait::holds_for(
+        "both tasks reported running, adopted (not restarted), no replacement tasks",
+        Duration::from_secs(3),
+        || running(&dev) == 2 && dev.containers() == before && dev.tasks().len() == 2,
+        || dev.context(),
+    );
 
     let deleted = dev.sched(&["delete", "sleepy"]);
     assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));

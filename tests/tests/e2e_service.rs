@@ -11,6 +11,7 @@ use sched_tests::bundle::runtime_binary;
 use sched_tests::busybox_image::push_busybox;
 use sched_tests::cluster::{Cluster, ClusterOptions};
 use sched_tests::registry::Registry;
+use sched_tests::wait::holds_for;
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -102,14 +103,18 @@ fn tasks_outlive_an_agent_restart_and_nothing_runs_twice() {
     let before = agent.containers();
 
     // kill -9 the agent: its tasks keep running under their shims.
+    // Over 2 s: the shims notice a dead parent at once if they ever tie their life to it.
     agent.kill();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(agent.containers(), before, "the tasks run on without their agent");
+    holds_for("the tasks run on without their agent", Duration::from_secs(2), || agent.containers() == before, context);
 
-    // The restarted agent (same name, same data dir) adopts them instead of starting new ones.
+    // The restarted agent (same name, same data dir) adopts them instead of starting new ones:
+    // once it heartbeats again, over 3 s (six passes of the leader's reconciler, six local
+    // checks of the agent, three heartbeats).
+    let heartbeat_ms = |cluster: &Cluster| cluster.sched_json(&["get", "nodes"])[0]["last_heartbeat_unix_ms"].as_u64().unwrap_or(0);
+    let restarted_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     agent.restart(&cluster);
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(agent.containers(), before, "nothing was started twice or stopped");
+    wait_until("the restarted agent heartbeats again", || heartbeat_ms(&cluster) > restarted_ms, context);
+    holds_for("nothing was started twice or stopped", Duration::from_secs(3), || agent.containers() == before, context);
     wait_until("both tasks still reported running", || count_state(&cluster, "running") == 2, context);
     assert_eq!(tasks(&cluster).len(), 2, "no replacement tasks were created: {}", context());
 
@@ -243,8 +248,8 @@ fn a_task_that_fits_nowhere_stays_pending_with_the_reason() {
     wait_until("the task is pending for CPU", || pending_reason(&cluster).is_some_and(|r| r.contains("CPU")), context);
     let reason = pending_reason(&cluster).unwrap();
     assert!(reason.contains(&format!("1 lack 1000m CPU (most free: 500m, on node {node_id})")), "{reason}");
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(pending_reason(&cluster).as_deref(), Some(reason.as_str()), "it stays pending: {}", context());
+    // Over 2 s, four passes of the leader's placement.
+    holds_for("it stays pending", Duration::from_secs(2), || pending_reason(&cluster).as_deref() == Some(reason.as_str()), context);
     let described = cluster.sched_ok(&["describe", "service", "hungry"]);
     assert!(described.contains("pending") && described.contains(&reason), "describe shows the pending task and why:\n{described}");
 
@@ -325,10 +330,13 @@ fn constraints_place_tasks_on_nodes_with_the_labels() {
     }
     let described = cluster.sched_ok(&["describe", "service", "zoned"]);
     assert!(described.contains("without the required labels zone=c"), "describe shows why:\n{described}");
-    std::thread::sleep(Duration::from_secs(2));
-    let old_running = in_b.containers().iter().filter(|(_, s)| s == "running").count();
-    assert_eq!(old_running, 2, "the old revision keeps running while the new one cannot be placed: {}", context());
-    assert!(in_a.containers().is_empty(), "nothing ran on the zone=a node: {}", context());
+    // Over 2 s, four passes of the leader's placement and reconciler.
+    holds_for(
+        "the old revision keeps running on zone=b and nothing runs on zone=a while the new one cannot be placed",
+        Duration::from_secs(2),
+        || in_b.containers().iter().filter(|(_, s)| s == "running").count() == 2 && in_a.containers().is_empty(),
+        context,
+    );
 
     cluster.sched_ok(&["delete", "zoned"]);
     wait_until("no task is left running", || live(&cluster).is_empty(), context);
@@ -367,9 +375,13 @@ fn a_new_revision_rolls_out_and_a_broken_one_leaves_the_running_tasks_alone() {
     apply("127.0.0.1:1/nowhere:1", "3");
     let failed_of_3 = || tasks(&cluster).iter().any(|t| t["revision"] == 3 && t["observed_state"] == "failed");
     wait_until("a revision 3 task failed", failed_of_3, context);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(running_of(2), 2, "revision 2 keeps serving: {}", context());
-    assert_eq!(agent.containers(), serving, "the same containers run, untouched: {}", context());
+    // Over 2 s, four passes of the leader's deploy controller.
+    holds_for(
+        "revision 2 keeps serving from the same containers, untouched",
+        Duration::from_secs(2),
+        || running_of(2) == 2 && agent.containers() == serving,
+        context,
+    );
 
     cluster.sched_ok(&["delete", "rolling"]);
     wait_until("no container is left", || agent.containers().is_empty(), context);

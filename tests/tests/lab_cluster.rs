@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use sched_tests::lab::{Container, Lab, LabOptions, wait_until};
+use sched_tests::wait::holds_for;
 use serde_json::{Value, json};
 
 const SERVICE: &str = "web";
@@ -89,13 +90,12 @@ fn fingerprint(lab: &Lab) -> BTreeSet<(String, String, i64)> {
 #[track_caller]
 fn assert_unchanged_for(lab: &Lab, period: Duration, before: &BTreeSet<(String, String, i64)>) {
     let task_ids: BTreeSet<String> = before.iter().map(|(_, id, _)| id.clone()).collect();
-    let end = Instant::now() + period;
-    while Instant::now() < end {
-        assert_eq!(&fingerprint(lab), before, "a container was started, stopped or replaced: {}", context(lab));
-        let running: BTreeSet<String> = running(lab).into_keys().collect();
-        assert_eq!(running, task_ids, "the running tasks changed: {}", context(lab));
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    holds_for(
+        "no container was started, stopped or replaced and the running tasks stayed the same",
+        period,
+        || &fingerprint(lab) == before && running(lab).into_keys().collect::<BTreeSet<String>>() == task_ids,
+        || context(lab),
+    );
 }
 
 #[test]
@@ -213,14 +213,23 @@ fn a_restarted_agent_runs_no_task_twice() {
     let before = fingerprint(&lab);
 
     // A quick restart: the agent adopts its tasks; nothing is started or stopped.
+    // While it is down (shorter than the node timeout) nothing moves; once it heartbeats again,
+    // nothing moves over 5 s (ten passes of the leader, five heartbeats).
     lab.kill_agent(0);
-    std::thread::sleep(Duration::from_secs(1));
+    assert_unchanged_for(&lab, Duration::from_secs(1), &before);
+    let host = lab.hosts[0].name.clone();
+    let heartbeat_ms = |lab: &Lab| {
+        let nodes = lab.sched_json(&["get", "nodes"]).unwrap_or_default();
+        let node = nodes.as_array().into_iter().flatten().find(|n| n["name"] == host.as_str()).cloned().unwrap_or_default();
+        node["last_heartbeat_unix_ms"].as_u64().unwrap_or(0)
+    };
+    let restarted_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     lab.restart_agent(0);
+    wait_until("the restarted agent heartbeats again", Duration::from_secs(20), || heartbeat_ms(&lab) > restarted_ms, || context(&lab));
     assert_unchanged_for(&lab, Duration::from_secs(5), &before);
 
     // Down for longer than the node timeout: its tasks are placed elsewhere meanwhile, and when
     // it comes back it stops its old copies instead of running them beside the new ones.
-    let host = lab.hosts[0].name.clone();
     lab.kill_agent(0);
     let moved = || {
         let names = lab.node_names();

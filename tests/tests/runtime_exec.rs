@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use sched_tests::bundle::{BusyboxBundle, process_alive};
+use sched_tests::wait::{holds_for, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -82,11 +83,7 @@ fn detached_exec_joins_the_containers_cgroup() {
     let procs = std::fs::read_to_string(bundle.cgroup_dir("pids").join("cgroup.procs")).expect("cgroup.procs");
     assert!(procs.lines().any(|l| l.trim() == pid.to_string()), "pid {pid} not in {procs}");
     bundle.cli(&["delete", "--force", bundle.id()]).assert_success();
-    let deadline = Instant::now() + TIMEOUT;
-    while process_alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(!process_alive(pid), "delete --force must kill exec'd processes too");
+    wait_until("delete --force kills exec'd processes too", TIMEOUT, || !process_alive(pid), || format!("pid {pid} lives"));
     bundle.assert_nothing_left(None);
 }
 
@@ -100,20 +97,21 @@ fn pause_freezes_and_resume_thaws() {
     );
     bundle.create().assert_success();
     bundle.start().assert_success();
-    bundle.cli(&["pause", bundle.id()]).assert_success();
-    assert_eq!(bundle.status(), "paused");
-    let count = || bundle.cli(&["exec", bundle.id(), "cat", "/tmp/count"]);
     // exec into a frozen cgroup would freeze the exec'd process too: read through /proc instead.
     let root = format!("/proc/{}/root/tmp/count", bundle.state()["pid"]);
-    let before = std::fs::read_to_string(&root).unwrap_or_default();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(std::fs::read_to_string(&root).unwrap_or_default(), before, "a paused container must not run");
+    let count = || std::fs::read_to_string(&root).unwrap_or_default();
+    let no_context = String::new;
+    wait_until("the loop counts", TIMEOUT, || !count().is_empty(), no_context);
+    bundle.cli(&["pause", bundle.id()]).assert_success();
+    assert_eq!(bundle.status(), "paused");
+    // Over 0.5 s, ten turns of the loop.
+    let before = count();
+    holds_for("a paused container does not run", Duration::from_millis(500), || count() == before, || format!("count was {before}"));
     bundle.cli(&["resume", bundle.id()]).assert_success();
     assert_eq!(bundle.status(), "running");
-    std::thread::sleep(Duration::from_millis(300));
-    let after = count();
-    after.assert_success();
-    assert_ne!(after.stdout, before, "a resumed container runs again");
+    wait_until("a resumed container runs again", TIMEOUT, || count() != before, || format!("count stays {before}"));
+    let exec = bundle.cli(&["exec", bundle.id(), "cat", "/tmp/count"]);
+    exec.assert_success();
     bundle.cli(&["pause", bundle.id()]).assert_success();
     bundle.cli(&["delete", "--force", bundle.id()]).assert_success();
     bundle.assert_nothing_left(None);

@@ -72,3 +72,19 @@ mv /result.tmp /result"#
     assert!(result.starts_with("refused"), "the container wrote to the runtime binary: {result}");
     assert_eq!(sha256_file(&runtime), before, "the runtime binary changed");
 }
+
+/// As root the init re-executes from a detached read-only bind mount of the binary (the sealed
+/// memfd copy is the fallback without CAP_SYS_ADMIN; its unit test runs as any user).
+#[test]
+fn as_root_the_protected_copy_is_a_read_only_clone_of_the_binary() {
+    use std::os::fd::AsRawFd;
+    let clone = runtime::self_exe::protected_copy().expect("a protected copy").expect("this test binary runs from a writable mount");
+    let path = format!("/proc/self/fd/{}", clone.as_raw_fd());
+    let file = fs::File::open(&path).expect("open the clone");
+    let flags = nix::sys::statvfs::fstatvfs(&file).expect("statvfs of the clone").flags();
+    assert!(flags.contains(nix::sys::statvfs::FsFlags::ST_RDONLY), "the clone sits on a read-only mount: {flags:?}");
+    assert!(nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_GET_SEALS).is_err(), "a mount, not the memfd fallback");
+    let err = fs::OpenOptions::new().append(true).open(&path).expect_err("the clone opened for writing");
+    // This test binary is being executed (ETXTBSY) unless the test runner copied it.
+    assert!(matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::ETXTBSY)), "{err}");
+}
