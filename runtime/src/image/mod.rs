@@ -3,7 +3,7 @@
 //! - [`reference`], [`digest`], [`manifest`], [`client`] + [`auth`]: the OCI distribution
 //!   client (manifests, indexes, blobs; basic and bearer-token auth; retries; resumable blob
 //!   downloads). They live in the `registry` crate, which the scheduler shares, and are
-//!   re-exported here; their [`RegistryError`] converts one-to-one into [`ImageError`].
+//!   re-exported here; [`ImageError::Registry`] wraps their [`RegistryError`] whole.
 //! - [`store`]: the content store, blobs by digest, written atomically after verification.
 //! - [`budget`]: the cap on an image's uncompressed bytes (gzip bombs), counted while unpacking.
 //! - [`unpack`]: safe layer extraction (nothing outside the target, ever).
