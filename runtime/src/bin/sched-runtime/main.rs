@@ -395,7 +395,7 @@ fn execute(cli: Cli) -> Result<i32> {
 }
 
 /// `run --image REF`: a bundle under `<data dir>/bundles/<id>` from a pulled image, run in the
-/// foreground, then its rootfs released and the bundle removed.
+/// foreground, then removed with its rootfs.
 fn run_image(root: &StateRoot, data_dir: &std::path::Path, create: &CreateArgs, reference: &str, command: &[String]) -> Result<i32> {
     use runtime::image::{ImageService, ImageServiceOptions, ProcessOverrides};
     let images = ImageService::open(data_dir, ImageServiceOptions::default())?;
@@ -403,24 +403,17 @@ fn run_image(root: &StateRoot, data_dir: &std::path::Path, create: &CreateArgs, 
         anyhow::bail!("image {reference} is not pulled: run `sched-runtime image pull {reference}` first");
     }
     runtime::state::validate_id(&create.id)?;
-    let bundle = data_dir.join("bundles").join(&create.id);
-    if bundle.exists() {
-        anyhow::bail!("{} exists: is container {} running from an image already?", bundle.display(), create.id);
+    let dir = data_dir.join("bundles").join(&create.id);
+    if dir.exists() {
+        anyhow::bail!("{} exists: is container {} running from an image already?", dir.display(), create.id);
     }
-    std::fs::create_dir_all(&bundle).with_context(|| format!("create {}", bundle.display()))?;
-    let result = (|| {
-        let prepared = images.prepare_rootfs(reference, &create.id)?;
-        let overrides = ProcessOverrides { entrypoint: (!command.is_empty()).then(|| command.to_vec()), ..Default::default() };
-        let spec = images.spec_for(&prepared, &overrides, runtime::spec_template::default_spec(&[]))?;
-        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&spec)?)
-            .with_context(|| format!("write {}/config.json", bundle.display()))?;
-        let opts = CreateOptions { bundle: bundle.clone(), ..create.options()? };
-        Ok::<_, anyhow::Error>(Container::run(root, &opts)?)
-    })();
-    let released = images.release_rootfs(&create.id);
-    let _ = std::fs::remove_dir_all(&bundle);
-    let code = result?;
-    released?;
+    let opts = CreateOptions { bundle: dir.clone(), ..create.options()? };
+    let overrides = ProcessOverrides { entrypoint: (!command.is_empty()).then(|| command.to_vec()), ..Default::default() };
+    let bundle = images.create_bundle(reference, &create.id, &dir, &overrides, runtime::spec_template::default_spec(&[]))?;
+    let code = Container::run(root, &opts);
+    let removed = images.remove_bundle(&bundle);
+    let code = code?;
+    removed?;
     Ok(code)
 }
 
