@@ -38,6 +38,9 @@ pub enum Error {
     /// The container's init process failed while setting the container up.
     #[error("container init failed: {0}")]
     Init(String),
+    /// A process to exec was asked for wrongly (a bad `exec` flag or `--process` file).
+    #[error("{0}")]
+    ExecRequest(String),
     /// A process to exec into a container failed to start.
     #[error("exec failed: {0}")]
     Exec(String),

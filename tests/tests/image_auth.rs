@@ -4,7 +4,9 @@
 //! Bearer`), with a token server in front of the registry.
 use std::sync::Arc;
 
-use runtime::image::{ClientOptions, CredentialStore, Credentials, ImageError, ImageService, ImageServiceOptions, NoProgress};
+use runtime::image::{
+    ClientOptions, CredentialStore, Credentials, ImageError, ImageService, ImageServiceOptions, NoProgress, RegistryError,
+};
 use sched_tests::oci_image::{Entry, ImageDef, OciLayout, PushFormat, push};
 use sched_tests::registry::Registry;
 use sched_tests::registry_proxy::{ProxyMode, RegistryProxy};
@@ -37,12 +39,12 @@ async fn htpasswd_registry_accepts_right_credentials_and_refuses_wrong_or_missin
 
     let missing = service(&work.path().join("d1"), CredentialStore::default());
     let err = missing.pull(&reference, Arc::new(NoProgress)).await.unwrap_err();
-    assert!(matches!(err, ImageError::Unauthorized { .. }), "{err}");
+    assert!(matches!(err, ImageError::Registry(RegistryError::Unauthorized { .. })), "{err}");
     assert!(err.to_string().contains("no credentials were given"), "{err}");
 
     let wrong = service(&work.path().join("d2"), creds(&registry.addr(), "alice", "wrong"));
     let err = wrong.pull(&reference, Arc::new(NoProgress)).await.unwrap_err();
-    assert!(matches!(err, ImageError::Unauthorized { .. }), "{err}");
+    assert!(matches!(err, ImageError::Registry(RegistryError::Unauthorized { .. })), "{err}");
     assert!(err.to_string().contains("refused the credentials"), "{err}");
 
     let right = service(&work.path().join("d3"), creds(&registry.addr(), "alice", "s3cret"));
@@ -69,12 +71,12 @@ async fn bearer_token_flow_gets_a_token_for_the_repository_scope() {
 
     let missing = service(&work.path().join("d1"), CredentialStore::default());
     let err = missing.pull(&reference, Arc::new(NoProgress)).await.unwrap_err();
-    assert!(matches!(err, ImageError::Unauthorized { .. }), "{err}");
+    assert!(matches!(err, ImageError::Registry(RegistryError::Unauthorized { .. })), "{err}");
     assert!(err.to_string().contains("token server"), "{err}");
 
     let wrong = service(&work.path().join("d2"), creds(&proxy.addr(), "bob", "nope"));
     let err = wrong.pull(&reference, Arc::new(NoProgress)).await.unwrap_err();
-    assert!(matches!(err, ImageError::Unauthorized { .. }) && err.to_string().contains("401"), "{err}");
+    assert!(matches!(err, ImageError::Registry(RegistryError::Unauthorized { .. })) && err.to_string().contains("401"), "{err}");
 
     let before = proxy.token_queries().len();
     let right = service(&work.path().join("d3"), creds(&proxy.addr(), "bob", "hunter2"));

@@ -1,6 +1,7 @@
 //! `sched-runtime image ...` end to end: pull a busybox image the test builds from Debian's
-//! busybox-static, list, inspect, unpack, remove and prune it through the CLI, and run a
-//! container from the pulled image (overlay rootfs + the spec built from the image config).
+//! busybox-static, list, inspect, unpack, remove and prune it through the CLI, and run
+//! containers from the pulled image (overlay rootfs + the spec built from the image config)
+//! with bundles the product makes: `ImageService::create_bundle` and `image bundle`.
 use std::path::Path;
 use std::process::Command;
 
@@ -111,15 +112,19 @@ fn a_container_runs_from_a_pulled_image() {
     let data = work.path().join("data");
     image_cli(&data, &["pull", &reference]);
 
-    // What the agent will do: overlay rootfs + spec from the image config, then run.
+    // The product's pipeline (the one the agent and `run --image` use): overlay rootfs + spec
+    // from the image config on the fixture's base spec, written as the bundle's config.json.
     let mut bundle = BusyboxBundle::new();
     let images = ImageService::open(&data, ImageServiceOptions::default()).unwrap();
-    let prepared = images.prepare_rootfs(&reference, bundle.id()).unwrap();
-    let _unmount = ReleaseOnDrop(&images, bundle.id().to_string());
     let base: oci_spec::runtime::Spec = serde_json::from_value(bundle.config().clone()).unwrap();
     let overrides = ProcessOverrides { env: vec!["GREETING=override".into()], ..Default::default() };
-    let spec = images.spec_for(&prepared, &overrides, base).unwrap();
-    *bundle.config_mut() = serde_json::to_value(&spec).unwrap();
+    let made = images.create_bundle(&reference, bundle.id(), &bundle.bundle_dir(), &overrides, base).unwrap();
+    let _unmount = ReleaseOnDrop(&images, bundle.id().to_string());
+    assert_eq!(made.spec.root().as_ref().unwrap().path(), &made.rootfs.path);
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(made.dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(written, serde_json::to_value(&made.spec).unwrap(), "config.json holds the spec returned");
+    // Run exactly what was written (the fixture rewrites config.json from its own copy).
+    *bundle.config_mut() = written;
     let outcome = bundle.run();
     outcome.assert_success();
     let lines: Vec<&str> = outcome.stdout.lines().collect();

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use runtime::image::{CredentialStore, Credentials, ImageError, ImageService, ImageServiceOptions, NoProgress};
+use runtime::image::{CredentialStore, Credentials, ImageError, ImageService, ImageServiceOptions, NoProgress, RegistryError};
 use sched_tests::bundle::runtime_binary;
 use sched_tests::oci_image::{Entry, ImageDef, OciLayout, PushFormat, gzip_bomb, push};
 use sched_tests::registry::Registry;
@@ -38,7 +38,7 @@ async fn a_gzip_bomb_fails_the_pull_past_the_cap_and_leaves_nothing() {
     let options = ImageServiceOptions { max_image_bytes: 16 << 20, ..Default::default() };
     let images = ImageService::open(&data, options).unwrap();
     let err = images.pull(&image, Arc::new(NoProgress)).await.expect_err("a 64 MiB layer under a 16 MiB cap");
-    assert!(matches!(err, ImageError::TooLarge { .. }), "{err}");
+    assert!(matches!(err, ImageError::Registry(RegistryError::TooLarge { .. })), "{err}");
     let text = err.to_string();
     assert!(text.contains(&image) && text.contains("16 MiB limit"), "the error names the image and the limit: {text}");
     assert!(images.list().unwrap().is_empty(), "no image record");
@@ -88,7 +88,7 @@ async fn layers_whose_compressed_sizes_exceed_the_cap_are_refused_before_downloa
     let data = work.path().join("data");
     let images = ImageService::open(&data, ImageServiceOptions { max_image_bytes: 64 << 10, ..Default::default() }).unwrap();
     let err = images.pull(&image, Arc::new(NoProgress)).await.expect_err("over 1 MiB compressed under a 64 KiB cap");
-    assert!(matches!(err, ImageError::TooLarge { .. }) && err.to_string().contains("compressed"), "{err}");
+    assert!(matches!(err, ImageError::Registry(RegistryError::TooLarge { .. })) && err.to_string().contains("compressed"), "{err}");
     assert!(images.list().unwrap().is_empty() && images.store().list().unwrap().is_empty());
 }
 
@@ -107,7 +107,7 @@ async fn a_manifest_over_4_mib_is_refused_with_or_without_a_content_length() {
         let proxy = RegistryProxy::start(&registry.addr(), ProxyMode::OversizedManifest { size, announce_length });
         let image = format!("{}/limits/manifest:big", proxy.addr());
         let err = images.pull(&image, Arc::new(NoProgress)).await.expect_err("a 256 MiB manifest");
-        assert!(matches!(err, ImageError::TooLarge { .. }), "{err}");
+        assert!(matches!(err, ImageError::Registry(RegistryError::TooLarge { .. })), "{err}");
         let text = err.to_string();
         assert!(text.contains("manifest from http://") && text.contains("/manifests/big") && text.contains("4 MiB limit"), "{text}");
         // The client stopped reading at the limit: what the proxy got out is the limit plus
@@ -136,6 +136,6 @@ async fn a_token_answer_over_1_mib_is_refused() {
     options.client.credentials = credentials;
     let images = ImageService::open(&work.path().join("data"), options).unwrap();
     let err = images.pull(&format!("{}/limits/token:v1", proxy.addr()), Arc::new(NoProgress)).await.expect_err("a 2 MiB token");
-    assert!(matches!(err, ImageError::TooLarge { .. }), "{err}");
+    assert!(matches!(err, ImageError::Registry(RegistryError::TooLarge { .. })), "{err}");
     assert!(err.to_string().contains("token server's answer") && err.to_string().contains("1 MiB limit"), "{err}");
 }

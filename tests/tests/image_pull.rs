@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use runtime::image::{ImageError, ImageService, ImageServiceOptions, NoProgress, Platform, RootfsKind, RootfsMode};
+use runtime::image::{ImageError, ImageService, ImageServiceOptions, NoProgress, Platform, RegistryError, RootfsKind, RootfsMode};
 use sched_tests::oci_image::{Compression, Entry, ImageDef, OciLayout, PushFormat, layer_tar, push};
 use sched_tests::registry::Registry;
 use sched_tests::registry_proxy::{ProxyMode, RegistryProxy};
@@ -260,7 +260,7 @@ async fn a_blob_corrupted_in_the_registry_fails_the_pull_and_stores_nothing() {
     let data = work.path().join("data");
     let images = service(&data, RootfsMode::Auto);
     let err = images.pull(&reference, Arc::new(NoProgress)).await.unwrap_err();
-    assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    assert!(matches!(err, ImageError::Registry(RegistryError::DigestMismatch { .. })), "{err}");
     assert!(err.to_string().contains(&layer), "the error names the layer: {err}");
     assert!(!data.join("blobs/sha256").join(&layer[7..]).exists(), "the corrupt blob was stored");
     assert_eq!(std::fs::read_dir(data.join("blobs/ingest")).unwrap().count(), 0, "temporary blob left behind");
@@ -392,7 +392,7 @@ async fn server_errors_are_retried_with_backoff() {
     let proxy = RegistryProxy::start(&registry.addr(), ProxyMode::FailFirst(100));
     let reference = format!("{}/test/retry:v1", proxy.addr());
     let err = service(&work.path().join("data2"), RootfsMode::Auto).pull(&reference, Arc::new(NoProgress)).await.unwrap_err();
-    assert!(matches!(err, ImageError::Registry { status: 503, .. }), "{err}");
+    assert!(matches!(err, ImageError::Registry(RegistryError::Status { status: 503, .. })), "{err}");
     assert_eq!(proxy.count("/manifests/v1"), 5, "default: five attempts");
 }
 
@@ -414,7 +414,10 @@ async fn a_manifest_altered_in_the_registry_is_refused() {
     let images = service(&data, RootfsMode::Auto);
     for r in [reference.clone(), format!("{}/test/altered@{digest}", registry.addr())] {
         let err = images.pull(&r, Arc::new(NoProgress)).await.unwrap_err();
-        assert!(matches!(err, ImageError::DigestMismatch { .. }) && err.to_string().contains(digest), "{r}: {err}");
+        assert!(
+            matches!(err, ImageError::Registry(RegistryError::DigestMismatch { .. })) && err.to_string().contains(digest),
+            "{r}: {err}"
+        );
     }
     assert!(images.store().list().unwrap().is_empty(), "something was stored");
     assert!(images.list().unwrap().is_empty());

@@ -1,15 +1,17 @@
-//! The OCI bundle of a task: the image's rootfs (an overlay snapshot prepared by the image
-//! service) and a `config.json` built from the runtime's default spec, the image config and the
-//! task spec: command and env overrides, cpu and memory as cgroup limits, the task's cgroup path,
-//! the network namespace to join, and the seccomp profile (Docker's default unless the service
-//! opted out).
+//! What is agent-specific in a task's OCI bundle. The bundle itself (the image's rootfs, the
+//! spec from the image config, `config.json`) is made by the runtime's one image -> bundle
+//! pipeline, [`ImageService::create_bundle`](runtime::image::ImageService::create_bundle), as
+//! for `sched-runtime run --image`. The agent adds, on the base spec it hands in: the task's
+//! command and env overrides, cpu and memory as cgroup limits, a pids limit, the task's cgroup
+//! path, hostname, a writable root, the network namespace to join, and the seccomp profile
+//! (Docker's default unless the service opted out).
 
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Spec,
 };
-use runtime::image::{PreparedRootfs, ProcessOverrides};
+use runtime::image::ProcessOverrides;
 
 use super::{Seccomp, TaskSpec};
 use crate::error::{AgentError, Result};
@@ -30,8 +32,9 @@ pub fn overrides(task: &TaskSpec) -> ProcessOverrides {
     }
 }
 
-/// Adds what the image does not know to a spec built from the image: limits, cgroup path,
-/// hostname and network namespace.
+/// Adds what the image does not know to `spec`: limits, cgroup path, hostname, network
+/// namespace and seccomp profile. The driver applies it to the base spec before the image config
+/// is, which sets none of these (only the process, `root.path` and annotations).
 pub fn finish_spec(mut spec: Spec, task: &TaskSpec, cgroup_parent: &str, netns: Option<&Path>) -> Result<Spec> {
     spec.set_hostname(Some(short_hostname(&task.id)));
     // A task's root is writable (into its own overlay upper dir), as in docker and ECS.
@@ -68,18 +71,6 @@ pub fn finish_spec(mut spec: Spec, task: &TaskSpec, cgroup_parent: &str, netns: 
         linux.set_namespaces(Some(namespaces));
     }
     Ok(spec)
-}
-
-/// Writes `dir/config.json` for a prepared rootfs.
-pub fn write(dir: &Path, spec: &Spec, prepared: &PreparedRootfs) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).map_err(|e| AgentError::io(format!("create {}", dir.display()), e))?;
-    debug_assert!(spec.root().as_ref().is_some_and(|r| r.path() == &prepared.path));
-    let path = dir.join("config.json");
-    let text = serde_json::to_vec_pretty(spec).map_err(|e| AgentError::Spec(e.to_string()))?;
-    let tmp = dir.join(".config.json.tmp");
-    std::fs::write(&tmp, text).map_err(|e| AgentError::io(format!("write {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| AgentError::io(format!("write {}", path.display()), e))?;
-    Ok(dir.to_path_buf())
 }
 
 /// A hostname from a task id (at most 63 characters, as DNS labels allow).
@@ -140,6 +131,25 @@ mod tests {
         let net: Vec<_> = ns.iter().filter(|n| n.typ() == LinuxNamespaceType::Network).collect();
         assert_eq!(net.len(), 1);
         assert_eq!(net[0].path().as_deref(), Some(Path::new("/run/sched/netns/t1")));
+    }
+
+    /// The driver applies the task's settings to the base spec, before the image config: the
+    /// image's part must leave them as they are, so the spec is the one of the opposite order.
+    #[test]
+    fn the_task_settings_survive_the_image_config() {
+        use runtime::image::{ImageConfig, config_to_spec};
+        use runtime::spec_template::default_spec;
+        let rootfs = tempfile::tempdir().unwrap();
+        let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},
+            "config":{"Env":["PATH=/bin"],"Cmd":["sh"],"WorkingDir":"/srv","StopSignal":"SIGQUIT","ExposedPorts":{"80/tcp":{}}}}"#;
+        let config = ImageConfig::parse(config, "test").unwrap();
+        let (task, netns) = (task(), Some(Path::new("/run/sched/netns/t1")));
+        let base = finish_spec(default_spec(&[]), &task, "/sched", netns).unwrap();
+        let task_first = config_to_spec(&config, rootfs.path(), &overrides(&task), base).unwrap();
+        let image = config_to_spec(&config, rootfs.path(), &overrides(&task), default_spec(&[])).unwrap();
+        let image_first = finish_spec(image, &task, "/sched", netns).unwrap();
+        assert_eq!(task_first, image_first);
+        assert_eq!(task_first.root().as_ref().unwrap().readonly(), Some(false));
     }
 
     #[test]

@@ -121,15 +121,13 @@ impl TaskDriver {
     }
 
     async fn start_in(&self, task: &TaskSpec, netns: Option<&Path>, dir: &Path) -> Result<i32> {
-        let images = self.images.clone();
-        let (image, id) = (task.image.clone(), task.id.clone());
-        let prepared = tokio::task::spawn_blocking(move || images.prepare_rootfs(&image, &id))
+        let base = bundle::finish_spec(runtime::spec_template::default_spec(&[]), task, &self.config.cgroup_parent, netns)?;
+        let (images, overrides) = (self.images.clone(), bundle::overrides(task));
+        let (image, id, bundle_dir) = (task.image.clone(), task.id.clone(), dir.join("bundle"));
+        let made = tokio::task::spawn_blocking(move || images.create_bundle(&image, &id, &bundle_dir, &overrides, base))
             .await
-            .map_err(|e| AgentError::Spec(format!("rootfs preparation panicked: {e}")))??;
-        let base = runtime::spec_template::default_spec(&[]);
-        let spec = self.images.spec_for(&prepared, &bundle::overrides(task), base)?;
-        let spec = bundle::finish_spec(spec, task, &self.config.cgroup_parent, netns)?;
-        let bundle_dir = bundle::write(&dir.join("bundle"), &spec, &prepared)?;
+            .map_err(|e| AgentError::Spec(format!("bundle creation panicked: {e}")))??;
+        let bundle_dir = made.dir;
         let output = tokio::process::Command::new(&self.config.runtime_binary)
             .arg("--root")
             .arg(&self.config.state_root)

@@ -6,6 +6,7 @@
 mod create;
 mod delete;
 mod exec;
+mod exec_process;
 mod kill;
 mod pause;
 mod run;
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 
 pub use create::CreateOptions;
 pub use exec::ExecOptions;
+pub use exec_process::{ExecChanges, read_process};
 pub use kill::parse_signal;
 pub use state::OciState;
 

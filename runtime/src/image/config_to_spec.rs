@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
+use super::RegistryError;
 use super::error::{ImageError, IoContext, Result};
 use super::manifest::ImageConfig;
 
@@ -206,7 +207,7 @@ fn read_in_root(rootfs: &Path, rel: &str) -> Result<String> {
 }
 
 fn invalid(reason: String) -> ImageError {
-    ImageError::InvalidConfig { what: "process".into(), reason }
+    RegistryError::InvalidConfig { what: "process".into(), reason }.into()
 }
 
 #[cfg(test)]

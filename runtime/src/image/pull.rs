@@ -20,6 +20,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use super::RegistryError;
 use super::budget::{CappedReader, ImageBudget};
 use super::client::{RegistryClient, human_size};
 use super::digest::{Digest, HashingReader};
@@ -89,7 +90,7 @@ impl Puller<'_> {
                         (m, fetched.digest, Some(top.digest.clone()))
                     }
                     ManifestKind::Index(_) => {
-                        return Err(ImageError::InvalidManifest { what, reason: "an index inside an index".into() });
+                        return Err(RegistryError::InvalidManifest { what, reason: "an index inside an index".into() }.into());
                     }
                 }
             }
@@ -98,20 +99,22 @@ impl Puller<'_> {
         let config = ImageConfig::parse(&config_bytes, &manifest.config.digest.to_string())?;
         blobs_to_store.push((manifest.config.digest.clone(), config_bytes));
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
-            return Err(ImageError::InvalidConfig {
+            return Err(RegistryError::InvalidConfig {
                 what: manifest.config.digest.to_string(),
                 reason: format!("it lists {} diff ids for the manifest's {} layers", config.rootfs.diff_ids.len(), manifest.layers.len()),
-            });
+            }
+            .into());
         }
         let chains = chain_ids(&config.rootfs.diff_ids);
         // A layer never unpacks to (much) less than its compressed size: layers that add up to
         // more than the cap already are refused before any download.
         let compressed = manifest.layers.iter().fold(0u64, |sum, l| sum.saturating_add(l.size));
         if compressed > self.max_image_bytes {
-            return Err(ImageError::TooLarge {
+            return Err(RegistryError::TooLarge {
                 what: format!("image {reference} (its layers are {compressed} bytes compressed)"),
                 limit: human_size(self.max_image_bytes),
-            });
+            }
+            .into());
         }
         let budget = ImageBudget::new(self.max_image_bytes);
 
@@ -128,10 +131,11 @@ impl Puller<'_> {
         let mut done: Vec<LayerResult> = Vec::with_capacity(results.len());
         if budget.exceeded() {
             // Whatever each layer reported, the reason is the cap (temporary snapshots are gone).
-            return Err(ImageError::TooLarge {
+            return Err(RegistryError::TooLarge {
                 what: format!("image {reference} (uncompressed, its layers unpacked past the limit)"),
                 limit: human_size(budget.limit()),
-            });
+            }
+            .into());
         }
         for r in results {
             done.push(r?);
@@ -220,7 +224,7 @@ impl Puller<'_> {
             let (downloaded, consumed) = tokio::join!(download, consumer);
             let stats = match (downloaded, consumed) {
                 // A bad digest explains any unpack error: report it first.
-                (_, Err(e @ ImageError::DigestMismatch { .. })) => return Err(e),
+                (_, Err(e @ ImageError::Registry(RegistryError::DigestMismatch { .. }))) => return Err(e),
                 (Err(e), _) => return Err(e.into()),
                 (Ok(()), Err(e)) => return Err(e),
                 (Ok(()), Ok(stats)) => stats,
@@ -302,11 +306,12 @@ impl Read for ChannelReader {
 
 fn check_diff_id(layer: &Digest, expected: &Digest, got: &Digest) -> Result<()> {
     if expected != got {
-        return Err(ImageError::DigestMismatch {
+        return Err(RegistryError::DigestMismatch {
             what: format!("uncompressed content (diff id) of layer {layer}"),
             expected: expected.to_string(),
             actual: got.to_string(),
-        });
+        }
+        .into());
     }
     Ok(())
 }

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::RegistryError;
 use super::digest::Digest;
-use super::error::{ImageError, IoContext, Result};
+use super::error::{IoContext, Result};
 use super::manifest::{Descriptor, Platform};
 use super::store::unique_path;
 
@@ -82,7 +83,7 @@ impl ImageRecords {
         match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| ImageError::InvalidConfig { what: path.display().to_string(), reason: e.to_string() }),
+                .map_err(|e| RegistryError::InvalidConfig { what: path.display().to_string(), reason: e.to_string() }.into()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).at(path),
         }

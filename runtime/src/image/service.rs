@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use oci_spec::runtime::Spec;
 use tracing::{info, warn};
 
+use super::RegistryError;
 use super::budget::DEFAULT_MAX_IMAGE_BYTES;
 use super::client::{ClientOptions, RegistryClient};
 use super::config_to_spec::{ProcessOverrides, config_to_spec};
@@ -195,7 +196,7 @@ impl ImageService {
         let record = self.get(reference_or_id)?;
         let parse = |d: &Digest| -> Result<serde_json::Value> {
             serde_json::from_slice(&self.store.read_blob(d)?)
-                .map_err(|e| ImageError::InvalidConfig { what: d.to_string(), reason: e.to_string() })
+                .map_err(|e| RegistryError::InvalidConfig { what: d.to_string(), reason: e.to_string() }.into())
         };
         Ok(serde_json::json!({
             "Id": record.config_digest,

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use super::RegistryError;
 use super::digest::Digest;
 use super::error::{ImageError, IoContext, Result};
 use super::store::unique_path;
@@ -295,10 +296,11 @@ fn validate_container_id(id: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(ImageError::InvalidReference {
+        Err(RegistryError::InvalidReference {
             reference: id.to_string(),
             reason: "a container id must be 1-128 letters, digits, '-', '_' or '.' and not start with '.'".into(),
-        })
+        }
+        .into())
     }
 }
 

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
+use super::RegistryError;
 use super::digest::{Digest, DigestHasher};
 use super::error::{ImageError, IoContext, Result};
 
@@ -164,10 +165,15 @@ impl Ingest {
         let len = actual.len();
         let actual = actual.finish();
         if let Some(size) = size.filter(|s| *s != len) {
-            return Err(ImageError::SizeMismatch { what: what.to_string(), expected: size, actual: len });
+            return Err(RegistryError::SizeMismatch { what: what.to_string(), expected: size, actual: len }.into());
         }
         if &actual != expected {
-            return Err(ImageError::DigestMismatch { what: what.to_string(), expected: expected.to_string(), actual: actual.to_string() });
+            return Err(RegistryError::DigestMismatch {
+                what: what.to_string(),
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            }
+            .into());
         }
         Ok(())
     }
@@ -200,7 +206,7 @@ mod tests {
         let store = ContentStore::open(dir.path()).unwrap();
         let good = Digest::of(b"content");
         let err = store.write_blob(&good, b"contenT").unwrap_err();
-        assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+        assert!(matches!(err, ImageError::Registry(RegistryError::DigestMismatch { .. })), "{err}");
         assert!(!store.has_blob(&good));
         assert_eq!(std::fs::read_dir(dir.path().join("blobs/ingest")).unwrap().count(), 0, "temp file left");
         store.write_blob(&good, b"content").unwrap();

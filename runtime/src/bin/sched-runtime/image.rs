@@ -1,6 +1,7 @@
 //! `sched-runtime image ...`: pull, list, inspect, remove, prune and unpack images in the data
-//! dir (default /var/lib/sched), and turn a pulled image into a bundle for `sched-runtime run`. Parsing and printing only; the work is in
-//! `runtime::image::ImageService`.
+//! dir (default /var/lib/sched), and turn a pulled image into a bundle for `sched-runtime run`.
+//! Parsing and printing only; the work is in `runtime::image::ImageService` (the bundle in
+//! `runtime::image::bundle`).
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -160,18 +161,8 @@ pub fn run(cmd: ImageCommand, data_dir: &Path) -> Result<()> {
                 working_dir: workdir,
                 user,
             };
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let prepared = images.prepare_rootfs(&reference, &id)?;
-            let written = images.spec_for(&prepared, &overrides, runtime::spec_template::default_spec(&[])).and_then(|spec| {
-                let text = serde_json::to_string_pretty(&spec).expect("specs serialise");
-                std::fs::write(dir.join("config.json"), text + "\n")
-                    .map_err(|source| runtime::image::ImageError::Io { path: dir.join("config.json"), source })
-            });
-            if let Err(e) = written {
-                let _ = images.release_rootfs(&id);
-                return Err(e.into());
-            }
-            println!("bundle {} for {id}: rootfs {} ({:?})", dir.display(), prepared.path.display(), prepared.kind);
+            let bundle = images.create_bundle(&reference, &id, &dir, &overrides, runtime::spec_template::default_spec(&[]))?;
+            println!("bundle {} for {id}: rootfs {} ({:?})", dir.display(), bundle.rootfs.path.display(), bundle.rootfs.kind);
             Ok(())
         }
         ImageCommand::Release { id } => {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::SigSet;
-use runtime::container::{Container, CreateOptions, ExecOptions, parse_signal};
+use runtime::container::{Container, CreateOptions, ExecChanges, ExecOptions, parse_signal};
 use runtime::state::{DEFAULT_ROOT, StateRoot, Status};
 
 /// A runc-compatible OCI container runtime (the runtime of sched).
@@ -349,7 +349,7 @@ fn execute(cli: Cli) -> Result<i32> {
         Command::Image { .. } | Command::Spec { .. } | Command::Init(_) => unreachable!("handled above"),
         Command::Exec(args) => {
             let container = Container::load(&root, &args.id)?;
-            let opts = exec_options(&container, args)?;
+            let opts = args.options(&container)?;
             return Ok(container.exec(&opts)?);
         }
         Command::Create { create } => {
@@ -395,7 +395,7 @@ fn execute(cli: Cli) -> Result<i32> {
 }
 
 /// `run --image REF`: a bundle under `<data dir>/bundles/<id>` from a pulled image, run in the
-/// foreground, then its rootfs released and the bundle removed.
+/// foreground, then removed with its rootfs.
 fn run_image(root: &StateRoot, data_dir: &std::path::Path, create: &CreateArgs, reference: &str, command: &[String]) -> Result<i32> {
     use runtime::image::{ImageService, ImageServiceOptions, ProcessOverrides};
     let images = ImageService::open(data_dir, ImageServiceOptions::default())?;
@@ -403,83 +403,38 @@ fn run_image(root: &StateRoot, data_dir: &std::path::Path, create: &CreateArgs, 
         anyhow::bail!("image {reference} is not pulled: run `sched-runtime image pull {reference}` first");
     }
     runtime::state::validate_id(&create.id)?;
-    let bundle = data_dir.join("bundles").join(&create.id);
-    if bundle.exists() {
-        anyhow::bail!("{} exists: is container {} running from an image already?", bundle.display(), create.id);
+    let dir = data_dir.join("bundles").join(&create.id);
+    if dir.exists() {
+        anyhow::bail!("{} exists: is container {} running from an image already?", dir.display(), create.id);
     }
-    std::fs::create_dir_all(&bundle).with_context(|| format!("create {}", bundle.display()))?;
-    let result = (|| {
-        let prepared = images.prepare_rootfs(reference, &create.id)?;
-        let overrides = ProcessOverrides { entrypoint: (!command.is_empty()).then(|| command.to_vec()), ..Default::default() };
-        let spec = images.spec_for(&prepared, &overrides, runtime::spec_template::default_spec(&[]))?;
-        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&spec)?)
-            .with_context(|| format!("write {}/config.json", bundle.display()))?;
-        let opts = CreateOptions { bundle: bundle.clone(), ..create.options()? };
-        Ok::<_, anyhow::Error>(Container::run(root, &opts)?)
-    })();
-    let released = images.release_rootfs(&create.id);
-    let _ = std::fs::remove_dir_all(&bundle);
-    let code = result?;
-    released?;
+    let opts = CreateOptions { bundle: dir.clone(), ..create.options()? };
+    let overrides = ProcessOverrides { entrypoint: (!command.is_empty()).then(|| command.to_vec()), ..Default::default() };
+    let bundle = images.create_bundle(reference, &create.id, &dir, &overrides, runtime::spec_template::default_spec(&[]))?;
+    let code = Container::run(root, &opts);
+    let removed = images.remove_bundle(&bundle);
+    let code = code?;
+    removed?;
     Ok(code)
 }
 
-/// The process to exec: `--process FILE`, or the container's own process changed by the flags.
-fn exec_options(container: &Container, args: &ExecArgs) -> Result<ExecOptions> {
-    let process = match &args.process {
-        Some(path) => {
-            let text = std::fs::read(path).with_context(|| format!("read --process {}", path.display()))?;
-            serde_json::from_slice(&text).with_context(|| format!("parse --process {}", path.display()))?
-        }
-        None => {
-            if args.command.is_empty() {
-                anyhow::bail!("exec needs a command after the container id (or --process FILE)");
-            }
-            let mut p = container.base_process()?;
-            p.set_args(Some(args.command.clone()));
-            p.set_terminal(Some(args.tty));
-            let mut env = p.env().clone().unwrap_or_default();
-            for kv in &args.env {
-                let key = kv.split('=').next().unwrap_or(kv);
-                env.retain(|e| e.split('=').next() != Some(key));
-                env.push(kv.clone());
-            }
-            p.set_env(Some(env));
-            if let Some(cwd) = &args.cwd {
-                p.set_cwd(cwd.clone());
-            }
-            let mut user = p.user().clone();
-            if let Some(spec) = &args.user {
-                let (uid, gid) = spec.split_once(':').unwrap_or((spec, "0"));
-                user.set_uid(uid.parse().with_context(|| format!("--user {spec}: UID must be a number"))?);
-                user.set_gid(gid.parse().with_context(|| format!("--user {spec}: GID must be a number"))?);
-            }
-            if !args.additional_gids.is_empty() {
-                user.set_additional_gids(Some(args.additional_gids.clone()));
-            }
-            p.set_user(user);
-            if args.no_new_privs {
-                p.set_no_new_privileges(Some(true));
-            }
-            if !args.cap.is_empty() {
-                let mut caps = p.capabilities().clone().unwrap_or_default();
-                for name in &args.cap {
-                    let cap: oci_spec::runtime::Capability = serde_json::from_value(serde_json::Value::String(name.clone()))
-                        .with_context(|| format!("--cap {name}: not a capability name like CAP_NET_ADMIN"))?;
-                    let with = |set: &Option<oci_spec::runtime::Capabilities>| {
-                        let mut set = set.clone().unwrap_or_default();
-                        set.insert(cap);
-                        Some(set)
-                    };
-                    let (b, e, p) = (with(caps.bounding()), with(caps.effective()), with(caps.permitted()));
-                    caps.set_bounding(b).set_effective(e).set_permitted(p);
-                }
-                p.set_capabilities(Some(caps));
-            }
-            p
-        }
-    };
-    Ok(ExecOptions { process, detach: args.detach, pid_file: args.pid_file.clone(), console_socket: args.console_socket.clone() })
+impl ExecArgs {
+    /// The process to exec: `--process FILE`, or the container's own changed by the flags.
+    fn options(&self, container: &Container) -> Result<ExecOptions> {
+        let process = match &self.process {
+            Some(path) => runtime::container::read_process(path)?,
+            None => container.exec_process(&ExecChanges {
+                args: self.command.clone(),
+                env: self.env.clone(),
+                cwd: self.cwd.clone(),
+                terminal: self.tty,
+                user: self.user.clone(),
+                additional_gids: self.additional_gids.clone(),
+                capabilities: self.cap.clone(),
+                no_new_privileges: self.no_new_privs,
+            })?,
+        };
+        Ok(ExecOptions { process, detach: self.detach, pid_file: self.pid_file.clone(), console_socket: self.console_socket.clone() })
+    }
 }
 
 /// The signal mask this process runs with (the container's program inherits it).
