@@ -27,12 +27,32 @@ pub enum AgentError {
     /// A file operation failed.
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    /// A `--server` address is not HOST:PORT.
+    #[error("bad server address {server:?}: {source}")]
+    ServerAddress { server: String, source: tonic::transport::Error },
+    /// No connection to a server could be made.
+    #[error("connect to {server}: {source}")]
+    Connect { server: String, source: tonic::transport::Error },
+    /// A call to a server, or one of its streams, failed.
+    #[error("{call}: {message}")]
+    Rpc { call: String, code: tonic::Code, message: String },
+    /// The server answered a heartbeat with "unknown node" (e.g. it lost its state).
+    #[error("the server does not know this node any more; registering again")]
+    UnknownNode,
+    /// An assignment's image could not be pinned to the digest the servers resolved.
+    #[error("image {image:?} pinned to {digest:?}: {source}")]
+    ImageDigest { image: String, digest: String, source: Box<registry::RegistryError> },
 }
 
 impl AgentError {
     /// An I/O error with what was being done.
     pub fn io(what: String, source: std::io::Error) -> AgentError {
         AgentError::Io { what, source }
+    }
+
+    /// A failed call (or stream) named `call`, with what the server said.
+    pub fn rpc(call: impl Into<String>, status: &tonic::Status) -> AgentError {
+        AgentError::Rpc { call: call.into(), code: status.code(), message: status.message().to_owned() }
     }
 }
 

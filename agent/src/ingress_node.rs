@@ -165,14 +165,14 @@ async fn follow_routes(servers: Vec<String>, tx: watch::Sender<RouteTable>) {
     }
 }
 
-async fn watch_one(server: &str, tx: &watch::Sender<RouteTable>) -> std::result::Result<(), String> {
+async fn watch_one(server: &str, tx: &watch::Sender<RouteTable>) -> Result<()> {
     let channel = crate::node::connect::connect(server).await?;
     let mut stream = RouteApiClient::new(channel)
         .watch_routes(pb::WatchRoutesRequest {})
         .await
-        .map_err(|s| format!("watch routes: {}", s.message()))?
+        .map_err(|s| AgentError::rpc("watch routes", &s))?
         .into_inner();
-    while let Some(table) = stream.message().await.map_err(|s| format!("route stream: {}", s.message()))? {
+    while let Some(table) = stream.message().await.map_err(|s| AgentError::rpc("route stream", &s))? {
         let table = route_table(&table);
         tracing::debug!(routes = table.routes.len(), "new route table");
         tx.send_replace(table);

@@ -13,6 +13,9 @@
 //! - [`raft::v1`]: server-to-server Raft traffic (`RaftPeer`): raft-rs messages carried as
 //!   bytes, and proposals forwarded from a follower to the leader. Internal to the cluster.
 //!
+//! [`defaults`] holds what an unset (zero) field of a message means where the receiver fills it
+//! in, so that the servers and the agents read it alike.
+//!
 //! [`FILE_DESCRIPTOR_SET`] is the encoded descriptor set of all three, for gRPC server
 //! reflection (so `grpcurl` can list and call everything).
 
@@ -42,3 +45,14 @@ pub mod raft {
 
 /// The encoded `FileDescriptorSet` of every proto file, for tonic-reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sched_descriptor");
+
+/// What an unset (zero) field of a message means, where the receiver fills it in: written once
+/// here so the servers (defaults of `service.toml`) and the agents (reading the wire) agree.
+pub mod defaults {
+    /// `HealthCheck.interval_ms` when unset: a probe every 10 s.
+    pub const HEALTH_INTERVAL_MS: u64 = 10_000;
+    /// `HealthCheck.timeout_ms` when unset: each probe may take 2 s.
+    pub const HEALTH_TIMEOUT_MS: u64 = 2_000;
+    /// `HealthCheck.retries` when unset: unhealthy after 3 failures in a row.
+    pub const HEALTH_RETRIES: u32 = 3;
+}

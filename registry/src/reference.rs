@@ -107,6 +107,12 @@ impl Reference {
         Self { digest: Some(digest), ..self.clone() }
     }
 
+    /// The same repository pinned to `digest`, its tag dropped: what is run is named by the
+    /// digest alone (`host/repo:1.0` -> `host/repo@sha256:...`).
+    pub fn pinned(&self, digest: Digest) -> Self {
+        Self { tag: None, digest: Some(digest), ..self.clone() }
+    }
+
     /// `registry/repository`, without tag or digest.
     pub fn name(&self) -> String {
         format!("{}/{}", self.registry, self.repository)
@@ -226,6 +232,16 @@ mod tests {
         assert_eq!(r.tag(), Some("v1"));
         assert_eq!(r.manifest_ref(), D);
         assert_eq!(r.to_string(), format!("ghcr.io/org/app:v1@{D}"));
+    }
+
+    #[test]
+    fn pinning_replaces_tag_and_digest_with_the_given_digest() {
+        let d = Digest::parse(D).unwrap();
+        let pinned = |s: &str| Reference::parse(s).unwrap().pinned(d.clone()).to_string();
+        assert_eq!(pinned("127.0.0.1:5000/quotes:1.0"), format!("127.0.0.1:5000/quotes@{D}"));
+        assert_eq!(pinned("busybox"), format!("docker.io/library/busybox@{D}"));
+        let other = format!("sha256:{}", "0".repeat(64));
+        assert_eq!(pinned(&format!("ghcr.io/org/app:v1@{other}")), format!("ghcr.io/org/app@{D}"));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!   it lives in the network namespace of the caller of [`NodeNetwork::new`]: the host's for a
 //!   real agent, a node namespace in the netns lab and in tests.
 //! - [`TaskNetwork`] (`task.rs`): one task's namespace pinned at `/run/sched/netns/<task id>`,
-//!   its veth pair (host end on the bridge, `eth0` inside), address, `lo`, default route.
+//!   its veth pair (host end on the bridge, `eth0` inside), address, `lo`, default route. The
+//!   node creates and removes task networks; `task.rs` does not know the node (no import
+//!   cycle: `node.rs` -> `task.rs` only).
 //! - [`Ipam`] (`ipam.rs`) and [`HostPorts`] (`host_ports.rs`): pure allocation logic, persisted
 //!   as `ipam.json` and `ports.json` under `<data dir>/network` (atomic replace,
 //!   `state_file.rs`), so a restarted agent keeps its tasks' addresses and ports.
@@ -15,9 +17,9 @@
 //!   [`netns`]: pinning and entering namespaces; `nftables.rs`: the rules text and `nft -f -`.
 //!
 //! # Flow
-//! `NodeNetwork::new(config)` once at agent start; per task `TaskNetwork::create(&node, id)`,
-//! then the runtime starts the container with `linux.namespaces[{type: network, path:
-//! netns_path}]`, then `node.publish(task.ip, container_port)` per declared port returns the
+//! `NodeNetwork::new(config)` once at agent start; per task `node.create_task(id)` (also
+//! spelled `TaskNetwork::create(&node, id)`), then the runtime starts the container with
+//! `linux.namespaces[{type: network, path: netns_path}]`, then `node.publish(task.ip, container_port)` per declared port returns the
 //! host port the scheduler records as `node_ip:host_port`. `task.destroy(&node)` (or
 //! `node.destroy_task(id)`) unpublishes its ports and removes veth, namespace and address.
 //!

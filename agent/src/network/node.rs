@@ -1,6 +1,11 @@
 //! `NodeNetwork`: the node side of task networking — bridge, gateway address, forwarding, NAT
 //! table, address and port allocations — and the operations that change them.
 //!
+//! It owns every task network's lifecycle: [`NodeNetwork::create_task`] allocates the address
+//! and builds the parts ([`TaskNetwork::build`]), undoing them on failure;
+//! [`NodeNetwork::destroy_task`] removes them. `TaskNetwork::create` and `destroy` are defined
+//! here too, as the same operations seen from the task.
+//!
 //! All mutable state (allocations, published ports, the nft table written from them) sits behind
 //! one async mutex, so concurrent task starts and stops on a node are serialized and the table in
 //! the kernel always matches the state saved on disk.
@@ -16,26 +21,26 @@ use super::error::{NetworkError, Result};
 use super::host_ports::{HostPorts, PublishedPort};
 use super::ipam::Ipam;
 use super::netlink::Netlink;
-use super::task::TaskNetwork;
+use super::task::{TaskNetwork, validate_task_id};
 use super::{netns, nftables, state_file, sysctl};
 
 /// The task network of this node (cheap to clone; clones share state).
 #[derive(Clone)]
 pub struct NodeNetwork {
-    pub(super) inner: Arc<NodeInner>,
+    inner: Arc<NodeInner>,
 }
 
-pub(super) struct NodeInner {
-    pub(super) config: NodeNetworkConfig,
+struct NodeInner {
+    config: NodeNetworkConfig,
     /// A socket in the node's network namespace (the caller's at [`NodeNetwork::new`]).
-    pub(super) netlink: Netlink,
+    netlink: Netlink,
     /// Allocations and published ports: one lock, so the nft table written always matches them.
-    pub(super) state: Mutex<NodeState>,
+    state: Mutex<NodeState>,
 }
 
-pub(super) struct NodeState {
-    pub(super) ipam: Ipam,
-    pub(super) ports: HostPorts,
+struct NodeState {
+    ipam: Ipam,
+    ports: HostPorts,
 }
 
 impl NodeNetwork {
@@ -126,10 +131,37 @@ impl NodeNetwork {
         state.ports.published().copied().collect()
     }
 
+    /// Creates the network of `task_id` (an error if it already has one): allocates its address,
+    /// saves the allocation and builds namespace, veth and routes. If any step fails, everything
+    /// made so far is undone before the error is returned.
+    pub async fn create_task(&self, task_id: &str) -> Result<TaskNetwork> {
+        validate_task_id(task_id)?;
+        let inner = &self.inner;
+        let config = &inner.config;
+        let mut state = inner.state.lock().await;
+        let netns_path = config.netns_dir.join(task_id);
+        if state.ipam.get(task_id).is_some() || netns_path.exists() {
+            return Err(NetworkError::TaskExists { task_id: task_id.to_owned() });
+        }
+        let ip = state.ipam.allocate(task_id)?;
+        let task = TaskNetwork::describe(config, task_id, ip);
+        let built = async {
+            state.ipam.save(&config.ipam_file())?;
+            task.build(&inner.netlink, config).await
+        }
+        .await;
+        if let Err(error) = built {
+            let undo = self.remove_task_parts(&mut state, task_id).await;
+            return Err(error.with_cleanup(undo));
+        }
+        info!(task_id, %ip, netns = %task.netns_path.display(), "task network created");
+        Ok(task)
+    }
+
     /// Removes the network of `task_id`: its published ports, its veth, its namespace file, its
     /// address. Idempotent: parts already gone (or never made) are skipped.
     pub async fn destroy_task(&self, task_id: &str) -> Result<()> {
-        super::task::validate_task_id(task_id)?;
+        validate_task_id(task_id)?;
         let mut state = self.inner.state.lock().await;
         if let Some(ip) = state.ipam.get(task_id) {
             let before = state.ports.clone();
@@ -143,7 +175,7 @@ impl NodeNetwork {
     }
 
     /// Removes what a task network is made of (veth, netns file, address), each if present.
-    pub(super) async fn remove_task_parts(&self, state: &mut MutexGuard<'_, NodeState>, task_id: &str) -> Result<()> {
+    async fn remove_task_parts(&self, state: &mut MutexGuard<'_, NodeState>, task_id: &str) -> Result<()> {
         let config = &self.inner.config;
         if let Some(ip) = state.ipam.get(task_id) {
             let task = TaskNetwork::describe(config, task_id, ip);
@@ -200,6 +232,18 @@ impl NodeNetwork {
         let config = &self.inner.config;
         let rules = nftables::render_table(&config.nft_table, &config.bridge, config.subnet, state.ports.published());
         nftables::replace_table(&config.nft, &config.nft_table, &rules).await
+    }
+}
+
+impl TaskNetwork {
+    /// Creates the network of `task_id` on `node`: [`NodeNetwork::create_task`].
+    pub async fn create(node: &NodeNetwork, task_id: &str) -> Result<TaskNetwork> {
+        node.create_task(task_id).await
+    }
+
+    /// Removes this network: [`NodeNetwork::destroy_task`]; idempotent.
+    pub async fn destroy(&self, node: &NodeNetwork) -> Result<()> {
+        node.destroy_task(&self.task_id).await
     }
 }
 

@@ -1,22 +1,24 @@
-//! `TaskNetwork`: one task's network namespace, veth, address and default route.
+//! `TaskNetwork`: what one task's network is — its namespace, veth, address and default route —
+//! and how those parts are made.
 //!
-//! [`TaskNetwork::create`] pins a new namespace at `<netns dir>/<task id>`, creates a veth pair
+//! [`TaskNetwork::build`] pins a new namespace at `<netns dir>/<task id>`, creates a veth pair
 //! whose host end (`veth<address in hex>`) joins the node bridge and whose peer is created inside
 //! the namespace as `eth0`, then — on a thread inside the namespace — sets `lo` and `eth0` up,
-//! gives `eth0` the task address and adds the default route via the gateway. If any step fails,
-//! everything made so far is undone before the error is returned.
+//! gives `eth0` the task address and adds the default route via the gateway.
+//!
+//! This file knows nothing of the node: allocating the address, undoing a failed build and
+//! removing a task network are the node's ([`NodeNetwork::create_task`](super::NodeNetwork::create_task)
+//! and [`NodeNetwork::destroy_task`](super::NodeNetwork::destroy_task)), which owns the state they
+//! change. `node.rs` uses this file, never the other way round.
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
-use tracing::info;
-
 use super::config::NodeNetworkConfig;
 use super::error::{NetworkError, Result};
 use super::netlink::Netlink;
 use super::netns;
-use super::node::{NodeInner, NodeNetwork};
 
 /// The interface name of the task's end of its veth pair.
 pub const TASK_INTERFACE: &str = "eth0";
@@ -35,36 +37,6 @@ pub struct TaskNetwork {
 }
 
 impl TaskNetwork {
-    /// Creates the network of `task_id` on `node` (an error if it already has one).
-    pub async fn create(node: &NodeNetwork, task_id: &str) -> Result<TaskNetwork> {
-        validate_task_id(task_id)?;
-        let inner = &node.inner;
-        let config = &inner.config;
-        let mut state = inner.state.lock().await;
-        let netns_path = config.netns_dir.join(task_id);
-        if state.ipam.get(task_id).is_some() || netns_path.exists() {
-            return Err(NetworkError::TaskExists { task_id: task_id.to_owned() });
-        }
-        let ip = state.ipam.allocate(task_id)?;
-        let task = Self::describe(config, task_id, ip);
-        let built = async {
-            state.ipam.save(&config.ipam_file())?;
-            build(inner, &task).await
-        }
-        .await;
-        if let Err(error) = built {
-            let undo = node.remove_task_parts(&mut state, task_id).await;
-            return Err(error.with_cleanup(undo));
-        }
-        info!(task_id, %ip, netns = %task.netns_path.display(), "task network created");
-        Ok(task)
-    }
-
-    /// Removes this network (see [`NodeNetwork::destroy_task`]); idempotent.
-    pub async fn destroy(&self, node: &NodeNetwork) -> Result<()> {
-        node.destroy_task(&self.task_id).await
-    }
-
     /// The network `task_id` has (or will have) with address `ip` under `config`.
     pub(super) fn describe(config: &NodeNetworkConfig, task_id: &str, ip: Ipv4Addr) -> Self {
         Self {
@@ -74,28 +46,28 @@ impl TaskNetwork {
             veth_host_name: format!("veth{:08x}", u32::from(ip)),
         }
     }
-}
 
-/// Makes the namespace, the veth pair and the in-namespace configuration of `task`.
-async fn build(inner: &NodeInner, task: &TaskNetwork) -> Result<()> {
-    let config = &inner.config;
-    netns::create(&task.netns_path).await?;
-    // A link of this name is a leftover of an earlier task that held the same address.
-    inner.netlink.delete_link(&task.veth_host_name).await?;
-    let bridge = inner.netlink.existing_link_index(&config.bridge).await?;
-    let namespace = netns::open(&task.netns_path)?;
-    inner.netlink.create_veth_into(&task.veth_host_name, bridge, TASK_INTERFACE, namespace.as_fd()).await?;
-    let (ip, prefix, gateway) = (task.ip, config.subnet.prefix(), config.subnet.gateway());
-    netns::run_in(&task.netns_path, move || async move {
-        let netlink = Netlink::connect()?;
-        let lo = netlink.existing_link_index("lo").await?;
-        netlink.set_up(lo, "lo").await?;
-        let eth0 = netlink.existing_link_index(TASK_INTERFACE).await?;
-        netlink.ensure_address(eth0, TASK_INTERFACE, ip, prefix).await?;
-        netlink.set_up(eth0, TASK_INTERFACE).await?;
-        netlink.add_default_route(gateway).await
-    })
-    .await
+    /// Makes the namespace, the veth pair (through `netlink`, in the node's namespace) and the
+    /// in-namespace configuration. On failure the parts made stay: the caller removes them.
+    pub(super) async fn build(&self, netlink: &Netlink, config: &NodeNetworkConfig) -> Result<()> {
+        netns::create(&self.netns_path).await?;
+        // A link of this name is a leftover of an earlier task that held the same address.
+        netlink.delete_link(&self.veth_host_name).await?;
+        let bridge = netlink.existing_link_index(&config.bridge).await?;
+        let namespace = netns::open(&self.netns_path)?;
+        netlink.create_veth_into(&self.veth_host_name, bridge, TASK_INTERFACE, namespace.as_fd()).await?;
+        let (ip, prefix, gateway) = (self.ip, config.subnet.prefix(), config.subnet.gateway());
+        netns::run_in(&self.netns_path, move || async move {
+            let netlink = Netlink::connect()?;
+            let lo = netlink.existing_link_index("lo").await?;
+            netlink.set_up(lo, "lo").await?;
+            let eth0 = netlink.existing_link_index(TASK_INTERFACE).await?;
+            netlink.ensure_address(eth0, TASK_INTERFACE, ip, prefix).await?;
+            netlink.set_up(eth0, TASK_INTERFACE).await?;
+            netlink.add_default_route(gateway).await
+        })
+        .await
+    }
 }
 
 /// Task ids become file names: 1-128 characters of `[A-Za-z0-9_.-]`, not `.` or `..`.

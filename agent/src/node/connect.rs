@@ -1,15 +1,17 @@
-//! One connection to a server, as every long-lived stream of the agent needs it, and the
-//! order in which the servers are tried.
+//! The connection to a server, as every long-lived stream of the agent needs it (the daemon's
+//! sessions and the ingress's route stream), and the order in which the servers are tried.
 
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 
+use crate::error::{AgentError, Result};
+
 /// Connects to `server` (HOST:PORT) within 2 s, with HTTP/2 pings so that a dead connection is
 /// noticed.
-pub async fn connect(server: &str) -> Result<Channel, String> {
+pub async fn connect(server: &str) -> Result<Channel> {
     Endpoint::from_shared(format!("http://{server}"))
-        .map_err(|e| format!("bad server address {server:?}: {e}"))?
+        .map_err(|source| AgentError::ServerAddress { server: server.to_owned(), source })?
         .connect_timeout(Duration::from_secs(2))
         // A server cut off the network sends no RST: without pings every call on the
         // connection (heartbeats, reports, the assignment stream) would hang for minutes and
@@ -19,7 +21,7 @@ pub async fn connect(server: &str) -> Result<Channel, String> {
         .keep_alive_while_idle(true)
         .connect()
         .await
-        .map_err(|e| format!("connect to {server}: {e}"))
+        .map_err(|source| AgentError::Connect { server: server.to_owned(), source })
 }
 
 /// The servers in turn: a stream that ends (its server died, or closed it) moves on to the

@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Range;
 
+// Health probe timing when the `[health]` table leaves it out: the same values the agents read
+// an unset field as.
+use proto::defaults::{HEALTH_INTERVAL_MS, HEALTH_RETRIES, HEALTH_TIMEOUT_MS};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -18,17 +21,9 @@ use super::{
     parse_duration_ms, validate,
 };
 
-/// Health probe timing when the `[health]` table leaves it out.
-const DEFAULT_HEALTH_INTERVAL: &str = "10s";
-const DEFAULT_HEALTH_TIMEOUT: &str = "2s";
-const DEFAULT_HEALTH_RETRIES: u32 = 3;
-/// Autoscaler cooldowns when the `[autoscale]` table leaves them out.
-const DEFAULT_SCALE_OUT_COOLDOWN: &str = "30s";
-const DEFAULT_SCALE_IN_COOLDOWN: &str = "300s";
-/// A stopping task's drain time and a route's timeout when the file leaves them out (the same
-/// values as [`super::DEFAULT_DRAIN_MS`] and [`super::DEFAULT_ROUTE_TIMEOUT_MS`]).
-const DEFAULT_DRAIN: &str = "5s";
-const DEFAULT_ROUTE_TIMEOUT: &str = "60s";
+/// Autoscaler cooldowns when the `[autoscale]` table leaves them out (30 s and 300 s).
+const DEFAULT_SCALE_OUT_COOLDOWN_MS: u64 = 30_000;
+const DEFAULT_SCALE_IN_COOLDOWN_MS: u64 = 300_000;
 
 /// Why a service file was rejected: one entry per problem, in file order.
 #[derive(Debug, thiserror::Error)]
@@ -178,22 +173,15 @@ pub fn parse_service_toml(file: &str, text: &str) -> Result<ServiceSpec, SpecFil
 
     let mut spans = Spans::default();
     let mut problems = Vec::new();
-    let mut duration = |spans: &mut Spans, field: &str, value: Option<Spanned<String>>, default: &str| {
-        let (text_value, span) = match value {
-            Some(v) => {
-                let span = v.span();
-                (v.into_inner(), Some(span))
-            }
-            None => (default.to_string(), None),
-        };
-        if let Some(span) = &span {
-            spans.0.insert(field.to_string(), span.clone());
-        }
-        parse_duration_ms(&text_value).unwrap_or_else(|why| {
-            problems.push(located(span.unwrap_or(0..0), Some(field.to_string()), why));
+    let mut duration = |spans: &mut Spans, field: &str, value: Option<Spanned<String>>, default_ms: u64| {
+        let Some(value) = value else { return default_ms };
+        let span = value.span();
+        spans.0.insert(field.to_string(), span.clone());
+        parse_duration_ms(value.get_ref()).unwrap_or_else(|why| {
+            problems.push(located(span, Some(field.to_string()), why));
             // Validate the rest as if the default had been written, so one typo does not
             // cascade into errors about the fields compared with it.
-            parse_duration_ms(default).unwrap_or(0)
+            default_ms
         })
     };
 
@@ -205,8 +193,13 @@ pub fn parse_service_toml(file: &str, text: &str) -> Result<ServiceSpec, SpecFil
             min: spans.take_opt("autoscale.min", a.min).unwrap_or(1),
             max,
             target_cpu_percent: spans.take("autoscale.target_cpu_percent", a.target_cpu_percent),
-            scale_out_cooldown_ms: duration(&mut spans, "autoscale.scale_out_cooldown", a.scale_out_cooldown, DEFAULT_SCALE_OUT_COOLDOWN),
-            scale_in_cooldown_ms: duration(&mut spans, "autoscale.scale_in_cooldown", a.scale_in_cooldown, DEFAULT_SCALE_IN_COOLDOWN),
+            scale_out_cooldown_ms: duration(
+                &mut spans,
+                "autoscale.scale_out_cooldown",
+                a.scale_out_cooldown,
+                DEFAULT_SCALE_OUT_COOLDOWN_MS,
+            ),
+            scale_in_cooldown_ms: duration(&mut spans, "autoscale.scale_in_cooldown", a.scale_in_cooldown, DEFAULT_SCALE_IN_COOLDOWN_MS),
         }
     });
     let health = raw.health.map(|h| {
@@ -217,10 +210,10 @@ pub fn parse_service_toml(file: &str, text: &str) -> Result<ServiceSpec, SpecFil
             path: spans.take_opt("health.path", h.path).unwrap_or_default(),
             port: spans.take_opt("health.port", h.port).unwrap_or(0),
             command: spans.take_opt("health.command", h.command).unwrap_or_default(),
-            interval_ms: duration(&mut spans, "health.interval", h.interval, DEFAULT_HEALTH_INTERVAL),
-            timeout_ms: duration(&mut spans, "health.timeout", h.timeout, DEFAULT_HEALTH_TIMEOUT),
-            retries: spans.take_opt("health.retries", h.retries).unwrap_or(DEFAULT_HEALTH_RETRIES),
-            grace_ms: duration(&mut spans, "health.grace", h.grace, "0s"),
+            interval_ms: duration(&mut spans, "health.interval", h.interval, HEALTH_INTERVAL_MS),
+            timeout_ms: duration(&mut spans, "health.timeout", h.timeout, HEALTH_TIMEOUT_MS),
+            retries: spans.take_opt("health.retries", h.retries).unwrap_or(HEALTH_RETRIES),
+            grace_ms: duration(&mut spans, "health.grace", h.grace, 0),
         }
     });
     let deploy = raw.deploy.map_or_else(Deploy::default, |d| {
@@ -246,11 +239,11 @@ pub fn parse_service_toml(file: &str, text: &str) -> Result<ServiceSpec, SpecFil
                 path_prefix: spans.take(&format!("route[{i}].path_prefix"), r.path_prefix),
                 host: spans.take_opt(&format!("route[{i}].host"), r.host).unwrap_or_default(),
                 port: spans.take(&format!("route[{i}].port"), r.port),
-                timeout_ms: duration(&mut spans, &format!("route[{i}].timeout"), r.timeout, DEFAULT_ROUTE_TIMEOUT),
+                timeout_ms: duration(&mut spans, &format!("route[{i}].timeout"), r.timeout, super::DEFAULT_ROUTE_TIMEOUT_MS),
             }
         })
         .collect();
-    let drain_ms = duration(&mut spans, "drain", raw.drain, DEFAULT_DRAIN);
+    let drain_ms = duration(&mut spans, "drain", raw.drain, super::DEFAULT_DRAIN_MS);
     let env = raw.env.map_or_else(BTreeMap::new, |env| {
         spans.0.insert("env".into(), env.span());
         env.into_inner().into_iter().map(|(k, v)| (spans.take(&format!("env.{}", k.get_ref()), k), v)).collect()
