@@ -49,6 +49,19 @@ impl Drop for ReleaseOnDrop<'_> {
     }
 }
 
+/// A loopback registry holding the busybox test image as `cli/busybox:v1`, a work dir (its
+/// layout under `layout/`), and the reference to pull.
+fn pushed_busybox() -> (Registry, tempfile::TempDir, String) {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().unwrap();
+    let mut layout = OciLayout::create(&work.path().join("layout"));
+    let desc = layout.add_image(&busybox_image());
+    layout.tag("v1", &desc);
+    let reference = format!("{}/cli/busybox:v1", registry.addr());
+    push(&layout.dir, "v1", &reference, PushFormat::Oci, false, None);
+    (registry, work, reference)
+}
+
 fn image_cli(data: &Path, args: &[&str]) -> (String, String) {
     let out = Command::new(runtime_binary()).arg("--data-dir").arg(data).arg("image").args(args).output().expect("run sched-runtime");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
@@ -58,13 +71,7 @@ fn image_cli(data: &Path, args: &[&str]) -> (String, String) {
 
 #[test]
 fn image_commands_pull_list_inspect_unpack_remove_and_prune() {
-    let registry = Registry::start();
-    let work = tempfile::tempdir().unwrap();
-    let mut layout = OciLayout::create(&work.path().join("layout"));
-    let desc = layout.add_image(&busybox_image());
-    layout.tag("v1", &desc);
-    let reference = format!("{}/cli/busybox:v1", registry.addr());
-    push(&layout.dir, "v1", &reference, PushFormat::Oci, false, None);
+    let (_registry, work, reference) = pushed_busybox();
     let data = work.path().join("data");
 
     let (out, err) = image_cli(&data, &["pull", &reference]);
@@ -102,13 +109,7 @@ fn image_commands_pull_list_inspect_unpack_remove_and_prune() {
 
 #[test]
 fn a_container_runs_from_a_pulled_image() {
-    let registry = Registry::start();
-    let work = tempfile::tempdir().unwrap();
-    let mut layout = OciLayout::create(&work.path().join("layout"));
-    let desc = layout.add_image(&busybox_image());
-    layout.tag("v1", &desc);
-    let reference = format!("{}/cli/busybox:v1", registry.addr());
-    push(&layout.dir, "v1", &reference, PushFormat::Oci, false, None);
+    let (_registry, work, reference) = pushed_busybox();
     let data = work.path().join("data");
     image_cli(&data, &["pull", &reference]);
 
@@ -135,13 +136,7 @@ fn a_container_runs_from_a_pulled_image() {
 
 #[test]
 fn sched_runtime_runs_a_bundle_made_from_a_pulled_image() {
-    let registry = Registry::start();
-    let work = tempfile::tempdir().unwrap();
-    let mut layout = OciLayout::create(&work.path().join("layout"));
-    let desc = layout.add_image(&busybox_image());
-    layout.tag("v1", &desc);
-    let reference = format!("{}/cli/busybox:v1", registry.addr());
-    push(&layout.dir, "v1", &reference, PushFormat::Oci, false, None);
+    let (_registry, work, reference) = pushed_busybox();
     let data = work.path().join("data");
     image_cli(&data, &["pull", &reference]);
 

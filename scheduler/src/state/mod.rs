@@ -90,6 +90,14 @@ impl ClusterState {
         ClusterState { members, ..ClusterState::default() }
     }
 
+    /// Refuses a command naming a task this state does not hold (before it changes anything).
+    fn require_tasks(&self, task_ids: &[String]) -> Result<(), Rejection> {
+        match task_ids.iter().find(|id| !self.tasks.contains_key(*id)) {
+            Some(id) => Err(not_found(format!("no task {id}"))),
+            None => Ok(()),
+        }
+    }
+
     pub fn services(&self) -> impl Iterator<Item = &ServiceRecord> {
         self.services.values()
     }
@@ -206,9 +214,7 @@ impl ClusterState {
                 Ok(Outcome::Done)
             }
             Command::DrainTasks { task_ids, until_ms, now_ms } => {
-                if let Some(id) = task_ids.iter().find(|id| !self.tasks.contains_key(*id)) {
-                    return Err(not_found(format!("no task {id}")));
-                }
+                self.require_tasks(&task_ids)?;
                 for id in task_ids {
                     let task = self.tasks.get_mut(&id).expect("checked above");
                     // Only a task that should run can start draining; a stopped one stays so.
@@ -221,9 +227,7 @@ impl ClusterState {
                 Ok(Outcome::Done)
             }
             Command::SetTaskDesiredState { task_ids, desired, now_ms } => {
-                if let Some(id) = task_ids.iter().find(|id| !self.tasks.contains_key(*id)) {
-                    return Err(not_found(format!("no task {id}")));
-                }
+                self.require_tasks(&task_ids)?;
                 for id in task_ids {
                     let task = self.tasks.get_mut(&id).expect("checked above");
                     task.desired = desired;
