@@ -3,7 +3,7 @@
 set -euo pipefail
 # gcc make pkg-config zlib1g-dev libelf-dev: libbpf-sys builds libbpf (the cgroup v2 device program);
 # gcc libc6-dev also build the static syscall probe of the seccomp tests.
-PKGS=(gcc make pkg-config zlib1g-dev libelf-dev libc6-dev busybox-static iproute2 nftables containernetworking-plugins iptables runc qemu-system-x86 linux-image-amd64 cpio kmod binutils docker-registry skopeo umoci apache2-utils podman curl jq)
+PKGS=(gcc make pkg-config zlib1g-dev libelf-dev libc6-dev busybox-static iproute2 nftables containernetworking-plugins iptables runc qemu-system-x86 linux-image-amd64 cpio kmod binutils docker-registry skopeo umoci apache2-utils podman curl jq python3-venv)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -13,4 +13,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# A third-party gRPC client for the reflection test (tests/python/reflection_list.py): Python's
+# grpcio-reflection speaks only reflection v1alpha. From PyPI, pinned, in a venv of its own.
+PYTHON_ENV=/var/lib/sched-tests/python
+if ! "$PYTHON_ENV/bin/python" -c 'import grpc_reflection.v1alpha.reflection_pb2_grpc' 2>/dev/null; then
+  echo "installing grpcio and grpcio-reflection into $PYTHON_ENV"
+  /usr/bin/python3 -m venv "$PYTHON_ENV"
+  "$PYTHON_ENV/bin/pip" install --quiet --disable-pip-version-check grpcio==1.68.1 grpcio-reflection==1.68.1
 fi

@@ -1,6 +1,7 @@
 //! The public API on a real 3-server cluster: the CLI round trip, exit codes, and that
 //! malformed files and bad gRPC requests get clear errors and change nothing.
 
+use std::path::Path;
 use std::time::Duration;
 
 use proto::sched::v1 as pb;
@@ -195,6 +196,23 @@ fn health_and_reflection_are_served_on_the_api_port() {
             assert!(names.iter().any(|n| n == expected), "{expected} not in {names:?}");
         }
     });
+}
+
+/// Reflection v1alpha beside v1, checked with a client sched did not write: Python's
+/// grpcio-reflection (it speaks only v1alpha; before it was served, it got UNIMPLEMENTED).
+#[test]
+fn reflection_v1alpha_lists_the_services_to_pythons_grpcio_reflection() {
+    const PYTHON: &str = "/var/lib/sched-tests/python/bin/python";
+    assert!(Path::new(PYTHON).exists(), "{PYTHON} is missing: run scripts/install-test-deps.sh");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/reflection_list.py");
+    let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
+    let out = std::process::Command::new(PYTHON).arg(script).arg(&cluster.servers[&1].address).output().expect("run python");
+    assert!(out.status.success(), "grpcio-reflection failed: {}", stderr(&out));
+    let names = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = names.lines().collect();
+    for expected in ["sched.v1.ServiceApi", "sched.v1.ClusterApi", "sched.v1.LogApi", "agent.v1.AgentApi", "grpc.health.v1.Health"] {
+        assert!(names.contains(&expected), "{expected} not in {names:?}");
+    }
 }
 
 #[test]

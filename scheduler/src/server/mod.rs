@@ -4,8 +4,8 @@
 //! `shutdown` resolves: `sched.v1.ServiceApi`, `ClusterApi`, `LogApi` (the public API; logs are
 //! read from the nodes' agents) and `RouteApi` (the route table ingresses watch), `agent.v1.AgentApi`
 //! (the agents' side), `raft.v1.RaftPeer`
-//! (peer traffic), the standard gRPC health service and server reflection (so `grpcurl` lists
-//! and calls everything). Tests bind port 0 and pass the listener in.
+//! (peer traffic), the standard gRPC health service and server reflection, v1 and v1alpha (so
+//! `grpcurl` and older clients such as Python's grpcio-reflection list and call everything). Tests bind port 0 and pass the listener in.
 
 mod agent_api;
 mod applied_stream;
@@ -108,15 +108,20 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     health.set_serving::<ClusterApiServer<cluster_api::ClusterApiService>>().await;
     health.set_serving::<LogApiServer<log_api::LogApiService>>().await;
     health.set_serving::<RouteApiServer<route_api::RouteApiService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: v1, and v1alpha for the clients that speak only it
+    // (Python's grpcio-reflection, grpcurl before 1.8.8, Postman's older importers).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
 
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(ServiceApiServer::new(service_api::ServiceApiService::new(
             consensus.clone(),
             heartbeats.clone(),
