@@ -12,8 +12,10 @@
 //! inherits the host's "allow all", and v2 has no device files at all.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use libcgroups::common::{AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt, FreezerState, create_cgroup_manager};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources, Spec};
 
@@ -159,27 +161,129 @@ pub fn dirs_of(pid: i32, path: &Path) -> Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
-/// Kills whatever is left in each directory and removes it, retrying while the kernel still
-/// counts dying processes in it. A directory that is already gone is fine.
-pub fn remove_dirs(dirs: &[PathBuf], timeout: std::time::Duration) -> Result<()> {
-    let deadline = std::time::Instant::now() + timeout;
+/// How long one freeze may take to settle before the kill goes ahead without it.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Kills every process of the cgroup in `dirs` (the container's directory in each hierarchy)
+/// and of every cgroup below it, and waits until none is left: what runc's
+/// `signalAllProcesses` does, so that a container without its own pid namespace, or a process
+/// moved into its cgroup, cannot outlive the container.
+///
+/// Where the kernel has cgroup v2's `cgroup.kill` (Linux 5.14), one write kills the whole
+/// subtree. Otherwise, and for whatever that missed, each round freezes the cgroup (a frozen
+/// process cannot fork a child we would not see), sends SIGKILL to every pid in `cgroup.procs`,
+/// and thaws it (a frozen process cannot act on SIGKILL). Zombies count as gone: they no longer
+/// run and do not keep a cgroup from being removed. Fails naming the pids left after `timeout`.
+pub fn kill_all(dirs: &[PathBuf], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
     for dir in dirs {
-        let mut pause = std::time::Duration::from_micros(500);
-        loop {
-            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                }
-            }
-            match std::fs::remove_dir(dir) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) if std::time::Instant::now() > deadline => {
-                    return Err(Error::Cgroup { path: dir.clone(), reason: format!("cannot remove it: {e}") });
-                }
-                Err(_) => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+        let file = dir.join("cgroup.kill");
+        if file.exists()
+            && let Err(e) = std::fs::write(&file, "1")
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %file.display(), error = %e, "cgroup.kill failed; killing pid by pid");
+        }
+    }
+    let mut pause = Duration::from_micros(200);
+    loop {
+        let left = live_pids(dirs);
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let path = dirs.first().cloned().unwrap_or_default();
+            return Err(Error::Cgroup { path, reason: format!("processes {left:?} are still alive {timeout:?} after SIGKILL") });
+        }
+        set_frozen(dirs, true);
+        for pid in live_pids(dirs) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        set_frozen(dirs, false);
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// The live (not zombie) processes in the cgroups `dirs` and below them, sorted.
+pub fn live_pids(dirs: &[PathBuf]) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for dir in dirs {
+        for cgroup in cgroup_tree(dir) {
+            let Ok(procs) = std::fs::read_to_string(cgroup.join("cgroup.procs")) else { continue };
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids.retain(|&pid| crate::state::process_start_time(pid).is_some_and(|(_, zombie)| !zombie));
+    pids
+}
+
+/// `dir` and every cgroup below it, parents before children; empty when `dir` does not exist.
+fn cgroup_tree(dir: &Path) -> Vec<PathBuf> {
+    let mut tree = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        todo.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        tree.push(dir);
+    }
+    tree
+}
+
+/// Freezes (or thaws) the cgroup in every hierarchy that can: the v1 freezer's `freezer.state`,
+/// cgroup v2's `cgroup.freeze`. Best effort: a cgroup that does not settle within
+/// [`FREEZE_TIMEOUT`] is killed unfrozen, and the caller's next round catches any fork.
+fn set_frozen(dirs: &[PathBuf], frozen: bool) {
+    for dir in dirs {
+        let v1 = dir.join("freezer.state");
+        if v1.exists() {
+            let want = if frozen { "FROZEN" } else { "THAWED" };
+            // v1 reports FREEZING until every task stopped; writing FROZEN again retries it.
+            settle(|| std::fs::write(&v1, want).is_ok() && std::fs::read_to_string(&v1).is_ok_and(|s| s.trim() == want));
+        }
+        let v2 = dir.join("cgroup.freeze");
+        if v2.exists() && std::fs::write(&v2, if frozen { "1" } else { "0" }).is_ok() {
+            let want = if frozen { "frozen 1" } else { "frozen 0" };
+            settle(|| std::fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|s| s.lines().any(|l| l == want)));
+        }
+    }
+}
+
+/// Polls `done` until it holds or [`FREEZE_TIMEOUT`] passed.
+fn settle(mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + FREEZE_TIMEOUT;
+    let mut pause = Duration::from_micros(100);
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
+
+/// Removes the cgroup in each directory, the cgroups below it first, retrying while the kernel
+/// still counts dying processes in it. A directory that is already gone is fine. The processes
+/// must be gone: see [`kill_all`].
+pub fn remove_dirs(dirs: &[PathBuf], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    for dir in dirs {
+        for cgroup in cgroup_tree(dir).iter().rev() {
+            let mut pause = Duration::from_micros(500);
+            loop {
+                match std::fs::remove_dir(cgroup) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if Instant::now() > deadline => {
+                        let left = live_pids(std::slice::from_ref(cgroup));
+                        return Err(Error::Cgroup {
+                            path: cgroup.clone(),
+                            reason: format!("cannot remove it ({e}); processes in it: {left:?}"),
+                        });
+                    }
+                    Err(_) => {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
                 }
             }
         }
@@ -256,6 +360,24 @@ mod tests {
             let got = with_default_device_rules(spec.as_ref());
             assert_eq!(got.devices().as_deref(), Some(&want[..]), "{spec:?}");
         }
+    }
+
+    #[test]
+    fn live_pids_walks_the_cgroups_below_and_skips_the_dead() {
+        let root = std::env::temp_dir().join(format!("sched-live-pids-{}", std::process::id()));
+        let nested = root.join("a/b");
+        std::fs::create_dir_all(&nested).unwrap();
+        let me = std::process::id() as i32;
+        // A pid the kernel never hands out (above pid_max's ceiling of 2^22).
+        let dead = 1 << 23;
+        std::fs::write(root.join("cgroup.procs"), format!("{dead}\n")).unwrap();
+        std::fs::write(nested.join("cgroup.procs"), format!("{me}\n{me}\n")).unwrap();
+        let found = live_pids(std::slice::from_ref(&root));
+        let tree = cgroup_tree(&root);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(found, vec![me]);
+        assert_eq!(tree, vec![root.clone(), root.join("a"), nested]);
+        assert!(live_pids(&[root]).is_empty(), "a cgroup that is gone holds nothing");
     }
 
     #[test]

@@ -1,6 +1,14 @@
-//! `delete`: removes a stopped container (or, with force, kills it first): its cgroup and its
-//! state directory. Mounts need no cleanup: they live in the container's mount namespace, which
-//! goes away with its last process.
+//! `delete`: removes a stopped container (or, with force, a created, running or paused one).
+//! In this order, so that a crash at any step leaves the state directory for a later `delete`
+//! (or the agent's reaper) to find and finish:
+//! 1. every process of the container dies: its init, and everything in its cgroup and the
+//!    cgroups below it, in every hierarchy ([`kill_all`]). A stopped container too: without its
+//!    own pid namespace (or with processes moved into its cgroup) its init's exit kills nothing.
+//! 2. its cgroup directories are removed;
+//! 3. its state directory is removed, last.
+//!
+//! Mounts need no cleanup: they live in the container's mount namespace, which goes away with
+//! its last process.
 
 use std::time::{Duration, Instant};
 
@@ -8,16 +16,18 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::Container;
+use crate::cgroups::{ContainerCgroup, kill_all, remove_dirs};
 use crate::error::{Error, Result};
 use crate::state::{Status, process_start_time};
 
-/// How long `delete --force` waits for a killed init to die.
+/// How long delete waits for the killed processes to die.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long delete retries removing a cgroup that dying processes still occupy.
 const CGROUP_REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Container {
-    /// Deletes the container; `force` kills a created or running one first.
+    /// Deletes the container and kills whatever of it still runs; without `force` only a
+    /// stopped one (whose init has exited).
     pub fn delete(&self, force: bool) -> Result<()> {
         let status = self.status();
         if status != Status::Stopped {
@@ -29,21 +39,33 @@ impl Container {
                 });
             }
             let _ = kill(Pid::from_raw(self.pid()), Signal::SIGKILL);
-            if status == Status::Paused {
-                // A frozen process cannot act on SIGKILL until it is thawed.
-                self.resume()?;
-            }
+        }
+        // The directories recorded at create: no cgroup discovery, which keeps delete on the
+        // fast path of every container stop. A state written by an older runtime, before the
+        // dirs were recorded, has its cgroup looked up in every hierarchy.
+        let dirs = if self.state.cgroup_dirs.is_empty() { self.cgroup_dirs_found() } else { self.state.cgroup_dirs.clone() };
+        // Thaws a paused container too: a frozen process cannot act on SIGKILL.
+        kill_all(&dirs, KILL_TIMEOUT)?;
+        if status != Status::Stopped {
             self.wait_gone(KILL_TIMEOUT)?;
         }
-        // The directories recorded at create: removing them needs no cgroup discovery, which
-        // keeps delete on the fast path of every container stop.
         if self.state.cgroup_dirs.is_empty() {
-            // A state written by an older runtime, before the dirs were recorded.
-            crate::cgroups::ContainerCgroup::open(&self.state.cgroup_path, self.id())?.remove()?;
+            ContainerCgroup::open(&self.state.cgroup_path, self.id())?.remove()?;
         } else {
-            crate::cgroups::remove_dirs(&self.state.cgroup_dirs, CGROUP_REMOVE_TIMEOUT)?;
+            remove_dirs(&self.state.cgroup_dirs, CGROUP_REMOVE_TIMEOUT)?;
         }
         std::fs::remove_dir_all(&self.dir).map_err(|e| Error::Io { what: format!("remove {}", self.dir.display()), source: e })
+    }
+
+    /// The existing directories of the container's cgroup path in every hierarchy.
+    fn cgroup_dirs_found(&self) -> Vec<std::path::PathBuf> {
+        let relative = self.state.cgroup_path.strip_prefix("/").unwrap_or(&self.state.cgroup_path);
+        crate::cgroups::host_hierarchies()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| h.mount_point.join(relative))
+            .filter(|d| d.is_dir())
+            .collect()
     }
 
     /// Waits until the init process is gone or a zombie.
