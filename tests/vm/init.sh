@@ -117,5 +117,22 @@ report "devnode_exit=$rc devnode_null=$(grep -c null-ok /tmp/devnode.log) devnod
 report "devnode_refused=$(grep -c 'Operation not permitted' /tmp/devnode.log)"
 sed 's/^/SCHED-VM-LOG devnode: /' /tmp/devnode.log | tail -3
 
+# 6. delete --force of a container without a pid namespace whose init left a background child,
+# that child moved into a cgroup below the container's: delete kills it by the cgroup
+# (cgroup.kill on this kernel) and removes both cgroups.
+$R create --bundle /bundles/orphans orphans < /dev/null > /tmp/orphans.log 2>&1
+$R start orphans >> /tmp/orphans.log 2>&1
+i=0
+while [ ! -s /bundles/orphans/rootfs/tmp/child.pid ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+child=$(cat /bundles/orphans/rootfs/tmp/child.pid 2>/dev/null)
+mkdir $CG/orphans/nested && echo "$child" > $CG/orphans/nested/cgroup.procs
+report "orphans_cgroup_kill=$([ -e $CG/orphans/cgroup.kill ] && echo yes || echo no)"
+report "orphans_nested=$(grep -qx "$child" $CG/orphans/nested/cgroup.procs 2>/dev/null && echo yes || echo no)"
+$R delete --force orphans >> /tmp/orphans.log 2>&1; rc=$?
+alive=no
+[ -n "$child" ] && [ -e /proc/$child/stat ] && ! grep -q ') Z' /proc/$child/stat && alive=yes
+report "orphans_delete_exit=$rc orphans_child_alive=$alive orphans_cgroup_left=$([ -d $CG/orphans ] && echo yes || echo no)"
+sed 's/^/SCHED-VM-LOG orphans: /' /tmp/orphans.log | tail -3
+
 report "done=yes uptime=$(up)"
 poweroff -f
