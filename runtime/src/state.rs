@@ -12,7 +12,7 @@ use crate::error::{Context, Error, Result};
 /// The default state root, like runc's /run/runc.
 pub const DEFAULT_ROOT: &str = "/run/sched-runtime";
 /// The file that holds [`PersistedState`] in a container's directory.
-const STATE_FILE: &str = "state.json";
+pub(crate) const STATE_FILE: &str = "state.json";
 /// The FIFO the container's init blocks on until `start`.
 pub const EXEC_FIFO: &str = "exec.fifo";
 

@@ -10,6 +10,7 @@
 //! Mounts need no cleanup: they live in the container's mount namespace, which goes away with
 //! its last process.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -18,7 +19,7 @@ use nix::unistd::Pid;
 use super::Container;
 use crate::cgroups::{ContainerCgroup, kill_all, remove_dirs};
 use crate::error::{Error, Result};
-use crate::state::{Status, process_start_time};
+use crate::state::{STATE_FILE, Status, process_start_time};
 
 /// How long delete waits for the killed processes to die.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,7 +55,28 @@ impl Container {
         } else {
             remove_dirs(&self.state.cgroup_dirs, CGROUP_REMOVE_TIMEOUT)?;
         }
-        std::fs::remove_dir_all(&self.dir).map_err(|e| Error::Io { what: format!("remove {}", self.dir.display()), source: e })
+        self.remove_state_dir()
+    }
+
+    /// Removes the state directory, `state.json` last: until it goes the container can still be
+    /// loaded and listed, so a delete cut short (a crash, a full stop of the node) is finished
+    /// by the next one or found by the agent's reaper, instead of leaving a nameless dir.
+    fn remove_state_dir(&self) -> Result<()> {
+        let io = |what: &Path, e| Error::Io { what: format!("remove {}", what.display()), source: e };
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| io(&self.dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io(&self.dir, e))?;
+            if entry.file_name() == STATE_FILE {
+                continue;
+            }
+            let path = entry.path();
+            let removed =
+                if entry.file_type().is_ok_and(|t| t.is_dir()) { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.map_err(|e| io(&path, e))?;
+        }
+        let state = self.dir.join(STATE_FILE);
+        std::fs::remove_file(&state).map_err(|e| io(&state, e))?;
+        std::fs::remove_dir(&self.dir).map_err(|e| io(&self.dir, e))
     }
 
     /// The existing directories of the container's cgroup path in every hierarchy.
