@@ -172,7 +172,7 @@ const FREEZE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Where the kernel has cgroup v2's `cgroup.kill` (Linux 5.14), one write kills the whole
 /// subtree. Otherwise, and for whatever that missed, each round freezes the cgroup (a frozen
 /// process cannot fork a child we would not see), sends SIGKILL to every pid in `cgroup.procs`,
-/// and thaws it (a frozen process cannot act on SIGKILL). Zombies count as gone: they no longer
+/// and thaws it and every cgroup below it (on v1 a frozen process cannot act on SIGKILL). Zombies count as gone: they no longer
 /// run and do not keep a cgroup from being removed. Fails naming the pids left after `timeout`.
 pub fn kill_all(dirs: &[PathBuf], timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -199,7 +199,10 @@ pub fn kill_all(dirs: &[PathBuf], timeout: Duration) -> Result<()> {
         for pid in live_pids(dirs) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
-        set_frozen(dirs, false);
+        // Every cgroup of the tree: one below that was frozen on its own stays frozen when its
+        // parent thaws, and on v1 its processes would never act on the SIGKILL.
+        let tree: Vec<PathBuf> = dirs.iter().flat_map(|d| cgroup_tree(d)).collect();
+        set_frozen(&tree, false);
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
     }

@@ -117,17 +117,7 @@ fn delete_force_kills_processes_in_cgroups_below_the_container() {
     let _cleanup = KillOnDrop(bundle.dir().to_path_buf(), vec![init, child]);
     // What a nested container manager (systemd, a runtime in the container) does: a cgroup
     // below the container's, in every hierarchy, and a process moved into it.
-    let nested: Vec<PathBuf> = bundle.existing_cgroup_dirs().iter().map(|d| d.join("nested")).collect();
-    for dir in &nested {
-        fs::create_dir(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        // A v1 cpuset takes no process until it has cpus and mems: the parent's.
-        for file in ["cpuset.cpus", "cpuset.mems"] {
-            if let Ok(value) = fs::read_to_string(dir.parent().expect("a parent").join(file)) {
-                fs::write(dir.join(file), value.trim()).unwrap_or_else(|e| panic!("write {file} of {}: {e}", dir.display()));
-            }
-        }
-        fs::write(dir.join("cgroup.procs"), child.to_string()).unwrap_or_else(|e| panic!("move {child} into {}: {e}", dir.display()));
-    }
+    let _nested = Nested::with(&bundle, child);
 
     bundle.cli(&["delete", "--force", bundle.id()]).assert_success();
     assert_all_gone(&bundle, &[init, child]);
@@ -146,4 +136,73 @@ fn delete_force_kills_a_paused_container_and_its_children() {
 
     bundle.cli(&["delete", "--force", bundle.id()]).assert_success();
     assert_all_gone(&bundle, &[init, child]);
+}
+
+#[test]
+fn delete_force_kills_a_process_frozen_in_a_cgroup_below_the_container() {
+    let bundle = with_background_child("exec sleep 1000");
+    bundle.create().assert_success();
+    bundle.start().assert_success();
+    let init = bundle.state()["pid"].as_i64().expect("pid") as i32;
+    let child = pid_written(&bundle, "/tmp/child.pid");
+    let _cleanup = KillOnDrop(bundle.dir().to_path_buf(), vec![init, child]);
+    // The child frozen on its own, below the container: thawing the container's cgroup does not
+    // thaw it (v1 freezer and cgroup v2 alike), and on v1 a frozen process cannot die.
+    let nested = Nested::with(&bundle, child);
+    nested.freeze();
+
+    bundle.cli(&["delete", "--force", bundle.id()]).assert_success();
+    assert_all_gone(&bundle, &[init, child]);
+    drop(nested);
+}
+
+/// A cgroup `nested` below the container's in every hierarchy, holding one process. Dropping
+/// it thaws it, so that a failed test's cleanup can kill what it holds.
+struct Nested(Vec<PathBuf>);
+
+impl Nested {
+    #[track_caller]
+    fn with(bundle: &BusyboxBundle, pid: i32) -> Nested {
+        let nested = Nested(bundle.existing_cgroup_dirs().iter().map(|d| d.join("nested")).collect());
+        for dir in &nested.0 {
+            fs::create_dir(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+            // A v1 cpuset takes no process until it has cpus and mems: the parent's.
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(value) = fs::read_to_string(dir.parent().expect("a parent").join(file)) {
+                    fs::write(dir.join(file), value.trim()).unwrap_or_else(|e| panic!("write {file} of {}: {e}", dir.display()));
+                }
+            }
+            fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap_or_else(|e| panic!("move {pid} into {}: {e}", dir.display()));
+        }
+        nested
+    }
+
+    /// Freezes it where the container's cgroup is frozen by `pause`: the v1 freezer, or
+    /// `cgroup.freeze` on pure cgroup v2 (not the hybrid `unified` tree the container is not in).
+    #[track_caller]
+    fn freeze(&self) {
+        let v1 = self.0.iter().map(|d| d.join("freezer.state")).find(|f| f.exists());
+        let (file, value, settled, state) = match v1 {
+            Some(file) => (file.clone(), "FROZEN", file, "FROZEN"),
+            None => {
+                let dir = self.0.first().expect("a nested cgroup");
+                (dir.join("cgroup.freeze"), "1", dir.join("cgroup.events"), "frozen 1")
+            }
+        };
+        fs::write(&file, value).unwrap_or_else(|e| panic!("write {value} to {}: {e}", file.display()));
+        let deadline = Instant::now() + TIMEOUT;
+        while !fs::read_to_string(&settled).is_ok_and(|s| s.lines().any(|l| l.trim() == state)) {
+            assert!(Instant::now() < deadline, "{} did not reach {state}", settled.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = fs::write(dir.join("freezer.state"), "THAWED");
+            let _ = fs::write(dir.join("cgroup.freeze"), "0");
+        }
+    }
 }
