@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use agent::task::{DriverConfig, Seccomp, TaskDriver, TaskSpec, TaskStatus};
 use runtime::image::{ImageService, ImageServiceOptions};
-use sched_tests::bundle::{runtime_binary, unique_name};
+use sched_tests::bundle::{process_alive, runtime_binary, unique_name};
 use sched_tests::busybox_image::push_busybox;
 use sched_tests::oci_image::Entry;
 use sched_tests::registry::Registry;
@@ -305,4 +305,61 @@ async fn a_registry_error_reaches_the_task_as_a_status_line_without_its_body() {
     // The registry's body: {"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":...}]}
     assert!(!err.contains("errors") && !err.contains("detail") && !err.contains("manifest unknown"), "{err}");
     assert!(driver.list().unwrap().is_empty());
+}
+
+/// A host process moved into a cgroup below a task's (in every hierarchy): killed and removed on
+/// drop, so a failed test leaves neither.
+struct Intruder {
+    process: std::process::Child,
+    nested: Vec<PathBuf>,
+}
+
+impl Drop for Intruder {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        for dir in &self.nested {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_kills_every_process_in_the_task_cgroup_not_only_its_init() {
+    let node = Node::new();
+    let driver = node.driver();
+    driver.start(&node.task("t-crowded", &["sleep", "1000"]), None).await.expect("start");
+    let dirs = driver.cgroup_dirs("t-crowded");
+    assert!(!dirs.is_empty(), "a running task has cgroup dirs");
+    // Outside the task's pid namespace, so its init's death does not take it along; in a cgroup
+    // below the task's, as a nested container manager would put it.
+    let process = std::process::Command::new("sleep").arg("1002").spawn().expect("spawn sleep");
+    let intruder = Intruder { process, nested: dirs.iter().map(|d| d.join("nested")).collect() };
+    let pid = intruder.process.id() as i32;
+    for dir in &intruder.nested {
+        std::fs::create_dir(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(value) = std::fs::read_to_string(dir.parent().expect("a parent").join(file)) {
+                std::fs::write(dir.join(file), value.trim()).unwrap_or_else(|e| panic!("write {}: {e}", dir.join(file).display()));
+            }
+        }
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap_or_else(|e| panic!("move the sleep into {}: {e}", dir.display()));
+    }
+
+    driver.stop("t-crowded", Duration::from_millis(100)).await.expect("stop");
+    // The shim deletes the container after it recorded the exit: give it that moment.
+    sched_tests::wait::wait_until(
+        "the process in the task's cgroup is killed and the cgroups are gone",
+        Duration::from_secs(20),
+        || !process_alive(pid) && dirs.iter().all(|d| !d.exists()),
+        || {
+            format!(
+                "sleep {pid} alive: {}; cgroup dirs left: {:?}",
+                process_alive(pid),
+                dirs.iter().filter(|d| d.exists()).collect::<Vec<_>>()
+            )
+        },
+    );
+    driver.remove("t-crowded").unwrap();
+    drop(intruder);
 }
