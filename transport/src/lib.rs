@@ -162,7 +162,7 @@ impl Transport {
 
     /// The URI of `address`: `HOST:PORT` with the scheme of this security. An address that
     /// already has a scheme is kept as given (`sched --server` accepts a URL).
-    pub fn uri(&self, address: &str) -> String {
+    fn uri(&self, address: &str) -> String {
         if address.contains("://") {
             return address.to_string();
         }
