@@ -21,8 +21,8 @@
 //!
 //! Today every connection is plaintext. Mutual TLS (issue 13) plugs in at the marked places:
 //! a [`Security`] variant with the CA and this process's certificate and key, the `https`
-//! scheme and `Endpoint::tls_config` in [`Transport::endpoint`], and `Server::tls_config` in
-//! [`Transport::server`]; no caller changes.
+//! scheme and `Endpoint::tls_config` where the endpoint is built (`Transport::endpoint`), and
+//! `Server::tls_config` in [`Transport::server`]; no caller changes.
 
 use std::time::Duration;
 
