@@ -27,12 +27,15 @@ pub enum AgentError {
     /// A file operation failed.
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    /// The agent's connections could not be set up (its security).
+    #[error("connections: {0}")]
+    Transport(transport::TransportError),
     /// A `--server` address is not HOST:PORT.
     #[error("bad server address {server:?}: {source}")]
-    ServerAddress { server: String, source: tonic::transport::Error },
+    ServerAddress { server: String, source: transport::TransportError },
     /// No connection to a server could be made.
     #[error("connect to {server}: {source}")]
-    Connect { server: String, source: tonic::transport::Error },
+    Connect { server: String, source: transport::TransportError },
     /// A call to a server, or one of its streams, failed.
     #[error("{call}: {message}")]
     Rpc { call: String, code: tonic::Code, message: String },

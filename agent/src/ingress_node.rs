@@ -138,13 +138,17 @@ impl IngressHandle {
 
 /// Starts the ingress on `bound` with the route table of `servers`: its handle, and the future
 /// that serves until it is dropped. Must be called inside a tokio runtime.
-pub fn start(bound: BoundIngress, servers: Vec<String>) -> Result<(IngressHandle, impl Future<Output = Result<()>>)> {
+pub fn start(
+    bound: BoundIngress,
+    servers: Vec<String>,
+    connections: transport::Transport,
+) -> Result<(IngressHandle, impl Future<Output = Result<()>>)> {
     let (tx, rx) = watch::channel(RouteTable::default());
     let ingress = Arc::new(Ingress::new(bound.config, rx.clone()).map_err(|e| AgentError::Api(format!("the ingress: {e}")))?);
     let handle = IngressHandle { ingress: Arc::clone(&ingress), routes: rx };
     let served = async move {
         tokio::select! {
-            () = follow_routes(servers, tx) => Ok(()),
+            () = follow_routes(servers, connections, tx) => Ok(()),
             served = ingress.serve(bound.listener, std::future::pending()) => served.map_err(|e| AgentError::Api(format!("the ingress stopped: {e}"))),
         }
     };
@@ -152,12 +156,12 @@ pub fn start(bound: BoundIngress, servers: Vec<String>) -> Result<(IngressHandle
 }
 
 /// Follows the route table on the servers in turn, forever, sending each one on `tx`.
-async fn follow_routes(servers: Vec<String>, tx: watch::Sender<RouteTable>) {
+async fn follow_routes(servers: Vec<String>, connections: transport::Transport, tx: watch::Sender<RouteTable>) {
     let mut rotation = crate::node::connect::ServerRotation::new(&servers);
     loop {
         let server = rotation.server();
         let began = Instant::now();
-        match watch_one(server, &tx).await {
+        match watch_one(&connections, server, &tx).await {
             Ok(()) => tracing::warn!(server, "the route stream ended; reconnecting"),
             Err(e) => tracing::warn!(server, "following the routes failed: {e}"),
         }
@@ -165,8 +169,8 @@ async fn follow_routes(servers: Vec<String>, tx: watch::Sender<RouteTable>) {
     }
 }
 
-async fn watch_one(server: &str, tx: &watch::Sender<RouteTable>) -> Result<()> {
-    let channel = crate::node::connect::connect(server).await?;
+async fn watch_one(connections: &transport::Transport, server: &str, tx: &watch::Sender<RouteTable>) -> Result<()> {
+    let channel = crate::node::connect::connect(connections, server).await?;
     let mut stream = RouteApiClient::new(channel)
         .watch_routes(pb::WatchRoutesRequest {})
         .await

@@ -82,6 +82,15 @@ pub struct DevArgs {
     pub no_ingress: bool,
 }
 
+impl DevArgs {
+    /// How the server's and the agent's connections are secured. Plaintext until issue 13's
+    /// mutual TLS: `sched dev` will make the cluster CA and its credentials, and they become a
+    /// `Security` here.
+    pub fn security(&self) -> transport::Security {
+        transport::Security::Plaintext
+    }
+}
+
 /// Where `sched dev`'s ingress listens unless told otherwise.
 pub const DEFAULT_INGRESS_LISTEN: &str = "127.0.0.1:8080";
 
@@ -120,6 +129,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {} (choose another --data-dir)", dir.display()))?;
     }
 
+    let security = args.security();
     let server = ServerConfig {
         raft: RaftOptions { election_ticks: ELECTION_TICKS, ..RaftOptions::new(SERVER_ID) },
         data_dir: server_dir,
@@ -127,11 +137,14 @@ pub async fn run(args: DevArgs) -> Result<()> {
         initial_cluster: BTreeMap::from([(SERVER_ID, address.clone())]),
         node_timeout: Duration::from_secs(10),
         registries: RegistryAccess { insecure_registries: args.insecure_registries, docker_config: args.docker_config },
+        security: security.clone(),
     };
     let mut agent = AgentConfig::for_this_host(vec![address.clone()], agent_dir)?;
     agent.cpu_millis = args.cpu.unwrap_or(agent.cpu_millis);
     agent.memory_mib = args.memory.unwrap_or(agent.memory_mib);
     agent.cgroup_parent = args.cgroup_parent;
+    // The agent reaches the server in this process like any other: the same security.
+    agent.security = security;
     agent.api_listen = Some(AGENT_API_LISTEN.into());
     agent.insecure_registries = server.registries.insecure_registries.clone();
     if args.no_network {

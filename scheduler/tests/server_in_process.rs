@@ -25,6 +25,7 @@ async fn start(data_dir: &std::path::Path) -> (String, oneshot::Sender<()>, toki
         initial_cluster: BTreeMap::from([(1, address.clone())]),
         node_timeout: Duration::from_secs(10),
         registries: Default::default(),
+        security: Default::default(),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

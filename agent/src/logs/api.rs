@@ -27,7 +27,6 @@ use proto::sched::v1::{LogLine, LogStream};
 use runtime::shim::{self, log::LogRecord};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use super::reader::{LogQuery, LogSink, read_log};
@@ -65,13 +64,18 @@ impl TaskLogService {
     }
 }
 
-/// Serves `agent.v1.TaskLogApi` on `listener` until the future is dropped, with at most
-/// `max_follows` follows at once.
-pub async fn serve(listener: TcpListener, driver: Arc<TaskDriver>, max_follows: usize) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+/// Serves `agent.v1.TaskLogApi` on `listener` with `connections`' security until the future is
+/// dropped, with at most `max_follows` follows at once.
+pub async fn serve(
+    connections: &transport::Transport,
+    listener: TcpListener,
+    driver: Arc<TaskDriver>,
+    max_follows: usize,
+) -> Result<(), tonic::transport::Error> {
+    connections
+        .server()
         .add_service(TaskLogApiServer::new(TaskLogService::new(driver, max_follows)))
-        .serve_with_incoming(incoming)
+        .serve_with_incoming(transport::incoming(listener))
         .await
 }
 

@@ -3,25 +3,20 @@
 
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+use transport::{Profile, Transport, TransportError};
 
 use crate::error::{AgentError, Result};
 
-/// Connects to `server` (HOST:PORT) within 2 s, with HTTP/2 pings so that a dead connection is
-/// noticed.
-pub async fn connect(server: &str) -> Result<Channel> {
-    Endpoint::from_shared(format!("http://{server}"))
-        .map_err(|source| AgentError::ServerAddress { server: server.to_owned(), source })?
-        .connect_timeout(Duration::from_secs(2))
-        // A server cut off the network sends no RST: without pings every call on the
-        // connection (heartbeats, reports, the assignment stream) would hang for minutes and
-        // the node would be marked down. A dead connection is noticed within about 5 s.
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
-        .map_err(|source| AgentError::Connect { server: server.to_owned(), source })
+/// Connects to `server` (HOST:PORT) through `connections` with
+/// [`Profile::AGENT_TO_SERVER`]: within 2 s, with HTTP/2 pings so that a dead connection (a
+/// server cut off the network sends no RST) is noticed within about 5 s instead of hanging
+/// heartbeats, reports and the assignment stream.
+pub async fn connect(connections: &Transport, server: &str) -> Result<Channel> {
+    connections.connect(server, Profile::AGENT_TO_SERVER).await.map_err(|source| match source {
+        TransportError::Address(_) => AgentError::ServerAddress { server: server.to_owned(), source },
+        source => AgentError::Connect { server: server.to_owned(), source },
+    })
 }
 
 /// The servers in turn: a stream that ends (its server died, or closed it) moves on to the

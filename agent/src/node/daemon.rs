@@ -24,6 +24,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         return Err(AgentError::Spec("no server address given (--server HOST:PORT)".into()));
     }
     config.image_gc.validate().map_err(AgentError::Spec)?;
+    let connections = transport::Transport::new(config.security.clone()).map_err(AgentError::Transport)?;
     if config.max_log_follows == 0 {
         return Err(AgentError::Spec("--max-log-follows must be at least 1".into()));
     }
@@ -69,7 +70,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         Some(settings) => {
             let bound = crate::ingress_node::bind(settings).await?;
             tracing::info!(listen = ?bound.local_addr(), "ingress listening");
-            let (handle, served) = crate::ingress_node::start(bound, config.servers.clone())?;
+            let (handle, served) = crate::ingress_node::start(bound, config.servers.clone(), connections.clone())?;
             (Some(handle), Some(served))
         }
         None => (None, None),
@@ -80,13 +81,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             None => std::future::pending().await,
         }
     };
-    let node =
-        Node { host: TaskHost::new(driver.clone(), network, image_lock), api_address, ingress, wanted_images: Arc::new(wanted_images) };
+    let node = Node {
+        host: TaskHost::new(driver.clone(), network, image_lock),
+        api_address,
+        connections: connections.clone(),
+        ingress,
+        wanted_images: Arc::new(wanted_images),
+    };
     tokio::select! {
         () = shutdown => Ok(()),
         served = serve_ingress => served,
         () = collect_images => Ok(()),
         () = serve(&config, node) => Ok(()),
-        served = crate::logs::serve(api, driver, config.max_log_follows) => Err(AgentError::Api(format!("stopped serving: {}", served.err().map_or_else(String::new, |e| e.to_string())))),
+        served = crate::logs::serve(&connections, api, driver, config.max_log_follows) => Err(AgentError::Api(format!("stopped serving: {}", served.err().map_or_else(String::new, |e| e.to_string())))),
     }
 }

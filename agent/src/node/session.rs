@@ -28,6 +28,8 @@ pub(super) struct Node {
     pub(super) host: TaskHost,
     /// HOST:PORT the servers reach the agent API on (registered with the node).
     pub(super) api_address: String,
+    /// How connections to the servers are made (security, timeouts).
+    pub(super) connections: transport::Transport,
     /// The node's ingress, whose targets and requests in flight go with every heartbeat.
     pub(super) ingress: Option<IngressHandle>,
     /// The images the assigned tasks name, for the image collector.
@@ -52,7 +54,7 @@ pub(super) async fn serve(config: &AgentConfig, node: Node) {
 /// One session with `server`, until its assignment stream ends (`Ok`) or a call fails.
 async fn session(config: &AgentConfig, node: &Node, server: &str, state: &mut NodeState) -> Result<()> {
     let driver = &node.host.driver;
-    let channel = connect(server).await?;
+    let channel = connect(&node.connections, server).await?;
     let mut client = AgentApiClient::new(channel);
     let node_id = client
         .register(pb::RegisterRequest {

@@ -2,32 +2,36 @@
 //! moving on when a server cannot be reached or has no leader (UNAVAILABLE: the request never
 //! reached the log), and stopping at the first real answer (including a rejection, which another
 //! server would repeat). A request whose outcome is unknown (ABORTED, a timeout) is not sent
-//! elsewhere: that could apply it twice.
+//! elsewhere: that could apply it twice. The channels are made by the [`transport`] crate
+//! ([`Profile::CLI_CALL`], [`Profile::CLI_STREAM`]).
 
 use crate::error_chain::source_chain;
 use std::future::Future;
-use std::time::Duration;
 
 use proto::sched::v1::cluster_api_client::ClusterApiClient;
 use proto::sched::v1::route_api_client::RouteApiClient;
 use proto::sched::v1::service_api_client::ServiceApiClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+use transport::{Profile, Security, Transport, TransportError};
 
 use super::CliError;
 
 /// The servers a command may ask, in order.
 pub struct Servers {
     addresses: Vec<String>,
+    /// How the connections are made (security, timeouts).
+    connections: Transport,
 }
 
 impl Servers {
-    /// Parses `ADDR[,ADDR...]` (HOST:PORT or a URL).
-    pub fn parse(list: &str) -> Result<Servers, CliError> {
+    /// Parses `ADDR[,ADDR...]` (HOST:PORT or a URL); the servers are reached with `security`.
+    pub fn parse(list: &str, security: Security) -> Result<Servers, CliError> {
         let addresses: Vec<String> = list.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect();
         if addresses.is_empty() {
             return Err(CliError::BadInput("--server needs at least one HOST:PORT (or set SCHED_SERVER)".into()));
         }
-        Ok(Servers { addresses })
+        let connections = Transport::new(security).map_err(|e| CliError::BadInput(format!("connections: {e}")))?;
+        Ok(Servers { addresses, connections })
     }
 
     /// Runs `call` against each server until one answers. UNAVAILABLE and connection failures
@@ -37,7 +41,7 @@ impl Servers {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        self.call_on(|e| e.timeout(Duration::from_secs(10)), call).await
+        self.call_on(Profile::CLI_CALL, call).await
     }
 
     /// Like [`Servers::call`] for a call that answers with a stream which may stay open for
@@ -48,23 +52,19 @@ impl Servers {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        self.call_on(|e| e.http2_keep_alive_interval(Duration::from_secs(10)).keep_alive_timeout(Duration::from_secs(5)), call).await
+        self.call_on(Profile::CLI_STREAM, call).await
     }
 
-    async fn call_on<T, F, Fut>(&self, configure: impl Fn(Endpoint) -> Endpoint, call: F) -> Result<T, CliError>
+    async fn call_on<T, F, Fut>(&self, profile: Profile, call: F) -> Result<T, CliError>
     where
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let mut failures = Vec::new();
         for address in &self.addresses {
-            let url = if address.contains("://") { address.clone() } else { format!("http://{address}") };
-            let endpoint = match Endpoint::from_shared(url) {
-                Ok(e) => configure(e.connect_timeout(Duration::from_secs(2))),
-                Err(_) => return Err(CliError::BadInput(format!("--server: \"{address}\" is not HOST:PORT"))),
-            };
-            let channel = match endpoint.connect().await {
+            let channel = match self.connections.connect(address, profile).await {
                 Ok(channel) => channel,
+                Err(TransportError::Address(_)) => return Err(CliError::BadInput(format!("--server: \"{address}\" is not HOST:PORT"))),
                 Err(e) => {
                     failures.push(format!("{address}: cannot connect ({})", source_chain(&e)));
                     continue;

@@ -37,6 +37,14 @@ pub struct Cli {
     pub command: CliCommand,
 }
 
+impl Cli {
+    /// How the client commands reach the servers. Plaintext until issue 13's mutual TLS: its
+    /// admin credentials (found without flags, or `SCHED_CONFIG`) become a `Security` here.
+    pub fn security(&self) -> transport::Security {
+        transport::Security::Plaintext
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum CliCommand {
     /// Run one Raft member with the gRPC API.
@@ -165,6 +173,14 @@ pub struct ServerArgs {
     pub docker_config: Option<PathBuf>,
 }
 
+impl ServerArgs {
+    /// How the server's connections are secured. Plaintext until issue 13's mutual TLS: the
+    /// cluster CA and this server's certificate and key become a `Security` here.
+    pub fn security(&self) -> transport::Security {
+        transport::Security::Plaintext
+    }
+}
+
 /// What went wrong, and which exit code it means.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -207,7 +223,8 @@ pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, CliErr
 
 /// Runs one command to completion.
 pub async fn run_cli(cli: Cli) -> Result<(), CliError> {
-    let servers = || Servers::parse(&cli.server);
+    let security = cli.security();
+    let servers = || Servers::parse(&cli.server, security.clone());
     match cli.command {
         CliCommand::Server(args) => serve(args).await,
         CliCommand::Apply { file } => {
@@ -425,6 +442,7 @@ async fn serve(args: ServerArgs) -> Result<(), CliError> {
     raft.heartbeat_ticks = 1;
     raft.snapshot_every = args.snapshot_every.max(1);
     raft.keep_entries = args.keep_entries;
+    let security = args.security();
     let config = ServerConfig {
         raft,
         data_dir: args.data_dir,
@@ -435,6 +453,7 @@ async fn serve(args: ServerArgs) -> Result<(), CliError> {
             insecure_registries: args.insecure_registries,
             docker_config: args.docker_config,
         },
+        security,
     };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CliError::BadInput(format!("cannot watch for SIGTERM: {e}")))?;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use proto::raft::v1::ProposeRequest;
 use proto::raft::v1::raft_peer_client::RaftPeerClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::grpc_transport::MAX_PEER_MESSAGE_BYTES;
 use super::node::RaftHandle;
@@ -45,12 +45,14 @@ pub enum ConsensusError {
 pub struct Consensus {
     raft: RaftHandle,
     deadline: Duration,
+    /// How channels to the leader are made (security, timeouts).
+    connections: transport::Transport,
     leaders: Mutex<HashMap<String, RaftPeerClient<Channel>>>,
 }
 
 impl Consensus {
-    pub fn new(raft: RaftHandle) -> Consensus {
-        Consensus { raft, deadline: DEFAULT_DEADLINE, leaders: Mutex::default() }
+    pub fn new(raft: RaftHandle, connections: transport::Transport) -> Consensus {
+        Consensus { raft, deadline: DEFAULT_DEADLINE, connections, leaders: Mutex::default() }
     }
 
     pub fn raft(&self) -> &RaftHandle {
@@ -100,11 +102,10 @@ impl Consensus {
         let mut client = {
             let mut clients = self.leaders.lock().expect("clients lock");
             if !clients.contains_key(&address) {
-                let Ok(endpoint) = Endpoint::from_shared(format!("http://{address}")) else {
+                let Ok(channel) = self.connections.connect_lazy(&address, transport::Profile::SERVER_TO_SERVER) else {
                     tracing::warn!(leader, "the leader's address {address:?} is not HOST:PORT");
                     return Err(ProposeFailure::NotLeader { me: self.raft.id() });
                 };
-                let channel = endpoint.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect_lazy();
                 let client = RaftPeerClient::new(channel)
                     .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);

@@ -17,7 +17,6 @@ use proto::raft::v1::RaftBatch;
 use proto::raft::v1::raft_peer_client::RaftPeerClient;
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
 
 use super::node::{encode_message, is_snapshot};
 use super::transport::{Feedback, FeedbackSink, Transport};
@@ -43,19 +42,22 @@ pub struct GrpcTransport {
     addresses: Mutex<HashMap<u64, String>>,
     peers: Mutex<HashMap<u64, Peer>>,
     feedback: OnceLock<FeedbackSink>,
+    /// How channels to the peers are made (security, timeouts).
+    connections: transport::Transport,
     /// Set once this server is removed: it sends nothing more, or (were it the leader) its
     /// messages would keep the others from electing a new leader.
     muted: std::sync::atomic::AtomicBool,
 }
 
 impl GrpcTransport {
-    pub fn new(me: u64, my_address: String) -> GrpcTransport {
+    pub fn new(me: u64, my_address: String, connections: transport::Transport) -> GrpcTransport {
         GrpcTransport {
             me,
             my_address,
             addresses: Mutex::default(),
             peers: Mutex::default(),
             feedback: OnceLock::new(),
+            connections,
             muted: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -94,13 +96,13 @@ impl GrpcTransport {
         let feedback = self.feedback.get().cloned();
         let from = self.me;
         let from_address = self.my_address.clone();
-        let url = format!("http://{address}");
+        let connections = self.connections.clone();
+        let peer_address = address.clone();
         tokio::spawn(async move {
-            let Ok(endpoint) = Endpoint::from_shared(url.clone()) else {
-                tracing::error!(to, "peer address {url} is not a valid URI");
+            let Ok(channel) = connections.connect_lazy(&peer_address, transport::Profile::SERVER_TO_SERVER) else {
+                tracing::error!(to, "peer address {peer_address} is not a valid URI");
                 return;
             };
-            let channel: Channel = endpoint.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect_lazy();
             let mut client = RaftPeerClient::new(channel)
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
@@ -188,7 +190,7 @@ mod tests {
 
     #[test]
     fn a_claimed_address_never_redirects_a_known_member() {
-        let transport = GrpcTransport::new(1, "10.0.0.1:7000".into());
+        let transport = GrpcTransport::new(1, "10.0.0.1:7000".into(), transport::Transport::plaintext());
         transport.learn(2, "10.0.0.2:7000");
         transport.learn_claimed(2, "10.6.6.6:7000");
         assert_eq!(transport.address_of(2).as_deref(), Some("10.0.0.2:7000"), "the membership's address stays");

@@ -12,8 +12,9 @@
 //!   logs -f`).
 //!
 //! A node that cannot be reached (down, partitioned, an agent without an API) gives one line
-//! with `error` set naming the node and the cause, after at most [`CONNECT_TIMEOUT`]; the other
-//! tasks' lines still come. A client that goes away cancels the node calls.
+//! with `error` set naming the node and the cause, after at most the connect timeout of
+//! [`transport::Profile::SERVER_TO_AGENT`] (2 s); the other tasks' lines still come. A client
+//! that goes away cancels the node calls.
 
 use crate::error_chain::source_chain;
 use std::collections::HashSet;
@@ -27,14 +28,11 @@ use proto::agent::v1::task_log_api_client::TaskLogApiClient;
 use proto::sched::v1::log_api_server::LogApi;
 use proto::sched::v1::{LogLine, LogsRequest};
 use tokio::sync::mpsc;
-use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::raft::Consensus;
 use crate::state::{ClusterState, Node, NodeStatus, Task, TaskState};
 
-/// How long a node agent gets to accept the connection.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a service's task list is re-read while following it.
 pub const DISCOVER_EVERY: Duration = Duration::from_secs(1);
 /// Lines buffered between the node streams and the client.
@@ -42,11 +40,13 @@ const CHANNEL_LINES: usize = 256;
 
 pub struct LogApiService {
     consensus: Arc<Consensus>,
+    /// How connections to the node agents are made (security, timeouts).
+    connections: transport::Transport,
 }
 
 impl LogApiService {
-    pub fn new(consensus: Arc<Consensus>) -> Self {
-        LogApiService { consensus }
+    pub fn new(consensus: Arc<Consensus>, connections: transport::Transport) -> Self {
+        LogApiService { consensus, connections }
     }
 }
 
@@ -108,7 +108,7 @@ fn error_line(target: &Target, error: String) -> LogLine {
 }
 
 /// Opens the task's log stream on its node.
-async fn open(target: &Target, request: TaskLogsRequest) -> Result<Streaming<LogLine>, OpenError> {
+async fn open(connections: &transport::Transport, target: &Target, request: TaskLogsRequest) -> Result<Streaming<LogLine>, OpenError> {
     let node = &target.node_name;
     let down = if target.node_down { " (the node is down)" } else { "" };
     if target.api_address.is_empty() {
@@ -116,18 +116,14 @@ async fn open(target: &Target, request: TaskLogsRequest) -> Result<Streaming<Log
             "node {node} registered no agent API address{down}: its agent predates `sched logs`; upgrade and restart it"
         )));
     }
-    let endpoint = Endpoint::from_shared(format!("http://{}", target.api_address))
-        .map_err(|e| OpenError::Unreachable(format!("node {node} registered a bad agent API address {:?}: {e}", target.api_address)))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        // A node that vanishes mid-stream (power, partition) ends the stream instead of hanging it.
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| OpenError::Unreachable(format!("cannot reach node {node} at {}{down}: {}", target.api_address, source_chain(&e))))?;
+    // Pings every 10 s: a node that vanishes mid-stream (power, partition) ends the stream
+    // instead of hanging it.
+    let channel = connections.connect(&target.api_address, transport::Profile::SERVER_TO_AGENT).await.map_err(|e| match e {
+        transport::TransportError::Address(e) => {
+            OpenError::Unreachable(format!("node {node} registered a bad agent API address {:?}: {e}", target.api_address))
+        }
+        e => OpenError::Unreachable(format!("cannot reach node {node} at {}{down}: {}", target.api_address, source_chain(&e))),
+    })?;
     match TaskLogApiClient::new(channel).logs(request).await {
         Ok(response) => Ok(response.into_inner()),
         Err(s) if s.code() == tonic::Code::NotFound => Err(OpenError::NotFound(format!("node {node}: {}", s.message()))),
@@ -171,8 +167,8 @@ async fn forward(target: &Target, mut stream: Streaming<LogLine>, out: &Lines) -
 
 /// Opens and forwards one task's log; a node that cannot be reached becomes an error line, a
 /// node without the log nothing. False when the client went away.
-async fn read_task(target: Target, request: TaskLogsRequest, out: Lines) -> bool {
-    match open(&target, request).await {
+async fn read_task(connections: transport::Transport, target: Target, request: TaskLogsRequest, out: Lines) -> bool {
+    match open(&connections, &target, request).await {
         Ok(stream) => forward(&target, stream, &out).await,
         Err(OpenError::NotFound(reason)) => {
             tracing::debug!(task = target.task_id, "no log to read: {reason}");
@@ -184,7 +180,14 @@ async fn read_task(target: Target, request: TaskLogsRequest, out: Lines) -> bool
 
 impl LogApiService {
     /// Follows a whole service: every task's stream at once, and tasks that appear later.
-    async fn follow_service(consensus: Arc<Consensus>, service: String, first: Vec<Target>, request: TaskLogsRequest, out: Lines) {
+    async fn follow_service(
+        consensus: Arc<Consensus>,
+        connections: transport::Transport,
+        service: String,
+        first: Vec<Target>,
+        request: TaskLogsRequest,
+        out: Lines,
+    ) {
         let mut seen: HashSet<String> = HashSet::new();
         let mut targets = first;
         let mut request = request;
@@ -192,7 +195,7 @@ impl LogApiService {
             for target in targets {
                 if seen.insert(target.task_id.clone()) {
                     let request = TaskLogsRequest { task_id: target.task_id.clone(), ..request.clone() };
-                    tokio::spawn(read_task(target, request, out.clone()));
+                    tokio::spawn(read_task(connections.clone(), target, request, out.clone()));
                 }
             }
             // Tasks found later are new: all of their lines, not a tail.
@@ -247,7 +250,7 @@ impl LogApi for LogApiService {
         match one {
             Some(target) => {
                 let request = TaskLogsRequest { task_id: target.task_id.clone(), ..node_request };
-                match open(&target, request).await {
+                match open(&self.connections, &target, request).await {
                     Ok(stream) => {
                         tokio::spawn(async move { forward(&target, stream, &tx).await });
                     }
@@ -260,13 +263,21 @@ impl LogApi for LogApiService {
                 }
             }
             None if r.follow => {
-                tokio::spawn(Self::follow_service(self.consensus.clone(), r.service.clone(), all, node_request, tx));
+                tokio::spawn(Self::follow_service(
+                    self.consensus.clone(),
+                    self.connections.clone(),
+                    r.service.clone(),
+                    all,
+                    node_request,
+                    tx,
+                ));
             }
             None => {
+                let connections = self.connections.clone();
                 tokio::spawn(async move {
                     for target in all {
                         let request = TaskLogsRequest { task_id: target.task_id.clone(), ..node_request.clone() };
-                        if !read_task(target, request, tx.clone()).await {
+                        if !read_task(connections.clone(), target, request, tx.clone()).await {
                             return;
                         }
                     }
@@ -349,7 +360,7 @@ mod tests {
     async fn a_node_without_an_api_address_gives_an_error_line_naming_it() {
         let target = Target { task_id: "web-1".into(), node_name: "n2".into(), api_address: String::new(), node_down: true };
         let (tx, mut rx) = mpsc::channel(4);
-        assert!(read_task(target, TaskLogsRequest::default(), tx).await);
+        assert!(read_task(transport::Transport::plaintext(), target, TaskLogsRequest::default(), tx).await);
         let line = rx.recv().await.unwrap().unwrap();
         assert_eq!(line.task_id, "web-1");
         assert!(line.error.contains("node n2") && line.error.contains("the node is down"), "{}", line.error);
@@ -362,9 +373,9 @@ mod tests {
         let target = Target { task_id: "web-1".into(), node_name: "n1".into(), api_address: format!("127.0.0.1:{port}"), node_down: false };
         let (tx, mut rx) = mpsc::channel(4);
         let started = std::time::Instant::now();
-        assert!(read_task(target, TaskLogsRequest::default(), tx).await);
+        assert!(read_task(transport::Transport::plaintext(), target, TaskLogsRequest::default(), tx).await);
         let line = rx.recv().await.unwrap().unwrap();
         assert!(line.error.contains("cannot reach node n1"), "{}", line.error);
-        assert!(started.elapsed() <= CONNECT_TIMEOUT + Duration::from_secs(1));
+        assert!(started.elapsed() <= transport::Profile::SERVER_TO_AGENT.connect_timeout + Duration::from_secs(1));
     }
 }

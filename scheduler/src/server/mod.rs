@@ -5,7 +5,11 @@
 //! read from the nodes' agents) and `RouteApi` (the route table ingresses watch), `agent.v1.AgentApi`
 //! (the agents' side), `raft.v1.RaftPeer`
 //! (peer traffic), the standard gRPC health service and server reflection, v1 and v1alpha (so
-//! `grpcurl` and older clients such as Python's grpcio-reflection list and call everything). Tests bind port 0 and pass the listener in.
+//! `grpcurl` and older clients such as Python's grpcio-reflection list and call everything).
+//! Tests bind port 0 and pass the listener in.
+//!
+//! Every connection the server accepts or makes (to its peers, to the leader, to the nodes'
+//! agents) goes through one [`transport::Transport`], made from [`ServerConfig::security`].
 
 mod agent_api;
 mod applied_stream;
@@ -34,7 +38,6 @@ use proto::sched::v1::log_api_server::LogApiServer;
 use proto::sched::v1::route_api_server::RouteApiServer;
 use proto::sched::v1::service_api_server::ServiceApiServer;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 use crate::raft::grpc_transport::{GrpcTransport, MAX_PEER_MESSAGE_BYTES};
 use crate::raft::storage::{Bootstrap, DiskStorage, StorageFailure};
@@ -54,6 +57,8 @@ pub struct ServerConfig {
     pub node_timeout: std::time::Duration,
     /// How image tags are resolved to digests at apply time (insecure registries, credentials).
     pub registries: image_pin::RegistryAccess,
+    /// How the server's connections, accepted and made, are secured.
+    pub security: transport::Security,
 }
 
 /// Why the server could not start or stopped.
@@ -69,6 +74,8 @@ pub enum ServerError {
     Node(#[from] crate::raft::node::NodeError),
     #[error("registry access: {0}")]
     Registry(#[from] registry::RegistryError),
+    #[error("connections: {0}")]
+    Transport(#[from] transport::TransportError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("serving gRPC: {0}")]
@@ -93,14 +100,15 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| ServerError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let storage = tokio::task::block_in_place(|| DiskStorage::open(&config.data_dir.join("raft"), bootstrap))?;
-    let transport = Arc::new(GrpcTransport::new(id, config.advertise.clone()));
-    let (node, handle) = RaftNode::new(config.raft.clone(), storage, transport)?;
+    let connections = transport::Transport::new(config.security.clone())?;
+    let peers = Arc::new(GrpcTransport::new(id, config.advertise.clone(), connections.clone()));
+    let (node, handle) = RaftNode::new(config.raft.clone(), storage, peers)?;
     let raft = Arc::new(handle);
-    let consensus = Arc::new(Consensus::new((*raft).clone()));
+    let consensus = Arc::new(Consensus::new((*raft).clone(), connections.clone()));
     tracing::info!(id, address = %config.advertise, data_dir = %config.data_dir.display(), "sched server starting");
 
     let heartbeats = Arc::new(heartbeats::Heartbeats::default());
-    let to_leader = Arc::new(to_leader::ToLeader::new(consensus.clone()));
+    let to_leader = Arc::new(to_leader::ToLeader::new(consensus.clone(), connections.clone()));
     let pinner = Arc::new(image_pin::ImagePinner::new(&config.registries)?);
     let leader_duties = tokio::spawn(leader::run(consensus.clone(), heartbeats.clone(), config.node_timeout));
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -117,8 +125,8 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     };
     let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
 
-    let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let router = connections
+        .server()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -129,7 +137,7 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
             to_leader.clone(),
         )))
         .add_service(ClusterApiServer::new(cluster_api::ClusterApiService::new(consensus.clone())))
-        .add_service(LogApiServer::new(log_api::LogApiService::new(consensus.clone())))
+        .add_service(LogApiServer::new(log_api::LogApiService::new(consensus.clone(), connections.clone())))
         .add_service(RouteApiServer::new(route_api::RouteApiService::new(consensus.clone())))
         .add_service(AgentApiServer::new(agent_api::AgentApiService::new(consensus.clone(), heartbeats.clone(), to_leader)))
         .add_service(
@@ -137,10 +145,8 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
         );
-    // Nagle off on accepted connections too: answers are several small HTTP/2 writes, and
-    // Nagle plus delayed ACKs would add 40 ms to forwarded proposals.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serve = router.serve_with_incoming_shutdown(incoming, shutdown);
+    // Nagle off on accepted connections too (see `transport::incoming`).
+    let serve = router.serve_with_incoming_shutdown(transport::incoming(listener), shutdown);
     let mut node_task = tokio::spawn(node.run());
     tokio::select! {
         served = serve => {

@@ -1,7 +1,8 @@
 //! Requests a follower passes on to the leader: heartbeats (the leader's controllers need every
 //! node's) and reads whose answer includes metrics (the leader holds every node's samples).
 //!
-//! One lazily connected channel per leader address, reused across requests. A forwarded
+//! One lazily connected channel per leader address (made by the [`transport`] crate), reused
+//! across requests. A forwarded
 //! request carries [`FORWARDED`], so it is never forwarded twice (two servers that each think
 //! the other leads would otherwise bounce it between them).
 
@@ -9,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::raft::Consensus;
 
@@ -23,12 +24,14 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
 /// Channels to the leader, by address.
 pub struct ToLeader {
     consensus: Arc<Consensus>,
+    /// How channels to the leader are made (security, timeouts).
+    connections: transport::Transport,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl ToLeader {
-    pub fn new(consensus: Arc<Consensus>) -> ToLeader {
-        ToLeader { consensus, channels: Mutex::default() }
+    pub fn new(consensus: Arc<Consensus>, connections: transport::Transport) -> ToLeader {
+        ToLeader { consensus, connections, channels: Mutex::default() }
     }
 
     /// The leader's address and a channel to it; `None` when this server leads, no leader is
@@ -46,8 +49,7 @@ impl ToLeader {
         if let Some(channel) = channels.get(&address) {
             return Some((address, channel.clone()));
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}")).ok()?;
-        let channel = endpoint.connect_timeout(FORWARD_TIMEOUT).tcp_nodelay(true).connect_lazy();
+        let channel = self.connections.connect_lazy(&address, transport::Profile::SERVER_TO_SERVER).ok()?;
         channels.insert(address.clone(), channel.clone());
         Some((address, channel))
     }
