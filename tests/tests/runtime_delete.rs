@@ -72,20 +72,27 @@ impl Drop for KillOnDrop {
         for &pid in &self.1 {
             let ours = fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|root| root.starts_with(&self.0));
             if ours {
-                let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
         }
     }
 }
 
-#[test]
-fn delete_force_kills_background_children_without_a_pid_namespace() {
+/// A started container whose init runs on (`exec sleep 1000`) beside its background child:
+/// the bundle, the init's and the child's pids, and what kills both if the test fails.
+fn running_with_child() -> (BusyboxBundle, i32, i32, KillOnDrop) {
     let bundle = with_background_child("exec sleep 1000");
     bundle.create().assert_success();
     bundle.start().assert_success();
     let init = bundle.state()["pid"].as_i64().expect("pid") as i32;
     let child = pid_written(&bundle, "/tmp/child.pid");
-    let _cleanup = KillOnDrop(bundle.dir().to_path_buf(), vec![init, child]);
+    let cleanup = KillOnDrop(bundle.dir().to_path_buf(), vec![init, child]);
+    (bundle, init, child, cleanup)
+}
+
+#[test]
+fn delete_force_kills_background_children_without_a_pid_namespace() {
+    let (bundle, init, child, _cleanup) = running_with_child();
     let in_cgroup = pids_in_cgroup(&bundle);
     assert!(in_cgroup.contains(&init) && in_cgroup.contains(&child), "init {init} and child {child} in the cgroup: {in_cgroup:?}");
 
@@ -110,12 +117,7 @@ fn delete_of_a_stopped_container_kills_what_its_init_left_running() {
 
 #[test]
 fn delete_force_kills_processes_in_cgroups_below_the_container() {
-    let bundle = with_background_child("exec sleep 1000");
-    bundle.create().assert_success();
-    bundle.start().assert_success();
-    let init = bundle.state()["pid"].as_i64().expect("pid") as i32;
-    let child = pid_written(&bundle, "/tmp/child.pid");
-    let _cleanup = KillOnDrop(bundle.dir().to_path_buf(), vec![init, child]);
+    let (bundle, init, child, _cleanup) = running_with_child();
     // What a nested container manager (systemd, a runtime in the container) does: a cgroup
     // below the container's, in every hierarchy, and a process moved into it.
     let _nested = Nested::with(&bundle, child);
@@ -126,12 +128,7 @@ fn delete_force_kills_processes_in_cgroups_below_the_container() {
 
 #[test]
 fn delete_force_kills_a_paused_container_and_its_children() {
-    let bundle = with_background_child("exec sleep 1000");
-    bundle.create().assert_success();
-    bundle.start().assert_success();
-    let init = bundle.state()["pid"].as_i64().expect("pid") as i32;
-    let child = pid_written(&bundle, "/tmp/child.pid");
-    let _cleanup = KillOnDrop(bundle.dir().to_path_buf(), vec![init, child]);
+    let (bundle, init, child, _cleanup) = running_with_child();
     bundle.cli(&["pause", bundle.id()]).assert_success();
     assert_eq!(bundle.status(), "paused");
 
@@ -141,12 +138,7 @@ fn delete_force_kills_a_paused_container_and_its_children() {
 
 #[test]
 fn delete_force_kills_a_process_frozen_in_a_cgroup_below_the_container() {
-    let bundle = with_background_child("exec sleep 1000");
-    bundle.create().assert_success();
-    bundle.start().assert_success();
-    let init = bundle.state()["pid"].as_i64().expect("pid") as i32;
-    let child = pid_written(&bundle, "/tmp/child.pid");
-    let _cleanup = KillOnDrop(bundle.dir().to_path_buf(), vec![init, child]);
+    let (bundle, init, child, _cleanup) = running_with_child();
     // The child frozen on its own, below the container: thawing the container's cgroup does not
     // thaw it (v1 freezer and cgroup v2 alike), and on v1 a frozen process cannot die.
     let nested = Nested::with(&bundle, child);
