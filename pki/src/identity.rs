@@ -14,8 +14,10 @@ pub const MAX_NAME_LEN: usize = 253;
 
 const URI_SCHEME: &str = "sched://";
 
-/// What a certificate's holder may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// What a certificate's holder may do. Serialized (in the servers' replicated state) as its
+/// lowercase name, the same as [`Role::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything the API offers.
     Admin,
@@ -138,6 +140,16 @@ mod tests {
             assert_eq!(Identity::from_uri(&id.uri()).unwrap(), id, "{}", id.uri());
         }
         assert_eq!(Identity::new(Role::Agent, "node1").unwrap().uri(), "sched://agent/node1");
+    }
+
+    #[test]
+    fn roles_serialize_as_their_names() {
+        for role in Role::ALL {
+            let json = serde_json::to_string(&role).unwrap();
+            assert_eq!(json, format!("\"{}\"", role.as_str()));
+            assert_eq!(serde_json::from_str::<Role>(&json).unwrap(), role);
+        }
+        assert!(serde_json::from_str::<Role>("\"root\"").is_err());
     }
 
     #[test]

@@ -95,6 +95,21 @@ pub struct TokenRecord {
     pub expires_ms: Option<u64>,
 }
 
+impl TokenRecord {
+    /// The digest as 64 lowercase hex digits, as the servers' replicated state keeps it.
+    pub fn digest_hex(&self) -> String {
+        hex::encode(self.digest)
+    }
+
+    /// A record whose digest is written as 64 hex digits ([`TokenRecord::digest_hex`]).
+    pub fn from_digest_hex(id: &str, role: Role, digest_hex: &str, expires_ms: Option<u64>) -> Result<Self, TokenError> {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(digest_hex, &mut digest)
+            .map_err(|_| TokenError::Malformed(format!("the digest of token {id} is not 64 hex digits")))?;
+        Ok(TokenRecord { id: id.to_string(), role, digest, expires_ms })
+    }
+}
+
 /// The role `token` may join as, if this cluster (CA fingerprint `ours`) created it, it is
 /// still among `records` and has not expired at `now_ms`.
 pub fn check_token(token: &JoinToken, ours: &Fingerprint, records: &[TokenRecord], now_ms: u64) -> Result<Role, TokenError> {
@@ -176,6 +191,17 @@ mod tests {
         ];
         for (token, now, expected) in cases {
             assert_eq!(check_token(token, &ours, &records, now), expected, "{token:?} at {now}");
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_through_its_hex_digest() {
+        let record = JoinToken::generate(Role::Agent, fingerprint(4)).unwrap().record(Some(9));
+        let hex = record.digest_hex();
+        assert_eq!(hex.len(), 64);
+        assert_eq!(TokenRecord::from_digest_hex(&record.id, record.role, &hex, record.expires_ms).unwrap(), record);
+        for bad in ["", "zz", &hex[..62]] {
+            assert!(TokenRecord::from_digest_hex("id", Role::Agent, bad, None).is_err(), "{bad:?}");
         }
     }
 
