@@ -4,8 +4,14 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] =
-    &["sched/v1/sched.proto", "sched/v1/logs.proto", "agent/v1/agent.proto", "agent/v1/logs.proto", "raft/v1/raft.proto"];
+const PROTOS: &[&str] = &[
+    "sched/v1/sched.proto",
+    "sched/v1/logs.proto",
+    "sched/v1/pki.proto",
+    "agent/v1/agent.proto",
+    "agent/v1/logs.proto",
+    "raft/v1/raft.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -5,7 +5,7 @@
 //! code in modules named after the proto packages.
 //!
 //! - [`sched::v1`]: the public API served by every `sched server` (`ServiceApi`, `ClusterApi`,
-//!   `LogApi`) and the domain messages (`ServiceSpec`, `Revision`, `Service`, `Task`, `Node`,
+//!   `LogApi`, `PkiApi` for certificates and join tokens) and the domain messages (`ServiceSpec`, `Revision`, `Service`, `Task`, `Node`,
 //!   `Event`, `LogLine`).
 //! - [`agent::v1`]: the protocol between `sched-agent` and the servers (`AgentApi`: register,
 //!   heartbeat, a stream of assignments, task status reports), and the agent's own API that the
