@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use pki::Role;
 use serde::{Deserialize, Serialize};
 
 use super::{DesiredState, HealthStatus, NodeStatus, Task, TaskState};
@@ -79,6 +80,26 @@ pub enum Command {
     /// backoff): the state machine records them as they are, so no controller's policy ends up
     /// computed inside the state machine. Events of services that are gone are dropped.
     RecordEvents { events: Vec<ServiceEvent>, now_ms: u64 },
+    /// Forgets a node: its tasks are lost and placed elsewhere, and the certificate of the agent
+    /// with its name is revoked (that agent must join again with a new token).
+    RemoveNode { name: String, now_ms: u64 },
+    /// Records a join token: only the digest of its secret ([`pki::JoinToken::record`]).
+    AddToken {
+        id: String,
+        role: Role,
+        /// SHA-256 of the secret, 64 lowercase hex digits ([`pki::TokenRecord::digest_hex`]).
+        digest_hex: String,
+        /// Unix milliseconds from which it is refused; `None`: until revoked.
+        expires_ms: Option<u64>,
+        now_ms: u64,
+    },
+    /// Removes a token: it joins nobody from then on.
+    RevokeToken { id: String, now_ms: u64 },
+    /// Makes a certificate the current one of its holder (a join or a renewal): a newer one for
+    /// the same role and name replaces the entry.
+    RecordCertificate { role: Role, name: String, serial: String, not_after_ms: u64, now_ms: u64 },
+    /// Refuses a certificate until it would have expired anyway (`not_after_ms`).
+    RevokeCertificate { serial: String, not_after_ms: u64, now_ms: u64 },
 }
 
 /// An event for one service's history.

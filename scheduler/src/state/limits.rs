@@ -37,6 +37,17 @@ pub const MAX_TEXT_BYTES: usize = 1024;
 pub const MAX_ENDPOINTS: usize = 64;
 /// Longest node name, address, task id or endpoint.
 pub const MAX_NAME_LEN: usize = 253;
+/// Join tokens that have not expired (`sched token create` makes one per use; revoke or let
+/// them expire).
+pub const MAX_TOKENS: usize = 1_000;
+/// Holders with a current certificate (agents, servers, admins and readers).
+pub const MAX_CERTIFICATES: usize = 20_000;
+/// Revoked serials whose certificates have not expired yet.
+pub const MAX_REVOKED_SERIALS: usize = 20_000;
+/// Longest certificate serial, in hex digits (X.509 allows 20 bytes; ours have 16).
+pub const MAX_SERIAL_HEX: usize = 64;
+/// A token's digest: SHA-256, in hex digits.
+const DIGEST_HEX: usize = 64;
 
 fn invalid(message: String) -> Rejection {
     Rejection { kind: RejectionKind::Invalid, message }
@@ -63,6 +74,21 @@ fn check_name(what: &str, name: &str) -> Result<(), Rejection> {
     } else {
         Err(invalid(format!("{what} {name:?} is not allowed: use 1-{MAX_NAME_LEN} printable characters without spaces or '/'")))
     }
+}
+
+/// `len` (or, for `max`, 1 to `max`) lowercase hex digits: the one spelling of a serial or a
+/// digest, so that looking one up by its text finds it.
+fn check_hex(what: &str, text: &str, len: std::ops::RangeInclusive<usize>) -> Result<(), Rejection> {
+    let ok = len.contains(&text.len()) && text.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+    if ok {
+        return Ok(());
+    }
+    let count = if len.start() == len.end() { len.end().to_string() } else { format!("1 to {}", len.end()) };
+    Err(invalid(format!("{what} {text:?} is not {count} lowercase hex digits")))
+}
+
+fn full(what: &str, max: usize) -> Rejection {
+    Rejection { kind: RejectionKind::Conflict, message: format!("the cluster holds {max} {what}, its limit") }
 }
 
 /// `HOST:PORT` with a non-zero port, where HOST is an IP address (IPv6 in brackets) or a DNS
@@ -184,6 +210,47 @@ impl ClusterState {
             Command::RecordEvents { events, .. } => {
                 if events.len() > MAX_SERVICES {
                     return Err(invalid(format!("{} events in one command, more than {MAX_SERVICES}", events.len())));
+                }
+                Ok(())
+            }
+            Command::RemoveNode { name, now_ms } => {
+                check_name("node name", name)?;
+                let revokes = self.node_named(name).is_some()
+                    && self.certificate_of(pki::Role::Agent, name).is_some_and(|c| c.not_after_ms >= *now_ms);
+                if revokes && self.credentials.live_revoked(*now_ms) >= MAX_REVOKED_SERIALS {
+                    return Err(full("revoked certificates", MAX_REVOKED_SERIALS));
+                }
+                Ok(())
+            }
+            Command::AddToken { id, digest_hex, expires_ms, now_ms, .. } => {
+                check_name("token id", id)?;
+                check_hex("token digest", digest_hex, DIGEST_HEX..=DIGEST_HEX)?;
+                if expires_ms.is_some_and(|end| end <= *now_ms) {
+                    return Err(invalid(format!("token {id} would have expired already (at {} unix ms)", expires_ms.unwrap_or(0))));
+                }
+                if self.credentials.live_tokens(*now_ms) >= MAX_TOKENS {
+                    return Err(full("join tokens", MAX_TOKENS));
+                }
+                Ok(())
+            }
+            Command::RevokeToken { id, .. } => check_name("token id", id),
+            Command::RecordCertificate { role, name, serial, not_after_ms, now_ms } => {
+                check_name("certificate name", name)?;
+                check_hex("certificate serial", serial, 1..=MAX_SERIAL_HEX)?;
+                if not_after_ms < now_ms {
+                    return Err(invalid(format!("certificate {serial} of {role} {name} expired at {not_after_ms} (unix ms) already")));
+                }
+                let replaces = self.certificate_of(*role, name).is_some_and(|c| c.not_after_ms >= *now_ms);
+                if !replaces && self.credentials.live_certificates(*now_ms) >= MAX_CERTIFICATES {
+                    return Err(full("certificates", MAX_CERTIFICATES));
+                }
+                Ok(())
+            }
+            Command::RevokeCertificate { serial, not_after_ms, now_ms } => {
+                check_hex("certificate serial", serial, 1..=MAX_SERIAL_HEX)?;
+                let adds = not_after_ms >= now_ms && !self.is_revoked(serial);
+                if adds && self.credentials.live_revoked(*now_ms) >= MAX_REVOKED_SERIALS {
+                    return Err(full("revoked certificates", MAX_REVOKED_SERIALS));
                 }
                 Ok(())
             }

@@ -8,9 +8,12 @@
 //!
 //! Besides services, tasks and nodes, the state holds the Raft voters' addresses
 //! ([`ClusterState::members`]), changed only by applied membership changes, so that a
-//! snapshot tells a new server where its peers are.
+//! snapshot tells a new server where its peers are. It also holds what the servers agree on
+//! about credentials ([`credentials`]): join tokens (digests only), each holder's current
+//! certificate, and revoked serials.
 
 mod command;
+mod credentials;
 mod enums_proto;
 mod limits;
 mod model;
@@ -20,8 +23,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use command::{COMMAND_VERSION, Command, DecodeError, ServiceEvent};
+pub use credentials::{CertificateEntry, TokenEntry};
 pub use enums_proto::UnknownEnumValue;
-pub use limits::{MAX_DESIRED_TASKS, MAX_REVISIONS, MAX_SERVICES, MAX_TEXT_BYTES, check_host_port};
+pub use limits::{
+    MAX_CERTIFICATES, MAX_DESIRED_TASKS, MAX_REVISIONS, MAX_REVOKED_SERIALS, MAX_SERIAL_HEX, MAX_SERVICES, MAX_TEXT_BYTES, MAX_TOKENS,
+    check_host_port,
+};
 pub use model::{
     AutoscaleStatus, DesiredState, EVENTS_PER_SERVICE, Event, HealthStatus, Node, NodeStatus, Revision, ScaleDecision, ServiceRecord,
     ServiceSummary, Task, TaskState,
@@ -82,6 +89,10 @@ pub struct ClusterState {
     next_node_id: u64,
     /// Raft voter id -> gRPC address.
     members: BTreeMap<u64, String>,
+    /// Join tokens, current certificates, revoked serials. Defaulted (and not written while
+    /// empty) so that snapshots from before it existed decode, and read as they were.
+    #[serde(default, skip_serializing_if = "credentials::Credentials::is_empty")]
+    credentials: credentials::Credentials,
 }
 
 impl ClusterState {
@@ -124,6 +135,46 @@ impl ClusterState {
 
     pub fn node(&self, id: u64) -> Option<&Node> {
         self.nodes.get(&id)
+    }
+
+    /// The node registered under `name` (names are unique).
+    pub fn node_named(&self, name: &str) -> Option<&Node> {
+        self.nodes.values().find(|n| n.name == name)
+    }
+
+    /// The join tokens, by id, as [`pki::check_token`] reads them (expired ones included: it
+    /// refuses them saying so).
+    pub fn token_records(&self) -> Vec<pki::TokenRecord> {
+        self.credentials
+            .tokens()
+            // The digest was checked when the token was added: every entry converts.
+            .filter_map(|t| pki::TokenRecord::from_digest_hex(&t.id, t.role, &t.digest_hex, t.expires_ms).ok())
+            .collect()
+    }
+
+    /// The join tokens, ordered by id (for listing; no secrets are kept).
+    pub fn tokens(&self) -> impl Iterator<Item = &TokenEntry> {
+        self.credentials.tokens()
+    }
+
+    pub fn token(&self, id: &str) -> Option<&TokenEntry> {
+        self.credentials.token(id)
+    }
+
+    /// The current certificate of the holder `role` `name`: while it has not expired, the name
+    /// is taken.
+    pub fn certificate_of(&self, role: pki::Role, name: &str) -> Option<&CertificateEntry> {
+        self.credentials.certificate_of(role, name)
+    }
+
+    /// Whether the certificate with this serial (lowercase hex) is revoked.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.credentials.is_revoked(serial)
+    }
+
+    /// The revoked serials whose certificates had not expired when last pruned, ordered.
+    pub fn revoked_serials(&self) -> impl Iterator<Item = &str> {
+        self.credentials.revoked_serials()
     }
 
     pub fn members(&self) -> &BTreeMap<u64, String> {
@@ -272,7 +323,39 @@ impl ClusterState {
                 }
                 Ok(Outcome::Done)
             }
+            Command::RemoveNode { name, now_ms } => self.remove_node(&name, now_ms),
+            Command::AddToken { id, role, digest_hex, expires_ms, now_ms } => {
+                self.credentials.add_token(TokenEntry { id, role, digest_hex, created_ms: now_ms, expires_ms }, now_ms)
+            }
+            Command::RevokeToken { id, now_ms } => self.credentials.revoke_token(&id, now_ms),
+            Command::RecordCertificate { role, name, serial, not_after_ms, now_ms } => {
+                self.credentials.record_certificate(role, name, CertificateEntry { serial, not_after_ms, issued_ms: now_ms }, now_ms)
+            }
+            Command::RevokeCertificate { serial, not_after_ms, now_ms } => {
+                self.credentials.revoke_certificate(serial, not_after_ms, now_ms)
+            }
         }
+    }
+
+    /// Forgets node `name`. Its tasks that were not finished are lost and told to stop, as the
+    /// reconciler marks those of a down node, so it places them elsewhere (a task left on a
+    /// node id that no longer exists would be neither live nor finished, and never forgotten).
+    /// The agent certificate of that name is revoked: the machine must join again with a new
+    /// token, and gets a new node id.
+    fn remove_node(&mut self, name: &str, now_ms: u64) -> Result<Outcome, Rejection> {
+        let id = self.node_named(name).map(|n| n.id).ok_or_else(|| not_found(format!("no node named \"{name}\"")))?;
+        self.nodes.remove(&id);
+        for task in self.tasks.values_mut().filter(|t| t.node_id == id) {
+            if matches!(task.observed, TaskState::Exited | TaskState::Failed | TaskState::Lost) {
+                continue;
+            }
+            task.observed = TaskState::Lost;
+            task.desired = DesiredState::Stopped;
+            task.message = format!("node {name} was removed");
+            task.updated_ms = now_ms;
+        }
+        self.credentials.revoke_agent(name, now_ms);
+        Ok(Outcome::Done)
     }
 
     /// Records in its service's events that a task which should run died, with its exit code
@@ -487,5 +570,7 @@ impl ClusterState {
     }
 }
 
+#[cfg(test)]
+mod credentials_tests;
 #[cfg(test)]
 mod tests;
