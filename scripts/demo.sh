@@ -15,6 +15,8 @@
 #   SCHED_LISTEN=127.0.0.1:7700   the API address of sched dev
 #   SCHED_INGRESS=127.0.0.1:8080  where sched dev's ingress listens
 #   CGROUP_PARENT=/sched-demo     the cgroup the tasks' cgroups are made under
+#   SCHED_ADMIN_CREDENTIALS=/etc/sched/admin.toml  where sched dev writes the admin's
+#                       credentials (the default is where `sched` looks without flags)
 #   WAIT_SECS=120       how long to wait for the tasks to run
 #
 #   scripts/demo.sh stop DIR   stops what a KEEP=1 run left running (it prints this command)
@@ -32,17 +34,18 @@ port_taken() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 # ---- cleanup: everything a run started is recorded under its work dir, so `stop DIR` and the
 # exit trap share this code.
 stop_all() {
-  local work=$1 sched_bin listen dev_pid registry_pid
+  local work=$1 sched_bin listen admin dev_pid registry_pid
   [ -d "$work" ] || return 0
   sched_bin=$(cat "$work/sched-bin" 2>/dev/null || true)
   listen=$(cat "$work/listen" 2>/dev/null || true)
+  admin=$(cat "$work/admin-credentials" 2>/dev/null || true)
   dev_pid=$(cat "$work/sched-dev.pid" 2>/dev/null || true)
   registry_pid=$(cat "$work/registry.pid" 2>/dev/null || true)
   echo "cleaning up: the quotes service, sched dev, the registry, $work"
   if [ -n "$dev_pid" ] && kill -0 "$dev_pid" 2>/dev/null; then
     # Delete the service and wait until the agent has stopped and removed its containers
     # (httpd is pid 1 and ignores SIGTERM, so each takes the agent's 10 s stop grace).
-    if "$sched_bin" --server "$listen" delete quotes >/dev/null 2>&1; then
+    if "$sched_bin" --server "$listen" --config "$admin" delete quotes >/dev/null 2>&1; then
       for _ in $(seq 1 150); do
         [ -z "$(containers "$work")" ] && break
         sleep 0.2
@@ -115,6 +118,7 @@ registry_port=${REGISTRY_PORT:-5000}
 listen=${SCHED_LISTEN:-127.0.0.1:7700}
 ingress=${SCHED_INGRESS:-127.0.0.1:8080}
 cgroup_parent=${CGROUP_PARENT:-/sched-demo}
+admin=${SCHED_ADMIN_CREDENTIALS:-/etc/sched/admin.toml}
 wait_secs=${WAIT_SECS:-120}
 
 # ---- 1. packages
@@ -148,6 +152,7 @@ port_taken "${ingress%:*}" "${ingress##*:}" && fail "$ingress is taken (another 
 work=$(mktemp -d "${TMPDIR:-/tmp}/sched-demo.XXXXXX")
 echo "$bin/sched" > "$work/sched-bin"
 echo "$listen" > "$work/listen"
+echo "$admin" > "$work/admin-credentials"
 echo "$cgroup_parent" > "$work/cgroup-parent"
 ip link show sched0 >/dev/null 2>&1 || touch "$work/made-bridge"
 nft list table ip sched >/dev/null 2>&1 || touch "$work/made-nft-table"
@@ -169,7 +174,7 @@ trap finish EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-sched() { "$bin/sched" --server "$listen" "$@"; }
+sched() { "$bin/sched" --server "$listen" --config "$admin" "$@"; }
 log_tail() { echo "--- last lines of $1:"; tail -n "${2:-30}" "$1" 2>/dev/null | sed 's/^/    /'; }
 
 # ---- 3. registry
@@ -202,7 +207,8 @@ fi
 
 # ---- 5. sched dev
 say "starting sched dev on $listen (data in $work/sched, log in $work/sched-dev.log)"
-setsid "$bin/sched" dev --data-dir "$work/sched" --listen "$listen" --ingress-listen "$ingress" --cgroup-parent "$cgroup_parent" > "$work/sched-dev.log" 2>&1 &
+setsid "$bin/sched" dev --data-dir "$work/sched" --listen "$listen" --ingress-listen "$ingress" --cgroup-parent "$cgroup_parent" \
+  --admin-credentials "$admin" > "$work/sched-dev.log" 2>&1 &
 echo $! > "$work/sched-dev.pid"
 deadline=$((SECONDS + 30))
 until [ "$(sched get nodes -o json 2>/dev/null | jq '[.[] | select(.status == "ready")] | length' 2>/dev/null)" = 1 ]; do

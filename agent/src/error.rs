@@ -27,6 +27,10 @@ pub enum AgentError {
     /// A file operation failed.
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    /// The node has no usable certificate (no join token, a refused join, a certificate of
+    /// another node).
+    #[error("node credentials: {0}")]
+    Credentials(String),
     /// The agent's connections could not be set up (its security).
     #[error("connections: {0}")]
     Transport(transport::TransportError),

@@ -26,6 +26,11 @@ const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 pub struct Fingerprint(pub [u8; 32]);
 
 impl Fingerprint {
+    /// The fingerprint of the first certificate in `pem`.
+    pub fn of_pem(pem: &str) -> Result<Self, PkiError> {
+        Ok(Fingerprint::of_der(&pem_der(pem)?))
+    }
+
     pub fn of_der(der: &[u8]) -> Self {
         Fingerprint(Sha256::digest(der).into())
     }
@@ -128,7 +133,7 @@ impl ClusterCa {
         (params.not_before, params.not_after) = validity_window(now, validity)?;
         let not_after_ms = u64::try_from(params.not_after.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         let certificate = params.signed_by(public_key, &self.issuer)?;
-        Ok(Issued { certificate_pem: certificate.pem(), serial: hex::encode(serial.as_ref()), not_after_ms })
+        Ok(Issued { certificate_pem: certificate.pem(), serial: crate::holder::serial_hex(serial.as_ref()), not_after_ms })
     }
 
     /// A certificate for `identity` on the key of a certificate signing request (PEM). Only the
@@ -160,7 +165,7 @@ pub fn key_and_request(identity: &Identity) -> Result<(String, String), PkiError
 }
 
 /// The DER of the first PEM block of `pem`.
-fn pem_der(pem: &str) -> Result<Vec<u8>, PkiError> {
+pub(crate) fn pem_der(pem: &str) -> Result<Vec<u8>, PkiError> {
     let (_, block) =
         x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| PkiError::Certificate(format!("not a PEM certificate: {e}")))?;
     Ok(block.contents)

@@ -17,10 +17,12 @@
 
 mod ca;
 mod error;
+mod holder;
 mod identity;
 mod token;
 
 pub use ca::{ClusterCa, Fingerprint, Issued, key_and_request};
 pub use error::{PkiError, TokenError};
+pub use holder::CertificateHolder;
 pub use identity::{Identity, MAX_NAME_LEN, Role};
 pub use token::{JoinToken, TOKEN_PREFIX, TokenRecord, check_token};

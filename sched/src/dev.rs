@@ -18,11 +18,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agent::node::{AgentConfig, DEFAULT_CGROUP_PARENT};
+use agent::node::{AgentConfig, DEFAULT_CGROUP_PARENT, NodeCredentials};
 use anyhow::{Context, Result, bail};
 use scheduler::cli::DEFAULT_ADDRESS;
+use scheduler::credentials_file::DEFAULT_CREDENTIALS_FILE;
 use scheduler::raft::RaftOptions;
 use scheduler::server::ServerConfig;
+use scheduler::server::cluster_pki::{self, ServerTls};
 use scheduler::server::image_pin::RegistryAccess;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -36,6 +38,8 @@ const ELECTION_TICKS: usize = 3;
 /// which the agent registers. Nothing off this machine needs it, and a `sched-agent` on the
 /// same host keeps its default port.
 const AGENT_API_LISTEN: &str = "127.0.0.1:0";
+/// How long the agent's certificate (issued on every start) is valid.
+const AGENT_CERTIFICATE_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long the server gets to finish open requests once the agent has stopped.
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -80,15 +84,10 @@ pub struct DevArgs {
     /// Run no ingress.
     #[arg(long, conflicts_with = "ingress_listen")]
     pub no_ingress: bool,
-}
-
-impl DevArgs {
-    /// How the server's and the agent's connections are secured. Plaintext until issue 13's
-    /// mutual TLS: `sched dev` will make the cluster CA and its credentials, and they become a
-    /// `Security` here.
-    pub fn security(&self) -> transport::Security {
-        transport::Security::Plaintext
-    }
+    /// Where to write the admin credentials file (mode 0600) that `sched` reads; the default
+    /// is where `sched` looks, so the other commands need no flags.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CREDENTIALS_FILE)]
+    pub admin_credentials: PathBuf,
 }
 
 /// Where `sched dev`'s ingress listens unless told otherwise.
@@ -129,7 +128,23 @@ pub async fn run(args: DevArgs) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {} (choose another --data-dir)", dir.display()))?;
     }
 
-    let security = args.security();
+    // The cluster CA (made on the first start, kept in DATA_DIR/server/pki) issues the agent's
+    // certificate here, so the agent needs no join token; the server issues its own and the
+    // admin's when it starts.
+    let ca_dir = server_dir.join("pki");
+    let ca = match cluster_pki::load_ca(&ca_dir)? {
+        Some(ca) => ca,
+        None => {
+            let ca = cluster_pki::create_ca()?;
+            cluster_pki::save_ca(&ca, &ca_dir)?;
+            ca
+        }
+    };
+    let tls = ServerTls {
+        ca_dir: None,
+        admin_credentials: Some(args.admin_credentials.clone()),
+        node_certificate_ttl: AGENT_CERTIFICATE_VALIDITY,
+    };
     let server = ServerConfig {
         raft: RaftOptions { election_ticks: ELECTION_TICKS, ..RaftOptions::new(SERVER_ID) },
         data_dir: server_dir,
@@ -137,14 +152,17 @@ pub async fn run(args: DevArgs) -> Result<()> {
         initial_cluster: BTreeMap::from([(SERVER_ID, address.clone())]),
         node_timeout: Duration::from_secs(10),
         registries: RegistryAccess { insecure_registries: args.insecure_registries, docker_config: args.docker_config },
-        security: security.clone(),
+        tls: Some(tls),
     };
     let mut agent = AgentConfig::for_this_host(vec![address.clone()], agent_dir)?;
+    let agent_identity = pki::Identity::new(pki::Role::Agent, &agent.name)?;
+    let agent_names = [transport::AGENT_NAME.to_string(), "127.0.0.1".to_string()];
+    let agent_credentials = cluster_pki::issue(&ca, &agent_identity, &agent_names, AGENT_CERTIFICATE_VALIDITY)?;
     agent.cpu_millis = args.cpu.unwrap_or(agent.cpu_millis);
     agent.memory_mib = args.memory.unwrap_or(agent.memory_mib);
     agent.cgroup_parent = args.cgroup_parent;
-    // The agent reaches the server in this process like any other: the same security.
-    agent.security = security;
+    // The agent reaches the server in this process like any other: mutual TLS.
+    agent.credentials = NodeCredentials::Given(transport::Security::MutualTls(agent_credentials));
     agent.api_listen = Some(AGENT_API_LISTEN.into());
     agent.insecure_registries = server.registries.insecure_registries.clone();
     if args.no_network {
@@ -159,7 +177,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let agent_run = agent::node::run(agent, stopped(agent_stopped));
     tokio::pin!(server_run, agent_run);
 
-    let client = if address == DEFAULT_ADDRESS { "sched".to_string() } else { format!("sched --server {address}") };
+    // The credentials file names this server: only a file other than the default needs saying.
+    let client = if args.admin_credentials.as_os_str() == DEFAULT_CREDENTIALS_FILE {
+        "sched".to_string()
+    } else {
+        format!("SCHED_CONFIG={} sched", args.admin_credentials.display())
+    };
     println!(
         "sched dev: a one-server cluster and this machine's agent serve on {address} (data in {}); \
          deploy with `{client} apply FILE` (e.g. examples/quotes/service.toml), look with `{client} get tasks`; Ctrl-C stops",

@@ -26,6 +26,7 @@
 pub mod autoscale;
 pub mod cli;
 pub mod controller;
+pub mod credentials_file;
 mod error_chain;
 pub mod placement;
 pub mod raft;

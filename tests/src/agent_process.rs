@@ -89,6 +89,7 @@ fn spawn(cluster: &Cluster, servers: Option<&str>, name: &str, data_dir: &Path, 
     assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
     Command::new(agent)
         .args(["--server", servers.unwrap_or(&cluster.addresses()), "--name", name, "--no-network", "--stop-grace", "1"])
+        .args(cluster.join_args(data_dir))
         .args(["--api-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)

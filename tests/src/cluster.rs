@@ -5,6 +5,10 @@
 //! get free ports and their own data directories under one temp dir, short Raft ticks (20 ms,
 //! so elections take 200-400 ms) and small snapshot intervals when asked. Drop kills every
 //! process (SIGKILL, also stopped ones) and removes the data.
+//!
+//! The servers share one CA made with `sched ca create` (an initial cluster of several needs
+//! one) and each writes an admin credentials file in its data dir; `sched` is run with
+//! `SCHED_CONFIG` pointing at one of them, agents join with tokens ([`Cluster::join_token`]).
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -100,6 +104,9 @@ impl Cluster {
             let log = dir.path().join(format!("server-{id}.log"));
             servers.insert(id, Server { id, address, data_dir, child: None, log });
         }
+        let ca = dir.path().join("ca");
+        let made = Command::new(sched_binary()).args(["ca", "create"]).arg(&ca).output().expect("run sched ca create");
+        assert!(made.status.success(), "sched ca create: {}", String::from_utf8_lossy(&made.stderr));
         let mut cluster = Cluster { dir, options, servers };
         let initial = cluster.initial_cluster();
         for id in 1..=cluster.options.servers {
@@ -130,6 +137,10 @@ impl Cluster {
             .args(["--tick-ms", &options.tick_ms.to_string()])
             .args(["--snapshot-every", &options.snapshot_every.to_string()])
             .args(["--keep-entries", &options.keep_entries.to_string()])
+            .arg("--ca-dir")
+            .arg(self.dir.path().join("ca"))
+            .arg("--admin-credentials")
+            .arg(server.data_dir.join("admin.toml"))
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -158,8 +169,10 @@ impl Cluster {
         let address = format!("127.0.0.1:{}", free_port());
         let data_dir = self.dir.path().join(format!("server-{id}-joined"));
         let log = self.dir.path().join(format!("server-{id}-joined.log"));
+        let token = self.join_token("server");
+        let servers = self.addresses();
         self.servers.insert(id, Server { id, address: address.clone(), data_dir, child: None, log });
-        self.spawn(id, &["--join"]);
+        self.spawn(id, &["--join", &token, "--server", &servers]);
         address
     }
 
@@ -189,9 +202,61 @@ impl Cluster {
         self.sched_at(&self.addresses(), args)
     }
 
-    /// Runs `sched --server SERVERS ARGS`.
+    /// Runs `sched --server SERVERS ARGS` as the admin.
     pub fn sched_at(&self, servers: &str, args: &[&str]) -> Output {
-        Command::new(sched_binary()).args(["--server", servers]).args(args).env_remove("SCHED_SERVER").output().expect("run sched")
+        Command::new(sched_binary())
+            .args(["--server", servers])
+            .args(args)
+            .env_remove("SCHED_SERVER")
+            .env("SCHED_CONFIG", self.admin_credentials())
+            .output()
+            .expect("run sched")
+    }
+
+    /// An admin credentials file a server wrote (the first server's that exists).
+    pub fn admin_credentials(&self) -> PathBuf {
+        let files = self.servers.values().map(|s| s.data_dir.join("admin.toml"));
+        files.clone().find(|f| f.exists()).unwrap_or_else(|| files.into_iter().next().expect("a server"))
+    }
+
+    /// A new join token for `role` (agent, server, reader, admin), valid for an hour.
+    pub fn join_token(&self, role: &str) -> String {
+        self.sched_ok(&["token", "create", "--role", role, "--ttl", "1h"]).trim().to_string()
+    }
+
+    /// How to run `sched` against this cluster from elsewhere (another thread, a helper).
+    pub fn cli(&self) -> SchedCli {
+        SchedCli { servers: self.addresses(), config: self.admin_credentials() }
+    }
+
+    /// `--join TOKEN` for an agent's first start (a new agent token); nothing once the agent's
+    /// data dir holds its certificate (a restart needs no token, nor a cluster able to make one).
+    pub fn join_args(&self, agent_data_dir: &Path) -> Vec<String> {
+        if agent_data_dir.join("pki").join(transport::CERTIFICATE_FILE).exists() {
+            return Vec::new();
+        }
+        vec!["--join".into(), self.join_token("agent")]
+    }
+
+    /// The admin's TLS credentials, for tests that call the API themselves.
+    pub fn admin_transport(&self) -> transport::Transport {
+        admin_transport(&self.admin_credentials())
+    }
+
+    /// Server `id`'s own credentials (what it calls its peers and the agents with).
+    pub fn server_transport(&self, id: u64) -> transport::Transport {
+        let dir = self.servers[&id].data_dir.join("pki").join("server");
+        let credentials = transport::Credentials::load(&dir).expect("read the server's credentials").expect("the server has credentials");
+        transport::Transport::new(transport::Security::MutualTls(credentials)).expect("usable server credentials")
+    }
+
+    /// Credentials of an agent named `name`, joined with a fresh agent token as `sched-agent`
+    /// joins (for tests that speak the agent protocol themselves).
+    pub async fn agent_transport(&self, name: &str) -> transport::Transport {
+        let token = self.join_token("agent");
+        let servers: Vec<String> = self.addresses().split(',').map(str::to_string).collect();
+        let issued = transport::join::join_with_token(&servers, &token, name, &[]).await.expect("join as an agent");
+        transport::Transport::new(transport::Security::MutualTls(issued.credentials)).expect("usable agent credentials")
     }
 
     /// `sched ARGS` that must succeed; returns stdout.
@@ -263,18 +328,41 @@ impl Drop for Cluster {
     }
 }
 
-/// Applies a minimal service `name` over gRPC through the first of `addresses` that answers,
-/// retrying for up to 10 s. True once acknowledged.
-pub async fn apply_anywhere(addresses: &[String], name: &str) -> bool {
+/// `sched` aimed at a cluster: its servers and the credentials file to call them with.
+#[derive(Clone, Debug)]
+pub struct SchedCli {
+    pub servers: String,
+    pub config: PathBuf,
+}
+
+impl SchedCli {
+    /// `sched --server SERVERS` with `SCHED_CONFIG` set, for the caller to add arguments to.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(sched_binary());
+        command.args(["--server", &self.servers]).env_remove("SCHED_SERVER").env("SCHED_CONFIG", &self.config);
+        command
+    }
+}
+
+/// A transport with the credentials in the file at `path` (a server's admin.toml).
+pub fn admin_transport(path: &Path) -> transport::Transport {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let file: toml::Value = toml::from_str(&text).expect("a credentials file");
+    let field = |name: &str| file[name].as_str().unwrap_or_else(|| panic!("{name} in {}", path.display())).to_string();
+    let credentials = transport::Credentials { ca_pem: field("ca"), certificate_pem: field("certificate"), key_pem: field("key") };
+    transport::Transport::new(transport::Security::MutualTls(credentials)).expect("usable admin credentials")
+}
+
+/// Applies a minimal service `name` over gRPC (with `transport`) through the first of
+/// `addresses` that answers, retrying for up to 10 s. True once acknowledged.
+pub async fn apply_anywhere(transport: &transport::Transport, addresses: &[String], name: &str) -> bool {
     use proto::sched::v1 as pb;
     let image = format!("{CLOSED_REGISTRY}/busybox:1.36");
     let spec = pb::ServiceSpec { name: name.into(), image, cpu_millis: 100, memory_mib: 64, count: 1, ..Default::default() };
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         for address in addresses {
-            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{address}")) else { continue };
-            let endpoint = endpoint.connect_timeout(Duration::from_millis(300)).timeout(Duration::from_secs(3));
-            let Ok(channel) = endpoint.connect().await else { continue };
+            let Ok(channel) = transport.connect(address, transport::Profile::CLI_CALL).await else { continue };
             let request = pb::ApplyRequest { spec: Some(spec.clone()) };
             if pb::service_api_client::ServiceApiClient::new(channel).apply(request).await.is_ok() {
                 return true;

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::bundle::unique_name;
 use crate::busybox_image::push_busybox;
-use crate::cluster::{Cluster, sched_binary};
+use crate::cluster::{Cluster, SchedCli, sched_binary};
 use crate::netlab::NodeLab;
 use crate::oci_image::Entry;
 
@@ -173,6 +173,7 @@ impl NetworkedAgent {
         assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
         let child = Command::new(agent)
             .args(["--server", &cluster.addresses(), "--name", name, "--stop-grace", "1"])
+            .args(cluster.join_args(&data_dir))
             .args(["--bridge", &config.bridge, "--subnet", &config.subnet.to_string()])
             .args(if extra_args.contains(&"--api-listen") { &[][..] } else { &["--api-listen", "127.0.0.1:0"][..] })
             .arg("--netns-dir")
@@ -206,13 +207,8 @@ impl Drop for NetworkedAgent {
 }
 
 /// `sched --server SERVERS get tasks -o json`, or None if the CLI failed.
-pub fn tasks_at(servers: &str) -> Option<Vec<Value>> {
-    let out = Command::new(sched_binary())
-        .args(["--server", servers, "get", "tasks", "-o", "json"])
-        .env_remove("SCHED_SERVER")
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
+pub fn tasks_at(servers: &SchedCli) -> Option<Vec<Value>> {
+    let out = servers.command().args(["get", "tasks", "-o", "json"]).stdin(Stdio::null()).output().ok()?;
     if !out.status.success() {
         return None;
     }
@@ -231,7 +227,7 @@ pub fn running_endpoints(tasks: &[Value], service: &str) -> Vec<String> {
 
 /// The closure a [`crate::load::Load`] follows: `service`'s running endpoints as the servers at
 /// `servers` report them (None when the CLI fails, so the load keeps its list).
-pub fn endpoints_source(servers: String, service: String) -> impl FnMut() -> Option<Vec<String>> + Send + 'static {
+pub fn endpoints_source(servers: SchedCli, service: String) -> impl FnMut() -> Option<Vec<String>> + Send + 'static {
     move || tasks_at(&servers).map(|tasks| running_endpoints(&tasks, &service))
 }
 
@@ -256,13 +252,8 @@ impl Observation {
 
 /// `name`'s desired count and tasks as the servers at `servers` report them (None if the CLI
 /// failed or the service is unknown).
-pub fn observe(servers: &str, name: &str, since: std::time::Instant) -> Option<Observation> {
-    let out = Command::new(sched_binary())
-        .args(["--server", servers, "get", "services", "-o", "json"])
-        .env_remove("SCHED_SERVER")
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
+pub fn observe(servers: &SchedCli, name: &str, since: std::time::Instant) -> Option<Observation> {
+    let out = servers.command().args(["get", "services", "-o", "json"]).env_remove("SCHED_SERVER").stdin(Stdio::null()).output().ok()?;
     let services: Value = serde_json::from_slice(&out.stdout).ok()?;
     let service = services.as_array()?.iter().find(|s| s["name"] == name)?.clone();
     let tasks = tasks_at(servers)?;
@@ -313,9 +304,10 @@ impl Reaction {
 
 /// The first event of `name` whose message mentions scaling, at or after `after` (wall
 /// clock), as (time since `after`, message).
-pub fn scale_event_after(servers: &str, name: &str, after: std::time::SystemTime) -> Option<(Duration, String)> {
-    let out = Command::new(sched_binary())
-        .args(["--server", servers, "describe", "service", name, "-o", "json"])
+pub fn scale_event_after(servers: &SchedCli, name: &str, after: std::time::SystemTime) -> Option<(Duration, String)> {
+    let out = servers
+        .command()
+        .args(["describe", "service", name, "-o", "json"])
         .env_remove("SCHED_SERVER")
         .stdin(Stdio::null())
         .output()

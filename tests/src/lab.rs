@@ -154,6 +154,9 @@ impl Lab {
         }
         lab.build_network();
         lab.start_registry();
+        // The servers of an initial cluster of several share a CA made beforehand.
+        let made = Command::new(sched_binary()).args(["ca", "create"]).arg(lab.ca_dir()).output().expect("run sched ca create");
+        assert!(made.status.success(), "sched ca create: {}", text(&made.stderr));
         for i in 0..lab.hosts.len() {
             lab.spawn_server(i);
         }
@@ -279,6 +282,10 @@ impl Lab {
             &self.options.node_timeout_ms.to_string(),
             "--insecure-registry",
             &self.registry_addr(),
+            "--ca-dir",
+            &self.ca_dir().to_string_lossy(),
+            "--admin-credentials",
+            &host.server_data.join("admin.toml").to_string_lossy(),
         ]
         .map(str::to_owned);
         let child =
@@ -320,6 +327,12 @@ impl Lab {
         ]
         .map(str::to_owned);
         let mut args = args.to_vec();
+        // The first start joins with a token; a restart finds the node's certificate.
+        if !host.agent_data.join("pki").join(transport::CERTIFICATE_FILE).exists() {
+            let token = self.sched_ok(&["token", "create", "--role", "agent"]).trim().to_string();
+            args.extend(["--join".to_owned(), token]);
+        }
+        let host = &self.hosts[index];
         if let Some(edge) = self.options.ingress_host {
             let role = if edge == index { "role=edge" } else { "role=worker" };
             args.extend(["--labels".to_owned(), role.to_owned()]);
@@ -384,10 +397,22 @@ impl Lab {
         self.hosts.iter().filter(|h| h.server.is_some()).map(Host::server_address).collect::<Vec<_>>().join(",")
     }
 
-    /// `sched --server <running servers> ARGS` from the switch.
+    /// Where the servers' shared CA was made.
+    fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    /// An admin credentials file a server wrote.
+    pub fn admin_credentials(&self) -> PathBuf {
+        let files = self.hosts.iter().map(|h| h.server_data.join("admin.toml"));
+        files.clone().find(|f| f.exists()).unwrap_or_else(|| files.into_iter().next().expect("a host"))
+    }
+
+    /// `sched --server <running servers> ARGS` from the switch, as the admin.
     pub fn sched(&self, args: &[&str]) -> Output {
         let servers = self.server_addresses();
-        let mut all = vec![sched_binary().to_string_lossy().into_owned(), "--server".into(), servers];
+        let config = self.admin_credentials().to_string_lossy().into_owned();
+        let mut all = vec![sched_binary().to_string_lossy().into_owned(), "--server".into(), servers, "--config".into(), config];
         all.extend(args.iter().map(|a| a.to_string()));
         nsenter(&self.switch, &all.iter().map(String::as_str).collect::<Vec<_>>())
     }

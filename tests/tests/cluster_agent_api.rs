@@ -7,14 +7,20 @@ use proto::agent::v1 as pb;
 use proto::agent::v1::agent_api_client::AgentApiClient;
 use sched_tests::cluster::{Cluster, ClusterOptions};
 use tokio_stream::StreamExt as _;
+use transport::Profile;
 
 #[test]
-fn agents_register_heartbeat_and_watch_assignments_through_any_server() {
+fn agents_register_heartbeat_and_watch_assignments_through_any_server_each_as_its_own_node() {
     let cluster = Cluster::start(ClusterOptions::default());
     let leader = cluster.wait_for_leader(Duration::from_secs(5));
     let follower = cluster.servers.values().find(|s| s.id != leader).unwrap().address.clone();
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let mut agent = AgentApiClient::connect(format!("http://{follower}")).await.unwrap();
+        let connect = |transport: transport::Transport| {
+            let follower = follower.clone();
+            async move { AgentApiClient::new(transport.connect(&follower, Profile::AGENT_TO_SERVER).await.unwrap()) }
+        };
+        let mut agent = connect(cluster.agent_transport("node-a").await).await;
+        let mut agent_b = connect(cluster.agent_transport("node-b").await).await;
         let register = |name: &str, address: &str| pb::RegisterRequest {
             name: name.into(),
             address: address.into(),
@@ -27,13 +33,24 @@ fn agents_register_heartbeat_and_watch_assignments_through_any_server() {
         // Registering again by the same name keeps the id (a restarted agent).
         let again = agent.register(register("node-a", "10.0.0.9")).await.unwrap().into_inner().node_id;
         assert_eq!(again, id);
-        let other = agent.register(register("node-b", "10.0.0.2")).await.unwrap().into_inner().node_id;
+        let other = agent_b.register(register("node-b", "10.0.0.2")).await.unwrap().into_inner().node_id;
         assert_ne!(other, id);
-        let status = agent.register(pb::RegisterRequest { name: String::new(), ..register("x", "y") }).await.unwrap_err();
-        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        // A certificate registers, beats, watches and reports only as its own node.
+        let status = agent.register(register("node-b", "10.0.0.66")).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(status.message().contains("agent node-a") && status.message().contains("\"node-b\""), "{}", status.message());
+        let status = agent.heartbeat(pb::HeartbeatRequest { node_id: other, ..Default::default() }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{}", status.message());
+        let status = agent.watch_assignments(pb::WatchAssignmentsRequest { node_id: other }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{}", status.message());
+        let status = agent
+            .report_task_status(pb::ReportTaskStatusRequest { node_id: other, task_id: "t".into(), state: 4, ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{}", status.message());
         // A label no service constraint could require is refused, named.
         let bad_label =
-            pb::RegisterRequest { labels: [("disk type".to_string(), "ssd".to_string())].into(), ..register("node-c", "10.0.0.3") };
+            pb::RegisterRequest { labels: [("disk type".to_string(), "ssd".to_string())].into(), ..register("node-a", "10.0.0.9") };
         let status = agent.register(bad_label).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().contains("disk type") && status.message().contains("--labels"), "{}", status.message());
@@ -52,6 +69,11 @@ fn agents_register_heartbeat_and_watch_assignments_through_any_server() {
             .await
             .unwrap_err();
         assert_eq!((status.code(), status.message()), (tonic::Code::NotFound, "no task nope"));
+
+        // The admin's certificate is not an agent's.
+        let mut admin = connect(cluster.admin_transport()).await;
+        let status = admin.register(register("node-c", "10.0.0.3")).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{}", status.message());
     });
     let nodes = cluster.sched_json(&["get", "nodes"]);
     let summary: Vec<(String, String, String)> = nodes

@@ -4,9 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use proto::raft::v1::raft_peer_client::RaftPeerClient;
 use proto::sched::v1 as pb;
 use proto::sched::v1::service_api_client::ServiceApiClient;
 use sched_tests::cluster::{CLOSED_REGISTRY, Cluster, ClusterOptions, free_port, stderr, stdout};
+use transport::Profile;
 
 /// The README's example, its image on a registry port where nothing listens.
 fn example(cluster: &Cluster) -> String {
@@ -118,10 +120,11 @@ fn bad_grpc_requests_get_clear_errors_and_change_nothing() {
     let cluster = Cluster::start(ClusterOptions::default());
     cluster.sched_ok(&["apply", &example(&cluster)]);
     let before = settled_describe(&cluster, "quotes");
-    let address = format!("http://{}", cluster.servers[&2].address);
+    let address = cluster.servers[&2].address.clone();
+    let (admin, server) = (cluster.admin_transport(), cluster.server_transport(1));
 
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let mut client = ServiceApiClient::connect(address.clone()).await.unwrap();
+        let mut client = ServiceApiClient::new(admin.connect(&address, Profile::CLI_CALL).await.unwrap());
         let status = client.apply(pb::ApplyRequest { spec: None }).await.unwrap_err();
         assert_eq!((status.code(), status.message()), (tonic::Code::InvalidArgument, "`spec` is required"));
 
@@ -157,8 +160,8 @@ fn bad_grpc_requests_get_clear_errors_and_change_nothing() {
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         assert!(status.message().contains("nothing to roll back to"), "{}", status.message());
 
-        // Peer traffic that is not a raft message is refused, not stepped.
-        let mut peer = proto::raft::v1::raft_peer_client::RaftPeerClient::connect(address.clone()).await.unwrap();
+        // Peer traffic that is not a raft message is refused, not stepped (even from a server).
+        let mut peer = RaftPeerClient::new(server.connect(&address, Profile::SERVER_TO_SERVER).await.unwrap());
         let status = peer
             .send(proto::raft::v1::RaftBatch { from: 9, from_address: String::new(), messages: vec![vec![0xff, 0xff, 0xff]] })
             .await
@@ -176,9 +179,10 @@ fn health_and_reflection_are_served_on_the_api_port() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
-    let address = format!("http://{}", cluster.servers[&1].address);
+    let address = cluster.servers[&1].address.clone();
+    let admin = cluster.admin_transport();
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(address).unwrap().connect().await.unwrap();
+        let channel = admin.connect(&address, Profile::CLI_CALL).await.unwrap();
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
         let answer = health.check(tonic_health::pb::HealthCheckRequest { service: "sched.v1.ServiceApi".into() }).await.unwrap();
         assert_eq!(answer.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
@@ -206,7 +210,12 @@ fn reflection_v1alpha_lists_the_services_to_pythons_grpcio_reflection() {
     assert!(Path::new(PYTHON).exists(), "{PYTHON} is missing: run scripts/install-test-deps.sh");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/reflection_list.py");
     let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
-    let out = std::process::Command::new(PYTHON).arg(script).arg(&cluster.servers[&1].address).output().expect("run python");
+    let out = std::process::Command::new(PYTHON)
+        .arg(script)
+        .arg(&cluster.servers[&1].address)
+        .arg(cluster.admin_credentials())
+        .output()
+        .expect("run python");
     assert!(out.status.success(), "grpcio-reflection failed: {}", stderr(&out));
     let names = String::from_utf8_lossy(&out.stdout);
     let names: Vec<&str> = names.lines().collect();
@@ -253,7 +262,8 @@ fn settled_describe(cluster: &Cluster, name: &str) -> serde_json::Value {
 fn raw_proposals_are_held_to_the_api_rules_and_survive_a_restart() {
     let mut cluster = Cluster::start(ClusterOptions::default());
     let leader = cluster.wait_for_leader(Duration::from_secs(10));
-    let address = format!("http://{}", cluster.servers[&leader].address);
+    let address = cluster.servers[&leader].address.clone();
+    let server = cluster.server_transport(leader);
     let spec = |name: &str, count: u64, env_value: &str| {
         serde_json::json!({
             "name": name, "image": "127.0.0.1:5000/quotes:1", "command": [], "env": {"V": env_value},
@@ -276,7 +286,7 @@ fn raw_proposals_are_held_to_the_api_rules_and_survive_a_restart() {
         ("a voter at no address", serde_json::json!({"add_voter": {"id": 9, "address": "not an address"}})),
     ];
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let mut peer = proto::raft::v1::raft_peer_client::RaftPeerClient::connect(address).await.unwrap();
+        let mut peer = RaftPeerClient::new(server.connect(&address, Profile::SERVER_TO_SERVER).await.unwrap());
         for (what, proposal) in &refused {
             let request = proto::raft::v1::ProposeRequest { proposal: serde_json::to_vec(proposal).unwrap() };
             let outcome = peer.propose(request).await.unwrap().into_inner().outcome;

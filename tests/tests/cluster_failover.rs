@@ -12,6 +12,7 @@ use sched_tests::cluster::{Cluster, ClusterOptions, apply_anywhere, service_name
 fn leader_killed_during_applies_loses_no_acknowledged_write_and_all_survive_full_restart() {
     let mut cluster = Cluster::start(ClusterOptions::default());
     let addresses: Vec<String> = cluster.servers.values().map(|s| s.address.clone()).collect();
+    let admin = cluster.admin_transport();
 
     // The writer acknowledges each apply on a channel, with the time it was acknowledged.
     let (acked_tx, acked_rx) = mpsc::channel::<(String, Instant)>();
@@ -23,7 +24,7 @@ fn leader_killed_during_applies_loses_no_acknowledged_write_and_all_survive_full
                 break;
             }
             let name = format!("svc-{i}");
-            if runtime.block_on(apply_anywhere(&addresses, &name)) {
+            if runtime.block_on(apply_anywhere(&admin, &addresses, &name)) {
                 acked_tx.send((name, Instant::now())).unwrap();
             }
         }
@@ -79,16 +80,17 @@ fn leader_killed_during_applies_loses_no_acknowledged_write_and_all_survive_full
 #[test]
 fn frozen_leader_is_replaced_and_rejoins_as_follower_without_losing_writes() {
     let cluster = Cluster::start(ClusterOptions::default());
+    let admin = cluster.admin_transport();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let all: Vec<String> = cluster.servers.values().map(|s| s.address.clone()).collect();
-    assert!(runtime.block_on(apply_anywhere(&all, "before")));
+    assert!(runtime.block_on(apply_anywhere(&admin, &all, "before")));
     let old = cluster.wait_for_leader(Duration::from_secs(5));
     let others: Vec<String> = cluster.servers.values().filter(|s| s.id != old).map(|s| s.address.clone()).collect();
 
     // SIGSTOP: the leader is cut off without knowing it; its sockets stay open.
     cluster.pause(old, true);
     let frozen_at = Instant::now();
-    assert!(runtime.block_on(apply_anywhere(&others, "during")), "the majority takes writes without the frozen leader");
+    assert!(runtime.block_on(apply_anywhere(&admin, &others, "during")), "the majority takes writes without the frozen leader");
     let took = frozen_at.elapsed();
     assert!(took < Duration::from_secs(2), "the first write without the frozen leader took {took:?}");
 
@@ -104,7 +106,7 @@ fn frozen_leader_is_replaced_and_rejoins_as_follower_without_losing_writes() {
         assert!(start.elapsed() < Duration::from_secs(10), "server {old} did not catch up after SIGCONT: {seen:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(runtime.block_on(apply_anywhere(std::slice::from_ref(&address), "after")), "writes through the old leader work again");
+    assert!(runtime.block_on(apply_anywhere(&admin, std::slice::from_ref(&address), "after")), "writes through the old leader work again");
     let names = service_names(&cluster, &cluster.addresses(), false).unwrap();
     assert_eq!(names.into_iter().collect::<Vec<_>>(), ["after", "before", "during"]);
 }

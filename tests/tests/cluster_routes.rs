@@ -29,7 +29,8 @@ fn routes_are_listed_streamed_on_every_change_and_never_claimed_twice() {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut stream = runtime.block_on(async {
-        let mut client = RouteApiClient::connect(format!("http://{follower}")).await.unwrap();
+        let channel = cluster.admin_transport().connect(&follower, transport::Profile::CLI_STREAM).await.unwrap();
+        let mut client = RouteApiClient::new(channel);
         client.watch_routes(pb::WatchRoutesRequest {}).await.unwrap().into_inner()
     });
     let next = |stream: &mut tonic::Streaming<pb::RouteTable>| {

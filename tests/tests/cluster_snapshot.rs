@@ -15,10 +15,11 @@ fn partitioned_follower_catches_up_by_snapshot_after_compaction() {
     let others: Vec<String> = cluster.servers.values().filter(|s| s.id != follower).map(|s| s.address.clone()).collect();
 
     cluster.kill(follower);
+    let admin = cluster.admin_transport();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let names: Vec<String> = (0..80).map(|i| format!("svc-{i}")).collect();
     for name in &names {
-        assert!(runtime.block_on(apply_anywhere(&others, name)), "apply {name} with one follower stopped");
+        assert!(runtime.block_on(apply_anywhere(&admin, &others, name)), "apply {name} with one follower stopped");
     }
     assert!(cluster.log_of(leader).contains("saved a snapshot and compacted the log"), "the leader compacted its log");
     cluster.restart(follower);
@@ -39,7 +40,7 @@ fn partitioned_follower_catches_up_by_snapshot_after_compaction() {
         "server {follower} caught up without a snapshot, so the test did not prove snapshot catch-up"
     );
     // And it keeps following the log after the snapshot.
-    assert!(runtime.block_on(apply_anywhere(std::slice::from_ref(&address), "after-snapshot")));
+    assert!(runtime.block_on(apply_anywhere(&admin, std::slice::from_ref(&address), "after-snapshot")));
     let start = Instant::now();
     while !service_names(&cluster, &address, true).unwrap_or_default().contains("after-snapshot") {
         assert!(start.elapsed() < Duration::from_secs(5), "server {follower} stopped following after the snapshot");

@@ -133,6 +133,7 @@ fn the_demo_serves_a_quote_from_each_task_and_leaves_nothing_behind() {
         .env("SCHED_BIN_DIR", &bin_dir)
         .env("TMPDIR", leftovers.tmp())
         .env("CGROUP_PARENT", &leftovers.cgroup_parent)
+        .env("SCHED_ADMIN_CREDENTIALS", leftovers.tmp().join("admin.toml"))
         .env("WAIT_SECS", "120")
         .env_remove("KEEP")
         .env_remove("REGISTRY_PORT")
@@ -191,6 +192,8 @@ fn dev_refused(args: &[&str], data_dir: &Path) -> String {
         .args(args)
         .args(["--no-network", "--data-dir"])
         .arg(data_dir)
+        .arg("--admin-credentials")
+        .arg(data_dir.with_file_name("admin.toml"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -235,10 +238,11 @@ fn the_sched_binary_adds_dev_and_keeps_every_other_command() {
     for flag in ["--data-dir", "--listen", "--cpu", "--memory", "--no-network"] {
         assert!(dev_help.contains(flag), "sched dev --help shows {flag}:\n{dev_help}");
     }
-    // Exit codes stay: bad input 1, an unreachable cluster 2.
+    // Exit codes stay: bad input 1 (an unreachable cluster is 2: tests/tests/cluster_api.rs).
     assert_eq!(sched(&["no-such-command"]).status.code(), Some(1));
-    let free = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    assert_eq!(sched(&["--server", &free, "get", "services"]).status.code(), Some(2));
+    let no_credentials = sched(&["--config", "/nonexistent/admin.toml", "get", "services"]);
+    assert_eq!(no_credentials.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&no_credentials.stderr).contains("/nonexistent/admin.toml"));
 }
 
 /// A `sched dev` process on a free loopback port, without task networking (no bridge on the
@@ -275,6 +279,8 @@ impl Dev {
                 "--data-dir",
             ])
             .arg(self.dir.path().join("data"))
+            .arg("--admin-credentials")
+            .arg(self.admin_credentials())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -290,8 +296,15 @@ impl Dev {
         wait_bounded(&mut child, Duration::from_secs(15))
     }
 
+    /// Where this `sched dev` writes the admin's credentials.
+    fn admin_credentials(&self) -> PathBuf {
+        self.dir.path().join("admin.toml")
+    }
+
     fn sched(&self, args: &[&str]) -> std::process::Output {
-        Command::new(sched_binary()).arg("--server").arg(&self.address).args(args).output().expect("run sched")
+        let mut command = Command::new(sched_binary());
+        command.arg("--server").arg(&self.address).arg("--config").arg(self.admin_credentials());
+        command.args(args).output().expect("run sched")
     }
 
     fn tasks(&self) -> Vec<Value> {

@@ -17,6 +17,7 @@ use sched_tests::cpu_service::NetworkedAgent;
 use sched_tests::netlab::NodeLab;
 use sched_tests::registry::Registry;
 use serde_json::json;
+use transport::Profile;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const PROBES: usize = 3;
@@ -77,8 +78,18 @@ async fn scenario(lab: &NodeLab) {
         "the API does listen on the gateway address (from the node)"
     );
 
+    // Only the servers may call the agent API: the admin's certificate is refused.
+    let api = format!("127.0.0.1:{api_port}");
+    let admin = cluster.admin_transport().connect(&api, Profile::SERVER_TO_AGENT).await.expect("connect to the agent API");
+    let refused = TaskLogApiClient::new(admin)
+        .logs(TaskLogsRequest { task_id: task.clone(), follow: false, tail: Some(1), since_unix_ms: None })
+        .await
+        .expect_err("the admin calls the agent API");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
     // At most 2 follows: a third is refused naming the limit, and taken once one ends.
-    let mut client = TaskLogApiClient::connect(format!("http://127.0.0.1:{api_port}")).await.expect("connect to the agent API");
+    let channel = cluster.server_transport(1).connect(&api, Profile::SERVER_TO_AGENT).await.expect("connect to the agent API");
+    let mut client = TaskLogApiClient::new(channel);
     let follow = || TaskLogsRequest { task_id: task.clone(), follow: true, tail: Some(1), since_unix_ms: None };
     let first = client.logs(follow()).await.expect("follow 1").into_inner();
     let _second = client.logs(follow()).await.expect("follow 2").into_inner();

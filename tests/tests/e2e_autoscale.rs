@@ -62,7 +62,7 @@ fn scenario(lab: &NodeLab) {
     let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
     let image = push_cpu_service(cluster.dir(), &registry.addr(), "odds:1");
     let agent = NetworkedAgent::start(&cluster, lab, "node1");
-    let servers = cluster.addresses();
+    let servers = cluster.cli();
     let spec = CpuServiceSpec::betting_odds(SERVICE, &image, "5s", "20s");
     let file = spec.write(cluster.dir());
     cluster.sched_ok(&["apply", &file.to_string_lossy()]);

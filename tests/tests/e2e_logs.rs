@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use sched_tests::agent_process::{self, AgentProcess};
 use sched_tests::bundle::runtime_binary;
 use sched_tests::busybox_image::push_busybox;
-use sched_tests::cluster::{Cluster, ClusterOptions, sched_binary, stderr, stdout};
+use sched_tests::cluster::{Cluster, ClusterOptions, stderr, stdout};
 use sched_tests::registry::Registry;
 use serde_json::{Value, json};
 
@@ -27,10 +27,11 @@ struct Follower {
 
 impl Follower {
     fn start(cluster: &Cluster, args: &[&str]) -> Follower {
-        let mut child = Command::new(sched_binary())
-            .args(["--server", &cluster.addresses(), "logs"])
+        let mut child = cluster
+            .cli()
+            .command()
+            .arg("logs")
             .args(args)
-            .env_remove("SCHED_SERVER")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -2,117 +2,77 @@
 //!
 //! Every client channel (the CLI to a server, an agent to a server, a server to its Raft peers
 //! and to the leader, a server to an agent's log API) and every gRPC server (the `sched server`
-//! API, the agent API) is built here, so that how a connection is secured and how long it may
-//! take is decided once:
+//! API, the agent API) is built here, so that how a connection is secured, who may use it and
+//! how long it may take is decided once:
 //!
-//! - [`Security`] says how connections are secured. It comes from each binary's configuration
-//!   and travels, unchanged, to every caller inside a [`Transport`].
-//! - [`Transport`] is made once per process from a [`Security`] (later: loading the
-//!   certificates, so a bad path fails at start, not on the first call). Clients get a
-//!   [`Channel`] to a `HOST:PORT` from it, eagerly ([`Transport::connect`]) or lazily
+//! - [`Security`] says how connections are secured: mutual TLS with this process's
+//!   [`Credentials`] (the cluster CA, a certificate and its key), or — for a node that is
+//!   joining and has no certificate yet — TLS that trusts the CA a join token pins. Plaintext
+//!   remains for in-process tests only; no binary offers it.
+//! - [`Transport`] is made once per process from a [`Security`]; it loads the credentials (a
+//!   bad file fails at start, not on the first call). Clients get a [`Channel`] to a
+//!   `HOST:PORT` from it, eagerly ([`Transport::connect`]) or lazily
 //!   ([`Transport::connect_lazy`]); servers get their [`Server`] builder ([`Transport::server`])
-//!   and their accepted connections ([`incoming`]).
-//! - [`Profile`] names each kind of connection's timeouts and keepalive, side by side, so they
-//!   can be compared and changed in one file.
+//!   and their accepted connections ([`Transport::incoming`]).
+//! - [`Profile`] names each kind of connection's timeouts, keepalive and the [`Peer`] it
+//!   reaches, side by side, so they can be compared and changed in one file.
+//! - [`AuthorizeLayer`] puts a process's [`Policy`] (who may call which method) in front of
+//!   its services; handlers read the verified [`Caller`] with [`caller_of`].
 //!
-//! Addresses are `HOST:PORT`, checked where they enter the system (flags, registration,
-//! membership); the URI (`http://HOST:PORT` today) is made here alone, since its scheme depends
-//! on the security.
-//!
-//! Today every connection is plaintext. Mutual TLS (issue 13) plugs in at the marked places:
-//! a [`Security`] variant with the CA and this process's certificate and key, the `https`
-//! scheme and `Endpoint::tls_config` where the endpoint is built (`Transport::endpoint`), and
-//! `Server::tls_config` in [`Transport::server`]; no caller changes.
+//! TLS is 1.3 only, with rustls and ring ([`tls`]). A client checks the server's certificate
+//! against the CA and the name its role's certificates carry ([`SERVER_NAME`],
+//! [`AGENT_NAME`]), not against the dialled address. Addresses are `HOST:PORT`, checked where
+//! they enter the system (flags, registration, membership); the URI is made here alone.
 
-use std::time::Duration;
+mod authorize;
+mod connector;
+mod credentials;
+mod incoming;
+pub mod join;
+mod profile;
+mod tls;
+
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
+
+pub use authorize::{Authorize, AuthorizeLayer, Caller, Policy, caller_of};
+pub use credentials::{CA_FILE, CERTIFICATE_FILE, Credentials, KEY_FILE, write_private};
+pub use incoming::{Connection, Incoming, PeerInfo};
+pub use profile::{AGENT_NAME, Keepalive, Peer, Profile, SERVER_NAME};
 
 /// How this process's connections are secured, as its configuration says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Security {
-    /// No TLS, no authentication: anyone who reaches a port may call it.
+    /// No TLS, no authentication: every caller is anonymous, so a server's policy refuses all
+    /// but anonymous methods. For in-process tests; no binary offers it.
     #[default]
     Plaintext,
-    // Next (issue 13): `MutualTls { ca, cert, key }` — the cluster CA every peer's certificate
-    // must chain to, and this process's own certificate and key (paths or PEM).
+    /// Mutual TLS: trust the cluster CA, present this certificate.
+    MutualTls(Credentials),
+    /// A node joining with a token: trust servers whose chain holds the CA with this
+    /// fingerprint, present no certificate. Client side only.
+    Join(pki::Fingerprint),
 }
 
-/// Why a connection could not be made. Each variant shows as its cause alone (the caller names
-/// the address and what it was for).
+/// Why a connection could not be made or the credentials not used. Each variant shows as its
+/// cause alone (the caller names the address and what it was for).
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The address does not make a URI (not `HOST:PORT`).
     #[error(transparent)]
     Address(tonic::transport::Error),
-    /// Nothing answered within the profile's connect timeout, or the connection failed.
+    /// Nothing answered within the profile's connect timeout, or the connection (or its TLS
+    /// handshake) failed.
     #[error(transparent)]
     Connect(tonic::transport::Error),
-}
-
-/// HTTP/2 pings on an open connection, so a peer that vanishes without a reset (power loss, a
-/// partition) ends the connection instead of leaving calls hanging.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Keepalive {
-    /// How often a ping is sent.
-    pub interval: Duration,
-    /// How long an unanswered ping takes to close the connection.
-    pub timeout: Duration,
-    /// Ping also while no call is open.
-    pub while_idle: bool,
-}
-
-/// The timeouts and keepalive of one kind of client connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Profile {
-    /// How long establishing the connection may take.
-    pub connect_timeout: Duration,
-    /// Every call on the channel fails after this long; `None` for calls that may stay open
-    /// (streams), which rely on keepalive instead.
-    pub request_timeout: Option<Duration>,
-    /// Pings on the open connection; `None` sends none.
-    pub keepalive: Option<Keepalive>,
-}
-
-impl Profile {
-    /// A `sched` command's call to a server: a 2 s connect, then 10 s for the answer (a server
-    /// that does not answer is given up and, when the call is safe to repeat, the next tried).
-    pub const CLI_CALL: Profile =
-        Profile { connect_timeout: Duration::from_secs(2), request_timeout: Some(Duration::from_secs(10)), keepalive: None };
-
-    /// A `sched` command's stream that may stay open for long (`sched logs -f`): no call
-    /// timeout, pings every 10 s so a server that vanishes ends the stream.
-    pub const CLI_STREAM: Profile = Profile {
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: None,
-        keepalive: Some(Keepalive { interval: Duration::from_secs(10), timeout: Duration::from_secs(5), while_idle: false }),
-    };
-
-    /// An agent's session with a server (registration, heartbeats, reports, the assignment and
-    /// route streams). A server cut off the network sends no RST: without pings every call
-    /// would hang for minutes and the node would be marked down; with them a dead connection
-    /// is noticed within about 5 s.
-    pub const AGENT_TO_SERVER: Profile = Profile {
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: None,
-        keepalive: Some(Keepalive { interval: Duration::from_secs(2), timeout: Duration::from_secs(3), while_idle: true }),
-    };
-
-    /// A server's channel to another server: Raft messages, proposals and requests forwarded to
-    /// the leader. A 1 s connect; each caller bounds its calls itself (a send, a proposal and
-    /// a forwarded request each have their own deadline).
-    pub const SERVER_TO_SERVER: Profile = Profile { connect_timeout: Duration::from_secs(1), request_timeout: None, keepalive: None };
-
-    /// A server's call to a node agent's log API (`sched logs`): a 2 s connect, so an
-    /// unreachable node becomes an error line quickly, and pings every 10 s so a node that
-    /// vanishes mid-follow ends its stream instead of hanging it.
-    pub const SERVER_TO_AGENT: Profile = Profile {
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: None,
-        keepalive: Some(Keepalive { interval: Duration::from_secs(10), timeout: Duration::from_secs(5), while_idle: true }),
-    };
+    /// A certificate, key or CA that cannot be read or used.
+    #[error("TLS credentials: {0}")]
+    Credentials(String),
+    /// Serving needs this process's own certificate (a joining node has none).
+    #[error("cannot serve without a certificate of this cluster")]
+    NoServerCertificate,
 }
 
 /// How this process makes and accepts connections: made once from its [`Security`], cloned
@@ -120,17 +80,24 @@ impl Profile {
 #[derive(Clone, Debug, Default)]
 pub struct Transport {
     security: Security,
+    tls: Option<Arc<tls::TlsConfigs>>,
 }
 
 impl Transport {
-    /// The transport for `security`. Fails only once security has credentials to load.
+    /// The transport for `security`, its credentials loaded and checked (the key must belong
+    /// to the certificate).
     pub fn new(security: Security) -> Result<Transport, TransportError> {
-        Ok(Transport { security })
+        let tls = match &security {
+            Security::Plaintext => None,
+            Security::MutualTls(credentials) => Some(Arc::new(tls::TlsConfigs::mutual(credentials)?)),
+            Security::Join(fingerprint) => Some(Arc::new(tls::TlsConfigs::join(*fingerprint)?)),
+        };
+        Ok(Transport { security, tls })
     }
 
-    /// Plaintext: no TLS, no authentication (the only choice today).
+    /// Plaintext: no TLS, no authentication (in-process tests).
     pub fn plaintext() -> Transport {
-        Transport { security: Security::Plaintext }
+        Transport::default()
     }
 
     /// The security connections are made with.
@@ -141,34 +108,66 @@ impl Transport {
     /// A channel to `address`, connected before this returns (within the profile's connect
     /// timeout).
     pub async fn connect(&self, address: &str, profile: Profile) -> Result<Channel, TransportError> {
-        self.endpoint(address, profile)?.connect().await.map_err(TransportError::Connect)
+        let endpoint = self.endpoint(address, profile)?;
+        match &self.tls {
+            Some(tls) => endpoint.connect_with_connector(self.connector(tls, profile)).await,
+            None => endpoint.connect().await,
+        }
+        .map_err(TransportError::Connect)
     }
 
     /// A channel to `address` that connects on its first call (and again after the connection
     /// drops); only a malformed address fails here.
     pub fn connect_lazy(&self, address: &str, profile: Profile) -> Result<Channel, TransportError> {
-        Ok(self.endpoint(address, profile)?.connect_lazy())
+        let endpoint = self.endpoint(address, profile)?;
+        Ok(match &self.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(self.connector(tls, profile)),
+            None => endpoint.connect_lazy(),
+        })
     }
 
-    /// The builder of a gRPC server with this security, for the caller to add its services to
-    /// and serve on [`incoming`].
+    /// The builder of a gRPC server, for the caller to add its layer and services to and serve
+    /// on [`Transport::incoming`] (which does the TLS).
     pub fn server(&self) -> Server {
-        match &self.security {
-            // Next: `Server::builder().tls_config(ServerTlsConfig::new().identity(..)
-            // .client_ca_root(..))` for MutualTls.
-            Security::Plaintext => Server::builder().tcp_nodelay(true),
+        Server::builder().tcp_nodelay(true)
+    }
+
+    /// The connections a server accepts on `listener`: with mutual TLS, only those that
+    /// finished a TLS 1.3 handshake, each knowing its caller.
+    pub fn incoming(&self, listener: TcpListener) -> Result<Incoming, TransportError> {
+        match (&self.security, &self.tls) {
+            (Security::Plaintext, _) => Ok(incoming::accept(listener, None)),
+            (_, Some(tls)) => match &tls.server {
+                Some(server) => Ok(incoming::accept(listener, Some(server.clone()))),
+                None => Err(TransportError::NoServerCertificate),
+            },
+            (_, None) => Err(TransportError::NoServerCertificate),
         }
+    }
+
+    /// Uses a new certificate and key (renewed, same CA) from the next connection on; open
+    /// connections keep the old one until they close.
+    pub fn replace_identity(&self, certificate_pem: &str, key_pem: &str) -> Result<(), TransportError> {
+        match &self.tls {
+            Some(tls) => tls.replace_identity(certificate_pem, key_pem),
+            None => Err(TransportError::Credentials("plaintext connections have no certificate to replace".into())),
+        }
+    }
+
+    fn connector(&self, tls: &tls::TlsConfigs, profile: Profile) -> connector::TlsConnector {
+        connector::TlsConnector::new(tls.client.clone(), profile.peer.certificate_name())
     }
 
     /// The URI of `address`: `HOST:PORT` with the scheme of this security. An address that
     /// already has a scheme is kept as given (`sched --server` accepts a URL).
     fn uri(&self, address: &str) -> String {
-        if address.contains("://") {
-            return address.to_string();
+        if let Some((_, rest)) = address.split_once("://") {
+            // The scheme follows the security, whatever the URL said.
+            return self.uri(rest);
         }
         match &self.security {
-            // Next: `https://` for MutualTls.
             Security::Plaintext => format!("http://{address}"),
+            Security::MutualTls(_) | Security::Join(_) => format!("https://{address}"),
         }
     }
 
@@ -178,7 +177,8 @@ impl Transport {
             .map_err(TransportError::Address)?
             .connect_timeout(profile.connect_timeout)
             // Nagle off (tonic's default too): calls are small HTTP/2 writes, and Nagle plus
-            // delayed ACKs would add 40 ms to a forwarded proposal.
+            // delayed ACKs would add 40 ms to a forwarded proposal. (The TLS connector sets it
+            // on its own sockets.)
             .tcp_nodelay(true);
         if let Some(timeout) = profile.request_timeout {
             endpoint = endpoint.timeout(timeout);
@@ -189,17 +189,8 @@ impl Transport {
                 .keep_alive_timeout(keepalive.timeout)
                 .keep_alive_while_idle(keepalive.while_idle);
         }
-        // Next: `.tls_config(ClientTlsConfig::new().ca_certificate(..).identity(..))` for
-        // MutualTls.
         Ok(endpoint)
     }
-}
-
-/// The connections a server accepts on `listener`, with Nagle off: answers are several small
-/// HTTP/2 writes, and Nagle plus delayed ACKs would add 40 ms to forwarded proposals. (TLS,
-/// when configured, is applied by the [`Server`] from [`Transport::server`] on top of these.)
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 #[cfg(test)]
@@ -211,7 +202,7 @@ mod tests {
         let transport = Transport::plaintext();
         assert_eq!(transport.uri("10.0.0.1:7700"), "http://10.0.0.1:7700");
         assert_eq!(transport.uri("node-a.example:7071"), "http://node-a.example:7071");
-        assert_eq!(transport.uri("http://127.0.0.1:7700"), "http://127.0.0.1:7700", "a URL is kept as given");
+        assert_eq!(transport.uri("https://127.0.0.1:7700"), "http://127.0.0.1:7700", "the scheme follows the security");
     }
 
     #[test]

@@ -65,18 +65,38 @@ impl TaskLogService {
 }
 
 /// Serves `agent.v1.TaskLogApi` on `listener` with `connections`' security until the future is
-/// dropped, with at most `max_follows` follows at once.
+/// dropped, with at most `max_follows` follows at once. Only the servers may call it: a log
+/// holds whatever a task prints, and the servers check who asks (`sched logs` needs a reader).
 pub async fn serve(
     connections: &transport::Transport,
     listener: TcpListener,
     driver: Arc<TaskDriver>,
     max_follows: usize,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), crate::AgentError> {
+    let incoming = connections.incoming(listener).map_err(crate::AgentError::Transport)?;
     connections
         .server()
+        .layer(transport::AuthorizeLayer::new(Arc::new(ServersOnly)))
         .add_service(TaskLogApiServer::new(TaskLogService::new(driver, max_follows)))
-        .serve_with_incoming(transport::incoming(listener))
+        .serve_with_incoming(incoming)
         .await
+        .map_err(|e| crate::AgentError::Api(format!("stopped serving: {e}")))
+}
+
+/// The agent API's rule: servers of this cluster only.
+struct ServersOnly;
+
+impl transport::Policy for ServersOnly {
+    fn check(&self, _method: &str, caller: Option<&transport::Caller>) -> Result<(), Status> {
+        match caller {
+            Some(caller) if caller.identity.role() == pki::Role::Server => Ok(()),
+            Some(caller) => Err(Status::permission_denied(format!(
+                "the agent API answers only the servers, not {} (ask a server: `sched logs`)",
+                caller.identity
+            ))),
+            None => Err(Status::unauthenticated("the agent API answers only the servers of its cluster, with their certificates")),
+        }
+    }
 }
 
 /// The address the servers should call: the bound address, with an unspecified IP (0.0.0.0)

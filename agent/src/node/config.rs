@@ -52,8 +52,9 @@ pub struct AgentConfig {
     pub max_image_bytes: u64,
     /// When images no task uses are removed.
     pub image_gc: super::ImageGcPolicy,
-    /// How the agent's connections (to the servers, and the agent API's) are secured.
-    pub security: transport::Security,
+    /// Where the node's certificate comes from (the agent's connections to the servers and its
+    /// API are mutual TLS with it).
+    pub credentials: super::NodeCredentials,
 }
 
 /// The cgroup task cgroups are made under, at each hierarchy's root.
@@ -83,7 +84,7 @@ impl AgentConfig {
             ingress: None,
             max_image_bytes: runtime::image::DEFAULT_MAX_IMAGE_BYTES,
             image_gc: super::ImageGcPolicy::default(),
-            security: transport::Security::Plaintext,
+            credentials: super::NodeCredentials::Stored { join_token: None },
             data_dir,
             runtime_binary: AgentConfig::default_runtime_binary(),
             cgroup_parent: DEFAULT_CGROUP_PARENT.into(),

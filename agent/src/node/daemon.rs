@@ -24,10 +24,18 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         return Err(AgentError::Spec("no server address given (--server HOST:PORT)".into()));
     }
     config.image_gc.validate().map_err(AgentError::Spec)?;
-    let connections = transport::Transport::new(config.security.clone()).map_err(AgentError::Transport)?;
     if config.max_log_follows == 0 {
         return Err(AgentError::Spec("--max-log-follows must be at least 1".into()));
     }
+    let resolved =
+        super::credentials::resolve(&config.credentials, &config.data_dir, &config.name, &config.servers, &config.address).await?;
+    let connections = resolved.transport;
+    let renew = async {
+        match resolved.renewal {
+            Some(renewal) => renewal.run(connections.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
     let mut image_options = ImageServiceOptions { max_image_bytes: config.max_image_bytes, ..Default::default() };
     image_options.client.insecure_registries = config.insecure_registries.clone();
     let images = Arc::new(ImageService::open(&config.data_dir, image_options)?);
@@ -92,7 +100,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         () = shutdown => Ok(()),
         served = serve_ingress => served,
         () = collect_images => Ok(()),
+        () = renew => Ok(()),
         () = serve(&config, node) => Ok(()),
-        served = crate::logs::serve(&connections, api, driver, config.max_log_follows) => Err(AgentError::Api(format!("stopped serving: {}", served.err().map_or_else(String::new, |e| e.to_string())))),
+        served = crate::logs::serve(&connections, api, driver, config.max_log_follows) => served.and(Err(AgentError::Api("stopped serving".into()))),
     }
 }

@@ -21,6 +21,7 @@ mod apply;
 mod assignments;
 mod config;
 pub(crate) mod connect;
+pub mod credentials;
 mod daemon;
 pub mod image_gc;
 pub mod plan;
@@ -33,6 +34,7 @@ mod task_metrics;
 mod wire;
 
 pub use config::{AgentConfig, DEFAULT_CGROUP_PARENT};
+pub use credentials::NodeCredentials;
 pub use daemon::run;
 pub use image_gc::ImageGcPolicy;
 pub use wire::UnsupportedHealthCheck;

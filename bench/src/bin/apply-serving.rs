@@ -208,14 +208,28 @@ impl SchedSide {
             .args(["server", "--id", "1", "--listen", &server_addr])
             .arg("--data-dir")
             .arg(dir.join("server"))
+            .arg("--admin-credentials")
+            .arg(dir.join("admin.toml"))
             .stdin(Stdio::null())
             .stdout(log("server.log")?)
             .stderr(log("server.log.err")?)
             .spawn()
             .context("start sched server")?;
         side.children.push(server);
+        // The agent joins with a token, as on a real cluster: made once the server leads.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let token = loop {
+            if let Ok(out) = side.cli(&["token", "create", "--role", "agent"])
+                && out.status.success()
+            {
+                break String::from_utf8_lossy(&out.stdout).trim().to_string();
+            }
+            ensure!(Instant::now() < deadline, "the server made no join token within 30 s (logs in {})", dir.display());
+            sleep(Duration::from_millis(100));
+        };
         let agent = Command::new(options.bin_dir.join("sched-agent"))
             .args(["--server", &server_addr, "--name", "bench", "--stop-grace", "1", "--api-listen", "127.0.0.1:0"])
+            .args(["--join", &token])
             .arg("--data-dir")
             .arg(&side.agent_data)
             .args(["--cgroup-parent", &side.cgroup_parent])
@@ -242,7 +256,14 @@ impl SchedSide {
     }
 
     fn cli(&self, args: &[&str]) -> Result<Output> {
-        Command::new(&self.sched).args(["--server", &self.server_addr]).args(args).stdin(Stdio::null()).output().context("run sched")
+        Command::new(&self.sched)
+            .args(["--server", &self.server_addr])
+            .arg("--config")
+            .arg(self.dir.join("admin.toml"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("run sched")
     }
 
     fn tasks_of(&self, service: &str) -> Result<Vec<Value>> {

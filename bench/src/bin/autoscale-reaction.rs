@@ -37,7 +37,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use sched_tests::cluster::{Cluster, ClusterOptions};
+use sched_tests::cluster::{Cluster, ClusterOptions, SchedCli};
 use sched_tests::cpu_service::{
     BURN_PATH, CpuServiceSpec, HEALTH_PATH, NetworkedAgent, Reaction, endpoints_source, observe, push_cpu_service, scale_event_after,
 };
@@ -90,7 +90,7 @@ fn run(options: &Options, lab: &NodeLab) -> Result<()> {
     let cluster = Cluster::start(ClusterOptions { servers: 1, tick_ms: 100, ..Default::default() });
     let image = push_cpu_service(cluster.dir(), &registry.addr(), "odds:1");
     let _agent = NetworkedAgent::start(&cluster, lab, "node1");
-    let servers = cluster.addresses();
+    let servers = cluster.cli();
     let file = CpuServiceSpec::betting_odds(SERVICE, &image, "5s", "20s").write(cluster.dir());
     cluster.sched_ok(&["apply", &file.to_string_lossy()]);
 
@@ -115,7 +115,11 @@ fn run(options: &Options, lab: &NodeLab) -> Result<()> {
 /// Waits (up to 3 minutes) until the service wants 2 tasks, runs exactly 2, both answer
 /// `/health`, and the count has not moved for 3 s; returns their ids and endpoints, and, given
 /// when the load stopped, how long after it the desired count was first seen back at 2.
-fn wait_idle(servers: &str, dir: &Path, stopped: Option<Instant>) -> Result<(BTreeSet<String>, BTreeSet<SocketAddr>, Option<Duration>)> {
+fn wait_idle(
+    servers: &SchedCli,
+    dir: &Path,
+    stopped: Option<Instant>,
+) -> Result<(BTreeSet<String>, BTreeSet<SocketAddr>, Option<Duration>)> {
     let start = Instant::now();
     let mut steady_since = None;
     let mut back_at_min = None;
@@ -147,10 +151,15 @@ fn wait_idle(servers: &str, dir: &Path, stopped: Option<Instant>) -> Result<(BTr
 }
 
 /// One round: the load starts, and the poll follows the service until a new task serves.
-fn react(options: &Options, servers: &str, known_tasks: &BTreeSet<String>, known_endpoints: &BTreeSet<SocketAddr>) -> Result<Reaction> {
+fn react(
+    options: &Options,
+    servers: &SchedCli,
+    known_tasks: &BTreeSet<String>,
+    known_endpoints: &BTreeSet<SocketAddr>,
+) -> Result<Reaction> {
     let mut load_options = LoadOptions::new(options.rate, BURN_PATH, ROUND_TIMEOUT);
     load_options.allow = AllowList::loopback();
-    let load = Load::start(load_options, endpoints_source(servers.to_owned(), SERVICE.into()));
+    let load = Load::start(load_options, endpoints_source(servers.clone(), SERVICE.into()));
     let (started, started_wall) = {
         let report = load.snapshot();
         (report.started, report.started_wall)

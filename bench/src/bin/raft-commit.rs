@@ -28,7 +28,8 @@ use anyhow::{Context, Result, bail};
 use proto::sched::v1 as pb;
 use proto::sched::v1::service_api_client::ServiceApiClient;
 use sched_tests::cluster::{Cluster, ClusterOptions, apply_anywhere};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+use transport::{Profile, Transport};
 
 const SEQUENTIAL: usize = 2000;
 const FORWARDED: usize = 500;
@@ -36,8 +37,9 @@ const WRITERS: usize = 64;
 const LOAD_TIME: Duration = Duration::from_secs(5);
 const FAILOVERS: usize = 3;
 
-async fn connect(address: &str) -> Result<ServiceApiClient<Channel>> {
-    let channel = Endpoint::from_shared(format!("http://{address}"))?.tcp_nodelay(true).connect().await?;
+/// A client of `address` over mutual TLS with the admin's credentials, as `sched` calls.
+async fn connect(admin: &Transport, address: &str) -> Result<ServiceApiClient<Channel>> {
+    let channel = admin.connect(address, Profile::CLI_STREAM).await?;
     Ok(ServiceApiClient::new(channel))
 }
 
@@ -45,8 +47,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn sequential(address: &str, n: usize) -> Result<Vec<Duration>> {
-    let mut client = connect(address).await?;
+async fn sequential(admin: &Transport, address: &str, n: usize) -> Result<Vec<Duration>> {
+    let mut client = connect(admin, address).await?;
     let mut latencies = Vec::with_capacity(n);
     for i in 0..n {
         let start = Instant::now();
@@ -57,9 +59,9 @@ async fn sequential(address: &str, n: usize) -> Result<Vec<Duration>> {
     Ok(latencies)
 }
 
-async fn throughput(addresses: &[String]) -> Result<f64> {
+async fn throughput(admin: &Transport, addresses: &[String]) -> Result<f64> {
     for w in 0..WRITERS {
-        if !apply_anywhere(addresses, &format!("bench-{w}")).await {
+        if !apply_anywhere(admin, addresses, &format!("bench-{w}")).await {
             bail!("could not create service bench-{w}");
         }
     }
@@ -67,7 +69,7 @@ async fn throughput(addresses: &[String]) -> Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let mut client = connect(&addresses[w % addresses.len()]).await?;
+        let mut client = connect(admin, &addresses[w % addresses.len()]).await?;
         let (done, stop) = (done.clone(), stop.clone());
         writers.push(tokio::spawn(async move {
             let mut i = 0u32;
@@ -102,14 +104,15 @@ fn main() -> Result<()> {
     let leader_address = cluster.servers[&leader].address.clone();
     let follower_address = cluster.servers[&follower].address.clone();
     let addresses: Vec<String> = cluster.servers.values().map(|s| s.address.clone()).collect();
+    let admin = cluster.admin_transport();
 
     let (direct, forwarded, rate) = runtime.block_on(async {
-        if !apply_anywhere(&addresses, "bench").await {
+        if !apply_anywhere(&admin, &addresses, "bench").await {
             bail!("could not create the bench service");
         }
-        let direct = sequential(&leader_address, SEQUENTIAL).await?;
-        let forwarded = sequential(&follower_address, FORWARDED).await?;
-        let rate = throughput(&addresses).await?;
+        let direct = sequential(&admin, &leader_address, SEQUENTIAL).await?;
+        let forwarded = sequential(&admin, &follower_address, FORWARDED).await?;
+        let rate = throughput(&admin, &addresses).await?;
         Ok((direct, forwarded, rate))
     })?;
 
@@ -119,7 +122,7 @@ fn main() -> Result<()> {
         cluster.kill(leader);
         let killed = Instant::now();
         let others: Vec<String> = cluster.servers.values().filter(|s| s.id != leader).map(|s| s.address.clone()).collect();
-        if !runtime.block_on(apply_anywhere(&others, &format!("failover-{round}"))) {
+        if !runtime.block_on(apply_anywhere(&admin, &others, &format!("failover-{round}"))) {
             bail!("no write succeeded after killing leader {leader}");
         }
         failovers.push(killed.elapsed());

@@ -1,7 +1,9 @@
 //! The `sched` command line: `sched server` and the client commands.
 //!
-//! Client commands talk to the servers named by `--server ADDR[,ADDR...]` (or `SCHED_SERVER`),
-//! trying them in turn. Exit codes: 0 done, 1 the request was rejected or the input is bad
+//! Client commands talk to the servers named by `--server ADDR[,ADDR...]` (or `SCHED_SERVER`,
+//! else the credentials file's), trying them in turn, over mutual TLS with the credentials in
+//! `--config FILE` (or `SCHED_CONFIG`, else `/etc/sched/admin.toml`, which every server writes
+//! for its machine's root). Exit codes: 0 done, 1 the request was rejected or the input is bad
 //! (fix it; retrying will not help), 2 no server could answer (the cluster is unreachable or
 //! has no leader).
 
@@ -9,6 +11,7 @@ mod age;
 mod client;
 mod logs;
 mod output;
+mod pki;
 mod table;
 
 use std::collections::BTreeMap;
@@ -19,7 +22,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use proto::sched::v1 as pb;
 
+use crate::credentials_file::{CredentialsFile, DEFAULT_CREDENTIALS_FILE};
 use crate::raft::RaftOptions;
+use crate::server::cluster_pki::ServerTls;
 use crate::server::{ServerConfig, run};
 use crate::spec::parse_service_toml;
 use client::Servers;
@@ -30,18 +35,51 @@ pub const DEFAULT_ADDRESS: &str = "127.0.0.1:7700";
 #[derive(Parser, Debug)]
 #[command(name = "sched", version, about = "A self-hosted Fargate: servers, and the client to drive them")]
 pub struct Cli {
-    /// Servers to ask, tried in turn: HOST:PORT[,HOST:PORT...].
-    #[arg(long, global = true, env = "SCHED_SERVER", default_value = DEFAULT_ADDRESS)]
-    pub server: String,
+    /// Servers to ask, tried in turn: HOST:PORT[,HOST:PORT...] (default: the credentials
+    /// file's, else 127.0.0.1:7700).
+    #[arg(long, global = true, env = "SCHED_SERVER")]
+    pub server: Option<String>,
+    /// The credentials file to connect with (default: /etc/sched/admin.toml, which a server
+    /// writes for root on its machine; `sched login` writes others).
+    #[arg(long, global = true, env = "SCHED_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: CliCommand,
 }
 
-impl Cli {
-    /// How the client commands reach the servers. Plaintext until issue 13's mutual TLS: its
-    /// admin credentials (found without flags, or `SCHED_CONFIG`) become a `Security` here.
-    pub fn security(&self) -> transport::Security {
-        transport::Security::Plaintext
+/// Whom a command asks, with which credentials: the global flags.
+struct Target {
+    server: Option<String>,
+    config: Option<PathBuf>,
+}
+
+impl Target {
+    /// The servers to ask and the credentials to ask with.
+    fn servers(&self) -> Result<Servers, CliError> {
+        let (path, chosen) = match &self.config {
+            Some(path) => (path.clone(), true),
+            None => (PathBuf::from(DEFAULT_CREDENTIALS_FILE), false),
+        };
+        let file = CredentialsFile::load(&path).map_err(|e| {
+            let hint = if chosen {
+                ""
+            } else {
+                " (a server writes it on its machine: run sched as root there, or point --config / SCHED_CONFIG at a \
+                 credentials file from `sched login`)"
+            };
+            CliError::BadInput(format!("{e}{hint}"))
+        })?;
+        let servers = self.server.clone().unwrap_or_else(|| match file.servers.is_empty() {
+            true => DEFAULT_ADDRESS.to_string(),
+            false => file.servers.join(","),
+        });
+        Servers::parse(&servers, transport::Security::MutualTls(file.credentials()))
+    }
+
+    /// The `--server` list, for commands that ask servers without credentials of their own.
+    fn server_list(&self) -> Vec<String> {
+        let list = self.server.clone().unwrap_or_else(|| DEFAULT_ADDRESS.to_string());
+        list.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect()
     }
 }
 
@@ -94,6 +132,23 @@ pub enum CliCommand {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Create, list and remove join tokens (for agents, servers and users).
+    Token {
+        #[command(subcommand)]
+        command: pki::TokenCommand,
+    },
+    /// Remove a node: its tasks are placed elsewhere and its certificate is revoked.
+    Node {
+        #[command(subcommand)]
+        command: pki::NodeCommand,
+    },
+    /// Make a cluster CA before starting an initial cluster of several servers.
+    Ca {
+        #[command(subcommand)]
+        command: pki::CaCommand,
+    },
+    /// Exchange a reader or admin token for a credentials file.
+    Login(pki::LoginArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -144,9 +199,23 @@ pub struct ServerArgs {
     /// only; default: a one-server cluster of this server).
     #[arg(long, conflicts_with = "join")]
     pub initial_cluster: Option<String>,
-    /// Start empty and wait to be added with `sched cluster join ID ADDRESS`.
-    #[arg(long)]
-    pub join: bool,
+    /// Join an existing cluster with a server token (`sched token create --role server`): get
+    /// a certificate and the CA from the servers named by --server, start empty, and wait to be
+    /// added with `sched cluster join ID ADDRESS`.
+    #[arg(long, value_name = "TOKEN")]
+    pub join: Option<String>,
+    /// On first start, use the CA in DIR (from `sched ca create DIR`): every server of an
+    /// initial cluster of several needs the same one. A lone server makes its own.
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// Where to write an admin credentials file (mode 0600) on every start, for `sched` run
+    /// as root on this machine.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CREDENTIALS_FILE)]
+    pub admin_credentials: PathBuf,
+    /// How long the certificates of joining agents and servers are valid; agents renew theirs
+    /// when two thirds have passed.
+    #[arg(long, value_name = "DURATION", default_value = "720h", value_parser = parse_duration)]
+    pub node_certificate_ttl: Duration,
     /// Length of one Raft tick in milliseconds (heartbeats every tick; elections after 10).
     #[arg(long, default_value_t = 100)]
     pub tick_ms: u64,
@@ -173,12 +242,9 @@ pub struct ServerArgs {
     pub docker_config: Option<PathBuf>,
 }
 
-impl ServerArgs {
-    /// How the server's connections are secured. Plaintext until issue 13's mutual TLS: the
-    /// cluster CA and this server's certificate and key become a `Security` here.
-    pub fn security(&self) -> transport::Security {
-        transport::Security::Plaintext
-    }
+/// A flag's duration: `"30s"`, `"15m"`, `"720h"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::spec::parse_duration_ms(text).map(Duration::from_millis)
 }
 
 /// What went wrong, and which exit code it means.
@@ -223,10 +289,20 @@ pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, CliErr
 
 /// Runs one command to completion.
 pub async fn run_cli(cli: Cli) -> Result<(), CliError> {
-    let security = cli.security();
-    let servers = || Servers::parse(&cli.server, security.clone());
+    let target = Target { server: cli.server, config: cli.config };
+    let servers = || target.servers();
+    match &cli.command {
+        CliCommand::Server(_) | CliCommand::Ca { .. } | CliCommand::Login(_) => {}
+        // Every other command asks the servers: find the credentials first.
+        _ => drop(servers()?),
+    }
+    let server_list = target.server_list();
     match cli.command {
-        CliCommand::Server(args) => serve(args).await,
+        CliCommand::Server(args) => serve(args, server_list).await,
+        CliCommand::Token { command } => pki::token(servers()?, command).await,
+        CliCommand::Node { command } => pki::node(servers()?, command).await,
+        CliCommand::Ca { command } => pki::ca(command),
+        CliCommand::Login(args) => pki::login(args, server_list).await,
         CliCommand::Apply { file } => {
             let name = file.display().to_string();
             let text = std::fs::read_to_string(&file).map_err(|e| CliError::BadInput(format!("cannot read {name}: {e}")))?;
@@ -413,14 +489,14 @@ fn print_one(format: Format, text: impl FnOnce() -> String, json: impl FnOnce() 
     }
 }
 
-async fn serve(args: ServerArgs) -> Result<(), CliError> {
+async fn serve(args: ServerArgs, servers: Vec<String>) -> Result<(), CliError> {
     if args.id == 0 {
         return Err(CliError::BadInput("--id must be a positive integer".into()));
     }
-    let initial_cluster = match (&args.initial_cluster, args.join) {
-        (_, true) => BTreeMap::new(),
-        (Some(text), false) => parse_initial_cluster(text)?,
-        (None, false) => [(args.id, args.listen.clone())].into(),
+    let initial_cluster = match (&args.initial_cluster, &args.join) {
+        (_, Some(_)) => BTreeMap::new(),
+        (Some(text), None) => parse_initial_cluster(text)?,
+        (None, None) => [(args.id, args.listen.clone())].into(),
     };
     if let Some(listed) = initial_cluster.get(&args.id)
         && *listed != args.listen
@@ -442,7 +518,11 @@ async fn serve(args: ServerArgs) -> Result<(), CliError> {
     raft.heartbeat_ticks = 1;
     raft.snapshot_every = args.snapshot_every.max(1);
     raft.keep_entries = args.keep_entries;
-    let security = args.security();
+    if let Some(token) = &args.join {
+        pki::join_as_server(token, &servers, args.id, &args.listen, &args.data_dir).await?;
+    }
+    let tls =
+        ServerTls { ca_dir: args.ca_dir, admin_credentials: Some(args.admin_credentials), node_certificate_ttl: args.node_certificate_ttl };
     let config = ServerConfig {
         raft,
         data_dir: args.data_dir,
@@ -453,7 +533,7 @@ async fn serve(args: ServerArgs) -> Result<(), CliError> {
             insecure_registries: args.insecure_registries,
             docker_config: args.docker_config,
         },
-        security,
+        tls: Some(tls),
     };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CliError::BadInput(format!("cannot watch for SIGTERM: {e}")))?;

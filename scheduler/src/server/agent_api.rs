@@ -18,6 +18,7 @@ use proto::sched::v1 as sched_pb;
 use tonic::{Request, Response, Status};
 
 use super::applied_stream::{AppliedStream, applied_stream};
+use super::authorize;
 use super::heartbeats::Heartbeats;
 use super::to_leader::{self, FORWARD_TIMEOUT, ToLeader};
 use super::{errors, now_ms};
@@ -34,6 +35,20 @@ pub struct AgentApiService {
 impl AgentApiService {
     pub fn new(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, to_leader: Arc<ToLeader>) -> Self {
         AgentApiService { consensus, heartbeats, to_leader }
+    }
+
+    /// Refuses an agent's call about a node other than its own (a call about a node id this
+    /// server does not know passes: the handler answers that it is unknown).
+    fn check_node_id<T>(&self, request: &Request<T>, node_id: u64) -> Result<(), Status> {
+        let caller = transport::caller_of(request);
+        if caller.is_none_or(|c| c.identity.role() == pki::Role::Server) {
+            return authorize::check_node(caller, "");
+        }
+        let name = self.consensus.raft().state().state.node(node_id).map(|n| n.name.clone());
+        match name {
+            Some(name) => authorize::check_node(caller, &name),
+            None => Ok(()),
+        }
     }
 
     /// Passes a heartbeat on to the leader, whose duties (node liveness, autoscaling) need it.
@@ -73,6 +88,7 @@ type AssignmentStream = AppliedStream<pb::Assignments>;
 #[tonic::async_trait]
 impl AgentApi for AgentApiService {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        authorize::check_node(transport::caller_of(&request), &request.get_ref().name)?;
         let r = request.into_inner();
         if r.name.is_empty() || r.address.is_empty() || r.cpu_millis == 0 || r.memory_mib == 0 {
             return Err(Status::invalid_argument("`name`, `address`, `cpu_millis` and `memory_mib` are required"));
@@ -98,6 +114,7 @@ impl AgentApi for AgentApiService {
     }
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        self.check_node_id(&request, request.get_ref().node_id)?;
         let r = request.get_ref();
         let known = self.consensus.raft().state().state.node(r.node_id).is_some();
         if known {
@@ -110,6 +127,7 @@ impl AgentApi for AgentApiService {
     type WatchAssignmentsStream = AssignmentStream;
 
     async fn watch_assignments(&self, request: Request<pb::WatchAssignmentsRequest>) -> Result<Response<AssignmentStream>, Status> {
+        self.check_node_id(&request, request.get_ref().node_id)?;
         let node_id = request.into_inner().node_id;
         let first = self
             .consensus
@@ -131,6 +149,7 @@ impl AgentApi for AgentApiService {
         &self,
         request: Request<pb::ReportTaskStatusRequest>,
     ) -> Result<Response<pb::ReportTaskStatusResponse>, Status> {
+        self.check_node_id(&request, request.get_ref().node_id)?;
         let r = request.into_inner();
         let command = Command::ReportTaskStatus {
             node_id: r.node_id,

@@ -13,13 +13,16 @@
 
 mod agent_api;
 mod applied_stream;
+pub mod authorize;
 mod cluster_api;
+pub mod cluster_pki;
 mod errors;
 mod heartbeats;
 pub mod image_pin;
 mod leader;
 mod log_api;
 mod peer_api;
+pub mod pki_api;
 mod route_api;
 mod service_api;
 mod to_leader;
@@ -35,6 +38,7 @@ use proto::agent::v1::agent_api_server::AgentApiServer;
 use proto::raft::v1::raft_peer_server::RaftPeerServer;
 use proto::sched::v1::cluster_api_server::ClusterApiServer;
 use proto::sched::v1::log_api_server::LogApiServer;
+use proto::sched::v1::pki_api_server::PkiApiServer;
 use proto::sched::v1::route_api_server::RouteApiServer;
 use proto::sched::v1::service_api_server::ServiceApiServer;
 use tokio::net::TcpListener;
@@ -57,8 +61,9 @@ pub struct ServerConfig {
     pub node_timeout: std::time::Duration,
     /// How image tags are resolved to digests at apply time (insecure registries, credentials).
     pub registries: image_pin::RegistryAccess,
-    /// How the server's connections, accepted and made, are secured.
-    pub security: transport::Security,
+    /// Mutual TLS (the cluster PKI in `DATA_DIR/pki`); `None` serves plaintext, where every
+    /// caller is anonymous (in-process tests only: no binary offers it).
+    pub tls: Option<cluster_pki::ServerTls>,
 }
 
 /// Why the server could not start or stopped.
@@ -76,6 +81,8 @@ pub enum ServerError {
     Registry(#[from] registry::RegistryError),
     #[error("connections: {0}")]
     Transport(#[from] transport::TransportError),
+    #[error("cluster PKI: {0}")]
+    Pki(String),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("serving gRPC: {0}")]
@@ -100,7 +107,15 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| ServerError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let storage = tokio::task::block_in_place(|| DiskStorage::open(&config.data_dir.join("raft"), bootstrap))?;
-    let connections = transport::Transport::new(config.security.clone())?;
+    let first_server = config.initial_cluster.len() == 1 && config.initial_cluster.contains_key(&id);
+    let pki = match &config.tls {
+        Some(tls) => {
+            Some(tokio::task::block_in_place(|| cluster_pki::prepare(tls, &config.data_dir, id, &config.advertise, first_server))?)
+        }
+        None => None,
+    };
+    let security = pki.as_ref().map_or(transport::Security::Plaintext, |p| transport::Security::MutualTls(p.credentials.clone()));
+    let connections = transport::Transport::new(security)?;
     let peers = Arc::new(GrpcTransport::new(id, config.advertise.clone(), connections.clone()));
     let (node, handle) = RaftNode::new(config.raft.clone(), storage, peers)?;
     let raft = Arc::new(handle);
@@ -116,6 +131,7 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     health.set_serving::<ClusterApiServer<cluster_api::ClusterApiService>>().await;
     health.set_serving::<LogApiServer<log_api::LogApiService>>().await;
     health.set_serving::<RouteApiServer<route_api::RouteApiService>>().await;
+    health.set_serving::<PkiApiServer<pki_api::PkiApiService>>().await;
     // Reflection in both versions: v1, and v1alpha for the clients that speak only it
     // (Python's grpcio-reflection, grpcurl before 1.8.8, Postman's older importers).
     let reflection = || {
@@ -125,8 +141,14 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     };
     let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
 
+    let policy = Arc::new(authorize::ServerPolicy::new(consensus.clone()));
+    // Certificates are issued only with a CA: a plaintext server (tests) offers no PkiApi.
+    let pki_api =
+        pki.map(|pki| PkiApiServer::new(pki_api::PkiApiService::new(consensus.clone(), Arc::new(pki.ca), pki.node_certificate_ttl)));
     let router = connections
         .server()
+        .layer(transport::AuthorizeLayer::new(policy))
+        .add_optional_service(pki_api)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -145,8 +167,7 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
         );
-    // Nagle off on accepted connections too (see `transport::incoming`).
-    let serve = router.serve_with_incoming_shutdown(transport::incoming(listener), shutdown);
+    let serve = router.serve_with_incoming_shutdown(connections.incoming(listener)?, shutdown);
     let mut node_task = tokio::spawn(node.run());
     tokio::select! {
         served = serve => {

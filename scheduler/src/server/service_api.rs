@@ -236,4 +236,13 @@ impl ServiceApi for ServiceApiService {
         let (service, _) = self.write_service(command, "rollback").await?;
         Ok(Response::new(pb::RollbackResponse { service: Some(service) }))
     }
+
+    async fn remove_node(&self, request: Request<pb::RemoveNodeRequest>) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let request = request.into_inner();
+        required_name(&request.name)?;
+        match self.write(Command::RemoveNode { name: request.name, now_ms: now_ms() }).await? {
+            Outcome::Done => Ok(Response::new(pb::RemoveNodeResponse {})),
+            _ => Err(errors::unexpected("remove node")),
+        }
+    }
 }

@@ -19,9 +19,13 @@ struct Cli {
     /// Where images, task dirs and runtime state are kept.
     #[arg(long, default_value = "/var/lib/sched")]
     data_dir: PathBuf,
-    /// The node's name in the cluster (default: the hostname).
+    /// The node's name in the cluster (default: the hostname). Its certificate is bound to it.
     #[arg(long)]
     name: Option<String>,
+    /// A join token (`sched token create --role agent` on a server), needed on the first start
+    /// only: the node gets its certificate with it and keeps it in DATA_DIR/pki.
+    #[arg(long, env = "SCHED_JOIN_TOKEN", value_name = "TOKEN")]
+    join: Option<String>,
     /// Labels for placement constraints, k=v comma-separated.
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
@@ -126,6 +130,7 @@ fn config(cli: Cli) -> Result<AgentConfig> {
         config.runtime_binary = runtime;
     }
     config.address = cli.address;
+    config.credentials = agent::node::NodeCredentials::Stored { join_token: cli.join };
     config.api_listen = cli.api_listen;
     config.max_log_follows = cli.max_log_follows;
     config.cpu_millis = cli.cpu.unwrap_or(config.cpu_millis);
