@@ -19,7 +19,7 @@ use crate::identity::Identity;
 
 /// Certificates are dated this much before their issue, so a peer whose clock is slightly
 /// behind does not see them as not valid yet.
-const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
 /// The SHA-256 of a certificate's DER: what a join token pins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -184,7 +184,7 @@ fn validity_window(now: SystemTime, validity: Duration) -> Result<(OffsetDateTim
         let since = t.duration_since(UNIX_EPOCH).map_err(|_| PkiError::Certificate("the clock is before 1970".into()))?;
         OffsetDateTime::from_unix_timestamp(since.as_secs() as i64).map_err(|e| PkiError::Certificate(format!("date out of range: {e}")))
     };
-    Ok((to_time(now.checked_sub(CLOCK_SKEW).unwrap_or(now))?, to_time(now + validity)?))
+    Ok((to_time(now.checked_sub(BACKDATE).unwrap_or(now))?, to_time(now + validity)?))
 }
 
 #[cfg(test)]
@@ -217,7 +217,7 @@ mod tests {
         assert!(ca_cert.is_ca());
         assert_eq!(cert.subject().to_string(), "CN=node1");
         let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
-        assert_eq!(lifetime as u64, DAY.as_secs() + CLOCK_SKEW.as_secs());
+        assert_eq!(lifetime as u64, DAY.as_secs() + BACKDATE.as_secs());
         assert_eq!(issued.serial, hex::encode(cert.raw_serial()));
     }
 

@@ -32,6 +32,12 @@ impl CertificateHolder {
         })
     }
 
+    /// When the certificate was issued: its start of validity, less the [`crate::BACKDATE`]
+    /// every certificate is dated back by.
+    pub fn issued_ms(&self) -> u64 {
+        self.not_before_ms.saturating_add(crate::BACKDATE.as_millis() as u64).min(self.not_after_ms)
+    }
+
     /// Reads the first certificate of `pem`.
     pub fn from_certificate_pem(pem: &str) -> Result<CertificateHolder, PkiError> {
         CertificateHolder::from_certificate_der(&crate::ca::pem_der(pem)?)

@@ -21,7 +21,7 @@ mod holder;
 mod identity;
 mod token;
 
-pub use ca::{ClusterCa, Fingerprint, Issued, key_and_request};
+pub use ca::{BACKDATE, ClusterCa, Fingerprint, Issued, key_and_request};
 pub use error::{PkiError, TokenError};
 pub use holder::CertificateHolder;
 pub use identity::{Identity, MAX_NAME_LEN, Role};

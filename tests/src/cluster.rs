@@ -37,11 +37,13 @@ pub struct ClusterOptions {
     pub keep_entries: u64,
     /// `--tick-ms`.
     pub tick_ms: u64,
+    /// More flags for every server (e.g. `--node-certificate-ttl 6s`).
+    pub server_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { servers: 3, snapshot_every: 10_000, keep_entries: 1_000, tick_ms: TEST_TICK_MS }
+        ClusterOptions { servers: 3, snapshot_every: 10_000, keep_entries: 1_000, tick_ms: TEST_TICK_MS, server_args: Vec::new() }
     }
 }
 
@@ -141,6 +143,7 @@ impl Cluster {
             .arg(self.dir.path().join("ca"))
             .arg("--admin-credentials")
             .arg(server.data_dir.join("admin.toml"))
+            .args(&options.server_args)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

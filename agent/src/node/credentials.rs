@@ -110,9 +110,10 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// When a certificate valid from `not_before` to `not_after` is renewed: two thirds in.
-pub fn renew_at(not_before_ms: u64, not_after_ms: u64) -> u64 {
-    not_before_ms + not_after_ms.saturating_sub(not_before_ms) / 3 * 2
+/// When a certificate issued at `issued_ms` and valid until `not_after_ms` is renewed: two
+/// thirds into its life.
+pub fn renew_at(issued_ms: u64, not_after_ms: u64) -> u64 {
+    issued_ms + not_after_ms.saturating_sub(issued_ms) / 3 * 2
 }
 
 impl Renewal {
@@ -122,8 +123,9 @@ impl Renewal {
     /// must join again.
     pub async fn run(mut self, transport: Transport) {
         loop {
-            let due = renew_at(self.holder.not_before_ms, self.holder.not_after_ms);
-            let wait = Duration::from_millis(due.saturating_sub(now_ms()));
+            let due = renew_at(self.holder.issued_ms(), self.holder.not_after_ms);
+            // At most one renewal a second, whatever the certificate says.
+            let wait = Duration::from_millis(due.saturating_sub(now_ms())).max(Duration::from_secs(1));
             tokio::time::sleep(wait).await;
             match transport::join::renew(&transport, &self.servers, &self.holder.identity, &self.addresses).await {
                 Ok(issued) => {

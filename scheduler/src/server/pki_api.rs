@@ -174,12 +174,14 @@ impl PkiApi for PkiApiService {
     }
 
     async fn list_tokens(&self, _request: Request<pb::ListTokensRequest>) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let now = now_ms();
         let tokens = self
             .consensus
             .read(false, |applied| {
                 applied
                     .state
                     .tokens()
+                    .filter(|t| !t.expired_at(now))
                     .map(|t| pb::TokenInfo {
                         id: t.id.clone(),
                         role: t.role.to_string(),
