@@ -79,6 +79,11 @@ stop_all() {
   if [ -f "$work/made-nft-table" ]; then nft delete table ip sched 2>/dev/null || true; fi
   if [ -f "$work/made-netns-dir" ]; then umount /run/sched/netns 2>/dev/null || true; rmdir /run/sched/netns 2>/dev/null || true; fi
   if [ -f "$work/made-run-dir" ]; then rmdir /run/sched 2>/dev/null || true; fi
+  # The admin credentials sched dev wrote, if none were there before (they name a cluster
+  # that is gone now).
+  if [ -f "$work/made-admin-credentials" ] && [ -n "$admin" ]; then rm -f "$admin"; fi
+  # Credentials of another cluster that were there before: put back.
+  if [ -f "$work/admin-credentials.before" ] && [ -n "$admin" ]; then cp -p "$work/admin-credentials.before" "$admin"; fi
   if [ -f "$work/cgroup-parent" ]; then
     local parent
     parent=$(cat "$work/cgroup-parent")
@@ -158,6 +163,7 @@ ip link show sched0 >/dev/null 2>&1 || touch "$work/made-bridge"
 nft list table ip sched >/dev/null 2>&1 || touch "$work/made-nft-table"
 [ -e /run/sched/netns ] || touch "$work/made-netns-dir"
 [ -e /run/sched ] || touch "$work/made-run-dir"
+if [ -e "$admin" ]; then cp -p "$admin" "$work/admin-credentials.before"; else touch "$work/made-admin-credentials"; fi
 finish() {
   local status=$?
   trap - EXIT INT TERM
@@ -260,7 +266,9 @@ done
 
 echo
 echo "Look around (while it runs, e.g. with KEEP=1):"
-echo "  $bin/sched --server $listen get tasks"
-echo "  $bin/sched --server $listen describe service quotes"
-echo "  $bin/sched --server $listen get routes"
+client="$bin/sched --server $listen"
+[ "$admin" = /etc/sched/admin.toml ] || client="$client --config $admin"
+echo "  $client get tasks"
+echo "  $client describe service quotes"
+echo "  $client get routes"
 echo "  curl http://$ingress/"

@@ -161,6 +161,18 @@ fn a_reader_reads_and_cannot_write() {
     }
     let web = cluster.sched_json(&["get", "services"]);
     assert_eq!(web[0]["desired_count"], 1, "nothing changed: {web}");
+
+    // The file as PEM files, for grpcurl and friends: a client built from them reads too.
+    let pem_dir = cluster.dir().join("alice-pem");
+    let export = sched_with(&credentials, &cluster, &["credentials", "export", &pem_dir.to_string_lossy()]);
+    assert!(export.status.success() && stdout(&export).contains("grpcurl -cacert"), "{}{}", stdout(&export), stderr(&export));
+    let exported = transport::Credentials::load(&pem_dir).unwrap().expect("exported credentials");
+    let client = Transport::new(Security::MutualTls(exported)).unwrap();
+    let services = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let channel = client.connect(&cluster.servers[&1].address, Profile::CLI_CALL).await.unwrap();
+        ServiceApiClient::new(channel).list_services(pb::ListServicesRequest::default()).await.unwrap().into_inner().services
+    });
+    assert_eq!(services.len(), 1);
 }
 
 fn agent_join(cluster: &Cluster, data_dir: &Path, name: &str, token: &str) -> Output {

@@ -56,11 +56,21 @@ struct Target {
 impl Target {
     /// The servers to ask and the credentials to ask with.
     fn servers(&self) -> Result<Servers, CliError> {
+        let file = self.credentials_file()?;
+        let servers = self.server.clone().unwrap_or_else(|| match file.servers.is_empty() {
+            true => DEFAULT_ADDRESS.to_string(),
+            false => file.servers.join(","),
+        });
+        Servers::parse(&servers, transport::Security::MutualTls(file.credentials()))
+    }
+
+    /// The credentials file: `--config`, `SCHED_CONFIG`, else the default.
+    fn credentials_file(&self) -> Result<CredentialsFile, CliError> {
         let (path, chosen) = match &self.config {
             Some(path) => (path.clone(), true),
             None => (PathBuf::from(DEFAULT_CREDENTIALS_FILE), false),
         };
-        let file = CredentialsFile::load(&path).map_err(|e| {
+        CredentialsFile::load(&path).map_err(|e| {
             let hint = if chosen {
                 ""
             } else {
@@ -68,12 +78,7 @@ impl Target {
                  credentials file from `sched login`)"
             };
             CliError::BadInput(format!("{e}{hint}"))
-        })?;
-        let servers = self.server.clone().unwrap_or_else(|| match file.servers.is_empty() {
-            true => DEFAULT_ADDRESS.to_string(),
-            false => file.servers.join(","),
-        });
-        Servers::parse(&servers, transport::Security::MutualTls(file.credentials()))
+        })
     }
 
     /// The `--server` list, for commands that ask servers without credentials of their own.
@@ -149,6 +154,11 @@ pub enum CliCommand {
     },
     /// Exchange a reader or admin token for a credentials file.
     Login(pki::LoginArgs),
+    /// Use the credentials file with other tools.
+    Credentials {
+        #[command(subcommand)]
+        command: pki::CredentialsCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -292,7 +302,7 @@ pub async fn run_cli(cli: Cli) -> Result<(), CliError> {
     let target = Target { server: cli.server, config: cli.config };
     let servers = || target.servers();
     match &cli.command {
-        CliCommand::Server(_) | CliCommand::Ca { .. } | CliCommand::Login(_) => {}
+        CliCommand::Server(_) | CliCommand::Ca { .. } | CliCommand::Login(_) | CliCommand::Credentials { .. } => {}
         // Every other command asks the servers: find the credentials first.
         _ => drop(servers()?),
     }
@@ -303,6 +313,7 @@ pub async fn run_cli(cli: Cli) -> Result<(), CliError> {
         CliCommand::Node { command } => pki::node(servers()?, command).await,
         CliCommand::Ca { command } => pki::ca(command),
         CliCommand::Login(args) => pki::login(args, server_list).await,
+        CliCommand::Credentials { command } => pki::credentials(&target.credentials_file()?, command),
         CliCommand::Apply { file } => {
             let name = file.display().to_string();
             let text = std::fs::read_to_string(&file).map_err(|e| CliError::BadInput(format!("cannot read {name}: {e}")))?;

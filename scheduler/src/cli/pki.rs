@@ -51,6 +51,14 @@ pub enum CaCommand {
     Create { dir: PathBuf },
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum CredentialsCommand {
+    /// Write the credentials file's CA, certificate and key as PEM files into DIR (ca.pem,
+    /// cert.pem, key.pem; mode 0600), for tools that take files: grpcurl -cacert DIR/ca.pem
+    /// -cert DIR/cert.pem -key DIR/key.pem.
+    Export { dir: PathBuf },
+}
+
 #[derive(clap::Args, Debug)]
 pub struct LoginArgs {
     /// A reader or admin token (`sched token create --role reader`).
@@ -150,6 +158,21 @@ pub fn ca(command: CaCommand) -> Result<(), CliError> {
             let ca = cluster_pki::create_ca().map_err(|e| CliError::BadInput(e.to_string()))?;
             cluster_pki::save_ca(&ca, &dir).map_err(|e| CliError::BadInput(e.to_string()))?;
             println!("cluster CA {} written to {}", ca.fingerprint(), dir.display());
+        }
+    }
+    Ok(())
+}
+
+pub fn credentials(file: &CredentialsFile, command: CredentialsCommand) -> Result<(), CliError> {
+    match command {
+        CredentialsCommand::Export { dir } => {
+            file.credentials().save(&dir).map_err(|e| CliError::BadInput(e.to_string()))?;
+            println!(
+                "wrote {dir}/ca.pem, {dir}/cert.pem and {dir}/key.pem; e.g. grpcurl -cacert {dir}/ca.pem -cert {dir}/cert.pem \
+                 -key {dir}/key.pem {server} list",
+                dir = dir.display(),
+                server = file.servers.first().map_or(super::DEFAULT_ADDRESS, String::as_str),
+            );
         }
     }
     Ok(())
