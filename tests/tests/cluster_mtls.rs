@@ -217,9 +217,28 @@ fn bad_tokens_and_taken_names_are_refused_and_leave_nothing() {
         cluster.sched_json(&["get", "nodes"]).as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["node-1"], "no node was added");
     assert_eq!(cluster.sched_json(&["token", "list"]), tokens_before, "no token was used up or added");
+    // A certificate of another cluster does not even finish the handshake.
+    let stranger = other.admin_transport();
+    let address = cluster.servers[&1].address.clone();
+    let refused = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        match stranger.connect(&address, Profile::CLI_CALL).await {
+            Err(e) => Err(format!("{e:?}")),
+            Ok(channel) => ServiceApiClient::new(channel)
+                .list_services(pb::ListServicesRequest::default())
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("{s:?}")),
+        }
+    });
+    let refused = refused.expect_err("another cluster's admin was let in");
+    assert!(!refused.contains("PermissionDenied") && !refused.contains("Unauthenticated"), "refused by TLS, not by a handler: {refused}");
     // A removed token admits nobody.
-    let id = tokens_before.as_array().unwrap().iter().find(|t| t["role"] == "agent").unwrap()["id"].as_str().unwrap().to_string();
+    let id = good.parse::<pki::JoinToken>().unwrap().id();
     cluster.sched_ok(&["token", "rm", &id]);
+    let data_dir = cluster.dir().join("refused-removed");
+    let out = agent_join(&cluster, &data_dir, "node-3", &good);
+    assert!(stderr(&out).contains("unknown token"), "a removed token: {}", stderr(&out));
+    assert!(!data_dir.join("pki").exists());
 }
 
 #[test]

@@ -33,6 +33,7 @@ mod profile;
 mod tls;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint, Server};
@@ -74,6 +75,9 @@ pub enum TransportError {
     #[error("cannot serve without a certificate of this cluster")]
     NoServerCertificate,
 }
+
+/// The pings a server sends on every accepted connection.
+pub const SERVER_KEEPALIVE: Keepalive = Keepalive { interval: Duration::from_secs(10), timeout: Duration::from_secs(5), while_idle: true };
 
 /// How this process makes and accepts connections: made once from its [`Security`], cloned
 /// into every place that connects or serves.
@@ -129,7 +133,12 @@ impl Transport {
     /// The builder of a gRPC server, for the caller to add its layer and services to and serve
     /// on [`Transport::incoming`] (which does the TLS).
     pub fn server(&self) -> Server {
-        Server::builder().tcp_nodelay(true)
+        Server::builder()
+            .tcp_nodelay(true)
+            // Pings from the server side too: a client that vanished without a reset (a node
+            // cut off) gives back its connection and its streams within 15 s.
+            .http2_keepalive_interval(Some(SERVER_KEEPALIVE.interval))
+            .http2_keepalive_timeout(Some(SERVER_KEEPALIVE.timeout))
     }
 
     /// The connections a server accepts on `listener`: with mutual TLS, only those that
