@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use super::{errors, now_ms};
 use crate::raft::{Consensus, Proposal};
-use crate::state::Command;
+use crate::state::{Command, HolderCheck};
 
 /// How long an admin's or reader's certificate from a token is valid.
 pub const USER_CERTIFICATE_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -45,8 +45,15 @@ impl PkiApiService {
         PkiApiService { consensus, ca, node_certificate_ttl }
     }
 
-    /// Signs `csr_pem` for `identity`, records the certificate in the state, and answers with it.
-    async fn issue(&self, identity: &Identity, csr_pem: &str, addresses: &[String]) -> Result<pb::IssuedCredentials, Status> {
+    /// Signs `csr_pem` for `identity`, records the certificate in the state (if the name's
+    /// holder is still as `holder` expects), and answers with it.
+    async fn issue(
+        &self,
+        identity: &Identity,
+        csr_pem: &str,
+        addresses: &[String],
+        holder: HolderCheck,
+    ) -> Result<pb::IssuedCredentials, Status> {
         let names = certificate_names(identity.role(), addresses)?;
         let validity = match identity.role() {
             Role::Agent | Role::Server => self.node_certificate_ttl,
@@ -62,6 +69,7 @@ impl PkiApiService {
             serial: issued.serial.clone(),
             not_after_ms: issued.not_after_ms,
             now_ms: now_ms(),
+            holder,
         };
         self.consensus.write(Proposal::Command(command)).await.map_err(errors::consensus)?.map_err(errors::rejection)?;
         tracing::info!(holder = %identity, serial = issued.serial, "issued a certificate");
@@ -131,7 +139,9 @@ impl PkiApi for PkiApiService {
                 r.name, held.serial, held.not_after_ms, r.name
             )));
         }
-        Ok(Response::new(self.issue(&identity, &r.csr_pem, &r.addresses).await?))
+        // Nodes hold their name alone: of two joins at once, the log lets one win.
+        let holder = if role == Role::Agent { HolderCheck::Vacant } else { HolderCheck::Any };
+        Ok(Response::new(self.issue(&identity, &r.csr_pem, &r.addresses, holder).await?))
     }
 
     async fn renew_certificate(&self, request: Request<pb::RenewCertificateRequest>) -> Result<Response<pb::IssuedCredentials>, Status> {
@@ -151,8 +161,9 @@ impl PkiApi for PkiApiService {
                 )));
             }
         }
+        let holder = if caller.identity.role() == Role::Agent { HolderCheck::Current(caller.serial.clone()) } else { HolderCheck::Any };
         let r = request.into_inner();
-        Ok(Response::new(self.issue(&caller.identity, &r.csr_pem, &r.addresses).await?))
+        Ok(Response::new(self.issue(&caller.identity, &r.csr_pem, &r.addresses, holder).await?))
     }
 
     async fn create_token(&self, request: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreateTokenResponse>, Status> {

@@ -96,10 +96,33 @@ pub enum Command {
     /// Removes a token: it joins nobody from then on.
     RevokeToken { id: String, now_ms: u64 },
     /// Makes a certificate the current one of its holder (a join or a renewal): a newer one for
-    /// the same role and name replaces the entry.
-    RecordCertificate { role: Role, name: String, serial: String, not_after_ms: u64, now_ms: u64 },
+    /// the same role and name replaces the entry, if the holder is still as `holder` expects
+    /// (so two joins under one name cannot both win).
+    RecordCertificate {
+        role: Role,
+        name: String,
+        serial: String,
+        not_after_ms: u64,
+        now_ms: u64,
+        #[serde(default)]
+        holder: HolderCheck,
+    },
     /// Refuses a certificate until it would have expired anyway (`not_after_ms`).
     RevokeCertificate { serial: String, not_after_ms: u64, now_ms: u64 },
+}
+
+/// What a [`Command::RecordCertificate`] expects of the name's current certificate: a
+/// compare-and-set, decided where the command is applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HolderCheck {
+    /// Whatever holds the name (admins and readers may have several certificates).
+    #[default]
+    Any,
+    /// No valid certificate holds the name (a node joining).
+    Vacant,
+    /// The name's current certificate is this serial (a node renewing).
+    Current(String),
 }
 
 /// An event for one service's history.

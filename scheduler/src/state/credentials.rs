@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use pki::Role;
 use serde::{Deserialize, Serialize};
 
-use super::{Outcome, Rejection, RejectionKind, not_found};
+use super::{HolderCheck, Outcome, Rejection, RejectionKind, not_found};
 
 /// A join token as the servers keep it: never its secret.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +143,7 @@ impl Credentials {
         role: Role,
         name: String,
         entry: CertificateEntry,
+        holder: &HolderCheck,
         now_ms: u64,
     ) -> Result<Outcome, Rejection> {
         if self.revoked.contains_key(&entry.serial) {
@@ -150,6 +151,23 @@ impl Credentials {
                 kind: RejectionKind::Conflict,
                 message: format!("certificate {} is revoked: it cannot be recorded for {role} {name}", entry.serial),
             });
+        }
+        let current = self
+            .certificates
+            .get(&role)
+            .and_then(|by_name| by_name.get(&name))
+            .filter(|held| held.not_after_ms > now_ms && !self.revoked.contains_key(&held.serial));
+        let conflict = match (holder, current) {
+            (HolderCheck::Any, _) | (HolderCheck::Vacant, None) => None,
+            (HolderCheck::Vacant, Some(held)) => Some(format!("{role} {name} is held by certificate {}", held.serial)),
+            (HolderCheck::Current(expected), Some(held)) if *expected == held.serial => None,
+            (HolderCheck::Current(expected), held) => Some(format!(
+                "certificate {expected} is not {role} {name}'s current one ({})",
+                held.map_or_else(|| "it has none".to_string(), |h| format!("that is {}", h.serial))
+            )),
+        };
+        if let Some(message) = conflict {
+            return Err(Rejection { kind: RejectionKind::Conflict, message });
         }
         self.prune(now_ms);
         self.certificates.entry(role).or_default().insert(name, entry);

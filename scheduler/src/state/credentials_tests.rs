@@ -14,7 +14,7 @@ fn add_token(token: &JoinToken, expires_ms: Option<u64>, now_ms: u64) -> Command
 }
 
 fn record(role: Role, name: &str, serial: &str, not_after_ms: u64, now_ms: u64) -> Command {
-    Command::RecordCertificate { role, name: name.into(), serial: serial.into(), not_after_ms, now_ms }
+    Command::RecordCertificate { role, name: name.into(), serial: serial.into(), not_after_ms, now_ms, holder: HolderCheck::Any }
 }
 
 fn revoke(serial: &str, not_after_ms: u64, now_ms: u64) -> Command {
@@ -322,4 +322,31 @@ fn snapshots_without_credentials_decode_and_are_written_as_before() {
     assert_eq!(decoded, state);
     assert_eq!(decoded.token_records(), []);
     assert_eq!(decoded.revoked_serials().count(), 0);
+}
+
+#[test]
+fn a_name_is_taken_by_one_join_and_renewed_only_by_its_current_certificate() {
+    let checked = |serial: &str, now_ms: u64, holder: HolderCheck| Command::RecordCertificate {
+        role: Role::Agent,
+        name: "node-1".into(),
+        serial: serial.into(),
+        not_after_ms: now_ms + 10_000,
+        now_ms,
+        holder,
+    };
+    let mut state = ClusterState::default();
+    // Two joins under one name, decided in log order: the first wins, the second is refused.
+    assert_eq!(outcome(&mut state, checked("aa", 1, HolderCheck::Vacant)), Ok(()));
+    assert_eq!(outcome(&mut state, checked("bb", 2, HolderCheck::Vacant)), Err(RejectionKind::Conflict));
+    assert_eq!(state.certificate_of(Role::Agent, "node-1").unwrap().serial, "aa");
+    // Renewal by the current certificate; a stale one (or a stranger's) is refused.
+    assert_eq!(outcome(&mut state, checked("cc", 3, HolderCheck::Current("bb".into()))), Err(RejectionKind::Conflict));
+    assert_eq!(outcome(&mut state, checked("cc", 3, HolderCheck::Current("aa".into()))), Ok(()));
+    assert_eq!(outcome(&mut state, checked("dd", 4, HolderCheck::Current("aa".into()))), Err(RejectionKind::Conflict));
+    // Once the current certificate has expired (or is revoked), the name is vacant again.
+    assert_eq!(outcome(&mut state, checked("ee", 5_000, HolderCheck::Vacant)), Err(RejectionKind::Conflict), "cc lives until 10,003");
+    assert_eq!(outcome(&mut state, checked("ee", 10_004, HolderCheck::Vacant)), Ok(()));
+    assert_eq!(outcome(&mut state, revoke("ee", 20_004, 10_005)), Ok(()));
+    assert_eq!(outcome(&mut state, checked("ff", 10_006, HolderCheck::Vacant)), Ok(()));
+    assert_eq!(state.certificate_of(Role::Agent, "node-1").unwrap().serial, "ff");
 }

@@ -234,7 +234,7 @@ impl ClusterState {
                 Ok(())
             }
             Command::RevokeToken { id, .. } => check_name("token id", id),
-            Command::RecordCertificate { role, name, serial, not_after_ms, now_ms } => {
+            Command::RecordCertificate { role, name, serial, not_after_ms, now_ms, .. } => {
                 check_name("certificate name", name)?;
                 check_hex("certificate serial", serial, 1..=MAX_SERIAL_HEX)?;
                 if not_after_ms < now_ms {

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{COMMAND_VERSION, Command, DecodeError, ServiceEvent};
+pub use command::{COMMAND_VERSION, Command, DecodeError, HolderCheck, ServiceEvent};
 pub use credentials::{CertificateEntry, TokenEntry};
 pub use enums_proto::UnknownEnumValue;
 pub use limits::{
@@ -328,9 +328,13 @@ impl ClusterState {
                 self.credentials.add_token(TokenEntry { id, role, digest_hex, created_ms: now_ms, expires_ms }, now_ms)
             }
             Command::RevokeToken { id, now_ms } => self.credentials.revoke_token(&id, now_ms),
-            Command::RecordCertificate { role, name, serial, not_after_ms, now_ms } => {
-                self.credentials.record_certificate(role, name, CertificateEntry { serial, not_after_ms, issued_ms: now_ms }, now_ms)
-            }
+            Command::RecordCertificate { role, name, serial, not_after_ms, now_ms, holder } => self.credentials.record_certificate(
+                role,
+                name,
+                CertificateEntry { serial, not_after_ms, issued_ms: now_ms },
+                &holder,
+                now_ms,
+            ),
             Command::RevokeCertificate { serial, not_after_ms, now_ms } => {
                 self.credentials.revoke_certificate(serial, not_after_ms, now_ms)
             }
