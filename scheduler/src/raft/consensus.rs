@@ -21,6 +21,7 @@ use super::grpc_transport::MAX_PEER_MESSAGE_BYTES;
 use super::node::RaftHandle;
 use super::storage::AppliedState;
 use super::{Applied, Proposal, ProposeFailure};
+use crate::state::Command;
 
 /// How long a write or a linearizable read may wait for a leader.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(5);
@@ -91,6 +92,40 @@ impl Consensus {
                 }
             }
         }
+    }
+
+    /// Proposes `commands` on this server, which leads, in their order and pipelined: each is
+    /// handed to the Raft loop before the one before has committed, so many share an fsync.
+    /// Answers come in the same order. Meant for the leader's own duties; a server that does
+    /// not lead answers every command `NoLeader` (its duties are the leader's).
+    pub async fn write_pipelined(&self, commands: Vec<Command>) -> Vec<Result<Applied, ConsensusError>> {
+        let mut pending = Vec::with_capacity(commands.len());
+        for command in commands {
+            let status = self.raft.status();
+            let submitted = if status.leader_id == self.raft.id() && !status.removed {
+                self.raft.submit(Proposal::Command(command)).await
+            } else {
+                Err(ProposeFailure::NotLeader { me: self.raft.id() })
+            };
+            pending.push(submitted);
+        }
+        let mut answers = Vec::with_capacity(pending.len());
+        for submitted in pending {
+            let answer = match submitted {
+                Ok(receiver) => match tokio::time::timeout(self.deadline, receiver).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(ProposeFailure::Stopped),
+                    Err(_) => Err(ProposeFailure::OutcomeUnknown),
+                },
+                Err(e) => Err(e),
+            };
+            answers.push(answer.map_err(|failure| match failure {
+                ProposeFailure::OutcomeUnknown => ConsensusError::OutcomeUnknown,
+                ProposeFailure::Stopped => ConsensusError::Stopped,
+                ProposeFailure::NotLeader { .. } | ProposeFailure::Dropped { .. } => ConsensusError::NoLeader(self.deadline),
+            }));
+        }
+        answers
     }
 
     /// Sends the proposal to the leader. Connection failures count as "not leader" (retry);

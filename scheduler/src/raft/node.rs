@@ -172,9 +172,16 @@ impl<S: StateMachine, T> RaftHandle<S, T> {
         {
             return Ok(answer);
         }
+        self.submit(proposal).await?.await.map_err(|_| ProposeFailure::Stopped)?
+    }
+
+    /// Hands `proposal` to the loop and returns where its answer will come, without waiting
+    /// for it: proposals submitted one after another enter the log in that order, and those
+    /// the loop finds queued together share one append and one fsync.
+    pub async fn submit(&self, proposal: Proposal<S::Command>) -> Result<oneshot::Receiver<ProposeResult<S>>, ProposeFailure> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Propose { proposal, reply }).await.map_err(|_| ProposeFailure::Stopped)?;
-        answer.await.map_err(|_| ProposeFailure::Stopped)?
+        Ok(answer)
     }
 
     /// Resolves once this server has applied everything committed when it was called (a
@@ -241,6 +248,8 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
             applied: applied_index,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
+            // Proposals handled in one round go to each follower as one append, not one each.
+            batch_append: true,
             check_quorum: true,
             pre_vote: true,
             ..Default::default()

@@ -4,7 +4,8 @@
 //!
 //! It looks after every applied entry (an apply, a scale, a task report: a new service is placed
 //! within milliseconds, as a job registration triggers an evaluation in Nomad) and every 500 ms
-//! otherwise (node timeouts, crash-loop backoffs, autoscaling). The controllers' memory (the
+//! otherwise (node timeouts, crash-loop backoffs, autoscaling). A round's commands are proposed
+//! pipelined ([`propose_round`]), so they share fsyncs. The controllers' memory (the
 //! autoscaler's stabilization windows) starts afresh each time this server becomes leader.
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::heartbeats::Heartbeats;
 use super::now_ms;
 use crate::controller::{Controller, Snapshot, leader_controllers, run_controllers};
-use crate::raft::{Consensus, Proposal, Role};
+use crate::raft::{Consensus, Role};
 
 /// How often the leader looks when nothing changes.
 const PERIOD: Duration = Duration::from_millis(500);
@@ -52,17 +53,35 @@ pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_ti
             cpu: heartbeats.cpu_samples(now),
             ingress: heartbeats.ingress_reports(now),
         };
-        for command in run_controllers(controllers, snapshot) {
-            match consensus.write(Proposal::Command(command)).await {
+        propose_round(&consensus, run_controllers(controllers, snapshot)).await;
+    }
+}
+
+/// The most proposals of one round in flight at once.
+const IN_FLIGHT: usize = 256;
+
+/// Proposes a round's commands pipelined, in order: each is handed to the Raft loop without
+/// waiting for the one before to commit, so the loop appends many of them per `Ready` and one
+/// fsync covers them all (group commit), instead of one commit after another. The loop's queue
+/// is first in, first out, so the log keeps the controllers' order. A rejected command is
+/// logged and the rest still count; when one cannot be proposed at all (no longer the leader),
+/// the others in flight meet the same fate and the next round starts afresh.
+async fn propose_round(consensus: &Consensus, commands: Vec<crate::state::Command>) {
+    for chunk in commands.chunks(IN_FLIGHT) {
+        let mut failed = false;
+        for written in consensus.write_pipelined(chunk.to_vec()).await {
+            match written {
                 Ok(Ok(_)) => {}
-                Ok(Err(rejection)) => {
-                    tracing::warn!("a controller's command was rejected: {}", rejection.message)
-                }
-                Err(e) => {
+                Ok(Err(rejection)) => tracing::warn!("a controller's command was rejected: {}", rejection.message),
+                Err(e) if !failed => {
                     tracing::warn!("the leader could not propose: {e}");
-                    break;
+                    failed = true;
                 }
+                Err(_) => {}
             }
+        }
+        if failed {
+            return;
         }
     }
 }

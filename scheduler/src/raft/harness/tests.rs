@@ -226,3 +226,28 @@ async fn a_follower_that_stops_hearing_the_leader_does_not_disrupt_it() {
     assert_eq!(cluster.wait_converged(&all, 1).await, ["while deaf"]);
     assert_eq!(cluster.status(leader).term, term);
 }
+
+/// Group commit: proposals handed to the loop one after another without waiting (as the
+/// leader's duties propose a round) enter the log in that order, and the loop appends many per
+/// `Ready`, so far fewer appends reach a follower than there are proposals.
+#[tokio::test(start_paused = true)]
+async fn proposals_submitted_together_keep_their_order_and_share_appends() {
+    let cluster = TestCluster::start(3, options());
+    let all = [1, 2, 3];
+    let leader = cluster.wait_for_leader(&all).await;
+    let follower = others(&all, leader)[0];
+    let before = cluster.network.delivered(follower, MessageType::MsgAppend);
+    let handle = cluster.handle(leader).clone();
+    let mut answers = Vec::new();
+    for i in 0..200 {
+        answers.push(handle.submit(Proposal::Command(format!("e{i}"))).await.expect("submitted"));
+    }
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer.await.expect("answered"), Ok(ListAnswer::Appended(i)), "proposal {i}");
+    }
+    let appends = cluster.network.delivered(follower, MessageType::MsgAppend) - before;
+    assert!(appends <= 20, "200 proposals took {appends} appends to a follower");
+    let log = cluster.wait_converged(&all, 200).await;
+    assert_eq!(log.first().map(String::as_str), Some("e0"));
+    assert_eq!(log.last().map(String::as_str), Some("e199"));
+}
