@@ -15,5 +15,6 @@ pub mod netlab;
 pub mod oci_image;
 pub mod registry;
 pub mod registry_proxy;
+pub mod sim_nodes;
 pub mod syscall_probe;
 pub mod wait;
