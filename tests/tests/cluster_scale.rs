@@ -63,7 +63,19 @@ fn two_hundred_nodes_run_two_thousand_tasks_spread_and_survive_a_leader_change()
             *last.borrow_mut() = now;
             done
         },
-        || format!("{} tasks, {} running; {:?}", last.borrow().len(), running(&last.borrow()), sim.stats),
+        || {
+            let mut states: BTreeMap<String, usize> = BTreeMap::new();
+            for task in last.borrow().iter() {
+                *states.entry(format!("{}/{}", task["desired_state"], task["observed_state"])).or_default() += 1;
+            }
+            let members = cluster.sched(&["cluster", "members", "-o", "json"]);
+            format!(
+                "{} tasks by desired/observed state {states:?}; {:?}; members: {}",
+                last.borrow().len(),
+                sim.stats,
+                String::from_utf8_lossy(&members.stdout)
+            )
+        },
     );
     let last = last.into_inner();
     eprintln!("{total} tasks running {:?} after the first apply", applied.elapsed());

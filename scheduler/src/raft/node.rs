@@ -88,6 +88,10 @@ pub struct NodeStatus {
     pub voters: Vec<u64>,
     /// True once a membership change removed this server.
     pub removed: bool,
+    /// A leader whose state holds everything any leader committed: it has committed and applied
+    /// an entry of its own term. Until then a new leader's state may lack entries an earlier
+    /// leader committed, and deciding from it (placing tasks) would decide twice.
+    pub leader_caught_up: bool,
 }
 
 /// The answer to a proposal: the state machine's, or why there is none.
@@ -562,6 +566,7 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
 
     fn publish_status(&mut self) {
         let raft = &self.raw.raft;
+        let applied = self.applied.read().expect("state lock").index;
         let status = NodeStatus {
             id: self.options.id,
             leader_id: raft.leader_id,
@@ -572,9 +577,10 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
             }),
             term: raft.term,
             commit: raft.raft_log.committed,
-            applied: self.applied.read().expect("state lock").index,
+            applied,
             voters: raft.prs().conf().voters().ids().iter().collect(),
             removed: self.removed,
+            leader_caught_up: raft.state == StateRole::Leader && raft.commit_to_current_term() && applied >= raft.raft_log.committed,
         };
         self.status.send_if_modified(|old| {
             if *old == status {

@@ -4,7 +4,9 @@
 //!
 //! It looks after every applied entry (an apply, a scale, a task report: a new service is placed
 //! within milliseconds, as a job registration triggers an evaluation in Nomad) and every 500 ms
-//! otherwise (node timeouts, crash-loop backoffs, autoscaling). A round's commands are proposed
+//! otherwise (node timeouts, crash-loop backoffs, autoscaling). A new leader waits until it has
+//! applied an entry of its own term, so that it decides from everything earlier leaders
+//! committed. A round's commands are proposed
 //! pipelined ([`propose_round`]), so they share fsyncs. The controllers' memory (the
 //! autoscaler's stabilization windows) starts afresh each time this server becomes leader.
 
@@ -40,6 +42,11 @@ pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_ti
         let status = consensus.raft().status();
         if status.role != Some(Role::Leader) {
             leading = None;
+            continue;
+        }
+        if !status.leader_caught_up {
+            // A new leader decides only once its state holds what earlier leaders committed
+            // (its first entry is applied), or it would place again what they placed.
             continue;
         }
         let (since, controllers) = leading.get_or_insert_with(|| (Instant::now(), leader_controllers(node_timeout.as_millis() as u64)));

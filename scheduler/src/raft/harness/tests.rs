@@ -251,3 +251,27 @@ async fn proposals_submitted_together_keep_their_order_and_share_appends() {
     assert_eq!(log.first().map(String::as_str), Some("e0"));
     assert_eq!(log.last().map(String::as_str), Some("e199"));
 }
+
+/// A leader says it has caught up only once it has applied an entry of its own term (then its
+/// state holds everything earlier leaders committed); followers never say so.
+#[tokio::test(start_paused = true)]
+async fn a_leader_is_caught_up_once_it_applied_an_entry_of_its_term() {
+    let mut cluster = TestCluster::start(3, options());
+    let all = [1, 2, 3];
+    cluster.write(&all, "a").await.expect("committed");
+    let old = cluster.wait_for_leader(&all).await;
+    cluster.wait_until("the leader has caught up", |c| c.status(old).leader_caught_up).await;
+    for id in others(&all, old) {
+        assert!(!cluster.status(id).leader_caught_up, "follower {id}");
+    }
+    // A new leader in a new term catches up too, and holds what the old one committed.
+    cluster.network.isolate(old);
+    let majority = others(&all, old);
+    let new = cluster.wait_for_leader(&majority).await;
+    cluster.wait_until("the new leader has caught up", |c| c.status(new).leader_caught_up).await;
+    let status = cluster.status(new);
+    assert!(status.applied >= status.commit, "{status:?}");
+    assert_eq!(cluster.list(new), ["a"]);
+    cluster.network.recover();
+    cluster.restart(old).await;
+}
