@@ -179,6 +179,11 @@ impl Cluster {
         address
     }
 
+    /// The process id of server `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.servers.get(&id).and_then(|s| s.child.as_ref()).map(Child::id)
+    }
+
     /// SIGKILLs a server.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.servers.get_mut(&id).and_then(|s| s.child.take()) {
