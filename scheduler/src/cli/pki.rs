@@ -204,8 +204,7 @@ pub async fn join_as_server(token: &str, servers: &[String], id: u64, listen: &s
             parsed.role
         )));
     }
-    let host = listen.rsplit_once(':').map_or(listen, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
-    let addresses: Vec<String> = Some(host.to_string()).filter(|h| !h.is_empty() && h != "0.0.0.0").into_iter().collect();
+    let addresses: Vec<String> = cluster_pki::advertised_host(listen).into_iter().collect();
     let issued = transport::join::join_with_token(servers, token, &id.to_string(), &addresses).await.map_err(join_error)?;
     let key = issued.ca_key_pem.ok_or_else(|| CliError::Rejected("the servers sent no CA key with a server certificate".into()))?;
     let ca = pki::ClusterCa::from_pem(&issued.credentials.ca_pem, &key).map_err(|e| CliError::Rejected(e.to_string()))?;

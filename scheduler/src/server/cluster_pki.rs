@@ -84,12 +84,20 @@ pub fn create_ca() -> Result<ClusterCa, ServerError> {
 /// The names a server's certificate is valid for: the servers' common name, loopback (for
 /// tools on the same machine) and the host it advertises.
 fn server_names(advertise: &str) -> Vec<String> {
-    let mut names = vec![transport::SERVER_NAME.to_string(), "localhost".into(), "127.0.0.1".into(), "::1".into()];
-    let host = advertise.rsplit_once(':').map_or(advertise, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
-    if !host.is_empty() && !names.iter().any(|n| n == host) && host != "0.0.0.0" && host != "::" {
-        names.push(host.to_string());
+    let mut names: Vec<String> = super::pki_api::SERVER_CERTIFICATE_NAMES.iter().map(|n| n.to_string()).collect();
+    if let Some(host) = advertised_host(advertise)
+        && !names.contains(&host)
+    {
+        names.push(host);
     }
     names
+}
+
+/// The host of a `HOST:PORT` address, as a certificate name; `None` when it is empty or
+/// unspecified (0.0.0.0, ::), which names no one.
+pub fn advertised_host(address: &str) -> Option<String> {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty() && host != "0.0.0.0" && host != "::").then(|| host.to_string())
 }
 
 /// Credentials for `identity`, valid for `names`, on a fresh key.

@@ -31,6 +31,9 @@ pub const USER_CERTIFICATE_VALIDITY: Duration = Duration::from_secs(90 * 24 * 36
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The longest a token may live.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The names every server certificate carries: the servers' common name and loopback (for tools
+/// on the same machine).
+pub const SERVER_CERTIFICATE_NAMES: [&str; 4] = [transport::SERVER_NAME, "localhost", "127.0.0.1", "::1"];
 /// Extra names (addresses) one certificate may carry.
 const MAX_ADDRESSES: usize = 8;
 
@@ -92,7 +95,7 @@ pub fn certificate_names(role: Role, addresses: &[String]) -> Result<Vec<String>
         return Err(Status::invalid_argument(format!("`addresses`: at most {MAX_ADDRESSES}, not {}", addresses.len())));
     }
     let mut names: Vec<String> = match role {
-        Role::Server => vec![transport::SERVER_NAME.into(), "localhost".into(), "127.0.0.1".into(), "::1".into()],
+        Role::Server => SERVER_CERTIFICATE_NAMES.iter().map(|n| n.to_string()).collect(),
         Role::Agent => vec![transport::AGENT_NAME.into()],
         Role::Admin | Role::Reader => Vec::new(),
     };
