@@ -1,7 +1,8 @@
 //! The sessions with the servers. One session per server connection: register (by name, so a
 //! restarted agent keeps its node id), then, until the connection breaks, heartbeat (with the
 //! [task metrics](super::task_metrics)), follow the assignment stream, check local tasks every
-//! check interval — apply the [plan](super::apply), start due [probes](super::probes) — and
+//! check interval — [reap](super::reaping) leftovers when due, apply the [plan](super::apply),
+//! start due [probes](super::probes) — and
 //! [report](super::reports) every task state change. When a server dies the agent moves to the
 //! next one ([`ServerRotation`]); tasks keep running meanwhile (each under its own shim), and
 //! the [`NodeState`] carries over.
@@ -89,6 +90,7 @@ async fn session(config: &AgentConfig, node: &Node, server: &str, state: &mut No
                     state.unpinned = assigned.unpinned;
                     state.assigned = true;
                     node.wanted_images.send_replace(Some(state.wanted.values().map(|w| w.spec.image.clone()).collect()));
+                    state.reap_if_due(config, &node.host, &done_tx).await;
                     state.apply_plan(config, &node.host, &done_tx).await?;
                 }
                 None => return Ok(()),
@@ -111,6 +113,7 @@ async fn session(config: &AgentConfig, node: &Node, server: &str, state: &mut No
             }
             _ = check.tick() => {
                 if state.assigned {
+                    state.reap_if_due(config, &node.host, &done_tx).await;
                     state.apply_plan(config, &node.host, &done_tx).await?;
                 }
                 state.start_due_probes(config, driver, &done_tx);

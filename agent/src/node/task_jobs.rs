@@ -18,9 +18,21 @@ use crate::task::{TaskDriver, TaskSpec};
 
 /// How a background job ended.
 pub(super) enum JobDone {
-    Started { task: String, result: Result<Started> },
-    Stopped { task: String },
-    Probed { task: String, ok: bool },
+    Started {
+        task: String,
+        result: Result<Started>,
+    },
+    Stopped {
+        task: String,
+    },
+    Probed {
+        task: String,
+        ok: bool,
+    },
+    /// A reap job ended (see `reaping.rs`).
+    Reaped {
+        tasks: Vec<super::reaping::Reaped>,
+    },
 }
 
 /// What a task that started has on the node.
@@ -37,7 +49,7 @@ pub(super) struct Started {
 pub(super) struct TaskHost {
     pub(super) driver: Arc<TaskDriver>,
     /// None when the agent runs without task networking.
-    network: Option<Arc<NodeNetwork>>,
+    pub(super) network: Option<Arc<NodeNetwork>>,
     /// Held shared by every start, exclusively by image collections (see `image_gc`).
     image_lock: Arc<RwLock<()>>,
 }
@@ -169,6 +181,7 @@ impl NodeState {
             JobDone::Stopped { task } => {
                 self.busy.remove(&task);
             }
+            JobDone::Reaped { tasks } => self.reap_done(tasks),
         }
     }
 }

@@ -55,6 +55,11 @@ struct Cli {
     /// Seconds a stopped task gets between its stop signal and SIGKILL.
     #[arg(long, default_value_t = 10)]
     stop_grace: u64,
+    /// Seconds between the reaper's rounds, which remove what no task of the node owns
+    /// (containers, shims, cgroups, mounts, netns pins, veths, ports, task dirs); it also runs
+    /// once the first assignments arrive.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    reap_interval_secs: u64,
     /// The node bridge tasks are attached to.
     #[arg(long, default_value = agent::network::DEFAULT_BRIDGE)]
     bridge: String,
@@ -137,6 +142,7 @@ fn config(cli: Cli) -> Result<AgentConfig> {
     config.memory_mib = cli.memory.unwrap_or(config.memory_mib);
     config.cgroup_parent = cli.cgroup_parent;
     config.stop_grace = Duration::from_secs(cli.stop_grace);
+    config.reap_interval = Duration::from_secs(cli.reap_interval_secs);
     config.insecure_registries = cli.insecure_registries;
     config.ingress = cli.ingress.settings(None)?;
     config.max_image_bytes = cli.max_image_bytes;
