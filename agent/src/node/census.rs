@@ -6,6 +6,7 @@
 //! address allocations, links on the bridge, published ports).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use runtime::state::Status;
 
@@ -35,12 +36,14 @@ pub(super) async fn take(host: &TaskHost) -> Result<Census> {
         entry(&mut census, &id).shims.push(pid);
     }
     // A shim its task dir names counts too, however its command line reads.
-    for (id, found) in census.tasks.iter_mut().filter(|(_, f)| f.task_dir.is_some()) {
-        if let Some(pid) = driver.shim_running(id)
+    for (id, found) in census.tasks.iter_mut() {
+        if found.task_dir.is_some()
+            && let Some(pid) = driver.shim_running(id)
             && !found.shims.contains(&pid)
         {
             found.shims.push(pid);
         }
+        found.shim_age = found.shims.iter().filter_map(|pid| process_age(*pid)).min();
     }
     for (id, dirs) in cgroups(&driver.config().cgroup_parent)? {
         entry(&mut census, &id).cgroup_dirs = dirs;
@@ -99,6 +102,15 @@ fn shim_args(cmdline: &[u8]) -> Option<(PathBuf, String)> {
         }
         _ => None,
     }
+}
+
+/// How long ago process `pid` started (from its start time in `/proc/PID/stat` and the
+/// uptime), if it exists.
+fn process_age(pid: i32) -> Option<Duration> {
+    let (start_ticks, _) = runtime::state::process_start_time(pid)?;
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().filter(|t| *t > 0)? as f64;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_secs_f64((uptime - start_ticks as f64 / ticks_per_second).max(0.0)))
 }
 
 /// Every cgroup directly under `parent` in every hierarchy on the host, by name (the task id),

@@ -8,8 +8,11 @@
 //! bridge named like a task veth and published ports are matched to the address allocations.
 //!
 //! The rules, for an id with no job in flight (a start, a stop, a reap: those own it):
-//! - **A shim alive beside a task dir but no container** is starting the container (or has just
-//!   deleted it and is exiting): left alone, the next round sees how it ended.
+//! - **A shim alive beside a task dir but no container state** is starting the container (or
+//!   has just deleted it and is exiting): left alone, the next round sees how it ended — for
+//!   [`SHIM_START_GRACE`] from the shim's start. Past that, the container's state is gone (a
+//!   shim supervises a container nothing can load): the shim and the cgroup go, like a cgroup
+//!   without container state always does.
 //! - **A task dir with an exit record or a container** is the [plan](super::plan)'s: it stops,
 //!   releases and removes such tasks. Two things it cannot see are the reaper's: an assigned
 //!   task whose container is alive but whose shim is gone (nothing would record its exit or
@@ -27,6 +30,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::network::{PublishedPort, is_task_veth_name};
 
@@ -54,6 +58,8 @@ pub struct Found {
     pub container: Option<ContainerFound>,
     /// Live shim processes started for it under this runtime root.
     pub shims: Vec<i32>,
+    /// How long ago the youngest of them started.
+    pub shim_age: Option<Duration>,
     /// Its cgroup's directories under the cgroup parent, in every hierarchy.
     pub cgroup_dirs: Vec<PathBuf>,
     /// Whether it has a rootfs dir (with or without its overlay mounted).
@@ -177,6 +183,10 @@ pub fn plan(census: &Census, assigned: &BTreeSet<String>, in_flight: &HashSet<St
     ReapPlan { tasks, veths, ports }
 }
 
+/// How long a shim may go without container state and still be taken for one that is
+/// creating its container (or exiting after deleting it): both take a moment, not a minute.
+pub const SHIM_START_GRACE: Duration = Duration::from_secs(60);
+
 /// The rules of the module docs for one task id.
 fn decide(found: &Found, assigned: bool) -> Option<(TaskAction, Why)> {
     let recorded = matches!(found.container, Some(ContainerFound::Alive | ContainerFound::Stopped));
@@ -185,29 +195,28 @@ fn decide(found: &Found, assigned: bool) -> Option<(TaskAction, Why)> {
         let why = if assigned { Why::RecordsLost } else { Why::Unassigned };
         return (!pieces.is_empty()).then_some((TaskAction::Remove(pieces), why));
     };
-    if !found.shims.is_empty() && !recorded {
+    if !found.shims.is_empty() && !recorded && found.shim_age.is_none_or(|age| age < SHIM_START_GRACE) {
         return None;
+    }
+    // Shims without container state past the grace, and cgroups without it: nothing records
+    // or stops what they hold.
+    let mut unowned: Vec<Piece> = if recorded { Vec::new() } else { found.shims.iter().map(|pid| Piece::Shim(*pid)).collect() };
+    if !recorded && !found.cgroup_dirs.is_empty() {
+        unowned.push(Piece::Cgroup(found.cgroup_dirs.clone()));
     }
     if dir.exited || recorded {
         if assigned && found.container == Some(ContainerFound::Alive) && found.shims.is_empty() {
             return Some((TaskAction::KillUnsupervised, Why::ShimGone));
         }
-        if !recorded && !found.cgroup_dirs.is_empty() {
-            return Some((TaskAction::Remove(vec![Piece::Cgroup(found.cgroup_dirs.clone())]), Why::NoContainer));
-        }
-        return None;
+        return (!unowned.is_empty()).then_some((TaskAction::Remove(unowned), Why::NoContainer));
     }
     if !assigned {
         return Some((TaskAction::Remove(everything(found)), Why::Unassigned));
     }
-    let mut blocking = Vec::new();
     if found.container == Some(ContainerFound::Unrecorded) {
-        blocking.push(Piece::ContainerDir);
+        unowned.insert(found.shims.len(), Piece::ContainerDir);
     }
-    if !found.cgroup_dirs.is_empty() {
-        blocking.push(Piece::Cgroup(found.cgroup_dirs.clone()));
-    }
-    (!blocking.is_empty()).then_some((TaskAction::Remove(blocking), Why::NoContainer))
+    (!unowned.is_empty()).then_some((TaskAction::Remove(unowned), Why::NoContainer))
 }
 
 /// Every piece found, in the order they go: shims (so none records into a dir about to go),
@@ -246,8 +255,8 @@ mod tests {
     }
 
     /// A `Found` from a short description: `d` task dir, `e` exit record in it, `A`/`S`/`U`
-    /// container alive/stopped/unrecorded, `s` a shim (pid 7), `c` a cgroup, `r` rootfs, `n`
-    /// network.
+    /// container alive/stopped/unrecorded, `s` a shim (pid 7) started a second ago, `o` one
+    /// started past the grace, `c` a cgroup, `r` rootfs, `n` network.
     fn found(text: &str) -> Found {
         let has = |c| text.contains(c);
         Found {
@@ -261,7 +270,14 @@ mod tests {
             } else {
                 None
             },
-            shims: if has('s') { vec![7] } else { vec![] },
+            shims: if has('s') || has('o') { vec![7] } else { vec![] },
+            shim_age: if has('s') {
+                Some(Duration::from_secs(1))
+            } else if has('o') {
+                Some(SHIM_START_GRACE)
+            } else {
+                None
+            },
             cgroup_dirs: if has('c') { vec![PathBuf::from(CG)] } else { vec![] },
             rootfs: has('r'),
             network: has('n'),
@@ -291,6 +307,12 @@ mod tests {
             ("dsrn", false, None),
             ("dsUcrn", false, None),
             ("desrn", true, None),
+            // ... unless it has been at it past the grace: a container whose state is gone.
+            ("docrn", true, remove(vec![Shim(7), cgroup()], Why::NoContainer)),
+            ("doUcrn", true, remove(vec![Shim(7), ContainerDir, cgroup()], Why::NoContainer)),
+            ("docrn", false, remove(vec![Shim(7), cgroup(), Rootfs, Network, TaskDir], Why::Unassigned)),
+            ("deorn", false, remove(vec![Shim(7)], Why::NoContainer)),
+            ("dAocrn", true, None),
             // An assigned container alive without its shim: killed, to be reported exited.
             ("dAcrn", true, Some((TaskAction::KillUnsupervised, Why::ShimGone))),
             ("dAcrn", false, None),
