@@ -20,11 +20,12 @@ use std::time::Duration;
 use agent::network::netns;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use sched_tests::bundle::{BusyboxBundle, cgroup_hierarchies, mounts_under, process_alive, runtime_binary};
+use sched_tests::bundle::{BusyboxBundle, process_alive, runtime_binary};
 use sched_tests::busybox_image::push_busybox;
 use sched_tests::cluster::{Cluster, ClusterOptions};
 use sched_tests::cpu_service::{NetworkedAgent, running_endpoints, tasks_at};
 use sched_tests::netlab::{NodeLab, http_get};
+use sched_tests::node_holdings::Holdings;
 use sched_tests::registry::Registry;
 use sched_tests::wait::wait_until;
 use serde_json::{Value, json};
@@ -105,16 +106,6 @@ fn plant_bare(agent: &NetworkedAgent, planted: &mut Planted) -> String {
     planted.pids.push(state["pid"].as_i64().expect("a pid") as i32);
     planted.bundles.push(bundle);
     id
-}
-
-/// The names of the entries of `dir` (none if it does not exist).
-fn names_in(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
-}
-
-/// The cgroups under `parent`, in every hierarchy.
-fn cgroups_under(parent: &str) -> BTreeSet<String> {
-    cgroup_hierarchies().iter().flat_map(|h| names_in(&h.join(parent.trim_start_matches('/')))).collect()
 }
 
 fn read_json(path: &Path) -> Value {
@@ -222,43 +213,12 @@ async fn scenario(lab: &NodeLab) {
     agent.restart_with(&cluster, lab, &["--reap-interval-secs", "1"]);
 
     let only_keeper = BTreeSet::from([keeper.clone()]);
-    let nft_published = || {
-        let out = Command::new(&config.nft).args(["list", "chain", "ip", &config.nft_table, "published"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let holdings = || Holdings::of(&data, agent.cgroup_parent(), &config);
     let leftovers = || {
-        let mut left = Vec::new();
+        let mut left = holdings().beyond(&only_keeper);
         let alive: Vec<i32> = planted.pids.iter().copied().filter(|p| process_alive(*p)).collect();
         if !alive.is_empty() {
             left.push(format!("processes {alive:?}"));
-        }
-        let containers: BTreeSet<String> = agent.containers().into_iter().map(|(id, _)| id).collect();
-        for (what, found) in [
-            ("containers", containers),
-            ("cgroups", cgroups_under(agent.cgroup_parent())),
-            ("task dirs", names_in(&data.join("tasks"))),
-            ("rootfs dirs", names_in(&data.join("rootfs"))),
-            ("netns pins", names_in(&config.netns_dir)),
-            ("runtime dirs", names_in(&data.join("runtime"))),
-        ] {
-            if found != only_keeper {
-                left.push(format!("{what} {found:?}"));
-            }
-        }
-        let mounts: Vec<String> = mounts_under(&data.join("rootfs")).into_iter().filter(|m| !m.contains(&keeper)).collect();
-        if !mounts.is_empty() {
-            left.push(format!("mounts {mounts:?}"));
-        }
-        if ip(&["link", "show", STRAY_VETH]).status.success() {
-            left.push(format!("veth {STRAY_VETH}"));
-        }
-        if read_json(&config.ipam_file())["allocations"].get("ghost").is_some() {
-            left.push("the allocation of ghost".into());
-        }
-        if read_json(&config.ports_file())["published"].get(STRAY_PORT.to_string()).is_some()
-            || nft_published().contains(&STRAY_PORT.to_string())
-        {
-            left.push(format!("published port {STRAY_PORT}"));
         }
         left
     };
@@ -278,7 +238,8 @@ async fn scenario(lab: &NodeLab) {
     assert!(process_alive(keeper_pid) && process_alive(keeper_shim), "the keeper's process or shim died");
     assert_eq!(http_get(endpoint, Duration::from_secs(5)).expect("the keeper still serves on its port"), "keeper\n");
     assert!(ip(&["link", "show", &keeper_veth]).status.success(), "the keeper's veth {keeper_veth} is gone");
-    assert!(nft_published().contains(&format!("tcp dport {}", endpoint.port())), "the keeper's nft rule is gone");
+    let rules = holdings().dnat_rules;
+    assert!(rules.iter().any(|r| r.contains(&format!("tcp dport {}", endpoint.port()))), "the keeper's nft rule is gone: {rules:?}");
 
     // Periodically too: a pin made while the agent runs goes at its next round.
     netns::create(&config.netns_dir.join("late-pin")).await.expect("pin a netns");
