@@ -189,6 +189,11 @@ impl NetworkedAgent {
         self.child = spawn_networked(cluster, lab, &self.name, &self.data_dir, &self.cgroup_parent, &self.extra_args);
     }
 
+    /// Whether the agent process has ended (reaped if so).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// The agent's data dir (its runtime root is `runtime/` in it).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

@@ -85,6 +85,7 @@ impl TaskDriver {
     pub async fn start(&self, task: &TaskSpec, netns: Option<&Path>) -> Result<i32> {
         runtime::state::validate_id(&task.id)?;
         self.ensure_image(&task.image).await?;
+        crate::crash_point::reached("start:after-pull");
         let dir = self.task_dir(&task.id);
         if dir.exists() {
             self.clear_unstarted(&task.id)?;
@@ -128,6 +129,7 @@ impl TaskDriver {
             .await
             .map_err(|e| AgentError::Spec(format!("bundle creation panicked: {e}")))??;
         let bundle_dir = made.dir;
+        crate::crash_point::reached("start:after-bundle");
         let output = tokio::process::Command::new(&self.config.runtime_binary)
             .arg("--root")
             .arg(&self.config.state_root)
@@ -183,6 +185,7 @@ impl TaskDriver {
             return Ok(exit);
         }
         self.signal(id, signal)?;
+        crate::crash_point::reached("stop:after-signal");
         if let Some(exit) = self.wait_exit(id, grace).await? {
             return Ok(exit);
         }
@@ -216,6 +219,7 @@ impl TaskDriver {
             container.delete(true)?;
         }
         self.images.release_rootfs(id)?;
+        crate::crash_point::reached("remove:after-rootfs");
         match std::fs::remove_dir_all(self.task_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::io(format!("remove task dir of {id}"), e)),
             _ => Ok(()),

@@ -96,6 +96,10 @@ struct Cli {
     image_gc_interval_secs: u64,
     #[command(flatten)]
     ingress: agent::ingress_node::IngressArgs,
+    /// For crash tests only: kill the agent (SIGKILL) when it reaches this point of a task's
+    /// start, stop or removal (see agent/src/crash_point.rs).
+    #[arg(long, hide = true, value_name = "POINT")]
+    crash_at: Option<String>,
     /// Log debug records.
     #[arg(long)]
     debug: bool,
@@ -103,6 +107,9 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(point) = &cli.crash_at {
+        agent::crash_point::arm(point).map_err(anyhow::Error::msg).context("--crash-at")?;
+    }
     let level = if cli.debug { tracing::Level::DEBUG } else { tracing::Level::INFO };
     tracing_subscriber::fmt().with_max_level(level).with_target(false).init();
     let config = config(cli)?;
