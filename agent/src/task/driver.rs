@@ -215,7 +215,10 @@ impl TaskDriver {
         if let TaskStatus::Running { .. } = self.status(id)? {
             return Err(AgentError::Start { task: id.into(), reason: "cannot remove a running task: stop it first".into() });
         }
-        if let Ok(container) = Container::load(&self.state, id) {
+        // A live shim deletes its container itself, right after recording the exit.
+        if let Ok(container) = Container::load(&self.state, id)
+            && !shim_alive(&self.task_dir(id), &self.config.runtime_binary)
+        {
             container.delete(true)?;
         }
         self.images.release_rootfs(id)?;
