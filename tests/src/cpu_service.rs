@@ -204,10 +204,35 @@ impl NetworkedAgent {
         &self.cgroup_parent
     }
 
+    /// The agent's network layout: the lab's bridge, subnet and netns dir, the defaults (nft
+    /// table, host ports) inside the lab's node namespace, state under its data dir.
+    pub fn network_config(&self, lab: &NodeLab) -> agent::network::NodeNetworkConfig {
+        networked_config(lab, &self.data_dir)
+    }
+
+    /// Where the agent keeps what it holds on its host.
+    pub fn holder(&self, lab: &NodeLab) -> crate::node_holdings::Holder {
+        crate::node_holdings::Holder {
+            data_dir: self.data_dir.clone(),
+            cgroup_parent: self.cgroup_parent.clone(),
+            network: self.network_config(lab),
+        }
+    }
+
     /// The containers the node's runtime knows: `(id, status)`.
     pub fn containers(&self) -> Vec<(String, String)> {
         crate::agent_process::node_containers(&runtime(), &self.data_dir)
     }
+}
+
+/// The network layout of a networked agent with `data_dir` in `lab`.
+fn networked_config(lab: &NodeLab, data_dir: &Path) -> agent::network::NodeNetworkConfig {
+    let lab_config = lab.config();
+    let mut config = agent::network::NodeNetworkConfig::new(data_dir);
+    config.bridge = lab_config.bridge;
+    config.subnet = lab_config.subnet;
+    config.netns_dir = lab_config.netns_dir;
+    config
 }
 
 /// Starts `sched-agent` with the lab's network layout, appending to `agent-NAME.log` in the
@@ -218,7 +243,7 @@ fn spawn_networked(cluster: &Cluster, lab: &NodeLab, name: &str, data_dir: &Path
         .append(true)
         .open(cluster.dir().join(format!("agent-{name}.log")))
         .expect("open the agent log");
-    let config = lab.config();
+    let config = networked_config(lab, data_dir);
     let agent = sched_binary().with_file_name("sched-agent");
     assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
     Command::new(agent)

@@ -12,6 +12,21 @@ use serde_json::Value;
 
 use crate::bundle::{cgroup_hierarchies, mounts_under};
 
+/// Where an agent keeps what it holds: enough to list its holdings, also while it is down.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub data_dir: PathBuf,
+    pub cgroup_parent: String,
+    pub network: NodeNetworkConfig,
+}
+
+impl Holder {
+    /// What the agent holds now (call it inside the node's network namespace).
+    pub fn holdings(&self) -> Holdings {
+        Holdings::of(&self.data_dir, &self.cgroup_parent, &self.network)
+    }
+}
+
 /// Everything of an agent's on its host, each by the task id it is named after.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Holdings {

@@ -8,14 +8,13 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use sched_tests::busybox_image::push_busybox;
 use sched_tests::cluster::{Cluster, ClusterOptions};
 use sched_tests::cpu_service::{NetworkedAgent, running_endpoints, tasks_at};
 use sched_tests::netlab::{NodeLab, http_get};
-use sched_tests::node_holdings::Holdings;
+use sched_tests::node_holdings::Holder;
 use sched_tests::registry::Registry;
 use sched_tests::wait::wait_until;
 use serde_json::{Value, json};
@@ -29,8 +28,8 @@ fn tasks(cluster: &Cluster) -> Vec<Value> {
 }
 
 /// What the servers list and the node holds, and the agent's last log lines, for a failed wait.
-fn context(cluster: &Cluster, node: &Node, lab: &NodeLab) -> String {
-    let held = node.holdings(lab);
+fn context(cluster: &Cluster, node: &Holder) -> String {
+    let held = node.holdings();
     let log = std::fs::read_to_string(cluster.dir().join("agent-node1.log")).unwrap_or_default();
     let tail: Vec<&str> = log.lines().rev().take(40).collect();
     format!(
@@ -38,18 +37,6 @@ fn context(cluster: &Cluster, node: &Node, lab: &NodeLab) -> String {
         tasks(cluster),
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     )
-}
-
-/// Where the agent keeps what it holds (known before it dies).
-struct Node {
-    data_dir: PathBuf,
-    cgroup_parent: String,
-}
-
-impl Node {
-    fn holdings(&self, lab: &NodeLab) -> Holdings {
-        Holdings::of(&self.data_dir, &self.cgroup_parent, &lab.config())
-    }
 }
 
 /// Runs the scenario for crash point `point` in lab `tag`.
@@ -64,7 +51,8 @@ fn scenario(lab: &NodeLab, point: &str) {
     let starting = point.starts_with("start:");
     let armed = ["--crash-at", point, "--reap-interval-secs", "1"];
     let mut agent = NetworkedAgent::start_with(&cluster, lab, "node1", if starting { &armed } else { REAP_EVERY_SECOND });
-    let node = Node { data_dir: agent.data_dir().to_path_buf(), cgroup_parent: agent.cgroup_parent().to_string() };
+    // Known before the agent dies, so a wait on its death can still list what it holds.
+    let node = agent.holder(lab);
     let image = push_busybox(cluster.dir(), &registry.addr(), "crashy:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
     let file = cluster.dir().join("crashy.toml");
     let command = json!(["sh", "-c", "mkdir -p /www && echo crashy > /www/index.html && exec httpd -f -p 8080 -h /www"]);
@@ -76,14 +64,14 @@ fn scenario(lab: &NodeLab, point: &str) {
     cluster.sched_ok(&["apply", &file.to_string_lossy()]);
     let running = |cluster: &Cluster| !running_endpoints(&tasks(cluster), "crashy").is_empty();
     if !starting {
-        wait_until("the task runs", TIMEOUT, || running(&cluster), || context(&cluster, &node, lab));
+        wait_until("the task runs", TIMEOUT, || running(&cluster), || context(&cluster, &node));
         agent.restart_with(&cluster, lab, &armed);
         cluster.sched_ok(&["delete", "crashy"]);
     }
-    wait_until(&format!("the agent dies at {point}"), TIMEOUT, || agent.exited(), || context(&cluster, &node, lab));
+    wait_until(&format!("the agent dies at {point}"), TIMEOUT, || agent.exited(), || context(&cluster, &node));
     agent.restart_with(&cluster, lab, REAP_EVERY_SECOND);
 
-    let held = || node.holdings(lab);
+    let held = || node.holdings();
     if starting {
         // Running exactly once, holding exactly what it needs, reachable on its port.
         let settled = || {
@@ -91,7 +79,7 @@ fn scenario(lab: &NodeLab, point: &str) {
             let ids: BTreeSet<String> = list.iter().filter_map(|t| t["id"].as_str().map(str::to_string)).collect();
             list.len() == 1 && running(&cluster) && held().beyond(&ids).is_empty()
         };
-        wait_until("the task runs once and the host holds exactly it", TIMEOUT, settled, || context(&cluster, &node, lab));
+        wait_until("the task runs once and the host holds exactly it", TIMEOUT, settled, || context(&cluster, &node));
         let endpoint: SocketAddr = running_endpoints(&tasks(&cluster), "crashy")[0].parse().unwrap();
         assert_eq!(http_get(endpoint, Duration::from_secs(5)).expect("the task serves on its published port"), "crashy\n");
         cluster.sched_ok(&["delete", "crashy"]);
@@ -100,7 +88,7 @@ fn scenario(lab: &NodeLab, point: &str) {
         "the task is gone and the host holds nothing of it",
         TIMEOUT,
         || tasks(&cluster).is_empty() && held().beyond(&BTreeSet::new()).is_empty(),
-        || context(&cluster, &node, lab),
+        || context(&cluster, &node),
     );
 }
 

@@ -25,7 +25,6 @@ use sched_tests::busybox_image::push_busybox;
 use sched_tests::cluster::{Cluster, ClusterOptions};
 use sched_tests::cpu_service::{NetworkedAgent, running_endpoints, tasks_at};
 use sched_tests::netlab::{NodeLab, http_get};
-use sched_tests::node_holdings::Holdings;
 use sched_tests::registry::Registry;
 use sched_tests::wait::wait_until;
 use serde_json::{Value, json};
@@ -35,8 +34,8 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const TAG: u8 = 235;
 /// A task veth on the bridge that no allocation holds.
 const STRAY_VETH: &str = "veth0ac7eb01";
-/// A published port (in the lab's range) to an address no task holds.
-const STRAY_PORT: u16 = 63599;
+/// A published port (in the agent's range) to an address no task holds.
+const STRAY_PORT: u16 = 60999;
 
 /// What the test planted: processes (killed on drop whatever happened: the agent's cleanup
 /// knows containers under its runtime root, not a process whose state is gone) and the
@@ -144,12 +143,12 @@ fn the_reaper_removes_every_leftover_on_start_and_periodically_and_spares_the_as
 }
 
 async fn scenario(lab: &NodeLab) {
-    let config = lab.config();
     let registry = Registry::start();
     let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
     // No round during the planting: the first runs with the first assignments, the next in an hour.
     let mut agent = NetworkedAgent::start_with(&cluster, lab, "node1", &["--reap-interval-secs", "3600"]);
     let mut planted = Planted::default();
+    let config = agent.network_config(lab);
     let data = agent.data_dir().to_path_buf();
 
     let image = push_busybox(cluster.dir(), &registry.addr(), "keeper:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
@@ -213,7 +212,8 @@ async fn scenario(lab: &NodeLab) {
     agent.restart_with(&cluster, lab, &["--reap-interval-secs", "1"]);
 
     let only_keeper = BTreeSet::from([keeper.clone()]);
-    let holdings = || Holdings::of(&data, agent.cgroup_parent(), &config);
+    let holder = agent.holder(lab);
+    let holdings = || holder.holdings();
     let leftovers = || {
         let mut left = holdings().beyond(&only_keeper);
         let alive: Vec<i32> = planted.pids.iter().copied().filter(|p| process_alive(*p)).collect();
