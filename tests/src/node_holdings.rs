@@ -64,7 +64,7 @@ impl Holdings {
             task_dirs: names_in(&data_dir.join("tasks")),
             rootfs_dirs: names_in(&data_dir.join("rootfs")),
             rootfs_mounts: mounts_under(&data_dir.join("rootfs")),
-            cgroups: cgroup_hierarchies().iter().flat_map(|h| names_in(&h.join(cgroup_parent.trim_start_matches('/')))).collect(),
+            cgroups: cgroup_hierarchies().iter().flat_map(|h| dirs_in(&h.join(cgroup_parent.trim_start_matches('/')))).collect(),
             netns_pins: names_in(&net.netns_dir),
             allocations: ipam["allocations"]
                 .as_object()
@@ -130,6 +130,15 @@ impl Holdings {
 /// The names of the entries of `dir` (none if it does not exist).
 pub fn names_in(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+}
+
+/// The subdirectories of `dir` (a cgroup's children; its control files are not cgroups).
+pub fn dirs_in(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+        })
+        .unwrap_or_default()
 }
 
 fn read_json(path: &Path) -> Value {
