@@ -64,18 +64,29 @@ fn orphan_bundle(agent: &NetworkedAgent) -> BusyboxBundle {
     bundle
 }
 
-/// `sched-runtime --root AGENT_ROOT ARGS` to success; its stdout.
+/// `sched-runtime --root AGENT_ROOT ARGS` to success; its stdout. Output goes to files, not
+/// pipes: a container created by the call inherits them and would hold a pipe open.
 #[track_caller]
 fn runtime_ok(agent: &NetworkedAgent, args: &[&str]) -> String {
-    let out = Command::new(runtime_binary())
+    use std::io::{Read, Seek};
+    let (mut stdout, mut stderr) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+    let status = Command::new(runtime_binary())
         .arg("--root")
         .arg(agent.data_dir().join("runtime"))
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(stdout.try_clone().unwrap())
+        .stderr(stderr.try_clone().unwrap())
+        .status()
         .expect("run sched-runtime");
-    assert!(out.status.success(), "sched-runtime {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut read = |file: &mut std::fs::File| {
+        let mut text = String::new();
+        file.rewind().unwrap();
+        file.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(status.success(), "sched-runtime {args:?}: {}", read(&mut stderr));
+    read(&mut stdout)
 }
 
 /// Runs a leftover container under its own shim, as the agent does, but with its task dir
