@@ -87,14 +87,23 @@ impl Holdings {
     /// How these holdings differ from exactly what `tasks` (running, each with its network and
     /// its published ports) need: empty when they match.
     pub fn beyond(&self, tasks: &BTreeSet<String>) -> Vec<String> {
+        self.beyond_keeping(tasks, &BTreeSet::new())
+    }
+
+    /// Like [`Holdings::beyond`], but the exited tasks the servers still list, `exited`, may
+    /// keep their task dirs (exit record and logs) and nothing else.
+    pub fn beyond_keeping(&self, tasks: &BTreeSet<String>, exited: &BTreeSet<String>) -> Vec<String> {
         let mut wrong = Vec::new();
+        let kept: BTreeSet<String> = self.task_dirs.difference(exited).cloned().collect();
+        if kept != *tasks {
+            wrong.push(format!("task dirs: {:?} (exited tasks may keep theirs: {exited:?})", self.task_dirs));
+        }
         let mut check = |what: &str, found: &BTreeSet<String>| {
             if found != tasks {
                 wrong.push(format!("{what}: {found:?}"));
             }
         };
         check("containers", &self.containers);
-        check("task dirs", &self.task_dirs);
         check("rootfs dirs", &self.rootfs_dirs);
         check("cgroups", &self.cgroups);
         check("netns pins", &self.netns_pins);
