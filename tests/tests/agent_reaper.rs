@@ -79,7 +79,7 @@ fn runtime_ok(agent: &NetworkedAgent, args: &[&str]) -> String {
         .stderr(stderr.try_clone().unwrap())
         .status()
         .expect("run sched-runtime");
-    let mut read = |file: &mut std::fs::File| {
+    let read = |file: &mut std::fs::File| {
         let mut text = String::new();
         file.rewind().unwrap();
         file.read_to_string(&mut text).unwrap();
