@@ -69,6 +69,8 @@ fn scenario(lab: &NodeLab, point: &str) {
         cluster.sched_ok(&["delete", "crashy"]);
     }
     wait_until(&format!("the agent dies at {point}"), TIMEOUT, || agent.exited(), || context(&cluster, &node));
+    let log_file = cluster.dir().join("agent-node1.log");
+    let log_offset = std::fs::metadata(&log_file).map(|m| m.len() as usize).unwrap_or(0);
     agent.restart_with(&cluster, lab, REAP_EVERY_SECOND);
 
     let held = || node.holdings();
@@ -82,6 +84,16 @@ fn scenario(lab: &NodeLab, point: &str) {
         wait_until("the task runs once and the host holds exactly it", TIMEOUT, settled, || context(&cluster, &node));
         let endpoint: SocketAddr = running_endpoints(&tasks(&cluster), "crashy")[0].parse().unwrap();
         assert_eq!(http_get(endpoint, Duration::from_secs(5)).expect("the task serves on its published port"), "crashy\n");
+        // The recovery that made it so, as the restarted agent logged it.
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default().get(log_offset..).unwrap_or_default().to_string();
+        let recovery = match point {
+            "start:after-network" | "start:after-pull" => Some("reaped network"),
+            "start:after-shim" => Some("published the ports of a running task"),
+            _ => None,
+        };
+        if let Some(line) = recovery {
+            assert!(log.contains(line), "the restarted agent did not log {line:?}:\n{log}");
+        }
         cluster.sched_ok(&["delete", "crashy"]);
     }
     wait_until(
