@@ -49,6 +49,8 @@ pub struct Holdings {
     pub bridge_ports: BTreeSet<String>,
     /// Shim processes under the runtime root: pid -> task id.
     pub shims: BTreeMap<i32, String>,
+    /// Whether the agent runs tasks with networks (else none of the network fields is looked at).
+    pub networked: bool,
 }
 
 impl Holdings {
@@ -81,6 +83,21 @@ impl Holdings {
                 .collect(),
             bridge_ports: bridge_ports(&net.bridge),
             shims: shims(&state_root),
+            networked: true,
+        }
+    }
+
+    /// Lists what an agent without task networking (`--no-network`) holds.
+    pub fn without_network(data_dir: &Path, cgroup_parent: &str) -> Holdings {
+        let state_root = data_dir.join("runtime");
+        Holdings {
+            containers: names_in(&state_root),
+            task_dirs: names_in(&data_dir.join("tasks")),
+            rootfs_dirs: names_in(&data_dir.join("rootfs")),
+            rootfs_mounts: mounts_under(&data_dir.join("rootfs")),
+            cgroups: cgroup_hierarchies().iter().flat_map(|h| dirs_in(&h.join(cgroup_parent.trim_start_matches('/')))).collect(),
+            shims: shims(&state_root),
+            ..Default::default()
         }
     }
 
@@ -106,8 +123,10 @@ impl Holdings {
         check("containers", &self.containers);
         check("rootfs dirs", &self.rootfs_dirs);
         check("cgroups", &self.cgroups);
-        check("netns pins", &self.netns_pins);
-        check("address allocations", &self.allocations.keys().cloned().collect());
+        if self.networked {
+            check("netns pins", &self.netns_pins);
+            check("address allocations", &self.allocations.keys().cloned().collect());
+        }
         let shim_tasks: Vec<&String> = self.shims.values().collect();
         if shim_tasks.iter().copied().cloned().collect::<BTreeSet<_>>() != *tasks || shim_tasks.len() != tasks.len() {
             wrong.push(format!("shims: {:?}", self.shims));

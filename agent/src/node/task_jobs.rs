@@ -87,6 +87,7 @@ impl TaskHost {
         let _images = self.image_lock.read().await;
         let Some(network) = &self.network else {
             let pid = self.driver.start(spec, None).await?;
+            crate::crash_point::reached("start:after-shim");
             return Ok(Started { pid, endpoints: Vec::new(), ip: None });
         };
         // Only a task that is not on the node is started, so a network it has is what an agent
