@@ -5,6 +5,7 @@
 //! task networking (netns, veth, bridge, published ports), health checks, logs, CPU metrics read
 //! from cgroups, and the HTTP ingress when asked to run it. It never decides placement.
 //!
+//! - [`crash_point`]: where a crash test may have the agent kill itself (unarmed outside tests).
 //! - [`health`]: HTTP, TCP and command health checks and the status they add up to.
 //! - [`ingress_node`]: the node's ingress (the `ingress` crate) fed with the servers' routes.
 //! - [`logs`]: reading tasks' bounded logs (tail, since, follow) and the agent API that serves
@@ -15,6 +16,7 @@
 //! - [`task`]: runs each task as a container under its own `sched-runtime shim` (image, rootfs,
 //!   bundle, limits, stop with grace, exit codes and logs that survive agent restarts).
 
+pub mod crash_point;
 pub mod error;
 pub mod health;
 pub mod ingress_node;

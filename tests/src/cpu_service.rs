@@ -152,8 +152,11 @@ fn runtime() -> PathBuf {
 /// (a [`NodeLab::run`] body), using the lab's bridge, subnet and netns dir.
 pub struct NetworkedAgent {
     child: Child,
+    name: String,
     data_dir: PathBuf,
     cgroup_parent: String,
+    /// More flags, kept for a restart.
+    extra_args: Vec<String>,
 }
 
 impl NetworkedAgent {
@@ -167,35 +170,100 @@ impl NetworkedAgent {
     pub fn start_with(cluster: &Cluster, lab: &NodeLab, name: &str, extra_args: &[&str]) -> NetworkedAgent {
         let data_dir = cluster.dir().join(format!("agent-{name}"));
         let cgroup_parent = format!("/sched-test-{}", unique_name());
-        let log = std::fs::File::create(cluster.dir().join(format!("agent-{name}.log"))).expect("create the agent log");
-        let config = lab.config();
-        let agent = sched_binary().with_file_name("sched-agent");
-        assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
-        let child = Command::new(agent)
-            .args(["--server", &cluster.addresses(), "--name", name, "--stop-grace", "1"])
-            .args(cluster.join_args(&data_dir))
-            .args(["--bridge", &config.bridge, "--subnet", &config.subnet.to_string()])
-            .args(if extra_args.contains(&"--api-listen") { &[][..] } else { &["--api-listen", "127.0.0.1:0"][..] })
-            .arg("--netns-dir")
-            .arg(&config.netns_dir)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--cgroup-parent", &cgroup_parent])
-            .arg("--runtime")
-            .arg(runtime())
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone the log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start sched-agent");
-        NetworkedAgent { child, data_dir, cgroup_parent }
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        let child = spawn_networked(cluster, lab, name, &data_dir, &cgroup_parent, &extra_args);
+        NetworkedAgent { child, name: name.to_owned(), data_dir, cgroup_parent, extra_args }
+    }
+
+    /// SIGKILL to the agent alone, reaped; its tasks keep running.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the agent and starts it again with the same name, data dir and cgroup parent, and
+    /// `extra_args` in place of the flags it had; its log goes on in the same file.
+    pub fn restart_with(&mut self, cluster: &Cluster, lab: &NodeLab, extra_args: &[&str]) {
+        self.kill();
+        self.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        self.child = spawn_networked(cluster, lab, &self.name, &self.data_dir, &self.cgroup_parent, &self.extra_args);
+    }
+
+    /// Whether the agent process has ended (reaped if so).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// The agent's data dir (its runtime root is `runtime/` in it).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The cgroup every task's cgroup is made under.
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
+    }
+
+    /// The agent's network layout: the lab's bridge, subnet and netns dir, the defaults (nft
+    /// table, host ports) inside the lab's node namespace, state under its data dir.
+    pub fn network_config(&self, lab: &NodeLab) -> agent::network::NodeNetworkConfig {
+        networked_config(lab, &self.data_dir)
+    }
+
+    /// Where the agent keeps what it holds on its host.
+    pub fn holder(&self, lab: &NodeLab) -> crate::node_holdings::Holder {
+        crate::node_holdings::Holder {
+            data_dir: self.data_dir.clone(),
+            cgroup_parent: self.cgroup_parent.clone(),
+            network: self.network_config(lab),
+        }
     }
 
     /// The containers the node's runtime knows: `(id, status)`.
     pub fn containers(&self) -> Vec<(String, String)> {
         crate::agent_process::node_containers(&runtime(), &self.data_dir)
     }
+}
+
+/// The network layout of a networked agent with `data_dir` in `lab`.
+fn networked_config(lab: &NodeLab, data_dir: &Path) -> agent::network::NodeNetworkConfig {
+    let lab_config = lab.config();
+    let mut config = agent::network::NodeNetworkConfig::new(data_dir);
+    config.bridge = lab_config.bridge;
+    config.subnet = lab_config.subnet;
+    config.netns_dir = lab_config.netns_dir;
+    config
+}
+
+/// Starts `sched-agent` with the lab's network layout, appending to `agent-NAME.log` in the
+/// cluster dir.
+fn spawn_networked(cluster: &Cluster, lab: &NodeLab, name: &str, data_dir: &Path, cgroup_parent: &str, extra_args: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cluster.dir().join(format!("agent-{name}.log")))
+        .expect("open the agent log");
+    let config = networked_config(lab, data_dir);
+    let agent = sched_binary().with_file_name("sched-agent");
+    assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
+    Command::new(agent)
+        .args(["--server", &cluster.addresses(), "--name", name, "--stop-grace", "1"])
+        .args(cluster.join_args(data_dir))
+        .args(["--bridge", &config.bridge, "--subnet", &config.subnet.to_string()])
+        .args(if extra_args.iter().any(|a| a == "--api-listen") { &[][..] } else { &["--api-listen", "127.0.0.1:0"][..] })
+        .arg("--netns-dir")
+        .arg(&config.netns_dir)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--cgroup-parent", cgroup_parent])
+        .arg("--runtime")
+        .arg(runtime())
+        .args(extra_args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone the log handle"))
+        .stderr(log)
+        .spawn()
+        .expect("start sched-agent")
 }
 
 impl Drop for NetworkedAgent {

@@ -12,6 +12,7 @@ pub mod cpu_service;
 pub mod lab;
 pub mod load;
 pub mod netlab;
+pub mod node_holdings;
 pub mod oci_image;
 pub mod registry;
 pub mod registry_proxy;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use sched_tests::bundle::{cgroup_hierarchies, mounts_under, remove_cgroup_parent, runtime_binary, unique_name};
 use sched_tests::busybox_image::push_busybox;
 use sched_tests::cluster::{free_port, sched_binary};
+use sched_tests::node_holdings::Holdings;
 use sched_tests::registry::Registry;
 use serde_json::Value;
 
@@ -252,6 +253,8 @@ struct Dev {
     dir: tempfile::TempDir,
     address: String,
     cgroup_parent: String,
+    /// The agent crash point the next start arms (`SCHED_AGENT_CRASH_AT`), if any.
+    crash_at: Option<String>,
 }
 
 impl Dev {
@@ -261,6 +264,7 @@ impl Dev {
             dir: tempfile::Builder::new().prefix("sched-dev-test-").tempdir().unwrap(),
             address: format!("127.0.0.1:{}", free_port()),
             cgroup_parent: format!("/{}", unique_name()),
+            crash_at: None,
         }
     }
 
@@ -281,6 +285,7 @@ impl Dev {
             .arg(self.dir.path().join("data"))
             .arg("--admin-credentials")
             .arg(self.admin_credentials())
+            .envs(self.crash_at.iter().map(|point| ("SCHED_AGENT_CRASH_AT", point)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -305,6 +310,16 @@ impl Dev {
         let mut command = Command::new(sched_binary());
         command.arg("--server").arg(&self.address).arg("--config").arg(self.admin_credentials());
         command.args(args).output().expect("run sched")
+    }
+
+    /// Whether the running `sched dev` has ended (reaped if so).
+    fn exited(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    /// What its agent holds on the host (it runs without task networking).
+    fn holdings(&self) -> Holdings {
+        Holdings::without_network(&self.dir.path().join("data/agent"), &self.cgroup_parent)
     }
 
     fn tasks(&self) -> Vec<Value> {
@@ -413,6 +428,53 @@ fn a_restarted_sched_dev_adopts_the_tasks_it_left_running_and_serves_their_logs(
     let deleted = dev.sched(&["delete", "sleepy"]);
     assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
     wait_until("no container is left", || dev.containers().is_empty(), || dev.context());
+}
+
+/// `sched dev` killed (the agent's crash point takes its server down with it) at a step of a
+/// task's start — between its bundle and its shim, and after its shim started — then started
+/// again: the task runs exactly once, and the node holds exactly it (containers, shims, cgroups,
+/// rootfs mounts, task dirs); deleted, nothing.
+#[test]
+fn a_sched_dev_killed_mid_start_runs_the_task_once_and_leaves_nothing_else() {
+    for point in ["start:after-bundle", "start:after-shim"] {
+        let registry = Registry::start();
+        let mut dev = Dev::new();
+        let image =
+            push_busybox(dev.dir.path(), &registry.addr(), "sleepy:1", vec![], serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
+        let file = dev.dir.path().join("sleepy.toml");
+        std::fs::write(
+            &file,
+            format!("name = \"sleepy\"\nimage = \"{image}\"\ncommand = [\"sleep\", \"1000\"]\ncpu = 100\nmemory = 32\ncount = 1\n"),
+        )
+        .unwrap();
+        dev.crash_at = Some(point.to_string());
+        dev.start();
+        wait_until("sched dev answers", || dev.sched(&["get", "nodes"]).status.success(), || dev.context());
+        let applied = dev.sched(&["apply", &file.to_string_lossy()]);
+        assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+        let log = dev.dir.path().join("dev.log");
+        wait_until(&format!("sched dev dies at {point}"), || dev.exited(), || std::fs::read_to_string(&log).unwrap_or_default());
+
+        dev.crash_at = None;
+        dev.start();
+        let settled = |dev: &Dev| {
+            let tasks = dev.tasks();
+            let ids: std::collections::BTreeSet<String> = tasks.iter().filter_map(|t| t["id"].as_str().map(str::to_string)).collect();
+            tasks.len() == 1 && tasks[0]["observed_state"] == "running" && dev.holdings().beyond(&ids).is_empty()
+        };
+        wait_until(
+            &format!("after {point}: one task runs and the node holds exactly it"),
+            || settled(&dev),
+            || format!("{:#?}\n{}", dev.holdings(), dev.context()),
+        );
+        let deleted = dev.sched(&["delete", "sleepy"]);
+        assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+        wait_until(
+            "the node holds nothing",
+            || dev.tasks().is_empty() && dev.holdings().beyond(&Default::default()).is_empty(),
+            || format!("{:#?}\n{}", dev.holdings(), dev.context()),
+        );
+    }
 }
 
 /// `sched dev --insecure-registry` reaches both halves: the server pins the tag's digest and the

@@ -74,6 +74,6 @@ pub use error::{NetworkError, Result};
 pub use host_ports::{HostPorts, PublishedPort};
 pub use ipam::Ipam;
 pub use nftables::table_exists;
-pub use node::NodeNetwork;
+pub use node::{NetworkCensus, NodeNetwork, is_task_veth_name};
 pub use subnet::Ipv4Subnet;
 pub use task::{TASK_INTERFACE, TaskNetwork};

@@ -95,6 +95,28 @@ impl Netlink {
         }
     }
 
+    /// The names of the links attached to bridge `bridge` (none if it does not exist).
+    pub(crate) async fn ports_of(&self, bridge: &str) -> Result<Vec<String>> {
+        use rtnetlink::packet_route::link::LinkAttribute;
+        let Some(index) = self.link_index(bridge).await? else {
+            return Ok(Vec::new());
+        };
+        let mut links = self.handle.link().get().execute();
+        let mut names = Vec::new();
+        while let Some(link) = links.try_next().await.map_err(|e| NetworkError::netlink(format!("list the ports of {bridge}"), e))? {
+            let attached = link.attributes.iter().any(|a| matches!(a, LinkAttribute::Controller(i) if *i == index));
+            let name = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            if let (true, Some(name)) = (attached, name) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// Creates veth pair `host` (attached to bridge `bridge_index`, up, hairpin on) and `peer`,
     /// the peer created directly inside the network namespace `netns`.
     pub(crate) async fn create_veth_into(&self, host: &str, bridge_index: u32, peer: &str, netns: BorrowedFd<'_>) -> Result<u32> {

@@ -188,6 +188,50 @@ impl NodeNetwork {
         Ok(())
     }
 
+    /// What of task networking is on the node now, taken under the state lock so that no task
+    /// network is half made while it is read: the address allocations (with each one's veth),
+    /// the namespace files in the netns dir, the links attached to the bridge and the
+    /// published ports. The reaper matches them to tasks.
+    pub async fn census(&self) -> Result<NetworkCensus> {
+        let config = &self.inner.config;
+        let state = self.inner.state.lock().await;
+        let allocations = state.ipam.allocations().map(|(id, ip)| TaskNetwork::describe(config, id, ip)).collect::<Vec<_>>();
+        let pins = match std::fs::read_dir(&config.netns_dir) {
+            Ok(entries) => entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(NetworkError::io(format!("list netns dir {}", config.netns_dir.display()), e)),
+        };
+        let bridge_ports = self.inner.netlink.ports_of(&config.bridge).await?;
+        let published = state.ports.published().copied().collect();
+        Ok(NetworkCensus { allocations, pins, bridge_ports, published })
+    }
+
+    /// Deletes link `name` from the node if it is a veth on the bridge that no task network
+    /// holds (checked again under the state lock). Returns whether it deleted it.
+    pub async fn remove_stray_veth(&self, name: &str) -> Result<bool> {
+        let config = &self.inner.config;
+        let state = self.inner.state.lock().await;
+        let held = state.ipam.allocations().any(|(id, ip)| TaskNetwork::describe(config, id, ip).veth_host_name == name);
+        if held || !is_task_veth_name(name) {
+            return Ok(false);
+        }
+        self.inner.netlink.delete_link(name).await
+    }
+
+    /// Stops forwarding `host_port` if it forwards to an address no task holds (checked again
+    /// under the state lock). Returns whether it did.
+    pub async fn unpublish_stray(&self, host_port: u16) -> Result<bool> {
+        let mut state = self.inner.state.lock().await;
+        let stray = state.ports.published().any(|p| p.host_port == host_port && !state.ipam.is_allocated(p.task_ip));
+        if !stray {
+            return Ok(false);
+        }
+        let before = state.ports.clone();
+        state.ports.unpublish(host_port);
+        self.change_ports(&mut state, before).await?;
+        Ok(true)
+    }
+
     /// Removes everything this node network made: every task network, the nft table, the
     /// bridge, the netns dir and the state files. IPv4 forwarding stays on (other software on
     /// the host may rely on it).
@@ -245,6 +289,25 @@ impl TaskNetwork {
     pub async fn destroy(&self, node: &NodeNetwork) -> Result<()> {
         node.destroy_task(&self.task_id).await
     }
+}
+
+/// What of task networking is on a node ([`NodeNetwork::census`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkCensus {
+    /// Every address allocation, as the task network it stands for.
+    pub allocations: Vec<TaskNetwork>,
+    /// The file names in the netns dir (task ids, if the agent made them).
+    pub pins: Vec<String>,
+    /// The names of the links attached to the node bridge.
+    pub bridge_ports: Vec<String>,
+    /// Every published port.
+    pub published: Vec<PublishedPort>,
+}
+
+/// Whether `name` has the form of a task's host veth (`veth` and 8 hex digits, see
+/// [`TaskNetwork`]): links of other forms on the bridge are not the agent's to remove.
+pub fn is_task_veth_name(name: &str) -> bool {
+    name.strip_prefix("veth").is_some_and(|hex| hex.len() == 8 && hex.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// True if nothing on this node listens on TCP `port` (a DNAT rule would hide it).

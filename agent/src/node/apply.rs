@@ -57,7 +57,30 @@ impl NodeState {
                 Action::Remove(_) => {}
             }
         }
+        self.publish_missing_ports(config, host, &seen).await;
         Ok(())
+    }
+
+    /// Publishes the ports of running tasks that have fewer endpoints than ports: a task whose
+    /// start was cut between its container and its ports (an agent killed there) is adopted
+    /// running by the next agent, and would stay unreachable. The new endpoints are reported.
+    async fn publish_missing_ports(&mut self, config: &AgentConfig, host: &TaskHost, seen: &BTreeMap<String, Seen>) {
+        for (id, wanted) in &self.wanted {
+            let published = self.endpoints.get(id).map_or(0, Vec::len);
+            let running = wanted.running && seen.get(id) == Some(&Seen::Running) && !self.busy.contains(id);
+            let Some(ip) = self.ips.get(id).copied() else { continue };
+            if !running || published >= wanted.spec.ports.len() {
+                continue;
+            }
+            match host.publish(ip, &wanted.spec.ports, &config.address).await {
+                Ok(endpoints) => {
+                    tracing::warn!(task = id, ?endpoints, "published the ports of a running task that had none (its start was cut short)");
+                    self.endpoints.insert(id.clone(), endpoints);
+                    self.reported.remove(id);
+                }
+                Err(e) => tracing::warn!(task = id, "publishing its ports failed: {e}"),
+            }
+        }
     }
 
     /// What runs here now, as the plan sees it (tasks with jobs in flight count as running,

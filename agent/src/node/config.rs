@@ -41,6 +41,9 @@ pub struct AgentConfig {
     pub check_interval: Duration,
     /// How long a stopped task gets between its stop signal and SIGKILL.
     pub stop_grace: Duration,
+    /// How often the reaper matches what is on the host to the node's tasks and removes
+    /// leftovers (it also runs once the first assignments arrive).
+    pub reap_interval: Duration,
     /// Task networking (bridge, namespaces, published ports); `None` runs tasks in their own
     /// empty network namespace (loopback only).
     pub network: Option<crate::network::NodeNetworkConfig>,
@@ -91,6 +94,7 @@ impl AgentConfig {
             heartbeat_interval: Duration::from_secs(1),
             check_interval: Duration::from_millis(500),
             stop_grace: Duration::from_secs(10),
+            reap_interval: Duration::from_secs(60),
         })
     }
 

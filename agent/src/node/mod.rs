@@ -14,11 +14,16 @@
 //! - `probes.rs`: health probes and the status they add up to.
 //! - `task_metrics.rs`: the CPU and memory samples each heartbeat carries.
 //! - `reports.rs`: `ReportTaskStatus` for every change.
+//! - `census.rs`: what of the agent's is on the host (task dirs, containers, shims, cgroups,
+//!   rootfs, task networks), by task id.
+//! - [`reaper`]: pure — from the census and the tasks the node knows, what to remove or recover.
+//! - `reaping.rs`: when the reaper runs, its claim on the tasks it works on, its job.
 //! - `wire.rs`: the node's types to and from the agent protocol, in one place.
 //! - [`image_gc`]: the image collector.
 
 mod apply;
 mod assignments;
+mod census;
 mod config;
 pub(crate) mod connect;
 pub mod credentials;
@@ -26,6 +31,8 @@ mod daemon;
 pub mod image_gc;
 pub mod plan;
 mod probes;
+pub mod reaper;
+mod reaping;
 mod reports;
 mod session;
 mod state;

@@ -1,7 +1,8 @@
 //! The sessions with the servers. One session per server connection: register (by name, so a
 //! restarted agent keeps its node id), then, until the connection breaks, heartbeat (with the
 //! [task metrics](super::task_metrics)), follow the assignment stream, check local tasks every
-//! check interval — apply the [plan](super::apply), start due [probes](super::probes) — and
+//! check interval — [reap](super::reaping) leftovers when due, apply the [plan](super::apply),
+//! start due [probes](super::probes) — and
 //! [report](super::reports) every task state change. When a server dies the agent moves to the
 //! next one ([`ServerRotation`]); tasks keep running meanwhile (each under its own shim), and
 //! the [`NodeState`] carries over.
@@ -18,7 +19,7 @@ use super::AgentConfig;
 use super::assignments::assigned;
 use super::connect::{ServerRotation, connect};
 use super::state::NodeState;
-use super::task_jobs::TaskHost;
+use super::task_jobs::{JobDone, TaskHost};
 use crate::error::{AgentError, Result};
 use crate::ingress_node::IngressHandle;
 
@@ -40,10 +41,13 @@ pub(super) struct Node {
 pub(super) async fn serve(config: &AgentConfig, node: Node) {
     let mut rotation = ServerRotation::new(&config.servers);
     let mut state = NodeState::new(node.host.endpoints(&config.address).await, node.host.ips().await);
+    // One channel for every session: a job that ends between sessions (a start whose server
+    // died meanwhile) is booked by the next one, so its task does not stay busy forever.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     loop {
         let server = rotation.server();
         let began = Instant::now();
-        match session(config, &node, server, &mut state).await {
+        match session(config, &node, server, &mut state, (&done_tx, &mut done_rx)).await {
             Ok(()) => tracing::warn!(server, "the assignment stream ended; reconnecting"),
             Err(e) => tracing::warn!(server, "session failed: {e}"),
         }
@@ -51,8 +55,13 @@ pub(super) async fn serve(config: &AgentConfig, node: Node) {
     }
 }
 
+/// The channel background jobs report on: the sender they are given, the receiver the session
+/// books them from.
+type JobChannel<'a> = (&'a mpsc::UnboundedSender<JobDone>, &'a mut mpsc::UnboundedReceiver<JobDone>);
+
 /// One session with `server`, until its assignment stream ends (`Ok`) or a call fails.
-async fn session(config: &AgentConfig, node: &Node, server: &str, state: &mut NodeState) -> Result<()> {
+async fn session(config: &AgentConfig, node: &Node, server: &str, state: &mut NodeState, jobs: JobChannel<'_>) -> Result<()> {
+    let (done_tx, done_rx) = jobs;
     let driver = &node.host.driver;
     let channel = connect(&node.connections, server).await?;
     let mut client = AgentApiClient::new(channel);
@@ -77,7 +86,6 @@ async fn session(config: &AgentConfig, node: &Node, server: &str, state: &mut No
         .await
         .map_err(|s| AgentError::rpc("watch assignments", &s))?
         .into_inner();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
     let mut check = tokio::time::interval(config.check_interval);
     loop {
@@ -89,7 +97,8 @@ async fn session(config: &AgentConfig, node: &Node, server: &str, state: &mut No
                     state.unpinned = assigned.unpinned;
                     state.assigned = true;
                     node.wanted_images.send_replace(Some(state.wanted.values().map(|w| w.spec.image.clone()).collect()));
-                    state.apply_plan(config, &node.host, &done_tx).await?;
+                    state.reap_if_due(config, &node.host, done_tx).await;
+                    state.apply_plan(config, &node.host, done_tx).await?;
                 }
                 None => return Ok(()),
             },
@@ -111,9 +120,10 @@ async fn session(config: &AgentConfig, node: &Node, server: &str, state: &mut No
             }
             _ = check.tick() => {
                 if state.assigned {
-                    state.apply_plan(config, &node.host, &done_tx).await?;
+                    state.reap_if_due(config, &node.host, done_tx).await;
+                    state.apply_plan(config, &node.host, done_tx).await?;
                 }
-                state.start_due_probes(config, driver, &done_tx);
+                state.start_due_probes(config, driver, done_tx);
                 state.report_changes(&mut client, node_id, driver).await?;
             }
             Some(done) = done_rx.recv() => {

@@ -1,10 +1,12 @@
 //! What the node remembers across sessions: the tasks the servers want, what was reported of
-//! each, the jobs in flight, failed starts, addresses and endpoints, health and CPU samples.
+//! each, the jobs in flight, failed starts, addresses and endpoints, health and CPU samples,
+//! and when the reaper last ran.
 //! The other files of the daemon add what they do to it (`impl NodeState` in `apply.rs`,
-//! `task_jobs.rs`, `probes.rs`, `task_metrics.rs`, `reports.rs`).
+//! `task_jobs.rs`, `probes.rs`, `task_metrics.rs`, `reports.rs`, `reaping.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::time::Instant;
 
 use super::plan::Wanted;
 use super::probes::HealthState;
@@ -36,6 +38,10 @@ pub(super) struct NodeState {
     /// Whether assignments arrived since this process started. Until then `wanted` is empty,
     /// and acting on it would stop every task a restarted agent is about to adopt.
     pub(super) assigned: bool,
+    /// When the reaper last ran (taking its census), `None` before its first round.
+    pub(super) reaped_at: Option<Instant>,
+    /// Whether a reap job is in flight (its tasks are busy meanwhile).
+    pub(super) reaping: bool,
 }
 
 impl NodeState {

@@ -18,9 +18,21 @@ use crate::task::{TaskDriver, TaskSpec};
 
 /// How a background job ended.
 pub(super) enum JobDone {
-    Started { task: String, result: Result<Started> },
-    Stopped { task: String },
-    Probed { task: String, ok: bool },
+    Started {
+        task: String,
+        result: Result<Started>,
+    },
+    Stopped {
+        task: String,
+    },
+    Probed {
+        task: String,
+        ok: bool,
+    },
+    /// A reap job ended (see `reaping.rs`).
+    Reaped {
+        tasks: Vec<super::reaping::Reaped>,
+    },
 }
 
 /// What a task that started has on the node.
@@ -37,7 +49,7 @@ pub(super) struct Started {
 pub(super) struct TaskHost {
     pub(super) driver: Arc<TaskDriver>,
     /// None when the agent runs without task networking.
-    network: Option<Arc<NodeNetwork>>,
+    pub(super) network: Option<Arc<NodeNetwork>>,
     /// Held shared by every start, exclusively by image collections (see `image_gc`).
     image_lock: Arc<RwLock<()>>,
 }
@@ -60,8 +72,9 @@ impl TaskHost {
     pub(super) fn spawn_stop(&self, id: String, grace: Duration, done: &mpsc::UnboundedSender<JobDone>) {
         let (driver, done) = (self.driver.clone(), done.clone());
         tokio::spawn(async move {
-            if let Err(e) = driver.stop(&id, grace).await {
-                tracing::warn!(task = id, "stop failed: {e}");
+            match driver.stop(&id, grace).await {
+                Ok(_) => crate::crash_point::reached("stop:after-exit"),
+                Err(e) => tracing::warn!(task = id, "stop failed: {e}"),
             }
             let _ = done.send(JobDone::Stopped { task: id });
         });
@@ -74,6 +87,7 @@ impl TaskHost {
         let _images = self.image_lock.read().await;
         let Some(network) = &self.network else {
             let pid = self.driver.start(spec, None).await?;
+            crate::crash_point::reached("start:after-shim");
             return Ok(Started { pid, endpoints: Vec::new(), ip: None });
         };
         // Only a task that is not on the node is started, so a network it has is what an agent
@@ -83,13 +97,11 @@ impl TaskHost {
             network.destroy_task(&spec.id).await?;
         }
         let net = network.create_task(&spec.id).await?;
+        crate::crash_point::reached("start:after-network");
         let started = async {
             let pid = self.driver.start(spec, Some(&net.netns_path)).await?;
-            let mut endpoints = Vec::new();
-            for port in &spec.ports {
-                let host_port = network.publish(net.ip, *port).await?;
-                endpoints.push(format!("{address}:{host_port}"));
-            }
+            crate::crash_point::reached("start:after-shim");
+            let endpoints = self.publish(net.ip, &spec.ports, address).await?;
             Ok::<_, AgentError>(Started { pid, endpoints, ip: Some(net.ip) })
         }
         .await;
@@ -99,6 +111,18 @@ impl TaskHost {
             let _ = network.destroy_task(&spec.id).await;
         }
         started
+    }
+
+    /// Publishes each of `ports` of the task at `ip` (again: a port published already keeps its
+    /// host port); returns the endpoints, `address:host_port`.
+    pub(super) async fn publish(&self, ip: Ipv4Addr, ports: &[u16], address: &str) -> Result<Vec<String>> {
+        let Some(network) = &self.network else { return Ok(Vec::new()) };
+        let mut endpoints = Vec::new();
+        for port in ports {
+            let host_port = network.publish(ip, *port).await?;
+            endpoints.push(format!("{address}:{host_port}"));
+        }
+        Ok(endpoints)
     }
 
     /// Frees an exited task's network and rootfs; its dir stays. Idempotent.
@@ -114,6 +138,7 @@ impl TaskHost {
         if let Err(e) = self.driver.remove(id) {
             tracing::warn!(task = id, "remove failed: {e}");
         }
+        crate::crash_point::reached("remove:after-task-dir");
         self.destroy_network(id).await;
     }
 
@@ -169,6 +194,7 @@ impl NodeState {
             JobDone::Stopped { task } => {
                 self.busy.remove(&task);
             }
+            JobDone::Reaped { tasks } => self.reap_done(tasks),
         }
     }
 }

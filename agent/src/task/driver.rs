@@ -85,6 +85,7 @@ impl TaskDriver {
     pub async fn start(&self, task: &TaskSpec, netns: Option<&Path>) -> Result<i32> {
         runtime::state::validate_id(&task.id)?;
         self.ensure_image(&task.image).await?;
+        crate::crash_point::reached("start:after-pull");
         let dir = self.task_dir(&task.id);
         if dir.exists() {
             self.clear_unstarted(&task.id)?;
@@ -128,6 +129,7 @@ impl TaskDriver {
             .await
             .map_err(|e| AgentError::Spec(format!("bundle creation panicked: {e}")))??;
         let bundle_dir = made.dir;
+        crate::crash_point::reached("start:after-bundle");
         let output = tokio::process::Command::new(&self.config.runtime_binary)
             .arg("--root")
             .arg(&self.config.state_root)
@@ -183,6 +185,7 @@ impl TaskDriver {
             return Ok(exit);
         }
         self.signal(id, signal)?;
+        crate::crash_point::reached("stop:after-signal");
         if let Some(exit) = self.wait_exit(id, grace).await? {
             return Ok(exit);
         }
@@ -206,12 +209,20 @@ impl TaskDriver {
         Ok(())
     }
 
-    /// Removes an exited task: its rootfs and its task dir.
+    /// Removes an exited task: its rootfs and its task dir (and its container, if its shim died
+    /// before deleting it).
     pub fn remove(&self, id: &str) -> Result<()> {
         if let TaskStatus::Running { .. } = self.status(id)? {
             return Err(AgentError::Start { task: id.into(), reason: "cannot remove a running task: stop it first".into() });
         }
+        // A live shim deletes its container itself, right after recording the exit.
+        if let Ok(container) = Container::load(&self.state, id)
+            && !shim_alive(&self.task_dir(id), &self.config.runtime_binary)
+        {
+            container.delete(true)?;
+        }
         self.images.release_rootfs(id)?;
+        crate::crash_point::reached("remove:after-rootfs");
         match std::fs::remove_dir_all(self.task_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::io(format!("remove task dir of {id}"), e)),
             _ => Ok(()),
@@ -231,6 +242,86 @@ impl TaskDriver {
         }
         ids.sort();
         Ok(ids)
+    }
+
+    /// Where and how this driver runs tasks.
+    pub fn config(&self) -> &DriverConfig {
+        &self.config
+    }
+
+    /// Every container dir under the runtime root: `(id, status)`, the status `None` for a dir
+    /// without `state.json` (a create that did not finish, a delete cut short).
+    pub fn containers(&self) -> Result<Vec<(String, Option<Status>)>> {
+        let root = &self.config.state_root;
+        let entries = std::fs::read_dir(root).map_err(|e| AgentError::io(format!("read {}", root.display()), e))?;
+        let mut out = Vec::new();
+        for entry in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            match Container::load(&self.state, &id) {
+                Ok(c) => out.push((id, Some(c.status()))),
+                Err(runtime::Error::NotFound(_)) => out.push((id, None)),
+                // A malformed state (or an id the runtime refuses) is not ours to judge.
+                Err(e) => tracing::warn!(container = id, "skipping an unreadable container: {e}"),
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// The container id of every rootfs dir in the image store.
+    pub fn rootfs_ids(&self) -> Result<Vec<String>> {
+        Ok(self.images.snapshotter().rootfs_ids()?)
+    }
+
+    /// The pid of task `id`'s shim as its task dir names it (`shim.pid`), if that process runs.
+    pub fn shim_running(&self, id: &str) -> Option<i32> {
+        shim_pid(&self.task_dir(id)).filter(|pid| shim_process_alive(*pid, &self.config.runtime_binary)).map(|pid| pid as i32)
+    }
+
+    /// Kills every process of task `id`'s container (SIGKILL to its init, whose pid namespace
+    /// takes the rest) and keeps its state, so that the task reads as exited: for a container
+    /// whose shim is gone. A container already stopped or gone is fine.
+    pub fn kill_unsupervised(&self, id: &str) -> Result<()> {
+        self.signal(id, Signal::SIGKILL)
+    }
+
+    /// Deletes task `id`'s container with force: everything in its cgroup is killed, then its
+    /// cgroups and state go (the runtime's `delete --force`). A missing container is fine.
+    pub fn delete_container(&self, id: &str) -> Result<()> {
+        match Container::load(&self.state, id) {
+            Ok(c) => Ok(c.delete(true)?),
+            Err(runtime::Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes container dir `id` if it has no `state.json` (nothing loads or deletes it);
+    /// returns whether it did (a dir that got its state meanwhile stays).
+    pub fn remove_unrecorded_container(&self, id: &str) -> Result<bool> {
+        match Container::load(&self.state, id) {
+            Err(runtime::Error::NotFound(_)) => {}
+            Ok(_) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let dir = self.state.container_dir(id)?;
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::io(format!("remove {}", dir.display()), e)),
+            _ => Ok(true),
+        }
+    }
+
+    /// Unmounts and deletes task `id`'s rootfs, whatever the task's state.
+    pub fn remove_rootfs(&self, id: &str) -> Result<()> {
+        Ok(self.images.release_rootfs(id)?)
+    }
+
+    /// Deletes task `id`'s dir (records and logs), whatever the task's state.
+    pub fn remove_task_dir(&self, id: &str) -> Result<()> {
+        runtime::state::validate_id(id)?;
+        match std::fs::remove_dir_all(self.task_dir(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::io(format!("remove task dir of {id}"), e)),
+            _ => Ok(()),
+        }
     }
 
     /// The task's cgroup directories (for CPU and memory metrics); empty when it is not running.

@@ -179,6 +179,20 @@ impl Snapshotter {
         self.rootfs.join(id)
     }
 
+    /// The container id of every rootfs dir (prepared, half made or unrecorded), sorted: what a
+    /// node's reaper matches to its tasks.
+    pub fn rootfs_ids(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for e in std::fs::read_dir(&self.rootfs).at(&self.rootfs)? {
+            let e = e.at(&self.rootfs)?;
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                ids.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
     /// Every prepared rootfs.
     pub fn rootfs_records(&self) -> Result<Vec<RootfsRecord>> {
         let mut out = Vec::new();

@@ -55,6 +55,11 @@ struct Cli {
     /// Seconds a stopped task gets between its stop signal and SIGKILL.
     #[arg(long, default_value_t = 10)]
     stop_grace: u64,
+    /// Seconds between the reaper's rounds, which remove what no task of the node owns
+    /// (containers, shims, cgroups, mounts, netns pins, veths, ports, task dirs); it also runs
+    /// once the first assignments arrive.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    reap_interval_secs: u64,
     /// The node bridge tasks are attached to.
     #[arg(long, default_value = agent::network::DEFAULT_BRIDGE)]
     bridge: String,
@@ -91,6 +96,10 @@ struct Cli {
     image_gc_interval_secs: u64,
     #[command(flatten)]
     ingress: agent::ingress_node::IngressArgs,
+    /// For crash tests only: kill the agent (SIGKILL) when it reaches this point of a task's
+    /// start, stop or removal (see agent/src/crash_point.rs).
+    #[arg(long, hide = true, value_name = "POINT")]
+    crash_at: Option<String>,
     /// Log debug records.
     #[arg(long)]
     debug: bool,
@@ -98,6 +107,9 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(point) = &cli.crash_at {
+        agent::crash_point::arm(point).map_err(anyhow::Error::msg).context("--crash-at")?;
+    }
     let level = if cli.debug { tracing::Level::DEBUG } else { tracing::Level::INFO };
     tracing_subscriber::fmt().with_max_level(level).with_target(false).init();
     let config = config(cli)?;
@@ -137,6 +149,7 @@ fn config(cli: Cli) -> Result<AgentConfig> {
     config.memory_mib = cli.memory.unwrap_or(config.memory_mib);
     config.cgroup_parent = cli.cgroup_parent;
     config.stop_grace = Duration::from_secs(cli.stop_grace);
+    config.reap_interval = Duration::from_secs(cli.reap_interval_secs);
     config.insecure_registries = cli.insecure_registries;
     config.ingress = cli.ingress.settings(None)?;
     config.max_image_bytes = cli.max_image_bytes;
