@@ -35,6 +35,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use sched_bench::stats::percentile;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
@@ -266,13 +267,6 @@ async fn fixed_rate(port: u16, rate: u64, seconds: u64) -> Result<(Vec<Duration>
     // Failed, or never sent because a worker's connection broke.
     let failed = total - all.len();
     Ok((all, failed))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -1,25 +1,27 @@
-//! Raft commit latency, throughput and leader failover of a 3-server `sched server` cluster on
-//! loopback, beside etcd's documented figures.
+//! Raft commit latency, throughput and leader failover of a 3-server `sched server` cluster
+//! beside a 3-member etcd cluster, both on loopback and on the same disk, measured in one run.
 //!
-//! How to run:
+//! How to run (apt: etcd-server):
 //!
 //! ```text
 //! cargo build --release -p sched -p sched-bench
-//! target/release/raft-commit                  # 2000 sequential writes, 64 writers for 5 s, 3 failovers
+//! target/release/raft-commit                    # 3 rounds of 5 s per point, 3 failovers each
+//! target/release/raft-commit --rounds 1 --seconds 3 --failovers 1
 //! ```
 //!
-//! Every write is a `ServiceApi.Scale` (a real state-machine command: proposed, appended and
-//! fsynced on a majority, applied, answered) sent over gRPC:
-//! - sequential latency, one client, to the leader and (forwarded) to a follower;
-//! - throughput: 64 concurrent clients spread over all servers for 5 s;
-//! - failover: SIGKILL the leader, time until a write succeeds again, restart; 3 rounds. The
-//!   servers run with etcd's default timing (100 ms heartbeat, 1 s election timeout).
+//! A sched write is a `ServiceApi.Scale` (a real state-machine command: proposed, appended and
+//! fsynced on a majority, applied, answered) over gRPC with mutual TLS, as `sched` calls; an
+//! etcd write is a `KV.Put` of a 16-byte key over etcd's gRPC API (plaintext, its default).
+//! Both run with etcd's default timing (100 ms heartbeat, 1 s election timeout). The points:
+//! - 1 client to the leader, 1 client through a follower (which forwards, in both systems);
+//! - 64 and 256 concurrent clients spread over the three members;
 //!
-//! etcd's figures are from its documentation (op-guide/performance: "a three member etcd cluster
-//! finishes a request in less than one millisecond under light load, and can complete more than
-//! 30,000 requests per second under heavy load", on GCE n-4 class machines; tuning: 100 ms
-//! heartbeat, 1000 ms election timeout); they were not measured on this machine.
+//! each a closed loop (a client sends its next write when the last is answered) for the
+//! round's seconds, every client on its own HTTP/2 connection. The rounds alternate which
+//! system goes first; the table gives each point's median over the rounds. Then failover:
+//! SIGKILL the leader, time until a write through another member succeeds, restart it.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,123 +29,318 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use proto::sched::v1 as pb;
 use proto::sched::v1::service_api_client::ServiceApiClient;
+use sched_bench::etcd::{self, EtcdCluster, KvClient};
+use sched_bench::stats::{ms, percentile};
 use sched_tests::cluster::{Cluster, ClusterOptions, apply_anywhere};
 use tonic::transport::Channel;
 use transport::{Profile, Transport};
 
-const SEQUENTIAL: usize = 2000;
-const FORWARDED: usize = 500;
-const WRITERS: usize = 64;
-const LOAD_TIME: Duration = Duration::from_secs(5);
-const FAILOVERS: usize = 3;
+/// Concurrent clients of the throughput points.
+const MANY: [usize; 2] = [64, 256];
 
-/// A client of `address` over mutual TLS with the admin's credentials, as `sched` calls.
-async fn connect(admin: &Transport, address: &str) -> Result<ServiceApiClient<Channel>> {
-    let channel = admin.connect(address, Profile::CLI_STREAM).await?;
-    Ok(ServiceApiClient::new(channel))
+/// One client of one system: sends a write and waits for its answer.
+trait Writer: Send + 'static {
+    fn write(&mut self, i: u64) -> impl Future<Output = Result<()>> + Send;
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+struct SchedWriter {
+    client: ServiceApiClient<Channel>,
+    service: String,
 }
 
-async fn sequential(admin: &Transport, address: &str, n: usize) -> Result<Vec<Duration>> {
-    let mut client = connect(admin, address).await?;
-    let mut latencies = Vec::with_capacity(n);
-    for i in 0..n {
-        let start = Instant::now();
-        client.scale(pb::ScaleRequest { name: "bench".into(), count: 1 + (i % 2) as u32 }).await.context("scale")?;
-        latencies.push(start.elapsed());
+impl Writer for SchedWriter {
+    async fn write(&mut self, i: u64) -> Result<()> {
+        let request = pb::ScaleRequest { name: self.service.clone(), count: 1 + (i % 2) as u32 };
+        self.client.scale(request).await.context("scale")?;
+        Ok(())
     }
-    latencies.sort();
-    Ok(latencies)
 }
 
-async fn throughput(admin: &Transport, addresses: &[String]) -> Result<f64> {
-    for w in 0..WRITERS {
-        if !apply_anywhere(admin, addresses, &format!("bench-{w}")).await {
-            bail!("could not create service bench-{w}");
-        }
+struct EtcdWriter {
+    client: KvClient<Channel>,
+    id: usize,
+}
+
+impl Writer for EtcdWriter {
+    async fn write(&mut self, i: u64) -> Result<()> {
+        self.client.put(etcd::put_request(self.id, i)).await.context("put")?;
+        Ok(())
     }
-    let done = Arc::new(AtomicU64::new(0));
+}
+
+/// What one point of one system gave.
+#[derive(Clone, Debug)]
+struct Point {
+    writes_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    failed: u64,
+}
+
+/// Runs `writers` in a closed loop for `time`.
+async fn closed_loop<W: Writer>(writers: Vec<W>, time: Duration) -> Result<Point> {
     let stop = Arc::new(AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let mut client = connect(admin, &addresses[w % addresses.len()]).await?;
-        let (done, stop) = (done.clone(), stop.clone());
-        writers.push(tokio::spawn(async move {
-            let mut i = 0u32;
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for mut writer in writers {
+        let (stop, failed) = (stop.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                if client.scale(pb::ScaleRequest { name: format!("bench-{w}"), count: 1 + i % 2 }).await.is_ok() {
-                    done.fetch_add(1, Ordering::Relaxed);
+                let sent = Instant::now();
+                match writer.write(i).await {
+                    Ok(()) => latencies.push(sent.elapsed()),
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 i += 1;
             }
+            latencies
         }));
     }
-    let start = Instant::now();
-    tokio::time::sleep(LOAD_TIME).await;
+    tokio::time::sleep(time).await;
     stop.store(true, Ordering::Relaxed);
-    let count = done.load(Ordering::Relaxed);
-    let elapsed = start.elapsed();
-    for w in writers {
-        w.await?;
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await?);
     }
-    Ok(count as f64 / elapsed.as_secs_f64())
+    let elapsed = start.elapsed();
+    latencies.sort();
+    Ok(Point {
+        writes_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        failed: failed.load(Ordering::Relaxed),
+    })
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
+/// The points measured, in table order: (label, clients, where they connect).
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Leader,
+    Follower,
+    All,
+}
+
+fn points() -> Vec<(String, usize, Target)> {
+    let mut points =
+        vec![("1 client, to the leader".to_string(), 1, Target::Leader), ("1 client, via a follower".to_string(), 1, Target::Follower)];
+    points.extend(MANY.iter().map(|&n| (format!("{n} clients over the 3 members"), n, Target::All)));
+    points
+}
+
+/// The members a point's clients connect to, in turn.
+fn targets(all: &[String], leader: usize, target: Target) -> Vec<String> {
+    match target {
+        Target::Leader => vec![all[leader].clone()],
+        Target::Follower => vec![all[(leader + 1) % all.len()].clone()],
+        Target::All => all.to_vec(),
+    }
+}
+
+struct Sched {
+    cluster: Cluster,
+    admin: Transport,
+    addresses: Vec<String>,
+}
+
+impl Sched {
+    fn leader(&self) -> usize {
+        let id = self.cluster.wait_for_leader(Duration::from_secs(10));
+        self.addresses.iter().position(|a| *a == self.cluster.servers[&id].address).expect("the leader is a member")
+    }
+
+    async fn point(&self, clients: usize, target: Target, time: Duration) -> Result<Point> {
+        let to = targets(&self.addresses, self.leader(), target);
+        let mut writers = Vec::new();
+        for c in 0..clients {
+            let channel = self.admin.connect(&to[c % to.len()], Profile::CLI_STREAM).await?;
+            writers.push(SchedWriter { client: ServiceApiClient::new(channel), service: format!("bench-{c}") });
+        }
+        closed_loop(writers, time).await
+    }
+}
+
+async fn etcd_point(etcd: &EtcdCluster, clients: usize, target: Target, time: Duration) -> Result<Point> {
+    let to = targets(&etcd.client_urls(), etcd.leader(Duration::from_secs(10)).await?, target);
+    let mut writers = Vec::new();
+    for c in 0..clients {
+        writers.push(EtcdWriter { client: etcd::connect(&to[c % to.len()]).await?, id: c });
+    }
+    closed_loop(writers, time).await
+}
+
+/// Kills sched's leader, times the next write acknowledged by another server, restarts it.
+fn sched_failover(sched: &mut Sched, runtime: &tokio::runtime::Runtime, round: usize) -> Result<Duration> {
+    let leader = sched.cluster.wait_for_leader(Duration::from_secs(10));
+    sched.cluster.kill(leader);
+    let killed = Instant::now();
+    let others: Vec<String> = sched.cluster.servers.values().filter(|s| s.id != leader).map(|s| s.address.clone()).collect();
+    if !runtime.block_on(apply_anywhere(&sched.admin, &others, &format!("failover-{round}"))) {
+        bail!("no sched write succeeded after killing leader {leader}");
+    }
+    let took = killed.elapsed();
+    sched.cluster.restart(leader);
+    sched.cluster.wait_for_leader(Duration::from_secs(10));
+    Ok(took)
+}
+
+/// Kills etcd's leader, times the next put acknowledged by another member, restarts it.
+async fn etcd_failover(etcd: &mut EtcdCluster) -> Result<Duration> {
+    let leader = etcd.leader(Duration::from_secs(10)).await?;
+    let urls = etcd.client_urls();
+    etcd.kill(leader);
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(30);
+    'retry: loop {
+        for (i, url) in urls.iter().enumerate() {
+            if i == leader {
+                continue;
+            }
+            let put = async { etcd::connect(url).await?.put(etcd::put_request(0, 1)).await.map_err(anyhow::Error::from) };
+            if tokio::time::timeout(Duration::from_millis(500), put).await.is_ok_and(|r| r.is_ok()) {
+                break 'retry;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no etcd put succeeded within 30 s of killing its leader");
+        }
+    }
+    let took = killed.elapsed();
+    etcd.restart(leader).await?;
+    etcd.leader(Duration::from_secs(10)).await?;
+    Ok(took)
+}
+
+fn median<T: Clone, K: PartialOrd>(values: &[T], key: impl Fn(&T) -> K) -> T {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| key(a).partial_cmp(&key(b)).expect("comparable"));
+    sorted[sorted.len() / 2].clone()
+}
+
+struct Options {
+    rounds: usize,
+    seconds: u64,
+    failovers: usize,
+}
+
+fn options() -> Result<Options> {
+    let mut options = Options { rounds: 3, seconds: 5, failovers: 3 };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || {
+            args.next().with_context(|| format!("{flag} needs a value"))?.parse::<u64>().with_context(|| format!("{flag} takes a number"))
+        };
+        match flag.as_str() {
+            "--rounds" => options.rounds = value()?.max(1) as usize,
+            "--seconds" => options.seconds = value()?.max(1),
+            "--failovers" => options.failovers = value()? as usize,
+            "-h" | "--help" => {
+                println!("raft-commit [--rounds N (3)] [--seconds S per point (5)] [--failovers N (3)]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}: see --help"),
+        }
+    }
+    Ok(options)
 }
 
 fn main() -> Result<()> {
-    let mut cluster = Cluster::start(ClusterOptions { tick_ms: 100, ..Default::default() });
+    let options = options()?;
+    let time = Duration::from_secs(options.seconds);
     let runtime = tokio::runtime::Runtime::new()?;
-    let leader = cluster.wait_for_leader(Duration::from_secs(10));
-    let follower = *cluster.servers.keys().find(|id| **id != leader).context("a follower")?;
-    let leader_address = cluster.servers[&leader].address.clone();
-    let follower_address = cluster.servers[&follower].address.clone();
+    let cluster = Cluster::start(ClusterOptions { tick_ms: 100, ..Default::default() });
     let addresses: Vec<String> = cluster.servers.values().map(|s| s.address.clone()).collect();
     let admin = cluster.admin_transport();
-
-    let (direct, forwarded, rate) = runtime.block_on(async {
-        if !apply_anywhere(&admin, &addresses, "bench").await {
-            bail!("could not create the bench service");
+    let mut sched = Sched { cluster, admin, addresses };
+    sched.leader();
+    let mut etcd = runtime.block_on(EtcdCluster::start(&std::env::temp_dir()))?;
+    let clients = MANY.iter().copied().max().unwrap_or(1);
+    runtime.block_on(async {
+        for c in 0..clients {
+            if !apply_anywhere(&sched.admin, &sched.addresses, &format!("bench-{c}")).await {
+                bail!("could not create service bench-{c}");
+            }
         }
-        let direct = sequential(&admin, &leader_address, SEQUENTIAL).await?;
-        let forwarded = sequential(&admin, &follower_address, FORWARDED).await?;
-        let rate = throughput(&admin, &addresses).await?;
-        Ok((direct, forwarded, rate))
+        Ok(())
     })?;
 
-    let mut failovers = Vec::new();
-    for round in 0..FAILOVERS {
-        let leader = cluster.wait_for_leader(Duration::from_secs(10));
-        cluster.kill(leader);
-        let killed = Instant::now();
-        let others: Vec<String> = cluster.servers.values().filter(|s| s.id != leader).map(|s| s.address.clone()).collect();
-        if !runtime.block_on(apply_anywhere(&admin, &others, &format!("failover-{round}"))) {
-            bail!("no write succeeded after killing leader {leader}");
+    let points = points();
+    let mut results: Vec<(Vec<Point>, Vec<Point>)> = vec![(Vec::new(), Vec::new()); points.len()];
+    for round in 0..options.rounds {
+        for (p, (label, clients, target)) in points.iter().enumerate() {
+            let (s, e) = runtime.block_on(async {
+                if round % 2 == 0 {
+                    let s = sched.point(*clients, *target, time).await?;
+                    Ok::<_, anyhow::Error>((s, etcd_point(&etcd, *clients, *target, time).await?))
+                } else {
+                    let e = etcd_point(&etcd, *clients, *target, time).await?;
+                    Ok((sched.point(*clients, *target, time).await?, e))
+                }
+            })?;
+            eprintln!(
+                "round {}: {label}: sched {:.0}/s p50 {} p99 {} ({} failed); etcd {:.0}/s p50 {} p99 {} ({} failed)",
+                round + 1,
+                s.writes_per_sec,
+                ms(s.p50),
+                ms(s.p99),
+                s.failed,
+                e.writes_per_sec,
+                ms(e.p50),
+                ms(e.p99),
+                e.failed
+            );
+            results[p].0.push(s);
+            results[p].1.push(e);
         }
-        failovers.push(killed.elapsed());
-        cluster.restart(leader);
-        std::thread::sleep(Duration::from_secs(2));
     }
-    failovers.sort();
 
-    println!("Raft commit on a 3-server sched cluster (separate processes, 127.0.0.1, raft-engine fsync per Ready)");
-    println!();
-    println!("| measure | sched | etcd (documented) |");
-    println!("|---|---|---|");
-    println!("| write latency p50, 1 client, to the leader (ms) | {} | < 1 (light load) |", ms(percentile(&direct, 0.5)));
-    println!("| write latency p99, 1 client, to the leader (ms) | {} | — |", ms(percentile(&direct, 0.99)));
-    println!("| write latency p50, 1 client, via a follower (ms) | {} | — |", ms(percentile(&forwarded, 0.5)));
-    println!("| write latency p99, 1 client, via a follower (ms) | {} | — |", ms(percentile(&forwarded, 0.99)));
-    println!("| writes/s, {WRITERS} clients over all servers | {rate:.0} | > 30,000 (heavy load, n-4 class VMs) |");
+    let mut failovers = (Vec::new(), Vec::new());
+    for round in 0..options.failovers {
+        failovers.0.push(sched_failover(&mut sched, &runtime, round)?);
+        failovers.1.push(runtime.block_on(etcd_failover(&mut etcd))?);
+        eprintln!("failover {}: sched {} ms, etcd {} ms", round + 1, ms(failovers.0[round]), ms(failovers.1[round]));
+    }
+
     println!(
-        "| leader failover: kill -9 to next acknowledged write, median of {FAILOVERS} (ms) | {} | election timeout 1000 (default) |",
-        ms(failovers[failovers.len() / 2])
+        "Raft writes: 3 sched servers (mutual TLS) beside 3 etcd {} members (plaintext gRPC), 127.0.0.1, same disk; medians of {} rounds of {} s",
+        etcd::version(),
+        options.rounds,
+        options.seconds
     );
-    println!("| leader failover: min / max (ms) | {} / {} | — |", ms(failovers[0]), ms(failovers[failovers.len() - 1]));
+    println!();
+    println!("| point | sched writes/s | etcd writes/s | sched/etcd | sched p50 ms | etcd p50 ms | sched p99 ms | etcd p99 ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for ((label, _, _), (s, e)) in points.iter().zip(&results) {
+        let (sw, ew) = (median(s, |p| p.writes_per_sec), median(e, |p| p.writes_per_sec));
+        let (s50, e50) = (median(s, |p| p.p50).p50, median(e, |p| p.p50).p50);
+        let (s99, e99) = (median(s, |p| p.p99).p99, median(e, |p| p.p99).p99);
+        println!(
+            "| {label} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} |",
+            sw.writes_per_sec,
+            ew.writes_per_sec,
+            sw.writes_per_sec / ew.writes_per_sec,
+            ms(s50),
+            ms(e50),
+            ms(s99),
+            ms(e99)
+        );
+    }
+    if options.failovers > 0 {
+        let (mut s, mut e) = failovers;
+        s.sort();
+        e.sort();
+        let cell = |v: &[Duration]| format!("{} ({}-{})", ms(v[v.len() / 2]), ms(v[0]), ms(v[v.len() - 1]));
+        println!();
+        println!(
+            "| leader kill -9 to the next write acknowledged by another member, median of {} (min-max) ms | sched | etcd |",
+            options.failovers
+        );
+        println!("|---|---:|---:|");
+        println!("| failover | {} | {} |", cell(&s), cell(&e));
+    }
     Ok(())
 }

@@ -434,9 +434,9 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
             for (id, address) in installed.state.members() {
                 self.transport.learn(*id, address);
             }
-            let (index, term) = (installed.index, installed.term);
+            let (index, term, bytes) = (installed.index, installed.term, snapshot.get_data().len());
             *self.applied.write().expect("state lock") = installed;
-            tracing::info!(index, term, "installed a snapshot from the leader");
+            tracing::info!(index, term, bytes, "installed a snapshot from the leader");
         }
         // 3. Committed entries to the state machine.
         self.apply_entries(ready.take_committed_entries())?;
