@@ -87,11 +87,17 @@ impl Profile {
         keepalive: Some(Keepalive { interval: Duration::from_secs(2), timeout: Duration::from_secs(3), while_idle: true }),
     };
 
-    /// A server's channel to another server: Raft messages, proposals and requests forwarded to
-    /// the leader. A 1 s connect; each caller bounds its calls itself (a send, a proposal and
-    /// a forwarded request each have their own deadline).
-    pub const SERVER_TO_SERVER: Profile =
-        Profile { peer: Peer::Server, connect_timeout: Duration::from_secs(1), request_timeout: None, keepalive: None };
+    /// A server's channel to another server: the Raft message stream, snapshots, proposals and
+    /// requests forwarded to the leader. A 1 s connect; each caller bounds its calls itself (a
+    /// snapshot, a proposal and a forwarded request each have their own deadline). The Raft
+    /// stream lives as long as the connection, so pings every 2 s (3 s to answer) notice a
+    /// peer cut off the network, which sends no RST, and the stream is opened again.
+    pub const SERVER_TO_SERVER: Profile = Profile {
+        peer: Peer::Server,
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: None,
+        keepalive: Some(Keepalive { interval: Duration::from_secs(2), timeout: Duration::from_secs(3), while_idle: true }),
+    };
 
     /// A server's call to a node agent's log API (`sched logs`): a 2 s connect, so an
     /// unreachable node becomes an error line quickly, and pings every 10 s so a node that

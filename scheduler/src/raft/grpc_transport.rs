@@ -1,9 +1,13 @@
-//! The servers' [`Transport`]: sends raft messages to peers over gRPC (`raft.v1.RaftPeer/Send`).
+//! The servers' [`Transport`]: sends raft messages to peers over gRPC (`raft.v1.RaftPeer`).
 //!
-//! One task per peer drains that peer's queue in order, batching what is queued into one
-//! request. The queue is bounded: when a peer is down, messages beyond it are dropped (Raft
-//! retransmits) and the loop is told the peer is unreachable, so it backs off from it. Snapshot
-//! deliveries are reported back to the loop, as raft-rs requires.
+//! One task per peer drains that peer's queue in order, batching what is queued, onto one
+//! long-lived `Stream` call (as etcd's stream transport): a batch goes out without waiting for
+//! the one before to be answered, so a message's delay is one trip, not a trip behind every
+//! earlier call. A batch that carries a snapshot goes by a `Send` call of its own, whose answer
+//! is reported to the loop, as raft-rs requires. The queue is bounded: when a peer is down,
+//! messages beyond it are dropped (Raft retransmits) and the loop is told the peer is
+//! unreachable, so it backs off from it; a broken stream is reported the same way (what was on
+//! it may be lost) and opened again.
 //!
 //! Peer addresses come from the replicated membership and from the `from_address` of incoming
 //! batches (so a server that has just joined can answer the leader before it knows the
@@ -17,6 +21,7 @@ use proto::raft::v1::RaftBatch;
 use proto::raft::v1::raft_peer_client::RaftPeerClient;
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
+use tonic::transport::Channel;
 
 use super::node::{encode_message, is_snapshot};
 use super::transport::{Feedback, FeedbackSink, Transport};
@@ -25,8 +30,10 @@ use super::transport::{Feedback, FeedbackSink, Transport};
 pub const MAX_PEER_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE: usize = 1024;
-/// Messages sent in one request at most.
+/// Messages sent in one batch at most.
 const BATCH: usize = 128;
+/// Batches queued on a peer's stream before the sender waits (HTTP/2 flow control).
+const STREAM_WINDOW: usize = 64;
 /// How long one send may take (a snapshot of a large state included).
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -92,47 +99,111 @@ impl GrpcTransport {
     }
 
     fn spawn_peer(&self, to: u64, address: String) -> Peer {
-        let (queue, mut rx) = mpsc::channel::<Message>(PEER_QUEUE);
-        let feedback = self.feedback.get().cloned();
-        let from = self.me;
-        let from_address = self.my_address.clone();
-        let connections = self.connections.clone();
-        let peer_address = address.clone();
-        tokio::spawn(async move {
-            let Ok(channel) = connections.connect_lazy(&peer_address, transport::Profile::SERVER_TO_SERVER) else {
-                tracing::error!(to, "peer address {peer_address} is not a valid URI");
-                return;
-            };
-            let mut client = RaftPeerClient::new(channel)
-                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(m) => batch.push(m),
-                        Err(_) => break,
-                    }
-                }
-                let has_snapshot = batch.iter().any(is_snapshot);
-                let request = RaftBatch { from, from_address: from_address.clone(), messages: batch.iter().map(encode_message).collect() };
-                let delivered = matches!(tokio::time::timeout(SEND_TIMEOUT, client.send(request)).await, Ok(Ok(_)));
-                if let Some(feedback) = &feedback {
-                    if has_snapshot {
-                        feedback.report(Feedback::SnapshotSent { to, delivered });
-                    }
-                    if !delivered {
-                        feedback.report(Feedback::Unreachable(to));
-                    }
-                }
-                if !delivered {
-                    // Drop what piled up meanwhile: raft resends from its progress.
-                    while rx.try_recv().is_ok() {}
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        });
+        let (queue, rx) = mpsc::channel::<Message>(PEER_QUEUE);
+        let sender = PeerSender {
+            to,
+            from: self.me,
+            from_address: self.my_address.clone(),
+            feedback: self.feedback.get().cloned(),
+            queue: rx,
+            address: address.clone(),
+            connections: self.connections.clone(),
+        };
+        tokio::spawn(sender.run());
         Peer { address, queue }
+    }
+}
+
+/// The task that delivers one peer's messages: batches on one long-lived `Stream` call (no
+/// batch waits for the one before to be answered), and a batch carrying a snapshot by a `Send`
+/// call of its own, whose answer tells raft-rs whether the snapshot arrived.
+struct PeerSender {
+    to: u64,
+    from: u64,
+    from_address: String,
+    feedback: Option<FeedbackSink>,
+    queue: mpsc::Receiver<Message>,
+    address: String,
+    connections: transport::Transport,
+}
+
+impl PeerSender {
+    async fn run(mut self) {
+        let Ok(channel) = self.connections.connect_lazy(&self.address, transport::Profile::SERVER_TO_SERVER) else {
+            tracing::error!(to = self.to, "peer address {} is not a valid URI", self.address);
+            return;
+        };
+        let client = RaftPeerClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        // One stream at a time; opened on the first message, again after it breaks.
+        while let Some(first) = self.queue.recv().await {
+            let (batches, stream_rx) = mpsc::channel::<RaftBatch>(STREAM_WINDOW);
+            let outgoing = futures::stream::unfold(stream_rx, |mut rx| async move { rx.recv().await.map(|batch| (batch, rx)) });
+            let mut call_client = client.clone();
+            let mut call = Box::pin(async move { call_client.stream(outgoing).await });
+            let mut next = Some(first);
+            let broken = loop {
+                let first = match next.take() {
+                    Some(message) => message,
+                    None => tokio::select! {
+                        ended = &mut call => break ended.err().map(|status| status.to_string()).unwrap_or_else(|| "closed by the peer".into()),
+                        message = self.queue.recv() => match message {
+                            Some(message) => message,
+                            None => return,
+                        },
+                    },
+                };
+                let batch = self.batch(first);
+                if batch.iter().any(is_snapshot) {
+                    self.send_snapshot(&client, batch).await;
+                    continue;
+                }
+                let request = RaftBatch {
+                    from: self.from,
+                    from_address: self.from_address.clone(),
+                    messages: batch.iter().map(encode_message).collect(),
+                };
+                tokio::select! {
+                    ended = &mut call => break ended.err().map(|status| status.to_string()).unwrap_or_else(|| "closed by the peer".into()),
+                    sent = batches.send(request) => if sent.is_err() { break "the stream's queue closed".into() },
+                }
+            };
+            // What was queued on the broken stream may be lost: raft-rs resends from its
+            // progress once told the peer is unreachable.
+            tracing::debug!(to = self.to, "raft stream to {} ended: {broken}", self.address);
+            self.report(Feedback::Unreachable(self.to));
+            while self.queue.try_recv().is_ok() {}
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `first` and what else is queued, up to a batch.
+    fn batch(&mut self, first: Message) -> Vec<Message> {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match self.queue.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    async fn send_snapshot(&self, client: &RaftPeerClient<Channel>, batch: Vec<Message>) {
+        let request =
+            RaftBatch { from: self.from, from_address: self.from_address.clone(), messages: batch.iter().map(encode_message).collect() };
+        let delivered = matches!(tokio::time::timeout(SEND_TIMEOUT, client.clone().send(request)).await, Ok(Ok(_)));
+        self.report(Feedback::SnapshotSent { to: self.to, delivered });
+        if !delivered {
+            self.report(Feedback::Unreachable(self.to));
+        }
+    }
+
+    fn report(&self, feedback: Feedback) {
+        if let Some(sink) = &self.feedback {
+            sink.report(feedback);
+        }
     }
 }
 

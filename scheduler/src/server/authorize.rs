@@ -193,6 +193,7 @@ mod tests {
             ("/agent.v1.AgentApi/Register", &[Agent, Server], &[Admin, Reader]),
             ("/agent.v1.AgentApi/ReportTaskStatus", &[Agent], &[Admin, Reader]),
             ("/raft.v1.RaftPeer/Send", &[Server], &[Admin, Reader, Agent]),
+            ("/raft.v1.RaftPeer/Stream", &[Server], &[Admin, Reader, Agent]),
             ("/raft.v1.RaftPeer/Propose", &[Server], &[Admin, Reader, Agent]),
             ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &[Reader, Agent], &[]),
         ];

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use proto::raft::v1 as pb;
 use proto::raft::v1::raft_peer_server::RaftPeer;
 use raft::eraftpb::Message;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::raft::storage::decode;
 use crate::raft::{Proposal, RaftHandle};
@@ -21,14 +21,29 @@ impl RaftPeerService {
     }
 }
 
-#[tonic::async_trait]
-impl RaftPeer for RaftPeerService {
-    async fn send(&self, request: Request<pb::RaftBatch>) -> Result<Response<pb::SendAck>, Status> {
-        let batch = request.into_inner();
+impl RaftPeerService {
+    /// Hands a peer's batch to the Raft loop, in order.
+    fn deliver(&self, batch: pb::RaftBatch) -> Result<(), Status> {
         self.raft.transport().learn_claimed(batch.from, &batch.from_address);
         for bytes in batch.messages {
             let message: Message = decode("raft message", &bytes).map_err(|e| Status::invalid_argument(e.to_string()))?;
             self.raft.step(message);
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for RaftPeerService {
+    async fn send(&self, request: Request<pb::RaftBatch>) -> Result<Response<pb::SendAck>, Status> {
+        self.deliver(request.into_inner())?;
+        Ok(Response::new(pb::SendAck {}))
+    }
+
+    async fn stream(&self, request: Request<Streaming<pb::RaftBatch>>) -> Result<Response<pb::SendAck>, Status> {
+        let mut batches = request.into_inner();
+        while let Some(batch) = batches.message().await? {
+            self.deliver(batch)?;
         }
         Ok(Response::new(pb::SendAck {}))
     }
