@@ -90,13 +90,16 @@ impl Profile {
     /// A server's channel to another server: the Raft message stream, snapshots, proposals and
     /// requests forwarded to the leader. A 1 s connect; each caller bounds its calls itself (a
     /// snapshot, a proposal and a forwarded request each have their own deadline). The Raft
-    /// stream lives as long as the connection, so pings every 2 s (3 s to answer) notice a
-    /// peer cut off the network, which sends no RST, and the stream is opened again.
+    /// stream lives as long as the connection, so pings every 10 s (5 s to answer, as the
+    /// servers' own) notice a peer cut off the network, which sends no RST, and the stream is
+    /// opened again; Raft itself notices sooner (its queue to the peer fills and it backs off).
+    /// Not shorter: a busy server that answers a ping late would lose every call on the
+    /// connection.
     pub const SERVER_TO_SERVER: Profile = Profile {
         peer: Peer::Server,
         connect_timeout: Duration::from_secs(1),
         request_timeout: None,
-        keepalive: Some(Keepalive { interval: Duration::from_secs(2), timeout: Duration::from_secs(3), while_idle: true }),
+        keepalive: Some(Keepalive { interval: Duration::from_secs(10), timeout: Duration::from_secs(5), while_idle: true }),
     };
 
     /// A server's call to a node agent's log API (`sched logs`): a 2 s connect, so an

@@ -1,14 +1,10 @@
 //! What the API needs from Raft: writes from any server, and reads at a chosen consistency.
 //!
-//! [`Consensus::write`] proposes a command on this server whenever a leader is known: on the
-//! leader it enters the log there; on a follower raft-rs forwards it to the leader as a
-//! `MsgProp` on the peer stream (etcd's way: no call of its own, batched with the other Raft
-//! messages), and the follower answers once it has applied the entry. Membership changes are
-//! proposed on the leader only: a follower forwards them (`raft.v1.RaftPeer/Propose`) and waits
-//! for the leader's answer. While there is no leader, or the leader moved before the proposal
-//! entered its log, it retries until its deadline. When leadership changes after the proposal
-//! may have entered the log, the outcome is unknown and that is what the caller hears
-//! ([`ConsensusError::OutcomeUnknown`]) — never a guess.
+//! [`Consensus::write`] proposes on this server when it leads, else forwards the proposal to
+//! the leader (`raft.v1.RaftPeer/Propose`) and waits for the leader's answer. While there is no
+//! leader, or the leader moved before the proposal entered its log, it retries until its
+//! deadline. When leadership changes after the proposal entered the log, the outcome is unknown
+//! and that is what the caller hears ([`ConsensusError::OutcomeUnknown`]) — never a guess.
 //!
 //! [`Consensus::read`] answers after a ReadIndex round (linearizable: the caller sees every
 //! write acknowledged before the read began) unless the caller accepts a stale read.
@@ -72,11 +68,9 @@ impl Consensus {
             if status.removed {
                 return Err(ConsensusError::Removed);
             }
-            let proposes_here = status.leader_id == self.raft.id() || (status.leader_id != 0 && matches!(proposal, Proposal::Command(_)));
-            let attempt = if proposes_here {
+            let attempt = if status.leader_id == self.raft.id() {
                 // A leader that cannot commit steps down within an election timeout (check
-                // quorum), and a follower hears of a new leader, which answers OutcomeUnknown;
-                // the timeout is a last resort (a forwarded proposal lost on the way).
+                // quorum), which answers OutcomeUnknown; the timeout is a last resort.
                 tokio::time::timeout(self.deadline, self.raft.propose(proposal.clone()))
                     .await
                     .unwrap_or(Err(ProposeFailure::OutcomeUnknown))

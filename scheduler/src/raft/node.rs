@@ -102,8 +102,7 @@ type ProposeReply<S> = oneshot::Sender<ProposeResult<S>>;
 pub enum Request<S: StateMachine> {
     /// A message from a peer.
     Step(Message),
-    /// Propose (on the leader, or a command through a follower that knows the leader) and
-    /// answer once applied here.
+    /// Propose (only on the leader) and answer once applied.
     Propose { proposal: Proposal<S::Command>, reply: ProposeReply<S> },
     /// Answer once the state machine has applied everything committed before now.
     ReadIndex { reply: oneshot::Sender<()> },
@@ -238,8 +237,6 @@ pub struct RaftNode<S: StateMachine = ClusterState, T = GrpcTransport> {
     removed: bool,
     /// Whether this server led after the previous round of the loop.
     was_leader: bool,
-    /// The leader this server knew after the previous round of the loop.
-    last_leader_id: u64,
 }
 
 impl<S: StateMachine, T: Transport> RaftNode<S, T> {
@@ -289,7 +286,6 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
             ready_reads: Vec::new(),
             removed: false,
             was_leader: false,
-            last_leader_id: raft::INVALID_ID,
         };
         Ok((node, handle))
     }
@@ -387,15 +383,14 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
     }
 
     fn propose(&mut self, proposal: Proposal<S::Command>, reply: ProposeReply<S>) {
-        // A follower that knows the leader proposes a command too: raft-rs forwards it to the
-        // leader as a `MsgProp` on the peer stream (as etcd does), and this server answers once
-        // it applies the entry. Membership changes are proposed on the leader only.
-        let leads = self.raw.raft.state == StateRole::Leader;
-        let forwards = matches!(proposal, Proposal::Command(_)) && self.raw.raft.leader_id != raft::INVALID_ID;
+        // Only the leader proposes: a follower's callers forward to it over gRPC
+        // (`Consensus::write`), which waits for room in its queue. (raft-rs could forward a
+        // follower's proposal as a MsgProp, but peer messages are dropped when a queue is full
+        // — Raft resends appends, never proposals — so its caller would wait for nothing.)
         // A removed leader still believes it leads (raft-rs does not step it down); it must
         // not take proposals, which would make it send appends that keep the remaining servers
         // from electing a new leader.
-        if !(leads || forwards) || self.removed {
+        if self.raw.raft.state != StateRole::Leader || self.removed {
             let _ = reply.send(Err(ProposeFailure::NotLeader { me: self.options.id }));
             return;
         }
@@ -533,21 +528,18 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
         Ok(())
     }
 
-    /// Once this server stops leading (a newer term, or check quorum), or the leader its
-    /// forwarded proposals went to is no longer the leader, its proposals not yet applied may
-    /// or may not ever be: their callers hear that now, not at their deadline. Leadership
-    /// moves while stepping a message or ticking, before the Ready that follows, so it is
-    /// compared with the previous round of the loop.
+    /// Once this server stops leading (a newer term, or check quorum), its proposals not yet
+    /// applied may or may not ever be: their callers hear that now, not at their deadline.
+    /// Leadership is lost while stepping a message or ticking, before the Ready that follows,
+    /// so it is compared with the previous round of the loop.
     fn answer_if_deposed(&mut self) {
         let leader = self.raw.raft.state == StateRole::Leader;
-        let leader_id = self.raw.raft.leader_id;
-        if (self.was_leader && !leader) || leader_id != self.last_leader_id {
+        if self.was_leader && !leader {
             for (_, reply) in self.proposals.drain() {
                 let _ = reply.send(Err(ProposeFailure::OutcomeUnknown));
             }
         }
         self.was_leader = leader;
-        self.last_leader_id = leader_id;
     }
 
     /// Answers the reads whose read index this server has applied.

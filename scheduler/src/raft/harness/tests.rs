@@ -275,31 +275,3 @@ async fn a_leader_is_caught_up_once_it_applied_an_entry_of_its_term() {
     cluster.network.recover();
     cluster.restart(old).await;
 }
-
-#[tokio::test(start_paused = true)]
-async fn a_follower_proposes_a_command_through_the_leader_and_answers_once_applied() {
-    let cluster = TestCluster::start(3, options());
-    let all = [1, 2, 3];
-    let leader = cluster.wait_for_leader(&all).await;
-    let follower = others(&all, leader)[0];
-    // Forwarded as a MsgProp: appended by the leader, answered by the follower once it applied.
-    let answer = cluster.handle(follower).propose(Proposal::Command("via follower".into())).await;
-    assert_eq!(answer, Ok(ListAnswer::Appended(0)));
-    assert_eq!(cluster.list(follower), ["via follower"], "answered only once applied on the follower");
-    assert_eq!(cluster.wait_converged(&all, 1).await, ["via follower"]);
-    // Membership changes stay with the leader.
-    let refused = cluster.handle(follower).propose(Proposal::RemoveVoter { id: leader }).await;
-    assert!(matches!(refused, Err(ProposeFailure::NotLeader { .. })), "{refused:?}");
-
-    // A follower cut off from the leader: its proposal cannot be forwarded anywhere useful, and
-    // once it hears of another leader (or none) its caller learns the outcome is unknown.
-    cluster.network.isolate(leader);
-    let stranded = cluster.handle(follower).propose(Proposal::Command("lost".into())).await;
-    assert_eq!(stranded, Err(ProposeFailure::OutcomeUnknown));
-    let rest = others(&all, leader);
-    let new = cluster.wait_for_leader(&rest).await;
-    assert_ne!(new, leader);
-    cluster.network.recover();
-    assert_eq!(cluster.write(&all, "after").await, Ok(ListAnswer::Appended(1)));
-    assert_eq!(cluster.wait_converged(&all, 2).await, ["via follower", "after"]);
-}
