@@ -105,38 +105,54 @@ fn write_lines(rx: Receiver<String>, writer: impl Write) {
     }
 }
 
-/// The line of a request in progress: filled in as the request goes, written once.
+/// The line of a request in progress: filled in as the request goes, written once. Without
+/// an access log it holds nothing (no field is copied or formatted).
 #[derive(Debug)]
 pub struct PendingLog {
-    log: Option<AccessLog>,
     arrived: Instant,
-    /// The arrival on the wall clock, formatted only if the line is written.
+    line: Option<Box<Line>>,
+}
+
+#[derive(Debug)]
+struct Line {
+    log: AccessLog,
+    /// The arrival on the wall clock, formatted only when the line is written.
     wall: SystemTime,
-    pub record: AccessRecord,
+    record: AccessRecord,
 }
 
 impl PendingLog {
-    pub fn start(log: Option<AccessLog>, client: SocketAddr, method: &http::Method, host: Option<&str>, path: &str) -> Self {
-        PendingLog {
-            log,
-            arrived: Instant::now(),
-            wall: SystemTime::now(),
-            record: AccessRecord {
-                time: String::new(),
-                client,
-                method: method.to_string(),
-                host: host.map(str::to_string),
-                path: path.to_string(),
-                service: None,
-                target: None,
-                status: 0,
-                bytes: 0,
-                duration_ms: 0.0,
-                target_ms: None,
-                attempts: 0,
-                error: None,
-            },
-        }
+    /// A request that arrived at `arrived`.
+    pub fn start(
+        log: Option<&AccessLog>,
+        arrived: Instant,
+        client: SocketAddr,
+        method: &http::Method,
+        host: Option<&str>,
+        path: &str,
+    ) -> Self {
+        let line = log.map(|log| {
+            Box::new(Line {
+                log: log.clone(),
+                wall: SystemTime::now(),
+                record: AccessRecord {
+                    time: String::new(),
+                    client,
+                    method: method.to_string(),
+                    host: host.map(str::to_string),
+                    path: path.to_string(),
+                    service: None,
+                    target: None,
+                    status: 0,
+                    bytes: 0,
+                    duration_ms: 0.0,
+                    target_ms: None,
+                    attempts: 0,
+                    error: None,
+                },
+            })
+        });
+        PendingLog { arrived, line }
     }
 
     /// When the request arrived.
@@ -144,24 +160,49 @@ impl PendingLog {
         self.arrived
     }
 
+    /// The service whose route matched.
+    pub fn service(&mut self, service: &str) {
+        if let Some(line) = &mut self.line {
+            line.record.service = Some(service.to_string());
+        }
+    }
+
+    /// An attempt to `target` begins.
+    pub fn attempt(&mut self, target: SocketAddr) {
+        if let Some(line) = &mut self.line {
+            line.record.target = Some(target);
+            line.record.attempts += 1;
+        }
+    }
+
     /// Notes that the target's response head arrived now, with this status.
     pub fn answered(&mut self, status: u16) {
-        self.record.status = status;
-        self.record.target_ms = Some(millis(self.arrived.elapsed()));
+        if let Some(line) = &mut self.line {
+            line.record.status = status;
+            line.record.target_ms = Some(millis(self.arrived.elapsed()));
+        }
+    }
+
+    /// The status of an answer the ingress gives itself.
+    pub fn status(&mut self, status: u16) {
+        if let Some(line) = &mut self.line {
+            line.record.status = status;
+        }
     }
 
     /// Writes the line: `bytes` sent to the client, and why it failed if it did.
     pub fn finish(mut self, bytes: u64, error: Option<&'static str>) {
-        let Some(log) = self.log.take() else {
+        let Some(mut line) = self.line.take() else {
             return;
         };
-        self.record.time = DateTime::<Utc>::from(self.wall).to_rfc3339_opts(SecondsFormat::Millis, true);
-        self.record.bytes = bytes;
-        self.record.duration_ms = millis(self.arrived.elapsed());
+        let record = &mut line.record;
+        record.time = DateTime::<Utc>::from(line.wall).to_rfc3339_opts(SecondsFormat::Millis, true);
+        record.bytes = bytes;
+        record.duration_ms = millis(self.arrived.elapsed());
         if error.is_some() {
-            self.record.error = error;
+            record.error = error;
         }
-        log.write(&self.record);
+        line.log.write(record);
     }
 }
 
@@ -193,11 +234,12 @@ mod tests {
         let buffer = Shared::default();
         let log = AccessLog::to_writer(buffer.clone());
         let client: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let mut pending = PendingLog::start(Some(log.clone()), client, &http::Method::GET, Some("a.example"), "/x");
-        pending.record.service = Some("quotes".into());
+        let mut pending = PendingLog::start(Some(&log), Instant::now(), client, &http::Method::GET, Some("a.example"), "/x");
+        pending.service("quotes");
         pending.answered(200);
         pending.finish(42, None);
-        PendingLog::start(Some(log), client, &http::Method::POST, None, "/y").finish(0, Some("timeout"));
+        PendingLog::start(Some(&log), Instant::now(), client, &http::Method::POST, None, "/y").finish(0, Some("timeout"));
+        PendingLog::start(None, Instant::now(), client, &http::Method::GET, None, "/z").finish(0, None);
         let mut text = String::new();
         for _ in 0..200 {
             text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();

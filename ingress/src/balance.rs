@@ -36,31 +36,45 @@ pub struct Candidate {
 /// The index of the candidate for the next attempt, skipping those in `tried`; `None` when
 /// every candidate was tried. `cursor` rotates the starting point (a per-route counter).
 pub fn choose(candidates: &[Candidate], balancing: Balancing, cursor: usize, now: Instant, tried: &[SocketAddr]) -> Option<usize> {
-    let n = candidates.len();
+    choose_with(candidates.len(), |i| candidates[i], balancing, cursor, now, tried)
+}
+
+/// [`choose`] over `n` candidates read by `candidate(i)`, so a caller can read them from
+/// where they live without collecting them first.
+pub fn choose_with(
+    n: usize,
+    candidate: impl Fn(usize) -> Candidate,
+    balancing: Balancing,
+    cursor: usize,
+    now: Instant,
+    tried: &[SocketAddr],
+) -> Option<usize> {
     if n == 0 {
         return None;
     }
-    let rotation = (0..n).map(|k| (cursor + k) % n);
-    let untried = rotation.filter(|&i| !tried.contains(&candidates[i].addr));
-    let mut best_up: Option<usize> = None;
-    let mut first_back: Option<usize> = None;
-    for i in untried {
-        let c = &candidates[i];
+    let mut best_up: Option<(usize, u64)> = None;
+    let mut first_back: Option<(usize, Instant)> = None;
+    for k in 0..n {
+        let i = cursor.wrapping_add(k) % n;
+        let c = candidate(i);
+        if tried.contains(&c.addr) {
+            continue;
+        }
         match c.down_until {
             Some(until) if until > now => {
-                if first_back.is_none_or(|j| candidates[j].down_until > Some(until)) {
-                    first_back = Some(i);
+                if first_back.is_none_or(|(_, back)| back > until) {
+                    first_back = Some((i, until));
                 }
             }
             _ => match (balancing, best_up) {
                 (Balancing::RoundRobin, None) => return Some(i),
-                (_, None) => best_up = Some(i),
-                (_, Some(j)) if c.outstanding < candidates[j].outstanding => best_up = Some(i),
+                (_, None) => best_up = Some((i, c.outstanding)),
+                (_, Some((_, least))) if c.outstanding < least => best_up = Some((i, c.outstanding)),
                 _ => {}
             },
         }
     }
-    best_up.or(first_back)
+    best_up.map(|(i, _)| i).or(first_back.map(|(i, _)| i))
 }
 
 /// How long a target stays down after `failures` consecutive refused or reset connections:

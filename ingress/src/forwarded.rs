@@ -7,6 +7,9 @@
 //! - `X-Forwarded-Port`: the ingress port the client connected to (replaced).
 //!
 //! An Upgrade request keeps `Upgrade` and `Connection: upgrade` so the target can switch.
+//!
+//! Headers are rewritten in place, and the values that depend only on the client connection
+//! ([`client_value`], [`port_value`]) are made once per connection, not per request.
 
 use std::net::IpAddr;
 
@@ -25,16 +28,23 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
+/// The headers that belong to one connection (besides those `Connection` names).
+const HOP_BY_HOP: [HeaderName; 6] = [CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER, TRANSFER_ENCODING];
+
 /// Drops hop-by-hop headers, and those the `Connection` header names. With `keep_upgrade`,
 /// `Upgrade` stays and `Connection` becomes `upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most requests carry none: one look at the names instead of a removal per name.
+    if !keep_upgrade && !headers.keys().any(|name| name == UPGRADE || HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let listed: Vec<HeaderName> = connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
     for name in listed {
         if !(keep_upgrade && name == UPGRADE) {
             headers.remove(name);
         }
     }
-    for name in [CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER, TRANSFER_ENCODING] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
     if keep_upgrade {
@@ -44,23 +54,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Adds the `X-Forwarded-*` headers for a client at `client` that reached port `port` over
-/// `https` or not, asking for `host` (as sent, port included).
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool, host: Option<&str>, port: u16) {
-    let client = client.to_canonical().to_string();
-    let previous: Vec<&str> =
-        headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()).collect();
-    let chain = if previous.is_empty() { client } else { format!("{}, {client}", previous.join(", ")) };
-    if let Ok(value) = HeaderValue::from_str(&chain) {
+/// The client's address as `X-Forwarded-For` writes it (an IPv4-mapped IPv6 address as IPv4).
+pub fn client_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_canonical().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// The ingress port as `X-Forwarded-Port` writes it.
+pub fn port_value(port: u16) -> HeaderValue {
+    HeaderValue::from(port)
+}
+
+/// Adds the `X-Forwarded-*` headers for a client at `client` (see [`client_value`]) that
+/// reached the ingress port `port` (see [`port_value`]) over `https` or not, asking for `host`
+/// (the `Host` header as sent, port included).
+pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, https: bool, host: Option<&HeaderValue>, port: &HeaderValue) {
+    let chain = match headers.get(&X_FORWARDED_FOR) {
+        None => Some(client.clone()),
+        Some(_) => {
+            let previous: Vec<&str> =
+                headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()).collect();
+            let client = client.to_str().unwrap_or_default();
+            let chain = if previous.is_empty() { client.to_string() } else { format!("{}, {client}", previous.join(", ")) };
+            HeaderValue::from_str(&chain).ok()
+        }
+    };
+    if let Some(value) = chain {
         headers.insert(X_FORWARDED_FOR, value);
     }
     let proto = if https { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        Some(value) => headers.insert(X_FORWARDED_HOST, value),
+    match host {
+        Some(value) => headers.insert(X_FORWARDED_HOST, value.clone()),
         None => headers.remove(X_FORWARDED_HOST),
     };
-    headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+    headers.insert(X_FORWARDED_PORT, port.clone());
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -96,6 +123,17 @@ mod tests {
     }
 
     #[test]
+    fn requests_without_hop_by_hop_headers_are_left_alone() {
+        let pairs = [("host", "a.example"), ("accept", "*/*"), ("x-upgraded", "no")];
+        let mut map = headers(&pairs);
+        strip_hop_by_hop(&mut map, false);
+        assert_eq!(map, headers(&pairs));
+        let mut map = headers(&[("host", "a.example"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut map, false);
+        assert_eq!(map, headers(&[("host", "a.example")]), "an Upgrade without Connection: upgrade is dropped");
+    }
+
+    #[test]
     fn upgrade_requests_keep_upgrade() {
         let mut map = headers(&[("connection", "Upgrade, x-secret"), ("upgrade", "websocket"), ("x-secret", "1")]);
         assert!(is_upgrade(&map));
@@ -118,7 +156,8 @@ mod tests {
         for (before, want) in cases {
             let mut map = headers(&before);
             map.insert(X_FORWARDED_PROTO, HeaderValue::from_static("forged"));
-            add_forwarded(&mut map, ip, true, Some("Quotes.example:8443"), 8443);
+            let host = HeaderValue::from_static("Quotes.example:8443");
+            add_forwarded(&mut map, &client_value(ip), true, Some(&host), &port_value(8443));
             assert_eq!(map.get(X_FORWARDED_FOR).unwrap(), want);
             assert_eq!(map.get_all(X_FORWARDED_FOR).iter().count(), 1);
             assert_eq!(map.get(X_FORWARDED_PROTO).unwrap(), "https");
@@ -131,7 +170,7 @@ mod tests {
     fn ipv4_mapped_clients_are_written_as_ipv4() {
         let mut map = HeaderMap::new();
         let ip: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        add_forwarded(&mut map, ip, false, None, 80);
+        add_forwarded(&mut map, &client_value(ip), false, None, &port_value(80));
         assert_eq!(map.get(X_FORWARDED_FOR).unwrap(), "127.0.0.1");
         assert_eq!(map.get(X_FORWARDED_PROTO).unwrap(), "http");
         assert!(!map.contains_key(X_FORWARDED_HOST));

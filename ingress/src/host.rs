@@ -5,6 +5,8 @@
 //! absent (any host), exact (`quotes.example`) or a wildcard (`*.example.com`, which matches
 //! one label or more before `.example.com` but not `example.com` itself).
 
+use std::borrow::Cow;
+
 use crate::error::RuleError;
 
 /// A rule's host, parsed.
@@ -60,7 +62,8 @@ impl HostPattern {
 
 /// A request's host as rules compare it: lowercase, without the port or a trailing dot.
 /// IPv6 literals keep their brackets (`[::1]:8080` becomes `[::1]`). `None` for an empty host.
-pub fn normalize_host(raw: &str) -> Option<String> {
+/// Borrowed from `raw` when it is already lowercase (the usual case: no copy).
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     let raw = raw.trim();
     let without_port = if raw.starts_with('[') {
         match raw.find(']') {
@@ -73,8 +76,14 @@ pub fn normalize_host(raw: &str) -> Option<String> {
             _ => raw,
         }
     };
-    let host = without_port.trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
+    let host = without_port.trim_end_matches('.');
+    if host.is_empty() {
+        None
+    } else if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
 }
 
 /// Labels of 1-63 letters, digits and `-` (not at either end), joined by `.`.

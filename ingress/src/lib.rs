@@ -12,7 +12,10 @@
 //! 4. `proxy` handles each request: the rule, a target chosen by [`balance`] (pure) over the
 //!    state in [`targets`] (outstanding requests, passive health), headers by [`forwarded`],
 //!    retries and the timeout, or an [`answer`] of its own; upgrades go through `upgrade`.
-//! 5. [`body`] streams the answer back and, at its end, [`access_log`] writes one JSON line.
+//!    It sends on HTTP/1.1 keep-alive connections from its own pool (`upstream`), driven by
+//!    the request's own task rather than a task per connection.
+//! 5. [`body`] streams the answer back (driving the target connection, which goes back to the
+//!    pool at the body's end) and, at its end, [`access_log`] writes one JSON line.
 //!
 //! By default the ingress runs on the caller's tokio runtime; with
 //! [`IngressConfig::threads`] it runs that many threads of its own, each with a single-threaded
@@ -38,6 +41,7 @@ mod server;
 pub mod targets;
 pub mod tls;
 mod upgrade;
+mod upstream;
 mod workers;
 
 use std::future::Future;

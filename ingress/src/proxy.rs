@@ -14,25 +14,30 @@
 //!
 //! Only connect failures mark a target down: a reset on a pooled keep-alive connection may
 //! just be the target closing an idle connection, and a crashed target refuses the next
-//! connection anyway.
+//! connection anyway. A pooled connection the target had closed before the request was
+//! written hands the request back, and it goes out on the next connection to the same target
+//! (see [`crate::upstream`]).
+//!
+//! The request path does per request only what depends on the request: headers are rewritten
+//! in place (the client's `X-Forwarded-*` values are made once per connection), the request
+//! goes out on a connection of this proxy's own pool driven by the request's own task, and
+//! the headers are copied only when a later attempt may still need them (an idempotent
+//! request with targets left to try).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST, HeaderValue};
 use http::request::Parts;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::watch;
 use tokio::time::timeout_at;
 
@@ -43,24 +48,36 @@ use crate::body::{ProxyBody, TargetBody, empty, full, incoming};
 use crate::config::IngressConfig;
 use crate::forwarded;
 use crate::host::normalize_host;
-use crate::route_table::Route;
 use crate::routing::Routing;
-use crate::targets::{Lease, TargetPool};
+use crate::targets::{Lease, Target, TargetPool};
 use crate::upgrade;
+use crate::upstream::{TargetConn, Upstream};
 
-/// What the proxy knows of the client connection a request came on.
-#[derive(Debug, Clone, Copy)]
+/// What the proxy knows of the client connection a request came on (made once per
+/// connection).
+#[derive(Debug, Clone)]
 pub struct Downstream {
     pub client: SocketAddr,
-    pub local_port: u16,
     pub https: bool,
+    /// The client's address as `X-Forwarded-For` writes it.
+    pub forwarded_for: HeaderValue,
+    /// The ingress port the client connected to, as `X-Forwarded-Port` writes it.
+    pub forwarded_port: HeaderValue,
 }
 
-/// The proxy shared by every connection of one ingress.
+impl Downstream {
+    pub fn new(client: SocketAddr, local_port: u16, https: bool) -> Self {
+        Downstream { client, https, forwarded_for: forwarded::client_value(client.ip()), forwarded_port: forwarded::port_value(local_port) }
+    }
+}
+
+/// The proxy of one worker (or of the whole ingress without `threads`): its own connections
+/// to targets; routes and target state are shared.
 pub struct Proxy {
     routing: watch::Receiver<Arc<Routing>>,
     pub pool: Arc<TargetPool>,
-    client: Client<HttpConnector, ProxyBody>,
+    /// Idle keep-alive connections to targets.
+    pub upstream: Arc<Upstream>,
     balancing: Balancing,
     max_attempts: u32,
     retry_body_limit: usize,
@@ -82,10 +99,22 @@ enum Failure {
 /// The failure of an attempt whose connection could not be made.
 const CONNECT_FAILED: &str = "connect failed";
 
+/// How one attempt on one target failed.
+enum AttemptError {
+    /// No connection could be made: nothing was sent, the target is marked down.
+    Connect(std::io::Error),
+    /// The connection closed before the request was written: nothing was sent.
+    Unsent(hyper::Error),
+    /// The request (or part of it) was sent, and no answer came.
+    Failed(hyper::Error),
+    /// The request body was streamed to an earlier attempt: it cannot be sent again.
+    BodyGone,
+}
+
 /// The request body, kept for retries when it is small enough.
 enum RequestBody {
     Replayable(Bytes),
-    Once(Option<Incoming>),
+    Once(Option<ProxyBody>),
 }
 
 impl RequestBody {
@@ -93,25 +122,24 @@ impl RequestBody {
         match self {
             RequestBody::Replayable(bytes) if bytes.is_empty() => Some(empty()),
             RequestBody::Replayable(bytes) => Some(full(bytes.clone())),
-            RequestBody::Once(body) => body.take().map(incoming),
+            RequestBody::Once(body) => body.take(),
+        }
+    }
+
+    /// A body that came back unsent can go out again.
+    fn put_back(&mut self, body: ProxyBody) {
+        if let RequestBody::Once(slot) = self {
+            *slot = Some(body);
         }
     }
 }
 
 impl Proxy {
     pub fn new(config: &IngressConfig, routing: watch::Receiver<Arc<Routing>>, pool: Arc<TargetPool>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.target_idle_timeout)
-            .build(connector);
         Proxy {
             routing,
             pool,
-            client,
+            upstream: Arc::new(Upstream::new(config.connect_timeout, config.target_idle_timeout)),
             balancing: config.balancing,
             max_attempts: config.max_attempts.max(1),
             retry_body_limit: config.retry_body_limit,
@@ -122,30 +150,36 @@ impl Proxy {
     }
 
     /// Answers one client request.
-    pub async fn handle(&self, mut req: Request<Incoming>, down: Downstream) -> Response<ProxyBody> {
-        let raw_host = request_host(&req);
-        let host = raw_host.as_deref().and_then(normalize_host);
-        let path = req.uri().path().to_string();
-        let mut log = PendingLog::start(self.access_log.clone(), down.client, req.method(), raw_host.as_deref(), &path);
-        let routing = self.routing.borrow().clone();
-        let Some(index) = routing.rules.find(host.as_deref(), &path) else {
-            return own_answer(log, answer::no_rule(host.as_deref(), &path), Some("no rule"));
-        };
-        let route = &routing.table.routes[index];
-        log.record.service = Some(route.service.clone());
-        if route.targets.is_empty() {
-            return own_answer(log, answer::no_target(&route.service), Some("no healthy target"));
+    pub async fn handle(&self, mut req: Request<Incoming>, down: &Downstream) -> Response<ProxyBody> {
+        let arrived = Instant::now();
+        // HTTP/2 (and absolute-form) requests may name the host in the URI only.
+        if !req.headers().contains_key(HOST) {
+            if let Some(value) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                req.headers_mut().insert(HOST, value);
+            }
         }
-        let deadline = (log.arrived() + route.timeout).into();
-
         let upgrading = req.version() <= Version::HTTP_11 && forwarded::is_upgrade(req.headers());
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        forwarded::strip_hop_by_hop(&mut parts.headers, upgrading);
-        forwarded::add_forwarded(&mut parts.headers, down.client.ip(), down.https, raw_host.as_deref(), down.local_port);
-        if let Some(value) = raw_host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
-            parts.headers.insert(HOST, value);
+        let host_value = parts.headers.get(HOST).cloned();
+        let raw_host = host_value.as_ref().and_then(|v| v.to_str().ok());
+        let host = raw_host.and_then(normalize_host);
+        let path = parts.uri.path();
+        let mut log = PendingLog::start(self.access_log.as_ref(), arrived, down.client, &parts.method, raw_host, path);
+        let routing = self.routing.borrow().clone();
+        let Some(index) = routing.rules.find(host.as_deref(), path) else {
+            return own_answer(log, answer::no_rule(host.as_deref(), path), Some("no rule"));
+        };
+        let route = &routing.table.routes[index];
+        let targets = &routing.targets[index];
+        log.service(&route.service);
+        if targets.is_empty() {
+            return own_answer(log, answer::no_target(&route.service), Some("no healthy target"));
         }
+        let deadline = (arrived + route.timeout).into();
+
+        forwarded::strip_hop_by_hop(&mut parts.headers, upgrading);
+        forwarded::add_forwarded(&mut parts.headers, &down.forwarded_for, down.https, host_value.as_ref(), &down.forwarded_port);
         let mut body = match timeout_at(deadline, self.request_body(&parts, body)).await {
             Ok(Ok(body)) => body,
             Ok(Err(e)) => {
@@ -158,9 +192,9 @@ impl Proxy {
         };
 
         let cursor = routing.cursors[index].fetch_add(1, Ordering::Relaxed);
-        let sent = self.send(route, &parts, &mut body, cursor, deadline, &mut log).await;
+        let sent = self.send(targets, &mut parts, &mut body, upgrading, cursor, deadline, &mut log).await;
         match sent {
-            Ok((response, lease)) => self.respond(response, lease, log, client_upgrade, &route.service),
+            Ok((response, lease, conn)) => self.respond(response, lease, conn, log, client_upgrade, &route.service),
             Err(Failure::Timeout) => own_answer(log, answer::gateway_timeout(&route.service), Some("timeout")),
             Err(Failure::NoAnswer(why)) => {
                 let text = if why == CONNECT_FAILED { "no target accepted the connection" } else { "no target answered" };
@@ -171,52 +205,97 @@ impl Proxy {
 
     /// Sends the request to the route's targets, one attempt per target, until one answers,
     /// retrying only when it is safe, within `deadline`.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
-        route: &Route,
-        parts: &Parts,
+        targets: &[Arc<Target>],
+        parts: &mut Parts,
         body: &mut RequestBody,
+        upgrading: bool,
         cursor: usize,
         deadline: tokio::time::Instant,
         log: &mut PendingLog,
-    ) -> Result<(Response<Incoming>, Lease), Failure> {
+    ) -> Result<(Response<Incoming>, Lease, TargetConn), Failure> {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut failure = Failure::NoAnswer("no target could be tried");
+        let idempotent = is_idempotent(&parts.method);
         while (tried.len() as u32) < self.max_attempts {
-            let Some(lease) = self.pool.acquire(&route.targets, self.balancing, cursor, &tried) else {
+            let Some(lease) = self.pool.acquire(targets, self.balancing, cursor, &tried) else {
                 break;
             };
-            let Some(attempt_body) = body.take() else {
-                break;
-            };
-            let target = lease.addr;
+            let target = lease.addr();
             tried.push(target);
-            log.record.target = Some(target);
-            log.record.attempts += 1;
-            let upstream = upstream_request(parts, target, attempt_body);
-            match timeout_at(deadline, self.client.request(upstream)).await {
-                Ok(Ok(response)) => {
-                    self.pool.succeeded(target);
+            log.attempt(target);
+            // Another attempt after a sent request is possible only for an idempotent one
+            // with targets and attempts left: only then do the headers need a copy.
+            let last = tried.len() as u32 >= self.max_attempts || tried.len() >= targets.len();
+            let keep_headers = idempotent && !last;
+            match timeout_at(deadline, self.attempt(target, parts, body, keep_headers, upgrading)).await {
+                Ok(Ok((response, conn))) => {
+                    self.pool.succeeded(lease.target());
                     log.answered(response.status().as_u16());
-                    return Ok((response, lease));
+                    return Ok((response, lease, conn));
                 }
-                Ok(Err(e)) => {
-                    let connect = e.is_connect();
-                    tracing::debug!(%target, error = %source_chain(&e), connect, "attempt failed");
-                    if connect {
-                        self.pool.failed(target);
-                        failure = Failure::NoAnswer(CONNECT_FAILED);
-                    } else {
-                        failure = Failure::NoAnswer("target failed before answering");
-                        if !is_idempotent(&parts.method) {
-                            break;
-                        }
+                Ok(Err(AttemptError::Connect(e))) => {
+                    tracing::debug!(%target, error = %e, "cannot connect to the target");
+                    self.pool.failed(lease.target());
+                    failure = Failure::NoAnswer(CONNECT_FAILED);
+                }
+                Ok(Err(AttemptError::Unsent(e))) => {
+                    tracing::debug!(%target, error = %source_chain(&e), "target closed the connection before the request");
+                    failure = Failure::NoAnswer("target closed the connection");
+                }
+                Ok(Err(AttemptError::Failed(e))) => {
+                    tracing::debug!(%target, error = %source_chain(&e), "attempt failed");
+                    failure = Failure::NoAnswer("target failed before answering");
+                    if !idempotent {
+                        break;
                     }
                 }
+                Ok(Err(AttemptError::BodyGone)) => break,
                 Err(_) => return Err(Failure::Timeout),
             }
         }
         Err(failure)
+    }
+
+    /// One attempt on `target`: a connection (pooled or new), the request written, the
+    /// answer's head read. A request that a pooled connection hands back unsent goes out on
+    /// the next connection; one handed back by a new connection leaves its headers and body
+    /// in `parts` and `body` for the next target.
+    async fn attempt(
+        &self,
+        target: SocketAddr,
+        parts: &mut Parts,
+        body: &mut RequestBody,
+        keep_headers: bool,
+        upgrading: bool,
+    ) -> Result<(Response<Incoming>, TargetConn), AttemptError> {
+        let mut conn = self.upstream.connection(target).await.map_err(AttemptError::Connect)?;
+        let attempt_body = body.take().ok_or(AttemptError::BodyGone)?;
+        let mut request = upstream_request(parts, attempt_body, keep_headers);
+        loop {
+            if upgrading {
+                conn.spawn_io();
+            }
+            let mut error = match conn.send(request).await {
+                Ok(response) => return Ok((response, conn)),
+                Err(error) => error,
+            };
+            match error.take_message() {
+                Some(unsent) if conn.reused() => {
+                    request = unsent;
+                    conn = self.upstream.connection(target).await.map_err(AttemptError::Connect)?;
+                }
+                Some(unsent) => {
+                    let (head, unsent_body) = unsent.into_parts();
+                    parts.headers = head.headers;
+                    body.put_back(unsent_body);
+                    return Err(AttemptError::Unsent(error.into_error()));
+                }
+                None => return Err(AttemptError::Failed(error.into_error())),
+            }
+        }
     }
 
     /// Hands the target's answer to the client (see [`respond`]).
@@ -224,11 +303,13 @@ impl Proxy {
         &self,
         response: Response<Incoming>,
         lease: Lease,
+        conn: TargetConn,
         log: PendingLog,
         client_upgrade: Option<OnUpgrade>,
         service: &str,
     ) -> Response<ProxyBody> {
-        respond(response, lease, log, client_upgrade, service, || upgrade::TunnelLimits {
+        let conn = (conn, Arc::clone(&self.upstream));
+        respond(response, lease, conn, log, client_upgrade, service, || upgrade::TunnelLimits {
             idle_timeout: self.idle_timeout,
             stop: self.tunnels.subscribe(),
         })
@@ -253,16 +334,17 @@ impl Proxy {
         let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         match declared {
             Some(len) if len <= self.retry_body_limit as u64 => Ok(RequestBody::Replayable(body.collect().await?.to_bytes())),
-            _ => Ok(RequestBody::Once(Some(body))),
+            _ => Ok(RequestBody::Once(Some(incoming(body)))),
         }
     }
 }
 
-/// Hands the target's answer to the client: its body streamed (the lease and the access log
-/// line follow the body to its end), or, for a 101, the tunnel started.
+/// Hands the target's answer to the client: its body streamed (the lease, the connection and
+/// the access log line follow the body to its end), or, for a 101, the tunnel started.
 fn respond(
     mut response: Response<Incoming>,
     lease: Lease,
+    conn: (TargetConn, Arc<Upstream>),
     log: PendingLog,
     client_upgrade: Option<OnUpgrade>,
     service: &str,
@@ -281,42 +363,32 @@ fn respond(
     let (mut head, body) = response.into_parts();
     forwarded::strip_hop_by_hop(&mut head.headers, false);
     head.version = Version::HTTP_11;
-    Response::from_parts(head, TargetBody::new(body, lease, log).boxed())
+    let (conn, upstream) = conn;
+    Response::from_parts(head, TargetBody::new(body, lease, log, conn, upstream).boxed())
 }
 
 /// Writes the access log line of an answer the ingress gives itself.
 fn own_answer(mut log: PendingLog, response: Response<ProxyBody>, error: Option<&'static str>) -> Response<ProxyBody> {
-    log.record.status = response.status().as_u16();
+    log.status(response.status().as_u16());
     let bytes = response.body().size_hint().exact().unwrap_or(0);
     log.finish(bytes, error);
     response
 }
 
-/// The host the client asked for, as sent: the `Host` header, or the URI's authority
-/// (HTTP/2's `:authority`, or an absolute-form request line).
-fn request_host<B>(req: &Request<B>) -> Option<String> {
-    req.headers()
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
-}
-
-/// The request to send to `target`: same method, path, query and (rewritten) headers, over
-/// HTTP/1.1.
-fn upstream_request(parts: &Parts, target: SocketAddr, body: ProxyBody) -> Request<ProxyBody> {
-    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(target.to_string())
-        .path_and_query(path)
-        .build()
-        .unwrap_or_else(|_| Uri::from_static("/"));
+/// The request to send to a target: same method, path, query and (rewritten) headers, over
+/// HTTP/1.1, the URI in origin form. The headers are moved out of `parts` unless
+/// `keep_headers` (then copied, for a later attempt).
+fn upstream_request(parts: &mut Parts, body: ProxyBody, keep_headers: bool) -> Request<ProxyBody> {
+    let uri = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+        parts.uri.clone()
+    } else {
+        Uri::from(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")))
+    };
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = parts.headers.clone();
+    *request.headers_mut() = if keep_headers { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
     request
 }
 

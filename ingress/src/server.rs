@@ -53,13 +53,14 @@ pub async fn serve(
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let mut prune = tokio::time::interval(check_every(config.target_idle_timeout));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
-                    let down = Downstream { client, local_port, https: shared.tls.is_some() };
+                    let down = Arc::new(Downstream::new(client, local_port, shared.tls.is_some()));
                     connections.spawn(connection(Arc::clone(&shared), stream, down, stop_rx.clone()));
                 }
                 Err(e) => {
@@ -69,6 +70,7 @@ pub async fn serve(
                 }
             },
             Some(_) = connections.join_next() => {}
+            _ = prune.tick() => shared.proxy.upstream.prune(),
         }
     }
     drop(listener);
@@ -86,7 +88,7 @@ pub async fn serve(
 
 /// One client connection: TLS handshake if any, then HTTP until the client leaves, the
 /// connection idles out or the ingress stops.
-async fn connection(shared: Arc<Shared>, stream: TcpStream, down: Downstream, stop: watch::Receiver<bool>) {
+async fn connection(shared: Arc<Shared>, stream: TcpStream, down: Arc<Downstream>, stop: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
     match &shared.tls {
         None => serve_http(&shared, stream, down, stop).await,
@@ -100,7 +102,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, down: Downstream, st
     }
 }
 
-async fn serve_http<S>(shared: &Shared, stream: S, down: Downstream, mut stop: watch::Receiver<bool>)
+async fn serve_http<S>(shared: &Shared, stream: S, down: Arc<Downstream>, mut stop: watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -109,11 +111,13 @@ where
     let in_flight = Arc::new(AtomicUsize::new(0));
     let proxy = Arc::clone(&shared.proxy);
     let counter = Arc::clone(&in_flight);
+    let client = down.client;
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let proxy = Arc::clone(&proxy);
+        let down = Arc::clone(&down);
         let guard = InFlight::enter(&counter);
         async move {
-            let response = proxy.handle(req, down).await;
+            let response = proxy.handle(req, &down).await;
             drop(guard);
             Ok::<_, Infallible>(response)
         }
@@ -126,7 +130,7 @@ where
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!(client = %down.client, error = %e, "client connection ended with an error");
+                    tracing::debug!(client = %client, error = %e, "client connection ended with an error");
                 }
                 return;
             }
@@ -138,7 +142,7 @@ where
             }
             _ = watchdog.tick(), if !closing => {
                 if in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= shared.idle_timeout {
-                    tracing::debug!(client = %down.client, "closing idle client connection");
+                    tracing::debug!(client = %client, "closing idle client connection");
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }

@@ -45,7 +45,7 @@ pub async fn tunnel(client: OnUpgrade, target: OnUpgrade, lease: Lease, log: Pen
             }
         },
         () = activity.idle_at_least(idle_timeout) => {
-            tracing::debug!(target = %lease.addr, "closing idle upgraded connection");
+            tracing::debug!(target = %lease.addr(), "closing idle upgraded connection");
             log.finish(0, Some("idle timeout"));
         }
         _ = stop.wait_for(|stop| *stop) => log.finish(0, Some("ingress stopping")),

@@ -108,6 +108,56 @@ async fn target_closing_before_its_answer_is_502() {
 }
 
 #[tokio::test]
+async fn sequential_requests_share_one_kept_alive_target_connection() {
+    let a = named("a").await;
+    let harness = Harness::start(IngressConfig::default(), table(vec![Route::new("a", "/").with_targets([a.addr])])).await;
+    let client = client();
+    for _ in 0..20 {
+        let got = get(&client, &harness, "x", "/").await;
+        assert_eq!((got.status, got.body.as_str()), (StatusCode::OK, "a /"));
+    }
+    assert_eq!(a.hits(), 20);
+    assert_eq!(a.accepted(), 1, "one keep-alive connection serves them all");
+}
+
+/// A target that answers one request per connection, then closes it a moment later without
+/// saying so (as a server closing an idle keep-alive connection does).
+async fn closing_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                if matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+        }
+    });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_target_closed_costs_no_request() {
+    let (addr, hits) = closing_backend().await;
+    let harness = Harness::start(IngressConfig::default(), table(vec![Route::new("closing", "/").with_targets([addr])])).await;
+    let client = client();
+    for _ in 0..5 {
+        // POST: not idempotent, so only a request handed back unsent may go out again.
+        let got = send(&client, &harness, "POST", "x", "/", &[]).await;
+        assert_eq!((got.status, got.body.as_str()), (StatusCode::OK, "ok"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
 async fn target_failing_mid_body_cuts_the_response() {
     let addr = broken_backend(true).await;
     let harness = Harness::start(IngressConfig::default(), table(vec![Route::new("broken", "/").with_targets([addr])])).await;

@@ -30,11 +30,17 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 pub struct Backend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted (counted by [`backend`] only).
+    pub accepted: Arc<AtomicUsize>,
 }
 
 impl Backend {
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 }
 
@@ -48,11 +54,14 @@ where
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&hits);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let accepts = Arc::clone(&accepted);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            accepts.fetch_add(1, Ordering::SeqCst);
             let handler = handler.clone();
             let counter = Arc::clone(&counter);
             tokio::spawn(async move {
@@ -65,7 +74,7 @@ where
             });
         }
     });
-    Backend { addr, hits }
+    Backend { addr, hits, accepted }
 }
 
 /// A backend answering `name` after `delay`, that can be killed: its listener and every
@@ -94,7 +103,7 @@ pub async fn killable(name: &'static str, delay: Duration) -> (Backend, tokio::t
             });
         }
     });
-    (Backend { addr, hits }, serving.abort_handle())
+    (Backend { addr, hits, accepted: Arc::default() }, serving.abort_handle())
 }
 
 /// A backend that answers `name` (and the path) to every request.
