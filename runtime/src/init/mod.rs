@@ -80,13 +80,24 @@ pub fn run(mut args: InitArgs<'_>) -> ! {
         Ok(1) => {}
         _ => sys::exit_now(1),
     }
-    if let Some(state) = hook_state
+    if let Some(state) = hook_state.map(|s| with_status(&s, "created"))
         && let Err(err) = crate::hooks::run(crate::hooks::Stage::StartContainer, args.bundle.spec.hooks().as_ref(), &state)
     {
         eprintln!("sched-runtime: {err}");
         sys::exit_now(1);
     }
     exec_program(target, late_seccomp, &args.signal_mask)
+}
+
+/// The state JSON `state` with its status replaced.
+fn with_status(state: &[u8], status: &str) -> Vec<u8> {
+    match serde_json::from_slice::<serde_json::Value>(state) {
+        Ok(mut value) => {
+            value["status"] = serde_json::Value::from(status);
+            serde_json::to_vec(&value).unwrap_or_else(|_| state.to_vec())
+        }
+        Err(_) => state.to_vec(),
+    }
 }
 
 /// What the re-executed init (`sched-runtime init`) is handed: the bundle directory, and the
