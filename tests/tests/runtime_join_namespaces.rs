@@ -1,5 +1,5 @@
-//! Joining existing namespaces by path, for every type: net, uts, ipc, cgroup and pid of a
-//! holder process; a mount namespace (the container sees a mount that exists only there); a user
+//! Joining existing namespaces by path, for every type: net, uts, ipc, cgroup, pid and time of
+//! a holder process; a mount namespace (the container sees a mount that exists only there); a user
 //! namespace (the container gets its mappings). A path whose namespace is of another type, or
 //! that is no namespace at all, is refused with a clear error and leaves nothing behind.
 //!
@@ -58,17 +58,24 @@ fn ns_link(path: &str) -> String {
 }
 
 #[test]
-fn joins_net_uts_ipc_cgroup_and_pid_by_path() {
-    let holder = Holder::new(&["--net", "--uts", "--ipc", "--cgroup", "--pid", "--fork"], "net");
+fn joins_net_uts_ipc_cgroup_pid_and_time_by_path() {
+    let holder = Holder::new(&["--net", "--uts", "--ipc", "--cgroup", "--pid", "--time", "--fork"], "net");
     let mut bundle = BusyboxBundle::new();
-    for (kind, name) in [("network", "net"), ("uts", "uts"), ("ipc", "ipc"), ("cgroup", "cgroup"), ("pid", "pid_for_children")] {
+    let joined = [
+        ("network", "net"),
+        ("uts", "uts"),
+        ("ipc", "ipc"),
+        ("cgroup", "cgroup"),
+        ("pid", "pid_for_children"),
+        ("time", "time_for_children"),
+    ];
+    for (kind, name) in joined {
         bundle = bundle.namespace_path(kind, &holder.ns(name));
     }
-    let bundle = bundle.shell("for n in net uts ipc cgroup pid; do readlink /proc/self/ns/$n; done");
+    let bundle = bundle.shell("for n in net uts ipc cgroup pid time; do readlink /proc/self/ns/$n; done");
     let out = bundle.run();
     out.assert_success();
-    let expected: Vec<String> =
-        ["net", "uts", "ipc", "cgroup", "pid_for_children"].iter().map(|n| ns_link(&holder.ns(n).to_string_lossy())).collect();
+    let expected: Vec<String> = joined.iter().map(|(_, n)| ns_link(&holder.ns(n).to_string_lossy())).collect();
     assert_eq!(out.stdout.lines().collect::<Vec<_>>(), expected, "{out:#?}");
 }
 
