@@ -47,6 +47,12 @@ pub enum Error {
     /// A cgroup could not be created, limited or removed.
     #[error("cgroup {path}: {reason}")]
     Cgroup { path: PathBuf, reason: String },
+    /// A spec's user-namespace mappings are invalid, or applying them failed.
+    #[error(transparent)]
+    IdMap(#[from] crate::idmap::IdMapError),
+    /// A hook is invalid, failed or ran out of time.
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
     /// A system call failed.
     #[error("{what}: {source}")]
     Sys { what: String, source: nix::Error },

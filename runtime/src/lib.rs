@@ -19,6 +19,8 @@ pub mod cgroups;
 pub mod container;
 pub mod default_seccomp;
 pub mod error;
+pub mod hooks;
+pub mod idmap;
 mod init;
 pub mod self_exe;
 pub mod shim;

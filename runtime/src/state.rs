@@ -13,6 +13,9 @@ use crate::error::{Context, Error, Result};
 pub const DEFAULT_ROOT: &str = "/run/sched-runtime";
 /// The file that holds [`PersistedState`] in a container's directory.
 pub(crate) const STATE_FILE: &str = "state.json";
+/// The copy of the spec taken at `create`: start, exec and delete read this one, so later edits
+/// of the bundle's config.json change nothing of a created container.
+pub const CONFIG_FILE: &str = "config.json";
 /// The FIFO the container's init blocks on until `start`.
 pub const EXEC_FIFO: &str = "exec.fifo";
 
@@ -20,6 +23,8 @@ pub const EXEC_FIFO: &str = "exec.fifo";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Being set up by `create` (only hooks see this).
+    Creating,
     /// Set up and waiting for `start`.
     Created,
     /// The user's process runs.
@@ -33,6 +38,7 @@ pub enum Status {
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.pad(match self {
+            Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
             Status::Paused => "paused",
@@ -60,6 +66,9 @@ pub struct PersistedState {
     /// RFC 3339 creation time.
     pub created: String,
     pub annotations: std::collections::HashMap<String, String>,
+    /// With a user namespace: how the rootfs was made usable by the mapped ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_ids: Option<crate::container::RootfsIds>,
 }
 
 /// The state root: where every container's directory lives.

@@ -136,19 +136,21 @@ pub fn signal_set(numbers: &[i32]) -> nix::sys::signal::SigSet {
     }
 }
 
-/// Makes the detached mount `tree` (from `open_tree(OPEN_TREE_CLONE)`) read-only with
-/// `mount_setattr(2)` (Linux 5.12), which neither nix nor rustix wraps.
-pub fn mount_set_read_only(tree: BorrowedFd<'_>) -> nix::Result<()> {
-    /// `struct mount_attr` of <linux/mount.h>.
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
-    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+/// `struct mount_attr` of <linux/mount.h>.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `mount_setattr(2)` (Linux 5.12) on the detached mount `tree`, which neither nix nor rustix
+/// wraps; `recursive` applies it to every mount of the tree.
+fn mount_setattr(tree: BorrowedFd<'_>, attr: &MountAttr, recursive: bool) -> nix::Result<()> {
+    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
     // SAFETY: `tree` is a valid descriptor for the call; the empty path is a NUL-terminated
     // static string; `attr` is a `struct mount_attr` laid out as the kernel expects and its size
     // is passed with it; the kernel only reads both and keeps no pointer.
@@ -157,12 +159,59 @@ pub fn mount_set_read_only(tree: BorrowedFd<'_>) -> nix::Result<()> {
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
+            flags,
+            attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };
     if rc < 0 { Err(nix::Error::last()) } else { Ok(()) }
+}
+
+/// Makes the detached mount `tree` (from `open_tree(OPEN_TREE_CLONE)`) read-only.
+pub fn mount_set_read_only(tree: BorrowedFd<'_>) -> nix::Result<()> {
+    mount_setattr(tree, &MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 }, false)
+}
+
+/// Makes the detached mount `tree` an idmapped mount through the mappings of the user namespace
+/// `userns` (`MOUNT_ATTR_IDMAP`): a file owned by id N on disk shows as owned by the host id that
+/// container id N maps to, and files created through it are stored with the container's ids.
+pub fn mount_set_idmap(tree: BorrowedFd<'_>, userns: BorrowedFd<'_>, recursive: bool) -> nix::Result<()> {
+    let userns_fd = u64::try_from(userns.as_raw_fd()).map_err(|_| nix::Error::EBADF)?;
+    mount_setattr(tree, &MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd }, recursive)
+}
+
+/// The type of the namespace behind `fd` as its `CLONE_NEW*` flag (`NS_GET_NSTYPE`, Linux 4.11).
+/// ENOTTY means `fd` is not a namespace file.
+pub fn namespace_type(fd: BorrowedFd<'_>) -> nix::Result<libc::c_int> {
+    /// `_IO(0xb7, 0x3)` of <linux/nsfs.h>.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns an integer; `fd` is a valid open
+    // descriptor for the duration of the call; no memory of ours is touched.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
+    if rc < 0 { Err(nix::Error::last()) } else { Ok(rc) }
+}
+
+/// Creates a process like `fork`, except that its parent is our parent (`CLONE_PARENT`): the
+/// container's init forks its pid 1 this way once it has created the pid namespace inside the
+/// container's user namespace, so that the runtime, not the init's first process, is the parent
+/// that waits for it. Refuses in a process with more than one thread, like [`fork`].
+pub fn fork_as_sibling() -> Result<ForkResult> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(Error::ConfigInvalid(format!("internal: cannot fork a process with {threads} threads")));
+    }
+    let flags = (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: like `fork` above: the process has exactly one thread, so the child gets a
+    // consistent copy of every lock and allocator state. Without CLONE_VM the child runs on a
+    // copy of our stack and memory, as after fork; the null stack pointer means "the same stack
+    // address", and the tid pointers are unused (no CLONE_*SETTID flags). glibc's raise and
+    // pthread_kill ask the kernel for the caller's tid, so they work in the child too.
+    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    match rc {
+        r if r < 0 => Err(Error::Sys { what: "fork the container's pid 1 (clone CLONE_PARENT)".into(), source: nix::Error::last() }),
+        0 => Ok(ForkResult::Child),
+        pid => Ok(ForkResult::Parent { child: nix::unistd::Pid::from_raw(pid as i32) }),
+    }
 }
 
 /// Resets every catchable signal to its default action. Rust ignores SIGPIPE at startup, and
@@ -179,4 +228,13 @@ pub fn reset_signal_dispositions() {
         // kernel rejects) are ignored.
         unsafe { libc::signal(signo, libc::SIG_DFL) };
     }
+}
+
+/// Takes ownership of descriptors that arrived with `SCM_RIGHTS`.
+pub fn received_fds(raw: Vec<RawFd>) -> Vec<OwnedFd> {
+    raw.into_iter()
+        // SAFETY: the kernel installed these descriptors in our table while receiving the
+        // message (with MSG_CMSG_CLOEXEC), and nothing else has seen their numbers yet.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect()
 }

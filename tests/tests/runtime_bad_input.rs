@@ -160,3 +160,13 @@ fn host_sysctls_are_refused_naming_the_key() {
     assert_mentions(&line, &["net.ipv4.ip_forward"]);
     bundle.assert_nothing_left(None);
 }
+
+#[test]
+fn unknown_capability_is_refused_naming_it() {
+    let bundle = BusyboxBundle::new().capabilities(&["CAP_KILL", "CAP_TELEPORT"]);
+    let outcome = bundle.create();
+    let line = outcome.assert_one_line_failure();
+    assert_mentions(line, &["\"CAP_TELEPORT\""]);
+    assert_mentions(line, &["process.capabilities."]);
+    bundle.assert_nothing_left(None);
+}

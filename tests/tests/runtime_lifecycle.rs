@@ -164,3 +164,23 @@ fn list_shows_created_containers() {
     assert!(listed.stdout.contains(bundle.id()), "{listed:#?}");
     assert!(listed.stdout.contains("created"), "{listed:#?}");
 }
+
+/// config.json is read once, at create: a later edit of the bundle (other args, env, a failing
+/// hook) changes neither what start runs nor what exec starts from.
+#[test]
+fn editing_config_json_after_create_changes_nothing() {
+    let bundle = BusyboxBundle::new().env(&["MODE=original"]).shell("echo $MODE > /out; sleep 30");
+    bundle.create().assert_success();
+    let mut edited = bundle.config().clone();
+    edited["process"]["args"] = serde_json::json!(["sh", "-c", "echo edited > /out"]);
+    edited["process"]["env"] = serde_json::json!(["PATH=/bin", "MODE=edited"]);
+    edited["hooks"] = serde_json::json!({ "poststart": [{ "path": "/bin/false" }] });
+    fs::write(bundle.bundle_dir().join("config.json"), serde_json::to_vec(&edited).unwrap()).unwrap();
+    bundle.start().assert_success();
+    bundle.wait_for_file("/out", Duration::from_secs(10));
+    assert_eq!(fs::read_to_string(bundle.rootfs().join("out")).unwrap(), "original\n");
+    let exec = bundle.cli(&["exec", bundle.id(), "sh", "-c", "echo $MODE"]);
+    exec.assert_success();
+    assert_eq!(exec.stdout, "original\n");
+    bundle.kill("KILL").assert_success();
+}

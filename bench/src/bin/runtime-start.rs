@@ -7,6 +7,7 @@
 //! target/release/runtime-start                 # 50 iterations of each operation and runtime
 //! target/release/runtime-start --iterations 200 --sched target/release/sched-runtime --runc /usr/sbin/runc
 //! target/release/runtime-start --seccomp       # both runtimes with the tasks' default profile
+//! target/release/runtime-start --userns        # both runtimes with a new user namespace
 //! ```
 //!
 //! On a busybox-static bundle (the default config of `runc spec`: new pid, mount, ipc, uts,
@@ -18,6 +19,8 @@
 //!
 //! With `--seccomp` the bundle carries the seccomp profile every task gets from the agent
 //! (Docker's default, `runtime/src/default_seccomp.json`): the start-up cost of that profile.
+//! With `--userns` every container gets a new user namespace mapping 65536 ids (podman's
+//! `--userns=auto` shape): sched-runtime idmaps the rootfs, runc 1.1 leaves it as it is.
 //!
 //! The runtimes alternate inside every iteration (and swap who goes first each iteration), so
 //! both see the same machine load. It prints min / median / max in milliseconds and the ratio of
@@ -46,13 +49,21 @@ struct Options {
     runc: PathBuf,
     /// Give every container the tasks' default seccomp profile.
     seccomp: bool,
+    /// Run every container in a new user namespace (container 0..65536 -> host 300000..),
+    /// as podman's `--userns=auto` does.
+    userns: bool,
 }
 
 fn parse_options() -> Result<Options> {
     let exe = std::env::current_exe().context("find the benchmark's own path")?;
     let profile_dir = exe.parent().context("the benchmark lives in target/<profile>/")?;
-    let mut options =
-        Options { iterations: 50, sched: profile_dir.join("sched-runtime"), runc: PathBuf::from("/usr/sbin/runc"), seccomp: false };
+    let mut options = Options {
+        iterations: 50,
+        sched: profile_dir.join("sched-runtime"),
+        runc: PathBuf::from("/usr/sbin/runc"),
+        seccomp: false,
+        userns: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -63,10 +74,11 @@ fn parse_options() -> Result<Options> {
             "--sched" => options.sched = PathBuf::from(value("--sched")?),
             "--runc" => options.runc = PathBuf::from(value("--runc")?),
             "--seccomp" => options.seccomp = true,
+            "--userns" => options.userns = true,
             "--help" | "-h" => {
                 println!(
                     "usage: runtime-start [--iterations N (50)] [--sched PATH \
-                     (target/release/sched-runtime)] [--runc PATH (/usr/sbin/runc)] [--seccomp]"
+                     (target/release/sched-runtime)] [--runc PATH (/usr/sbin/runc)] [--seccomp] [--userns]"
                 );
                 std::process::exit(0);
             }
@@ -162,11 +174,17 @@ fn build_rootfs(rootfs: &Path) -> Result<()> {
 
 /// `runc spec`'s default config (no terminal, read-only root), running `/bin/true` in cgroup
 /// `cgroup_path`: the tests' default bundle config with runc's read-only root; with `seccomp`,
-/// the tasks' default seccomp profile.
-fn config(cgroup_path: &str, seccomp: bool) -> Result<Value> {
+/// the tasks' default seccomp profile; with `userns`, a new user namespace mapping 65536 ids.
+fn config(cgroup_path: &str, seccomp: bool, userns: bool) -> Result<Value> {
     let mut config = sched_tests::bundle::default_config(cgroup_path.trim_start_matches('/'));
     if seccomp {
         config["linux"]["seccomp"] = serde_json::to_value(runtime::default_seccomp::default_seccomp())?;
+    }
+    if userns {
+        let range = json!([{ "containerID": 0, "hostID": 300_000, "size": 65536 }]);
+        config["linux"]["namespaces"].as_array_mut().context("namespaces is an array")?.push(json!({ "type": "user" }));
+        config["linux"]["uidMappings"] = range.clone();
+        config["linux"]["gidMappings"] = range;
     }
     config["process"]["args"] = json!(["/bin/true"]);
     config["root"]["readonly"] = json!(true);
@@ -240,7 +258,7 @@ fn main() -> Result<()> {
             let runtime = &runtimes[r];
             for (o, operation) in OPERATIONS.iter().enumerate() {
                 let id = format!("sched-bench-{}-{r}-{o}-{iteration}", std::process::id());
-                let config = config(&format!("/{id}"), options.seccomp)?;
+                let config = config(&format!("/{id}"), options.seccomp, options.userns)?;
                 fs::write(bundle.join("config.json"), serde_json::to_vec(&config)?)?;
                 let timed = match o {
                     0 => create_start_delete(runtime, &bundle, &id),
@@ -258,7 +276,8 @@ fn main() -> Result<()> {
     }
 
     let profile = if options.seccomp { " with the default seccomp profile" } else { "" };
-    println!("container start on a busybox bundle{profile}, {} iterations, runtimes interleaved\n", options.iterations);
+    let userns = if options.userns { " in a new user namespace (65536 ids mapped)" } else { "" };
+    println!("container start on a busybox bundle{profile}{userns}, {} iterations, runtimes interleaved\n", options.iterations);
     println!("| runtime | operation | min ms | median ms | max ms |");
     println!("|---|---|---:|---:|---:|");
     let mut medians = vec![[0.0; OPERATIONS.len()]; runtimes.len()];

@@ -7,6 +7,7 @@
 //! clone of the runtime binary right after the fork ([`crate::init`]), so the caller must be
 //! `sched-runtime` (its hidden `init` command takes over).
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use nix::sched::{CloneFlags, setns, unshare};
@@ -20,8 +21,10 @@ use super::Container;
 use crate::bundle::Bundle;
 use crate::cgroups::{ContainerCgroup, cgroup_path};
 use crate::error::{Context, Error, Result};
+use crate::hooks::Stage;
 use crate::init::{self, InitArgs};
-use crate::state::{EXEC_FIFO, PersistedState, StateRoot, process_start_time};
+use crate::state::{CONFIG_FILE, EXEC_FIFO, PersistedState, StateRoot, process_start_time};
+use crate::sync::ChildMessage;
 use crate::{sync, sys};
 
 /// What `create` (and `run`) needs.
@@ -66,9 +69,14 @@ impl Container {
     pub fn create(root: &StateRoot, opts: &CreateOptions, signal_mask: SigSet) -> Result<Container> {
         crate::state::validate_id(&opts.id)?;
         let bundle = Bundle::load(&opts.bundle)?;
+        let mappings = bundle.mappings()?;
         tracing::debug!(id = %opts.id, "bundle loaded");
         let dir = root.claim(&opts.id)?;
         let mut rollback = Rollback { dir: &dir, child: None, cgroup: None, armed: true };
+        // config.json is read once: the init, start, exec and delete read this copy.
+        let config = dir.join(CONFIG_FILE);
+        std::fs::write(&config, serde_json::to_vec(&bundle.spec).map_err(|e| Error::ConfigInvalid(format!("spec: {e}")))?)
+            .context(|| format!("write {}", config.display()))?;
 
         let fifo_path = dir.join(EXEC_FIFO);
         nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o600)).context(|| format!("create {}", fifo_path.display()))?;
@@ -85,11 +93,11 @@ impl Container {
         // The init execs the container's program from a binary no container can write.
         let protected_exe = crate::self_exe::protected_copy()?;
 
-        enter_pid_namespace(&bundle, &joins)?;
+        let own_pid_ns = enter_pid_namespace(&bundle, &joins)?;
         let child = match sys::fork()? {
             ForkResult::Child => {
                 drop(parent_end);
-                let args = InitArgs { bundle: &bundle, channel: child_end, exec_fifo, joins, signal_mask, console_socket };
+                let args = InitArgs { bundle: &bundle, config, channel: child_end, exec_fifo, joins, signal_mask, console_socket };
                 match &protected_exe {
                     Some(exe) => init::reexec(exe, args),
                     None => init::run(args),
@@ -97,6 +105,10 @@ impl Container {
             }
             ForkResult::Parent { child } => child,
         };
+        // Our later children (hooks) belong in our own pid namespace, not the container's.
+        if let Some(own) = own_pid_ns {
+            setns(&own, CloneFlags::CLONE_NEWPID).context(|| "return to the runtime's pid namespace".into())?;
+        }
         drop(protected_exe);
         drop(child_end);
         drop(exec_fifo);
@@ -106,7 +118,34 @@ impl Container {
         cgroup.enter_and_limit(child.as_raw(), resources)?;
         tracing::debug!(pid = child.as_raw(), "init in its cgroup, limits applied");
         parent_end.send_go()?;
-        parent_end.wait_ready()?;
+        let created = crate::time::now_rfc3339();
+        let mut child = child;
+        let mut rootfs_ids = None;
+        loop {
+            match parent_end.recv()? {
+                ChildMessage::Ready => break,
+                ChildMessage::MapRequest => {
+                    let mapped = super::userns::map_and_mount(child.as_raw(), &bundle, mappings.as_ref())?;
+                    let fds: Vec<_> = mapped.fds.iter().map(|fd| fd.as_fd()).collect();
+                    parent_end.send_mapped(&mapped.layout, &fds)?;
+                    rootfs_ids = Some(mapped.rootfs);
+                    tracing::debug!(rootfs = ?mapped.rootfs, "user namespace mapped");
+                }
+                ChildMessage::Pid(pid) => {
+                    // The process that forked the container's pid 1 exits; pid 1 is our child.
+                    let _ = waitpid(child, None);
+                    child = Pid::from_raw(pid);
+                    rollback.child = Some(child);
+                    parent_end.send_ack()?;
+                }
+                ChildMessage::Hooks => {
+                    let state = hook_state(&opts.id, child.as_raw(), &bundle, &created);
+                    crate::hooks::run(Stage::Prestart, bundle.spec.hooks().as_ref(), &state)?;
+                    crate::hooks::run(Stage::CreateRuntime, bundle.spec.hooks().as_ref(), &state)?;
+                    parent_end.send_hooks_done(&state)?;
+                }
+            }
+        }
         tracing::debug!("init ready");
 
         let (pid_start_time, _) =
@@ -119,8 +158,9 @@ impl Container {
             rootfs: bundle.rootfs.clone(),
             cgroup_dirs: crate::cgroups::dirs_of(child.as_raw(), &cg_path)?,
             cgroup_path: cg_path,
-            created: crate::time::now_rfc3339(),
+            created,
             annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+            rootfs_ids,
         };
         root.save(&state)?;
         tracing::debug!("state saved");
@@ -134,15 +174,37 @@ impl Container {
 }
 
 /// A new pid namespace (or a joined one) applies to the children of the caller, so the parent
-/// enters it just before the fork and the init becomes its pid 1 (or a member).
-fn enter_pid_namespace(bundle: &Bundle, joins: &[init::NamespaceJoin]) -> Result<()> {
-    if let Some(join) = joins.iter().find(|j| j.typ == LinuxNamespaceType::Pid) {
-        return setns(&join.file, CloneFlags::CLONE_NEWPID).context(|| "join the pid namespace".into());
+/// enters it just before the fork and the init becomes its pid 1 (or a member). Returns our own
+/// pid namespace, to go back to right after the fork. With a user namespace a new pid namespace
+/// is the init's to make ([`init::pid_namespace_in_init`]).
+fn enter_pid_namespace(bundle: &Bundle, joins: &[init::NamespaceJoin]) -> Result<Option<std::fs::File>> {
+    let wanted = bundle.namespaces().iter().any(|ns| ns.typ() == LinuxNamespaceType::Pid);
+    if !wanted || init::pid_namespace_in_init(bundle) {
+        return Ok(None);
     }
-    if bundle.namespaces().iter().any(|ns| ns.typ() == LinuxNamespaceType::Pid) {
+    let own = std::fs::File::open("/proc/self/ns/pid").context(|| "open /proc/self/ns/pid".into())?;
+    if let Some(join) = joins.iter().find(|j| j.typ == LinuxNamespaceType::Pid) {
+        setns(&join.file, CloneFlags::CLONE_NEWPID).context(|| "join the pid namespace".into())?;
+    } else {
         unshare(CloneFlags::CLONE_NEWPID).context(|| "create the pid namespace".into())?;
     }
-    Ok(())
+    Ok(Some(own))
+}
+
+/// The state JSON hooks get on their stdin while the container is being created.
+fn hook_state(id: &str, pid: i32, bundle: &Bundle, created: &str) -> Vec<u8> {
+    let state = super::OciState {
+        oci_version: "1.2.0".into(),
+        id: id.into(),
+        pid,
+        status: crate::state::Status::Creating,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        created: created.into(),
+        owner: String::new(),
+        annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+    };
+    serde_json::to_vec(&state).expect("the state serializes")
 }
 
 /// Connects to `--console-socket` when the process wants a terminal.

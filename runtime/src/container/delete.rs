@@ -19,6 +19,7 @@ use nix::unistd::Pid;
 use super::Container;
 use crate::cgroups::{ContainerCgroup, kill_all, remove_dirs};
 use crate::error::{Error, Result};
+use crate::hooks::Stage;
 use crate::state::{STATE_FILE, Status, process_start_time};
 
 /// How long delete waits for the killed processes to die.
@@ -54,6 +55,15 @@ impl Container {
             ContainerCgroup::open(&self.state.cgroup_path, self.id())?.remove()?;
         } else {
             remove_dirs(&self.state.cgroup_dirs, CGROUP_REMOVE_TIMEOUT)?;
+        }
+        // As the spec says: a failing poststop hook is logged and the delete goes on.
+        match self.spec() {
+            Ok(spec) => {
+                if let Err(err) = crate::hooks::run(Stage::Poststop, spec.hooks().as_ref(), &self.hook_state(Status::Stopped)) {
+                    tracing::warn!("{err}");
+                }
+            }
+            Err(err) => tracing::warn!("no poststop hooks run: {err}"),
         }
         self.remove_state_dir()
     }

@@ -26,13 +26,16 @@ pub struct ExecOptions {
     pub console_socket: Option<PathBuf>,
 }
 
-/// The namespaces an exec'd process joins, mount last (it changes how paths resolve).
-const JOIN_ORDER: [(LinuxNamespaceType, &str); 5] = [
+/// The namespaces an exec'd process joins: mount after the others (it changes how paths
+/// resolve), user last (once in it, the host's privileges no longer reach namespaces the
+/// container joined from the host).
+const JOIN_ORDER: [(LinuxNamespaceType, &str); 6] = [
     (LinuxNamespaceType::Cgroup, "cgroup"),
     (LinuxNamespaceType::Ipc, "ipc"),
     (LinuxNamespaceType::Uts, "uts"),
     (LinuxNamespaceType::Network, "net"),
     (LinuxNamespaceType::Mount, "mnt"),
+    (LinuxNamespaceType::User, "user"),
 ];
 
 impl Container {
@@ -48,7 +51,7 @@ impl Container {
         }
         validate(&opts.process, opts.console_socket.is_some())?;
         // The container's own spec: its seccomp filter confines exec'd processes too.
-        let container_spec = crate::bundle::Bundle::load(&self.state.bundle)?.spec;
+        let container_spec = self.spec()?;
         let joins = self.open_namespaces()?;
         let pid_ns = self.namespace_file("pid")?;
         let console_socket = match (&opts.console_socket, opts.process.terminal() == Some(true)) {
@@ -147,10 +150,9 @@ fn validate(process: &Process, has_console_socket: bool) -> Result<()> {
 }
 
 impl Container {
-    /// The container's own process spec (from its bundle's config.json): the base a `sched-runtime
+    /// The container's own process spec (from config.json as `create` read it): the base a `sched-runtime
     /// exec ID CMD...` starts from before its flags change args, env, cwd, user and the rest.
     pub fn base_process(&self) -> Result<Process> {
-        let bundle = crate::bundle::Bundle::load(&self.state.bundle)?;
-        bundle.spec.process().clone().ok_or_else(|| Error::ConfigInvalid("the container's config.json has no process".into()))
+        self.spec()?.process().clone().ok_or_else(|| Error::ConfigInvalid("the container's config.json has no process".into()))
     }
 }

@@ -12,6 +12,7 @@ mod pause;
 mod run;
 mod start;
 mod state;
+mod userns;
 
 use std::path::PathBuf;
 
@@ -20,6 +21,7 @@ pub use exec::ExecOptions;
 pub use exec_process::{ExecChanges, read_process};
 pub use kill::parse_signal;
 pub use state::OciState;
+pub use userns::RootfsIds;
 
 use crate::error::Result;
 use crate::state::{PersistedState, StateRoot, Status};
@@ -51,6 +53,23 @@ impl Container {
     /// The container's status now.
     pub fn status(&self) -> Status {
         self.state.status(&self.dir)
+    }
+
+    /// The spec as `create` read it: its copy in the state directory (the bundle's config.json
+    /// only for a container created by a runtime that kept no copy).
+    pub fn spec(&self) -> Result<oci_spec::runtime::Spec> {
+        let copy = self.dir.join(crate::state::CONFIG_FILE);
+        let path = if copy.exists() { copy } else { self.state.bundle.join("config.json") };
+        let text = std::fs::read(&path).map_err(|e| crate::Error::Io { what: format!("read {}", path.display()), source: e })?;
+        serde_json::from_slice(&text).map_err(|e| crate::Error::ConfigMalformed { path, reason: e.to_string() })
+    }
+
+    /// The state JSON a hook gets, with `status`.
+    fn hook_state(&self, status: Status) -> Vec<u8> {
+        let mut state = self.state();
+        state.status = status;
+        state.pid = self.state.pid;
+        serde_json::to_vec(&state).expect("the state serializes")
     }
 
     /// Every container under the state root, sorted by id.

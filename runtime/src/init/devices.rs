@@ -14,15 +14,23 @@ use crate::error::{Context, Error, Result};
 const DEFAULT_DEVICES: [(&str, u64, u64); 6] =
     [("/dev/null", 1, 3), ("/dev/zero", 1, 5), ("/dev/full", 1, 7), ("/dev/random", 1, 8), ("/dev/urandom", 1, 9), ("/dev/tty", 5, 0)];
 
-/// Creates the default devices and the spec's devices with mknod.
-pub fn create_default(root: &RootDir, extra: &[LinuxDevice]) -> Result<()> {
+/// Creates the default devices and the spec's devices with mknod or, in a user namespace (where
+/// mknod is not allowed), by binding the host's node of the same path onto an empty file.
+pub fn create_default(root: &RootDir, extra: &[LinuxDevice], bind: bool) -> Result<()> {
     for (path, major, minor) in DEFAULT_DEVICES {
         if extra.iter().any(|d| d.path() == Path::new(path)) {
             continue;
         }
-        root.mknod(Path::new(path), SFlag::S_IFCHR, 0o666, makedev(major, minor))?;
+        if bind {
+            bind_host_node(root, Path::new(path))?;
+        } else {
+            root.mknod(Path::new(path), SFlag::S_IFCHR, 0o666, makedev(major, minor))?;
+        }
     }
-    for d in extra {
+    for d in extra.iter().filter(|_| bind) {
+        bind_host_node(root, d.path())?;
+    }
+    for d in extra.iter().filter(|_| !bind) {
         let kind = match d.typ() {
             LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
             LinuxDeviceType::B => SFlag::S_IFBLK,
@@ -43,6 +51,13 @@ pub fn create_default(root: &RootDir, extra: &[LinuxDevice]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Binds the host's device node at `path` onto an empty file at the same path in the rootfs.
+fn bind_host_node(root: &RootDir, path: &Path) -> Result<()> {
+    let target = super::mounts::ensure_target(root, path, false)?;
+    nix::mount::mount(Some(path), target.as_str(), None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+        .context(|| format!("bind the host's {} (no mknod in a user namespace)", path.display()))
 }
 
 /// /dev/fd, /dev/std{in,out,err}, /dev/ptmx (when /dev/pts is mounted) and /dev/core (when /proc

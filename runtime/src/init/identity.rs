@@ -56,7 +56,12 @@ pub fn switch_user_and_capabilities(process: &Process) -> Result<()> {
     }
     nix::sys::prctl::set_keepcaps(true).context(|| "prctl(PR_SET_KEEPCAPS)".into())?;
     let gids: Vec<Gid> = user.additional_gids().iter().flatten().map(|g| Gid::from_raw(*g)).collect();
-    setgroups(&gids).context(|| format!("set additional gids {:?}", user.additional_gids()))?;
+    // In a user namespace mapped by an unprivileged writer setgroups is denied (and the groups
+    // are the namespace's already); only a wish for additional gids must then fail.
+    let denied = std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny");
+    if !(denied && gids.is_empty()) {
+        setgroups(&gids).context(|| format!("set additional gids {:?}", user.additional_gids()))?;
+    }
     let gid = Gid::from_raw(user.gid());
     setresgid(gid, gid, gid).context(|| format!("set gid {}", user.gid()))?;
     let uid = Uid::from_raw(user.uid());

@@ -45,12 +45,16 @@ use crate::error::{Context, Error, Result};
 use crate::sync::ChildChannel;
 use crate::sys;
 
-pub use namespaces::{NamespaceJoin, open_joins};
+pub use mounts::is_bind;
+pub use namespaces::{NamespaceJoin, open_joins, pid_namespace_in_init};
 pub use tenant::{TenantArgs, run as run_tenant};
 
 /// What the parent hands to the child across the fork.
 pub struct InitArgs<'a> {
     pub bundle: &'a Bundle,
+    /// The copy of the spec `create` keeps in the container's state directory: the re-executed
+    /// init reads this one, never the bundle's config.json again.
+    pub config: PathBuf,
     pub channel: ChildChannel,
     /// The exec FIFO, opened read-write so that opening it never blocks; reading it blocks until
     /// `start` writes a byte.
@@ -65,7 +69,10 @@ pub struct InitArgs<'a> {
 
 /// Runs the container init in the forked child. Never returns.
 pub fn run(mut args: InitArgs<'_>) -> ! {
-    let ready = setup(&mut args);
+    let (ready, hook_state) = match setup(&mut args) {
+        Ok((prepared, state)) => (Ok(prepared), state),
+        Err(e) => (Err(e), None),
+    };
     let (target, late_seccomp) = report_setup(&mut args.channel, ready);
     // Created: wait for `start`. A read error or end of file means nobody will ever start us.
     let mut byte = [0u8; 1];
@@ -73,7 +80,24 @@ pub fn run(mut args: InitArgs<'_>) -> ! {
         Ok(1) => {}
         _ => sys::exit_now(1),
     }
+    if let Some(state) = hook_state.map(|s| with_status(&s, "created"))
+        && let Err(err) = crate::hooks::run(crate::hooks::Stage::StartContainer, args.bundle.spec.hooks().as_ref(), &state)
+    {
+        eprintln!("sched-runtime: {err}");
+        sys::exit_now(1);
+    }
     exec_program(target, late_seccomp, &args.signal_mask)
+}
+
+/// The state JSON `state` with its status replaced.
+fn with_status(state: &[u8], status: &str) -> Vec<u8> {
+    match serde_json::from_slice::<serde_json::Value>(state) {
+        Ok(mut value) => {
+            value["status"] = serde_json::Value::from(status);
+            serde_json::to_vec(&value).unwrap_or_else(|_| state.to_vec())
+        }
+        Err(_) => state.to_vec(),
+    }
 }
 
 /// What the re-executed init (`sched-runtime init`) is handed: the bundle directory, and the
@@ -81,6 +105,8 @@ pub fn run(mut args: InitArgs<'_>) -> ! {
 #[derive(Debug, Clone)]
 pub struct Handover {
     pub bundle: PathBuf,
+    /// The spec's copy in the state directory ([`InitArgs::config`]).
+    pub config: PathBuf,
     pub channel: RawFd,
     pub exec_fifo: RawFd,
     /// The namespaces joined by path, in the order of the spec's namespaces that have a path.
@@ -95,6 +121,7 @@ impl Handover {
     pub fn to_args(&self) -> Vec<CString> {
         let mut args: Vec<Vec<u8>> = vec![b"sched-runtime".to_vec(), b"init".to_vec(), b"--bundle".to_vec()];
         args.push(self.bundle.as_os_str().as_bytes().to_vec());
+        args.extend([b"--config".to_vec(), self.config.as_os_str().as_bytes().to_vec()]);
         args.extend([b"--channel".to_vec(), self.channel.to_string().into_bytes()]);
         args.extend([b"--exec-fifo".to_vec(), self.exec_fifo.to_string().into_bytes()]);
         for fd in &self.joins {
@@ -123,6 +150,7 @@ pub fn reexec(exe: &OwnedFd, mut args: InitArgs<'_>) -> ! {
         }
         let handover = Handover {
             bundle: args.bundle.dir.clone(),
+            config: args.config.clone(),
             channel: args.channel.as_fd().as_raw_fd(),
             exec_fifo: args.exec_fifo.as_raw_fd(),
             joins: args.joins.iter().map(|j| j.file.as_raw_fd()).collect(),
@@ -144,7 +172,7 @@ pub fn run_handed_over(handover: Handover) -> ! {
     let Ok(channel) = sys::inherited_fd(handover.channel) else { sys::exit_now(1) };
     let mut channel = ChildChannel::from_fd(channel);
     let taken = (|| -> Result<_> {
-        let bundle = Bundle::load(&handover.bundle)?;
+        let bundle = Bundle::load_with_config(&handover.bundle, Some(&handover.config))?;
         let exec_fifo = File::from(sys::inherited_fd(handover.exec_fifo)?);
         let with_path: Vec<_> = bundle.namespaces().iter().filter(|ns| ns.path().is_some()).map(|ns| ns.typ()).collect();
         if with_path.len() != handover.joins.len() {
@@ -161,6 +189,7 @@ pub fn run_handed_over(handover: Handover) -> ! {
     match taken {
         Ok((bundle, exec_fifo, joins, console_socket)) => run(InitArgs {
             bundle: &bundle,
+            config: handover.config.clone(),
             channel,
             exec_fifo,
             joins,
@@ -214,9 +243,10 @@ fn exec_program(target: exec::ExecTarget, late_seccomp: Option<seccomp::Compiled
     sys::exit_now(127);
 }
 
-/// Every fallible step of the setup, in order. Returns the program to exec, and the seccomp
-/// filter still to install right before `execve` (with `noNewPrivileges`).
-fn setup(args: &mut InitArgs<'_>) -> Result<Prepared> {
+/// Every fallible step of the setup, in order. Returns the program to exec, the seccomp
+/// filter still to install right before `execve` (with `noNewPrivileges`), and when the spec has
+/// hooks the state JSON the startContainer hooks get.
+fn setup(args: &mut InitArgs<'_>) -> Result<(Prepared, Option<Vec<u8>>)> {
     let spec = &args.bundle.spec;
     // No descriptor of the runtime or the host may reach the container's program.
     sys::cloexec_from(3)?;
@@ -231,9 +261,19 @@ fn setup(args: &mut InitArgs<'_>) -> Result<Prepared> {
     args.channel.wait_go()?;
     let seccomp = seccomp?;
 
-    namespaces::enter(args.bundle, &args.joins)?;
+    let mut trees = namespaces::enter(args.bundle, &args.joins, &mut args.channel)?;
     namespaces::configure(args.bundle)?;
-    rootfs::prepare(args.bundle)?;
+    let hooks = spec.hooks().as_ref().filter(|h| crate::hooks::Stage::ALL.iter().any(|s| !s.of(h).is_empty()));
+    let mut hook_state = None;
+    let channel = &mut args.channel;
+    rootfs::prepare(args.bundle, &mut trees, &mut || {
+        if let Some(hooks) = hooks {
+            let state = channel.request_hooks()?;
+            crate::hooks::run(crate::hooks::Stage::CreateContainer, Some(hooks), &state)?;
+            hook_state = Some(state);
+        }
+        Ok(())
+    })?;
 
     let process = spec.process().as_ref().expect("validated: process exists");
     if let Some(socket) = &args.console_socket {
@@ -242,7 +282,7 @@ fn setup(args: &mut InitArgs<'_>) -> Result<Prepared> {
     // runc's order: without noNewPrivileges the kernel wants CAP_SYS_ADMIN for a filter, which
     // become_process drops, so install it now; with it, as late as possible (in `run`).
     let late_seccomp = seccomp::install_unless_no_new_privileges(seccomp, process)?;
-    Ok((become_process(process)?, late_seccomp))
+    Ok(((become_process(process)?, late_seccomp), hook_state))
 }
 
 /// The steps shared by a container's init and a process exec'd into it: rlimits,

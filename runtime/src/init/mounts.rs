@@ -27,11 +27,13 @@ pub struct MountOptions {
     pub propagation: Vec<MsFlags>,
     /// Filesystem-specific options (`mode=755,size=65536k`).
     pub data: String,
+    /// `idmap` or `ridmap`: a bind mount made idmapped (by the runtime, which hands it over).
+    pub idmap: bool,
 }
 
 /// Splits fstab-style options into flags, propagation and data.
 pub fn parse_options(options: &[String]) -> Result<MountOptions> {
-    let mut out = MountOptions { flags: MsFlags::empty(), propagation: Vec::new(), data: String::new() };
+    let mut out = MountOptions { flags: MsFlags::empty(), propagation: Vec::new(), data: String::new(), idmap: false };
     let mut data = Vec::new();
     for opt in options {
         let (set, clear) = match opt.as_str() {
@@ -64,7 +66,11 @@ pub fn parse_options(options: &[String]) -> Result<MountOptions> {
                 out.propagation.push(propagation_flag(p)?);
                 continue;
             }
-            "tmpcopyup" | "idmap" | "ridmap" => {
+            "idmap" | "ridmap" => {
+                out.idmap = true;
+                continue;
+            }
+            "tmpcopyup" => {
                 return Err(Error::ConfigInvalid(format!("mount option {opt:?} is not supported")));
             }
             other => {
@@ -104,12 +110,23 @@ pub fn is_bind(m: &Mount) -> bool {
     m.typ().as_deref() == Some("bind") || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind")
 }
 
-/// Makes one spec mount inside the rootfs.
-pub fn mount_one(root: &RootDir, m: &Mount, ctx: &MountContext<'_>) -> Result<()> {
+/// Makes one spec mount inside the rootfs. `idmapped` is the detached idmapped mount the
+/// runtime made for it (a bind mount with the `idmap` option in a user namespace).
+pub fn mount_one(root: &RootDir, m: &Mount, ctx: &MountContext<'_>, idmapped: Option<OwnedFd>) -> Result<()> {
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]))?;
     let dest = m.destination();
     let typ = m.typ().as_deref().unwrap_or("");
-    if is_bind(m) {
+    if let Some(tree) = idmapped {
+        let is_dir = rustix::fs::fstat(&tree).map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR).unwrap_or(true);
+        let target = ensure_target(root, dest, is_dir)?;
+        attach(&tree, &target).context(|| format!("attach the idmapped mount on {}", dest.display()))?;
+        let extra = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
+        if !extra.is_empty() {
+            remount(root, dest, extra | MsFlags::MS_BIND)?;
+        }
+    } else if opts.idmap {
+        return Err(Error::Init(format!("mount {}: no idmapped mount was made for its idmap option", dest.display())));
+    } else if is_bind(m) {
         let source = m.source().as_ref().ok_or_else(|| Error::ConfigInvalid(format!("bind mount on {} has no source", dest.display())))?;
         let source = if source.is_absolute() { source.clone() } else { ctx.bundle.dir.join(source) };
         let meta = std::fs::metadata(&source).context(|| format!("bind mount source {}", source.display()))?;
@@ -147,6 +164,13 @@ pub fn mount_one(root: &RootDir, m: &Mount, ctx: &MountContext<'_>) -> Result<()
     Ok(())
 }
 
+/// Attaches the detached mount `tree` onto `target` (`move_mount`, target by descriptor).
+pub fn attach(tree: &OwnedFd, target: &Target) -> nix::Result<()> {
+    use rustix::mount::MoveMountFlags;
+    rustix::mount::move_mount(tree, "", &target.fd, "", MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH)
+        .map_err(|e| nix::Error::from_raw(e.raw_os_error()))
+}
+
 /// A resolved mount target: an `O_PATH` descriptor inside the rootfs, reached by the kernel
 /// through its magic link `/proc/self/fd/N` while this value lives.
 pub struct Target {
@@ -155,6 +179,11 @@ pub struct Target {
 }
 
 impl Target {
+    /// The target behind an `O_PATH` descriptor.
+    pub fn of(fd: OwnedFd) -> Target {
+        Target::new(fd)
+    }
+
     fn new(fd: OwnedFd) -> Target {
         let path = fd_path(&fd);
         Target { fd, path }

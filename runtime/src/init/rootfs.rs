@@ -17,9 +17,13 @@ use nix::sys::stat::Mode;
 use super::{devices, mounts, paths};
 use crate::bundle::Bundle;
 use crate::error::{Context, Error, Result};
+use crate::sync::IdmappedTrees;
 
-/// Sets up the whole root filesystem and pivots into it.
-pub fn prepare(bundle: &Bundle) -> Result<()> {
+/// Sets up the whole root filesystem and pivots into it. `trees` holds the idmapped mounts the
+/// runtime made (rootfs and volumes) in a user namespace; `at_hooks` runs once the mounts
+/// exist, before the masked paths and `pivot_root` (where runc runs the prestart,
+/// createRuntime and createContainer hooks).
+pub fn prepare(bundle: &Bundle, trees: &mut IdmappedTrees, at_hooks: &mut dyn FnMut() -> Result<()>) -> Result<()> {
     let spec = &bundle.spec;
     let linux = spec.linux().as_ref();
     if !bundle.has_namespace(oci_spec::runtime::LinuxNamespaceType::Mount) {
@@ -31,21 +35,30 @@ pub fn prepare(bundle: &Bundle) -> Result<()> {
     mount(None::<&str>, "/", None::<&str>, propagation | MsFlags::MS_REC, None::<&str>).context(|| "make / a slave mount".into())?;
     // pivot_root needs the new root to be a mount point.
     let rootfs = &bundle.rootfs;
-    mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .context(|| format!("bind {} onto itself", rootfs.display()))?;
+    match trees.rootfs.take() {
+        Some(tree) => {
+            let target = mounts::Target::of(RootDir::open(rootfs)?.resolve(Path::new("/"))?);
+            mounts::attach(&tree, &target).context(|| format!("attach the idmapped rootfs on {}", rootfs.display()))?;
+        }
+        None => mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .context(|| format!("bind {} onto itself", rootfs.display()))?,
+    }
     let root = RootDir::open(rootfs)?;
 
     let spec_mounts = spec.mounts().as_deref().unwrap_or(&[]);
     let has_cgroupns = bundle.has_namespace(oci_spec::runtime::LinuxNamespaceType::Cgroup);
     let has_netns = bundle.has_namespace(oci_spec::runtime::LinuxNamespaceType::Network);
-    for m in spec_mounts {
-        mounts::mount_one(&root, m, &mounts::MountContext { has_cgroupns, has_netns, bundle })?;
+    for (index, m) in spec_mounts.iter().enumerate() {
+        mounts::mount_one(&root, m, &mounts::MountContext { has_cgroupns, has_netns, bundle }, trees.take_mount(index))?;
     }
     let dev_is_bind = spec_mounts.iter().any(|m| m.destination() == Path::new("/dev") && mounts::is_bind(m));
     if !dev_is_bind {
-        devices::create_default(&root, linux.and_then(|l| l.devices().as_deref()).unwrap_or(&[]))?;
+        let extra = linux.and_then(|l| l.devices().as_deref()).unwrap_or(&[]);
+        // mknod is not allowed in a user namespace: the host's nodes are bound instead (runc).
+        devices::create_default(&root, extra, bundle.has_user_namespace())?;
         devices::create_symlinks(&root, spec_mounts)?;
     }
+    at_hooks()?;
     if let Some(linux) = linux {
         for p in linux.masked_paths().iter().flatten() {
             paths::mask(&root, Path::new(p))?;

@@ -209,6 +209,8 @@ struct InitArgs {
     #[arg(long)]
     bundle: PathBuf,
     #[arg(long)]
+    config: PathBuf,
+    #[arg(long)]
     channel: i32,
     #[arg(long)]
     exec_fifo: i32,
@@ -224,6 +226,7 @@ impl From<InitArgs> for runtime::InitHandover {
     fn from(a: InitArgs) -> Self {
         runtime::InitHandover {
             bundle: a.bundle,
+            config: a.config,
             channel: a.channel,
             exec_fifo: a.exec_fifo,
             joins: a.join,
