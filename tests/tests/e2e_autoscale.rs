@@ -8,7 +8,9 @@
 //!
 //! - quiet: 2 requests/s (about 60 millicores, 30% of two tasks) for 60 s: the desired count
 //!   stays 2 at every look (every 500 ms), and every request is answered;
-//! - the match: 9 requests/s (about 270 millicores: four tasks' worth at 70%) for 45 s: a task
+//! - the match: 3.5 tasks' worth of CPU at 70% (about 9 requests/s; the rate is set from what a
+//!   request cost in the quiet phase, so the right count, 4, is half a task away from both 3
+//!   and 5 whatever a request costs on the machine of the day) for 45 s: a task
 //!   that was not there before answers a 200 within 10 s of the load starting; the desired
 //!   count stops rising within 30 s, with the tasks' mean CPU then at most the target plus its
 //!   tolerance; once it falls (correcting an overshoot) it never rises again; it is never
@@ -42,7 +44,11 @@ const SCALE_IN_COOLDOWN: Duration = Duration::from_secs(20);
 
 const QUIET_RATE: f64 = 2.0;
 const QUIET_FOR: Duration = Duration::from_secs(60);
-const MATCH_RATE: f64 = 9.0;
+/// The match's load in tasks' worth of CPU at the target: half a task from either neighbour,
+/// so the count the autoscaler should settle on (4) is not a coin toss on measuring noise.
+const MATCH_TASKS: f64 = 3.5;
+const TASK_CPU_CORES: f64 = 0.1;
+const TARGET: f64 = 0.70;
 const MATCH_FOR: Duration = Duration::from_secs(45);
 /// The new task must serve within this of the load starting.
 const SERVE_WITHIN: Duration = Duration::from_secs(10);
@@ -114,13 +120,18 @@ fn scenario(lab: &NodeLab) {
     assert!(quiet.successes as f64 >= QUIET_RATE * QUIET_FOR.as_secs_f64() - 1.0, "{}", quiet.summary());
     assert!(quiet.refused.is_empty(), "endpoints are on loopback: {:?}", quiet.refused);
 
-    // The match: four tasks' worth of CPU.
+    // The match: 3.5 tasks' worth of CPU at the target, from what a request cost while quiet
+    // (the burn's CPU time varies with the machine; bounded so a bad reading cannot make the
+    // load absurd).
+    let per_request_cores_s = quiet_cpu * MIN as f64 * TASK_CPU_CORES / QUIET_RATE;
+    let match_rate = (MATCH_TASKS * TARGET * TASK_CPU_CORES / per_request_cores_s.max(1e-3)).clamp(6.0, 14.0);
+    eprintln!("match: a request costs {:.1} ms of CPU: {match_rate:.1} requests/s", per_request_cores_s * 1000.0);
     let before = observe(&servers, SERVICE, Instant::now()).expect("the service is there");
     let known_tasks: BTreeSet<String> = before.running.iter().map(|(id, _, _)| id.clone()).collect();
     let known_endpoints: BTreeSet<SocketAddr> =
         before.running.iter().flat_map(|(_, e, _)| e.iter().filter_map(|e| e.parse().ok())).collect();
     assert_eq!((before.desired_count, known_tasks.len()), (MIN, 2), "{before:?}");
-    let load = Load::start(options(MATCH_RATE, MATCH_FOR), endpoints_source(servers.clone(), SERVICE.into()));
+    let load = Load::start(options(match_rate, MATCH_FOR), endpoints_source(servers.clone(), SERVICE.into()));
     let started = load.snapshot().started;
     let started_wall = load.snapshot().started_wall;
     let mut reaction = Reaction::default();
