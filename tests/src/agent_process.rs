@@ -80,28 +80,52 @@ impl AgentProcess {
 }
 
 fn spawn(cluster: &Cluster, servers: Option<&str>, name: &str, data_dir: &Path, cgroup_parent: &str, extra_args: &[String]) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(cluster.dir().join(format!("agent-{name}.log")))
-        .expect("open the agent log");
-    let agent = sched_binary().with_file_name("sched-agent");
-    assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
-    Command::new(agent)
-        .args(["--server", servers.unwrap_or(&cluster.addresses()), "--name", name, "--no-network", "--stop-grace", "1"])
-        .args(cluster.join_args(data_dir))
-        .args(["--api-listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--cgroup-parent", cgroup_parent])
-        .arg("--runtime")
-        .arg(runtime_binary())
-        .args(extra_args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("clone the log handle"))
-        .stderr(log)
-        .spawn()
-        .expect("start sched-agent")
+    let launch = AgentLaunch { servers, name, data_dir, cgroup_parent, runtime: &runtime_binary(), network_args: &["--no-network".into()] };
+    launch.spawn(cluster, extra_args)
+}
+
+/// How the tests and benchmarks start a `sched-agent`; [`AgentLaunch::spawn`] adds what every
+/// one of them has.
+pub(crate) struct AgentLaunch<'a> {
+    /// The servers to join (`None`: all of the cluster's).
+    pub servers: Option<&'a str>,
+    pub name: &'a str,
+    pub data_dir: &'a Path,
+    pub cgroup_parent: &'a str,
+    pub runtime: &'a Path,
+    /// How it networks its tasks (`--no-network`, or a lab's bridge, subnet and netns dir).
+    pub network_args: &'a [String],
+}
+
+impl AgentLaunch<'_> {
+    /// Starts it joined to `cluster` with a 1 s stop grace, its API on a free loopback port
+    /// unless `extra_args` picks one, appending to `agent-NAME.log` in the cluster dir.
+    pub(crate) fn spawn(&self, cluster: &Cluster, extra_args: &[String]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cluster.dir().join(format!("agent-{}.log", self.name)))
+            .expect("open the agent log");
+        let agent = sched_binary().with_file_name("sched-agent");
+        assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
+        let addresses = cluster.addresses();
+        Command::new(agent)
+            .args(["--server", self.servers.unwrap_or(&addresses), "--name", self.name, "--stop-grace", "1"])
+            .args(cluster.join_args(self.data_dir))
+            .args(self.network_args)
+            .args(if extra_args.iter().any(|a| a == "--api-listen") { &[][..] } else { &["--api-listen", "127.0.0.1:0"][..] })
+            .arg("--data-dir")
+            .arg(self.data_dir)
+            .args(["--cgroup-parent", self.cgroup_parent])
+            .arg("--runtime")
+            .arg(self.runtime)
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start sched-agent")
+    }
 }
 
 impl Drop for AgentProcess {

@@ -14,11 +14,12 @@
 //!   service's running tasks, from `sched get tasks -o json`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::agent_process::AgentLaunch;
 use crate::bundle::unique_name;
 use crate::busybox_image::push_busybox;
 use crate::cluster::{Cluster, SchedCli, sched_binary};
@@ -238,32 +239,17 @@ fn networked_config(lab: &NodeLab, data_dir: &Path) -> agent::network::NodeNetwo
 /// Starts `sched-agent` with the lab's network layout, appending to `agent-NAME.log` in the
 /// cluster dir.
 fn spawn_networked(cluster: &Cluster, lab: &NodeLab, name: &str, data_dir: &Path, cgroup_parent: &str, extra_args: &[String]) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(cluster.dir().join(format!("agent-{name}.log")))
-        .expect("open the agent log");
     let config = networked_config(lab, data_dir);
-    let agent = sched_binary().with_file_name("sched-agent");
-    assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
-    Command::new(agent)
-        .args(["--server", &cluster.addresses(), "--name", name, "--stop-grace", "1"])
-        .args(cluster.join_args(data_dir))
-        .args(["--bridge", &config.bridge, "--subnet", &config.subnet.to_string()])
-        .args(if extra_args.iter().any(|a| a == "--api-listen") { &[][..] } else { &["--api-listen", "127.0.0.1:0"][..] })
-        .arg("--netns-dir")
-        .arg(&config.netns_dir)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--cgroup-parent", cgroup_parent])
-        .arg("--runtime")
-        .arg(runtime())
-        .args(extra_args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("clone the log handle"))
-        .stderr(log)
-        .spawn()
-        .expect("start sched-agent")
+    let network_args: Vec<String> = vec![
+        "--bridge".into(),
+        config.bridge.clone(),
+        "--subnet".into(),
+        config.subnet.to_string(),
+        "--netns-dir".into(),
+        config.netns_dir.display().to_string(),
+    ];
+    let launch = AgentLaunch { servers: None, name, data_dir, cgroup_parent, runtime: &runtime(), network_args: &network_args };
+    launch.spawn(cluster, extra_args)
 }
 
 impl Drop for NetworkedAgent {
