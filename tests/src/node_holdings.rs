@@ -57,16 +57,10 @@ impl Holdings {
     /// Lists what the agent with `data_dir` and `cgroup_parent` holds on the node of `net`
     /// (call it from inside the node's network namespace).
     pub fn of(data_dir: &Path, cgroup_parent: &str, net: &NodeNetworkConfig) -> Holdings {
-        let state_root = data_dir.join("runtime");
         let ipam = read_json(&net.ipam_file());
         let ports = read_json(&net.ports_file());
         let nft = Command::new(&net.nft).args(["list", "chain", "ip", &net.nft_table, "published"]).output().expect("run nft");
         Holdings {
-            containers: names_in(&state_root),
-            task_dirs: names_in(&data_dir.join("tasks")),
-            rootfs_dirs: names_in(&data_dir.join("rootfs")),
-            rootfs_mounts: mounts_under(&data_dir.join("rootfs")),
-            cgroups: cgroup_hierarchies().iter().flat_map(|h| dirs_in(&h.join(cgroup_parent.trim_start_matches('/')))).collect(),
             netns_pins: names_in(&net.netns_dir),
             allocations: ipam["allocations"]
                 .as_object()
@@ -82,8 +76,8 @@ impl Holdings {
                 .map(|l| l.trim().to_string())
                 .collect(),
             bridge_ports: bridge_ports(&net.bridge),
-            shims: shims(&state_root),
             networked: true,
+            ..Holdings::without_network(data_dir, cgroup_parent)
         }
     }
 

@@ -159,11 +159,7 @@ impl PeerSender {
                     self.send_snapshot(&client, batch).await;
                     continue;
                 }
-                let request = RaftBatch {
-                    from: self.from,
-                    from_address: self.from_address.clone(),
-                    messages: batch.iter().map(encode_message).collect(),
-                };
+                let request = self.request(&batch);
                 tokio::select! {
                     ended = &mut call => break ended.err().map(|status| status.to_string()).unwrap_or_else(|| "closed by the peer".into()),
                     sent = batches.send(request) => if sent.is_err() { break "the stream's queue closed".into() },
@@ -190,9 +186,13 @@ impl PeerSender {
         batch
     }
 
+    /// The wire form of `batch`, with this server as its sender.
+    fn request(&self, batch: &[Message]) -> RaftBatch {
+        RaftBatch { from: self.from, from_address: self.from_address.clone(), messages: batch.iter().map(encode_message).collect() }
+    }
+
     async fn send_snapshot(&self, client: &RaftPeerClient<Channel>, batch: Vec<Message>) {
-        let request =
-            RaftBatch { from: self.from, from_address: self.from_address.clone(), messages: batch.iter().map(encode_message).collect() };
+        let request = self.request(&batch);
         let delivered = matches!(tokio::time::timeout(SEND_TIMEOUT, client.clone().send(request)).await, Ok(Ok(_)));
         self.report(Feedback::SnapshotSent { to: self.to, delivered });
         if !delivered {
