@@ -407,6 +407,19 @@ impl ClusterState {
         };
         let current = service.current_revision();
         if current.spec == spec && (image_digest.is_empty() || current.image_digest == image_digest) {
+            // The file is the truth: a count changed since by `sched scale` goes back to the
+            // file's (as `nomad job run` and `terraform apply` do), without a new revision. An
+            // autoscaled service keeps its autoscaler's count, as below.
+            if spec.autoscale.is_none() && service.desired_count != spec.count {
+                let (from, to) = (service.desired_count, spec.count);
+                service.set_desired_count(to, now_ms);
+                service.updated_ms = now_ms;
+                service.record(
+                    now_ms,
+                    format!("apply set the count from {from} back to the file's {to} (revision {} unchanged)", service.current),
+                );
+                return Outcome::Service { service: service.summary(), changed: true };
+            }
             return Outcome::Service { service: service.summary(), changed: false };
         }
         let revision = service.revisions.last().map_or(0, |r| r.revision) + 1;

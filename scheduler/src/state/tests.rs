@@ -31,6 +31,19 @@ fn every_changed_apply_makes_a_revision_and_unchanged_makes_none() {
 }
 
 #[test]
+fn an_unchanged_apply_sets_a_scaled_count_back_to_the_files_without_a_revision() {
+    let mut state = ClusterState::default();
+    apply(&mut state, "quotes:1.0", 3, 10);
+    state.apply(Command::ScaleService { name: "quotes".into(), count: 2, now_ms: 20 }).unwrap();
+    assert_eq!(apply(&mut state, "quotes:1.0", 3, 30), (1, true));
+    let service = state.service("quotes").unwrap();
+    assert_eq!((service.revisions.len(), service.desired_count, service.updated_ms), (1, 3, 30));
+    assert!(service.events.back().unwrap().message.contains("from 2 back to the file's 3"), "{:?}", service.events);
+    // Once the count matches the file, the same apply changes nothing.
+    assert_eq!(apply(&mut state, "quotes:1.0", 3, 40), (1, false));
+}
+
+#[test]
 fn rollback_copies_the_previous_spec_into_a_new_revision() {
     let mut state = ClusterState::default();
     apply(&mut state, "quotes:1.0", 2, 1);
