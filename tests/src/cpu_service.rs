@@ -1,9 +1,9 @@
 //! A CPU-bound HTTP service for the autoscaling test and benchmark, and the node it runs on.
 //!
 //! - [`push_cpu_service`]: a busybox image whose `httpd` serves `/cgi-bin/burn`, a CGI script
-//!   that spins a shell arithmetic loop of `BURN_LOOPS` iterations (env; default
-//!   [`BURN_LOOPS`], about 30 ms of CPU on the project's machines) and answers 200 `burned`,
-//!   and a static `/health` file that costs next to nothing.
+//!   that spins a shell arithmetic loop until its process has used `BURN_MS` (env; default
+//!   [`BURN_MS`], 30) milliseconds of CPU, read from `/proc/$$/schedstat`, and answers 200
+//!   `burned N ms`, and a static `/health` file that costs next to nothing.
 //! - [`CpuServiceSpec`]: the service.toml of the scenario (`cpu`, `[autoscale]` with short
 //!   cooldowns, an HTTP health check on `/health`, port [`PORT`]).
 //! - [`NetworkedAgent`]: a `sched-agent` *with* task networking (published ports, so tasks have
@@ -29,12 +29,12 @@ use crate::oci_image::Entry;
 /// The container port httpd listens on.
 pub const PORT: u16 = 8080;
 
-/// Iterations of the CGI script's loop per request unless the service sets `BURN_LOOPS`:
-/// about 2 µs each under busybox ash here, so about 30 ms of CPU (the e2e test's quiet phase
-/// reads 26-29% of two 100 m tasks at 2 requests/s). A calibration on the host before each run
-/// was tried and dropped: one iteration's CPU time varies 1.1-1.9 µs with what else the two
-/// cores run, so a calibration taken at one moment misleads more than this constant does.
-pub const BURN_LOOPS: u32 = 15_000;
+/// Milliseconds of CPU a request burns unless the service sets `BURN_MS`. The script counts
+/// its own CPU time (the first field of `/proc/$$/schedstat`, in ns) instead of iterations:
+/// one iteration's CPU time varies 1.1-1.9 µs with what else the two cores run, so a fixed
+/// count of 15,000 cost 24-36 ms a request from one minute to the next, and a load sized in
+/// the quiet phase was worth a task more under the match (the e2e test's count then rose late).
+pub const BURN_MS: u32 = 30;
 
 /// The path that burns CPU.
 pub const BURN_PATH: &str = "/cgi-bin/burn";
@@ -42,17 +42,23 @@ pub const BURN_PATH: &str = "/cgi-bin/burn";
 /// The cheap path (a static file).
 pub const HEALTH_PATH: &str = "/health";
 
-/// The CGI script: spin, then answer. httpd passes its environment on to CGI children.
+/// The CGI script: spin in steps of 100 iterations (about 0.2 ms) until the process has used
+/// its milliseconds of CPU, then answer. httpd passes its environment on to CGI children.
 const BURN_SCRIPT: &str = "#!/bin/sh\n\
-n=${BURN_LOOPS:-DEFAULT}\n\
-i=0\n\
-while [ $i -lt $n ]; do i=$((i + 1)); done\n\
-printf 'Content-Type: text/plain\\r\\n\\r\\nburned %s\\n' \"$n\"\n";
+ms=${BURN_MS:-DEFAULT}\n\
+end=$((ms * 1000000))\n\
+t=0\n\
+while [ \"$t\" -lt \"$end\" ]; do\n\
+  i=0\n\
+  while [ $i -lt 100 ]; do i=$((i + 1)); done\n\
+  read t rest < /proc/$$/schedstat\n\
+done\n\
+printf 'Content-Type: text/plain\\r\\n\\r\\nburned %s ms\\n' \"$ms\"\n";
 
 /// Builds the CPU service image under `work` and pushes it to `registry_addr` as `repo_tag`;
 /// returns the reference to pull.
 pub fn push_cpu_service(work: &Path, registry_addr: &str, repo_tag: &str) -> String {
-    let script = BURN_SCRIPT.replace("DEFAULT", &BURN_LOOPS.to_string());
+    let script = BURN_SCRIPT.replace("DEFAULT", &BURN_MS.to_string());
     let extra = vec![
         Entry::dir("www"),
         Entry::file("www/health", "ok\n"),
@@ -89,8 +95,8 @@ pub struct CpuServiceSpec {
     /// Tasks at the start (with autoscale: its min).
     pub count: u32,
     pub autoscale: Option<Autoscale>,
-    /// Overrides [`BURN_LOOPS`] through the env.
-    pub burn_loops: Option<u32>,
+    /// Overrides [`BURN_MS`] through the env.
+    pub burn_ms: Option<u32>,
 }
 
 impl CpuServiceSpec {
@@ -110,7 +116,7 @@ impl CpuServiceSpec {
                 scale_out_cooldown: scale_out_cooldown.to_owned(),
                 scale_in_cooldown: scale_in_cooldown.to_owned(),
             }),
-            burn_loops: None,
+            burn_ms: None,
         }
     }
 
@@ -120,8 +126,8 @@ impl CpuServiceSpec {
             "name = \"{}\"\nimage = \"{}\"\ncpu = {}\nmemory = {}\nports = [{PORT}]\ncount = {}\n",
             self.name, self.image, self.cpu, self.memory, self.count
         );
-        if let Some(loops) = self.burn_loops {
-            text.push_str(&format!("env = {{ BURN_LOOPS = \"{loops}\" }}\n"));
+        if let Some(ms) = self.burn_ms {
+            text.push_str(&format!("env = {{ BURN_MS = \"{ms}\" }}\n"));
         }
         if let Some(a) = &self.autoscale {
             text.push_str(&format!(
