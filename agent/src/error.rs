@@ -24,6 +24,9 @@ pub enum AgentError {
     /// The agent's own API (task logs) could not be served.
     #[error("the agent API (--api-listen): {0}")]
     Api(String),
+    /// Another agent on this host manages a resource this one would manage too.
+    #[error("{0}")]
+    Claimed(String),
     /// A file operation failed.
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },

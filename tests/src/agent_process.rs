@@ -59,13 +59,17 @@ impl AgentProcess {
 
     /// SIGKILL to the agent alone, reaped; its tasks keep running.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_agent(&mut self.child);
     }
 
     /// The agent's data dir (its runtime root is `runtime/` in it).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The cgroup its tasks' cgroups are made under.
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
     }
 
     /// The containers the node's runtime knows: `(id, status)`.
@@ -79,7 +83,9 @@ impl AgentProcess {
     }
 }
 
-fn spawn(cluster: &Cluster, servers: Option<&str>, name: &str, data_dir: &Path, cgroup_parent: &str, extra_args: &[String]) -> Child {
+/// Starts a `sched-agent` without task networking, as [`AgentProcess`] does, but owned by the
+/// caller (to start one beside another on purpose).
+pub fn spawn(cluster: &Cluster, servers: Option<&str>, name: &str, data_dir: &Path, cgroup_parent: &str, extra_args: &[String]) -> Child {
     let launch = AgentLaunch { servers, name, data_dir, cgroup_parent, runtime: &runtime_binary(), network_args: &["--no-network".into()] };
     launch.spawn(cluster, extra_args)
 }
@@ -160,6 +166,24 @@ pub fn remove_node_leftovers(runtime: &Path, data_dir: &Path, cgroup_parent: &st
         let _ = nix::mount::umount2(Path::new(m), nix::mount::MntFlags::MNT_DETACH);
     }
     remove_cgroup_parent(cgroup_parent);
+}
+
+/// SIGKILL to an agent (or `sched dev`), reaped, and the claim files it held removed.
+pub fn kill_agent(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+    remove_claims_of(child.id());
+}
+
+/// Removes the claim files (see `agent::node::claims`) that process `pid` stamped: a killed
+/// agent's locks are gone with it, its files stay until removed.
+pub fn remove_claims_of(pid: u32) {
+    let Ok(entries) = std::fs::read_dir(agent::node::claims::CLAIMS_DIR) else { return };
+    for entry in entries.flatten() {
+        if std::fs::read_to_string(entry.path()).is_ok_and(|stamp| stamp.trim() == pid.to_string()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 pub use crate::wait::wait_until;

@@ -184,8 +184,7 @@ impl NetworkedAgent {
 
     /// SIGKILL to the agent alone, reaped; its tasks keep running.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::agent_process::kill_agent(&mut self.child);
     }
 
     /// Kills the agent and starts it again with the same name, data dir and cgroup parent, and
@@ -260,8 +259,7 @@ fn spawn_networked(cluster: &Cluster, lab: &NodeLab, name: &str, data_dir: &Path
 
 impl Drop for NetworkedAgent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::agent_process::kill_agent(&mut self.child);
         crate::agent_process::remove_node_leftovers(&runtime(), &self.data_dir, &self.cgroup_parent);
     }
 }

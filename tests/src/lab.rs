@@ -726,8 +726,7 @@ fn kill_all(census: impl Fn() -> Vec<i32>) -> usize {
 
 fn kill_child(child: Option<Child>) {
     if let Some(mut child) = child {
-        let _ = child.kill();
-        let _ = child.wait();
+        crate::agent_process::kill_agent(&mut child);
     }
 }
 

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sched_tests::agent_process;
 use sched_tests::bundle::{cgroup_hierarchies, mounts_under, remove_cgroup_parent, runtime_binary, unique_name};
 use sched_tests::busybox_image::push_busybox;
 use sched_tests::cluster::{free_port, sched_binary};
@@ -359,8 +360,7 @@ impl Dev {
 impl Drop for Dev {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            agent_process::kill_agent(&mut child);
         }
         for (id, _) in self.containers() {
             let _ = Command::new(runtime_binary()).arg("--root").arg(self.runtime_root()).args(["delete", "--force", &id]).output();

@@ -4,6 +4,8 @@
 //!
 //! One concept per file:
 //! - `daemon.rs`: [`run`] — opens what the node acts through and runs everything until shutdown.
+//! - [`claims`]: what the agent manages alone on the host (data dir, cgroup parent, network),
+//!   claimed by file locks so that a second agent is refused instead of reaping the first's.
 //! - `connect.rs`: the connection to a server and the order servers are tried in.
 //! - `session.rs`: one session per server connection (register, heartbeat, assignments, checks).
 //! - `state.rs`: what the node remembers across sessions (`NodeState`).
@@ -24,6 +26,7 @@
 mod apply;
 mod assignments;
 mod census;
+pub mod claims;
 mod config;
 pub(crate) mod connect;
 pub mod credentials;

@@ -1,0 +1,229 @@
+//! What one agent manages alone on a host, claimed for as long as it runs.
+//!
+//! An agent reaps whatever under its data dir, cgroup parent, netns dir, bridge and nftables
+//! table no task of its own owns ([`super::reaping`]). Two agents sharing one of them (a
+//! `sched-agent` and a `sched dev` on one host both default to the cgroup parent `/sched`)
+//! would each stop and remove the other's tasks. So at start an agent claims each of them by
+//! an exclusive `flock` on a file under [`CLAIMS_DIR`] named after the resource, and a second
+//! agent is refused, naming the resource, the holder's pid and the flag that moves it. The
+//! kernel drops the locks when the holder exits, however it exits: a crashed agent leaves no
+//! stale claim.
+//!
+//! Bridges and nftables tables are per network namespace, so their claims carry the
+//! namespace's inode (agents in separate namespaces, as in the netns lab, may use one name).
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::{AgentError, Result};
+
+/// Where the claim files live.
+pub const CLAIMS_DIR: &str = "/run/sched/claims";
+
+/// One resource an agent manages alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// What it is, as the refusal names it ("cgroup parent").
+    pub what: &'static str,
+    /// Which one ("/sched").
+    pub value: String,
+    /// How to give a second agent its own.
+    pub hint: &'static str,
+    /// The file name under the claims dir.
+    file: String,
+}
+
+impl Claim {
+    pub fn new(what: &'static str, key: &str, value: String, hint: &'static str) -> Claim {
+        Claim { file: claim_file_name(key, &value), what, value, hint }
+    }
+}
+
+/// The claims an agent with these settings makes. `netns` names the network namespace the
+/// agent runs in (its inode); `network` is `(bridge, nft table, netns dir)` when tasks get a
+/// network.
+pub fn claims_of(data_dir: &Path, cgroup_parent: &str, netns: u64, network: Option<(&str, &str, &Path)>) -> Vec<Claim> {
+    let mut claims = vec![
+        Claim::new("data dir", "data-dir", data_dir.display().to_string(), "--data-dir"),
+        Claim::new("cgroup parent", "cgroup", normalize_cgroup(cgroup_parent), "--cgroup-parent"),
+    ];
+    if let Some((bridge, table, netns_dir)) = network {
+        claims.push(Claim::new("netns dir", "netns-dir", netns_dir.display().to_string(), "--netns-dir, or --no-network"));
+        claims.push(Claim::new("bridge", "bridge", format!("{bridge} (network namespace {netns})"), "--bridge, or --no-network"));
+        claims.push(Claim::new("nftables table", "nft", format!("{table} (network namespace {netns})"), "--no-network"));
+    }
+    claims
+}
+
+/// `/sched/` and `sched` are the cgroup `/sched`.
+fn normalize_cgroup(parent: &str) -> String {
+    format!("/{}", parent.trim_matches('/'))
+}
+
+/// `KEY-VALUE` with every byte outside `[A-Za-z0-9._-]` percent-encoded (one value, one name),
+/// cut to a length every file system takes, with a hash of the whole when cut.
+fn claim_file_name(key: &str, value: &str) -> String {
+    let mut name = format!("{key}-");
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') {
+            name.push(byte as char);
+        } else {
+            name.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    const MAX: usize = 200;
+    if name.len() > MAX {
+        // FNV-1a: stable across builds, unlike std's hasher.
+        let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        name.truncate(MAX);
+        name.push_str(&format!("~{hash:016x}"));
+    }
+    name + ".lock"
+}
+
+/// The claims held; dropping it removes their files and releases them (the process ending
+/// releases them too, leaving the files for the next agent to lock).
+#[derive(Debug)]
+pub struct Held {
+    locks: Vec<(PathBuf, Flock<File>)>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Removed while still locked: an agent that opened the file before it went finds, once
+        // it has the lock, that the path no longer names its file, and opens it again.
+        for (path, _) in &self.locks {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Takes every claim under `dir`, or none: the first one another process holds is refused.
+pub fn claim(dir: &Path, claims: &[Claim]) -> Result<Held> {
+    std::fs::create_dir_all(dir).map_err(|e| AgentError::io(format!("create {}", dir.display()), e))?;
+    // Built as it goes: a refusal drops (and removes) what was claimed before it.
+    let mut held = Held { locks: Vec::with_capacity(claims.len()) };
+    for claim in claims {
+        let path = dir.join(&claim.file);
+        let mut lock = lock_file(&path, claim)?;
+        let stamp = |file: &mut File| -> std::io::Result<()> {
+            file.set_len(0)?;
+            file.rewind()?;
+            writeln!(file, "{}", std::process::id())
+        };
+        stamp(&mut lock).map_err(|e| AgentError::io(format!("write {}", path.display()), e))?;
+        held.locks.push((path, lock));
+    }
+    Ok(held)
+}
+
+/// Locks the file at `path`, created if missing, and still the file at `path` once locked.
+fn lock_file(path: &Path, claim: &Claim) -> Result<Flock<File>> {
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| AgentError::io(format!("open {}", path.display()), e))?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let holder = if holder.is_empty() { "another process".to_string() } else { format!("pid {holder}") };
+                return Err(AgentError::Claimed(format!(
+                    "the {} {} is managed by another sched agent on this host ({holder}); two agents would reap each other's tasks: stop it, or give this one its own ({})",
+                    claim.what, claim.value, claim.hint
+                )));
+            }
+            Err((_, errno)) => return Err(AgentError::io(format!("lock {}", path.display()), errno.into())),
+        };
+        let same = match (lock.metadata(), std::fs::metadata(path)) {
+            (Ok(locked), Ok(named)) => locked.ino() == named.ino() && locked.dev() == named.dev(),
+            _ => false,
+        };
+        if same {
+            return Ok(lock);
+        }
+    }
+}
+
+/// The inode of this process's network namespace (0 when it cannot be read).
+pub fn network_namespace() -> u64 {
+    std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).unwrap_or(0)
+}
+
+/// The data dir as the claim names it: created, then made absolute without symlinks, so two
+/// spellings of one directory are one claim.
+pub fn canonical_data_dir(data_dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(data_dir).map_err(|e| AgentError::io(format!("create {}", data_dir.display()), e))?;
+    data_dir.canonicalize().map_err(|e| AgentError::io(format!("resolve {}", data_dir.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_are_one_per_value_and_safe() {
+        let cases = [
+            ("cgroup", "/sched", "cgroup-%2Fsched.lock"),
+            ("cgroup", "/sched-dev", "cgroup-%2Fsched-dev.lock"),
+            ("data-dir", "/var/lib/sched/dev/agent", "data-dir-%2Fvar%2Flib%2Fsched%2Fdev%2Fagent.lock"),
+            ("bridge", "sched0 (network namespace 4026531840)", "bridge-sched0%20%28network%20namespace%204026531840%29.lock"),
+            ("data-dir", "/a/../b", "data-dir-%2Fa%2F..%2Fb.lock"),
+        ];
+        for (key, value, want) in cases {
+            assert_eq!(claim_file_name(key, value), want, "{key} {value}");
+        }
+        let long = "/x".repeat(300);
+        let name = claim_file_name("data-dir", &long);
+        assert!(name.len() < 255 && !name.contains('/'), "{name}");
+        assert_ne!(name, claim_file_name("data-dir", &format!("{long}y")), "a cut name keeps a hash of the whole");
+    }
+
+    #[test]
+    fn cgroup_parents_are_compared_without_their_slashes() {
+        assert_eq!(normalize_cgroup("sched/"), "/sched");
+        assert_eq!(normalize_cgroup("/sched"), "/sched");
+        assert_eq!(normalize_cgroup("/a/b/"), "/a/b");
+    }
+
+    #[test]
+    fn network_claims_only_with_a_network_and_per_namespace() {
+        let plain = claims_of(Path::new("/d"), "/sched", 7, None);
+        assert_eq!(plain.iter().map(|c| c.what).collect::<Vec<_>>(), ["data dir", "cgroup parent"]);
+        let here = claims_of(Path::new("/d"), "/sched", 7, Some(("sched0", "sched", Path::new("/run/sched/netns"))));
+        let there = claims_of(Path::new("/e"), "/other", 8, Some(("sched0", "sched", Path::new("/run/lab/netns"))));
+        assert_eq!(here.len(), 5);
+        for (a, b) in here.iter().zip(&there) {
+            assert_ne!(a.file, b.file, "{} differs between the two agents", a.what);
+        }
+    }
+
+    #[test]
+    fn a_second_claim_is_refused_naming_the_resource_holder_and_flag_and_freed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let claims = claims_of(Path::new("/d"), "/sched", 7, None);
+        let held = claim(dir.path(), &claims).unwrap();
+        // flock locks belong to the open file: a second open in this process conflicts too.
+        let other = claims_of(Path::new("/other"), "/sched/", 7, None);
+        let err = claim(dir.path(), &other).unwrap_err().to_string();
+        let pid = std::process::id();
+        assert!(err.contains("the cgroup parent /sched is managed by another sched agent"), "{err}");
+        assert!(err.contains(&format!("(pid {pid})")) && err.contains("--cgroup-parent"), "{err}");
+        drop(held);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a released claim leaves no file");
+        let again = claim(dir.path(), &other).expect("free once the holder is gone");
+        let stamped = std::fs::read_to_string(dir.path().join(&other[1].file)).unwrap();
+        assert_eq!(stamped.trim(), pid.to_string(), "the holder's pid is in its file");
+        drop(again);
+    }
+}
