@@ -36,6 +36,10 @@ pub enum ConsensusError {
     NoLeader(Duration),
     #[error("leadership changed while the request was in flight: it may or may not have been applied; check, then retry")]
     OutcomeUnknown,
+    #[error(
+        "the leader took the request but did not commit it within {0:?} (a majority of the servers may be down, cut off or slow to write): it may or may not be applied; check, then retry"
+    )]
+    NotCommitted(Duration),
     #[error("this server was removed from the cluster: ask another server")]
     Removed,
     #[error("the raft loop of this server has stopped")]
@@ -71,9 +75,10 @@ impl Consensus {
             let attempt = if status.leader_id == self.raft.id() {
                 // A leader that cannot commit steps down within an election timeout (check
                 // quorum), which answers OutcomeUnknown; the timeout is a last resort.
-                tokio::time::timeout(self.deadline, self.raft.propose(proposal.clone()))
-                    .await
-                    .unwrap_or(Err(ProposeFailure::OutcomeUnknown))
+                match tokio::time::timeout(self.deadline, self.raft.propose(proposal.clone())).await {
+                    Ok(answer) => answer,
+                    Err(_) => return Err(ConsensusError::NotCommitted(self.deadline)),
+                }
             } else if status.leader_id != 0 {
                 self.forward(status.leader_id, &proposal).await
             } else {
@@ -115,7 +120,10 @@ impl Consensus {
                 Ok(receiver) => match tokio::time::timeout(self.deadline, receiver).await {
                     Ok(Ok(result)) => result,
                     Ok(Err(_)) => Err(ProposeFailure::Stopped),
-                    Err(_) => Err(ProposeFailure::OutcomeUnknown),
+                    Err(_) => {
+                        answers.push(Err(ConsensusError::NotCommitted(self.deadline)));
+                        continue;
+                    }
                 },
                 Err(e) => Err(e),
             };

@@ -13,7 +13,7 @@ use crate::state::{Rejection, RejectionKind};
 /// it may have been applied (check before retrying a non-idempotent request).
 pub fn consensus(e: ConsensusError) -> Status {
     match e {
-        ConsensusError::OutcomeUnknown => Status::aborted(e.to_string()),
+        ConsensusError::OutcomeUnknown | ConsensusError::NotCommitted(_) => Status::aborted(e.to_string()),
         _ => Status::unavailable(e.to_string()),
     }
 }
