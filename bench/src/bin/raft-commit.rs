@@ -11,7 +11,9 @@
 //!
 //! A sched write is a `ServiceApi.Scale` (a real state-machine command: proposed, appended and
 //! fsynced on a majority, applied, answered) over gRPC with mutual TLS, as `sched` calls; an
-//! etcd write is a `KV.Put` of a 16-byte key over etcd's gRPC API (plaintext, its default).
+//! etcd write is a `KV.Put` of a 16-byte key over etcd's gRPC API, by default with mutual TLS
+//! too (clients and peers, certificates from a CA made for the run; `--etcd-plaintext` runs it
+//! as etcd's default, plain HTTP/2).
 //! Both run with etcd's default timing (100 ms heartbeat, 1 s election timeout). The points:
 //! - 1 client to the leader, 1 client through a follower (which forwards, in both systems);
 //! - 64 and 256 concurrent clients spread over the three members;
@@ -168,7 +170,7 @@ async fn etcd_point(etcd: &EtcdCluster, clients: usize, target: Target, time: Du
     let to = targets(&etcd.client_urls(), etcd.leader(Duration::from_secs(10)).await?, target);
     let mut writers = Vec::new();
     for c in 0..clients {
-        writers.push(EtcdWriter { client: etcd::connect(&to[c % to.len()]).await?, id: c });
+        writers.push(EtcdWriter { client: etcd.connect(&to[c % to.len()]).await?, id: c });
     }
     closed_loop(writers, time).await
 }
@@ -200,7 +202,7 @@ async fn etcd_failover(etcd: &mut EtcdCluster) -> Result<Duration> {
             if i == leader {
                 continue;
             }
-            let put = async { etcd::connect(url).await?.put(etcd::put_request(0, 1)).await.map_err(anyhow::Error::from) };
+            let put = async { etcd.connect(url).await?.put(etcd::put_request(0, 1)).await.map_err(anyhow::Error::from) };
             if tokio::time::timeout(Duration::from_millis(500), put).await.is_ok_and(|r| r.is_ok()) {
                 break 'retry;
             }
@@ -225,12 +227,17 @@ struct Options {
     rounds: usize,
     seconds: u64,
     failovers: usize,
+    etcd_security: etcd::Security,
 }
 
 fn options() -> Result<Options> {
-    let mut options = Options { rounds: 3, seconds: 5, failovers: 3 };
+    let mut options = Options { rounds: 3, seconds: 5, failovers: 3, etcd_security: etcd::Security::MutualTls };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--etcd-plaintext" {
+            options.etcd_security = etcd::Security::Plaintext;
+            continue;
+        }
         let mut value = || {
             args.next().with_context(|| format!("{flag} needs a value"))?.parse::<u64>().with_context(|| format!("{flag} takes a number"))
         };
@@ -239,7 +246,7 @@ fn options() -> Result<Options> {
             "--seconds" => options.seconds = value()?.max(1),
             "--failovers" => options.failovers = value()? as usize,
             "-h" | "--help" => {
-                println!("raft-commit [--rounds N (3)] [--seconds S per point (5)] [--failovers N (3)]");
+                println!("raft-commit [--rounds N (3)] [--seconds S per point (5)] [--failovers N (3)] [--etcd-plaintext]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}: see --help"),
@@ -257,7 +264,7 @@ fn main() -> Result<()> {
     let admin = cluster.admin_transport();
     let mut sched = Sched { cluster, admin, addresses };
     sched.leader();
-    let mut etcd = runtime.block_on(EtcdCluster::start(&std::env::temp_dir()))?;
+    let mut etcd = runtime.block_on(EtcdCluster::start(&std::env::temp_dir(), options.etcd_security))?;
     let clients = MANY.iter().copied().max().unwrap_or(1);
     runtime.block_on(async {
         for c in 0..clients {
@@ -306,8 +313,12 @@ fn main() -> Result<()> {
     }
 
     println!(
-        "Raft writes: 3 sched servers (mutual TLS) beside 3 etcd {} members (plaintext gRPC), 127.0.0.1, same disk; medians of {} rounds of {} s",
+        "Raft writes: 3 sched servers (mutual TLS) beside 3 etcd {} members ({}), 127.0.0.1, same disk; medians of {} rounds of {} s",
         etcd::version(),
+        match options.etcd_security {
+            etcd::Security::MutualTls => "mutual TLS for clients and peers",
+            etcd::Security::Plaintext => "plaintext gRPC",
+        },
         options.rounds,
         options.seconds
     );
