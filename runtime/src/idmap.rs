@@ -238,13 +238,37 @@ pub fn shift_tree(tree: &Path, to: &Mappings) -> Result<u64, IdMapError> {
         Walk { from: from.as_ref(), to, seen: HashSet::new(), changed: 0, dev: rustix::fs::fstat(&root).map_err(|e| err(tree, e))?.st_dev };
     walk.entry(root.as_fd(), c".", tree)?;
     walk.dir(root, tree)?;
+    write_shift_record(tree, to)?;
+    Ok(walk.changed)
+}
+
+/// Records that the ids `tree` shows are those of `mappings` (host ids, not container ids):
+/// after [`shift_tree`], or for a tree mounted through idmapped layers (the image service's
+/// overlay of idmapped snapshots), so that `create` takes it as it is.
+pub fn write_shift_record(tree: &Path, mappings: &Mappings) -> Result<(), IdMapError> {
     let record = shift_record_path(tree);
-    let text = serde_json::to_vec(to).expect("mappings serialize");
+    let text = serde_json::to_vec(mappings).expect("mappings serialize");
     let tmp = record.with_extension("tmp");
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, &record))
-        .map_err(|e| IdMapError::Shift { path: record.clone(), reason: format!("write the record: {e}") })?;
-    Ok(walk.changed)
+        .map_err(|e| IdMapError::Shift { path: record.clone(), reason: format!("write the record: {e}") })
+}
+
+impl Mappings {
+    /// The mappings of a spec's new user namespace (a `user` namespace without a path, with both
+    /// maps), checked; `None` when the spec has none, joins one by path, or its maps are invalid
+    /// (`create` reports those).
+    pub fn of_new_user_namespace(spec: &oci_spec::runtime::Spec) -> Option<Mappings> {
+        let linux = spec.linux().as_ref()?;
+        let new_userns =
+            linux.namespaces().iter().flatten().any(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::User && ns.path().is_none());
+        if !new_userns {
+            return None;
+        }
+        let uid = IdMap::from_spec(MapKind::Uid, linux.uid_mappings().as_deref()?).ok()?;
+        let gid = IdMap::from_spec(MapKind::Gid, linux.gid_mappings().as_deref()?).ok()?;
+        Some(Mappings { uid, gid })
+    }
 }
 
 struct Walk<'a> {

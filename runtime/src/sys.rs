@@ -214,6 +214,31 @@ pub fn fork_as_sibling() -> Result<ForkResult> {
     }
 }
 
+/// Starts a child in a new user namespace (`clone(CLONE_NEWUSER)`) that does nothing but wait
+/// to be killed: a holder of the namespace while its maps are written and its file is opened (for
+/// idmapped mounts made before any container exists). Unlike [`fork`] this works in a
+/// multi-threaded process, because the child never runs Rust code again: it only makes two raw
+/// system calls in a loop. The caller kills and reaps it.
+pub fn spawn_user_namespace_holder() -> Result<nix::unistd::Pid> {
+    let flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: without CLONE_VM the child runs on a copy of our memory, as after fork; the null
+    // stack pointer means "the same stack address" and no tid pointers are used. Other threads'
+    // locks may be held in that copy, so the child takes none: it only calls `prctl` and `pause`
+    // (plain system calls, async-signal-safe) and never returns from this block.
+    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    match rc {
+        r if r < 0 => Err(Error::Sys { what: "create a user namespace (clone CLONE_NEWUSER)".into(), source: nix::Error::last() }),
+        0 => loop {
+            // SAFETY: see above; the child dies with the thread that made it, or when killed.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                libc::pause();
+            }
+        },
+        pid => Ok(nix::unistd::Pid::from_raw(pid as i32)),
+    }
+}
+
 /// Resets every catchable signal to its default action. Rust ignores SIGPIPE at startup, and
 /// ignored signals stay ignored across `execve`: without this, a container's program would start
 /// with SIGPIPE ignored (unlike under runc).

@@ -1,7 +1,8 @@
 //! What a networked agent holds on its host, listed the way an operator would look (the runtime
 //! root, the data dir, the cgroup parent in every hierarchy, the netns dir, the agent's state
-//! files, the nft table, the bridge's ports, the shim processes in `/proc`), for tests that
-//! check a node holds exactly what its running tasks need: nothing left over, nothing twice.
+//! files (addresses, ports, host id ranges), the nft table, the bridge's ports, the shim
+//! processes in `/proc`), for tests that check a node holds exactly what its running tasks
+//! need: nothing left over, nothing twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ pub struct Holdings {
     pub rootfs_mounts: Vec<String>,
     /// Cgroups under the cgroup parent, in any hierarchy.
     pub cgroups: BTreeSet<String>,
+    /// `userns/ranges.json`: the tasks that hold a host id range.
+    pub id_ranges: BTreeSet<String>,
     pub netns_pins: BTreeSet<String>,
     /// `ipam.json`: task id -> address.
     pub allocations: BTreeMap<String, String>,
@@ -90,6 +93,10 @@ impl Holdings {
             rootfs_dirs: names_in(&data_dir.join("rootfs")),
             rootfs_mounts: mounts_under(&data_dir.join("rootfs")),
             cgroups: cgroup_hierarchies().iter().flat_map(|h| dirs_in(&h.join(cgroup_parent.trim_start_matches('/')))).collect(),
+            id_ranges: read_json(&data_dir.join("userns/ranges.json"))["allocations"]
+                .as_object()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default(),
             shims: shims(&state_root),
             ..Default::default()
         }
@@ -117,6 +124,8 @@ impl Holdings {
         check("containers", &self.containers);
         check("rootfs dirs", &self.rootfs_dirs);
         check("cgroups", &self.cgroups);
+        // Every task of these tests runs in a user namespace of its own.
+        check("host id ranges", &self.id_ranges);
         if self.networked {
             check("netns pins", &self.netns_pins);
             check("address allocations", &self.allocations.keys().cloned().collect());

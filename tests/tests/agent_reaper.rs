@@ -6,7 +6,8 @@
 //! shim and its cgroup under the agent's parent are left), a container created without a shim,
 //! a task dir of a start that never reached its shim, an overlay mount under the rootfs dir, a
 //! netns pin, a task veth on the bridge, and (in the agent's state files, while it is down) an
-//! address allocation of an unknown task and a published port to an address no task holds —
+//! address allocation of an unknown task, a host id range of an unknown task and a published
+//! port to an address no task holds —
 //! then restarts the agent. Every leftover goes, each with a log line that names it, while the
 //! assigned task keeps its process, shim, network and published port. A leftover planted while
 //! the agent runs goes at its next round.
@@ -216,6 +217,13 @@ async fn scenario(lab: &NodeLab) {
     let mut ipam = read_json(&config.ipam_file());
     ipam["allocations"]["ghost"] = json!("10.199.235.201");
     write_json(&config.ipam_file(), &ipam);
+    // ... and a host id range held by a task that does not exist.
+    let ranges_file = data.join("userns/ranges.json");
+    let mut ranges = read_json(&ranges_file);
+    let keeper_range = ranges["allocations"][&keeper].clone();
+    assert!(keeper_range["first"].as_u64().is_some_and(|first| first >= 1 << 31), "the keeper holds an id range: {ranges}");
+    ranges["allocations"]["ghost-ids"] = json!({"first": 4_000_000_000u64});
+    write_json(&ranges_file, &ranges);
     let mut ports = read_json(&config.ports_file());
     ports["published"][STRAY_PORT.to_string()] = json!({"host_port": STRAY_PORT, "task_ip": "10.199.235.200", "container_port": 80});
     write_json(&config.ports_file(), &ports);
@@ -231,6 +239,9 @@ async fn scenario(lab: &NodeLab) {
         if !alive.is_empty() {
             left.push(format!("processes {alive:?}"));
         }
+        if !read_json(&ranges_file)["allocations"]["ghost-ids"].is_null() {
+            left.push("the id range of ghost-ids".into());
+        }
         left
     };
     wait_until(
@@ -241,7 +252,9 @@ async fn scenario(lab: &NodeLab) {
     );
 
     let log = log_since(&cluster, log_offset);
-    for what in [&shimmed, &stateless, &bare, "stale-dir", "stale-rootfs", "stale-pin", "ghost", STRAY_VETH, &STRAY_PORT.to_string()] {
+    for what in
+        [&shimmed, &stateless, &bare, "stale-dir", "stale-rootfs", "stale-pin", "ghost", "ghost-ids", STRAY_VETH, &STRAY_PORT.to_string()]
+    {
         assert!(reaped(&log, what), "no log line says {what} was reaped:\n{log}");
     }
     assert!(!log.lines().any(|l| l.contains("reaped") && l.contains(&keeper)), "the keeper was reaped:\n{log}");
@@ -249,6 +262,7 @@ async fn scenario(lab: &NodeLab) {
     assert!(process_alive(keeper_pid) && process_alive(keeper_shim), "the keeper's process or shim died");
     assert_eq!(http_get(endpoint, Duration::from_secs(5)).expect("the keeper still serves on its port"), "keeper\n");
     assert!(ip(&["link", "show", &keeper_veth]).status.success(), "the keeper's veth {keeper_veth} is gone");
+    assert_eq!(read_json(&ranges_file)["allocations"][&keeper], keeper_range, "the keeper keeps its id range");
     let rules = holdings().dnat_rules;
     assert!(rules.iter().any(|r| r.contains(&format!("tcp dport {}", endpoint.port()))), "the keeper's nft rule is gone: {rules:?}");
 

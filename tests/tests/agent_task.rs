@@ -2,20 +2,24 @@
 //! running task under a `sched-runtime shim`; its output lands in the task log, its exit code in
 //! exit.json (also for a driver that was restarted in between), stop escalates from the stop
 //! signal to SIGKILL after the grace period, and remove leaves nothing behind. Tasks run under
-//! Docker's default seccomp profile unless their service opted out.
+//! Docker's default seccomp profile, and in a user namespace of their own with a range of host
+//! ids no other task holds, unless their service opted out.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::task::{DriverConfig, Seccomp, TaskDriver, TaskSpec, TaskStatus};
+use agent::task::{DriverConfig, IdPool, Seccomp, TaskDriver, TaskSpec, TaskStatus, UserNamespace};
 use runtime::image::{ImageService, ImageServiceOptions};
 use sched_tests::bundle::{process_alive, runtime_binary, unique_name};
 use sched_tests::busybox_image::push_busybox;
 use sched_tests::oci_image::Entry;
 use sched_tests::registry::Registry;
 use serde_json::json;
+
+/// The host ids these tests' tasks get: 4 ranges from 3,000,000,000 (apart from the agents').
+const ID_POOL: IdPool = IdPool { first: 3_000_000_000, ranges: 4 };
 
 /// A node's worth of state in a temp dir, with its own cgroup parent; removed on drop.
 struct Node {
@@ -48,6 +52,8 @@ impl Node {
             tasks_dir: self.dir.path().join("data/tasks"),
             cgroup_parent: self.cgroup_parent.clone(),
             max_log_bytes: 1 << 20,
+            id_pool: ID_POOL,
+            id_ranges_file: self.dir.path().join("data/userns/ranges.json"),
         };
         TaskDriver::new(config, Arc::new(images)).expect("driver")
     }
@@ -63,6 +69,7 @@ impl Node {
             ports: vec![],
             health: None,
             seccomp: Seccomp::Default,
+            userns: UserNamespace::Auto,
         }
     }
 }
@@ -362,4 +369,121 @@ async fn stop_kills_every_process_in_the_task_cgroup_not_only_its_init() {
     );
     driver.remove("t-crowded").unwrap();
     drop(intruder);
+}
+
+/// The uid map of process `pid` as the host sees it: `(container id, host id, size)` lines.
+fn uid_map(pid: i32) -> Vec<(u64, u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).expect("uid_map");
+    text.lines()
+        .map(|l| {
+            let n: Vec<u64> = l.split_whitespace().map(|w| w.parse().unwrap()).collect();
+            (n[0], n[1], n[2])
+        })
+        .collect()
+}
+
+/// The real, effective, saved and filesystem uids of process `pid` on the host.
+fn host_uids(pid: i32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status.lines().find(|l| l.starts_with("Uid:")).expect("a Uid line");
+    line.split_whitespace().skip(1).map(|w| w.parse().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn root_in_a_task_is_an_unprivileged_host_id() {
+    use std::os::unix::fs::MetadataExt;
+    let node = Node::new();
+    let driver = node.driver();
+    let script = "touch /made-by-root && mkdir /data && echo ready; exec sleep 1000";
+    let pid = driver.start(&node.task("t-userns", &["sh", "-c", script]), None).await.expect("start");
+    let range = driver.id_range("t-userns").expect("the task holds a range");
+    assert!(range.first >= ID_POOL.first, "{range:?} comes from the pool");
+    let base = u64::from(range.first);
+    assert_eq!(uid_map(pid), [(0, base, 65_536)], "container ids 0-65535 are host ids {base}-");
+    assert_eq!(host_uids(pid), [range.first; 4], "the task's root (its sleep) runs as the mapped host id");
+    let lines = || driver.logs("t-userns").unwrap_or_default().into_iter().map(|r| r.line).collect::<Vec<_>>();
+    sched_tests::wait::wait_until(
+        "the task wrote its files",
+        Duration::from_secs(20),
+        || lines() == ["ready"],
+        || format!("{:?}", lines()),
+    );
+
+    // What root in the task writes lands in its upper dir, owned by the mapped id; the image's
+    // files are not copied up (the layers are shared, seen through idmapped mounts).
+    let upper = node.dir.path().join("data/rootfs/t-userns/upper");
+    for (file, uid) in [("made-by-root", range.first), ("data", range.first)] {
+        let meta = std::fs::metadata(upper.join(file)).unwrap_or_else(|e| panic!("{file} in the upper dir: {e}"));
+        assert_eq!((meta.uid(), meta.gid()), (uid, uid), "{file}");
+    }
+    assert!(!upper.join("bin/busybox").exists(), "the image's files stay in the shared layers");
+    let in_task = std::process::Command::new("nsenter")
+        .args(["--target", &pid.to_string(), "--mount", "--", "/bin/busybox", "stat", "-c", "%u %n", "/bin/busybox", "/made-by-root"])
+        .output()
+        .expect("nsenter");
+    assert_eq!(
+        String::from_utf8_lossy(&in_task.stdout),
+        format!("{base} /bin/busybox\n{base} /made-by-root\n"),
+        "from the host, the image's root-owned files show as the mapped id: {in_task:?}"
+    );
+
+    // Host-only writes fail even with every capability of the task's user namespace: a
+    // process that joins it (and only it, so the host's /proc is not read-only) is refused a
+    // non-namespaced sysctl (its own value written back, harmless if it got through) and, on
+    // kernels with sysrq (not this machine's), /proc/sysrq-trigger.
+    let host_only = ["/proc/sys/vm/swappiness", "/proc/sysrq-trigger"];
+    for path in host_only.iter().filter(|p| std::path::Path::new(p).exists()) {
+        assert!(nix::unistd::access(*path, nix::unistd::AccessFlags::W_OK).is_ok(), "host root may write {path}");
+        let value =
+            if path.ends_with("sysrq-trigger") { "h".to_string() } else { std::fs::read_to_string(path).unwrap().trim().to_string() };
+        let script = format!("id -u; echo {value} > {path} && echo WRITTEN");
+        let write = std::process::Command::new("nsenter")
+            .args(["--target", &pid.to_string(), "--user", "--", "sh", "-c", &script])
+            .output()
+            .expect("nsenter");
+        let (out, err) = (String::from_utf8_lossy(&write.stdout), String::from_utf8_lossy(&write.stderr));
+        assert_eq!(out, "0\n", "root of the task's namespace, refused {path}: {err}");
+        assert!(err.contains("Permission denied"), "{path}: {write:?}");
+    }
+
+    driver.stop("t-userns", Duration::from_millis(100)).await.unwrap();
+    driver.release("t-userns").unwrap();
+    assert_eq!(driver.id_range("t-userns"), None, "released with the rootfs");
+    driver.remove("t-userns").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_tasks_get_disjoint_ranges_that_outlive_a_driver_restart() {
+    let node = Node::new();
+    let driver = node.driver();
+    let a = driver.start(&node.task("t-a", &["sleep", "1000"]), None).await.expect("start a");
+    let b = driver.start(&node.task("t-b", &["sleep", "1000"]), None).await.expect("start b");
+    let (map_a, map_b) = (uid_map(a), uid_map(b));
+    let (first_a, first_b) = (map_a[0].1, map_b[0].1);
+    assert!(first_a + 65_536 <= first_b || first_b + 65_536 <= first_a, "disjoint: {map_a:?} {map_b:?}");
+    drop(driver);
+    // A restarted agent knows which ranges are held: a new task gets a third one.
+    let driver = node.driver();
+    assert_eq!(driver.id_range_holders(), ["t-a", "t-b"]);
+    let c = driver.start(&node.task("t-c", &["sleep", "1000"]), None).await.expect("start c");
+    let first_c = uid_map(c)[0].1;
+    assert!(![first_a, first_b].contains(&first_c), "{first_c} is held already");
+    for id in ["t-a", "t-b", "t-c"] {
+        driver.stop(id, Duration::from_millis(100)).await.unwrap();
+        driver.remove(id).unwrap();
+    }
+    assert!(driver.id_range_holders().is_empty(), "every range is given back");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_of_a_service_that_opted_out_shares_the_hosts_ids() {
+    let node = Node::new();
+    let driver = node.driver();
+    let task = TaskSpec { userns: UserNamespace::Host, ..node.task("t-host", &["sleep", "1000"]) };
+    let pid = driver.start(&task, None).await.expect("start");
+    assert_eq!(uid_map(pid), [(0, 0, 4_294_967_295)], "the host's user namespace");
+    assert_eq!(host_uids(pid), [0; 4], "root in the task is root on the host");
+    assert!(driver.id_range_holders().is_empty(), "no range is held for it");
+    driver.stop("t-host", Duration::from_millis(100)).await.unwrap();
+    driver.remove("t-host").unwrap();
 }

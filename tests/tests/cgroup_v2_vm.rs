@@ -12,7 +12,9 @@
 //!   container's, and removes both cgroups;
 //! - a 0666 block device node in a rootfs (brd's /dev/ram0, holding "SECRET") cannot be opened
 //!   by a container whose spec has no device rules: the runtime's eBPF device program (runc's
-//!   default rules) refuses it, while /dev/null still works.
+//!   default rules) refuses it, while /dev/null still works;
+//! - a container in a user namespace (as the agent's tasks run) runs its root as the mapped host
+//!   id, under its memory limit, and what it writes is owned by the mapped id.
 //!
 //! The guest (`tests/vm/init.sh`, packed by `tests/vm/build-initramfs.sh`) only measures and
 //! prints `SCHED-VM key=value` lines on the serial console; this test parses and asserts them.
@@ -36,6 +38,8 @@ use serde_json::json;
 /// The guest normally powers off after 60-90 s of emulation.
 const VM_TIMEOUT: Duration = Duration::from_secs(240);
 const MEMORY_LIMIT: u64 = 32 * 1024 * 1024;
+/// The first host id of the user-namespace container's range.
+const USERNS_BASE: u32 = 200_000;
 
 /// The newest `/boot/vmlinuz-<version>` (Debian's linux-image-amd64).
 fn newest_kernel() -> PathBuf {
@@ -179,9 +183,22 @@ fn cgroup_v2_memory_and_cpu_limits_in_a_vm() {
         "orphans",
         BusyboxBundle::new().without_namespace("pid").shell("sleep 1001 & echo $! > /tmp/child.pid; exec sleep 1000"),
     );
-    for (name, bundle) in
-        [("oomrun", &oom_run), ("oom", &oom), ("cpu", &cpu), ("cpuhalf", &cpu_half), ("devnode", &devnode), ("orphans", &orphans)]
-    {
+    let limits = json!({ "memory": { "limit": MEMORY_LIMIT }, "pids": { "limit": 64 } });
+    let mut userns = guest_bundle("userns", BusyboxBundle::new().shell("touch /made-by-root; exec sleep 1000").resources(limits));
+    let config = userns.config_mut();
+    config["linux"]["namespaces"].as_array_mut().expect("namespaces").push(json!({ "type": "user" }));
+    config["linux"]["uidMappings"] = json!([{ "containerID": 0, "hostID": USERNS_BASE, "size": 65536 }]);
+    config["linux"]["gidMappings"] = config["linux"]["uidMappings"].clone();
+    userns.write_config();
+    for (name, bundle) in [
+        ("oomrun", &oom_run),
+        ("oom", &oom),
+        ("cpu", &cpu),
+        ("cpuhalf", &cpu_half),
+        ("devnode", &devnode),
+        ("orphans", &orphans),
+        ("userns", &userns),
+    ] {
         copy_tree(&bundle.bundle_dir(), &bundles.join(name));
     }
 
@@ -283,4 +300,14 @@ fn cgroup_v2_memory_and_cpu_limits_in_a_vm() {
     assert_eq!(get("orphans_delete_exit"), "0");
     assert_eq!(get("orphans_child_alive"), "no", "delete --force killed the init's background child");
     assert_eq!(get("orphans_cgroup_left"), "no", "delete removed the container's cgroup and the one below it");
+
+    // A user namespace, as the agent's tasks run: root is the mapped host id, the limits apply.
+    assert_eq!(get("userns_create_exit"), "0");
+    assert_eq!(get("userns_running"), "0");
+    assert_eq!(get("userns_map"), format!("0:{USERNS_BASE}:65536"));
+    assert_eq!(number("userns_uid"), u64::from(USERNS_BASE), "root in the container runs as the mapped host id");
+    assert_eq!(number("userns_file_uid"), u64::from(USERNS_BASE), "what it writes is owned by the mapped id");
+    assert_eq!(number("userns_memory_max"), MEMORY_LIMIT);
+    assert_eq!(get("userns_delete_exit"), "0");
+    assert_eq!(get("userns_cgroup_left"), "no");
 }

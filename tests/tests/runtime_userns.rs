@@ -70,6 +70,18 @@ fn root_in_the_container_is_the_mapped_host_id() {
     bundle.kill("KILL").assert_success();
 }
 
+/// The agent's data dir and rootfs dir are 0700: the container's root may not search them. The
+/// init enters the rootfs's parent while it is still host root and reaches the rootfs from there.
+#[test]
+fn a_rootfs_below_directories_only_host_root_may_search_is_reached() {
+    use std::os::unix::fs::PermissionsExt;
+    let bundle = userns_bundle().shell("id -u; ls /bin/busybox");
+    fs::set_permissions(bundle.dir(), fs::Permissions::from_mode(0o700)).unwrap();
+    let out = bundle.run();
+    out.assert_success();
+    assert_eq!(out.stdout, "0\n/bin/busybox\n");
+}
+
 #[test]
 fn host_only_writes_fail_even_with_every_capability() {
     let caps = ["CAP_SYS_ADMIN", "CAP_MKNOD", "CAP_DAC_OVERRIDE", "CAP_SYS_RAWIO", "CAP_SYS_MODULE"];

@@ -134,5 +134,21 @@ alive=no
 report "orphans_delete_exit=$rc orphans_child_alive=$alive orphans_cgroup_left=$([ -d $CG/orphans ] && echo yes || echo no)"
 sed 's/^/SCHED-VM-LOG orphans: /' /tmp/orphans.log | tail -3
 
+# 7. A container in a user namespace (as the agent runs tasks): root is the mapped host id, the
+# cgroup v2 limits apply as without one, and what it writes is owned by the mapped id.
+$R create --bundle /bundles/userns userns < /dev/null > /tmp/userns.log 2>&1; rc=$?
+$R start userns >> /tmp/userns.log 2>&1
+wait_status userns 600 running; running=$?
+pid=$($R state userns 2>/dev/null | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' | head -1)
+i=0
+while [ ! -e /bundles/userns/rootfs/made-by-root ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+report "userns_create_exit=$rc userns_running=$running userns_uid=$(awk '/^Uid:/ {print $2}' /proc/$pid/status 2>/dev/null || echo missing)"
+report "userns_map=$(tr -s ' ' < /proc/$pid/uid_map 2>/dev/null | sed 's/^ //' | tr ' ' :)"
+report "userns_file_uid=$(stat -c %u /bundles/userns/rootfs/made-by-root 2>/dev/null || echo missing)"
+report "userns_memory_max=$(cat $CG/userns/memory.max 2>/dev/null || echo missing)"
+$R delete --force userns >> /tmp/userns.log 2>&1; rc=$?
+report "userns_delete_exit=$rc userns_cgroup_left=$([ -d $CG/userns ] && echo yes || echo no)"
+sed 's/^/SCHED-VM-LOG userns: /' /tmp/userns.log | tail -3
+
 report "done=yes uptime=$(up)"
 poweroff -f

@@ -64,7 +64,7 @@ mod netlink;
 pub mod netns;
 mod nftables;
 mod node;
-mod state_file;
+pub(crate) mod state_file;
 mod subnet;
 mod sysctl;
 mod task;

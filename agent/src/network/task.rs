@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use super::config::NodeNetworkConfig;
 use super::error::{NetworkError, Result};
 use super::netlink::Netlink;
-use super::netns;
+use super::{netns, sysctl};
 
 /// The interface name of the task's end of its veth pair.
 pub const TASK_INTERFACE: &str = "eth0";
@@ -58,6 +58,10 @@ impl TaskNetwork {
         netlink.create_veth_into(&self.veth_host_name, bridge, TASK_INTERFACE, namespace.as_fd()).await?;
         let (ip, prefix, gateway) = (self.ip, config.subnet.prefix(), config.subnet.gateway());
         netns::run_in(&self.netns_path, move || async move {
+            // The namespace belongs to the host's user namespace, so root of a task in a user
+            // namespace of its own lacks CAP_NET_BIND_SERVICE in it: every port is unprivileged
+            // here, as Docker sets for every container since 20.10.
+            sysctl::set("net/ipv4/ip_unprivileged_port_start", "0")?;
             let netlink = Netlink::connect()?;
             let lo = netlink.existing_link_index("lo").await?;
             netlink.set_up(lo, "lo").await?;

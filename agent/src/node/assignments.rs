@@ -11,7 +11,7 @@ use registry::{Digest, Reference};
 use super::plan::Wanted;
 use crate::error::{AgentError, Result};
 use crate::health::HealthSpec;
-use crate::task::{Seccomp, TaskSpec};
+use crate::task::{Seccomp, TaskSpec, UserNamespace};
 
 /// What one assignment message asks of this node.
 pub(super) struct Assigned {
@@ -48,6 +48,7 @@ pub(super) fn assigned(assignments: &pb::Assignments) -> Assigned {
                 ports: spec.ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect(),
                 health: spec.health.as_ref().and_then(|h| HealthSpec::try_from(h).ok()),
                 seccomp: Seccomp::from(spec.security.as_ref()),
+                userns: UserNamespace::from(spec.security.as_ref()),
             };
             let running = a.desired_state != sched_pb::DesiredState::Stopped as i32;
             (a.task_id.clone(), Wanted { spec: task, running })

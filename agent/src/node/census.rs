@@ -2,7 +2,7 @@
 //! [reaper](super::reaper) to match to the tasks the node knows. All I/O, no decision: task dirs
 //! (and their exit records), containers under the runtime root, shim processes (found in
 //! `/proc` by their command line, so a shim whose task dir is gone is found too), cgroups under
-//! the cgroup parent in every hierarchy, rootfs dirs, and the task network's census (netns pins,
+//! the cgroup parent in every hierarchy, rootfs dirs, host id ranges, and the task network's census (netns pins,
 //! address allocations, links on the bridge, published ports).
 
 use std::path::{Path, PathBuf};
@@ -50,6 +50,9 @@ pub(super) async fn take(host: &TaskHost) -> Result<Census> {
     }
     for id in driver.rootfs_ids()? {
         entry(&mut census, &id).rootfs = true;
+    }
+    for id in driver.id_range_holders() {
+        entry(&mut census, &id).id_range = true;
     }
     if let Some(network) = &host.network {
         let net = network.census().await?;

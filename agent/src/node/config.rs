@@ -34,6 +34,9 @@ pub struct AgentConfig {
     pub runtime_binary: PathBuf,
     /// Where task cgroups are made (at each hierarchy's root).
     pub cgroup_parent: String,
+    /// The host ids from which each task in a user namespace of its own gets 65,536
+    /// (`--userns-ids FIRST:COUNT`).
+    pub userns_ids: crate::task::IdPool,
     /// How often the node heartbeats with its tasks' CPU and memory. The autoscaler averages
     /// the last 3 s, so 1 s gives it about three samples per task.
     pub heartbeat_interval: Duration,
@@ -91,6 +94,7 @@ impl AgentConfig {
             data_dir,
             runtime_binary: AgentConfig::default_runtime_binary(),
             cgroup_parent: DEFAULT_CGROUP_PARENT.into(),
+            userns_ids: Default::default(),
             heartbeat_interval: Duration::from_secs(1),
             check_interval: Duration::from_millis(500),
             stop_grace: Duration::from_secs(10),

@@ -66,6 +66,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             tasks_dir: config.data_dir.join("tasks"),
             cgroup_parent: config.cgroup_parent.clone(),
             max_log_bytes: 10 * 1024 * 1024,
+            id_pool: config.userns_ids,
+            id_ranges_file: config.data_dir.join("userns").join("ranges.json"),
         },
         images,
     )?;

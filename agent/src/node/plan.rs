@@ -74,6 +74,7 @@ mod tests {
             ports: vec![],
             health: None,
             seccomp: Default::default(),
+            userns: Default::default(),
         }
     }
 

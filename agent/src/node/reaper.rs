@@ -3,8 +3,9 @@
 //! taken in [`census`](super::census), the plan carried out in [`reaping`](super::reaping).
 //!
 //! Per task id the agent may own on the host: a task dir, a container under its runtime root, a
-//! shim process, a cgroup under its cgroup parent (in every hierarchy), a rootfs (overlay mount)
-//! and a task network (netns pin, veth, address, published ports). Besides those, links on the
+//! shim process, a cgroup under its cgroup parent (in every hierarchy), a rootfs (overlay mount),
+//! a host id range for its user namespace ([`crate::task::id_ranges`]) and a task network (netns
+//! pin, veth, address, published ports). Besides those, links on the
 //! bridge named like a task veth and published ports are matched to the address allocations.
 //!
 //! The rules, for an id with no job in flight (a start, a stop, a reap: those own it):
@@ -64,6 +65,8 @@ pub struct Found {
     pub cgroup_dirs: Vec<PathBuf>,
     /// Whether it has a rootfs dir (with or without its overlay mounted).
     pub rootfs: bool,
+    /// Whether it holds a host id range for its user namespace.
+    pub id_range: bool,
     /// Whether it has a netns pin or an address allocation.
     pub network: bool,
 }
@@ -99,6 +102,9 @@ pub enum Piece {
     Cgroup(Vec<PathBuf>),
     /// The rootfs: unmounted, its dir and upper layer deleted.
     Rootfs,
+    /// The host id range of its user namespace, given back (after the processes and the upper
+    /// dir that used its ids are gone).
+    IdRange,
     /// The task network: published ports, veth, netns pin, address.
     Network,
     /// The task dir with its records and logs.
@@ -220,7 +226,7 @@ fn decide(found: &Found, assigned: bool) -> Option<(TaskAction, Why)> {
 }
 
 /// Every piece found, in the order they go: shims (so none records into a dir about to go),
-/// the container (killing its cgroup), the cgroup, rootfs, network, task dir.
+/// the container (killing its cgroup), the cgroup, rootfs, id range, network, task dir.
 fn everything(found: &Found) -> Vec<Piece> {
     let mut pieces: Vec<Piece> = found.shims.iter().map(|pid| Piece::Shim(*pid)).collect();
     match found.container {
@@ -233,6 +239,9 @@ fn everything(found: &Found) -> Vec<Piece> {
     }
     if found.rootfs {
         pieces.push(Piece::Rootfs);
+    }
+    if found.id_range {
+        pieces.push(Piece::IdRange);
     }
     if found.network {
         pieces.push(Piece::Network);
@@ -256,7 +265,7 @@ mod tests {
 
     /// A `Found` from a short description: `d` task dir, `e` exit record in it, `A`/`S`/`U`
     /// container alive/stopped/unrecorded, `s` a shim (pid 7) started a second ago, `o` one
-    /// started past the grace, `c` a cgroup, `r` rootfs, `n` network.
+    /// started past the grace, `c` a cgroup, `r` rootfs, `i` an id range, `n` network.
     fn found(text: &str) -> Found {
         let has = |c| text.contains(c);
         Found {
@@ -280,6 +289,7 @@ mod tests {
             },
             cgroup_dirs: if has('c') { vec![PathBuf::from(CG)] } else { vec![] },
             rootfs: has('r'),
+            id_range: has('i'),
             network: has('n'),
         }
     }
@@ -335,6 +345,15 @@ mod tests {
             ("U", true, remove(vec![ContainerDir], Why::RecordsLost)),
             ("n", false, remove(vec![Network], Why::Unassigned)),
             ("r", false, remove(vec![Rootfs], Why::Unassigned)),
+            // A host id range: the task's until its rootfs is released (the plan's release and
+            // removal give it back); one nothing else records goes last but the network.
+            ("dAscrin", true, None),
+            ("derin", false, None),
+            ("drin", true, None),
+            ("drin", false, remove(vec![Rootfs, IdRange, Network, TaskDir], Why::Unassigned)),
+            ("Ascrin", true, remove(vec![Shim(7), Container, cgroup(), Rootfs, IdRange, Network], Why::RecordsLost)),
+            ("i", false, remove(vec![IdRange], Why::Unassigned)),
+            ("i", true, remove(vec![IdRange], Why::RecordsLost)),
             ("", true, None),
         ];
         for (text, assigned, want) in cases {

@@ -185,6 +185,10 @@ impl TaskHost {
                 blocking(move || driver.remove_rootfs(&task)).await?;
                 Ok(Some("rootfs (overlay unmounted, upper dir deleted)".into()))
             }
+            Piece::IdRange => {
+                let range = driver.release_id_range(id)?;
+                Ok(range.map(|r| format!("host id range {}-{} of its user namespace", r.first, u64::from(r.first) + 65_535)))
+            }
             Piece::Network => {
                 let Some(network) = &self.network else { return Ok(None) };
                 network.destroy_task(id).await?;
@@ -207,6 +211,7 @@ fn describe(piece: &Piece) -> String {
         Piece::ContainerDir => "container dir".into(),
         Piece::Cgroup(_) => "cgroup".into(),
         Piece::Rootfs => "rootfs".into(),
+        Piece::IdRange => "host id range".into(),
         Piece::Network => "network".into(),
         Piece::TaskDir => "task dir".into(),
     }

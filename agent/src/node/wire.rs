@@ -13,7 +13,7 @@ use proto::sched::v1 as sched_pb;
 
 use super::reports::Reported;
 use crate::health::{Health, HealthSpec, Probe};
-use crate::task::Seccomp;
+use crate::task::{Seccomp, UserNamespace};
 
 impl From<Health> for sched_pb::HealthStatus {
     fn from(health: Health) -> Self {
@@ -81,6 +81,17 @@ impl From<Option<&sched_pb::Security>> for Seccomp {
     }
 }
 
+/// The task's user namespace: the host's only when the service says so; anything else (absent,
+/// unspecified, a value this agent does not know) gets one of its own.
+impl From<Option<&sched_pb::Security>> for UserNamespace {
+    fn from(security: Option<&sched_pb::Security>) -> Self {
+        match security.map(|s| sched_pb::UserNamespaceMode::try_from(s.userns)) {
+            Some(Ok(sched_pb::UserNamespaceMode::Host)) => UserNamespace::Host,
+            _ => UserNamespace::Auto,
+        }
+    }
+}
+
 /// A health check this agent cannot run: a kind it does not know, a port out of range, or a
 /// command check without a command. The task then runs without one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -116,7 +127,7 @@ mod tests {
 
     #[test]
     fn only_an_explicit_unconfined_turns_seccomp_off() {
-        let with = |seccomp: i32| seccomp_of(Some(sched_pb::Security { seccomp }));
+        let with = |seccomp: i32| seccomp_of(Some(sched_pb::Security { seccomp, userns: 0 }));
         fn seccomp_of(s: Option<sched_pb::Security>) -> Seccomp {
             Seccomp::from(s.as_ref())
         }
@@ -125,6 +136,16 @@ mod tests {
         assert_eq!(with(sched_pb::SeccompProfile::Default as i32), Seccomp::Default);
         assert_eq!(with(sched_pb::SeccompProfile::Unconfined as i32), Seccomp::Unconfined);
         assert_eq!(with(99), Seccomp::Default, "a value from a newer server is not read as unconfined");
+    }
+
+    #[test]
+    fn only_an_explicit_host_keeps_tasks_in_the_hosts_user_namespace() {
+        let with = |userns: i32| UserNamespace::from(Some(&sched_pb::Security { seccomp: 0, userns }));
+        assert_eq!(UserNamespace::from(None), UserNamespace::Auto);
+        assert_eq!(with(sched_pb::UserNamespaceMode::Unspecified as i32), UserNamespace::Auto);
+        assert_eq!(with(sched_pb::UserNamespaceMode::Auto as i32), UserNamespace::Auto);
+        assert_eq!(with(sched_pb::UserNamespaceMode::Host as i32), UserNamespace::Host);
+        assert_eq!(with(99), UserNamespace::Auto, "a value from a newer server is not read as host");
     }
 
     #[test]

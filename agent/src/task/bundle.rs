@@ -3,16 +3,20 @@
 //! pipeline, [`ImageService::create_bundle`](runtime::image::ImageService::create_bundle), as
 //! for `sched-runtime run --image`. The agent adds, on the base spec it hands in: the task's
 //! command and env overrides, cpu and memory as cgroup limits, a pids limit, the task's cgroup
-//! path, hostname, a writable root, the network namespace to join, and the seccomp profile
-//! (Docker's default unless the service opted out).
+//! path, hostname, a writable root, the network namespace to join, the seccomp profile
+//! (Docker's default unless the service opted out), and a user namespace of its own that maps
+//! container ids 0-65535 onto the task's host id range (unless the service opted out). With that
+//! namespace in the base spec, `create_bundle` mounts the rootfs overlay on idmapped snapshots.
 
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Spec,
+    LinuxCpuBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Spec,
 };
 use runtime::image::ProcessOverrides;
 
+use super::id_ranges::{IdRange, RANGE_SIZE};
 use super::{Seccomp, TaskSpec};
 use crate::error::{AgentError, Result};
 
@@ -33,9 +37,10 @@ pub fn overrides(task: &TaskSpec) -> ProcessOverrides {
 }
 
 /// Adds what the image does not know to `spec`: limits, cgroup path, hostname, network
-/// namespace and seccomp profile. The driver applies it to the base spec before the image config
-/// is, which sets none of these (only the process, `root.path` and annotations).
-pub fn finish_spec(mut spec: Spec, task: &TaskSpec, cgroup_parent: &str, netns: Option<&Path>) -> Result<Spec> {
+/// namespace, seccomp profile and, with `ids` (the task's host id range), a new user namespace
+/// mapping container ids 0-65535 onto it. The driver applies it to the base spec before the image
+/// config is, which sets none of these (only the process, `root.path` and annotations).
+pub fn finish_spec(mut spec: Spec, task: &TaskSpec, cgroup_parent: &str, netns: Option<&Path>, ids: Option<IdRange>) -> Result<Spec> {
     spec.set_hostname(Some(short_hostname(&task.id)));
     // A task's root is writable (into its own overlay upper dir), as in docker and ECS.
     if let Some(root) = spec.root_mut().as_mut() {
@@ -70,6 +75,24 @@ pub fn finish_spec(mut spec: Spec, task: &TaskSpec, cgroup_parent: &str, netns: 
         namespaces.push(ns);
         linux.set_namespaces(Some(namespaces));
     }
+    let mut namespaces: Vec<LinuxNamespace> = linux.namespaces().clone().unwrap_or_default();
+    namespaces.retain(|n| n.typ() != LinuxNamespaceType::User);
+    match ids {
+        Some(range) => {
+            let mut ns = LinuxNamespace::default();
+            ns.set_typ(LinuxNamespaceType::User);
+            namespaces.push(ns);
+            let map =
+                LinuxIdMappingBuilder::default().container_id(0u32).host_id(range.first).size(RANGE_SIZE).build().map_err(spec_error)?;
+            linux.set_uid_mappings(Some(vec![map]));
+            linux.set_gid_mappings(Some(vec![map]));
+        }
+        None => {
+            linux.set_uid_mappings(None);
+            linux.set_gid_mappings(None);
+        }
+    }
+    linux.set_namespaces(Some(namespaces));
     Ok(spec)
 }
 
@@ -97,12 +120,13 @@ mod tests {
             ports: vec![8080],
             health: None,
             seccomp: Seccomp::Default,
+            userns: Default::default(),
         }
     }
 
     #[test]
     fn cpu_and_memory_become_cgroup_limits() {
-        let spec = finish_spec(Spec::default(), &task(), "/sched", None).unwrap();
+        let spec = finish_spec(Spec::default(), &task(), "/sched", None, None).unwrap();
         let linux = spec.linux().as_ref().unwrap();
         let r = linux.resources().as_ref().unwrap();
         let cpu = r.cpu().as_ref().unwrap();
@@ -116,17 +140,40 @@ mod tests {
 
     #[test]
     fn tasks_get_the_default_seccomp_profile_unless_the_service_opted_out() {
-        let spec = finish_spec(Spec::default(), &task(), "/sched", None).unwrap();
+        let spec = finish_spec(Spec::default(), &task(), "/sched", None, None).unwrap();
         let seccomp = spec.linux().as_ref().unwrap().seccomp().as_ref().expect("a profile");
         assert_eq!(seccomp, &runtime::default_seccomp::default_seccomp());
         let unconfined = TaskSpec { seccomp: Seccomp::Unconfined, ..task() };
-        let spec = finish_spec(Spec::default(), &unconfined, "/sched", None).unwrap();
+        let spec = finish_spec(Spec::default(), &unconfined, "/sched", None, None).unwrap();
         assert!(spec.linux().as_ref().unwrap().seccomp().is_none());
     }
 
     #[test]
+    fn a_range_puts_the_task_in_a_new_user_namespace_mapping_65536_ids() {
+        let base = runtime::spec_template::default_spec(&[]);
+        let spec = finish_spec(base.clone(), &task(), "/sched", None, Some(IdRange { first: 3 << 30 })).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let users: Vec<_> = linux.namespaces().iter().flatten().filter(|n| n.typ() == LinuxNamespaceType::User).collect();
+        assert_eq!(users.len(), 1);
+        assert_eq!(users[0].path(), &None, "a new namespace, not a joined one");
+        for map in [linux.uid_mappings(), linux.gid_mappings()] {
+            let lines: Vec<_> = map.iter().flatten().map(|m| (m.container_id(), m.host_id(), m.size())).collect();
+            assert_eq!(lines, [(0, 3 << 30, 65_536)]);
+        }
+        let mappings = runtime::idmap::Mappings::of_new_user_namespace(&spec).expect("the image service sees the mappings");
+        assert_eq!(mappings.uid.to_host(0), Some(3 << 30));
+        // The runtime's checks accept it.
+        runtime::idmap::IdMap::from_spec(runtime::idmap::MapKind::Uid, linux.uid_mappings().as_deref().unwrap()).unwrap();
+
+        let host = finish_spec(base, &task(), "/sched", None, None).unwrap();
+        let linux = host.linux().as_ref().unwrap();
+        assert!(!linux.namespaces().iter().flatten().any(|n| n.typ() == LinuxNamespaceType::User), "opted out: the host's");
+        assert!(linux.uid_mappings().is_none() && linux.gid_mappings().is_none());
+    }
+
+    #[test]
     fn a_network_namespace_path_replaces_the_new_one() {
-        let spec = finish_spec(Spec::default(), &task(), "/sched", Some(Path::new("/run/sched/netns/t1"))).unwrap();
+        let spec = finish_spec(Spec::default(), &task(), "/sched", Some(Path::new("/run/sched/netns/t1")), None).unwrap();
         let ns = spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap();
         let net: Vec<_> = ns.iter().filter(|n| n.typ() == LinuxNamespaceType::Network).collect();
         assert_eq!(net.len(), 1);
@@ -144,10 +191,11 @@ mod tests {
             "config":{"Env":["PATH=/bin"],"Cmd":["sh"],"WorkingDir":"/srv","StopSignal":"SIGQUIT","ExposedPorts":{"80/tcp":{}}}}"#;
         let config = ImageConfig::parse(config, "test").unwrap();
         let (task, netns) = (task(), Some(Path::new("/run/sched/netns/t1")));
-        let base = finish_spec(default_spec(&[]), &task, "/sched", netns).unwrap();
+        let ids = Some(IdRange { first: 1 << 31 });
+        let base = finish_spec(default_spec(&[]), &task, "/sched", netns, ids).unwrap();
         let task_first = config_to_spec(&config, rootfs.path(), &overrides(&task), base).unwrap();
         let image = config_to_spec(&config, rootfs.path(), &overrides(&task), default_spec(&[])).unwrap();
-        let image_first = finish_spec(image, &task, "/sched", netns).unwrap();
+        let image_first = finish_spec(image, &task, "/sched", netns, ids).unwrap();
         assert_eq!(task_first, image_first);
         assert_eq!(task_first.root().as_ref().unwrap().readonly(), Some(false));
     }

@@ -17,7 +17,8 @@ use runtime::image::{ImageService, NoProgress};
 use runtime::shim::{self, ExitRecord};
 use runtime::state::{StateRoot, Status};
 
-use super::{TaskSpec, bundle};
+use super::id_ranges::{IdPool, IdRange, IdRangeFile};
+use super::{TaskSpec, UserNamespace, bundle};
 use crate::error::{AgentError, Result};
 
 /// Where and how tasks run.
@@ -33,6 +34,10 @@ pub struct DriverConfig {
     pub cgroup_parent: String,
     /// Size at which a task's log rotates.
     pub max_log_bytes: u64,
+    /// The host ids tasks' user namespaces get their ranges from (`--userns-ids`).
+    pub id_pool: IdPool,
+    /// Where the ranges tasks hold are kept (`DATA_DIR/userns/ranges.json`).
+    pub id_ranges_file: PathBuf,
 }
 
 /// A task's status as the node sees it.
@@ -51,6 +56,9 @@ pub struct TaskDriver {
     config: DriverConfig,
     images: Arc<ImageService>,
     state: StateRoot,
+    /// The host id range of every task in a user namespace of its own, held from its start
+    /// until its rootfs is released.
+    ids: IdRangeFile,
 }
 
 /// How often stop looks for the exit record.
@@ -63,7 +71,8 @@ impl TaskDriver {
     pub fn new(config: DriverConfig, images: Arc<ImageService>) -> Result<TaskDriver> {
         std::fs::create_dir_all(&config.tasks_dir).map_err(|e| AgentError::io(format!("create {}", config.tasks_dir.display()), e))?;
         let state = StateRoot::open(&config.state_root)?;
-        Ok(TaskDriver { config, images, state })
+        let ids = IdRangeFile::open(config.id_ranges_file.clone(), config.id_pool)?;
+        Ok(TaskDriver { config, images, state, ids })
     }
 
     /// The directory of task `id`.
@@ -90,10 +99,19 @@ impl TaskDriver {
         if dir.exists() {
             self.clear_unstarted(&task.id)?;
         }
-        let started = self.start_in(task, netns, &dir).await;
+        // A range the task still holds (a start that was cut short) is kept.
+        let ids = match task.userns {
+            UserNamespace::Auto => Some(self.ids.allocate(&task.id)?),
+            UserNamespace::Host => {
+                self.ids.release(&task.id)?;
+                None
+            }
+        };
+        let started = self.start_in(task, netns, &dir, ids).await;
         if started.is_err() {
             let _ = self.images.release_rootfs(&task.id);
             let _ = std::fs::remove_dir_all(&dir);
+            let _ = self.ids.release(&task.id);
         }
         started
     }
@@ -121,8 +139,8 @@ impl TaskDriver {
         std::fs::remove_dir_all(&dir).map_err(|e| AgentError::io(format!("remove the unstarted task dir of {id}"), e))
     }
 
-    async fn start_in(&self, task: &TaskSpec, netns: Option<&Path>, dir: &Path) -> Result<i32> {
-        let base = bundle::finish_spec(runtime::spec_template::default_spec(&[]), task, &self.config.cgroup_parent, netns)?;
+    async fn start_in(&self, task: &TaskSpec, netns: Option<&Path>, dir: &Path, ids: Option<IdRange>) -> Result<i32> {
+        let base = bundle::finish_spec(runtime::spec_template::default_spec(&[]), task, &self.config.cgroup_parent, netns, ids)?;
         let (images, overrides) = (self.images.clone(), bundle::overrides(task));
         let (image, id, bundle_dir) = (task.image.clone(), task.id.clone(), dir.join("bundle"));
         let made = tokio::task::spawn_blocking(move || images.create_bundle(&image, &id, &bundle_dir, &overrides, base))
@@ -206,6 +224,8 @@ impl TaskDriver {
             container.delete(true)?;
         }
         self.images.release_rootfs(id)?;
+        // Its processes are dead and its upper dir is gone: nothing holds its ids any more.
+        self.ids.release(id)?;
         Ok(())
     }
 
@@ -222,6 +242,7 @@ impl TaskDriver {
             container.delete(true)?;
         }
         self.images.release_rootfs(id)?;
+        self.ids.release(id)?;
         crate::crash_point::reached("remove:after-rootfs");
         match std::fs::remove_dir_all(self.task_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::io(format!("remove task dir of {id}"), e)),
@@ -313,6 +334,22 @@ impl TaskDriver {
     /// Unmounts and deletes task `id`'s rootfs, whatever the task's state.
     pub fn remove_rootfs(&self, id: &str) -> Result<()> {
         Ok(self.images.release_rootfs(id)?)
+    }
+
+    /// Every task that holds a host id range (see [`super::id_ranges`]).
+    pub fn id_range_holders(&self) -> Vec<String> {
+        self.ids.holders()
+    }
+
+    /// Task `id`'s host id range, if it holds one.
+    pub fn id_range(&self, id: &str) -> Option<IdRange> {
+        self.ids.get(id)
+    }
+
+    /// Gives task `id`'s host id range back, whatever the task's state; returns it, `None` if it
+    /// held none. Only once its processes are dead and its rootfs is gone.
+    pub fn release_id_range(&self, id: &str) -> Result<Option<IdRange>> {
+        self.ids.release(id)
     }
 
     /// Deletes task `id`'s dir (records and logs), whatever the task's state.

@@ -24,6 +24,19 @@ pub struct TaskSpec {
     pub health: Option<crate::health::HealthSpec>,
     /// The seccomp profile the task runs under.
     pub seccomp: Seccomp,
+    /// The user namespace the task runs in.
+    pub userns: UserNamespace,
+}
+
+/// A task's user namespace (the service's `[security] userns`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UserNamespace {
+    /// Its own, mapping container ids 0-65535 onto a range of host ids no other task of the
+    /// node holds ([`super::id_ranges`]).
+    #[default]
+    Auto,
+    /// The host's: root in the task is root on the host. Only for services that opted out.
+    Host,
 }
 
 /// A task's seccomp profile (the service's `[security] seccomp`).

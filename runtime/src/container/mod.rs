@@ -12,7 +12,7 @@ mod pause;
 mod run;
 mod start;
 mod state;
-mod userns;
+pub(crate) mod userns;
 
 use std::path::PathBuf;
 

@@ -118,6 +118,21 @@ fn idmapped_tree(path: &Path, userns: &File, recursive_clone: bool, recursive_at
     Ok(tree)
 }
 
+/// A user namespace with `mappings`, held by its file: for idmapped mounts made before any
+/// container exists (the image service mounts a task's overlay on idmapped snapshots). A child
+/// made for it ([`sys::spawn_user_namespace_holder`]) holds the namespace while we write its maps
+/// and open it, and is killed and reaped before this returns; the file keeps the namespace.
+pub fn user_namespace_with(mappings: &Mappings) -> Result<OwnedFd> {
+    let pid = sys::spawn_user_namespace_holder()?;
+    let opened = write_maps(pid.as_raw(), mappings).and_then(|()| {
+        let path = format!("/proc/{pid}/ns/user");
+        File::open(&path).map(OwnedFd::from).context(|| format!("open {path}"))
+    });
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(pid, None);
+    opened
+}
+
 /// Writes `setgroups` (when needed), `uid_map` and `gid_map` of `pid`.
 fn write_maps(pid: i32, mappings: &Mappings) -> Result<()> {
     if !caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETGID).unwrap_or(false) {

@@ -4,7 +4,9 @@
 //! in (the agent puts its limits, cgroup path, network namespace and seccomp profile there) and
 //! the process overrides.
 //!
-//! The steps: prepare the container's rootfs (an overlay of the image's snapshots, or a copy),
+//! The steps: prepare the container's rootfs (an overlay of the image's snapshots, or a copy;
+//! for a base spec with a new user namespace, an overlay of idmapped snapshots, so that the
+//! mapped ids own the image's files with nothing copied),
 //! build the spec from the base, the image config and the overrides ([`config_to_spec`]: the
 //! process, `root.path` = the rootfs, the image's annotations), and write `DIR/config.json`
 //! atomically. A failure leaves nothing: the rootfs is released again, and the bundle directory
@@ -50,7 +52,8 @@ impl ImageService {
     ) -> Result<ImageBundle> {
         let created_dir = !dir.exists();
         std::fs::create_dir_all(dir).at(dir)?;
-        let made = self.prepare_rootfs(reference_or_id, container_id).and_then(|rootfs| {
+        let mappings = crate::idmap::Mappings::of_new_user_namespace(&base);
+        let made = self.prepare_rootfs_for(reference_or_id, container_id, mappings.as_ref()).and_then(|rootfs| {
             let written = self.spec_for(&rootfs, overrides, base).and_then(|spec| write_config(dir, &spec).map(|()| spec));
             match written {
                 Ok(spec) => Ok(ImageBundle { dir: dir.to_path_buf(), container_id: container_id.to_string(), rootfs, spec }),

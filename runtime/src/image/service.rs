@@ -24,6 +24,7 @@ use super::reference::Reference;
 use super::snapshot::{RootfsKind, RootfsRecord, Snapshotter};
 use super::store::ContentStore;
 use super::unpack::{WhiteoutMode, decompress, unpack_layer};
+use crate::idmap::Mappings;
 
 /// The default data dir.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/sched";
@@ -285,6 +286,16 @@ impl ImageService {
     /// mode) a flattened copy bound onto itself; both are mounted `nodev`. Undo with
     /// [`ImageService::release_rootfs`].
     pub fn prepare_rootfs(&self, reference_or_id: &str, container_id: &str) -> Result<PreparedRootfs> {
+        self.prepare_rootfs_for(reference_or_id, container_id, None)
+    }
+
+    /// [`ImageService::prepare_rootfs`] for a container in a new user namespace with `mappings`:
+    /// the overlay is mounted on idmapped snapshots
+    /// ([`Snapshotter::mount_overlay_idmapped`]), so the container's ids own the image's files
+    /// with nothing copied. Where the kernel cannot, the overlay is mounted as usual and the
+    /// runtime chowns it through the overlay at `create` (copying every file up, see
+    /// docs/runtime.md); a copy-mode rootfs is idmapped (or chowned) by the runtime too.
+    pub fn prepare_rootfs_for(&self, reference_or_id: &str, container_id: &str, mappings: Option<&Mappings>) -> Result<PreparedRootfs> {
         let image = self.get(reference_or_id)?;
         let config = self.config(&image)?;
         if let Some(missing) = image.chain_ids.iter().find(|c| !self.snapshots.has(c)) {
@@ -299,6 +310,20 @@ impl ImageService {
         let mode = self.options.rootfs_mode;
         if mode != RootfsMode::Copy {
             let merged = self.snapshots.create_rootfs_dir(&record)?;
+            if let Some(mappings) = mappings
+                && let Err(e) = self.snapshots.own_rootfs_dir(container_id, mappings)
+            {
+                let _ = self.snapshots.remove_rootfs(container_id);
+                return Err(e);
+            }
+            if let Some(mappings) = mappings {
+                match self.mount_idmapped(container_id, &image.chain_ids, mappings) {
+                    Ok(()) => return Ok(PreparedRootfs { path: merged, kind: RootfsKind::Overlay, image, config }),
+                    Err(e) => {
+                        warn!(error = %e, "cannot mount the overlay on idmapped layers; the runtime will chown it (a copy-up of every file)")
+                    }
+                }
+            }
             match self.snapshots.mount_overlay(container_id, &image.chain_ids) {
                 Ok(()) => return Ok(PreparedRootfs { path: merged, kind: RootfsKind::Overlay, image, config }),
                 Err(e) if mode == RootfsMode::Auto => {
@@ -313,11 +338,25 @@ impl ImageService {
         }
         record.kind = RootfsKind::Copy;
         let merged = self.snapshots.create_rootfs_dir(&record)?;
-        if let Err(e) = self.apply_layers(&image, &merged).and_then(|()| self.snapshots.mount_copy_nodev(container_id)) {
+        let owned = match mappings {
+            Some(mappings) => self.snapshots.own_rootfs_dir(container_id, mappings),
+            None => Ok(()),
+        };
+        if let Err(e) = owned.and_then(|()| self.apply_layers(&image, &merged)).and_then(|()| self.snapshots.mount_copy_nodev(container_id))
+        {
             let _ = self.snapshots.remove_rootfs(container_id);
             return Err(e);
         }
         Ok(PreparedRootfs { path: merged, kind: RootfsKind::Copy, image, config })
+    }
+
+    /// The overlay of `chain_ids` on snapshots idmapped with a user namespace of `mappings`.
+    fn mount_idmapped(&self, container_id: &str, chain_ids: &[Digest], mappings: &Mappings) -> Result<()> {
+        let userns = crate::container::userns::user_namespace_with(mappings).map_err(|e| ImageError::Mount {
+            target: self.snapshots.rootfs_dir(container_id),
+            source: std::io::Error::other(format!("a user namespace for the idmapped layers: {e}")),
+        })?;
+        self.snapshots.mount_overlay_idmapped(container_id, chain_ids, std::os::fd::AsFd::as_fd(&userns), mappings)
     }
 
     /// Unmounts and deletes a container's rootfs (its upper dir goes with it).

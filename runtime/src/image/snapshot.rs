@@ -223,13 +223,94 @@ impl Snapshotter {
         Ok(dir.join("merged"))
     }
 
+    /// Gives container `id`'s rootfs dir (`<rootfs>/<id>`, mode 0700) to the host ids of its
+    /// root under `mappings`: the container's init reaches its rootfs from there once it is in
+    /// its user namespace, where host root's directories are closed to it (as containers/storage
+    /// does for podman). No other host user enters it.
+    pub fn own_rootfs_dir(&self, id: &str, mappings: &crate::idmap::Mappings) -> Result<()> {
+        let dir = self.rootfs_dir(id);
+        let uid = mappings.uid.to_host(0).map(rustix::fs::Uid::from_raw);
+        let gid = mappings.gid.to_host(0).map(rustix::fs::Gid::from_raw);
+        rustix::fs::chown(&dir, uid, gid).at(&dir)?;
+        rustix::fs::chmod(&dir, rustix::fs::Mode::from_raw_mode(0o700)).at(&dir)
+    }
+
     /// Mounts the overlay of `chain_ids` (bottom first) on `<rootfs>/<id>/merged`.
     pub fn mount_overlay(&self, id: &str, chain_ids: &[Digest]) -> Result<()> {
+        let lower: Vec<PathBuf> = chain_ids.iter().rev().map(|chain| self.fs_dir(chain)).collect();
+        self.mount_overlay_of(id, &lower)
+    }
+
+    /// Mounts the overlay of `chain_ids` on `<rootfs>/<id>/merged` with every layer seen through
+    /// an idmapped mount of `userns` (overlayfs takes idmapped layers since Linux 5.19): the
+    /// image's files show as the host ids `mappings` give their on-disk ids, files the container
+    /// writes land in the upper dir with its host ids, and the snapshots stay shared and
+    /// unchanged. Each layer is cloned idmapped (`open_tree` + `mount_setattr`), attached under
+    /// `<rootfs>/<id>/layers/N` for the overlay to name, and detached again once the overlay is
+    /// mounted (overlayfs holds private clones of its layers). The upper dir's root, which
+    /// becomes the merged root, gets the top layer's owner and mode. The mappings are recorded
+    /// beside `merged` ([`crate::idmap::write_shift_record`]), so that `create` takes the rootfs
+    /// as it is. On failure nothing is mounted (the caller may fall back to a plain overlay).
+    pub fn mount_overlay_idmapped(
+        &self,
+        id: &str,
+        chain_ids: &[Digest],
+        userns: std::os::fd::BorrowedFd<'_>,
+        mappings: &crate::idmap::Mappings,
+    ) -> Result<()> {
+        let dir = self.rootfs_dir(id);
+        let layers = dir.join("layers");
+        let mounted = self.attach_idmapped_layers(&layers, chain_ids, userns).and_then(|lower| {
+            let upper = dir.join("upper");
+            let (uid, gid, mode) = match lower.first() {
+                Some(top) => {
+                    let st = rustix::fs::stat(top).map_err(std::io::Error::from).at(top)?;
+                    (st.st_uid, st.st_gid, st.st_mode & 0o7777)
+                }
+                None => (mappings.uid.to_host(0).unwrap_or(0), mappings.gid.to_host(0).unwrap_or(0), 0o755),
+            };
+            let owner = (Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)));
+            rustix::fs::chown(&upper, owner.0, owner.1).map_err(std::io::Error::from).at(&upper)?;
+            rustix::fs::chmod(&upper, rustix::fs::Mode::from_raw_mode(mode)).map_err(std::io::Error::from).at(&upper)?;
+            self.mount_overlay_of(id, &lower)
+        });
+        detach_layers(&layers);
+        mounted?;
+        let merged = dir.join("merged");
+        if let Err(e) = crate::idmap::write_shift_record(&merged, mappings) {
+            let _ = rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::DETACH);
+            return Err(mount_err(&merged, &e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Attaches an idmapped clone of each snapshot of `chain_ids` under `layers/N`, top first;
+    /// returns their paths. What was attached before a failure is left for [`detach_layers`].
+    fn attach_idmapped_layers(&self, layers: &Path, chain_ids: &[Digest], userns: std::os::fd::BorrowedFd<'_>) -> Result<Vec<PathBuf>> {
+        use rustix::mount::{MoveMountFlags, OpenTreeFlags};
+        let mut lower = Vec::new();
+        for (n, chain) in chain_ids.iter().rev().enumerate() {
+            let fs = self.fs_dir(chain);
+            let target = layers.join(n.to_string());
+            std::fs::create_dir_all(&target).at(&target)?;
+            let err = |what: &str, e: std::io::Error| mount_err(&target, &format!("{what} {}: {e}", fs.display()));
+            let tree = rustix::mount::open_tree(rustix::fs::CWD, &fs, OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC)
+                .map_err(|e| err("clone", e.into()))?;
+            crate::sys::mount_set_idmap(std::os::fd::AsFd::as_fd(&tree), userns, false)
+                .map_err(|e| err("idmap", std::io::Error::from_raw_os_error(e as i32)))?;
+            rustix::mount::move_mount(&tree, c"", rustix::fs::CWD, &target, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
+                .map_err(|e| err("attach", e.into()))?;
+            lower.push(target);
+        }
+        Ok(lower)
+    }
+
+    /// Mounts the overlay of `lower` (top first) on `<rootfs>/<id>/merged`.
+    fn mount_overlay_of(&self, id: &str, lower_dirs: &[PathBuf]) -> Result<()> {
         let dir = self.rootfs_dir(id);
         let merged = dir.join("merged");
         let mut lower: Vec<String> = Vec::new();
-        for chain in chain_ids.iter().rev() {
-            let fs = self.fs_dir(chain);
+        for fs in lower_dirs {
             let s = fs.to_str().ok_or_else(|| mount_err(&merged, "the data dir path is not UTF-8"))?;
             if s.contains(':') || s.contains(',') {
                 return Err(mount_err(&merged, "the data dir path must not contain ':' or ','"));
@@ -290,11 +371,32 @@ impl Snapshotter {
             rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::DETACH)
                 .map_err(|e| ImageError::Mount { target: merged.clone(), source: e.into() })?;
         }
+        // A crash between attaching idmapped layers and detaching them leaves snapshots mounted
+        // here: deleting through them would delete the shared layers' files.
+        let layers = dir.join("layers");
+        detach_layers(&layers);
+        if std::fs::read_dir(&layers).is_ok_and(|mut e| e.any(|e| e.is_ok_and(|e| is_mount_point(&e.path())))) {
+            return Err(mount_err(&layers, "a snapshot is still mounted here; not deleting through it"));
+        }
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at(dir),
             _ => Ok(()),
         }
     }
+}
+
+/// Detaches every layer mount under `layers` (see [`Snapshotter::mount_overlay_idmapped`]) and
+/// removes the dir. Best effort: [`Snapshotter::remove_rootfs`] checks that none is left.
+fn detach_layers(layers: &Path) {
+    let Ok(entries) = std::fs::read_dir(layers) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        if is_mount_point(&path) {
+            let _ = rustix::mount::unmount(&path, rustix::mount::UnmountFlags::DETACH);
+        }
+        let _ = std::fs::remove_dir(&path);
+    }
+    let _ = std::fs::remove_dir(layers);
 }
 
 fn mount_err(target: &Path, reason: &str) -> ImageError {

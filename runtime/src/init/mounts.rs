@@ -142,19 +142,17 @@ pub fn mount_one(root: &RootDir, m: &Mount, ctx: &MountContext<'_>, idmapped: Op
         super::cgroup_mount::mount_cgroup(root, dest, &opts, ctx)?;
     } else if typ == "sysfs" && !ctx.has_netns {
         // A new sysfs needs a network namespace of our own; without one, show the host's.
-        let target = ensure_target(root, dest, true)?;
-        mount(Some("/sys"), target.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .context(|| format!("bind /sys on {}", dest.display()))?;
-        remount(
-            root,
-            dest,
-            (opts.flags & MsFlags::MS_RDONLY) | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        )?;
+        bind_host_sys(root, dest, &opts)?;
     } else {
         let target = ensure_target(root, dest, true)?;
         let source = m.source().as_ref().map(|s| s.as_path()).unwrap_or(Path::new(typ));
         let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
-        mount(Some(source), target.as_str(), Some(typ), opts.flags, data).context(|| format!("mount {typ} on {}", dest.display()))?;
+        match mount(Some(source), target.as_str(), Some(typ), opts.flags, data) {
+            // In a user namespace, a network namespace joined by path (the agent's, made by the
+            // host) is not ours to mount a sysfs for: show the host's, as runc does.
+            Err(nix::Error::EPERM) if typ == "sysfs" && ctx.bundle.has_user_namespace() => bind_host_sys(root, dest, &opts)?,
+            made => made.context(|| format!("mount {typ} on {}", dest.display()))?,
+        }
     }
     for p in &opts.propagation {
         let target = resolve(root, dest)?;
@@ -162,6 +160,14 @@ pub fn mount_one(root: &RootDir, m: &Mount, ctx: &MountContext<'_>, idmapped: Op
             .context(|| format!("set propagation of {}", dest.display()))?;
     }
     Ok(())
+}
+
+/// Binds the host's `/sys` on `dest` (nosuid, nodev, noexec, and read-only if the mount asks).
+fn bind_host_sys(root: &RootDir, dest: &Path, opts: &MountOptions) -> Result<()> {
+    let target = ensure_target(root, dest, true)?;
+    mount(Some("/sys"), target.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .context(|| format!("bind /sys on {}", dest.display()))?;
+    remount(root, dest, (opts.flags & MsFlags::MS_RDONLY) | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)
 }
 
 /// Attaches the detached mount `tree` onto `target` (`move_mount`, target by descriptor).

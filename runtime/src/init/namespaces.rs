@@ -113,6 +113,13 @@ pub fn enter(bundle: &Bundle, joins: &[NamespaceJoin], channel: &mut ChildChanne
     }
     let mut trees = IdmappedTrees::default();
     if bundle.has_user_namespace() {
+        // The rootfs may sit below directories only host root may search (an agent's data dir
+        // and its rootfs dir are 0700): from here on it is reached relative to its parent,
+        // entered while the host's privileges still hold. A new mount namespace carries the
+        // working directory over to its copy of the mount ([`super::rootfs::prepare`]).
+        if let Some(parent) = bundle.rootfs.parent() {
+            nix::unistd::chdir(parent).context(|| format!("chdir to {}", parent.display()))?;
+        }
         match joins.iter().find(|j| j.typ == LinuxNamespaceType::User) {
             Some(join) => setns(&join.file, CloneFlags::CLONE_NEWUSER).context(|| "join the user namespace".into())?,
             None => unshare(CloneFlags::CLONE_NEWUSER).context(|| "create the user namespace".into())?,

@@ -34,7 +34,7 @@ pub fn prepare(bundle: &Bundle, trees: &mut IdmappedTrees, at_hooks: &mut dyn Fn
         linux.and_then(|l| l.rootfs_propagation().as_deref()).map(mounts::propagation_flag).transpose()?.unwrap_or(MsFlags::MS_SLAVE);
     mount(None::<&str>, "/", None::<&str>, propagation | MsFlags::MS_REC, None::<&str>).context(|| "make / a slave mount".into())?;
     // pivot_root needs the new root to be a mount point.
-    let rootfs = &bundle.rootfs;
+    let rootfs = &rootfs_path(bundle);
     match trees.rootfs.take() {
         Some(tree) => {
             let target = mounts::Target::of(RootDir::open(rootfs)?.resolve(Path::new("/"))?);
@@ -91,6 +91,16 @@ fn lock_flags_of(path: &str) -> Result<MsFlags> {
         }
     }
     Ok(kept)
+}
+
+/// How the init reaches the rootfs: by its path, or in a user namespace by its name in the
+/// working directory, its parent (entered before the user namespace, see
+/// [`super::namespaces::enter`]): the container's root may not search the directories above.
+fn rootfs_path(bundle: &Bundle) -> std::path::PathBuf {
+    match bundle.rootfs.file_name() {
+        Some(name) if bundle.has_user_namespace() && bundle.rootfs.parent().is_some() => std::path::PathBuf::from(name),
+        _ => bundle.rootfs.clone(),
+    }
 }
 
 /// runc's pivot_root dance: pivot the new root over the old one in place, then detach the old

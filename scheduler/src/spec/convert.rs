@@ -5,7 +5,7 @@
 
 use proto::sched::v1 as pb;
 
-use super::{Autoscale, Deploy, FieldError, HealthCheck, HealthKind, Route, Seccomp, Security, ServiceSpec, validate};
+use super::{Autoscale, Deploy, FieldError, HealthCheck, HealthKind, Route, Seccomp, Security, ServiceSpec, UserNamespace, validate};
 
 impl ServiceSpec {
     /// Builds and validates a spec from a request. Errors name fields by their TOML path.
@@ -63,6 +63,17 @@ impl ServiceSpec {
                             message: format!("must be DEFAULT or UNCONFINED, got {}", s.seccomp),
                         });
                         Seccomp::Default
+                    }
+                },
+                userns: match pb::UserNamespaceMode::try_from(s.userns) {
+                    Ok(pb::UserNamespaceMode::Unspecified | pb::UserNamespaceMode::Auto) => UserNamespace::Auto,
+                    Ok(pb::UserNamespaceMode::Host) => UserNamespace::Host,
+                    Err(_) => {
+                        errors.push(FieldError {
+                            field: "security.userns".into(),
+                            message: format!("must be AUTO or HOST, got {}", s.userns),
+                        });
+                        UserNamespace::Auto
                     }
                 },
             },
@@ -150,6 +161,10 @@ impl ServiceSpec {
                     Seccomp::Default => pb::SeccompProfile::Default,
                     Seccomp::Unconfined => pb::SeccompProfile::Unconfined,
                 } as i32,
+                userns: match self.security.userns {
+                    UserNamespace::Auto => pb::UserNamespaceMode::Auto,
+                    UserNamespace::Host => pb::UserNamespaceMode::Host,
+                } as i32,
             }),
         }
     }
@@ -194,13 +209,29 @@ mod tests {
         let wire = spec.to_proto();
         assert_eq!(ServiceSpec::from_proto(wire.clone()), Ok(spec));
         // An older client sends no security message (or an unspecified profile): the default.
-        for security in [None, Some(pb::Security { seccomp: 0 })] {
+        for security in [None, Some(pb::Security { seccomp: 0, userns: 0 })] {
             let old = pb::ServiceSpec { security, ..wire.clone() };
             assert_eq!(ServiceSpec::from_proto(old).unwrap().security.seccomp, Seccomp::Default);
         }
-        let unknown = pb::ServiceSpec { security: Some(pb::Security { seccomp: 7 }), ..wire };
+        let unknown = pb::ServiceSpec { security: Some(pb::Security { seccomp: 7, userns: 0 }), ..wire };
         let fields: Vec<_> = ServiceSpec::from_proto(unknown).unwrap_err().into_iter().map(|e| e.field).collect();
         assert_eq!(fields, ["security.seccomp"]);
+    }
+
+    #[test]
+    fn round_trips_the_userns_opt_out_and_reads_its_absence_as_auto() {
+        let text = "name = \"a\"\nimage = \"busybox\"\n[security]\nuserns = \"host\"\n";
+        let spec = parse_service_toml("s", text).unwrap();
+        assert_eq!(spec.security.userns, UserNamespace::Host);
+        let wire = spec.to_proto();
+        assert_eq!(ServiceSpec::from_proto(wire.clone()), Ok(spec));
+        for security in [None, Some(pb::Security { seccomp: 0, userns: 0 })] {
+            let old = pb::ServiceSpec { security, ..wire.clone() };
+            assert_eq!(ServiceSpec::from_proto(old).unwrap().security.userns, UserNamespace::Auto);
+        }
+        let unknown = pb::ServiceSpec { security: Some(pb::Security { seccomp: 0, userns: 9 }), ..wire };
+        let fields: Vec<_> = ServiceSpec::from_proto(unknown).unwrap_err().into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["security.userns"]);
     }
 
     #[test]

@@ -62,6 +62,39 @@ pub struct Security {
     /// The seccomp profile of every task.
     #[serde(default)]
     pub seccomp: Seccomp,
+    /// The user namespace of every task.
+    #[serde(default, skip_serializing_if = "UserNamespace::is_auto")]
+    pub userns: UserNamespace,
+}
+
+/// Which user namespace a task runs in (podman's `--userns=...` words).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserNamespace {
+    /// Its own, with 65,536 host ids of its own: root in the task is an unprivileged host id.
+    #[default]
+    Auto,
+    /// The host's: root in the task is root on the host.
+    Host,
+}
+
+impl UserNamespace {
+    /// The word used in `service.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserNamespace::Auto => "auto",
+            UserNamespace::Host => "host",
+        }
+    }
+
+    /// The value of a `security.userns` word, `None` if it is none of them.
+    pub fn parse(word: &str) -> Option<UserNamespace> {
+        [UserNamespace::Auto, UserNamespace::Host].into_iter().find(|s| s.as_str() == word)
+    }
+
+    fn is_auto(&self) -> bool {
+        *self == UserNamespace::Auto
+    }
 }
 
 impl Security {
@@ -194,9 +227,14 @@ mod tests {
         assert!(stored.get("security").is_none(), "the default is not written: {stored}");
         let old: ServiceSpec = serde_json::from_value(stored).unwrap();
         assert_eq!(old.security.seccomp, Seccomp::Default);
-        let opted_out = ServiceSpec { security: Security { seccomp: Seccomp::Unconfined }, ..spec };
+        assert_eq!(old.security.userns, UserNamespace::Auto);
+        let opted_out = ServiceSpec { security: Security { seccomp: Seccomp::Unconfined, ..Default::default() }, ..spec.clone() };
         let stored = serde_json::to_value(&opted_out).unwrap();
-        assert_eq!(stored["security"], serde_json::json!({ "seccomp": "unconfined" }));
+        assert_eq!(stored["security"], serde_json::json!({ "seccomp": "unconfined" }), "auto is not written, as before it existed");
         assert_eq!(serde_json::from_value::<ServiceSpec>(stored).unwrap(), opted_out);
+        let host = ServiceSpec { security: Security { userns: UserNamespace::Host, ..Default::default() }, ..spec };
+        let stored = serde_json::to_value(&host).unwrap();
+        assert_eq!(stored["security"], serde_json::json!({ "seccomp": "default", "userns": "host" }));
+        assert_eq!(serde_json::from_value::<ServiceSpec>(stored).unwrap(), host);
     }
 }

@@ -18,7 +18,7 @@ use toml::Spanned;
 
 use super::{
     Autoscale, DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_MIB, Deploy, HealthCheck, HealthKind, Route, Seccomp, Security, ServiceSpec,
-    parse_duration_ms, validate,
+    UserNamespace, parse_duration_ms, validate,
 };
 
 /// Autoscaler cooldowns when the `[autoscale]` table leaves them out (30 s and 300 s).
@@ -86,6 +86,8 @@ struct RawService {
 struct RawSecurity {
     /// Read as a string so an unknown word is reported under `security.seccomp`.
     seccomp: Option<Spanned<String>>,
+    /// Read as a string so an unknown word is reported under `security.userns`.
+    userns: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -273,7 +275,23 @@ pub fn parse_service_toml(file: &str, text: &str) -> Result<ServiceSpec, SpecFil
     });
     let security = raw.security.map_or_else(Security::default, |table| {
         spans.0.insert("security".into(), table.span());
-        let seccomp = match table.into_inner().seccomp {
+        let table = table.into_inner();
+        let userns = match table.userns {
+            None => UserNamespace::Auto,
+            Some(word) => {
+                let span = word.span();
+                let word = spans.take("security.userns", word);
+                UserNamespace::parse(&word).unwrap_or_else(|| {
+                    problems.push(located(
+                        span,
+                        Some("security.userns".into()),
+                        format!("must be \"auto\" (a user namespace of its own) or \"host\" (root in the task is root on the host), got {word:?}"),
+                    ));
+                    UserNamespace::Auto
+                })
+            }
+        };
+        let seccomp = match table.seccomp {
             None => Seccomp::Default,
             Some(word) => {
                 let span = word.span();
@@ -288,7 +306,7 @@ pub fn parse_service_toml(file: &str, text: &str) -> Result<ServiceSpec, SpecFil
                 })
             }
         };
-        Security { seccomp }
+        Security { seccomp, userns }
     });
     let count = match raw.count {
         Some(c) => spans.take("count", c),
@@ -422,6 +440,19 @@ mod tests {
         assert!(p[0].message.contains("\"unconfined\"") && p[0].message.contains("\"Unconfined\""), "{}", p[0].message);
         let p = problems(&format!("{base}[security]\nseccomp_profile = \"x\"\n"));
         assert!(p[0].message.contains("seccomp"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn tasks_get_their_own_user_namespace_unless_the_file_says_host() {
+        let base = "name = \"a\"\nimage = \"busybox\"\n";
+        let userns = |extra: &str| parse_service_toml("s", &format!("{base}{extra}")).map(|s| s.security.userns);
+        assert_eq!(userns("").unwrap(), UserNamespace::Auto);
+        assert_eq!(userns("[security]\nseccomp = \"unconfined\"\n").unwrap(), UserNamespace::Auto);
+        assert_eq!(userns("[security]\nuserns = \"auto\"\n").unwrap(), UserNamespace::Auto);
+        assert_eq!(userns("[security]\nuserns = \"host\"\n").unwrap(), UserNamespace::Host);
+        let p = problems(&format!("{base}[security]\nuserns = \"keep-id\"\n"));
+        assert_eq!((p[0].field.as_deref(), p[0].line, p[0].column), (Some("security.userns"), 4, 10));
+        assert!(p[0].message.contains("\"host\"") && p[0].message.contains("\"keep-id\""), "{}", p[0].message);
     }
 
     #[test]

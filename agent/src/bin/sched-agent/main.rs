@@ -52,6 +52,11 @@ struct Cli {
     /// The cgroup every task's cgroup is made under.
     #[arg(long, default_value = agent::node::DEFAULT_CGROUP_PARENT)]
     cgroup_parent: String,
+    /// The host ids tasks' user namespaces come from, as FIRST:COUNT (an /etc/subuid line's
+    /// numbers): each task gets 65,536 of them that no other task of this node holds, for uids
+    /// and gids alike. Two agents on one host need ranges of their own.
+    #[arg(long, default_value = "2147483648:2147418112")]
+    userns_ids: agent::task::IdPool,
     /// Seconds a stopped task gets between its stop signal and SIGKILL.
     #[arg(long, default_value_t = 10)]
     stop_grace: u64,
@@ -148,6 +153,7 @@ fn config(cli: Cli) -> Result<AgentConfig> {
     config.cpu_millis = cli.cpu.unwrap_or(config.cpu_millis);
     config.memory_mib = cli.memory.unwrap_or(config.memory_mib);
     config.cgroup_parent = cli.cgroup_parent;
+    config.userns_ids = cli.userns_ids;
     config.stop_grace = Duration::from_secs(cli.stop_grace);
     config.reap_interval = Duration::from_secs(cli.reap_interval_secs);
     config.insecure_registries = cli.insecure_registries;
