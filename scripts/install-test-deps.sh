@@ -3,7 +3,10 @@
 set -euo pipefail
 # gcc make pkg-config zlib1g-dev libelf-dev: libbpf-sys builds libbpf (the cgroup v2 device program);
 # gcc libc6-dev also build the static syscall probe of the seccomp tests.
-PKGS=(util-linux gcc make pkg-config zlib1g-dev libelf-dev libc6-dev busybox-static iproute2 nftables containernetworking-plugins iptables runc qemu-system-x86 linux-image-amd64 cpio kmod binutils docker-registry skopeo umoci apache2-utils podman curl jq python3-venv)
+# vagrant ... qemu-utils: the Vagrant lab's test (tests/tests/vagrant_lab.rs) runs vagrant with
+# vagrant-libvirt against a libvirtd of its own and builds the box with debootstrap.
+PKGS=(util-linux gcc make pkg-config zlib1g-dev libelf-dev libc6-dev busybox-static iproute2 nftables containernetworking-plugins iptables runc qemu-system-x86 linux-image-amd64 cpio kmod binutils docker-registry skopeo umoci apache2-utils podman curl jq python3-venv
+  vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base ebtables debootstrap qemu-utils e2fsprogs rsync openssh-client)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -14,4 +14,7 @@ done
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
+# The Vagrant lab's VMs (tests/tests/vagrant_lab.rs) run release binaries: emulated guests are
+# too slow for debug ones.
+cargo build --release -p sched -p agent -p runtime --bins
 cargo test --workspace

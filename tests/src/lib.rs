@@ -18,4 +18,5 @@ pub mod registry;
 pub mod registry_proxy;
 pub mod sim_nodes;
 pub mod syscall_probe;
+pub mod vagrant_lab;
 pub mod wait;
