@@ -4,7 +4,9 @@
 //! controller, like this project's own machines) it is a tmpfs holding one mount per host
 //! hierarchy, named as on the host. With a cgroup namespace each mount shows the container's own
 //! cgroup as its root; without one, the container's cgroup directories are bind-mounted instead,
-//! so the host's tree is never visible.
+//! so the host's tree is never visible. A container in a user namespace whose kernel refuses it
+//! a cgroup mount (EPERM, EBUSY: e.g. a cgroup2 superblock with other options than the host's)
+//! gets its cgroup (the spec's `cgroupsPath`) bind-mounted the same way, as runc does.
 
 use std::path::{Path, PathBuf};
 
@@ -41,15 +43,34 @@ fn mount_hierarchy(root: &RootDir, dest: &Path, h: &Hierarchy, flags: MsFlags, c
     let target = ensure_target(root, dest, true)?;
     if ctx.has_cgroupns {
         let data = (h.fstype == "cgroup").then_some(h.controllers.as_str());
-        mount(Some("cgroup"), target.as_str(), Some(h.fstype.as_str()), flags, data)
-            .context(|| format!("mount {} ({}) on {}", h.fstype, h.controllers, dest.display()))?;
-    } else {
-        let own = own_cgroup_dir(h)?;
-        mount(Some(&own), target.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .context(|| format!("bind {} on {}", own.display(), dest.display()))?;
-        remount(root, dest, flags | MsFlags::MS_BIND)?;
+        match mount(Some("cgroup"), target.as_str(), Some(h.fstype.as_str()), flags, data) {
+            Ok(()) => return Ok(()),
+            // In a user namespace that does not own the cgroup namespace, or where the kernel
+            // will not make a cgroup2 superblock with other options than the host's, the
+            // mount is refused (EPERM, EBUSY): bind our own cgroup instead, as runc does.
+            Err(e @ (nix::Error::EPERM | nix::Error::EBUSY)) if ctx.bundle.has_user_namespace() => {
+                // Inside the cgroup namespace /proc/self/cgroup says "/": the container's
+                // cgroup on the host comes from the spec.
+                let path = ctx.bundle.spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+                let Some(path) = path else {
+                    return Err(e)
+                        .context(|| format!("mount {} ({}) on {} (and no cgroupsPath to bind)", h.fstype, h.controllers, dest.display()));
+                };
+                let own = h.mount_point.join(path.strip_prefix("/").unwrap_or(&path));
+                tracing::debug!(error = %e, own = %own.display(), "cannot mount {} in the user namespace; binding the container's cgroup", h.fstype);
+                return bind_cgroup(root, &target, &own, dest, flags);
+            }
+            Err(e) => return Err(e).context(|| format!("mount {} ({}) on {}", h.fstype, h.controllers, dest.display())),
+        }
     }
-    Ok(())
+    bind_cgroup(root, &target, &own_cgroup_dir(h)?, dest, flags)
+}
+
+/// Binds the host directory `own` (a container's cgroup) on `target` with `flags`.
+fn bind_cgroup(root: &RootDir, target: &super::mounts::Target, own: &Path, dest: &Path, flags: MsFlags) -> Result<()> {
+    mount(Some(own), target.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .context(|| format!("bind {} on {}", own.display(), dest.display()))?;
+    remount(root, dest, flags | MsFlags::MS_BIND)
 }
 
 /// The directory of our own cgroup in hierarchy `h` (we already sit in the container's cgroup).
