@@ -269,8 +269,7 @@ struct Background(std::process::Child);
 
 impl Drop for Background {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        sched_tests::agent_process::kill_agent(&mut self.0);
     }
 }
 
