@@ -15,9 +15,11 @@
 //! bridge), so the host's network is never touched; all of it is removed at the end.
 //!
 //! - **sched**: write a service.toml with `count = N` (busybox httpd, 50 millicores, 32 MiB,
-//!   port 8080), start the clock, `sched apply`, poll `sched get tasks -o json` until N tasks
+//!   port 8080; each task in a user namespace of its own, the default), start the clock, `sched apply`, poll `sched get tasks -o json` until N tasks
 //!   run with an endpoint, then GET `/index.html` from every endpoint until all answer 200. The
 //!   clock stops at the last answer. Then `sched delete` and wait until the node is empty.
+//! - **sched, userns host**: the same with `[security] userns = "host"` (tasks in the host's
+//!   user namespace, as before issue 16): what the user namespaces cost end to end.
 //! - **podman**: start the clock, run N `podman run -d -p 127.0.0.1:PORT:8080 --cpus 0.05
 //!   --memory 32m` at once (as a deploy script would), wait for them, then GET every published
 //!   port until all answer. Then `podman rm -af`.
@@ -105,6 +107,19 @@ fn main() -> Result<()> {
     outcome
 }
 
+/// The sides: sched with its default (a user namespace per task), sched with tasks in the host's
+/// user namespace, podman.
+const SCHED: &str = "sched";
+const SCHED_HOST: &str = "sched, userns host";
+const PODMAN: &str = "podman";
+
+/// Which user namespace the service's tasks run in (`[security] userns`).
+#[derive(Clone, Copy)]
+enum Userns {
+    Auto,
+    Host,
+}
+
 /// One measurement: which side, how many tasks, how long until all served.
 struct Sample {
     side: &'static str,
@@ -125,16 +140,21 @@ fn run(options: &Options, work: &Path) -> Result<()> {
     let sched = SchedSide::start(options, work)?;
     let podman = PodmanSide::new(work, &image)?;
     println!("warming up: the image onto the node for both sides");
-    sched.measure(&image, 1, "warmup").context("sched warm-up")?;
+    sched.measure(&image, 1, "warmup", Userns::Auto).context("sched warm-up")?;
     podman.measure(1).context("podman warm-up")?;
 
     let mut samples = Vec::new();
     for round in 0..options.rounds {
         for &count in &options.counts {
             let sched_first = round % 2 == 0;
-            for side in if sched_first { ["sched", "podman"] } else { ["podman", "sched"] } {
-                let elapsed = if side == "sched" { sched.measure(&image, count, &format!("r{round}"))? } else { podman.measure(count)? };
-                println!("round {} {side:>6} {count:>3} tasks: {:>8.0} ms", round + 1, ms(elapsed));
+            let sides = if sched_first { [SCHED, SCHED_HOST, PODMAN] } else { [PODMAN, SCHED_HOST, SCHED] };
+            for side in sides {
+                let elapsed = match side {
+                    SCHED => sched.measure(&image, count, &format!("r{round}"), Userns::Auto)?,
+                    SCHED_HOST => sched.measure(&image, count, &format!("r{round}-host"), Userns::Host)?,
+                    _ => podman.measure(count)?,
+                };
+                println!("round {} {side:>18} {count:>3} tasks: {:>8.0} ms", round + 1, ms(elapsed));
                 samples.push(Sample { side, count, elapsed });
             }
         }
@@ -154,14 +174,24 @@ fn median(mut values: Vec<Duration>) -> Duration {
 
 fn print_table(options: &Options, samples: &[Sample]) {
     println!();
-    println!("| tasks | sched apply → all serving | podman run -d -p ×N → all serving | ratio |");
-    println!("|---|---|---|---|");
+    println!(
+        "| tasks | sched apply → all serving (userns auto) | sched, userns host | userns auto/host | podman run -d -p ×N → all serving | sched/podman |"
+    );
+    println!("|---|---|---|---|---|---|");
     for &count in &options.counts {
         let of = |side: &str| median(samples.iter().filter(|s| s.side == side && s.count == count).map(|s| s.elapsed).collect());
-        let (sched, podman) = (of("sched"), of("podman"));
-        println!("| {count} | {:.0} ms | {:.0} ms | **{:.2}x** |", ms(sched), ms(podman), sched.as_secs_f64() / podman.as_secs_f64());
+        let (sched, host, podman) = (of(SCHED), of(SCHED_HOST), of(PODMAN));
+        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+        println!(
+            "| {count} | {:.0} ms | {:.0} ms | {:.2}x | {:.0} ms | **{:.2}x** |",
+            ms(sched),
+            ms(host),
+            ratio(sched, host),
+            ms(podman),
+            ratio(sched, podman)
+        );
     }
-    println!("\nmedians of {} rounds; ratio = sched / podman (lower is faster)", options.rounds);
+    println!("\nmedians of {} rounds; ratios: lower is faster", options.rounds);
 }
 
 /// Waits until every endpoint answers `GET /index.html` with the page.
@@ -275,10 +305,17 @@ impl SchedSide {
 
     /// Applies `count` replicas, times until all serve, then deletes them and waits for an
     /// empty node.
-    fn measure(&self, image: &str, count: usize, tag: &str) -> Result<Duration> {
+    fn measure(&self, image: &str, count: usize, tag: &str, userns: Userns) -> Result<Duration> {
         let name = format!("web-{count}-{tag}");
         let file = self.dir.join(format!("{name}.toml"));
-        fs::write(&file, format!("name = \"{name}\"\nimage = \"{image}\"\ncpu = 50\nmemory = 32\nports = [8080]\ncount = {count}\n"))?;
+        let security = match userns {
+            Userns::Auto => "",
+            Userns::Host => "\n[security]\nuserns = \"host\"\n",
+        };
+        fs::write(
+            &file,
+            format!("name = \"{name}\"\nimage = \"{image}\"\ncpu = 50\nmemory = 32\nports = [8080]\ncount = {count}\n{security}"),
+        )?;
         let start = Instant::now();
         let deadline = start + SERVE_TIMEOUT;
         let out = self.cli(&["apply", &file.to_string_lossy()])?;
