@@ -281,6 +281,8 @@ impl Dev {
                 "127.0.0.1:0",
                 "--cgroup-parent",
                 &self.cgroup_parent,
+                "--userns-ids",
+                &sched_tests::agent_process::userns_ids_for(&self.dir.path().join("data")),
                 "--data-dir",
             ])
             .arg(self.dir.path().join("data"))
