@@ -97,12 +97,19 @@ pub fn spawn(cluster: &Cluster, servers: Option<&str>, name: &str, data_dir: &Pa
 /// agent gets its pool back; below the default pool (from 2^31), so that an agent on the
 /// default runs beside them.
 pub fn userns_ids_for(data_dir: &Path) -> String {
+    let ids = userns_pool_for(data_dir);
+    format!("{}:{}", ids.start, ids.end - ids.start)
+}
+
+/// The host ids of [`userns_ids_for`]'s pool.
+pub fn userns_pool_for(data_dir: &Path) -> std::ops::Range<u64> {
     static POOLS: std::sync::Mutex<BTreeMap<PathBuf, u64>> = std::sync::Mutex::new(BTreeMap::new());
     const POOL: u64 = 64 * 65_536;
     let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
     let next = pools.len() as u64;
     let slot = *pools.entry(data_dir.to_path_buf()).or_insert(next);
-    format!("{}:{POOL}", (1u64 << 30) + (slot % 256) * POOL)
+    let first = (1u64 << 30) + (slot % 256) * POOL;
+    first..first + POOL
 }
 
 /// How the tests and benchmarks start a `sched-agent`; [`AgentLaunch::spawn`] adds what every

@@ -71,9 +71,8 @@ fn a_second_agent_on_the_same_cgroup_parent_data_dir_or_host_ids_is_refused_and_
 
     // Its own data dir and cgroup parent, but host ids that overlap the first's pool (ids are
     // one space for the whole kernel): two tasks of two agents could run as the same host ids.
-    let first_pool = agent_process::userns_ids_for(first.data_dir());
-    let (start, count) = first_pool.split_once(':').unwrap();
-    let overlapping = format!("{}:{}", start.parse::<u64>().unwrap() + 65_536, count);
+    let first_pool = agent_process::userns_pool_for(first.data_dir());
+    let overlapping = format!("{}:{}", first_pool.start + 65_536, first_pool.end - first_pool.start);
     let fourth_parent = format!("/sched-test-{}", unique_name());
     let args = ["--userns-ids".to_string(), overlapping];
     let child = agent_process::spawn(&cluster, None, "fourth", &cluster.dir().join("agent-fourth"), &fourth_parent, &args);

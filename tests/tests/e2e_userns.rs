@@ -52,11 +52,10 @@ fn the_userns_key_reaches_the_tasks_of_each_service() {
     };
     let own = logs("own", 2);
     // The test's agent has a pool of its own (`--userns-ids`, beside other tests' agents).
-    let pool = agent_process::userns_ids_for(node.data_dir());
-    let (first, count) = pool.split_once(':').map(|(f, c)| (f.parse::<u64>().unwrap(), c.parse::<u64>().unwrap())).unwrap();
+    let pool = agent_process::userns_pool_for(node.data_dir());
     for (container, host, size) in &own {
         assert_eq!((*container, *size), (0, 65_536), "{own:?}");
-        assert!((first..first + count).contains(host), "from the agent's pool {pool}: {own:?}");
+        assert!(pool.contains(host), "from the agent's pool {pool:?}: {own:?}");
     }
     assert!(own[0].1 + 65_536 <= own[1].1 || own[1].1 + 65_536 <= own[0].1, "disjoint ranges: {own:?}");
     assert_eq!(logs("host", 1), [(0, 0, 4_294_967_295)], "the host's user namespace");
