@@ -183,16 +183,22 @@ fn refuse_overlapping_pools(dir: &Path, claim: &Claim, ids: (u64, u64)) -> Resul
             // Free: a stopped agent's file, nobody's pool.
             Ok(_) => continue,
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                let holder = if holder.is_empty() { "another process".to_string() } else { format!("pid {holder}") };
-                return Err(claim.refusal(&format!("{holder}, whose pool is host ids {}-{}", other.0, other.1)));
+                return Err(claim.refusal(&format!("{}, whose pool is host ids {}-{}", holder_of(&mut file), other.0, other.1)));
             }
             Err(_) => continue,
         }
     }
     Ok(())
+}
+
+/// Who holds a claim file, from the pid its holder wrote in it.
+fn holder_of(file: &mut File) -> String {
+    let mut pid = String::new();
+    let _ = file.read_to_string(&mut pid);
+    match pid.trim() {
+        "" => "another process".to_string(),
+        pid => format!("pid {pid}"),
+    }
 }
 
 /// `(first, last)` from an id pool's claim file name.
@@ -214,13 +220,7 @@ fn lock_file(path: &Path, claim: &Claim) -> Result<Flock<File>> {
             .map_err(|e| AgentError::io(format!("open {}", path.display()), e))?;
         let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                let holder = if holder.is_empty() { "another process".to_string() } else { format!("pid {holder}") };
-                return Err(claim.refusal(&holder));
-            }
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => return Err(claim.refusal(&holder_of(&mut file))),
             Err((_, errno)) => return Err(AgentError::io(format!("lock {}", path.display()), errno.into())),
         };
         let same = match (lock.metadata(), std::fs::metadata(path)) {
