@@ -70,6 +70,11 @@ pub struct DevArgs {
     /// The cgroup every task's cgroup is made under.
     #[arg(long, default_value = DEFAULT_CGROUP_PARENT)]
     pub cgroup_parent: String,
+    /// The host ids tasks' user namespaces come from, as FIRST:COUNT (as `sched-agent
+    /// --userns-ids`): 65,536 per task. Beside another agent on this host, give each a pool of
+    /// its own (an overlapping one is refused at start).
+    #[arg(long, default_value_t = agent::task::IdPool::default())]
+    pub userns_ids: agent::task::IdPool,
     /// A registry (HOST:PORT) spoken to over plain HTTP, by the server resolving tags to
     /// digests and by the agent pulling; repeatable. Loopback registries always are.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
@@ -161,6 +166,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     agent.cpu_millis = args.cpu.unwrap_or(agent.cpu_millis);
     agent.memory_mib = args.memory.unwrap_or(agent.memory_mib);
     agent.cgroup_parent = args.cgroup_parent;
+    agent.userns_ids = args.userns_ids;
     // The agent reaches the server in this process like any other: mutual TLS.
     agent.credentials = NodeCredentials::Given(transport::Security::MutualTls(agent_credentials));
     agent.api_listen = Some(AGENT_API_LISTEN.into());

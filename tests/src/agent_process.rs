@@ -7,6 +7,7 @@
 //! agent, force-deletes every container its runtime root still knows, unmounts what is left
 //! under its data dir and removes its cgroups: tests clean up also when they fail.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -90,6 +91,27 @@ pub fn spawn(cluster: &Cluster, servers: Option<&str>, name: &str, data_dir: &Pa
     launch.spawn(cluster, extra_args)
 }
 
+/// A pool of host ids of its own (`--userns-ids FIRST:COUNT`, 64 ranges) for an agent or a
+/// `sched dev` of the tests: the agents of one test process run side by side on one kernel,
+/// and an agent refuses a pool that overlaps a live agent's. Kept per data dir, so a restarted
+/// agent gets its pool back; below the default pool (from 2^31), so that an agent on the
+/// default runs beside them.
+pub fn userns_ids_for(data_dir: &Path) -> String {
+    let ids = userns_pool_for(data_dir);
+    format!("{}:{}", ids.start, ids.end - ids.start)
+}
+
+/// The host ids of [`userns_ids_for`]'s pool.
+pub fn userns_pool_for(data_dir: &Path) -> std::ops::Range<u64> {
+    static POOLS: std::sync::Mutex<BTreeMap<PathBuf, u64>> = std::sync::Mutex::new(BTreeMap::new());
+    const POOL: u64 = 64 * 65_536;
+    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    let next = pools.len() as u64;
+    let slot = *pools.entry(data_dir.to_path_buf()).or_insert(next);
+    let first = (1u64 << 30) + (slot % 256) * POOL;
+    first..first + POOL
+}
+
 /// How the tests and benchmarks start a `sched-agent`; [`AgentLaunch::spawn`] adds what every
 /// one of them has.
 pub(crate) struct AgentLaunch<'a> {
@@ -123,6 +145,11 @@ impl AgentLaunch<'_> {
             .arg("--data-dir")
             .arg(self.data_dir)
             .args(["--cgroup-parent", self.cgroup_parent])
+            .args(if extra_args.iter().any(|a| a == "--userns-ids") {
+                vec![]
+            } else {
+                vec!["--userns-ids".to_string(), userns_ids_for(self.data_dir)]
+            })
             .arg("--runtime")
             .arg(self.runtime)
             .args(extra_args)

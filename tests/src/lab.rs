@@ -301,6 +301,7 @@ impl Lab {
         let servers = (0..n).map(|k| self.hosts[(index + k + 1) % n].server_address()).collect::<Vec<_>>().join(",");
         let agent = sched_binary().with_file_name("sched-agent");
         assert!(agent.exists(), "{} is missing: cargo build -p agent", agent.display());
+        let userns_ids = crate::agent_process::userns_ids_for(&host.agent_data);
         let args = [
             "--server",
             &servers,
@@ -312,6 +313,8 @@ impl Lab {
             &host.agent_data.to_string_lossy(),
             "--cgroup-parent",
             &host.cgroup_parent,
+            "--userns-ids",
+            &userns_ids,
             "--netns-dir",
             &host.task_netns_dir.to_string_lossy(),
             "--insecure-registry",

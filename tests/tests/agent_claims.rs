@@ -1,7 +1,7 @@
 //! Two agents on one host may not manage the same things: a second `sched-agent` given the
-//! cgroup parent or the data dir of a running one is refused at start, before it reaps or
-//! opens anything, naming the resource, the running agent's pid and the flag that gives it its
-//! own; and the first agent's tasks are untouched. A `kill -9` of the first frees its claims
+//! cgroup parent, the data dir or host ids (an overlapping `--userns-ids` pool) of a running one
+//! is refused at start, before it reaps or opens anything, naming the resource, the running
+//! agent's pid and the flag that gives it its own; and the first agent's tasks are untouched. A `kill -9` of the first frees its claims
 //! (the kernel drops the locks), so it starts again on the same ones.
 
 use std::process::Child;
@@ -36,7 +36,7 @@ fn refused(mut child: Child, cluster: &Cluster, name: &str) -> String {
 }
 
 #[test]
-fn a_second_agent_on_the_same_cgroup_parent_or_data_dir_is_refused_and_the_first_keeps_its_task() {
+fn a_second_agent_on_the_same_cgroup_parent_data_dir_or_host_ids_is_refused_and_the_first_keeps_its_task() {
     let registry = Registry::start();
     let cluster = Cluster::start(ClusterOptions { servers: 1, ..Default::default() });
     let image = push_busybox(cluster.dir(), &registry.addr(), "claims:1", vec![], json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]}));
@@ -68,6 +68,20 @@ fn a_second_agent_on_the_same_cgroup_parent_or_data_dir_is_refused_and_the_first
     let log = refused(child, &cluster, "third");
     assert!(log.contains("the data dir ") && log.contains("is managed by another sched agent") && log.contains("--data-dir"), "{log}");
     sched_tests::bundle::remove_cgroup_parent(&other_parent);
+
+    // Its own data dir and cgroup parent, but host ids that overlap the first's pool (ids are
+    // one space for the whole kernel): two tasks of two agents could run as the same host ids.
+    let first_pool = agent_process::userns_pool_for(first.data_dir());
+    let overlapping = format!("{}:{}", first_pool.start + 65_536, first_pool.end - first_pool.start);
+    let fourth_parent = format!("/sched-test-{}", unique_name());
+    let args = ["--userns-ids".to_string(), overlapping];
+    let child = agent_process::spawn(&cluster, None, "fourth", &cluster.dir().join("agent-fourth"), &fourth_parent, &args);
+    let log = refused(child, &cluster, "fourth");
+    assert!(
+        log.contains("the userns id pool host ids") && log.contains("the same host ids") && log.contains("--userns-ids"),
+        "an overlapping id pool is refused, naming the flag: {log}"
+    );
+    sched_tests::bundle::remove_cgroup_parent(&fourth_parent);
 
     // The first agent's task is untouched, and its claims go with it: a kill -9 and a start
     // on the same ones works (the same task still runs, adopted).

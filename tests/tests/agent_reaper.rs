@@ -221,7 +221,11 @@ async fn scenario(lab: &NodeLab) {
     let ranges_file = data.join("userns/ranges.json");
     let mut ranges = read_json(&ranges_file);
     let keeper_range = ranges["allocations"][&keeper].clone();
-    assert!(keeper_range["first"].as_u64().is_some_and(|first| first >= 1 << 31), "the keeper holds an id range: {ranges}");
+    let pool = sched_tests::agent_process::userns_pool_for(agent.data_dir());
+    assert!(
+        keeper_range["first"].as_u64().is_some_and(|first| pool.contains(&first)),
+        "the keeper holds an id range of its agent's pool: {ranges}"
+    );
     ranges["allocations"]["ghost-ids"] = json!({"first": 4_000_000_000u64});
     write_json(&ranges_file, &ranges);
     let mut ports = read_json(&config.ports_file());

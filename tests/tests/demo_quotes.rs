@@ -192,7 +192,7 @@ fn dev_refused(args: &[&str], data_dir: &Path) -> String {
     let mut child = Command::new(sched_binary())
         .arg("dev")
         .args(args)
-        .args(["--no-network", "--data-dir"])
+        .args(["--no-network", "--userns-ids", &sched_tests::agent_process::userns_ids_for(data_dir), "--data-dir"])
         .arg(data_dir)
         .arg("--admin-credentials")
         .arg(data_dir.with_file_name("admin.toml"))
@@ -281,6 +281,8 @@ impl Dev {
                 "127.0.0.1:0",
                 "--cgroup-parent",
                 &self.cgroup_parent,
+                "--userns-ids",
+                &sched_tests::agent_process::userns_ids_for(&self.dir.path().join("data")),
                 "--data-dir",
             ])
             .arg(self.dir.path().join("data"))
@@ -493,7 +495,7 @@ fn sched_dev_passes_insecure_registries_to_its_server_and_agent() {
     // Prints one line per run: "FLAG|STATE|DIGEST|MESSAGE".
     let script = r#"
 set -u
-B=$1; W=$2; CG=$3
+B=$1; W=$2; CG=$3; IDS=$4
 ip link set lo up && ip addr add 10.99.0.1/32 dev lo
 printf 'version: 0.1\nlog: {level: warn}\nstorage: {filesystem: {rootdirectory: %s/registry}}\nhttp: {addr: "10.99.0.1:5000", secret: x}\n' "$W" > "$W/registry.yml"
 docker-registry serve "$W/registry.yml" > "$W/registry.log" 2>&1 & R=$!
@@ -502,7 +504,7 @@ INSECURE=1 scripts/build-quotes-image.sh 10.99.0.1:5000/quotes:1.0 >&2 || exit 1
 sed 's|127.0.0.1:5000|10.99.0.1:5000|' examples/quotes/service.toml > "$W/service.toml"
 for flag in none --insecure-registry=10.99.0.1:5000; do
   args=(); [ "$flag" = none ] || args=("$flag")
-  "$B/sched" dev --data-dir "$W/$flag" --no-network --cgroup-parent "$CG" "${args[@]}" >> "$W/dev.log" 2>&1 & D=$!
+  "$B/sched" dev --data-dir "$W/$flag" --no-network --cgroup-parent "$CG" --userns-ids "$IDS" "${args[@]}" >> "$W/dev.log" 2>&1 & D=$!
   for _ in $(seq 1 50); do "$B/sched" get nodes >/dev/null 2>&1 && break; sleep 0.2; done
   "$B/sched" apply "$W/service.toml" >&2
   for _ in $(seq 1 60); do
@@ -522,6 +524,7 @@ kill $R; wait $R || true
         .arg(&bin)
         .arg(&work)
         .arg(&leftovers.cgroup_parent)
+        .arg(sched_tests::agent_process::userns_ids_for(&work))
         .current_dir(repo_root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -11,6 +11,11 @@
 //!
 //! Bridges and nftables tables are per network namespace, so their claims carry the
 //! namespace's inode (agents in separate namespaces, as in the netns lab, may use one name).
+//!
+//! Host ids are one space for the whole kernel, whatever the namespaces: the pool of ids an
+//! agent gives its tasks' user namespaces (`--userns-ids`) is claimed too, and not only by its
+//! exact bounds: a pool that overlaps a live agent's pool is refused as well, or two tasks of
+//! two agents could run as the same host ids.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -20,6 +25,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{AgentError, Result};
+use crate::task::IdPool;
 
 /// Where the claim files live.
 pub const CLAIMS_DIR: &str = "/run/sched/claims";
@@ -33,23 +39,55 @@ pub struct Claim {
     pub value: String,
     /// How to give a second agent its own.
     pub hint: &'static str,
+    /// What would go wrong with two agents on it.
+    clash: &'static str,
+    /// For an id pool, its first and last host id: overlapping pools clash too.
+    ids: Option<(u64, u64)>,
     /// The file name under the claims dir.
     file: String,
 }
 
+/// What two agents sharing a data dir, cgroup parent or network would do.
+const REAP_CLASH: &str = "two agents would reap each other's tasks";
+
+/// The claim files of id pools start with this; the rest is `FIRST-LAST.lock`.
+const ID_POOL_PREFIX: &str = "userns-ids-";
+
 impl Claim {
     pub fn new(what: &'static str, key: &str, value: String, hint: &'static str) -> Claim {
-        Claim { file: claim_file_name(key, &value), what, value, hint }
+        Claim { file: claim_file_name(key, &value), what, value, hint, clash: REAP_CLASH, ids: None }
+    }
+
+    /// The pool of host ids the agent's tasks' user namespaces get their ranges from.
+    pub fn id_pool(pool: &IdPool) -> Claim {
+        let first = u64::from(pool.first);
+        let last = first + u64::from(pool.ranges) * u64::from(crate::task::id_ranges::RANGE_SIZE) - 1;
+        Claim {
+            what: "userns id pool",
+            value: format!("host ids {first}-{last}"),
+            hint: "--userns-ids",
+            clash: "two agents would give their tasks the same host ids",
+            ids: Some((first, last)),
+            file: format!("{ID_POOL_PREFIX}{first}-{last}.lock"),
+        }
+    }
+
+    fn refusal(&self, holder: &str) -> AgentError {
+        AgentError::Claimed(format!(
+            "the {} {} is managed by another sched agent on this host ({holder}); {}: stop it, or give this one its own ({})",
+            self.what, self.value, self.clash, self.hint
+        ))
     }
 }
 
 /// The claims an agent with these settings makes. `netns` names the network namespace the
 /// agent runs in (its inode); `network` is `(bridge, nft table, netns dir)` when tasks get a
 /// network.
-pub fn claims_of(data_dir: &Path, cgroup_parent: &str, netns: u64, network: Option<(&str, &str, &Path)>) -> Vec<Claim> {
+pub fn claims_of(data_dir: &Path, cgroup_parent: &str, id_pool: &IdPool, netns: u64, network: Option<(&str, &str, &Path)>) -> Vec<Claim> {
     let mut claims = vec![
         Claim::new("data dir", "data-dir", data_dir.display().to_string(), "--data-dir"),
         Claim::new("cgroup parent", "cgroup", normalize_cgroup(cgroup_parent), "--cgroup-parent"),
+        Claim::id_pool(id_pool),
     ];
     if let Some((bridge, table, netns_dir)) = network {
         claims.push(Claim::new("netns dir", "netns-dir", netns_dir.display().to_string(), "--netns-dir, or --no-network"));
@@ -118,7 +156,56 @@ pub fn claim(dir: &Path, claims: &[Claim]) -> Result<Held> {
         stamp(&mut lock).map_err(|e| AgentError::io(format!("write {}", path.display()), e))?;
         held.locks.push((path, lock));
     }
+    // Locked first, compared after: of two agents with overlapping pools starting at once, at
+    // least the later one sees the other's lock.
+    for claim in claims {
+        if let Some(ids) = claim.ids {
+            refuse_overlapping_pools(dir, claim, ids)?;
+        }
+    }
     Ok(held)
+}
+
+/// Refuses `claim` when a live agent (its claim file locked) holds a pool that overlaps `ids`.
+fn refuse_overlapping_pools(dir: &Path, claim: &Claim, ids: (u64, u64)) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| AgentError::io(format!("list {}", dir.display()), e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == claim.file {
+            continue;
+        }
+        let Some(other) = parse_pool_file(&name) else { continue };
+        if other.1 < ids.0 || ids.1 < other.0 {
+            continue;
+        }
+        let Ok(file) = std::fs::File::open(entry.path()) else { continue };
+        match Flock::lock(file, FlockArg::LockSharedNonblock) {
+            // Free: a stopped agent's file, nobody's pool.
+            Ok(_) => continue,
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(claim.refusal(&format!("{}, whose pool is host ids {}-{}", holder_of(&mut file), other.0, other.1)));
+            }
+            Err(_) => continue,
+        }
+    }
+    Ok(())
+}
+
+/// Who holds a claim file, from the pid its holder wrote in it.
+fn holder_of(file: &mut File) -> String {
+    let mut pid = String::new();
+    let _ = file.read_to_string(&mut pid);
+    match pid.trim() {
+        "" => "another process".to_string(),
+        pid => format!("pid {pid}"),
+    }
+}
+
+/// `(first, last)` from an id pool's claim file name.
+fn parse_pool_file(name: &str) -> Option<(u64, u64)> {
+    let bounds = name.strip_prefix(ID_POOL_PREFIX)?.strip_suffix(".lock")?;
+    let (first, last) = bounds.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?))
 }
 
 /// Locks the file at `path`, created if missing, and still the file at `path` once locked.
@@ -133,16 +220,7 @@ fn lock_file(path: &Path, claim: &Claim) -> Result<Flock<File>> {
             .map_err(|e| AgentError::io(format!("open {}", path.display()), e))?;
         let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                let holder = if holder.is_empty() { "another process".to_string() } else { format!("pid {holder}") };
-                return Err(AgentError::Claimed(format!(
-                    "the {} {} is managed by another sched agent on this host ({holder}); two agents would reap each other's tasks: stop it, or give this one its own ({})",
-                    claim.what, claim.value, claim.hint
-                )));
-            }
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => return Err(claim.refusal(&holder_of(&mut file))),
             Err((_, errno)) => return Err(AgentError::io(format!("lock {}", path.display()), errno.into())),
         };
         let same = match (lock.metadata(), std::fs::metadata(path)) {
@@ -198,23 +276,58 @@ mod tests {
 
     #[test]
     fn network_claims_only_with_a_network_and_per_namespace() {
-        let plain = claims_of(Path::new("/d"), "/sched", 7, None);
-        assert_eq!(plain.iter().map(|c| c.what).collect::<Vec<_>>(), ["data dir", "cgroup parent"]);
-        let here = claims_of(Path::new("/d"), "/sched", 7, Some(("sched0", "sched", Path::new("/run/sched/netns"))));
-        let there = claims_of(Path::new("/e"), "/other", 8, Some(("sched0", "sched", Path::new("/run/lab/netns"))));
-        assert_eq!(here.len(), 5);
+        let plain = claims_of(Path::new("/d"), "/sched", &IdPool::default(), 7, None);
+        assert_eq!(plain.iter().map(|c| c.what).collect::<Vec<_>>(), ["data dir", "cgroup parent", "userns id pool"]);
+        let here = claims_of(Path::new("/d"), "/sched", &IdPool::default(), 7, Some(("sched0", "sched", Path::new("/run/sched/netns"))));
+        let there = claims_of(Path::new("/e"), "/other", &pool(1), 8, Some(("sched0", "sched", Path::new("/run/lab/netns"))));
+        assert_eq!(here.len(), 6);
         for (a, b) in here.iter().zip(&there) {
             assert_ne!(a.file, b.file, "{} differs between the two agents", a.what);
         }
     }
 
+    /// A pool of 16 ranges starting at 2^30 + `slot` x 16 ranges.
+    fn pool(slot: u32) -> IdPool {
+        IdPool { first: (1 << 30) + slot * 16 * 65_536, ranges: 16 }
+    }
+
+    #[test]
+    fn id_pools_are_claimed_by_their_bounds_and_overlapping_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = claim(dir.path(), &[Claim::id_pool(&pool(0))]).unwrap();
+        assert!(dir.path().join("userns-ids-1073741824-1074790399.lock").exists());
+        // The same pool, a pool that overlaps it from above, and one that holds it whole.
+        let overlapping = [
+            pool(0),
+            IdPool { first: (1 << 30) + 8 * 65_536, ranges: 16 },
+            IdPool { first: 1 << 16, ranges: 32_767 },
+            IdPool { first: 1 << 29, ranges: 16_384 },
+        ];
+        for other in overlapping {
+            let err = claim(dir.path(), &[Claim::id_pool(&other)]).unwrap_err().to_string();
+            assert!(err.contains("userns id pool host ids") && err.contains("the same host ids") && err.contains("--userns-ids"), "{err}");
+            assert!(err.contains(&format!("(pid {}", std::process::id())), "names the holder: {err}");
+        }
+        // The overlap check names the other pool; a refused claim leaves no file of its own.
+        let err = claim(dir.path(), &[Claim::id_pool(&overlapping[1])]).unwrap_err().to_string();
+        assert!(err.contains("whose pool is host ids 1073741824-1074790399"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the holder's file");
+        // Next to it, not on it: fine.
+        let beside = claim(dir.path(), &[Claim::id_pool(&pool(1))]).expect("a disjoint pool");
+        drop((held, beside));
+        // A stopped agent's file (unlocked) does not refuse an overlapping pool.
+        std::fs::write(dir.path().join("userns-ids-1073741824-1074790399.lock"), "1\n").unwrap();
+        let over_stale = claim(dir.path(), &[Claim::id_pool(&overlapping[1])]).expect("a stale file is nobody's pool");
+        drop(over_stale);
+    }
+
     #[test]
     fn a_second_claim_is_refused_naming_the_resource_holder_and_flag_and_freed_on_drop() {
         let dir = tempfile::tempdir().unwrap();
-        let claims = claims_of(Path::new("/d"), "/sched", 7, None);
+        let claims = claims_of(Path::new("/d"), "/sched", &IdPool::default(), 7, None);
         let held = claim(dir.path(), &claims).unwrap();
         // flock locks belong to the open file: a second open in this process conflicts too.
-        let other = claims_of(Path::new("/other"), "/sched/", 7, None);
+        let other = claims_of(Path::new("/other"), "/sched/", &pool(1), 7, None);
         let err = claim(dir.path(), &other).unwrap_err().to_string();
         let pid = std::process::id();
         assert!(err.contains("the cgroup parent /sched is managed by another sched agent"), "{err}");

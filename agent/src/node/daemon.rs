@@ -31,7 +31,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     // Before anything is opened or reaped: a second agent on the same resources is refused.
     let data_dir = super::claims::canonical_data_dir(&config.data_dir)?;
     let network_names = config.network.as_ref().map(|n| (n.bridge.as_str(), n.nft_table.as_str(), n.netns_dir.as_path()));
-    let claims = super::claims::claims_of(&data_dir, &config.cgroup_parent, super::claims::network_namespace(), network_names);
+    let claims =
+        super::claims::claims_of(&data_dir, &config.cgroup_parent, &config.userns_ids, super::claims::network_namespace(), network_names);
     let _claimed = super::claims::claim(Path::new(super::claims::CLAIMS_DIR), &claims)?;
     let resolved =
         super::credentials::resolve(&config.credentials, &config.data_dir, &config.name, &config.servers, &config.address).await?;

@@ -67,6 +67,13 @@ impl std::str::FromStr for IdPool {
     }
 }
 
+impl std::fmt::Display for IdPool {
+    /// `FIRST:COUNT`, as [`IdPool::from_str`](std::str::FromStr) reads it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.first, u64::from(self.ranges) * u64::from(RANGE_SIZE))
+    }
+}
+
 impl IdPool {
     /// The first host id of range `index`.
     fn range_start(&self, index: u32) -> u32 {
@@ -276,7 +283,7 @@ mod tests {
             }
         }
         let default = IdPool::default();
-        assert_eq!(format!("{}:{}", default.first, default.ranges as u64 * 65536).parse::<IdPool>(), Ok(default));
+        assert_eq!(default.to_string().parse::<IdPool>(), Ok(default), "Display gives what FromStr reads");
     }
 
     #[test]

@@ -54,8 +54,9 @@ struct Cli {
     cgroup_parent: String,
     /// The host ids tasks' user namespaces come from, as FIRST:COUNT (an /etc/subuid line's
     /// numbers): each task gets 65,536 of them that no other task of this node holds, for uids
-    /// and gids alike. Two agents on one host need ranges of their own.
-    #[arg(long, default_value = "2147483648:2147418112")]
+    /// and gids alike. Two agents on one host need pools that do not overlap: a second one on
+    /// an overlapping pool is refused at start.
+    #[arg(long, default_value_t = agent::task::IdPool::default())]
     userns_ids: agent::task::IdPool,
     /// Seconds a stopped task gets between its stop signal and SIGKILL.
     #[arg(long, default_value_t = 10)]
