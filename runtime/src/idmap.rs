@@ -211,8 +211,29 @@ pub fn shift_record_path(tree: &Path) -> PathBuf {
     tree.parent().unwrap_or(Path::new("/")).join(format!(".{name}.sched-idshift.json"))
 }
 
-/// The mappings `tree` was shifted for, if it was.
-pub fn read_shift_record(tree: &Path) -> Result<Option<Mappings>, IdMapError> {
+/// How a tree came to show a user namespace's host ids, as its record says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShiftedBy {
+    /// The chown fallback ([`shift_tree`]) changed the owners on disk (records without a `by`
+    /// are of this kind: they came before the field).
+    #[default]
+    Chown,
+    /// The image service mounted it as an overlay of idmapped layers: nothing on disk changed.
+    IdmappedLayers,
+}
+
+/// What sits beside a tree whose ids were made those of a user namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShiftRecord {
+    #[serde(flatten)]
+    pub mappings: Mappings,
+    #[serde(default)]
+    pub by: ShiftedBy,
+}
+
+/// The record beside `tree`, if there is one: the mappings its ids were made those of, and how.
+pub fn read_shift_record(tree: &Path) -> Result<Option<ShiftRecord>, IdMapError> {
     let path = shift_record_path(tree);
     match std::fs::read(&path) {
         Ok(text) => serde_json::from_slice(&text)
@@ -228,7 +249,7 @@ pub fn read_shift_record(tree: &Path) -> Result<Option<Mappings>, IdMapError> {
 /// to `to`, then records `to`. Set-user-ID and set-group-ID bits, which chown clears, are put
 /// back. Returns the number of inodes changed.
 pub fn shift_tree(tree: &Path, to: &Mappings) -> Result<u64, IdMapError> {
-    let from = read_shift_record(tree)?;
+    let from = read_shift_record(tree)?.map(|record| record.mappings);
     if from.as_ref() == Some(to) {
         return Ok(0);
     }
@@ -238,16 +259,16 @@ pub fn shift_tree(tree: &Path, to: &Mappings) -> Result<u64, IdMapError> {
         Walk { from: from.as_ref(), to, seen: HashSet::new(), changed: 0, dev: rustix::fs::fstat(&root).map_err(|e| err(tree, e))?.st_dev };
     walk.entry(root.as_fd(), c".", tree)?;
     walk.dir(root, tree)?;
-    write_shift_record(tree, to)?;
+    write_shift_record(tree, to, ShiftedBy::Chown)?;
     Ok(walk.changed)
 }
 
 /// Records that the ids `tree` shows are those of `mappings` (host ids, not container ids):
 /// after [`shift_tree`], or for a tree mounted through idmapped layers (the image service's
 /// overlay of idmapped snapshots), so that `create` takes it as it is.
-pub fn write_shift_record(tree: &Path, mappings: &Mappings) -> Result<(), IdMapError> {
+pub fn write_shift_record(tree: &Path, mappings: &Mappings, by: ShiftedBy) -> Result<(), IdMapError> {
     let record = shift_record_path(tree);
-    let text = serde_json::to_vec(mappings).expect("mappings serialize");
+    let text = serde_json::to_vec(&ShiftRecord { mappings: mappings.clone(), by }).expect("mappings serialize");
     let tmp = record.with_extension("tmp");
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, &record))
@@ -408,5 +429,19 @@ mod tests {
     #[test]
     fn the_record_sits_beside_the_tree() {
         assert_eq!(shift_record_path(Path::new("/b/rootfs")), Path::new("/b/.rootfs.sched-idshift.json"));
+    }
+
+    #[test]
+    fn the_record_says_how_the_ids_were_made_and_older_records_are_chowns() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("merged");
+        let map = |kind| IdMap::new(kind, vec![r(0, 100_000, 65_536)]).unwrap();
+        let mappings = Mappings { uid: map(MapKind::Uid), gid: map(MapKind::Gid) };
+        assert_eq!(read_shift_record(&tree).unwrap(), None);
+        write_shift_record(&tree, &mappings, ShiftedBy::IdmappedLayers).unwrap();
+        assert_eq!(read_shift_record(&tree).unwrap(), Some(ShiftRecord { mappings: mappings.clone(), by: ShiftedBy::IdmappedLayers }));
+        // A record written before `by` existed: the mappings alone, from a chown.
+        std::fs::write(shift_record_path(&tree), serde_json::to_vec(&mappings).unwrap()).unwrap();
+        assert_eq!(read_shift_record(&tree).unwrap(), Some(ShiftRecord { mappings, by: ShiftedBy::Chown }));
     }
 }

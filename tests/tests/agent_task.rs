@@ -417,6 +417,9 @@ async fn root_in_a_task_is_an_unprivileged_host_id() {
         assert_eq!((meta.uid(), meta.gid()), (uid, uid), "{file}");
     }
     assert!(!upper.join("bin/busybox").exists(), "the image's files stay in the shared layers");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.dir.path().join("state/t-userns/state.json")).expect("the container's state")).unwrap();
+    assert_eq!(state["rootfs_ids"], "idmapped-layers", "the runtime says the rootfs is an overlay of idmapped layers, nothing chowned");
     let in_task = std::process::Command::new("nsenter")
         .args(["--target", &pid.to_string(), "--mount", "--", "/bin/busybox", "stat", "-c", "%u %n", "/bin/busybox", "/made-by-root"])
         .output()

@@ -25,7 +25,7 @@ use rustix::mount::OpenTreeFlags;
 
 use crate::bundle::Bundle;
 use crate::error::{Context, Error, Result};
-use crate::idmap::{IdMap, IdMapError, MapKind, Mappings};
+use crate::idmap::{IdMap, IdMapError, MapKind, Mappings, ShiftedBy};
 use crate::init::is_bind;
 use crate::sync::MappedLayout;
 use crate::sys;
@@ -40,6 +40,9 @@ pub enum RootfsIds {
     Chowned(u64),
     /// Chowned for these mappings by an earlier container: used as it is.
     ChownedBefore,
+    /// An overlay of idmapped layers made for these mappings (the agent's image service):
+    /// used as it is, nothing on disk changed.
+    IdmappedLayers,
 }
 
 /// What the init receives in answer to its map request.
@@ -63,7 +66,10 @@ pub fn map_and_mount(pid: i32, bundle: &Bundle, mappings: Option<&Mappings>) -> 
     let mut fds = Vec::new();
 
     let rootfs = match crate::idmap::read_shift_record(&bundle.rootfs)? {
-        Some(recorded) if recorded == actual => RootfsIds::ChownedBefore,
+        Some(recorded) if recorded.mappings == actual => match recorded.by {
+            ShiftedBy::Chown => RootfsIds::ChownedBefore,
+            ShiftedBy::IdmappedLayers => RootfsIds::IdmappedLayers,
+        },
         // Chowned for other mappings: only another chown can put it right.
         Some(_) => RootfsIds::Chowned(crate::idmap::shift_tree(&bundle.rootfs, &actual)?),
         None => match idmapped_tree(&bundle.rootfs, &userns, true, true) {

@@ -277,7 +277,7 @@ impl Snapshotter {
         detach_layers(&layers);
         mounted?;
         let merged = dir.join("merged");
-        if let Err(e) = crate::idmap::write_shift_record(&merged, mappings) {
+        if let Err(e) = crate::idmap::write_shift_record(&merged, mappings, crate::idmap::ShiftedBy::IdmappedLayers) {
             let _ = rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::DETACH);
             return Err(mount_err(&merged, &e.to_string()));
         }
