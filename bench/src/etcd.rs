@@ -178,6 +178,11 @@ impl EtcdCluster {
     }
 
     /// The members' client URLs (`http://127.0.0.1:PORT`, `https://` with TLS).
+    /// The process ids of the members that run.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().filter_map(|m| m.child.as_ref().map(Child::id)).collect()
+    }
+
     pub fn client_urls(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_url.clone()).collect()
     }

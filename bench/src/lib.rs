@@ -3,4 +3,5 @@
 //! with the ratio, all measured in the same run.
 
 pub mod etcd;
+pub mod process;
 pub mod stats;

@@ -13,7 +13,9 @@
 //! fsynced on a majority, applied, answered) over gRPC with mutual TLS, as `sched` calls; an
 //! etcd write is a `KV.Put` of a 16-byte key over etcd's gRPC API, by default with mutual TLS
 //! too (clients and peers, certificates from a CA made for the run; `--etcd-plaintext` runs it
-//! as etcd's default, plain HTTP/2).
+//! as etcd's default, plain HTTP/2). By default each sched client flips its service between 1
+//! and 2 tasks, so the leader's reconciler follows each write with a command of its own;
+//! `--sched-write same` scales to the count the service has, one Raft entry per write like a put.
 //! Both run with etcd's default timing (100 ms heartbeat, 1 s election timeout). The points:
 //! - 1 client to the leader, 1 client through a follower (which forwards, in both systems);
 //! - 64 and 256 concurrent clients spread over the three members;
@@ -22,6 +24,10 @@
 //! round's seconds, every client on its own HTTP/2 connection. The rounds alternate which
 //! system goes first; the table gives each point's median over the rounds. Then failover:
 //! SIGKILL the leader, time until a write through another member succeeds, restart it.
+//!
+//! Beside each point's writes/s it gives the CPU time the three servers (or members) spent per
+//! write, read from `/proc`: on a machine where both are CPU-bound that is what sets the ratio.
+//! `--clients N` (repeatable) runs only the points with N clients.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,6 +38,7 @@ use anyhow::{Context, Result, bail};
 use proto::sched::v1 as pb;
 use proto::sched::v1::service_api_client::ServiceApiClient;
 use sched_bench::etcd::{self, EtcdCluster, KvClient};
+use sched_bench::process::cpu_seconds_of;
 use sched_bench::stats::{ms, percentile};
 use sched_tests::cluster::{Cluster, ClusterOptions, apply_anywhere};
 use tonic::transport::Channel;
@@ -45,14 +52,42 @@ trait Writer: Send + 'static {
     fn write(&mut self, i: u64) -> impl Future<Output = Result<()>> + Send;
 }
 
+/// Which `Scale` a sched client sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SchedWrite {
+    /// Between 1 and 2 tasks: the leader's reconciler follows each write with a command of
+    /// its own (a pending task created or stopped), so a write costs about two Raft entries.
+    Flip,
+    /// To the count the service has (1): committed, applied and answered like any write, and
+    /// nothing for the controllers to do after it, so one Raft entry per write, as an etcd put.
+    Same,
+}
+
+impl SchedWrite {
+    fn count(self, i: u64) -> u32 {
+        match self {
+            SchedWrite::Flip => 1 + (i % 2) as u32,
+            SchedWrite::Same => 1,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            SchedWrite::Flip => "Scale between 1 and 2 tasks (with the reconciler's follow-up: about 2 Raft entries per write)",
+            SchedWrite::Same => "Scale to the current count (1 Raft entry per write, no follow-up)",
+        }
+    }
+}
+
 struct SchedWriter {
     client: ServiceApiClient<Channel>,
     service: String,
+    kind: SchedWrite,
 }
 
 impl Writer for SchedWriter {
     async fn write(&mut self, i: u64) -> Result<()> {
-        let request = pb::ScaleRequest { name: self.service.clone(), count: 1 + (i % 2) as u32 };
+        let request = pb::ScaleRequest { name: self.service.clone(), count: self.kind.count(i) };
         self.client.scale(request).await.context("scale")?;
         Ok(())
     }
@@ -77,10 +112,17 @@ struct Point {
     p50: Duration,
     p99: Duration,
     failed: u64,
+    /// CPU time of the system's three processes per acknowledged write.
+    cpu_per_write: Duration,
+    /// CPU time of this program (the clients) per acknowledged write.
+    client_cpu_per_write: Duration,
 }
 
-/// Runs `writers` in a closed loop for `time`.
-async fn closed_loop<W: Writer>(writers: Vec<W>, time: Duration) -> Result<Point> {
+/// Runs `writers` in a closed loop for `time`; `pids` are the system's processes, whose CPU
+/// time is counted over the loop.
+async fn closed_loop<W: Writer>(writers: Vec<W>, time: Duration, pids: &[u32]) -> Result<Point> {
+    let cpu_before = cpu_seconds_of(pids);
+    let client_cpu_before = cpu_seconds_of(&[std::process::id()]);
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -110,8 +152,13 @@ async fn closed_loop<W: Writer>(writers: Vec<W>, time: Duration) -> Result<Point
         latencies.extend(task.await?);
     }
     let elapsed = start.elapsed();
+    let cpu = cpu_seconds_of(pids) - cpu_before;
+    let client_cpu = cpu_seconds_of(&[std::process::id()]) - client_cpu_before;
     latencies.sort();
+    let per_write = |seconds: f64| Duration::from_secs_f64(seconds.max(0.0) / latencies.len().max(1) as f64);
     Ok(Point {
+        cpu_per_write: per_write(cpu),
+        client_cpu_per_write: per_write(client_cpu),
         writes_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: percentile(&latencies, 0.5),
         p99: percentile(&latencies, 0.99),
@@ -127,10 +174,11 @@ enum Target {
     All,
 }
 
-fn points() -> Vec<(String, usize, Target)> {
+fn points(only: &[usize]) -> Vec<(String, usize, Target)> {
     let mut points =
         vec![("1 client, to the leader".to_string(), 1, Target::Leader), ("1 client, via a follower".to_string(), 1, Target::Follower)];
     points.extend(MANY.iter().map(|&n| (format!("{n} clients over the 3 members"), n, Target::All)));
+    points.retain(|(_, clients, _)| only.is_empty() || only.contains(clients));
     points
 }
 
@@ -155,14 +203,15 @@ impl Sched {
         self.addresses.iter().position(|a| *a == self.cluster.servers[&id].address).expect("the leader is a member")
     }
 
-    async fn point(&self, clients: usize, target: Target, time: Duration) -> Result<Point> {
+    async fn point(&self, clients: usize, target: Target, time: Duration, kind: SchedWrite) -> Result<Point> {
         let to = targets(&self.addresses, self.leader(), target);
         let mut writers = Vec::new();
         for c in 0..clients {
             let channel = self.admin.connect(&to[c % to.len()], Profile::CLI_STREAM).await?;
-            writers.push(SchedWriter { client: ServiceApiClient::new(channel), service: format!("bench-{c}") });
+            writers.push(SchedWriter { client: ServiceApiClient::new(channel), service: format!("bench-{c}"), kind });
         }
-        closed_loop(writers, time).await
+        let pids: Vec<u32> = self.cluster.servers.keys().filter_map(|id| self.cluster.pid(*id)).collect();
+        closed_loop(writers, time, &pids).await
     }
 }
 
@@ -172,7 +221,7 @@ async fn etcd_point(etcd: &EtcdCluster, clients: usize, target: Target, time: Du
     for c in 0..clients {
         writers.push(EtcdWriter { client: etcd.connect(&to[c % to.len()]).await?, id: c });
     }
-    closed_loop(writers, time).await
+    closed_loop(writers, time, &etcd.pids()).await
 }
 
 /// Kills sched's leader, times the next write acknowledged by another server, restarts it.
@@ -228,14 +277,32 @@ struct Options {
     seconds: u64,
     failovers: usize,
     etcd_security: etcd::Security,
+    /// Run only the points with these many clients (all when empty).
+    clients: Vec<usize>,
+    sched_write: SchedWrite,
 }
 
 fn options() -> Result<Options> {
-    let mut options = Options { rounds: 3, seconds: 5, failovers: 3, etcd_security: etcd::Security::MutualTls };
+    let mut options = Options {
+        rounds: 3,
+        seconds: 5,
+        failovers: 3,
+        etcd_security: etcd::Security::MutualTls,
+        clients: Vec::new(),
+        sched_write: SchedWrite::Flip,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--etcd-plaintext" {
             options.etcd_security = etcd::Security::Plaintext;
+            continue;
+        }
+        if flag == "--sched-write" {
+            options.sched_write = match args.next().as_deref() {
+                Some("flip") => SchedWrite::Flip,
+                Some("same") => SchedWrite::Same,
+                other => bail!("--sched-write takes flip or same, got {other:?}"),
+            };
             continue;
         }
         let mut value = || {
@@ -245,8 +312,24 @@ fn options() -> Result<Options> {
             "--rounds" => options.rounds = value()?.max(1) as usize,
             "--seconds" => options.seconds = value()?.max(1),
             "--failovers" => options.failovers = value()? as usize,
+            "--clients" => {
+                let clients = value()? as usize;
+                if clients != 1 && !MANY.contains(&clients) {
+                    bail!("--clients {clients}: the points have 1, {} clients", MANY.map(|n| n.to_string()).join(", "));
+                }
+                options.clients.push(clients);
+            }
             "-h" | "--help" => {
-                println!("raft-commit [--rounds N (3)] [--seconds S per point (5)] [--failovers N (3)] [--etcd-plaintext]");
+                println!(
+                    "raft-commit [--rounds N (3)] [--seconds S per point (5)] [--failovers N (3)] [--etcd-plaintext] [--clients N ...] [--sched-write flip|same]\n\n\
+                     \x20 --rounds N       rounds of every point; the table gives medians\n\
+                     \x20 --seconds S      how long each point of each round runs\n\
+                     \x20 --failovers N    leader kills per system after the points (0: none)\n\
+                     \x20 --etcd-plaintext etcd without TLS (its default); sched always uses mutual TLS\n\
+                     \x20 --clients N      run only the points with N clients (1, 64 or 256; repeatable)\n\
+                     \x20 --sched-write    flip (default): Scale between 1 and 2 tasks, each followed by the\n\
+                     \x20                  reconciler's own command; same: Scale to the current count, one entry"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}: see --help"),
@@ -275,29 +358,33 @@ fn main() -> Result<()> {
         Ok(())
     })?;
 
-    let points = points();
+    let points = points(&options.clients);
     let mut results: Vec<(Vec<Point>, Vec<Point>)> = vec![(Vec::new(), Vec::new()); points.len()];
     for round in 0..options.rounds {
         for (p, (label, clients, target)) in points.iter().enumerate() {
             let (s, e) = runtime.block_on(async {
                 if round % 2 == 0 {
-                    let s = sched.point(*clients, *target, time).await?;
+                    let s = sched.point(*clients, *target, time, options.sched_write).await?;
                     Ok::<_, anyhow::Error>((s, etcd_point(&etcd, *clients, *target, time).await?))
                 } else {
                     let e = etcd_point(&etcd, *clients, *target, time).await?;
-                    Ok((sched.point(*clients, *target, time).await?, e))
+                    Ok((sched.point(*clients, *target, time, options.sched_write).await?, e))
                 }
             })?;
             eprintln!(
-                "round {}: {label}: sched {:.0}/s p50 {} p99 {} ({} failed); etcd {:.0}/s p50 {} p99 {} ({} failed)",
+                "round {}: {label}: sched {:.0}/s p50 {} p99 {} cpu/write {} µs, clients {} µs ({} failed); etcd {:.0}/s p50 {} p99 {} cpu/write {} µs, clients {} µs ({} failed)",
                 round + 1,
                 s.writes_per_sec,
                 ms(s.p50),
                 ms(s.p99),
+                s.cpu_per_write.as_micros(),
+                s.client_cpu_per_write.as_micros(),
                 s.failed,
                 e.writes_per_sec,
                 ms(e.p50),
                 ms(e.p99),
+                e.cpu_per_write.as_micros(),
+                e.client_cpu_per_write.as_micros(),
                 e.failed
             );
             results[p].0.push(s);
@@ -322,22 +409,28 @@ fn main() -> Result<()> {
         options.rounds,
         options.seconds
     );
+    println!("sched write: {}", options.sched_write.describe());
     println!();
-    println!("| point | sched writes/s | etcd writes/s | sched/etcd | sched p50 ms | etcd p50 ms | sched p99 ms | etcd p99 ms |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| point | sched writes/s | etcd writes/s | sched/etcd | sched p50 ms | etcd p50 ms | sched p99 ms | etcd p99 ms | sched CPU/write µs | etcd CPU/write µs |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for ((label, _, _), (s, e)) in points.iter().zip(&results) {
         let (sw, ew) = (median(s, |p| p.writes_per_sec), median(e, |p| p.writes_per_sec));
         let (s50, e50) = (median(s, |p| p.p50).p50, median(e, |p| p.p50).p50);
         let (s99, e99) = (median(s, |p| p.p99).p99, median(e, |p| p.p99).p99);
+        let (scpu, ecpu) = (median(s, |p| p.cpu_per_write).cpu_per_write, median(e, |p| p.cpu_per_write).cpu_per_write);
         println!(
-            "| {label} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} |",
+            "| {label} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} |",
             sw.writes_per_sec,
             ew.writes_per_sec,
             sw.writes_per_sec / ew.writes_per_sec,
             ms(s50),
             ms(e50),
             ms(s99),
-            ms(e99)
+            ms(e99),
+            scpu.as_micros(),
+            ecpu.as_micros()
         );
     }
     if options.failovers > 0 {

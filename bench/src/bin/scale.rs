@@ -25,6 +25,7 @@ use anyhow::{Context, Result, bail, ensure};
 use proto::sched::v1 as pb;
 use proto::sched::v1::cluster_api_client::ClusterApiClient;
 use proto::sched::v1::service_api_client::ServiceApiClient;
+use sched_bench::process::{cpu_seconds, rss_mib};
 use sched_tests::cluster::{CLOSED_REGISTRY, Cluster, ClusterOptions};
 use sched_tests::sim_nodes::{SimNodes, SimOptions};
 use transport::{Profile, Transport};
@@ -64,21 +65,6 @@ fn parse_options() -> Result<Options> {
     }
     ensure!(options.nodes > 0 && options.services > 0 && options.tasks > 0, "counts must be positive");
     Ok(options)
-}
-
-/// CPU seconds (user + system) a process used so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
-/// Resident memory of a process, MiB.
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 async fn count_running(admin: &Transport, address: &str) -> Result<(usize, usize)> {
