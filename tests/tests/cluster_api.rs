@@ -293,6 +293,19 @@ fn raw_proposals_are_held_to_the_api_rules_and_survive_a_restart() {
             let outcome: serde_json::Value = serde_json::from_slice(&outcome).unwrap();
             assert_eq!(outcome["Ok"]["Err"]["kind"], "invalid", "{what} was not refused as invalid: {outcome}");
         }
+        // The same in one batch (what a follower forwards): each refused in its place.
+        let proposals = refused.iter().map(|(_, proposal)| serde_json::to_vec(proposal).unwrap()).collect();
+        let outcomes = peer.propose_batch(proto::raft::v1::ProposeBatchRequest { proposals }).await.unwrap().into_inner().outcomes;
+        assert_eq!(outcomes.len(), refused.len(), "one outcome per proposal");
+        for ((what, _), outcome) in refused.iter().zip(&outcomes) {
+            let outcome: serde_json::Value = serde_json::from_slice(outcome).unwrap();
+            assert_eq!(outcome["Ok"]["Err"]["kind"], "invalid", "{what} in a batch was not refused as invalid: {outcome}");
+        }
+        // A batch with one proposal that is not a proposal is refused whole, naming it.
+        let proposals = vec![serde_json::to_vec(&refused[0].1).unwrap(), b"{not json".to_vec()];
+        let error = peer.propose_batch(proto::raft::v1::ProposeBatchRequest { proposals }).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error}");
+        assert!(error.message().contains("proposals[1]"), "{error}");
     });
     let services = |cluster: &Cluster| cluster.sched_json(&["get", "services"]);
     assert_eq!(services(&cluster), serde_json::json!([]), "nothing was stored");
@@ -308,4 +321,56 @@ fn raw_proposals_are_held_to_the_api_rules_and_survive_a_restart() {
     cluster.sched_ok(&["apply", &example(&cluster)]);
     let names: Vec<_> = services(&cluster).as_array().unwrap().iter().map(|s| s["name"].clone()).collect();
     assert_eq!(names, ["quotes"]);
+}
+
+/// Writes sent through a follower at the same moment go to the leader in batches
+/// (`raft.v1.RaftPeer/ProposeBatch`): each caller still gets its own answer, the refusal of a
+/// bad one reaches only its caller, and the state holds every write.
+#[test]
+fn concurrent_writes_through_a_follower_each_get_their_own_answer() {
+    const SERVICES: usize = 40;
+    let cluster = Cluster::start(ClusterOptions::default());
+    let leader = cluster.wait_for_leader(Duration::from_secs(10));
+    let addresses: Vec<String> = cluster.servers.values().map(|s| s.address.clone()).collect();
+    let follower = cluster.servers.values().find(|s| s.id != leader).unwrap().address.clone();
+    let admin = cluster.admin_transport();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        for i in 0..SERVICES {
+            assert!(sched_tests::cluster::apply_anywhere(&admin, &addresses, &format!("batch-{i}")).await, "batch-{i} applied");
+        }
+        let channel = admin.connect(&follower, Profile::CLI_STREAM).await.unwrap();
+        for round in 2..5u32 {
+            let mut writes = tokio::task::JoinSet::new();
+            for i in 0..=SERVICES {
+                let mut client = ServiceApiClient::new(channel.clone());
+                // The last one names no service: refused, and only its caller hears it.
+                let name = if i == SERVICES { "no-such-service".to_string() } else { format!("batch-{i}") };
+                let count = round + (i % 3) as u32;
+                writes.spawn(async move { (name.clone(), count, client.scale(pb::ScaleRequest { name, count }).await) });
+            }
+            while let Some(write) = writes.join_next().await {
+                let (name, count, answer) = write.unwrap();
+                if name == "no-such-service" {
+                    let error = answer.unwrap_err();
+                    assert_eq!(error.code(), tonic::Code::NotFound, "{error}");
+                    assert!(error.message().contains("no-such-service"), "{error}");
+                    continue;
+                }
+                let service = answer.unwrap_or_else(|e| panic!("scale {name} to {count}: {e}")).into_inner().service.unwrap();
+                assert_eq!((service.name.as_str(), service.desired_count), (name.as_str(), count), "a caller got another write's answer");
+            }
+        }
+    });
+    let services = cluster.sched_json(&["get", "services"]);
+    for i in 0..SERVICES {
+        let name = format!("batch-{i}");
+        let service = services
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("{name} missing: {services}"));
+        assert_eq!(service["desired_count"], 4 + (i % 3) as u64, "{name}: {service}");
+    }
 }

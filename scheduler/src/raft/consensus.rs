@@ -1,7 +1,8 @@
 //! What the API needs from Raft: writes from any server, and reads at a chosen consistency.
 //!
 //! [`Consensus::write`] proposes on this server when it leads, else forwards the proposal to
-//! the leader (`raft.v1.RaftPeer/Propose`) and waits for the leader's answer. While there is no
+//! the leader (`raft.v1.RaftPeer/ProposeBatch`, with the other proposals waiting at that moment:
+//! [`Forwarder`]) and waits for the leader's answer. While there is no
 //! leader, or the leader moved before the proposal entered its log, it retries until its
 //! deadline. When leadership changes after the proposal entered the log, the outcome is unknown
 //! and that is what the caller hears ([`ConsensusError::OutcomeUnknown`]) — never a guess.
@@ -13,10 +14,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use proto::raft::v1::ProposeRequest;
 use proto::raft::v1::raft_peer_client::RaftPeerClient;
-use tonic::transport::Channel;
 
+use super::forwarder::Forwarder;
 use super::grpc_transport::MAX_PEER_MESSAGE_BYTES;
 use super::node::RaftHandle;
 use super::storage::AppliedState;
@@ -52,7 +52,8 @@ pub struct Consensus {
     deadline: Duration,
     /// How channels to the leader are made (security, timeouts).
     connections: transport::Transport,
-    leaders: Mutex<HashMap<String, RaftPeerClient<Channel>>>,
+    /// One forwarder per leader this server has forwarded to (by id and address).
+    leaders: Mutex<HashMap<(u64, String), Forwarder>>,
 }
 
 impl Consensus {
@@ -136,53 +137,31 @@ impl Consensus {
         answers
     }
 
-    /// Sends the proposal to the leader. Connection failures count as "not leader" (retry);
-    /// a failure after the request was sent counts as an unknown outcome.
+    /// Sends the proposal to the leader through this server's [`Forwarder`] for it, which
+    /// puts proposals that arrive while earlier ones are in flight into one call.
     async fn forward(&self, leader: u64, proposal: &Proposal) -> Result<Applied, ProposeFailure> {
         let Some(address) = self.raft.transport().address_of(leader) else {
             return Err(ProposeFailure::NotLeader { me: self.raft.id() });
         };
-        let mut client = {
-            let mut clients = self.leaders.lock().expect("clients lock");
-            if !clients.contains_key(&address) {
-                let Ok(channel) = self.connections.connect_lazy(&address, transport::Profile::SERVER_TO_SERVER) else {
-                    tracing::warn!(leader, "the leader's address {address:?} is not HOST:PORT");
-                    return Err(ProposeFailure::NotLeader { me: self.raft.id() });
-                };
-                let client = RaftPeerClient::new(channel)
-                    .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
-                clients.insert(address.clone(), client);
-            }
-            clients[&address].clone()
-        };
-        let request = ProposeRequest { proposal: serde_json::to_vec(proposal).expect("proposals serialize") };
-        // A leader that froze or was cut off may never answer; once this server sees another
-        // leader (or none), stop waiting: the proposal may or may not have reached the log.
-        let mut status = self.raft.watch_status();
-        let deposed = async move {
-            while status.borrow_and_update().leader_id == leader {
-                if status.changed().await.is_err() {
-                    break;
+        let forwarder = {
+            let mut forwarders = self.leaders.lock().expect("forwarders lock");
+            match forwarders.get(&(leader, address.clone())) {
+                Some(forwarder) if !forwarder.is_closed() => forwarder.clone(),
+                _ => {
+                    let Ok(channel) = self.connections.connect_lazy(&address, transport::Profile::SERVER_TO_SERVER) else {
+                        tracing::warn!(leader, "the leader's address {address:?} is not HOST:PORT");
+                        return Err(ProposeFailure::NotLeader { me: self.raft.id() });
+                    };
+                    let client = RaftPeerClient::new(channel)
+                        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+                    let forwarder = Forwarder::start(leader, client, self.raft.watch_status(), self.raft.id());
+                    forwarders.insert((leader, address), forwarder.clone());
+                    forwarder
                 }
             }
         };
-        let answer = tokio::select! {
-            answer = client.propose(request) => answer,
-            () = deposed => {
-                tracing::warn!(leader, "the leader changed while a forwarded proposal was in flight");
-                return Err(ProposeFailure::OutcomeUnknown);
-            }
-        };
-        match answer {
-            Ok(response) => serde_json::from_slice::<Result<Applied, ProposeFailure>>(&response.into_inner().outcome)
-                .unwrap_or(Err(ProposeFailure::OutcomeUnknown)),
-            Err(status) if status.code() == tonic::Code::Unavailable => Err(ProposeFailure::NotLeader { me: self.raft.id() }),
-            Err(status) => {
-                tracing::warn!(leader, "forwarding to the leader failed: {status}");
-                Err(ProposeFailure::OutcomeUnknown)
-            }
-        }
+        forwarder.forward(proposal).await
     }
 
     /// Waits until a read on this server would be linearizable (unless `stale`), then hands

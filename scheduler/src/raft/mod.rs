@@ -11,12 +11,15 @@
 //!   messages into `raft.v1.RaftPeer/Send`.
 //! - [`consensus`]: what the API calls: writes that reach the leader from any server and
 //!   linearizable (ReadIndex) or stale reads.
+//! - [`forwarder`]: a follower's writes on their way to the leader, batched while calls are in
+//!   flight.
 //! - [`logger`]: raft-rs's slog records into `tracing`.
 //! - `harness` (tests only): an in-memory network (drop, cut, isolate, recover) and a trivial
 //!   state machine, for deterministic tests of the loop under partitions, leader changes, log
 //!   divergence, snapshots and membership changes.
 
 pub mod consensus;
+pub mod forwarder;
 pub mod grpc_transport;
 #[cfg(test)]
 mod harness;

@@ -169,14 +169,42 @@ impl<S: StateMachine, T> RaftHandle<S, T> {
 
     /// Proposes on this server, which must be the leader; resolves once applied here.
     pub async fn propose(&self, proposal: Proposal<S::Command>) -> ProposeResult<S> {
-        // A voter's address is not checked when the change is applied (it changes the
-        // membership, not the state): check it here, for local and forwarded proposals alike.
-        if let Proposal::AddVoter { address, .. } = &proposal
-            && let Err(answer) = S::check_voter_address(address)
-        {
-            return Ok(answer);
+        if let Some(refused) = Self::refused(&proposal) {
+            return refused;
         }
         self.submit(proposal).await?.await.map_err(|_| ProposeFailure::Stopped)?
+    }
+
+    /// Proposes `proposals` on this server, which must be the leader, in their order and
+    /// pipelined (each handed to the loop before the one before has committed, so they share
+    /// appends and fsyncs); resolves once every one is answered, with the answers in order.
+    pub async fn propose_all(&self, proposals: Vec<Proposal<S::Command>>) -> Vec<ProposeResult<S>> {
+        let mut pending = Vec::with_capacity(proposals.len());
+        for proposal in proposals {
+            pending.push(match Self::refused(&proposal) {
+                Some(refused) => Err(refused),
+                None => Ok(self.submit(proposal).await),
+            });
+        }
+        let mut answers = Vec::with_capacity(pending.len());
+        for pending in pending {
+            answers.push(match pending {
+                Err(refused) => refused,
+                Ok(Ok(answer)) => answer.await.map_err(|_| ProposeFailure::Stopped).and_then(|answer| answer),
+                Ok(Err(failure)) => Err(failure),
+            });
+        }
+        answers
+    }
+
+    /// The answer to a proposal refused before it is proposed. A voter's address is not
+    /// checked when the change is applied (it changes the membership, not the state): it is
+    /// checked here, for local and forwarded proposals alike.
+    fn refused(proposal: &Proposal<S::Command>) -> Option<ProposeResult<S>> {
+        match proposal {
+            Proposal::AddVoter { address, .. } => S::check_voter_address(address).err().map(Ok),
+            _ => None,
+        }
     }
 
     /// Hands `proposal` to the loop and returns where its answer will come, without waiting

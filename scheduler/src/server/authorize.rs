@@ -195,6 +195,7 @@ mod tests {
             ("/raft.v1.RaftPeer/Send", &[Server], &[Admin, Reader, Agent]),
             ("/raft.v1.RaftPeer/Stream", &[Server], &[Admin, Reader, Agent]),
             ("/raft.v1.RaftPeer/Propose", &[Server], &[Admin, Reader, Agent]),
+            ("/raft.v1.RaftPeer/ProposeBatch", &[Server], &[Admin, Reader, Agent]),
             ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &[Reader, Agent], &[]),
         ];
         for (method, allowed, refused) in table {

@@ -2,9 +2,12 @@
 //! ages, CPU samples, the clock), ask the [controllers](crate::controller) for commands, and
 //! propose them through Raft. It decides nothing itself.
 //!
-//! It looks after every applied entry (an apply, a scale, a task report: a new service is placed
-//! within milliseconds, as a job registration triggers an evaluation in Nomad) and every 500 ms
-//! otherwise (node timeouts, crash-loop backoffs, autoscaling). A new leader waits until it has
+//! It looks after every burst of applied entries (an apply, a scale, a task report: a new service
+//! is placed within milliseconds, as a job registration triggers an evaluation in Nomad) and
+//! every 500 ms otherwise (node timeouts, crash-loop backoffs, autoscaling). A burst ends when
+//! entries pause for [`SETTLE`], or [`MAX_SETTLE`] after it began: under a steady stream of
+//! writes the leader looks at most every [`MAX_SETTLE`], not after each write, since each look
+//! reads the whole state. A new leader waits until it has
 //! applied an entry of its own term, so that it decides from everything earlier leaders
 //! committed. A round's commands are proposed
 //! pipelined ([`propose_round`]), so they share fsyncs. The controllers' memory (the
@@ -13,16 +16,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use super::heartbeats::Heartbeats;
 use super::now_ms;
 use crate::controller::{Controller, Snapshot, leader_controllers, run_controllers};
-use crate::raft::{Consensus, Role};
+use crate::raft::{Consensus, NodeStatus, Role};
 
 /// How often the leader looks when nothing changes.
 const PERIOD: Duration = Duration::from_millis(500);
 
-/// How long the leader lets a burst of applied changes settle before it looks again.
+/// The pause in applied changes that ends a burst.
 const SETTLE: Duration = Duration::from_millis(5);
+
+/// The longest a burst of applied changes delays a look.
+const MAX_SETTLE: Duration = Duration::from_millis(50);
 
 /// Runs the leader's duties forever (it idles while this server follows).
 pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_timeout: Duration) {
@@ -33,7 +41,7 @@ pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_ti
         tokio::select! {
             _ = ticker.tick() => {}
             changed = applied.changed() => match changed {
-                Ok(()) => tokio::time::sleep(SETTLE).await,
+                Ok(()) => settle(&mut applied).await,
                 Err(_) => {
                     ticker.tick().await; // the Raft loop is gone: the timer only
                 }
@@ -61,6 +69,18 @@ pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_ti
             ingress: heartbeats.ingress_reports(now),
         };
         propose_round(&consensus, run_controllers(controllers, snapshot)).await;
+    }
+}
+
+/// Returns once applied changes have paused for [`SETTLE`], or [`MAX_SETTLE`] after the call.
+async fn settle(applied: &mut watch::Receiver<NodeStatus>) {
+    let latest = Instant::now() + MAX_SETTLE;
+    loop {
+        let until = (Instant::now() + SETTLE).min(latest);
+        match tokio::time::timeout_at(until.into(), applied.changed()).await {
+            Ok(Ok(())) if Instant::now() < latest => continue,
+            _ => return,
+        }
     }
 }
 

@@ -54,4 +54,20 @@ impl RaftPeer for RaftPeerService {
         let outcome = self.raft.propose(proposal).await;
         Ok(Response::new(pb::ProposeResponse { outcome: serde_json::to_vec(&outcome).expect("outcomes serialize") }))
     }
+
+    async fn propose_batch(&self, request: Request<pb::ProposeBatchRequest>) -> Result<Response<pb::ProposeBatchResponse>, Status> {
+        let proposals = request
+            .into_inner()
+            .proposals
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                serde_json::from_slice::<Proposal>(bytes)
+                    .map_err(|e| Status::invalid_argument(format!("proposals[{i}] is not a proposal: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let outcomes = self.raft.propose_all(proposals).await;
+        let outcomes = outcomes.iter().map(|outcome| serde_json::to_vec(outcome).expect("outcomes serialize")).collect();
+        Ok(Response::new(pb::ProposeBatchResponse { outcomes }))
+    }
 }
