@@ -66,8 +66,7 @@ impl AgentApiService {
 /// The assignments of one node in the state.
 fn assignments_of(state: &ClusterState, node_id: u64, index: u64) -> pb::Assignments {
     let assignments = state
-        .tasks()
-        .filter(|t| t.node_id == node_id)
+        .tasks_on(node_id)
         .map(|t| {
             let revision = state.service(&t.service).and_then(|s| s.revision(t.revision));
             pb::Assignment {

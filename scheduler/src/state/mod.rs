@@ -17,10 +17,12 @@ mod credentials;
 mod enums_proto;
 mod limits;
 mod model;
+mod task_table;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use task_table::TaskTable;
 
 pub use command::{COMMAND_VERSION, Command, DecodeError, HolderCheck, ServiceEvent};
 pub use credentials::{CertificateEntry, TokenEntry};
@@ -84,7 +86,7 @@ fn invalid(message: String) -> Rejection {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     services: BTreeMap<String, ServiceRecord>,
-    tasks: BTreeMap<String, Task>,
+    tasks: TaskTable,
     nodes: BTreeMap<u64, Node>,
     next_node_id: u64,
     /// Raft voter id -> gRPC address.
@@ -103,7 +105,7 @@ impl ClusterState {
 
     /// Refuses a command naming a task this state does not hold (before it changes anything).
     fn require_tasks(&self, task_ids: &[String]) -> Result<(), Rejection> {
-        match task_ids.iter().find(|id| !self.tasks.contains_key(*id)) {
+        match task_ids.iter().find(|id| !self.tasks.contains_key(id)) {
             Some(id) => Err(not_found(format!("no task {id}"))),
             None => Ok(()),
         }
@@ -126,7 +128,12 @@ impl ClusterState {
     }
 
     pub fn tasks_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
-        self.tasks.values().filter(move |t| t.service == service)
+        self.tasks.of_service(service)
+    }
+
+    /// The tasks placed on node `node_id` (0: the pending ones).
+    pub fn tasks_on(&self, node_id: u64) -> impl Iterator<Item = &Task> {
+        self.tasks.on_node(node_id)
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
@@ -260,7 +267,7 @@ impl ClusterState {
             Command::PutTasks { tasks, now_ms } => {
                 for mut task in tasks {
                     task.updated_ms = now_ms;
-                    self.tasks.insert(task.id.clone(), task);
+                    self.tasks.insert(task);
                 }
                 Ok(Outcome::Done)
             }
@@ -526,7 +533,7 @@ impl ClusterState {
         let Some(removed) = self.services.remove(&name) else {
             return Err(not_found(format!("no service named \"{name}\"")));
         };
-        for task in self.tasks.values_mut().filter(|t| t.service == name) {
+        for task in self.tasks.of_service_mut(&name) {
             // Tasks that serve through an ingress drain first (the reconciler stops them when
             // their drain time is over); a task already draining keeps its deadline.
             let drain = match task.desired {

@@ -1,0 +1,204 @@
+//! The task records of the state, by id, with indexes by service and by node.
+//!
+//! Everything that looks at one service's tasks (the reconciler for every service on every
+//! round, the route table, `get services`) or at one node's (each agent's assignment stream,
+//! after every applied entry) reads them through an index: in O(their tasks) instead of a scan
+//! of every task in the cluster, which made a round over every service O(services x tasks) and
+//! the assignment streams O(nodes x tasks) per entry. Only the records are stored (snapshots
+//! keep their format); the indexes are rebuilt when a state is read.
+//!
+//! A task's service and node change only when its record is put again ([`TaskTable::insert`]):
+//! records changed in place (`get_mut`, `values_mut`) must keep both.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::model::Task;
+
+/// Task records by id, and the ids of each service's and each node's tasks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskTable {
+    by_id: BTreeMap<String, Task>,
+    by_service: BTreeMap<String, BTreeSet<String>>,
+    /// Pending tasks (node 0) included.
+    by_node: BTreeMap<u64, BTreeSet<String>>,
+}
+
+impl TaskTable {
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn contains_key(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Task> {
+        self.by_id.get(id)
+    }
+
+    /// The record to change in place; its `service` and `node_id` must stay as they are.
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Task> {
+        self.by_id.get_mut(id)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Task> {
+        self.by_id.values()
+    }
+
+    /// Every record to change in place; their `service` and `node_id` must stay as they are.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Task> {
+        self.by_id.values_mut()
+    }
+
+    /// The tasks of `service`, by id.
+    pub fn of_service<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.by_service.get(service).into_iter().flatten().filter_map(|id| self.by_id.get(id))
+    }
+
+    /// The tasks placed on node `node_id` (0: the pending ones), by id.
+    pub fn on_node(&self, node_id: u64) -> impl Iterator<Item = &Task> {
+        self.by_node.get(&node_id).into_iter().flatten().filter_map(|id| self.by_id.get(id))
+    }
+
+    /// The records of `service` to change in place; their `service` and `node_id` must stay as
+    /// they are.
+    pub fn of_service_mut(&mut self, service: &str) -> impl Iterator<Item = &mut Task> {
+        let ids = self.by_service.get(service);
+        self.by_id.iter_mut().filter(move |(id, _)| ids.is_some_and(|ids| ids.contains(*id))).map(|(_, task)| task)
+    }
+
+    /// Puts `task` under its id, in place of the record there.
+    pub fn insert(&mut self, task: Task) {
+        let (id, service, node) = (task.id.clone(), task.service.clone(), task.node_id);
+        if let Some(old) = self.by_id.insert(id.clone(), task) {
+            if old.service != service {
+                unindex(&mut self.by_service, &old.service, &id);
+            }
+            if old.node_id != node {
+                unindex(&mut self.by_node, &old.node_id, &id);
+            }
+        }
+        self.by_service.entry(service).or_default().insert(id.clone());
+        self.by_node.entry(node).or_default().insert(id);
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<Task> {
+        let task = self.by_id.remove(id)?;
+        unindex(&mut self.by_service, &task.service, id);
+        unindex(&mut self.by_node, &task.node_id, id);
+        Some(task)
+    }
+
+    /// A table of `by_id` with its indexes built.
+    fn indexed(by_id: BTreeMap<String, Task>) -> TaskTable {
+        let mut table = TaskTable { by_id, ..TaskTable::default() };
+        for (id, task) in &table.by_id {
+            table.by_service.entry(task.service.clone()).or_default().insert(id.clone());
+            table.by_node.entry(task.node_id).or_default().insert(id.clone());
+        }
+        table
+    }
+}
+
+/// Takes `id` out of `key`'s entry of `index`, and the entry out once it is empty.
+fn unindex<K: Ord>(index: &mut BTreeMap<K, BTreeSet<String>>, key: &K, id: &str) {
+    if let Some(ids) = index.get_mut(key) {
+        ids.remove(id);
+        if ids.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+impl FromIterator<Task> for TaskTable {
+    fn from_iter<I: IntoIterator<Item = Task>>(tasks: I) -> Self {
+        let mut table = TaskTable::default();
+        for task in tasks {
+            table.insert(task);
+        }
+        table
+    }
+}
+
+/// Stored as the map of records by id (as before the index existed).
+impl Serialize for TaskTable {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.by_id.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskTable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(TaskTable::indexed(BTreeMap::deserialize(deserializer)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::TaskState;
+
+    fn task(id: &str, service: &str) -> Task {
+        Task { service: service.into(), ..crate::test_fixtures::task(id, 0, TaskState::Pending) }
+    }
+
+    fn on(node_id: u64, t: Task) -> Task {
+        Task { node_id, ..t }
+    }
+
+    fn ids<'a>(tasks: impl Iterator<Item = &'a Task>) -> Vec<&'a str> {
+        tasks.map(|t| t.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_services_tasks_come_from_the_index_and_follow_every_change() {
+        let mut table: TaskTable =
+            [task("web-1", "web"), task("web-a-1", "web-a"), task("web-2", "web"), task("db-1", "db")].into_iter().collect();
+        assert_eq!(ids(table.of_service("web")), ["web-1", "web-2"], "a service whose name prefixes another's gets only its own");
+        assert_eq!(ids(table.of_service("web-a")), ["web-a-1"]);
+        assert_eq!(ids(table.of_service("none")), Vec::<&str>::new());
+        table.remove("web-1");
+        assert_eq!(ids(table.of_service("web")), ["web-2"]);
+        // A record put again under its id with another service moves.
+        table.insert(task("web-2", "db"));
+        assert_eq!(ids(table.of_service("web")), Vec::<&str>::new());
+        assert_eq!(ids(table.of_service("db")), ["db-1", "web-2"]);
+        for t in table.of_service_mut("db") {
+            t.message = "seen".into();
+        }
+        assert!(table.values().filter(|t| t.service == "db").all(|t| t.message == "seen"));
+        assert_eq!(table.get("web-a-1").unwrap().message, "", "another service's tasks are untouched");
+        assert_eq!(table.len(), 3);
+        assert!(table.remove("gone").is_none());
+    }
+
+    #[test]
+    fn a_nodes_tasks_come_from_the_index_and_move_when_placed() {
+        let mut table: TaskTable =
+            [on(1, task("a-1", "a")), task("a-2", "a"), on(2, task("b-1", "b")), on(1, task("b-2", "b"))].into_iter().collect();
+        assert_eq!(ids(table.on_node(1)), ["a-1", "b-2"]);
+        assert_eq!(ids(table.on_node(0)), ["a-2"], "pending tasks are node 0's");
+        // Placing a pending task moves it.
+        table.insert(on(2, task("a-2", "a")));
+        assert_eq!(ids(table.on_node(0)), Vec::<&str>::new());
+        assert_eq!(ids(table.on_node(2)), ["a-2", "b-1"]);
+        table.remove("b-1");
+        assert_eq!(ids(table.on_node(2)), ["a-2"]);
+        assert_eq!(ids(table.on_node(9)), Vec::<&str>::new());
+        let read: TaskTable = serde_json::from_value(serde_json::to_value(&table).unwrap()).unwrap();
+        assert_eq!(read, table, "both indexes are rebuilt when read");
+    }
+
+    #[test]
+    fn stored_as_the_records_by_id_and_indexed_again_when_read() {
+        let table: TaskTable = [task("b-1", "b"), task("a-1", "a"), task("a-2", "a")].into_iter().collect();
+        let stored = serde_json::to_value(&table).unwrap();
+        let by_id: BTreeMap<String, Task> = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(by_id.keys().collect::<Vec<_>>(), ["a-1", "a-2", "b-1"], "the stored form is the plain map of records");
+        let read: TaskTable = serde_json::from_value(stored).unwrap();
+        assert_eq!(read, table, "the indexes are rebuilt when read");
+        assert_eq!(ids(read.of_service("a")), ["a-1", "a-2"]);
+    }
+}
