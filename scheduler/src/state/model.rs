@@ -3,6 +3,7 @@
 //! [`super::ClusterState::apply`].
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -35,14 +36,17 @@ pub struct Event {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceRecord {
     pub name: String,
-    pub revisions: Vec<Revision>,
+    /// Shared between copies of the state (the leader's controllers copy it often) until one
+    /// of them changes: `Arc::make_mut` copies then. Stored as a plain list.
+    pub revisions: Arc<Vec<Revision>>,
     /// The revision tasks should run.
     pub current: u64,
     pub desired_count: u32,
     pub created_ms: u64,
     pub updated_ms: u64,
-    /// The most recent events, oldest first, at most [`EVENTS_PER_SERVICE`].
-    pub events: VecDeque<Event>,
+    /// The most recent events, oldest first, at most [`EVENTS_PER_SERVICE`]. Shared between
+    /// copies of the state like `revisions`.
+    pub events: Arc<VecDeque<Event>>,
     /// What the autoscaler last did, replicated so that cooldowns survive a leader change.
     /// Defaulted so that log entries and snapshots written before it existed decode.
     #[serde(default, skip_serializing_if = "AutoscaleStatus::is_empty")]
@@ -103,10 +107,11 @@ impl ServiceRecord {
     }
 
     pub(crate) fn record(&mut self, unix_ms: u64, message: String) {
-        if self.events.len() == EVENTS_PER_SERVICE {
-            self.events.pop_front();
+        let events = Arc::make_mut(&mut self.events);
+        if events.len() == EVENTS_PER_SERVICE {
+            events.pop_front();
         }
-        self.events.push_back(Event { unix_ms, message: super::limits::bounded_text(message) });
+        events.push_back(Event { unix_ms, message: super::limits::bounded_text(message) });
     }
 
     /// Forgets the oldest revisions past [`MAX_REVISIONS`](super::MAX_REVISIONS), except the
@@ -114,7 +119,7 @@ impl ServiceRecord {
     pub(crate) fn prune_revisions(&mut self, in_use: &std::collections::BTreeSet<u64>) {
         let mut excess = self.revisions.len().saturating_sub(super::MAX_REVISIONS);
         let current = self.current;
-        self.revisions.retain(|r| {
+        Arc::make_mut(&mut self.revisions).retain(|r| {
             let drop = excess > 0 && r.revision != current && !in_use.contains(&r.revision);
             if drop {
                 excess -= 1;

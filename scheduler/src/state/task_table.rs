@@ -11,18 +11,23 @@
 //! records changed in place (`get_mut`, `values_mut`) must keep both.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::model::Task;
 
+/// A task id in an index: shared, so that copying the table (the leader's controllers work on
+/// a copy of the state) copies no id strings.
+type Id = Arc<str>;
+
 /// Task records by id, and the ids of each service's and each node's tasks.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TaskTable {
     by_id: BTreeMap<String, Task>,
-    by_service: BTreeMap<String, BTreeSet<String>>,
+    by_service: BTreeMap<String, BTreeSet<Id>>,
     /// Pending tasks (node 0) included.
-    by_node: BTreeMap<u64, BTreeSet<String>>,
+    by_node: BTreeMap<u64, BTreeSet<Id>>,
 }
 
 impl TaskTable {
@@ -54,19 +59,19 @@ impl TaskTable {
 
     /// The tasks of `service`, by id.
     pub fn of_service<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a Task> + 'a {
-        self.by_service.get(service).into_iter().flatten().filter_map(|id| self.by_id.get(id))
+        self.by_service.get(service).into_iter().flatten().filter_map(|id| self.by_id.get(&**id))
     }
 
     /// The tasks placed on node `node_id` (0: the pending ones), by id.
     pub fn on_node(&self, node_id: u64) -> impl Iterator<Item = &Task> {
-        self.by_node.get(&node_id).into_iter().flatten().filter_map(|id| self.by_id.get(id))
+        self.by_node.get(&node_id).into_iter().flatten().filter_map(|id| self.by_id.get(&**id))
     }
 
     /// The records of `service` to change in place; their `service` and `node_id` must stay as
     /// they are.
     pub fn of_service_mut(&mut self, service: &str) -> impl Iterator<Item = &mut Task> {
         let ids = self.by_service.get(service);
-        self.by_id.iter_mut().filter(move |(id, _)| ids.is_some_and(|ids| ids.contains(*id))).map(|(_, task)| task)
+        self.by_id.iter_mut().filter(move |(id, _)| ids.is_some_and(|ids| ids.contains(id.as_str()))).map(|(_, task)| task)
     }
 
     /// Puts `task` under its id, in place of the record there.
@@ -80,6 +85,7 @@ impl TaskTable {
                 unindex(&mut self.by_node, &old.node_id, &id);
             }
         }
+        let id: Id = id.into();
         self.by_service.entry(service).or_default().insert(id.clone());
         self.by_node.entry(node).or_default().insert(id);
     }
@@ -95,15 +101,16 @@ impl TaskTable {
     fn indexed(by_id: BTreeMap<String, Task>) -> TaskTable {
         let mut table = TaskTable { by_id, ..TaskTable::default() };
         for (id, task) in &table.by_id {
+            let id: Id = id.as_str().into();
             table.by_service.entry(task.service.clone()).or_default().insert(id.clone());
-            table.by_node.entry(task.node_id).or_default().insert(id.clone());
+            table.by_node.entry(task.node_id).or_default().insert(id);
         }
         table
     }
 }
 
 /// Takes `id` out of `key`'s entry of `index`, and the entry out once it is empty.
-fn unindex<K: Ord>(index: &mut BTreeMap<K, BTreeSet<String>>, key: &K, id: &str) {
+fn unindex<K: Ord>(index: &mut BTreeMap<K, BTreeSet<Id>>, key: &K, id: &str) {
     if let Some(ids) = index.get_mut(key) {
         ids.remove(id);
         if ids.is_empty() {
