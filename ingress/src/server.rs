@@ -151,15 +151,16 @@ where
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
             return Poll::Ready(result);
         }
-        if closing || !side.take() {
+        if !side.take() {
             return Poll::Pending;
         }
         let waker = side.waker();
         let mut side_cx = Context::from_waker(&waker);
-        let mut close = stopped.as_mut().poll(&mut side_cx).is_ready();
+        let mut close = !closing && stopped.as_mut().poll(&mut side_cx).is_ready();
+        // Ticks go on while the connection closes: they keep the header read timeout checked.
         while watchdog.as_mut().poll(&mut side_cx).is_ready() {
             let now = Instant::now();
-            if !close && in_flight.load(Ordering::Relaxed) == 0 && idle.idle_for(now) >= shared.idle_timeout {
+            if !closing && !close && in_flight.load(Ordering::Relaxed) == 0 && idle.idle_for(now) >= shared.idle_timeout {
                 tracing::debug!(client = %client, "closing idle client connection");
                 close = true;
             }
