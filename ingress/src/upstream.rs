@@ -26,7 +26,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -88,8 +88,12 @@ impl Upstream {
     /// one. An error means no connection could be made (refused, unreachable, timed out).
     pub async fn connection(&self, target: SocketAddr) -> io::Result<TargetConn> {
         while let Some(mut conn) = self.take_idle(target) {
-            // Reads what the target sent while the connection was idle: its close, mostly.
-            if poll_fn(|cx| Poll::Ready(conn.poll_io(cx).is_pending())).await {
+            // Reads what the target sent while the connection was idle: its close, mostly. With
+            // a waker that wakes nobody: the request is sent on it at once, and that poll
+            // registers the task's own waker. Registering it here would only have the request
+            // (pushed into hyper's channel next) wake this task while it runs, for a poll that
+            // finds nothing to do.
+            if conn.poll_io(&mut Context::from_waker(Waker::noop())).is_pending() {
                 return Ok(conn);
             }
         }
@@ -227,11 +231,20 @@ impl TargetConn {
 
     /// Sends `request` and waits for the answer's head, driving the connection meanwhile. A
     /// request the connection could not take (it was closed) comes back in the error.
+    ///
+    /// When the request's task drives the connection, the answer can only arrive while
+    /// [`TargetConn::poll_io`] runs (hyper hands it over, or drops the hand-over when the
+    /// connection ends, from inside that poll), and the connection's I/O wakes the task: the
+    /// answer is then polled with a waker that wakes nobody, so handing it over does not wake
+    /// the task that is already running for a poll that finds nothing to do.
     pub async fn send(&mut self, request: Request<ProxyBody>) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
         let mut answer = pin!(self.sender.try_send_request(request));
         poll_fn(|cx| {
             let _ = self.poll_io(cx);
-            answer.as_mut().poll(cx)
+            match self.io {
+                Io::InTask(_) | Io::Ended => answer.as_mut().poll(&mut Context::from_waker(Waker::noop())),
+                Io::Spawned => answer.as_mut().poll(cx),
+            }
         })
         .await
     }
