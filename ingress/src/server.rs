@@ -1,20 +1,14 @@
 //! The listener side: accept connections, terminate TLS when configured, and serve each
 //! connection with hyper (HTTP/1.1 or HTTP/2, detected from the first bytes or chosen by
 //! ALPN), upgrades allowed. Each connection has a watchdog that closes it gracefully when it
-//! has been idle longer than the idle timeout, and that polls the connection at every tick so
-//! the header read timeout ([`TickTimer`]) is checked; on shutdown every connection is asked to
-//! close after its requests in flight, and cut after the grace period.
-//!
-//! A connection's task is woken by its I/O several times per request; the watchdog and the stop
-//! signal are polled only when one of them woke it ([`SideWake`]), not at each of those.
+//! has been idle longer than the idle timeout; on shutdown every connection is asked to close
+//! after its requests in flight, and cut after the grace period.
 
 use std::convert::Infallible;
-use std::future::{Future, poll_fn};
-use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -27,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::IngressConfig;
-use crate::idle::{Activity, IdleCheck, IdleIo, TickTimer, check_every};
+use crate::idle::{Activity, IdleIo, check_every};
 use crate::proxy::{Downstream, Proxy};
 
 /// hyper refuses a smaller HTTP/1 read buffer.
@@ -39,9 +33,6 @@ struct Shared {
     http: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     idle_timeout: Duration,
-    /// How often a connection's watchdog ticks: often enough for the idle timeout and for the
-    /// header read timeout.
-    tick: Duration,
     tls_handshake_timeout: Duration,
 }
 
@@ -55,11 +46,10 @@ pub async fn serve(
 ) {
     let mut http = auto::Builder::new(TokioExecutor::new());
     let header_bytes = config.max_header_bytes.max(MIN_HEADER_BYTES);
-    http.http1().timer(TickTimer).header_read_timeout(config.header_read_timeout).max_buf_size(header_bytes);
+    http.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout).max_buf_size(header_bytes);
     http.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
-    let tick = check_every(config.idle_timeout.min(config.header_read_timeout));
     let shared =
-        Arc::new(Shared { proxy, http, tls, idle_timeout: config.idle_timeout, tick, tls_handshake_timeout: config.tls_handshake_timeout });
+        Arc::new(Shared { proxy, http, tls, idle_timeout: config.idle_timeout, tls_handshake_timeout: config.tls_handshake_timeout });
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -132,103 +122,31 @@ where
             Ok::<_, Infallible>(response)
         }
     });
-    let mut conn = pin!(shared.http.serve_connection_with_upgrades(io, service));
-    let mut stopped = pin!(async move {
-        while stop.changed().await.is_ok() {
-            if *stop.borrow() {
+    let conn = shared.http.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut watchdog = tokio::time::interval(check_every(shared.idle_timeout));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(client = %client, error = %e, "client connection ended with an error");
+                }
                 return;
             }
-        }
-    });
-    let mut watchdog = pin!(tokio::time::sleep(shared.tick));
-    let mut idle = IdleCheck::new(activity);
-    let mut side = SideWake::new();
-    let mut closing = false;
-    let result = poll_fn(|cx| {
-        side.follow(cx.waker());
-        // The connection first: a watchdog tick that woke the task is also what lets hyper see
-        // a header read timeout that passed.
-        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-            return Poll::Ready(result);
-        }
-        if !side.take() {
-            return Poll::Pending;
-        }
-        let waker = side.waker();
-        let mut side_cx = Context::from_waker(&waker);
-        let mut close = !closing && stopped.as_mut().poll(&mut side_cx).is_ready();
-        // Ticks go on while the connection closes: they keep the header read timeout checked.
-        while watchdog.as_mut().poll(&mut side_cx).is_ready() {
-            let now = Instant::now();
-            if !closing && !close && in_flight.load(Ordering::Relaxed) == 0 && idle.idle_for(now) >= shared.idle_timeout {
-                tracing::debug!(client = %client, "closing idle client connection");
-                close = true;
+            changed = stop.changed(), if !closing => {
+                if changed.is_err() || *stop.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
             }
-            watchdog.as_mut().reset((now + shared.tick).into());
-        }
-        if close {
-            conn.as_mut().graceful_shutdown();
-            closing = true;
-            // hyper acts on the shutdown when polled next.
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
-    })
-    .await;
-    if let Err(e) = result {
-        tracing::debug!(client = %client, error = %e, "client connection ended with an error");
-    }
-}
-
-/// The waker a connection gives its watchdog and stop signal: it wakes the connection's task
-/// and notes that one of them did, so the task polls them only then.
-struct SideWake {
-    inner: Arc<SideWaker>,
-    /// The task's waker as last handed to `inner` (compared without locking).
-    task: Option<Waker>,
-}
-
-struct SideWaker {
-    woken: AtomicBool,
-    task: Mutex<Option<Waker>>,
-}
-
-impl SideWake {
-    fn new() -> Self {
-        // Woken to begin with: the first poll registers the watchdog and the stop signal.
-        SideWake { inner: Arc::new(SideWaker { woken: AtomicBool::new(true), task: Mutex::new(None) }), task: None }
-    }
-
-    /// Wakes `task` from now on (a task's waker rarely changes; when it does, the side futures
-    /// are polled again so they hold the new one too).
-    fn follow(&mut self, task: &Waker) {
-        if self.task.as_ref().is_some_and(|known| known.will_wake(task)) {
-            return;
-        }
-        *self.inner.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.clone());
-        self.task = Some(task.clone());
-        self.inner.woken.store(true, Ordering::Release);
-    }
-
-    /// Whether the watchdog or the stop signal woke the task since the last call.
-    fn take(&self) -> bool {
-        self.inner.woken.swap(false, Ordering::AcqRel)
-    }
-
-    fn waker(&self) -> Waker {
-        Waker::from(Arc::clone(&self.inner))
-    }
-}
-
-impl Wake for SideWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        if let Some(task) = &*self.task.lock().unwrap_or_else(PoisonError::into_inner) {
-            task.wake_by_ref();
+            _ = watchdog.tick(), if !closing => {
+                if in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= shared.idle_timeout {
+                    tracing::debug!(client = %client, "closing idle client connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
         }
     }
 }

@@ -21,12 +21,11 @@
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -44,7 +43,7 @@ const MAX_IDLE_PER_TARGET: usize = 1024;
 /// The idle connections of one proxy, per target.
 pub struct Upstream {
     /// Per target, the most recently used last.
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     connect_timeout: Duration,
     /// An idle connection is not used after this long (targets close theirs too).
     idle_timeout: Duration,
@@ -76,10 +75,10 @@ enum Io {
 
 impl Upstream {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
-        Upstream { idle: Mutex::new(HashMap::default()), connect_timeout, idle_timeout, http1: http1::Builder::new() }
+        Upstream { idle: Mutex::new(HashMap::new()), connect_timeout, idle_timeout, http1: http1::Builder::new() }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
         // Lists of connections: a panic elsewhere cannot leave one half-updated.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -88,12 +87,8 @@ impl Upstream {
     /// one. An error means no connection could be made (refused, unreachable, timed out).
     pub async fn connection(&self, target: SocketAddr) -> io::Result<TargetConn> {
         while let Some(mut conn) = self.take_idle(target) {
-            // Reads what the target sent while the connection was idle: its close, mostly. With
-            // a waker that wakes nobody: the request is sent on it at once, and that poll
-            // registers the task's own waker. Registering it here would only have the request
-            // (pushed into hyper's channel next) wake this task while it runs, for a poll that
-            // finds nothing to do.
-            if conn.poll_io(&mut Context::from_waker(Waker::noop())).is_pending() {
+            // Reads what the target sent while the connection was idle: its close, mostly.
+            if poll_fn(|cx| Poll::Ready(conn.poll_io(cx).is_pending())).await {
                 return Ok(conn);
             }
         }
@@ -160,48 +155,6 @@ impl Upstream {
     }
 }
 
-/// The pool's hasher: a request looks its target up twice (take, put back), and the keys are
-/// target addresses from the route table, not chosen by clients, so a multiply-and-rotate hash
-/// does instead of SipHash (which is built to resist keys chosen to collide).
-#[derive(Default)]
-pub struct AddrHasher(u64);
-
-impl Hasher for AddrHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        // An odd constant near 2^64 / golden ratio spreads the bits; the rotation keeps earlier
-        // words from being shifted out.
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 impl TargetConn {
     pub fn reused(&self) -> bool {
         self.reused
@@ -231,20 +184,11 @@ impl TargetConn {
 
     /// Sends `request` and waits for the answer's head, driving the connection meanwhile. A
     /// request the connection could not take (it was closed) comes back in the error.
-    ///
-    /// When the request's task drives the connection, the answer can only arrive while
-    /// [`TargetConn::poll_io`] runs (hyper hands it over, or drops the hand-over when the
-    /// connection ends, from inside that poll), and the connection's I/O wakes the task: the
-    /// answer is then polled with a waker that wakes nobody, so handing it over does not wake
-    /// the task that is already running for a poll that finds nothing to do.
     pub async fn send(&mut self, request: Request<ProxyBody>) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
         let mut answer = pin!(self.sender.try_send_request(request));
         poll_fn(|cx| {
             let _ = self.poll_io(cx);
-            match self.io {
-                Io::InTask(_) | Io::Ended => answer.as_mut().poll(&mut Context::from_waker(Waker::noop())),
-                Io::Spawned => answer.as_mut().poll(cx),
-            }
+            answer.as_mut().poll(cx)
         })
         .await
     }
