@@ -24,9 +24,12 @@
 //! the headers are copied only when a later attempt may still need them (an idempotent
 //! request with targets left to try).
 
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::{Pin, pin};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,7 +42,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::sync::watch;
-use tokio::time::timeout_at;
+use tokio::time::Sleep;
 
 use crate::access_log::{AccessLog, PendingLog};
 use crate::answer;
@@ -48,14 +51,14 @@ use crate::body::{ProxyBody, TargetBody, empty, full, incoming};
 use crate::config::IngressConfig;
 use crate::forwarded;
 use crate::host::normalize_host;
-use crate::routing::Routing;
+use crate::routing::{RouteView, Routing};
 use crate::targets::{Lease, Target, TargetPool};
 use crate::upgrade;
 use crate::upstream::{TargetConn, Upstream};
 
 /// What the proxy knows of the client connection a request came on (made once per
 /// connection).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Downstream {
     pub client: SocketAddr,
     pub https: bool,
@@ -63,18 +66,78 @@ pub struct Downstream {
     pub forwarded_for: HeaderValue,
     /// The ingress port the client connected to, as `X-Forwarded-Port` writes it.
     pub forwarded_port: HeaderValue,
+    /// The timer of the route timeout, kept from one request of the connection to the next
+    /// (see [`Deadline`]); `None` until the first request, or while a request holds it.
+    timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
 impl Downstream {
     pub fn new(client: SocketAddr, local_port: u16, https: bool) -> Self {
-        Downstream { client, https, forwarded_for: forwarded::client_value(client.ip()), forwarded_port: forwarded::port_value(local_port) }
+        Downstream {
+            client,
+            https,
+            forwarded_for: forwarded::client_value(client.ip()),
+            forwarded_port: forwarded::port_value(local_port),
+            timer: Mutex::new(None),
+        }
+    }
+}
+
+/// A request's route timeout. It uses its connection's timer, reset to the request's deadline:
+/// tokio moves a registered timer to a later deadline by changing a number (it files the timer
+/// again only when the earlier deadline comes), so a connection's requests, one after the
+/// other, register no timer each. A request that finds the timer in use (HTTP/2 requests in
+/// parallel on one connection) makes its own.
+struct Deadline<'a> {
+    slot: &'a Mutex<Option<Pin<Box<Sleep>>>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+/// The deadline passed first.
+struct Elapsed;
+
+impl<'a> Deadline<'a> {
+    fn new(slot: &'a Mutex<Option<Pin<Box<Sleep>>>>, deadline: tokio::time::Instant) -> Self {
+        let kept = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let sleep = match kept {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline);
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        Deadline { slot, sleep: Some(sleep) }
+    }
+
+    /// Runs `future` unless the deadline passes first.
+    async fn limit<F: Future>(&mut self, future: F) -> Result<F::Output, Elapsed> {
+        let mut future = pin!(future);
+        poll_fn(|cx| {
+            if let Poll::Ready(output) = future.as_mut().poll(cx) {
+                return Poll::Ready(Ok(output));
+            }
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().poll(cx).map(|()| Err(Elapsed)),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Deadline<'_> {
+    fn drop(&mut self) {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = self.sleep.take();
+        }
     }
 }
 
 /// The proxy of one worker (or of the whole ingress without `threads`): its own connections
 /// to targets; routes and target state are shared.
 pub struct Proxy {
-    routing: watch::Receiver<Arc<Routing>>,
+    routes: RouteView,
     pub pool: Arc<TargetPool>,
     /// Idle keep-alive connections to targets.
     pub upstream: Arc<Upstream>,
@@ -137,7 +200,7 @@ impl RequestBody {
 impl Proxy {
     pub fn new(config: &IngressConfig, routing: watch::Receiver<Arc<Routing>>, pool: Arc<TargetPool>) -> Self {
         Proxy {
-            routing,
+            routes: RouteView::new(routing),
             pool,
             upstream: Arc::new(Upstream::new(config.connect_timeout, config.target_idle_timeout)),
             balancing: config.balancing,
@@ -166,7 +229,8 @@ impl Proxy {
         let host = raw_host.and_then(normalize_host);
         let path = parts.uri.path();
         let mut log = PendingLog::start(self.access_log.as_ref(), arrived, down.client, &parts.method, raw_host, path);
-        let routing = self.routing.borrow().clone();
+        let routes = self.routes.current();
+        let routing = &routes.routing;
         let Some(index) = routing.rules.find(host.as_deref(), path) else {
             return own_answer(log, answer::no_rule(host.as_deref(), path), Some("no rule"));
         };
@@ -176,11 +240,11 @@ impl Proxy {
         if targets.is_empty() {
             return own_answer(log, answer::no_target(&route.service), Some("no healthy target"));
         }
-        let deadline = (arrived + route.timeout).into();
+        let mut deadline = Deadline::new(&down.timer, (arrived + route.timeout).into());
 
         forwarded::strip_hop_by_hop(&mut parts.headers, upgrading);
         forwarded::add_forwarded(&mut parts.headers, &down.forwarded_for, down.https, host_value.as_ref(), &down.forwarded_port);
-        let mut body = match timeout_at(deadline, self.request_body(&parts, body)).await {
+        let mut body = match deadline.limit(self.request_body(&parts, body)).await {
             Ok(Ok(body)) => body,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "cannot read the request body");
@@ -191,8 +255,8 @@ impl Proxy {
             }
         };
 
-        let cursor = routing.cursors[index].fetch_add(1, Ordering::Relaxed);
-        let sent = self.send(targets, &mut parts, &mut body, upgrading, cursor, deadline, &mut log).await;
+        let cursor = routes.cursors[index].fetch_add(1, Ordering::Relaxed);
+        let sent = self.send(targets, &mut parts, &mut body, upgrading, cursor, &mut deadline, &mut log).await;
         match sent {
             Ok((response, lease, conn)) => self.respond(response, lease, conn, log, client_upgrade, &route.service),
             Err(Failure::Timeout) => own_answer(log, answer::gateway_timeout(&route.service), Some("timeout")),
@@ -213,24 +277,31 @@ impl Proxy {
         body: &mut RequestBody,
         upgrading: bool,
         cursor: usize,
-        deadline: tokio::time::Instant,
+        deadline: &mut Deadline<'_>,
         log: &mut PendingLog,
     ) -> Result<(Response<Incoming>, Lease, TargetConn), Failure> {
+        // The targets of the attempts that failed (none, and no allocation, when the first
+        // attempt answers).
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut failure = Failure::NoAnswer("no target could be tried");
         let idempotent = is_idempotent(&parts.method);
-        while (tried.len() as u32) < self.max_attempts {
+        let mut attempts = 0;
+        while attempts < self.max_attempts {
             let Some(lease) = self.pool.acquire(targets, self.balancing, cursor, &tried) else {
                 break;
             };
             let target = lease.addr();
-            tried.push(target);
+            attempts += 1;
             log.attempt(target);
             // Another attempt after a sent request is possible only for an idempotent one
             // with targets and attempts left: only then do the headers need a copy.
-            let last = tried.len() as u32 >= self.max_attempts || tried.len() >= targets.len();
+            let last = attempts >= self.max_attempts || tried.len() + 1 >= targets.len();
             let keep_headers = idempotent && !last;
-            match timeout_at(deadline, self.attempt(target, parts, body, keep_headers, upgrading)).await {
+            let attempt = deadline.limit(self.attempt(target, parts, body, keep_headers, upgrading)).await;
+            if matches!(attempt, Ok(Err(_))) {
+                tried.push(target);
+            }
+            match attempt {
                 Ok(Ok((response, conn))) => {
                     self.pool.succeeded(lease.target());
                     log.answered(response.status().as_u16());

@@ -1,10 +1,13 @@
 //! The route table in use: each new [`RouteTable`] from the watch channel is compiled once
-//! into [`Routing`] (rules, each route's target state and a rotation cursor per route) and
-//! published for the requests that arrive after it. Requests already in progress keep the
-//! table they started with.
+//! into [`Routing`] (rules and each route's target state) and published for the requests that
+//! arrive after it. Requests already in progress keep the table they started with.
+//!
+//! Each proxy (one per worker thread) reads the table through its own [`RouteView`]: requests
+//! clone the view's `Arc`, whose count only that worker writes, and rotate the view's own
+//! cursors, so two workers do not write to one cache line on every request.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 
@@ -19,8 +22,45 @@ pub struct Routing {
     pub rules: Rules,
     /// Per route (same index as `table.routes`): the state of its targets, in the same order.
     pub targets: Vec<Vec<Arc<Target>>>,
-    /// Per route (same index as `table.routes`): where the target rotation starts next.
+}
+
+/// One proxy's handle on the compiled table: the table, and where this proxy's target
+/// rotation starts next, per route (same index as `table.routes`).
+#[derive(Debug)]
+pub struct Routes {
+    pub routing: Arc<Routing>,
     pub cursors: Vec<AtomicUsize>,
+}
+
+impl Routes {
+    fn new(routing: Arc<Routing>) -> Self {
+        let cursors = routing.table.routes.iter().map(|_| AtomicUsize::new(0)).collect();
+        Routes { routing, cursors }
+    }
+}
+
+/// One proxy's view of the table in use, replaced when a new table is published.
+#[derive(Debug)]
+pub struct RouteView {
+    current: Mutex<(watch::Receiver<Arc<Routing>>, Arc<Routes>)>,
+}
+
+impl RouteView {
+    pub fn new(mut routing: watch::Receiver<Arc<Routing>>) -> Self {
+        let routes = Arc::new(Routes::new(routing.borrow_and_update().clone()));
+        RouteView { current: Mutex::new((routing, routes)) }
+    }
+
+    /// The table for a request arriving now.
+    pub fn current(&self) -> Arc<Routes> {
+        // A receiver and an Arc: a panic elsewhere cannot leave them half-updated.
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let (routing, routes) = &mut *current;
+        if routing.has_changed().unwrap_or(false) {
+            *routes = Arc::new(Routes::new(routing.borrow_and_update().clone()));
+        }
+        Arc::clone(routes)
+    }
 }
 
 impl Routing {
@@ -30,8 +70,7 @@ impl Routing {
             tracing::warn!(%error, "route left out");
         }
         let targets = table.routes.iter().map(|route| pool.resolve(&route.targets)).collect();
-        let cursors = table.routes.iter().map(|_| AtomicUsize::new(0)).collect();
-        Routing { table, rules, targets, cursors }
+        Routing { table, rules, targets }
     }
 }
 
