@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{CONNECTION, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, Entry, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -68,18 +68,21 @@ pub fn port_value(port: u16) -> HeaderValue {
 /// reached the ingress port `port` (see [`port_value`]) over `https` or not, asking for `host`
 /// (the `Host` header as sent, port included).
 pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, https: bool, host: Option<&HeaderValue>, port: &HeaderValue) {
-    let chain = match headers.get(&X_FORWARDED_FOR) {
-        None => Some(client.clone()),
-        Some(_) => {
-            let previous: Vec<&str> =
-                headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()).collect();
+    // Room for the four at once: the map hyper parsed has none to spare, and growing it once
+    // beats growing it as each goes in.
+    headers.reserve(4);
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(entry) => {
+            entry.insert(client.clone());
+        }
+        Entry::Occupied(mut entry) => {
+            let previous: Vec<&str> = entry.iter().filter_map(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()).collect();
             let client = client.to_str().unwrap_or_default();
             let chain = if previous.is_empty() { client.to_string() } else { format!("{}, {client}", previous.join(", ")) };
-            HeaderValue::from_str(&chain).ok()
+            if let Ok(value) = HeaderValue::from_str(&chain) {
+                entry.insert(value);
+            }
         }
-    };
-    if let Some(value) = chain {
-        headers.insert(X_FORWARDED_FOR, value);
     }
     let proto = if https { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
