@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -43,7 +44,7 @@ const MAX_IDLE_PER_TARGET: usize = 1024;
 /// The idle connections of one proxy, per target.
 pub struct Upstream {
     /// Per target, the most recently used last.
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>>,
     connect_timeout: Duration,
     /// An idle connection is not used after this long (targets close theirs too).
     idle_timeout: Duration,
@@ -75,10 +76,10 @@ enum Io {
 
 impl Upstream {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
-        Upstream { idle: Mutex::new(HashMap::new()), connect_timeout, idle_timeout, http1: http1::Builder::new() }
+        Upstream { idle: Mutex::new(HashMap::default()), connect_timeout, idle_timeout, http1: http1::Builder::new() }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>, BuildHasherDefault<AddrHasher>>> {
         // Lists of connections: a panic elsewhere cannot leave one half-updated.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -152,6 +153,48 @@ impl Upstream {
     /// Idle connections in the pool (for tests and reports).
     pub fn idle_count(&self) -> usize {
         self.lock().values().map(Vec::len).sum()
+    }
+}
+
+/// The pool's hasher: a request looks its target up twice (take, put back), and the keys are
+/// target addresses from the route table, not chosen by clients, so a multiply-and-rotate hash
+/// does instead of SipHash (which is built to resist keys chosen to collide).
+#[derive(Default)]
+pub struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // An odd constant near 2^64 / golden ratio spreads the bits; the rotation keeps earlier
+        // words from being shifted out.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
