@@ -183,7 +183,15 @@ impl LoadReport {
             ms(self.percentile(100.0)),
             self.endpoints.len(),
             if self.refused.is_empty() { String::new() } else { format!(", refused {:?}", self.refused) },
-        )
+        ) + &self.last_errors()
+    }
+
+    /// Each endpoint's last error, for a failure message ("" when none failed).
+    fn last_errors(&self) -> String {
+        self.endpoints
+            .iter()
+            .filter_map(|(addr, stats)| stats.last_error.as_ref().map(|e| format!("; {addr}: {} failed, last: {e}", stats.failures)))
+            .collect()
     }
 }
 
