@@ -462,12 +462,15 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
             self.raw.mut_store().apply_snapshot(&snapshot)?;
-            let installed = AppliedState::<S>::from_snapshot(&snapshot)?;
+            let mut installed = AppliedState::<S>::from_snapshot(&snapshot)?;
             for (id, address) in installed.state.members() {
                 self.transport.learn(*id, address);
             }
             let (index, term, bytes) = (installed.index, installed.term, snapshot.get_data().len());
-            *self.applied.write().expect("state lock") = installed;
+            let mut applied = self.applied.write().expect("state lock");
+            installed.changes = applied.changes + 1;
+            *applied = installed;
+            drop(applied);
             tracing::info!(index, term, bytes, "installed a snapshot from the leader");
         }
         // 3. Committed entries to the state machine.
@@ -498,17 +501,30 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
         self.maybe_snapshot()
     }
 
+    /// Applies committed entries under one hold of the state lock (readers see a whole batch
+    /// or none of it), then answers the proposers among them, the lock released.
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), NodeError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut answers = Vec::new();
+        let shared = Arc::clone(&self.applied);
+        let mut applied = shared.write().expect("state lock");
         for entry in entries {
             let answer = match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => None,
                 EntryType::EntryNormal => {
                     let command = decode_committed::<S>(&entry)?;
-                    Some(self.applied.write().expect("state lock").state.apply(command))
+                    let answer = applied.state.apply(command);
+                    if S::changed(&answer) {
+                        applied.changes += 1;
+                    }
+                    Some(answer)
                 }
                 EntryType::EntryConfChange => {
                     let change: ConfChange = decode("membership change", &entry.data)?;
-                    self.apply_conf_change(&change)?;
+                    self.apply_conf_change(&change, &mut applied)?;
+                    applied.changes += 1;
                     Some(S::membership_changed())
                 }
                 EntryType::EntryConfChangeV2 => {
@@ -516,24 +532,28 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
                     None
                 }
             };
-            {
-                let mut applied = self.applied.write().expect("state lock");
-                applied.index = entry.index;
-                applied.term = entry.term;
-            }
-            if let (Some(answer), Ok(context)) = (answer, serde_json::from_slice::<EntryContext>(&entry.context))
+            applied.index = entry.index;
+            applied.term = entry.term;
+            // Only the proposer of an entry answers it; a server with no proposal waiting (a
+            // follower, mostly) need not read whose it is.
+            if let Some(answer) = answer
+                && !self.proposals.is_empty()
+                && let Ok(context) = serde_json::from_slice::<EntryContext>(&entry.context)
                 && context.proposer == self.options.id
                 && let Some(reply) = self.proposals.remove(&context.seq)
             {
-                let _ = reply.send(Ok(answer));
+                answers.push((reply, answer));
             }
+        }
+        drop(applied);
+        for (reply, answer) in answers {
+            let _ = reply.send(Ok(answer));
         }
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, change: &ConfChange) -> Result<(), NodeError> {
+    fn apply_conf_change(&mut self, change: &ConfChange, applied: &mut AppliedState<S>) -> Result<(), NodeError> {
         let conf_state = self.raw.apply_conf_change(change)?;
-        let mut applied = self.applied.write().expect("state lock");
         applied.conf_state = conf_state;
         match change.get_change_type() {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {

@@ -35,6 +35,13 @@ pub trait StateMachine: Default + Send + Sync + Sized + 'static {
     /// Applies one committed command.
     fn apply(&mut self, command: Self::Command) -> Self::Answer;
 
+    /// Whether applying a command that gave `answer` may have changed the state (the leader's
+    /// controllers look again only after a change). When unsure, true.
+    fn changed(answer: &Self::Answer) -> bool {
+        let _ = answer;
+        true
+    }
+
     /// The answer the proposer of an applied membership change gets.
     fn membership_changed() -> Self::Answer;
     /// Checks a voter's address before a proposal to add it enters the log; `Err` is the answer
@@ -72,6 +79,12 @@ impl StateMachine for ClusterState {
 
     fn apply(&mut self, command: Command) -> Result<Outcome, Rejection> {
         ClusterState::apply(self, command)
+    }
+
+    /// A rejected command changes nothing ([`ClusterState::apply`]'s rule), nor does one whose
+    /// service needed no change (an apply of the same file, a scale to the current count).
+    fn changed(answer: &Result<Outcome, Rejection>) -> bool {
+        !matches!(answer, Err(_) | Ok(Outcome::Service { changed: false, .. }))
     }
 
     fn membership_changed() -> Result<Outcome, Rejection> {

@@ -69,6 +69,10 @@ pub struct AppliedState<S = ClusterState> {
     pub term: u64,
     /// The membership as of `index`.
     pub conf_state: ConfState,
+    /// How many applied entries changed the state machine since this server started (see
+    /// [`StateMachine::changed`]): the leader skips a look at a state no entry changed. Local
+    /// to each server, not saved.
+    pub changes: u64,
 }
 
 impl<S: StateMachine> AppliedState<S> {
@@ -76,7 +80,7 @@ impl<S: StateMachine> AppliedState<S> {
     pub fn from_snapshot(snapshot: &Snapshot) -> Result<AppliedState<S>, StorageFailure> {
         let meta = snapshot.get_metadata();
         let state = S::from_snapshot(snapshot.get_data()).map_err(|e| StorageFailure::CorruptSnapshot(Box::new(e)))?;
-        Ok(AppliedState { state, index: meta.index, term: meta.term, conf_state: meta.get_conf_state().clone() })
+        Ok(AppliedState { state, index: meta.index, term: meta.term, conf_state: meta.get_conf_state().clone(), changes: 0 })
     }
 
     /// A snapshot of this state, as raft-rs sends it to a lagging follower.
@@ -174,7 +178,13 @@ impl<S: StateMachine> DiskStorage<S> {
             term_starts: BTreeMap::new(),
             last_index: 0,
             snapshot_index: 0,
-            applied: Arc::new(RwLock::new(AppliedState { state: S::default(), index: 0, term: 0, conf_state: ConfState::default() })),
+            applied: Arc::new(RwLock::new(AppliedState {
+                state: S::default(),
+                index: 0,
+                term: 0,
+                conf_state: ConfState::default(),
+                changes: 0,
+            })),
         };
         if let Bootstrap::InitialCluster(members) = bootstrap {
             let voters: Vec<u64> = members.keys().copied().collect();
@@ -183,6 +193,7 @@ impl<S: StateMachine> DiskStorage<S> {
                 index: BOOTSTRAP_INDEX,
                 term: BOOTSTRAP_INDEX,
                 conf_state: ConfState::from((voters, vec![])),
+                changes: 0,
             };
             let snapshot = applied.to_snapshot();
             *storage.applied.write().expect("state lock") = applied;
@@ -477,6 +488,7 @@ mod tests {
             index: 40,
             term: 9,
             conf_state: ConfState::from((vec![1, 2], vec![])),
+            changes: 0,
         };
         s.apply_snapshot(&applied.to_snapshot()).unwrap();
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap(), s.term(40).unwrap()), (41, 40, 9));

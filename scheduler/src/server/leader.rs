@@ -7,7 +7,8 @@
 //! every 500 ms otherwise (node timeouts, crash-loop backoffs, autoscaling). A burst ends when
 //! entries pause for [`SETTLE`], or [`MAX_SETTLE`] after it began: under a steady stream of
 //! writes the leader looks at most every [`MAX_SETTLE`], not after each write, since each look
-//! reads the whole state. A new leader waits until it has
+//! reads the whole state. A burst of entries that changed nothing (scales to the current count)
+//! brings no look. A new leader waits until it has
 //! applied an entry of its own term, so that it decides from everything earlier leaders
 //! committed. A round's commands are proposed
 //! pipelined ([`propose_round`]), so they share fsyncs. The controllers' memory (the
@@ -37,19 +38,26 @@ pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_ti
     let mut leading: Option<(Instant, Vec<Box<dyn Controller>>)> = None;
     let mut ticker = tokio::time::interval(PERIOD);
     let mut applied = consensus.raft().watch_status();
+    // The state's change count at the last round of this leadership.
+    let mut looked_at: Option<u64> = None;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
+        let burst = tokio::select! {
+            _ = ticker.tick() => false,
             changed = applied.changed() => match changed {
-                Ok(()) => settle(&mut applied).await,
+                Ok(()) => {
+                    settle(&mut applied).await;
+                    true
+                }
                 Err(_) => {
                     ticker.tick().await; // the Raft loop is gone: the timer only
+                    false
                 }
             },
-        }
+        };
         let status = consensus.raft().status();
         if status.role != Some(Role::Leader) {
             leading = None;
+            looked_at = None;
             continue;
         }
         if !status.leader_caught_up {
@@ -58,9 +66,20 @@ pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_ti
             continue;
         }
         let (since, controllers) = leading.get_or_insert_with(|| (Instant::now(), leader_controllers(node_timeout.as_millis() as u64)));
+        let state = {
+            let applied = consensus.raft().state();
+            // Entries that changed nothing (a scale to the current count, an apply of the same
+            // file) leave the controllers nothing new to decide: the last round saw this state.
+            // Time-driven decisions come with the ticker's rounds.
+            if burst && looked_at == Some(applied.changes) {
+                continue;
+            }
+            looked_at = Some(applied.changes);
+            applied.state.clone()
+        };
         let now = now_ms();
         let snapshot = Snapshot {
-            state: consensus.raft().state().state.clone(),
+            state,
             now_ms: now,
             term: status.term,
             leading_for_ms: since.elapsed().as_millis() as u64,

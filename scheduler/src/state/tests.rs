@@ -376,3 +376,36 @@ fn long_texts_are_cut_and_bad_addresses_refused() {
     state.apply(register("10.0.0.9", "10.0.0.9:7071")).unwrap();
     state.apply(register("fd00::9", "[fd00::9]:7071")).unwrap();
 }
+
+/// The leader skips a look at a state no entry changed ([`StateMachine::changed`]): every
+/// answer that says "unchanged" must come from an apply that left the state equal.
+#[test]
+fn an_answer_saying_nothing_changed_comes_with_an_equal_state() {
+    use crate::raft::StateMachine;
+    let mut state = ClusterState::default();
+    apply(&mut state, "quotes:1.0", 2, 10);
+    let cases = [
+        (
+            "the same file again",
+            Command::ApplyService {
+                spec: spec("quotes:1.0", 2),
+                image_digest: String::new(),
+                now_ms: 20,
+                unresolved_reason: String::new(),
+            },
+            false,
+        ),
+        ("a scale to the current count", Command::ScaleService { name: "quotes".into(), count: 2, now_ms: 20 }, false),
+        ("a scale of no service", Command::ScaleService { name: "nothing".into(), count: 2, now_ms: 20 }, false),
+        ("a scale beyond the limit", Command::ScaleService { name: "quotes".into(), count: u32::MAX, now_ms: 20 }, false),
+        ("a rollback with nothing before", Command::RollbackService { name: "quotes".into(), to_revision: None, now_ms: 20 }, false),
+        ("a scale to another count", Command::ScaleService { name: "quotes".into(), count: 3, now_ms: 20 }, true),
+    ];
+    for (what, command, changes) in cases {
+        let before = state.clone();
+        let answer = state.apply(command);
+        assert_eq!(ClusterState::changed(&answer), changes, "{what}: {answer:?}");
+        assert_eq!(state != before, changes, "{what}: the state changed: {changes}");
+        state = before;
+    }
+}
