@@ -60,6 +60,16 @@ pub enum StorageFailure {
     CorruptSnapshot(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Whether a Ready's write must reach the disk before its messages go out: when it appends
+/// entries (a follower acknowledges them, a leader counts its own copy toward the quorum) or
+/// changes the term or the vote (a server must never vote twice in a term). A hard state that
+/// only moves the commit index need not be: a restarted server learns the commit index again
+/// from the leader, and it never goes back below what the log holds (etcd's `MustSync` rule).
+/// The leader's Readies that only commit (its followers acknowledged) then cost no fsync.
+pub fn must_sync(stored: &HardState, new: Option<&HardState>, new_entries: usize) -> bool {
+    new_entries > 0 || new.is_some_and(|hs| hs.term != stored.term || hs.vote != stored.vote)
+}
+
 /// The state machine as last applied, shared between the Raft loop (writer), the API (readers)
 /// and [`DiskStorage::snapshot`].
 #[derive(Debug)]
@@ -244,7 +254,8 @@ impl<S: StateMachine> DiskStorage<S> {
     }
 
     /// Appends entries (overwriting any conflicting tail) and persists the hard state, in one
-    /// synced write: raft-rs's steps "append entries" and "persist hard state" of a Ready.
+    /// write: raft-rs's steps "append entries" and "persist hard state" of a Ready. The write is
+    /// synced unless it only moves the commit index ([`must_sync`]).
     pub fn append(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StorageFailure> {
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
@@ -258,7 +269,7 @@ impl<S: StateMachine> DiskStorage<S> {
                 .put_message(META, KEY_HARD_STATE.to_vec(), hs)
                 .map_err(|source| StorageFailure::Engine { path: self.path.clone(), source })?;
         }
-        self.write(&mut batch, true)?;
+        self.write(&mut batch, must_sync(&self.hard_state, hard_state, entries.len()))?;
         if let Some(last) = entries.last() {
             self.record_terms(entries);
             self.last_index = last.index;
@@ -423,6 +434,23 @@ mod tests {
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry { index, term, data: vec![index as u8].into(), ..Default::default() }
+    }
+
+    #[test]
+    fn only_a_moved_commit_index_is_written_without_a_sync() {
+        let hs = |term, vote, commit| HardState { term, vote, commit, ..Default::default() };
+        let stored = hs(3, 1, 10);
+        let cases = [
+            ("nothing new", None, 0, false),
+            ("the commit index moved", Some(hs(3, 1, 12)), 0, false),
+            ("entries appended", None, 2, true),
+            ("entries and a commit", Some(hs(3, 1, 12)), 1, true),
+            ("a new term", Some(hs(4, 0, 10)), 0, true),
+            ("a vote", Some(hs(3, 2, 10)), 0, true),
+        ];
+        for (what, new, entries, sync) in cases {
+            assert_eq!(must_sync(&stored, new.as_ref(), entries), sync, "{what}");
+        }
     }
 
     fn members() -> BTreeMap<u64, String> {
