@@ -168,13 +168,26 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
         );
     let serve = router.serve_with_incoming_shutdown(connections.incoming(listener)?, shutdown);
-    let mut node_task = tokio::spawn(node.run());
+    // The Raft loop runs on a thread of its own: each Ready ends in an fsync that blocks it, and
+    // a runtime worker would have to hand its other tasks to another thread for each
+    // (`block_in_place`), a few context switches every time. Tasks it spawns (peer senders) go
+    // to the runtime's workers. Dropping its future (on `stop_raft`) closes the log.
+    let (stop_raft, raft_stopped) = tokio::sync::oneshot::channel::<()>();
+    let runtime = tokio::runtime::Handle::current();
+    let mut node_task = tokio::task::spawn_blocking(move || {
+        runtime.block_on(async move {
+            tokio::select! {
+                result = node.run() => result,
+                _ = raft_stopped => Ok(()),
+            }
+        })
+    });
     tokio::select! {
         served = serve => {
             // Stop the loop and wait until it is gone, so the log is closed (and its directory
             // lock released) when this returns.
             leader_duties.abort();
-            node_task.abort();
+            let _ = stop_raft.send(());
             let _ = node_task.await;
             served?;
             Ok(())
