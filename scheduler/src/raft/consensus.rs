@@ -105,36 +105,26 @@ impl Consensus {
     /// Answers come in the same order. Meant for the leader's own duties; a server that does
     /// not lead answers every command `NoLeader` (its duties are the leader's).
     pub async fn write_pipelined(&self, commands: Vec<Command>) -> Vec<Result<Applied, ConsensusError>> {
-        let mut pending = Vec::with_capacity(commands.len());
-        for command in commands {
-            let status = self.raft.status();
-            let submitted = if status.leader_id == self.raft.id() && !status.removed {
-                self.raft.submit(Proposal::Command(command)).await
-            } else {
-                Err(ProposeFailure::NotLeader { me: self.raft.id() })
-            };
-            pending.push(submitted);
+        let count = commands.len();
+        let status = self.raft.status();
+        if status.leader_id != self.raft.id() || status.removed {
+            return (0..count).map(|_| Err(ConsensusError::NoLeader(self.deadline))).collect();
         }
-        let mut answers = Vec::with_capacity(pending.len());
-        for submitted in pending {
-            let answer = match submitted {
-                Ok(receiver) => match tokio::time::timeout(self.deadline, receiver).await {
-                    Ok(Ok(result)) => result,
-                    Ok(Err(_)) => Err(ProposeFailure::Stopped),
-                    Err(_) => {
-                        answers.push(Err(ConsensusError::NotCommitted(self.deadline)));
-                        continue;
-                    }
-                },
-                Err(e) => Err(e),
-            };
-            answers.push(answer.map_err(|failure| match failure {
-                ProposeFailure::OutcomeUnknown => ConsensusError::OutcomeUnknown,
-                ProposeFailure::Stopped => ConsensusError::Stopped,
-                ProposeFailure::NotLeader { .. } | ProposeFailure::Dropped { .. } => ConsensusError::NoLeader(self.deadline),
-            }));
+        // The loop itself answers `NotLeader` to what comes after a loss of leadership.
+        let proposals = commands.into_iter().map(Proposal::Command).collect();
+        match tokio::time::timeout(self.deadline, self.raft.propose_all(proposals)).await {
+            Ok(answers) => answers
+                .into_iter()
+                .map(|answer| {
+                    answer.map_err(|failure| match failure {
+                        ProposeFailure::OutcomeUnknown => ConsensusError::OutcomeUnknown,
+                        ProposeFailure::Stopped => ConsensusError::Stopped,
+                        ProposeFailure::NotLeader { .. } | ProposeFailure::Dropped { .. } => ConsensusError::NoLeader(self.deadline),
+                    })
+                })
+                .collect(),
+            Err(_) => (0..count).map(|_| Err(ConsensusError::NotCommitted(self.deadline))).collect(),
         }
-        answers
     }
 
     /// Sends the proposal to the leader through this server's [`Forwarder`] for it, which

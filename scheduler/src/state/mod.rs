@@ -539,7 +539,7 @@ impl ClusterState {
         let Some(removed) = self.services.remove(&name) else {
             return Err(not_found(format!("no service named \"{name}\"")));
         };
-        for task in self.tasks.of_service_mut(&name) {
+        self.tasks.change_of_service(&name, |task| {
             // Tasks that serve through an ingress drain first (the reconciler stops them when
             // their drain time is over); a task already draining keeps its deadline.
             let drain = match task.desired {
@@ -555,7 +555,7 @@ impl ClusterState {
                 (_, None) => task.desired = DesiredState::Stopped,
             }
             task.updated_ms = now_ms;
-        }
+        });
         Ok(Outcome::Deleted { name })
     }
 

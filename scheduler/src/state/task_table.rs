@@ -67,11 +67,17 @@ impl TaskTable {
         self.by_node.get(&node_id).into_iter().flatten().filter_map(|id| self.by_id.get(&**id))
     }
 
-    /// The records of `service` to change in place; their `service` and `node_id` must stay as
-    /// they are.
-    pub fn of_service_mut(&mut self, service: &str) -> impl Iterator<Item = &mut Task> {
-        let ids = self.by_service.get(service);
-        self.by_id.iter_mut().filter(move |(id, _)| ids.is_some_and(|ids| ids.contains(id.as_str()))).map(|(_, task)| task)
+    /// Changes each record of `service` in place (found through the index); their `service`
+    /// and `node_id` must stay as they are.
+    pub fn change_of_service(&mut self, service: &str, mut change: impl FnMut(&mut Task)) {
+        let Some(ids) = self.by_service.get(service) else {
+            return;
+        };
+        for id in ids {
+            if let Some(task) = self.by_id.get_mut(&**id) {
+                change(task);
+            }
+        }
     }
 
     /// Puts `task` under its id, in place of the record there.
@@ -172,9 +178,7 @@ mod tests {
         table.insert(task("web-2", "db"));
         assert_eq!(ids(table.of_service("web")), Vec::<&str>::new());
         assert_eq!(ids(table.of_service("db")), ["db-1", "web-2"]);
-        for t in table.of_service_mut("db") {
-            t.message = "seen".into();
-        }
+        table.change_of_service("db", |t| t.message = "seen".into());
         assert!(table.values().filter(|t| t.service == "db").all(|t| t.message == "seen"));
         assert_eq!(table.get("web-a-1").unwrap().message, "", "another service's tasks are untouched");
         assert_eq!(table.len(), 3);
