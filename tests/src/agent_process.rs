@@ -161,8 +161,22 @@ impl AgentLaunch<'_> {
     }
 }
 
+/// While a test fails (the thread panics), prints the last lines of the log of the agent whose
+/// data dir is `data_dir` (`agent-NAME.log` beside it), as the cluster does for its servers: an
+/// agent that never registered says why there.
+pub(crate) fn print_log_when_failing(data_dir: &Path, name: &str) {
+    if !std::thread::panicking() {
+        return;
+    }
+    let path = data_dir.with_file_name(format!("agent-{name}.log"));
+    let log = std::fs::read_to_string(&path).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    eprintln!("--- agent {name} log (last lines) ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+}
+
 impl Drop for AgentProcess {
     fn drop(&mut self) {
+        print_log_when_failing(&self.data_dir, &self.name);
         self.kill();
         remove_node_leftovers(&runtime_binary(), &self.data_dir, &self.cgroup_parent);
     }

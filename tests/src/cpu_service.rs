@@ -259,6 +259,7 @@ fn spawn_networked(cluster: &Cluster, lab: &NodeLab, name: &str, data_dir: &Path
 
 impl Drop for NetworkedAgent {
     fn drop(&mut self) {
+        crate::agent_process::print_log_when_failing(&self.data_dir, &self.name);
         crate::agent_process::kill_agent(&mut self.child);
         crate::agent_process::remove_node_leftovers(&runtime(), &self.data_dir, &self.cgroup_parent);
     }
