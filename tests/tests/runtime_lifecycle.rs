@@ -177,8 +177,15 @@ fn editing_config_json_after_create_changes_nothing() {
     edited["hooks"] = serde_json::json!({ "poststart": [{ "path": "/bin/false" }] });
     fs::write(bundle.bundle_dir().join("config.json"), serde_json::to_vec(&edited).unwrap()).unwrap();
     bundle.start().assert_success();
-    bundle.wait_for_file("/out", Duration::from_secs(10));
-    assert_eq!(fs::read_to_string(bundle.rootfs().join("out")).unwrap(), "original\n");
+    // The shell creates /out before it writes the line: wait for the line, not the file.
+    let out = bundle.rootfs().join("out");
+    sched_tests::wait::wait_until(
+        "/out holds a line",
+        Duration::from_secs(10),
+        || fs::read_to_string(&out).is_ok_and(|t| t.ends_with('\n')),
+        || format!("{:?}", fs::read_to_string(&out)),
+    );
+    assert_eq!(fs::read_to_string(&out).unwrap(), "original\n");
     let exec = bundle.cli(&["exec", bundle.id(), "sh", "-c", "echo $MODE"]);
     exec.assert_success();
     assert_eq!(exec.stdout, "original\n");
