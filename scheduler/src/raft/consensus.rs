@@ -1,11 +1,14 @@
 //! What the API needs from Raft: writes from any server, and reads at a chosen consistency.
 //!
-//! [`Consensus::write`] proposes on this server when it leads, else forwards the proposal to
-//! the leader (`raft.v1.RaftPeer/ProposeBatch`, with the other proposals waiting at that moment:
-//! [`Forwarder`]) and waits for the leader's answer. While there is no
-//! leader, or the leader moved before the proposal entered its log, it retries until its
-//! deadline. When leadership changes after the proposal entered the log, the outcome is unknown
-//! and that is what the caller hears ([`ConsensusError::OutcomeUnknown`]) — never a guess.
+//! [`Consensus::write`] proposes on this server when it leads. A follower hands a command to
+//! its own Raft loop, which sends it to the leader as a `MsgPropose` with its other messages
+//! (as etcd does: no call of its own, and no answer over the wire) and answers it when the
+//! entry is applied here. Membership changes go to the leader's API instead
+//! (`raft.v1.RaftPeer/ProposeBatch`, with the other proposals waiting at that moment:
+//! [`Forwarder`]). While there is no leader, or the leader moved before the proposal entered
+//! its log, it retries until its deadline. When leadership changes after the proposal may have
+//! entered the log, the outcome is unknown and that is what the caller hears
+//! ([`ConsensusError::OutcomeUnknown`]) — never a guess.
 //!
 //! [`Consensus::read`] answers after a ReadIndex round (linearizable: the caller sees every
 //! write acknowledged before the read began) unless the caller accepts a stale read.
@@ -76,6 +79,13 @@ impl Consensus {
             let attempt = if status.leader_id == self.raft.id() {
                 // A leader that cannot commit steps down within an election timeout (check
                 // quorum), which answers OutcomeUnknown; the timeout is a last resort.
+                match tokio::time::timeout(self.deadline, self.raft.propose(proposal.clone())).await {
+                    Ok(answer) => answer,
+                    Err(_) => return Err(ConsensusError::NotCommitted(self.deadline)),
+                }
+            } else if status.leader_id != 0 && matches!(proposal, Proposal::Command(_)) {
+                // This server's Raft loop sends it to the leader (or answers `NotLeader` when it
+                // has not heard from one lately, and the loop retries).
                 match tokio::time::timeout(self.deadline, self.raft.propose(proposal.clone())).await {
                     Ok(answer) => answer,
                     Err(_) => return Err(ConsensusError::NotCommitted(self.deadline)),

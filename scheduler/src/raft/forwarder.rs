@@ -1,6 +1,8 @@
-//! A follower's road to the leader for its callers' writes: proposals that arrive while earlier
-//! ones are on their way go to the leader together, in one `raft.v1.RaftPeer/ProposeBatch` call,
-//! in their order of arrival, and enter its log back to back.
+//! A follower's road to the leader's API for the proposals that do not go through Raft's own
+//! messages (membership changes; commands go as `MsgPropose`, see `consensus`): proposals that
+//! arrive while earlier ones are on their way go to the leader together, in one
+//! `raft.v1.RaftPeer/ProposeBatch` call, in their order of arrival, and enter its log back to
+//! back.
 //!
 //! Under load this is what group commit is for the leader's own proposals: one call, one TLS
 //! record and one wake-up of the leader's API for many writes instead of one each. A write that

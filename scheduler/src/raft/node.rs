@@ -108,6 +108,10 @@ fn group_commit_wait(last_proposals: usize) -> Option<Duration> {
     (last_proposals >= GROUP_COMMIT_MIN).then_some(GROUP_COMMIT_WAIT)
 }
 
+/// A follower's proposal not applied within this many election timeouts is answered
+/// `OutcomeUnknown` (it may have been lost on the way to the leader).
+const FORWARDED_TICKS: usize = 2;
+
 /// The answer to a proposal: the state machine's, or why there is none.
 pub type ProposeResult<S> = Result<<S as StateMachine>::Answer, ProposeFailure>;
 type ProposeReply<S> = oneshot::Sender<ProposeResult<S>>;
@@ -271,6 +275,10 @@ pub struct RaftNode<S: StateMachine = ClusterState, T = GrpcTransport> {
     status: watch::Sender<NodeStatus>,
     /// Proposals of this server awaiting their entry's application, by sequence number.
     proposals: HashMap<u64, ProposeReply<S>>,
+    /// Proposals this server made as a follower (raft-rs sent them to the leader as
+    /// `MsgPropose`), by sequence number: the leader they went to and the ticks left before
+    /// their outcome is declared unknown.
+    forwarded: HashMap<u64, (u64, usize)>,
     next_seq: u64,
     /// ReadIndex requests awaiting their read state, by sequence number.
     reads: HashMap<u64, oneshot::Sender<()>>,
@@ -323,6 +331,7 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
             applied,
             status: status_tx,
             proposals: HashMap::new(),
+            forwarded: HashMap::new(),
             next_seq: first_seq(),
             reads: HashMap::new(),
             ready_reads: Vec::new(),
@@ -392,6 +401,7 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
         // remaining servers from electing a new one.
         if tick && !self.removed {
             self.raw.tick();
+            self.age_forwarded();
         }
         for request in inputs {
             self.handle(request);
@@ -439,14 +449,19 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
     }
 
     fn propose(&mut self, proposal: Proposal<S::Command>, reply: ProposeReply<S>) {
-        // Only the leader proposes: a follower's callers forward to it over gRPC
-        // (`Consensus::write`), which waits for room in its queue. (raft-rs could forward a
-        // follower's proposal as a MsgProp, but peer messages are dropped when a queue is full
-        // — Raft resends appends, never proposals — so its caller would wait for nothing.)
-        // A removed leader still believes it leads (raft-rs does not step it down); it must
-        // not take proposals, which would make it send appends that keep the remaining servers
-        // from electing a new leader.
-        if self.raw.raft.state != StateRole::Leader || self.removed {
+        // The leader proposes; a follower that hears from a leader hands it its callers'
+        // commands through Raft itself: raft-rs sends them as `MsgPropose` with the other
+        // messages to the leader (one stream, no call of their own), and the follower answers
+        // each when it applies the entry, which carries this server's id and sequence number.
+        // Such a proposal can be lost on the way (a full peer queue, a leader that just died,
+        // one transferring leadership): it is answered `OutcomeUnknown` when the leader changes
+        // or after two election timeouts. Membership changes go through the leader's API
+        // (`Consensus::write`, the forwarder). A removed leader still believes it leads (raft-rs
+        // does not step it down); it must not take proposals, which would make it send appends
+        // that keep the remaining servers from electing a new leader.
+        let leader = self.raw.raft.state == StateRole::Leader;
+        let forward = !leader && matches!(proposal, Proposal::Command(_)) && self.hears_leader();
+        if self.removed || !(leader || forward) {
             let _ = reply.send(Err(ProposeFailure::NotLeader { me: self.options.id }));
             return;
         }
@@ -471,6 +486,9 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
         match result {
             Ok(()) => {
                 self.proposals.insert(seq, reply);
+                if !leader {
+                    self.forwarded.insert(seq, (self.raw.raft.leader_id, FORWARDED_TICKS * self.options.election_ticks));
+                }
             }
             Err(e) => {
                 let _ = reply.send(Err(ProposeFailure::Dropped { reason: e.to_string() }));
@@ -608,7 +626,53 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
     /// applied may or may not ever be: their callers hear that now, not at their deadline.
     /// Leadership is lost while stepping a message or ticking, before the Ready that follows,
     /// so it is compared with the previous round of the loop.
+    /// Whether this server follows a leader it heard from within two heartbeats: its commands
+    /// go to that leader through Raft. (A leader that has just died is still named until the
+    /// election timeout; proposals sent to it would only come back `OutcomeUnknown`, where the
+    /// caller's retry after `NotLeader` reaches the next leader.)
+    fn hears_leader(&self) -> bool {
+        let raft = &self.raw.raft;
+        raft.state == StateRole::Follower && raft.leader_id != 0 && raft.election_elapsed <= 2 * self.options.heartbeat_ticks
+    }
+
+    /// Answers `OutcomeUnknown` to forwarded proposals not applied within their ticks.
+    fn age_forwarded(&mut self) {
+        if self.forwarded.is_empty() {
+            return;
+        }
+        let proposals = &mut self.proposals;
+        self.forwarded.retain(|seq, (_, ticks)| {
+            if !proposals.contains_key(seq) {
+                return false;
+            }
+            *ticks = ticks.saturating_sub(1);
+            if *ticks == 0 {
+                if let Some(reply) = proposals.remove(seq) {
+                    let _ = reply.send(Err(ProposeFailure::OutcomeUnknown));
+                }
+                return false;
+            }
+            true
+        });
+    }
+
     fn answer_if_deposed(&mut self) {
+        if !self.forwarded.is_empty() {
+            let current = self.raw.raft.leader_id;
+            let proposals = &mut self.proposals;
+            self.forwarded.retain(|seq, (leader, _)| {
+                if !proposals.contains_key(seq) {
+                    return false;
+                }
+                if *leader != current {
+                    if let Some(reply) = proposals.remove(seq) {
+                        let _ = reply.send(Err(ProposeFailure::OutcomeUnknown));
+                    }
+                    return false;
+                }
+                true
+            });
+        }
         let leader = self.raw.raft.state == StateRole::Leader;
         if self.was_leader && !leader {
             for (_, reply) in self.proposals.drain() {

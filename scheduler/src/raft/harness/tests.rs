@@ -275,3 +275,52 @@ async fn a_leader_is_caught_up_once_it_applied_an_entry_of_its_term() {
     cluster.network.recover();
     cluster.restart(old).await;
 }
+
+/// A follower hands its callers' commands to the leader through Raft (`MsgPropose` on the
+/// peer link) and answers each from its own apply of the entry.
+#[tokio::test(start_paused = true)]
+async fn a_follower_proposes_through_raft_and_answers_from_its_own_apply() {
+    let cluster = TestCluster::start(3, options());
+    let all = [1, 2, 3];
+    let leader = cluster.wait_for_leader(&all).await;
+    let follower = others(&all, leader)[0];
+    cluster.wait_until("the follower hears the leader", |c| c.status(follower).leader_id == leader).await;
+    let before = cluster.network.delivered(leader, MessageType::MsgPropose);
+    let answer = tokio::time::timeout(WAIT_LIMIT, cluster.handle(follower).propose(Proposal::Command("via follower".into()))).await;
+    assert_eq!(answer.expect("answered"), Ok(ListAnswer::Appended(0)));
+    assert_eq!(cluster.network.delivered(leader, MessageType::MsgPropose) - before, 1);
+    assert_eq!(cluster.list(follower), ["via follower"], "answered once applied on the follower itself");
+    assert_eq!(cluster.wait_converged(&all, 1).await, ["via follower"]);
+}
+
+/// A follower's proposal lost on the way to the leader is answered `OutcomeUnknown` within
+/// two election timeouts, never left waiting; and a follower that no longer hears a leader
+/// answers `NotLeader` at once, which its caller retries.
+#[tokio::test(start_paused = true)]
+async fn a_follower_proposal_that_is_lost_or_has_no_leader_to_go_to_gets_an_answer() {
+    let cluster = TestCluster::start(3, options());
+    let all = [1, 2, 3];
+    let leader = cluster.wait_for_leader(&all).await;
+    let follower = others(&all, leader)[0];
+    cluster.wait_until("the follower hears the leader", |c| c.status(follower).leader_id == leader).await;
+    // It still hears the leader, but nothing it sends arrives.
+    cluster.network.cut(follower, leader);
+    let started = tokio::time::Instant::now();
+    let lost = cluster.handle(follower).propose(Proposal::Command("lost".into())).await;
+    assert_eq!(lost, Err(ProposeFailure::OutcomeUnknown));
+    let limit = options().tick * (2 * options().election_ticks as u32 + 1);
+    assert!(started.elapsed() <= limit, "answered after {:?}", started.elapsed());
+    assert!(cluster.list(leader).is_empty());
+
+    // The leader goes silent: past two heartbeats the follower no longer sends it anything.
+    cluster.network.recover();
+    cluster.network.isolate(leader);
+    tokio::time::sleep(options().tick * 3).await;
+    assert_eq!(cluster.status(follower).leader_id, leader, "no election yet");
+    let refused = cluster.handle(follower).propose(Proposal::Command("nowhere".into())).await;
+    assert!(matches!(refused, Err(ProposeFailure::NotLeader { .. })), "{refused:?}");
+    // Once the others elect a new leader, the same follower's proposals commit through it.
+    let majority = others(&all, leader);
+    cluster.wait_for_leader(&majority).await;
+    assert_eq!(cluster.write(&majority, "after").await, Ok(ListAnswer::Appended(0)));
+}
