@@ -279,6 +279,10 @@ pub struct RaftNode<S: StateMachine = ClusterState, T = GrpcTransport> {
     /// `MsgPropose`), by sequence number: the leader they went to and the ticks left before
     /// their outcome is declared unknown.
     forwarded: HashMap<u64, (u64, usize)>,
+    /// Commands of this round not yet handed to raft-rs, with their sequence numbers and
+    /// callers: they go in one `MsgPropose` (see [`RaftNode::propose_queued`]).
+    queued: Vec<Entry>,
+    queued_replies: Vec<(u64, ProposeReply<S>)>,
     next_seq: u64,
     /// ReadIndex requests awaiting their read state, by sequence number.
     reads: HashMap<u64, oneshot::Sender<()>>,
@@ -332,6 +336,8 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
             status: status_tx,
             proposals: HashMap::new(),
             forwarded: HashMap::new(),
+            queued: Vec::new(),
+            queued_replies: Vec::new(),
             next_seq: first_seq(),
             reads: HashMap::new(),
             ready_reads: Vec::new(),
@@ -406,6 +412,7 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
         for request in inputs {
             self.handle(request);
         }
+        self.propose_queued();
         if self.raw.has_ready() {
             if block_in_place {
                 // Handling a Ready writes to disk (fsync): the runtime moves its other tasks
@@ -421,6 +428,12 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
     }
 
     fn handle(&mut self, request: Request<S>) {
+        if let Request::Propose { proposal: Proposal::Command(command), reply } = request {
+            self.queue_command(command, reply);
+            return;
+        }
+        // Whatever comes next finds the commands queued before it in the log already.
+        self.propose_queued();
         match request {
             Request::Step(_) if self.removed => {}
             Request::Step(message) => {
@@ -448,47 +461,85 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
         seq
     }
 
-    fn propose(&mut self, proposal: Proposal<S::Command>, reply: ProposeReply<S>) {
-        // The leader proposes; a follower that hears from a leader hands it its callers'
-        // commands through Raft itself: raft-rs sends them as `MsgPropose` with the other
-        // messages to the leader (one stream, no call of their own), and the follower answers
-        // each when it applies the entry, which carries this server's id and sequence number.
-        // Such a proposal can be lost on the way (a full peer queue, a leader that just died,
-        // one transferring leadership): it is answered `OutcomeUnknown` when the leader changes
-        // or after two election timeouts. Membership changes go through the leader's API
-        // (`Consensus::write`, the forwarder). A removed leader still believes it leads (raft-rs
-        // does not step it down); it must not take proposals, which would make it send appends
-        // that keep the remaining servers from electing a new leader.
+    /// Takes a command of this round for the next `MsgPropose`, or refuses it.
+    ///
+    /// The leader proposes; a follower that hears from a leader hands it its callers'
+    /// commands through Raft itself: raft-rs sends them as `MsgPropose` with the other
+    /// messages to the leader (one stream, no call of their own), and the follower answers
+    /// each when it applies the entry, which carries this server's id and sequence number.
+    /// Such a proposal can be lost on the way (a full peer queue, a leader that just died,
+    /// one transferring leadership): it is answered `OutcomeUnknown` when the leader changes
+    /// or after two election timeouts. A removed leader still believes it leads (raft-rs does
+    /// not step it down); it must not take proposals, which would make it send appends that
+    /// keep the remaining servers from electing a new leader.
+    fn queue_command(&mut self, command: S::Command, reply: ProposeReply<S>) {
         let leader = self.raw.raft.state == StateRole::Leader;
-        let forward = !leader && matches!(proposal, Proposal::Command(_)) && self.hears_leader();
-        if self.removed || !(leader || forward) {
+        if self.removed || !(leader || self.hears_leader()) {
             let _ = reply.send(Err(ProposeFailure::NotLeader { me: self.options.id }));
             return;
         }
         let seq = self.next_seq();
         let context = serde_json::to_vec(&EntryContext { proposer: self.options.id, seq }).expect("context serializes");
-        let result = match proposal {
-            Proposal::Command(command) => self.raw.propose(context, S::encode(&command)),
+        self.queued.push(Entry { data: S::encode(&command).into(), context: context.into(), ..Default::default() });
+        self.queued_replies.push((seq, reply));
+    }
+
+    /// Hands the queued commands to raft-rs as one `MsgPropose`, in their order: the leader
+    /// appends them together and sends each follower one append for all of them (one
+    /// `MsgPropose` per command would make one append per command per follower); a follower
+    /// sends them to the leader in one message.
+    fn propose_queued(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgPropose);
+        message.from = self.options.id;
+        message.set_entries(std::mem::take(&mut self.queued).into());
+        let replies = std::mem::take(&mut self.queued_replies);
+        let leader = self.raw.raft.state == StateRole::Leader;
+        match self.raw.step(message) {
+            Ok(()) => {
+                for (seq, reply) in replies {
+                    self.proposals.insert(seq, reply);
+                    if !leader {
+                        self.forwarded.insert(seq, (self.raw.raft.leader_id, FORWARDED_TICKS * self.options.election_ticks));
+                    }
+                }
+            }
+            Err(e) => {
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(ProposeFailure::Dropped { reason: e.to_string() }));
+                }
+            }
+        }
+    }
+
+    /// Proposes a membership change; only the leader does (a follower's callers send theirs
+    /// to the leader's API: `Consensus::write`, the forwarder). A command joins the queue.
+    fn propose(&mut self, proposal: Proposal<S::Command>, reply: ProposeReply<S>) {
+        let mut change = ConfChange::default();
+        match proposal {
+            Proposal::Command(command) => return self.queue_command(command, reply),
             Proposal::AddVoter { id, address } => {
-                let mut change = ConfChange::default();
                 change.set_change_type(ConfChangeType::AddNode);
                 change.node_id = id;
                 change.context = address.into_bytes().into();
-                self.raw.propose_conf_change(context, change)
             }
             Proposal::RemoveVoter { id } => {
-                let mut change = ConfChange::default();
                 change.set_change_type(ConfChangeType::RemoveNode);
                 change.node_id = id;
-                self.raw.propose_conf_change(context, change)
             }
-        };
-        match result {
+        }
+        if self.raw.raft.state != StateRole::Leader || self.removed {
+            let _ = reply.send(Err(ProposeFailure::NotLeader { me: self.options.id }));
+            return;
+        }
+        let seq = self.next_seq();
+        let context = serde_json::to_vec(&EntryContext { proposer: self.options.id, seq }).expect("context serializes");
+        match self.raw.propose_conf_change(context, change) {
             Ok(()) => {
                 self.proposals.insert(seq, reply);
-                if !leader {
-                    self.forwarded.insert(seq, (self.raw.raft.leader_id, FORWARDED_TICKS * self.options.election_ticks));
-                }
             }
             Err(e) => {
                 let _ = reply.send(Err(ProposeFailure::Dropped { reason: e.to_string() }));

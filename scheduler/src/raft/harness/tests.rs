@@ -246,7 +246,7 @@ async fn proposals_submitted_together_keep_their_order_and_share_appends() {
         assert_eq!(answer.await.expect("answered"), Ok(ListAnswer::Appended(i)), "proposal {i}");
     }
     let appends = cluster.network.delivered(follower, MessageType::MsgAppend) - before;
-    assert!(appends <= 20, "200 proposals took {appends} appends to a follower");
+    assert!(appends <= 5, "200 proposals took {appends} appends to a follower");
     let log = cluster.wait_converged(&all, 200).await;
     assert_eq!(log.first().map(String::as_str), Some("e0"));
     assert_eq!(log.last().map(String::as_str), Some("e199"));
@@ -291,6 +291,19 @@ async fn a_follower_proposes_through_raft_and_answers_from_its_own_apply() {
     assert_eq!(cluster.network.delivered(leader, MessageType::MsgPropose) - before, 1);
     assert_eq!(cluster.list(follower), ["via follower"], "answered once applied on the follower itself");
     assert_eq!(cluster.wait_converged(&all, 1).await, ["via follower"]);
+
+    // Commands a follower's loop takes in one round go to the leader in one message.
+    let before = cluster.network.delivered(leader, MessageType::MsgPropose);
+    let handle = cluster.handle(follower).clone();
+    let mut answers = Vec::new();
+    for i in 0..100 {
+        answers.push(handle.submit(Proposal::Command(format!("f{i}"))).await.expect("submitted"));
+    }
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer.await.expect("answered"), Ok(ListAnswer::Appended(i + 1)), "proposal {i}");
+    }
+    let messages = cluster.network.delivered(leader, MessageType::MsgPropose) - before;
+    assert!(messages <= 5, "100 commands took {messages} messages to the leader");
 }
 
 /// A follower's proposal lost on the way to the leader is answered `OutcomeUnknown` within
@@ -313,9 +326,11 @@ async fn a_follower_proposal_that_is_lost_or_has_no_leader_to_go_to_gets_an_answ
     assert!(cluster.list(leader).is_empty());
 
     // The leader goes silent: past two heartbeats the follower no longer sends it anything.
+    // (Five ticks: the last heartbeat may land just after the cut, and the follower's ticks
+    // are not in phase with this sleep; an election takes ten at least.)
     cluster.network.recover();
     cluster.network.isolate(leader);
-    tokio::time::sleep(options().tick * 3).await;
+    tokio::time::sleep(options().tick * 5).await;
     assert_eq!(cluster.status(follower).leader_id, leader, "no election yet");
     let refused = cluster.handle(follower).propose(Proposal::Command("nowhere".into())).await;
     assert!(matches!(refused, Err(ProposeFailure::NotLeader { .. })), "{refused:?}");
