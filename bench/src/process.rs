@@ -13,6 +13,23 @@ pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|pid| cpu_seconds(*pid)).sum()
 }
 
+/// The processes whose parent is `pid` (nginx's workers, under its master).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| parent_of(*child) == Some(pid))
+        .collect()
+}
+
+/// The parent of a process, from `/proc/PID/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Resident memory of a process, MiB.
 pub fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -40,5 +57,11 @@ mod tests {
         assert!(cpu_seconds(me).is_some_and(|s| s > 0.0));
         assert!(rss_mib(me).is_some_and(|m| m > 0.0));
         assert_eq!(cpu_seconds_of(&[u32::MAX]), 0.0, "a process that is gone counts nothing");
+        let child = std::process::Command::new("sleep").arg("5").spawn().expect("sleep");
+        let found = children_of(me).contains(&child.id());
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found, "a child of this process is found by its parent");
     }
 }

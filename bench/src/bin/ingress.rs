@@ -21,8 +21,14 @@
 //!   time it was due when no connection was free to send it then (correcting for coordinated
 //!   omission, as wrk2 does), else from when it was sent.
 //!
+//! Beside the throughput it gives the CPU time per request of the proxy's processes (nginx: its
+//! workers) and of the backends over the wrk run, from `/proc`. Every process shares the
+//! machine's cores, so on a small machine the throughput follows what all of them spend per
+//! request, and the per-request CPU shows the proxy's own share apart from the run-to-run
+//! drift of the machine's speed.
+//!
 //! The table gives the median of the rounds and the ratio ingress / nginx (throughput: higher
-//! is better; latency: lower is better).
+//! is better; latency and CPU: lower is better).
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
@@ -35,6 +41,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use sched_bench::process::{children_of, cpu_seconds_of};
 use sched_bench::stats::percentile;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
@@ -281,6 +288,10 @@ struct Figures {
     p50_ms: Vec<f64>,
     p99_ms: Vec<f64>,
     p999_ms: Vec<f64>,
+    /// CPU time of the proxy's processes per request of the throughput run, µs.
+    proxy_cpu_us: Vec<f64>,
+    /// CPU time of the backends per request of the throughput run, µs.
+    backend_cpu_us: Vec<f64>,
     failed: usize,
 }
 
@@ -317,6 +328,13 @@ fn compare(options: Options) -> Result<()> {
         };
         wait_listening(&mut nginx, theirs).await?;
 
+        // nginx serves from its workers, children of the master this program started.
+        let nginx_workers = children_of(nginx.child.id());
+        if nginx_workers.is_empty() {
+            bail!("nginx (pid {}) has no worker processes", nginx.child.id());
+        }
+        let proxy_pids = [vec![ingress.child.id()], nginx_workers];
+        let backend_pids = [backends.child.id()];
         let proxies = [("sched ingress", ours), ("nginx", theirs)];
         for (_, port) in proxies {
             wrk(port, 2)?; // warm up: pools, page cache, CPU frequency
@@ -326,11 +344,16 @@ fn compare(options: Options) -> Result<()> {
             let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             for i in order {
                 let (name, port) = proxies[i];
+                let (proxy_before, backend_before) = (cpu_seconds_of(&proxy_pids[i]), cpu_seconds_of(&backend_pids));
                 let rps = wrk(port, options.seconds)?;
+                let requests = rps * options.seconds as f64;
+                let per_request = |seconds: f64| seconds * 1e6 / requests.max(1.0);
+                let proxy_cpu_us = per_request(cpu_seconds_of(&proxy_pids[i]) - proxy_before);
+                let backend_cpu_us = per_request(cpu_seconds_of(&backend_pids) - backend_before);
                 let (latencies, failed) = fixed_rate(port, options.rate, options.seconds).await?;
                 let ms = |p| percentile(&latencies, p).as_secs_f64() * 1e3;
                 eprintln!(
-                    "round {}: {name}: {rps:.0} req/s; at {} req/s p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms, {failed} failed",
+                    "round {}: {name}: {rps:.0} req/s (CPU per request: proxy {proxy_cpu_us:.1} µs, backends {backend_cpu_us:.1} µs); at {} req/s p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms, {failed} failed",
                     round + 1,
                     options.rate,
                     ms(0.5),
@@ -342,6 +365,8 @@ fn compare(options: Options) -> Result<()> {
                 f.p50_ms.push(ms(0.5));
                 f.p99_ms.push(ms(0.99));
                 f.p999_ms.push(ms(0.999));
+                f.proxy_cpu_us.push(proxy_cpu_us);
+                f.backend_cpu_us.push(backend_cpu_us);
                 f.failed += failed;
             }
         }
@@ -360,6 +385,8 @@ fn compare(options: Options) -> Result<()> {
         row("p50 at fixed rate", a.p50_ms, b.p50_ms, "ms", 3);
         row("p99 at fixed rate", a.p99_ms, b.p99_ms, "ms", 3);
         row("p99.9 at fixed rate", a.p999_ms, b.p999_ms, "ms", 3);
+        row("proxy CPU per request, c=64", a.proxy_cpu_us, b.proxy_cpu_us, "µs", 1);
+        row("backends' CPU per request, c=64", a.backend_cpu_us, b.backend_cpu_us, "µs", 1);
         println!("| failed requests | {} | {} | |", a.failed, b.failed);
         // nginx's workers outlive a killed master: ask it to stop, then wait for it.
         let _ = Command::new("nginx").arg("-p").arg(dir.path()).arg("-c").arg(&conf).args(["-s", "stop"]).status();
