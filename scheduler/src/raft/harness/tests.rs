@@ -3,7 +3,7 @@
 
 use raft::eraftpb::MessageType;
 
-use super::cluster::{TestCluster, WAIT_LIMIT, address};
+use super::cluster::{TestCluster, TestHandle, WAIT_LIMIT, address};
 use super::list_machine::ListAnswer;
 use crate::raft::storage::Bootstrap;
 use crate::raft::{Proposal, ProposeFailure, RaftOptions, Role, StateMachine as _};
@@ -15,6 +15,26 @@ fn options() -> RaftOptions {
 
 fn others(all: &[u64], but: u64) -> Vec<u64> {
     all.iter().copied().filter(|id| *id != but).collect()
+}
+
+/// Hands `count` commands (`{prefix}0`, `{prefix}1`, ...) to `server`'s loop one after another
+/// without waiting, then checks each was appended in order from log position `first`.
+async fn submit_together(server: &TestHandle, prefix: &str, count: usize, first: usize) {
+    let mut answers = Vec::new();
+    for i in 0..count {
+        answers.push(server.submit(Proposal::Command(format!("{prefix}{i}"))).await.expect("submitted"));
+    }
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert_eq!(answer.await.expect("answered"), Ok(ListAnswer::Appended(first + i)), "proposal {prefix}{i}");
+    }
+}
+
+/// The leader among `all`, and a follower that knows it.
+async fn leader_and_a_follower_hearing_it(cluster: &TestCluster, all: &[u64]) -> (u64, u64) {
+    let leader = cluster.wait_for_leader(all).await;
+    let follower = others(all, leader)[0];
+    cluster.wait_until("the follower hears the leader", |c| c.status(follower).leader_id == leader).await;
+    (leader, follower)
 }
 
 #[tokio::test(start_paused = true)]
@@ -237,14 +257,7 @@ async fn proposals_submitted_together_keep_their_order_and_share_appends() {
     let leader = cluster.wait_for_leader(&all).await;
     let follower = others(&all, leader)[0];
     let before = cluster.network.delivered(follower, MessageType::MsgAppend);
-    let handle = cluster.handle(leader).clone();
-    let mut answers = Vec::new();
-    for i in 0..200 {
-        answers.push(handle.submit(Proposal::Command(format!("e{i}"))).await.expect("submitted"));
-    }
-    for (i, answer) in answers.into_iter().enumerate() {
-        assert_eq!(answer.await.expect("answered"), Ok(ListAnswer::Appended(i)), "proposal {i}");
-    }
+    submit_together(cluster.handle(leader), "e", 200, 0).await;
     let appends = cluster.network.delivered(follower, MessageType::MsgAppend) - before;
     assert!(appends <= 5, "200 proposals took {appends} appends to a follower");
     let log = cluster.wait_converged(&all, 200).await;
@@ -282,9 +295,7 @@ async fn a_leader_is_caught_up_once_it_applied_an_entry_of_its_term() {
 async fn a_follower_proposes_through_raft_and_answers_from_its_own_apply() {
     let cluster = TestCluster::start(3, options());
     let all = [1, 2, 3];
-    let leader = cluster.wait_for_leader(&all).await;
-    let follower = others(&all, leader)[0];
-    cluster.wait_until("the follower hears the leader", |c| c.status(follower).leader_id == leader).await;
+    let (leader, follower) = leader_and_a_follower_hearing_it(&cluster, &all).await;
     let before = cluster.network.delivered(leader, MessageType::MsgPropose);
     let answer = tokio::time::timeout(WAIT_LIMIT, cluster.handle(follower).propose(Proposal::Command("via follower".into()))).await;
     assert_eq!(answer.expect("answered"), Ok(ListAnswer::Appended(0)));
@@ -294,14 +305,7 @@ async fn a_follower_proposes_through_raft_and_answers_from_its_own_apply() {
 
     // Commands a follower's loop takes in one round go to the leader in one message.
     let before = cluster.network.delivered(leader, MessageType::MsgPropose);
-    let handle = cluster.handle(follower).clone();
-    let mut answers = Vec::new();
-    for i in 0..100 {
-        answers.push(handle.submit(Proposal::Command(format!("f{i}"))).await.expect("submitted"));
-    }
-    for (i, answer) in answers.into_iter().enumerate() {
-        assert_eq!(answer.await.expect("answered"), Ok(ListAnswer::Appended(i + 1)), "proposal {i}");
-    }
+    submit_together(cluster.handle(follower), "f", 100, 1).await;
     let messages = cluster.network.delivered(leader, MessageType::MsgPropose) - before;
     assert!(messages <= 5, "100 commands took {messages} messages to the leader");
 }
@@ -313,9 +317,7 @@ async fn a_follower_proposes_through_raft_and_answers_from_its_own_apply() {
 async fn a_follower_proposal_that_is_lost_or_has_no_leader_to_go_to_gets_an_answer() {
     let cluster = TestCluster::start(3, options());
     let all = [1, 2, 3];
-    let leader = cluster.wait_for_leader(&all).await;
-    let follower = others(&all, leader)[0];
-    cluster.wait_until("the follower hears the leader", |c| c.status(follower).leader_id == leader).await;
+    let (leader, follower) = leader_and_a_follower_hearing_it(&cluster, &all).await;
     // It still hears the leader, but nothing it sends arrives.
     cluster.network.cut(follower, leader);
     let started = tokio::time::Instant::now();
