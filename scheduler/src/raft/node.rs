@@ -673,10 +673,6 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
         Ok(())
     }
 
-    /// Once this server stops leading (a newer term, or check quorum), its proposals not yet
-    /// applied may or may not ever be: their callers hear that now, not at their deadline.
-    /// Leadership is lost while stepping a message or ticking, before the Ready that follows,
-    /// so it is compared with the previous round of the loop.
     /// Whether this server follows a leader it heard from within two heartbeats: its commands
     /// go to that leader through Raft. (A leader that has just died is still named until the
     /// election timeout; proposals sent to it would only come back `OutcomeUnknown`, where the
@@ -688,16 +684,24 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
 
     /// Answers `OutcomeUnknown` to forwarded proposals not applied within their ticks.
     fn age_forwarded(&mut self) {
+        self.give_up_forwarded(|(_, ticks)| {
+            *ticks = ticks.saturating_sub(1);
+            *ticks == 0
+        });
+    }
+
+    /// Answers `OutcomeUnknown` to the forwarded proposals `lost` picks (given the leader each
+    /// went to and its ticks left), and forgets those already answered by their entry.
+    fn give_up_forwarded(&mut self, mut lost: impl FnMut(&mut (u64, usize)) -> bool) {
         if self.forwarded.is_empty() {
             return;
         }
         let proposals = &mut self.proposals;
-        self.forwarded.retain(|seq, (_, ticks)| {
+        self.forwarded.retain(|seq, sent| {
             if !proposals.contains_key(seq) {
                 return false;
             }
-            *ticks = ticks.saturating_sub(1);
-            if *ticks == 0 {
+            if lost(sent) {
                 if let Some(reply) = proposals.remove(seq) {
                     let _ = reply.send(Err(ProposeFailure::OutcomeUnknown));
                 }
@@ -707,23 +711,14 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
         });
     }
 
+    /// Once this server stops leading (a newer term, or check quorum), its proposals not yet
+    /// applied may or may not ever be: their callers hear that now, not at their deadline.
+    /// Leadership is lost while stepping a message or ticking, before the Ready that follows,
+    /// so it is compared with the previous round of the loop. Likewise a follower's proposals
+    /// sent to a leader that is no longer the one it follows.
     fn answer_if_deposed(&mut self) {
-        if !self.forwarded.is_empty() {
-            let current = self.raw.raft.leader_id;
-            let proposals = &mut self.proposals;
-            self.forwarded.retain(|seq, (leader, _)| {
-                if !proposals.contains_key(seq) {
-                    return false;
-                }
-                if *leader != current {
-                    if let Some(reply) = proposals.remove(seq) {
-                        let _ = reply.send(Err(ProposeFailure::OutcomeUnknown));
-                    }
-                    return false;
-                }
-                true
-            });
-        }
+        let current = self.raw.raft.leader_id;
+        self.give_up_forwarded(|(leader, _)| *leader != current);
         let leader = self.raw.raft.state == StateRole::Leader;
         if self.was_leader && !leader {
             for (_, reply) in self.proposals.drain() {
