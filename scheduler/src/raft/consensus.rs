@@ -76,16 +76,12 @@ impl Consensus {
             if status.removed {
                 return Err(ConsensusError::Removed);
             }
-            let attempt = if status.leader_id == self.raft.id() {
+            let leads = status.leader_id == self.raft.id();
+            let attempt = if leads || (status.leader_id != 0 && matches!(proposal, Proposal::Command(_))) {
+                // The leader proposes; a follower's Raft loop sends a command to the leader (or
+                // answers `NotLeader` when it has not heard from one lately, and this retries).
                 // A leader that cannot commit steps down within an election timeout (check
                 // quorum), which answers OutcomeUnknown; the timeout is a last resort.
-                match tokio::time::timeout(self.deadline, self.raft.propose(proposal.clone())).await {
-                    Ok(answer) => answer,
-                    Err(_) => return Err(ConsensusError::NotCommitted(self.deadline)),
-                }
-            } else if status.leader_id != 0 && matches!(proposal, Proposal::Command(_)) {
-                // This server's Raft loop sends it to the leader (or answers `NotLeader` when it
-                // has not heard from one lately, and the loop retries).
                 match tokio::time::timeout(self.deadline, self.raft.propose(proposal.clone())).await {
                     Ok(answer) => answer,
                     Err(_) => return Err(ConsensusError::NotCommitted(self.deadline)),
