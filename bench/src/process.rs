@@ -2,8 +2,8 @@
 
 /// CPU seconds (user + system) a process used so far; `None` once it is gone.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let stat = stat_after_name(pid)?;
+    let fields: Vec<&str> = stat.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / clock_ticks_per_second())
 }
@@ -26,8 +26,14 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 
 /// The parent of a process, from `/proc/PID/stat`.
 fn parent_of(pid: u32) -> Option<u32> {
+    stat_after_name(pid)?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `/proc/PID/stat` after the command name (which may hold spaces and parentheses): the
+/// state is the first field, the parent the second, user and system time the 12th and 13th.
+fn stat_after_name(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    Some(stat.rsplit_once(')')?.1.to_string())
 }
 
 /// Resident memory of a process, MiB.
