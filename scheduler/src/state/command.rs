@@ -153,18 +153,23 @@ impl Command {
         serde_json::to_vec(&Envelope { v: COMMAND_VERSION, command: self }).expect("commands serialize")
     }
 
-    /// Reads bytes written by [`Command::encode`] of this or an older version.
+    /// Reads bytes written by [`Command::encode`] of this or an older version. Every server
+    /// decodes every entry it applies, so the bytes are parsed once; only bytes that are not a
+    /// command of this version are parsed again, for their version alone (a newer server's
+    /// command is then told apart from a corrupt one).
     pub fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
         #[derive(Deserialize)]
         struct Version {
             v: u32,
         }
-        let version: Version = serde_json::from_slice(bytes)?;
-        if version.v != COMMAND_VERSION {
-            return Err(DecodeError::UnknownVersion(version.v));
+        match serde_json::from_slice::<Envelope<Command>>(bytes) {
+            Ok(envelope) if envelope.v == COMMAND_VERSION => Ok(envelope.command),
+            Ok(envelope) => Err(DecodeError::UnknownVersion(envelope.v)),
+            Err(corrupt) => match serde_json::from_slice::<Version>(bytes) {
+                Ok(version) if version.v != COMMAND_VERSION => Err(DecodeError::UnknownVersion(version.v)),
+                _ => Err(DecodeError::Corrupt(corrupt)),
+            },
         }
-        let envelope: Envelope<Command> = serde_json::from_slice(bytes)?;
-        Ok(envelope.command)
     }
 }
 
@@ -178,6 +183,20 @@ mod tests {
         let bytes = cmd.encode();
         assert!(String::from_utf8_lossy(&bytes).starts_with("{\"v\":1,"));
         assert_eq!(Command::decode(&bytes).unwrap(), cmd);
+    }
+
+    #[test]
+    fn a_current_version_that_does_not_parse_is_corrupt() {
+        let err = Command::decode(br#"{"v":1,"command":{"op":"no_such_op"}}"#).unwrap_err();
+        assert!(matches!(err, DecodeError::Corrupt(_)), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_known_command_under_an_unknown_version() {
+        let mut bytes = Command::ScaleService { name: "quotes".into(), count: 3, now_ms: 7 }.encode();
+        bytes[5] = b'9';
+        let err = Command::decode(&bytes).unwrap_err();
+        assert!(matches!(err, DecodeError::UnknownVersion(9)), "{err}");
     }
 
     #[test]
