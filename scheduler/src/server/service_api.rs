@@ -186,7 +186,7 @@ impl ServiceApi for ServiceApiService {
                 let s = a.state.service(&request.name).ok_or_else(|| not_found(&request.name))?;
                 Ok::<_, Status>(pb::DescribeServiceResponse {
                     service: Some(views::service(&a.state, s, &cpu, now)),
-                    revisions: s.revisions.iter().map(views::revision).collect(),
+                    revisions: s.revisions.iter().map(|r| views::revision(r)).collect(),
                     tasks: a.state.tasks_of(&s.name).map(views::task).collect(),
                     events: s.events.iter().map(|e| views::event(&s.name, e)).collect(),
                 })
@@ -221,7 +221,10 @@ impl ServiceApi for ServiceApiService {
             .consensus
             .read(request.stale, |a| {
                 let s = a.state.service(&request.name).ok_or_else(|| not_found(&request.name))?;
-                Ok::<_, Status>(pb::HistoryResponse { revisions: s.revisions.iter().map(views::revision).collect(), current: s.current })
+                Ok::<_, Status>(pb::HistoryResponse {
+                    revisions: s.revisions.iter().map(|r| views::revision(r)).collect(),
+                    current: s.current,
+                })
             })
             .await
             .map_err(errors::consensus)??;

@@ -396,7 +396,7 @@ impl ClusterState {
             let first = Revision { revision: 1, spec, image_digest, created_ms: now_ms, rolled_back_from: None };
             let mut service = ServiceRecord {
                 name: name.clone(),
-                revisions: std::sync::Arc::new(vec![first]),
+                revisions: std::sync::Arc::new(vec![std::sync::Arc::new(first)]),
                 current: 1,
                 desired_count: count,
                 created_ms: now_ms,
@@ -437,13 +437,13 @@ impl ClusterState {
             (Some(new), Some(_)) => (service.desired_count.clamp(new.min, new.max), "; the autoscaler keeps"),
             _ => (spec.count, " with"),
         };
-        std::sync::Arc::make_mut(&mut service.revisions).push(Revision {
+        std::sync::Arc::make_mut(&mut service.revisions).push(std::sync::Arc::new(Revision {
             revision,
             spec,
             image_digest,
             created_ms: now_ms,
             rolled_back_from: None,
-        });
+        }));
         service.current = revision;
         service.prune_revisions(&in_use);
         service.set_desired_count(count, now_ms);
@@ -585,13 +585,13 @@ impl ClusterState {
         let in_use = self.revisions_in_use(name);
         let service = self.services.get_mut(name).expect("found above");
         let revision = service.revisions.last().map_or(0, |r| r.revision) + 1;
-        std::sync::Arc::make_mut(&mut service.revisions).push(Revision {
+        std::sync::Arc::make_mut(&mut service.revisions).push(std::sync::Arc::new(Revision {
             revision,
             spec: old.spec,
             image_digest: old.image_digest,
             created_ms: now_ms,
             rolled_back_from: Some(target),
-        });
+        }));
         service.current = revision;
         service.prune_revisions(&in_use);
         service.updated_ms = now_ms;

@@ -37,8 +37,10 @@ pub struct Event {
 pub struct ServiceRecord {
     pub name: String,
     /// Shared between copies of the state (the leader's controllers copy it often) until one
-    /// of them changes: `Arc::make_mut` copies then. Stored as a plain list.
-    pub revisions: Arc<Vec<Revision>>,
+    /// of them changes: `Arc::make_mut` copies then. Each revision is shared too: a write's
+    /// answer ([`ServiceSummary`]) holds the current one without copying its spec. Stored as a
+    /// plain list.
+    pub revisions: Arc<Vec<Arc<Revision>>>,
     /// The revision tasks should run.
     pub current: u64,
     pub desired_count: u32,
@@ -90,11 +92,15 @@ pub struct ScaleDecision {
 impl ServiceRecord {
     /// The revision tasks should run.
     pub fn current_revision(&self) -> &Revision {
-        self.revision(self.current).expect("the current revision is always kept")
+        self.current_revision_shared()
+    }
+
+    fn current_revision_shared(&self) -> &Arc<Revision> {
+        self.revisions.iter().find(|r| r.revision == self.current).expect("the current revision is always kept")
     }
 
     pub fn revision(&self, revision: u64) -> Option<&Revision> {
-        self.revisions.iter().find(|r| r.revision == revision)
+        self.revisions.iter().find(|r| r.revision == revision).map(|r| &**r)
     }
 
     /// Sets the desired count (an apply, a manual scale, a scale-out), remembering when: the
@@ -132,7 +138,7 @@ impl ServiceRecord {
     pub fn summary(&self) -> ServiceSummary {
         ServiceSummary {
             name: self.name.clone(),
-            current: self.current_revision().clone(),
+            current: Arc::clone(self.current_revision_shared()),
             desired_count: self.desired_count,
             created_ms: self.created_ms,
             updated_ms: self.updated_ms,
@@ -144,7 +150,7 @@ impl ServiceRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceSummary {
     pub name: String,
-    pub current: Revision,
+    pub current: Arc<Revision>,
     pub desired_count: u32,
     pub created_ms: u64,
     pub updated_ms: u64,
