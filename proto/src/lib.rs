@@ -16,8 +16,13 @@
 //! [`defaults`] holds what an unset (zero) field of a message means where the receiver fills it
 //! in, so that the servers and the agents read it alike.
 //!
+//! [`codec`] is the codec the generated clients and servers use: prost's, with smaller
+//! per-call buffers.
+//!
 //! [`FILE_DESCRIPTOR_SET`] is the encoded descriptor set of all three, for gRPC server
 //! reflection (so `grpcurl` can list and call everything).
+
+pub mod codec;
 
 /// The public API, package `sched.v1`.
 pub mod sched {
