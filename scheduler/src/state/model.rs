@@ -47,8 +47,9 @@ pub struct ServiceRecord {
     pub created_ms: u64,
     pub updated_ms: u64,
     /// The most recent events, oldest first, at most [`EVENTS_PER_SERVICE`]. Shared between
-    /// copies of the state like `revisions`.
-    pub events: Arc<VecDeque<Event>>,
+    /// copies of the state like `revisions`; each event is shared too, so that recording one
+    /// while the leader's controllers hold a copy copies pointers, not every message.
+    pub events: Arc<VecDeque<Arc<Event>>>,
     /// What the autoscaler last did, replicated so that cooldowns survive a leader change.
     /// Defaulted so that log entries and snapshots written before it existed decode.
     #[serde(default, skip_serializing_if = "AutoscaleStatus::is_empty")]
@@ -117,7 +118,7 @@ impl ServiceRecord {
         if events.len() == EVENTS_PER_SERVICE {
             events.pop_front();
         }
-        events.push_back(Event { unix_ms, message: super::limits::bounded_text(message) });
+        events.push_back(Arc::new(Event { unix_ms, message: super::limits::bounded_text(message) }));
     }
 
     /// Forgets the oldest revisions past [`MAX_REVISIONS`](super::MAX_REVISIONS), except the
