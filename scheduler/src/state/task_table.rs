@@ -9,6 +9,10 @@
 //!
 //! A task's service and node change only when its record is put again ([`TaskTable::insert`]):
 //! records changed in place (`get_mut`, `values_mut`) must keep both.
+//!
+//! The leader's controllers work on a copy of the state, taken again after each change, so
+//! records and ids are shared (`Arc`): a copy of the table copies pointers, and a record is
+//! copied only when one side changes it while the other still holds it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -17,14 +21,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::model::Task;
 
-/// A task id in an index: shared, so that copying the table (the leader's controllers work on
-/// a copy of the state) copies no id strings.
+/// A task id, in the table and its indexes: shared, so that copying the table copies no id
+/// strings.
 type Id = Arc<str>;
 
 /// Task records by id, and the ids of each service's and each node's tasks.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TaskTable {
-    by_id: BTreeMap<String, Task>,
+    by_id: BTreeMap<Id, Arc<Task>>,
     by_service: BTreeMap<String, BTreeSet<Id>>,
     /// Pending tasks (node 0) included.
     by_node: BTreeMap<u64, BTreeSet<Id>>,
@@ -40,31 +44,31 @@ impl TaskTable {
     }
 
     pub fn get(&self, id: &str) -> Option<&Task> {
-        self.by_id.get(id)
+        self.by_id.get(id).map(|task| &**task)
     }
 
     /// The record to change in place; its `service` and `node_id` must stay as they are.
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Task> {
-        self.by_id.get_mut(id)
+        self.by_id.get_mut(id).map(Arc::make_mut)
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Task> {
-        self.by_id.values()
+        self.by_id.values().map(|task| &**task)
     }
 
     /// Every record to change in place; their `service` and `node_id` must stay as they are.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Task> {
-        self.by_id.values_mut()
+        self.by_id.values_mut().map(Arc::make_mut)
     }
 
     /// The tasks of `service`, by id.
     pub fn of_service<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a Task> + 'a {
-        self.by_service.get(service).into_iter().flatten().filter_map(|id| self.by_id.get(&**id))
+        self.by_service.get(service).into_iter().flatten().filter_map(|id| self.get(id))
     }
 
     /// The tasks placed on node `node_id` (0: the pending ones), by id.
     pub fn on_node(&self, node_id: u64) -> impl Iterator<Item = &Task> {
-        self.by_node.get(&node_id).into_iter().flatten().filter_map(|id| self.by_id.get(&**id))
+        self.by_node.get(&node_id).into_iter().flatten().filter_map(|id| self.get(id))
     }
 
     /// Changes each record of `service` in place (found through the index); their `service`
@@ -75,15 +79,15 @@ impl TaskTable {
         };
         for id in ids {
             if let Some(task) = self.by_id.get_mut(&**id) {
-                change(task);
+                change(Arc::make_mut(task));
             }
         }
     }
 
     /// Puts `task` under its id, in place of the record there.
     pub fn insert(&mut self, task: Task) {
-        let (id, service, node) = (task.id.clone(), task.service.clone(), task.node_id);
-        if let Some(old) = self.by_id.insert(id.clone(), task) {
+        let (id, service, node): (Id, _, _) = (task.id.as_str().into(), task.service.clone(), task.node_id);
+        if let Some(old) = self.by_id.insert(id.clone(), Arc::new(task)) {
             if old.service != service {
                 unindex(&mut self.by_service, &old.service, &id);
             }
@@ -91,7 +95,6 @@ impl TaskTable {
                 unindex(&mut self.by_node, &old.node_id, &id);
             }
         }
-        let id: Id = id.into();
         self.by_service.entry(service).or_default().insert(id.clone());
         self.by_node.entry(node).or_default().insert(id);
     }
@@ -100,14 +103,14 @@ impl TaskTable {
         let task = self.by_id.remove(id)?;
         unindex(&mut self.by_service, &task.service, id);
         unindex(&mut self.by_node, &task.node_id, id);
-        Some(task)
+        Some(Arc::unwrap_or_clone(task))
     }
 
     /// A table of `by_id` with its indexes built.
-    fn indexed(by_id: BTreeMap<String, Task>) -> TaskTable {
+    fn indexed(by_id: BTreeMap<Id, Arc<Task>>) -> TaskTable {
         let mut table = TaskTable { by_id, ..TaskTable::default() };
         for (id, task) in &table.by_id {
-            let id: Id = id.as_str().into();
+            let id = Arc::clone(id);
             table.by_service.entry(task.service.clone()).or_default().insert(id.clone());
             table.by_node.entry(task.node_id).or_default().insert(id);
         }
@@ -200,6 +203,20 @@ mod tests {
         assert_eq!(ids(table.on_node(9)), Vec::<&str>::new());
         let read: TaskTable = serde_json::from_value(serde_json::to_value(&table).unwrap()).unwrap();
         assert_eq!(read, table, "both indexes are rebuilt when read");
+    }
+
+    #[test]
+    fn a_copy_shares_its_records_until_one_side_changes_one() {
+        let mut table: TaskTable = [task("a-1", "a"), task("a-2", "a"), task("b-1", "b")].into_iter().collect();
+        let copy = table.clone();
+        assert!(Arc::ptr_eq(&table.by_id["a-1"], &copy.by_id["a-1"]), "a copy shares the records");
+        table.get_mut("a-1").unwrap().message = "changed".into();
+        table.change_of_service("b", |t| t.message = "changed too".into());
+        table.values_mut().filter(|t| t.id == "a-2").for_each(|t| t.message = "and this".into());
+        assert!(copy.values().all(|t| t.message.is_empty()), "the copy keeps its records: {copy:?}");
+        assert_eq!(table.values().map(|t| t.message.as_str()).collect::<Vec<_>>(), ["changed", "and this", "changed too"]);
+        let removed = table.remove("a-1").unwrap();
+        assert_eq!((removed.message.as_str(), copy.get("a-1").unwrap().message.as_str()), ("changed", ""));
     }
 
     #[test]
