@@ -1,7 +1,7 @@
 //! The ingress beside nginx: the same two backends behind sched's ingress and behind nginx
 //! (upstream keepalive, least_conn), measured in one run on loopback.
 //!
-//! How to run (apt: nginx-light or nginx, wrk):
+//! How to run (`scripts/install-bench-deps.sh` installs nginx-light and wrk):
 //!
 //! ```text
 //! cargo build --release -p sched-bench --bin ingress
@@ -70,19 +70,35 @@ fn options(args: &[String]) -> Result<Options> {
     let mut options = Options { rounds: 3, seconds: 10, rate: 2000, ingress_threads: 2 };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        if flag == "--help" || flag == "-h" {
+            println!(
+                "usage: ingress [--rounds N (3)] [--seconds S (10)] [--rate R (2000)] [--ingress-threads N (2)]\n\n\
+                 sched's ingress beside nginx (apt: nginx-light, wrk), the same two backends behind each:\n\
+                 \x20 --rounds N          rounds; each measures both proxies, alternating which goes first\n\
+                 \x20 --seconds S         length of each wrk run and of each fixed-rate run\n\
+                 \x20 --rate R            requests per second of the fixed-rate latency run (64 connections)\n\
+                 \x20 --ingress-threads N the ingress's worker threads (0: one multi-threaded tokio runtime)"
+            );
+            std::process::exit(0);
+        }
+        let value = args.next().with_context(|| format!("{flag} needs a value (see --help)"))?;
         match flag.as_str() {
-            "--rounds" => options.rounds = value.parse()?,
-            "--seconds" => options.seconds = value.parse()?,
-            "--rate" => options.rate = value.parse()?,
-            "--ingress-threads" => options.ingress_threads = value.parse()?,
-            _ => bail!("unknown flag {flag} (allowed: --rounds N, --seconds S, --rate R, --ingress-threads N)"),
+            "--rounds" => options.rounds = number(flag, value)?,
+            "--seconds" => options.seconds = number(flag, value)?,
+            "--rate" => options.rate = number(flag, value)?,
+            "--ingress-threads" => options.ingress_threads = number(flag, value)?,
+            _ => bail!("unknown flag {flag} (allowed: --rounds N, --seconds S, --rate R, --ingress-threads N; see --help)"),
         }
     }
     if options.rounds == 0 || options.seconds == 0 || options.rate == 0 {
         bail!("--rounds, --seconds and --rate must be at least 1");
     }
     Ok(options)
+}
+
+/// `value` of `flag` as a whole number.
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
+    value.parse().map_err(|_| anyhow::anyhow!("{flag} takes a whole number, got {value:?}"))
 }
 
 /// The backends: one hyper HTTP/1.1 server per port given.

@@ -1,7 +1,7 @@
 //! Raft commit latency, throughput and leader failover of a 3-server `sched server` cluster
 //! beside a 3-member etcd cluster, both on loopback and on the same disk, measured in one run.
 //!
-//! How to run (apt: etcd-server):
+//! How to run (`scripts/install-bench-deps.sh` installs etcd-server):
 //!
 //! ```text
 //! cargo build --release -p sched -p sched-bench
