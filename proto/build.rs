@@ -1,6 +1,6 @@
 //! Compiles the .proto files with protox (pure Rust, no system `protoc`) and generates prost
-//! messages and tonic clients and servers (with the codec of `src/codec.rs`). Also writes the encoded descriptor set that server
-//! reflection serves.
+//! messages and tonic clients and servers (with the codec of `src/codec.rs`). Also writes the
+//! encoded descriptor set that server reflection serves.
 
 use std::path::PathBuf;
 
