@@ -57,6 +57,8 @@ impl TaskTable {
     }
 
     /// Every record to change in place; their `service` and `node_id` must stay as they are.
+    /// Each record is copied first if a copy of the table shares it, whether it is then changed
+    /// or not: to change a few, find them through an index (`change_of_service`).
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Task> {
         self.by_id.values_mut().map(Arc::make_mut)
     }
