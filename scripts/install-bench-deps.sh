@@ -5,19 +5,7 @@
 # Idempotent, quiet when done. Run as root on Debian.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-"$here/install-test-deps.sh"
-PKGS=(etcd-server wrk nginx-light)
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-missing=()
-for p in "${PKGS[@]}"; do
-  installed "$p" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+"$here/install-test-deps.sh" etcd-server wrk nginx-light
 # The benchmarks start their own etcd members and nginx on loopback ports of their own; a
 # packaged service started by the install (where an init system runs one) would only share the
 # machine's CPU with them.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and benchmarks need (idempotent, quiet when done).
+# Package names given as arguments are installed too (scripts/install-bench-deps.sh).
 set -euo pipefail
 # gcc make pkg-config zlib1g-dev libelf-dev: libbpf-sys builds libbpf (the cgroup v2 device program);
 # gcc libc6-dev also build the static syscall probe of the seccomp tests.
@@ -7,6 +8,7 @@ set -euo pipefail
 # vagrant-libvirt against a libvirtd of its own and builds the box with debootstrap.
 PKGS=(util-linux gcc make pkg-config zlib1g-dev libelf-dev libc6-dev busybox-static iproute2 nftables containernetworking-plugins iptables runc qemu-system-x86 linux-image-amd64 cpio kmod binutils docker-registry skopeo umoci apache2-utils podman curl jq python3-venv
   vagrant vagrant-libvirt libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base ebtables debootstrap qemu-utils e2fsprogs rsync openssh-client)
+PKGS+=("$@")
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 # qemu-system-x86 must come from the release the machine's qemu-utils came from: an image that
 # carries qemu-utils from bookworm-backports (these machines' does) cannot take bookworm's
