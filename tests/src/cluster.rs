@@ -43,7 +43,8 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { servers: 3, snapshot_every: 10_000, keep_entries: 1_000, tick_ms: TEST_TICK_MS, server_args: Vec::new() }
+        // The server's own defaults (`sched server --help`).
+        ClusterOptions { servers: 3, snapshot_every: 100_000, keep_entries: 5_000, tick_ms: TEST_TICK_MS, server_args: Vec::new() }
     }
 }
 
