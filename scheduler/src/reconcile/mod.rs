@@ -29,6 +29,7 @@ mod rollout;
 #[cfg(test)]
 mod tests;
 
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
 use crate::placement::{Ask, NodeView, Placer};
@@ -50,9 +51,11 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str)
     let mut put = Vec::new();
     let mut stop = Vec::new();
     let mut events = Vec::new();
+    let mut beyond_history = Vec::new();
     for service in state.services() {
         let current = service.current_revision();
         let tasks: Vec<&Task> = state.tasks_of(&service.name).collect();
+        beyond_history.extend(finished_beyond_history(&tasks));
         // Tasks of a down node are lost: replaced elsewhere, and stopped if the node returns.
         for t in tasks.iter().filter(|t| on_down_node(state, t)) {
             let mut lost = (*t).clone();
@@ -73,7 +76,7 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str)
         // Too many: stop pending ones first, then the newest.
         if live_current.len() > want {
             let mut extra = live_current.clone();
-            extra.sort_by_key(|t| (t.node_id != 0, std::cmp::Reverse(t.created_ms), std::cmp::Reverse(t.id.clone())));
+            extra.sort_by(|a, b| stop_order(a).cmp(&stop_order(b)));
             stop.extend(extra.iter().take(live_current.len() - want).map(|t| t.id.clone()));
         }
         let spec = &current.spec;
@@ -141,7 +144,7 @@ pub fn reconcile(state: &ClusterState, now_ms: u64, new_id: &mut dyn FnMut(&str)
     }
     let mut commands = Vec::new();
     let mut forget = stopped_tasks_of_deleted_services(state);
-    forget.extend(finished_tasks_beyond_history(state));
+    forget.extend(beyond_history);
     if !forget.is_empty() {
         commands.push(Command::RemoveTasks { task_ids: forget });
     }
@@ -184,29 +187,36 @@ fn drain_first(state: &ClusterState, stop: Vec<String>, now_ms: u64) -> (BTreeMa
 /// A lost task that still runs on a node that comes back is stopped and removed by that node,
 /// since nothing wants it any more.
 fn stopped_tasks_of_deleted_services(state: &ClusterState) -> Vec<String> {
+    // Through the index of tasks by service: one look-up per service, not one per task.
     state
-        .tasks()
-        .filter(|t| state.service(&t.service).is_none() && t.desired == DesiredState::Stopped)
+        .services_with_tasks()
+        .filter(|name| state.service(name).is_none())
+        .flat_map(|name| state.tasks_of(name))
+        .filter(|t| t.desired == DesiredState::Stopped)
         .filter(|t| t.node_id == 0 || matches!(t.observed, TaskState::Exited | TaskState::Failed | TaskState::Lost))
         .map(|t| t.id.clone())
         .collect()
 }
 
-/// Finished tasks of each service beyond the newest [`TASK_HISTORY`]: exited, failed or lost,
-/// or stopped before they were ever placed. A task being stopped is not finished until its node
-/// says so.
-fn finished_tasks_beyond_history(state: &ClusterState) -> Vec<String> {
-    let finished = |t: &&Task| {
-        matches!(t.observed, TaskState::Exited | TaskState::Failed | TaskState::Lost)
-            || (t.node_id == 0 && t.desired == DesiredState::Stopped)
-    };
-    let mut forget = Vec::new();
-    for service in state.services() {
-        let mut done: Vec<&Task> = state.tasks_of(&service.name).filter(finished).collect();
-        done.sort_by(|a, b| (b.updated_ms, &b.id).cmp(&(a.updated_ms, &a.id)));
-        forget.extend(done.iter().skip(TASK_HISTORY).map(|t| t.id.clone()));
-    }
-    forget
+/// The ids of a service's finished tasks beyond the newest [`TASK_HISTORY`]: exited, failed or
+/// lost, or stopped before they were ever placed. A task being stopped is not finished until its
+/// node says so.
+fn finished_beyond_history<'a>(tasks: &[&'a Task]) -> impl Iterator<Item = String> + 'a {
+    let mut done: Vec<&Task> = tasks
+        .iter()
+        .copied()
+        .filter(|t| {
+            matches!(t.observed, TaskState::Exited | TaskState::Failed | TaskState::Lost)
+                || (t.node_id == 0 && t.desired == DesiredState::Stopped)
+        })
+        .collect();
+    done.sort_by(|a, b| (b.updated_ms, &b.id).cmp(&(a.updated_ms, &a.id)));
+    done.into_iter().skip(TASK_HISTORY).map(|t| t.id.clone())
+}
+
+/// The order in which extra tasks stop: pending ones first, then the newest (ties by id).
+fn stop_order(t: &Task) -> (bool, Reverse<u64>, Reverse<&str>) {
+    (t.node_id != 0, Reverse(t.created_ms), Reverse(t.id.as_str()))
 }
 
 /// Whether a task should run and (as far as we know) does or will.

@@ -123,6 +123,11 @@ impl ClusterState {
         self.tasks.values()
     }
 
+    /// The names of the services that have tasks, deleted ones included, in order.
+    pub fn services_with_tasks(&self) -> impl Iterator<Item = &str> {
+        self.tasks.services()
+    }
+
     pub fn task(&self, id: &str) -> Option<&Task> {
         self.tasks.get(id)
     }

@@ -63,6 +63,11 @@ impl TaskTable {
         self.by_id.values_mut().map(Arc::make_mut)
     }
 
+    /// The names of the services that have tasks (a deleted service's too, while it has some).
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.by_service.keys().map(String::as_str)
+    }
+
     /// The tasks of `service`, by id.
     pub fn of_service<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a Task> + 'a {
         self.by_service.get(service).into_iter().flatten().filter_map(|id| self.get(id))
