@@ -29,6 +29,12 @@
 //!
 //! The table gives the median of the rounds and the ratio ingress / nginx (throughput: higher
 //! is better; latency and CPU: lower is better).
+//!
+//! `--hyper-floor` adds a third proxy to each round: the least a proxy on hyper can do (this
+//! program with `serve-hyper-floor`): as many threads as the ingress, each a single-threaded
+//! tokio runtime; each client connection gets its own connection to a backend (round robin),
+//! driven in the same task, and every request goes through as it came (no routing, no
+//! headers added, no pool, no timeouts). It shows how much of the gap to nginx is hyper's own.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
@@ -55,6 +61,8 @@ struct Options {
     rate: u64,
     /// The ingress's `threads` setting; 0 runs it on a multi-threaded tokio runtime.
     ingress_threads: usize,
+    /// Measure the bare hyper proxy too.
+    hyper_floor: bool,
 }
 
 fn main() -> Result<()> {
@@ -62,22 +70,29 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("backend") => backend(&args[1..]),
         Some("serve-ingress") => serve_ingress(&args[1..]),
+        Some("serve-hyper-floor") => serve_hyper_floor(&args[1..]),
         _ => compare(options(&args)?),
     }
 }
 
 fn options(args: &[String]) -> Result<Options> {
-    let mut options = Options { rounds: 3, seconds: 10, rate: 2000, ingress_threads: 2 };
+    let mut options = Options { rounds: 3, seconds: 10, rate: 2000, ingress_threads: 2, hyper_floor: false };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
+        if flag == "--hyper-floor" {
+            options.hyper_floor = true;
+            continue;
+        }
         if flag == "--help" || flag == "-h" {
             println!(
-                "usage: ingress [--rounds N (3)] [--seconds S (10)] [--rate R (2000)] [--ingress-threads N (2)]\n\n\
+                "usage: ingress [--rounds N (3)] [--seconds S (10)] [--rate R (2000)] [--ingress-threads N (2)] [--hyper-floor]\n\n\
                  sched's ingress beside nginx (apt: nginx-light, wrk), the same two backends behind each:\n\
                  \x20 --rounds N          rounds; each measures both proxies, alternating which goes first\n\
                  \x20 --seconds S         length of each wrk run and of each fixed-rate run\n\
                  \x20 --rate R            requests per second of the fixed-rate latency run (64 connections)\n\
-                 \x20 --ingress-threads N the ingress's worker threads (0: one multi-threaded tokio runtime)"
+                 \x20 --ingress-threads N the ingress's worker threads (0: one multi-threaded tokio runtime)\n\
+                 \x20 --hyper-floor       also measure a bare proxy on hyper (as many threads, nothing but\n\
+                 \x20                     forwarding): the least a hyper-based proxy costs here"
             );
             std::process::exit(0);
         }
@@ -87,7 +102,7 @@ fn options(args: &[String]) -> Result<Options> {
             "--seconds" => options.seconds = number(flag, value)?,
             "--rate" => options.rate = number(flag, value)?,
             "--ingress-threads" => options.ingress_threads = number(flag, value)?,
-            _ => bail!("unknown flag {flag} (allowed: --rounds N, --seconds S, --rate R, --ingress-threads N; see --help)"),
+            _ => bail!("unknown flag {flag} (allowed: --rounds N, --seconds S, --rate R, --ingress-threads N, --hyper-floor; see --help)"),
         }
     }
     if options.rounds == 0 || options.seconds == 0 || options.rate == 0 {
@@ -145,6 +160,64 @@ fn serve_ingress(args: &[String]) -> Result<()> {
         ingress::run(config, listener, rx, std::future::pending()).await?;
         Ok(())
     })
+}
+
+/// The bare hyper proxy (see the module doc): `THREADS LISTEN_PORT TARGET_PORT...`.
+fn serve_hyper_floor(args: &[String]) -> Result<()> {
+    let [threads, listen, targets @ ..] = args else {
+        bail!("serve-hyper-floor THREADS LISTEN_PORT TARGET_PORT...");
+    };
+    let threads: usize = threads.parse()?;
+    let targets: Arc<Vec<SocketAddr>> =
+        Arc::new(targets.iter().map(|p| Ok(SocketAddr::from(([127, 0, 0, 1], p.parse::<u16>()?)))).collect::<Result<_>>()?);
+    if threads == 0 || targets.is_empty() {
+        bail!("serve-hyper-floor needs at least one thread and one target");
+    }
+    let listener = StdListener::bind(("127.0.0.1", listen.parse::<u16>()?))?;
+    listener.set_nonblocking(true)?;
+    let workers = (0..threads)
+        .map(|first| {
+            let (listener, targets) = (listener.try_clone()?, Arc::clone(&targets));
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            Ok(std::thread::spawn(move || {
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    let mut next = first;
+                    loop {
+                        let (client, _) = listener.accept().await?;
+                        let target = targets[next % targets.len()];
+                        next += 1;
+                        tokio::spawn(relay(client, target));
+                    }
+                })
+            }))
+        })
+        .collect::<Result<Vec<std::thread::JoinHandle<Result<()>>>>>()?;
+    for worker in workers {
+        worker.join().map_err(|_| anyhow::anyhow!("a hyper-floor worker panicked"))??;
+    }
+    Ok(())
+}
+
+/// One client connection of the bare hyper proxy: its requests go as they came to its own
+/// connection to `target`, and the answers come back as they came; both connections are
+/// driven by this one task.
+async fn relay(client: TcpStream, target: SocketAddr) -> Result<()> {
+    client.set_nodelay(true)?;
+    let upstream = TcpStream::connect(target).await?;
+    upstream.set_nodelay(true)?;
+    let (sender, upstream) = hyper::client::conn::http1::handshake::<_, hyper::body::Incoming>(TokioIo::new(upstream)).await?;
+    // One request at a time per HTTP/1.1 connection: the lock is never contended, and
+    // `send_request`'s future does not hold it.
+    let sender = std::sync::Mutex::new(sender);
+    let service =
+        hyper::service::service_fn(|request: Request<hyper::body::Incoming>| sender.lock().expect("sender lock").send_request(request));
+    let downstream = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(client), service);
+    tokio::select! {
+        _ = downstream => {}
+        _ = upstream => {}
+    }
+    Ok(())
 }
 
 /// A process this program started, stopped when dropped.
@@ -315,7 +388,7 @@ fn compare(options: Options) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let exe = std::env::current_exe()?;
-        let (b1, b2, ours, theirs) = (free_port()?, free_port()?, free_port()?, free_port()?);
+        let (b1, b2, ours, theirs, bare_port) = (free_port()?, free_port()?, free_port()?, free_port()?, free_port()?);
         let mut backends =
             Process { name: "backends", child: Command::new(&exe).args(["backend", &b1.to_string(), &b2.to_string()]).spawn()? };
         wait_listening(&mut backends, b1).await?;
@@ -349,15 +422,31 @@ fn compare(options: Options) -> Result<()> {
         if nginx_workers.is_empty() {
             bail!("nginx (pid {}) has no worker processes", nginx.child.id());
         }
-        let proxy_pids = [vec![ingress.child.id()], nginx_workers];
+        let mut proxy_pids = vec![vec![ingress.child.id()], nginx_workers];
+        let mut proxies = vec![("sched ingress", ours), ("nginx", theirs)];
+        let _bare = if options.hyper_floor {
+            let threads = options.ingress_threads.max(1).to_string();
+            let mut bare = Process {
+                name: "bare hyper proxy",
+                child: Command::new(&exe)
+                    .args(["serve-hyper-floor", &threads, &bare_port.to_string(), &b1.to_string(), &b2.to_string()])
+                    .spawn()?,
+            };
+            wait_listening(&mut bare, bare_port).await?;
+            proxy_pids.push(vec![bare.child.id()]);
+            proxies.push(("bare hyper proxy", bare_port));
+            Some(bare)
+        } else {
+            None
+        };
         let backend_pids = [backends.child.id()];
-        let proxies = [("sched ingress", ours), ("nginx", theirs)];
-        for (_, port) in proxies {
-            wrk(port, 2)?; // warm up: pools, page cache, CPU frequency
+        for (_, port) in &proxies {
+            wrk(*port, 2)?; // warm up: pools, page cache, CPU frequency
         }
-        let mut figures = [Figures::default(), Figures::default()];
+        let mut figures: Vec<Figures> = proxies.iter().map(|_| Figures::default()).collect();
         for round in 0..options.rounds {
-            let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            // Each round starts with the next proxy, so none always goes first.
+            let order: Vec<usize> = (0..proxies.len()).map(|k| (round + k) % proxies.len()).collect();
             for i in order {
                 let (name, port) = proxies[i];
                 let (proxy_before, backend_before) = (cpu_seconds_of(&proxy_pids[i]), cpu_seconds_of(&backend_pids));
@@ -386,24 +475,35 @@ fn compare(options: Options) -> Result<()> {
                 f.failed += failed;
             }
         }
-        let [a, b] = figures;
         println!(
             "\n{} rounds of {} s; wrk -t2 -c{CONNECTIONS}; fixed rate {} req/s on {CONNECTIONS} connections; medians\n",
             options.rounds, options.seconds, options.rate
         );
-        println!("| measure | sched ingress | nginx | ratio |");
-        println!("|---|---|---|---|");
-        let row = |name: &str, ours: Vec<f64>, theirs: Vec<f64>, unit: &str, digits: usize| {
-            let (x, y) = (median(ours), median(theirs));
-            println!("| {name} | {x:.digits$} {unit} | {y:.digits$} {unit} | {:.2} |", x / y);
+        let floor = figures.get(2).is_some();
+        if floor {
+            println!("| measure | sched ingress | nginx | ratio | bare hyper proxy | its ratio to nginx |");
+            println!("|---|---|---|---|---|---|");
+        } else {
+            println!("| measure | sched ingress | nginx | ratio |");
+            println!("|---|---|---|---|");
+        }
+        let row = |name: &str, values: &dyn Fn(&Figures) -> &Vec<f64>, unit: &str, digits: usize| {
+            let medians: Vec<f64> = figures.iter().map(|f| median(values(f).clone())).collect();
+            let (x, y) = (medians[0], medians[1]);
+            let mut line = format!("| {name} | {x:.digits$} {unit} | {y:.digits$} {unit} | {:.2} |", x / y);
+            if let Some(z) = medians.get(2) {
+                line += &format!(" {z:.digits$} {unit} | {:.2} |", z / y);
+            }
+            println!("{line}");
         };
-        row("throughput, c=64", a.throughput, b.throughput, "req/s", 0);
-        row("p50 at fixed rate", a.p50_ms, b.p50_ms, "ms", 3);
-        row("p99 at fixed rate", a.p99_ms, b.p99_ms, "ms", 3);
-        row("p99.9 at fixed rate", a.p999_ms, b.p999_ms, "ms", 3);
-        row("proxy CPU per request, c=64", a.proxy_cpu_us, b.proxy_cpu_us, "µs", 1);
-        row("backends' CPU per request, c=64", a.backend_cpu_us, b.backend_cpu_us, "µs", 1);
-        println!("| failed requests | {} | {} | |", a.failed, b.failed);
+        row("throughput, c=64", &|f| &f.throughput, "req/s", 0);
+        row("p50 at fixed rate", &|f| &f.p50_ms, "ms", 3);
+        row("p99 at fixed rate", &|f| &f.p99_ms, "ms", 3);
+        row("p99.9 at fixed rate", &|f| &f.p999_ms, "ms", 3);
+        row("proxy CPU per request, c=64", &|f| &f.proxy_cpu_us, "µs", 1);
+        row("backends' CPU per request, c=64", &|f| &f.backend_cpu_us, "µs", 1);
+        let failed: Vec<String> = figures.iter().map(|f| f.failed.to_string()).collect();
+        println!("| failed requests | {} | {} | |{}", failed[0], failed[1], failed.get(2).map(|n| format!(" {n} | |")).unwrap_or_default());
         // nginx's workers outlive a killed master: ask it to stop, then wait for it.
         let _ = Command::new("nginx").arg("-p").arg(dir.path()).arg("-c").arg(&conf).args(["-s", "stop"]).status();
         for _ in 0..100 {
