@@ -1,5 +1,8 @@
-//! Client connection activity: a stream wrapper that stamps the time of its last read or
-//! write, so the server can close connections idle longer than the idle timeout.
+//! Client connection activity: a stream wrapper that counts its reads and writes, so that a
+//! watchdog can close connections idle longer than the idle timeout. Counting, not stamping
+//! the time, keeps clock reads off the path of every read and write: the watchdog reads the
+//! clock when it looks (every quarter of the timeout), so a connection closes between one
+//! timeout and one timeout and a quarter after its last byte.
 
 use std::io;
 use std::pin::Pin;
@@ -10,40 +13,59 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The last activity of one connection, shared between its stream and its watchdog.
-#[derive(Debug, Clone)]
+/// The reads and writes of one connection, shared between its stream and its watchdog.
+#[derive(Debug, Clone, Default)]
 pub struct Activity {
-    since: Instant,
-    /// Milliseconds after `since` of the last read or write.
-    last: Arc<AtomicU64>,
+    /// Reads and writes that moved bytes so far.
+    moves: Arc<AtomicU64>,
 }
 
 impl Activity {
     pub fn new() -> Self {
-        Activity { since: Instant::now(), last: Arc::new(AtomicU64::new(0)) }
+        Activity::default()
     }
 
     fn touch(&self) {
-        let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(now, Ordering::Relaxed);
+        self.moves.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Time since the last read or write.
-    pub fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
-        self.since.elapsed().saturating_sub(last)
+    /// A watch over this activity: how long it has been quiet, as seen by its looks.
+    pub fn watch(&self) -> Quiet {
+        Quiet { activity: self.clone(), seen: self.moves.load(Ordering::Relaxed), since: Instant::now() }
     }
 
-    /// Completes once nothing was read or written for `timeout` (checked every quarter of it,
-    /// between 50 ms and 1 s).
+    /// Completes once nothing was read or written for `timeout` (looked at every quarter of
+    /// it, between 50 ms and 1 s).
     pub async fn idle_at_least(&self, timeout: Duration) {
         let mut watchdog = tokio::time::interval(check_every(timeout));
+        let mut quiet = self.watch();
         loop {
             watchdog.tick().await;
-            if self.idle_for() >= timeout {
+            if quiet.look() >= timeout {
                 return;
             }
         }
+    }
+}
+
+/// How long an [`Activity`] has been quiet: since the first look that found no read or write
+/// after the one before it (or since the watch began).
+#[derive(Debug)]
+pub struct Quiet {
+    activity: Activity,
+    seen: u64,
+    since: Instant,
+}
+
+impl Quiet {
+    /// Looks now: the time since the activity was last seen moving.
+    pub fn look(&mut self) -> Duration {
+        let moves = self.activity.moves.load(Ordering::Relaxed);
+        if moves != self.seen {
+            self.seen = moves;
+            self.since = Instant::now();
+        }
+        self.since.elapsed()
     }
 }
 

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -102,7 +102,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, down: Arc<Downstream
     }
 }
 
-async fn serve_http<S>(shared: &Shared, stream: S, down: Arc<Downstream>, mut stop: watch::Receiver<bool>)
+async fn serve_http<S>(shared: &Shared, stream: S, down: Arc<Downstream>, stop: watch::Receiver<bool>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -124,31 +124,49 @@ where
     });
     let conn = shared.http.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    let mut watchdog = tokio::time::interval(check_every(shared.idle_timeout));
-    let mut closing = false;
+    // The stop signal and the idle timeout are watched by a task of their own: a connection
+    // wakes up several times per request, and each wake-up then polls only the connection and
+    // this one receiver.
+    let (close, mut closed) = oneshot::channel();
+    tokio::spawn(watch_connection(stop, activity, in_flight, shared.idle_timeout, client, close));
+    let result = tokio::select! {
+        biased;
+        result = conn.as_mut() => result,
+        _ = &mut closed => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %client, error = %e, "client connection ended with an error");
+    }
+}
+
+/// Asks a connection to close (`close`) when the ingress stops or when it has been idle, with
+/// no request in flight, for `idle_timeout`; ends with the connection.
+async fn watch_connection(
+    mut stop: watch::Receiver<bool>,
+    activity: Activity,
+    in_flight: Arc<AtomicUsize>,
+    idle_timeout: Duration,
+    client: std::net::SocketAddr,
+    mut close: oneshot::Sender<()>,
+) {
+    let mut watchdog = tokio::time::interval(check_every(idle_timeout));
+    let mut quiet = activity.watch();
     loop {
         tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(client = %client, error = %e, "client connection ended with an error");
-                }
-                return;
-            }
-            changed = stop.changed(), if !closing => {
-                if changed.is_err() || *stop.borrow() {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
-            _ = watchdog.tick(), if !closing => {
-                if in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= shared.idle_timeout {
-                    tracing::debug!(client = %client, "closing idle client connection");
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
+            () = close.closed() => return,
+            changed = stop.changed() => if changed.is_err() || *stop.borrow() {
+                break;
+            },
+            _ = watchdog.tick() => if in_flight.load(Ordering::Relaxed) == 0 && quiet.look() >= idle_timeout {
+                tracing::debug!(client = %client, "closing idle client connection");
+                break;
+            },
         }
     }
+    let _ = close.send(());
 }
 
 /// Counts a request in flight on its connection while alive.
