@@ -2,7 +2,8 @@
 //! transport and follower-to-leader forwarding.
 //!
 //! - [`state_machine`]: what Raft replicates, as a trait; sched's `ClusterState` implements it.
-//! - [`storage`]: `raft::Storage` on raft-engine (log, hard state, snapshot, compaction).
+//! - [`storage`]: `raft::Storage` on raft-engine (log, hard state, snapshot, compaction), with
+//!   the newest entries cached in memory (`entry_cache`).
 //! - [`node`]: the one loop that owns the `RawNode` and handles each `Ready` in the order
 //!   raft-rs's contract prescribes; the state machine is applied there. Generic over the state
 //!   machine and the transport; their defaults are what the servers run.
@@ -19,6 +20,7 @@
 //!   divergence, snapshots and membership changes.
 
 pub mod consensus;
+mod entry_cache;
 pub mod forwarder;
 pub mod grpc_transport;
 #[cfg(test)]

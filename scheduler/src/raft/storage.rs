@@ -22,6 +22,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use raft_engine::{Engine, LogBatch, MessageExt, ReadableSize};
 
+use super::entry_cache::EntryCache;
 use super::state_machine::StateMachine;
 use crate::state::ClusterState;
 
@@ -129,6 +130,9 @@ pub struct DiskStorage<S = ClusterState> {
     /// Index of the latest persisted snapshot.
     snapshot_index: u64,
     applied: Arc<RwLock<AppliedState<S>>>,
+    /// The newest entries, so that reading them back soon after their append costs no read
+    /// from the engine.
+    cache: EntryCache,
 }
 
 impl<S: StateMachine> DiskStorage<S> {
@@ -175,6 +179,7 @@ impl<S: StateMachine> DiskStorage<S> {
             last_index,
             snapshot_index: meta.index,
             applied: Arc::new(RwLock::new(applied)),
+            cache: EntryCache::default(),
         })
     }
 
@@ -195,6 +200,7 @@ impl<S: StateMachine> DiskStorage<S> {
                 conf_state: ConfState::default(),
                 changes: 0,
             })),
+            cache: EntryCache::default(),
         };
         if let Bootstrap::InitialCluster(members) = bootstrap {
             let voters: Vec<u64> = members.keys().copied().collect();
@@ -273,6 +279,7 @@ impl<S: StateMachine> DiskStorage<S> {
         if let Some(last) = entries.last() {
             self.record_terms(entries);
             self.last_index = last.index;
+            self.cache.append(entries);
         }
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
@@ -310,6 +317,7 @@ impl<S: StateMachine> DiskStorage<S> {
         self.truncated = (meta.index, meta.term);
         self.last_index = meta.index;
         self.term_starts.clear();
+        self.cache.clear();
         self.snapshot_conf_state = meta.get_conf_state().clone();
         self.snapshot_index = meta.index;
         Ok(())
@@ -337,6 +345,7 @@ impl<S: StateMachine> DiskStorage<S> {
         self.snapshot_index = index;
         if truncate {
             self.engine.compact_to(LOG, compact_to + 1);
+            self.cache.compact_to(compact_to);
             self.truncated = truncated;
             // Keep the boundary that covers the first kept entry.
             let first_term = self.term_of(compact_to + 1);
@@ -387,9 +396,13 @@ impl<S: StateMachine> raft::Storage for DiskStorage<S> {
         if high > self.last_index + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
+        let max_size = max_size.into();
+        if let Some(entries) = self.cache.get(low, high, max_size) {
+            return Ok(entries);
+        }
         let mut entries = Vec::with_capacity((high - low) as usize);
         if low < high {
-            let max = max_size.into().map(|m| m as usize);
+            let max = max_size.map(|m| m as usize);
             self.engine.fetch_entries_to::<EntryCodec>(LOG, low, high, max, &mut entries).map_err(store_error)?;
         }
         Ok(entries)
