@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use raft::eraftpb::Entry;
 
 /// The most entries kept.
-pub const MAX_ENTRIES: usize = 4096;
+pub const MAX_ENTRIES: usize = 1024;
 /// The most bytes of entry data and context kept.
 pub const MAX_BYTES: usize = 16 << 20;
 
@@ -38,14 +38,14 @@ impl EntryCache {
         self.entries.front().map(|e| e.index)
     }
 
-    /// Records `entries` (contiguous, as raft-rs appends them) after the log has stored them.
+    /// Keeps `entries` (contiguous, as raft-rs appends them) once the log has stored them.
     /// Entries held at their indexes and after are replaced, as in the log; a run that does not
     /// continue what is held replaces it all.
-    pub fn append(&mut self, entries: &[Entry]) {
-        let Some(first) = entries.first() else { return };
+    pub fn append(&mut self, entries: Vec<Entry>) {
+        let Some(first) = entries.first().map(|e| e.index) else { return };
         match (self.first_index(), self.entries.back()) {
-            (Some(front), Some(back)) if first.index > front && first.index <= back.index + 1 => {
-                let keep = (first.index - front) as usize;
+            (Some(front), Some(back)) if first > front && first <= back.index + 1 => {
+                let keep = (first - front) as usize;
                 for dropped in self.entries.drain(keep..) {
                     self.bytes -= size_of(&dropped);
                 }
@@ -53,8 +53,8 @@ impl EntryCache {
             _ => self.clear(),
         }
         for entry in entries {
-            self.bytes += size_of(entry);
-            self.entries.push_back(entry.clone());
+            self.bytes += size_of(&entry);
+            self.entries.push_back(entry);
         }
         while self.entries.len() > MAX_ENTRIES || (self.bytes > MAX_BYTES && self.entries.len() > 1) {
             self.pop_front();
@@ -117,19 +117,19 @@ mod tests {
     #[test]
     fn appends_overwrites_and_gaps() {
         let mut cache = EntryCache::default();
-        cache.append(&run(5..=7, 1));
-        cache.append(&run(8..=9, 1));
+        cache.append(run(5..=7, 1));
+        cache.append(run(8..=9, 1));
         assert_eq!(held(&cache), [(5, 1), (6, 1), (7, 1), (8, 1), (9, 1)]);
         // A new leader's entries replace the tail from their first index on.
-        cache.append(&run(7..=7, 2));
+        cache.append(run(7..=7, 2));
         assert_eq!(held(&cache), [(5, 1), (6, 1), (7, 2)]);
         assert_eq!(cache.bytes, 30);
         // An append at the first held index, or past a gap, replaces everything.
-        cache.append(&run(5..=5, 3));
+        cache.append(run(5..=5, 3));
         assert_eq!(held(&cache), [(5, 3)]);
-        cache.append(&run(9..=10, 3));
+        cache.append(run(9..=10, 3));
         assert_eq!(held(&cache), [(9, 3), (10, 3)]);
-        cache.append(&[]);
+        cache.append(Vec::new());
         assert_eq!(held(&cache), [(9, 3), (10, 3)]);
     }
 
@@ -137,7 +137,7 @@ mod tests {
     fn reads_only_what_is_held_whole() {
         let mut cache = EntryCache::default();
         assert!(cache.get(1, 2, None).is_none());
-        cache.append(&run(5..=9, 1));
+        cache.append(run(5..=9, 1));
         let got: Vec<u64> = cache.get(6, 9, None).unwrap().iter().map(|e| e.index).collect();
         assert_eq!(got, [6, 7, 8]);
         assert!(cache.get(4, 6, None).is_none(), "starts before the first held");
@@ -152,7 +152,7 @@ mod tests {
     #[test]
     fn compaction_and_bounds_drop_the_oldest() {
         let mut cache = EntryCache::default();
-        cache.append(&run(1..=10, 1));
+        cache.append(run(1..=10, 1));
         cache.compact_to(4);
         assert_eq!(cache.first_index(), Some(5));
         assert_eq!(cache.bytes, 60);
@@ -160,12 +160,12 @@ mod tests {
         assert!(cache.entries.is_empty());
         assert_eq!(cache.bytes, 0);
         let many = run(1..=(MAX_ENTRIES as u64 + 10), 1);
-        cache.append(&many);
+        cache.append(many);
         assert_eq!(cache.entries.len(), MAX_ENTRIES);
         assert_eq!(cache.first_index(), Some(11));
         let mut big = entry(MAX_ENTRIES as u64 + 11, 1);
         big.data = vec![0; MAX_BYTES].into();
-        cache.append(&[big]);
+        cache.append(vec![big]);
         assert_eq!(held(&cache), [(MAX_ENTRIES as u64 + 11, 1)], "one entry stays even above the byte bound");
         cache.clear();
         assert!(cache.get(1, 2, None).is_none());

@@ -582,7 +582,7 @@ impl<S: StateMachine, T: Transport> RaftNode<S, T> {
         self.apply_entries(ready.take_committed_entries())?;
         // 4 + 5. New entries and hard state, one synced write.
         let entries = ready.take_entries();
-        self.raw.mut_store().append(&entries, ready.hs())?;
+        self.raw.mut_store().append(entries, ready.hs())?;
         // 6. Messages that needed the entries persisted.
         if !ready.persisted_messages().is_empty() {
             self.transport.send(ready.take_persisted_messages());

@@ -262,13 +262,13 @@ impl<S: StateMachine> DiskStorage<S> {
     /// Appends entries (overwriting any conflicting tail) and persists the hard state, in one
     /// write: raft-rs's steps "append entries" and "persist hard state" of a Ready. The write is
     /// synced unless it only moves the commit index ([`must_sync`]).
-    pub fn append(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StorageFailure> {
+    pub fn append(&mut self, entries: Vec<Entry>, hard_state: Option<&HardState>) -> Result<(), StorageFailure> {
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
         let mut batch = LogBatch::default();
         if !entries.is_empty() {
-            batch.add_entries::<EntryCodec>(LOG, entries).map_err(|source| StorageFailure::Engine { path: self.path.clone(), source })?;
+            batch.add_entries::<EntryCodec>(LOG, &entries).map_err(|source| StorageFailure::Engine { path: self.path.clone(), source })?;
         }
         if let Some(hs) = hard_state {
             batch
@@ -276,9 +276,9 @@ impl<S: StateMachine> DiskStorage<S> {
                 .map_err(|source| StorageFailure::Engine { path: self.path.clone(), source })?;
         }
         self.write(&mut batch, must_sync(&self.hard_state, hard_state, entries.len()))?;
-        if let Some(last) = entries.last() {
-            self.record_terms(entries);
-            self.last_index = last.index;
+        if let Some(last) = entries.last().map(|e| e.index) {
+            self.last_index = last;
+            self.record_terms(&entries);
             self.cache.append(entries);
         }
         if let Some(hs) = hard_state {
@@ -488,9 +488,9 @@ mod tests {
         {
             let mut s = DiskStorage::open(dir.path(), Bootstrap::InitialCluster(members())).unwrap();
             let hs = HardState { term: 6, commit: 7, ..Default::default() };
-            s.append(&[entry(6, 6), entry(7, 6), entry(8, 6)], Some(&hs)).unwrap();
+            s.append(vec![entry(6, 6), entry(7, 6), entry(8, 6)], Some(&hs)).unwrap();
             // A new leader overwrites index 8 onward.
-            s.append(&[entry(8, 7), entry(9, 7)], None).unwrap();
+            s.append(vec![entry(8, 7), entry(9, 7)], None).unwrap();
         }
         let s = DiskStorage::open(dir.path(), Bootstrap::Join).unwrap();
         assert_eq!(s.last_index().unwrap(), 9);
@@ -505,7 +505,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = DiskStorage::open(dir.path(), Bootstrap::InitialCluster(members())).unwrap();
         let entries: Vec<_> = (6..=20).map(|i| entry(i, if i < 12 { 6 } else { 8 })).collect();
-        s.append(&entries, None).unwrap();
+        s.append(entries.clone(), None).unwrap();
         let mut snap = s.applied().read().unwrap().to_snapshot();
         snap.mut_metadata().index = 18;
         snap.mut_metadata().term = 8;
@@ -523,7 +523,7 @@ mod tests {
     fn installing_a_snapshot_drops_the_whole_log() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = DiskStorage::open(dir.path(), Bootstrap::Join).unwrap();
-        s.append(&[entry(1, 1), entry(2, 1)], None).unwrap();
+        s.append(vec![entry(1, 1), entry(2, 1)], None).unwrap();
         let applied = AppliedState {
             state: ClusterState::with_members(members()),
             index: 40,
@@ -533,7 +533,7 @@ mod tests {
         };
         s.apply_snapshot(&applied.to_snapshot()).unwrap();
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap(), s.term(40).unwrap()), (41, 40, 9));
-        s.append(&[entry(41, 9)], None).unwrap();
+        s.append(vec![entry(41, 9)], None).unwrap();
         drop(s);
         let s = DiskStorage::open(dir.path(), Bootstrap::Join).unwrap();
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (41, 41));
