@@ -20,6 +20,7 @@ mod model;
 mod task_table;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use task_table::TaskTable;
@@ -85,7 +86,10 @@ fn invalid(message: String) -> Rejection {
 /// Everything the servers agree on.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
-    services: BTreeMap<String, ServiceRecord>,
+    /// Shared (`Arc`) between copies of the state, as the task records are (see
+    /// [`task_table`]): the leader's controllers copy the state for every look, and a record is
+    /// copied only when it changes while a copy holds it. Stored as the records themselves.
+    services: BTreeMap<String, Arc<ServiceRecord>>,
     tasks: TaskTable,
     nodes: BTreeMap<u64, Node>,
     next_node_id: u64,
@@ -112,11 +116,11 @@ impl ClusterState {
     }
 
     pub fn services(&self) -> impl Iterator<Item = &ServiceRecord> {
-        self.services.values()
+        self.services.values().map(|s| &**s)
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceRecord> {
-        self.services.get(name)
+        self.services.get(name).map(|s| &**s)
     }
 
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
@@ -323,7 +327,7 @@ impl ClusterState {
             Command::Autoscale { name, from, to, reason, now_ms } => self.autoscale(&name, from, to, reason, now_ms),
             Command::RecordEvents { events, now_ms } => {
                 for event in events {
-                    if let Some(service) = self.services.get_mut(&event.service) {
+                    if let Some(service) = self.services.get_mut(&event.service).map(Arc::make_mut) {
                         service.record(now_ms, event.message);
                     }
                 }
@@ -384,7 +388,7 @@ impl ClusterState {
             _ => format!("task {task_id} failed: {}", task.message),
         };
         let service = task.service.clone();
-        if let Some(record) = self.services.get_mut(&service) {
+        if let Some(record) = self.services.get_mut(&service).map(Arc::make_mut) {
             record.record(now_ms, what);
         }
     }
@@ -396,7 +400,7 @@ impl ClusterState {
         let unresolved = (!unresolved_reason.is_empty())
             .then(|| format!("the digest of {} could not be resolved ({unresolved_reason}); its tasks will pull it by tag", spec.image));
         let in_use = self.revisions_in_use(&name);
-        let Some(service) = self.services.get_mut(&name) else {
+        let Some(service) = self.services.get_mut(&name).map(Arc::make_mut) else {
             let count = spec.count;
             let first = Revision { revision: 1, spec, image_digest, created_ms: now_ms, rolled_back_from: None };
             let mut service = ServiceRecord {
@@ -414,7 +418,7 @@ impl ClusterState {
                 service.record(now_ms, format!("revision 1: {message}"));
             }
             let summary = service.summary();
-            self.services.insert(name, service);
+            self.services.insert(name, Arc::new(service));
             return Outcome::Service { service: summary, changed: true };
         };
         let current = service.current_revision();
@@ -461,7 +465,7 @@ impl ClusterState {
     }
 
     fn scale_service(&mut self, name: &str, count: u32, now_ms: u64) -> Result<Outcome, Rejection> {
-        let service = self.services.get_mut(name).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
+        let service = self.services.get_mut(name).map(Arc::make_mut).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
         if count > crate::spec::validate::MAX_COUNT {
             return Err(invalid(format!("count must be 0 to {}, got {count}", crate::spec::validate::MAX_COUNT)));
         }
@@ -505,7 +509,7 @@ impl ClusterState {
     /// The autoscaler's decision: `from` must still be the desired count (else the decision was
     /// made on a state that has moved on, and the leader decides again), `to` within the bounds.
     fn autoscale(&mut self, name: &str, from: u32, to: u32, reason: String, now_ms: u64) -> Result<Outcome, Rejection> {
-        let service = self.services.get_mut(name).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
+        let service = self.services.get_mut(name).map(Arc::make_mut).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
         let Some(bounds) = service.current_revision().spec.autoscale.clone() else {
             return Err(Rejection { kind: RejectionKind::Conflict, message: format!("{name} does not autoscale") });
         };
@@ -565,7 +569,7 @@ impl ClusterState {
     }
 
     fn rollback_service(&mut self, name: &str, to: Option<u64>, now_ms: u64) -> Result<Outcome, Rejection> {
-        let service = self.services.get_mut(name).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
+        let service = self.services.get_mut(name).map(Arc::make_mut).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
         let target = match to {
             Some(rev) => rev,
             None if service.current > 1 => service.current - 1,
@@ -588,7 +592,7 @@ impl ClusterState {
         }
         self.refuse_claimed_routes(&old.spec)?;
         let in_use = self.revisions_in_use(name);
-        let service = self.services.get_mut(name).expect("found above");
+        let service = self.services.get_mut(name).map(Arc::make_mut).expect("found above");
         let revision = service.revisions.last().map_or(0, |r| r.revision) + 1;
         std::sync::Arc::make_mut(&mut service.revisions).push(std::sync::Arc::new(Revision {
             revision,

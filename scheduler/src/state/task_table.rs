@@ -11,8 +11,9 @@
 //! records changed in place (`get_mut`, `values_mut`) must keep both.
 //!
 //! The leader's controllers work on a copy of the state, taken again after each change, so
-//! records and ids are shared (`Arc`): a copy of the table copies pointers, and a record is
-//! copied only when one side changes it while the other still holds it.
+//! records, ids and each service's and node's set of ids are shared (`Arc`): a copy of the
+//! table copies pointers, and a record or a set is copied only when one side changes it while
+//! the other still holds it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -29,9 +30,9 @@ type Id = Arc<str>;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TaskTable {
     by_id: BTreeMap<Id, Arc<Task>>,
-    by_service: BTreeMap<String, BTreeSet<Id>>,
+    by_service: BTreeMap<String, Arc<BTreeSet<Id>>>,
     /// Pending tasks (node 0) included.
-    by_node: BTreeMap<u64, BTreeSet<Id>>,
+    by_node: BTreeMap<u64, Arc<BTreeSet<Id>>>,
 }
 
 impl TaskTable {
@@ -70,12 +71,12 @@ impl TaskTable {
 
     /// The tasks of `service`, by id.
     pub fn of_service<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a Task> + 'a {
-        self.by_service.get(service).into_iter().flatten().filter_map(|id| self.get(id))
+        self.by_service.get(service).into_iter().flat_map(|ids| ids.iter()).filter_map(|id| self.get(id))
     }
 
     /// The tasks placed on node `node_id` (0: the pending ones), by id.
     pub fn on_node(&self, node_id: u64) -> impl Iterator<Item = &Task> {
-        self.by_node.get(&node_id).into_iter().flatten().filter_map(|id| self.get(id))
+        self.by_node.get(&node_id).into_iter().flat_map(|ids| ids.iter()).filter_map(|id| self.get(id))
     }
 
     /// Changes each record of `service` in place (found through the index); their `service`
@@ -84,7 +85,7 @@ impl TaskTable {
         let Some(ids) = self.by_service.get(service) else {
             return;
         };
-        for id in ids {
+        for id in ids.iter() {
             if let Some(task) = self.by_id.get_mut(&**id) {
                 change(Arc::make_mut(task));
             }
@@ -102,8 +103,8 @@ impl TaskTable {
                 unindex(&mut self.by_node, &old.node_id, &id);
             }
         }
-        self.by_service.entry(service).or_default().insert(id.clone());
-        self.by_node.entry(node).or_default().insert(id);
+        Arc::make_mut(self.by_service.entry(service).or_default()).insert(id.clone());
+        Arc::make_mut(self.by_node.entry(node).or_default()).insert(id);
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Task> {
@@ -118,17 +119,22 @@ impl TaskTable {
         let mut table = TaskTable { by_id, ..TaskTable::default() };
         for (id, task) in &table.by_id {
             let id = Arc::clone(id);
-            table.by_service.entry(task.service.clone()).or_default().insert(id.clone());
-            table.by_node.entry(task.node_id).or_default().insert(id);
+            Arc::make_mut(table.by_service.entry(task.service.clone()).or_default()).insert(id.clone());
+            Arc::make_mut(table.by_node.entry(task.node_id).or_default()).insert(id);
         }
         table
     }
 }
 
 /// Takes `id` out of `key`'s entry of `index`, and the entry out once it is empty.
-fn unindex<K: Ord>(index: &mut BTreeMap<K, BTreeSet<Id>>, key: &K, id: &str) {
+fn unindex<K: Ord>(index: &mut BTreeMap<K, Arc<BTreeSet<Id>>>, key: &K, id: &str) {
     if let Some(ids) = index.get_mut(key) {
-        ids.remove(id);
+        if ids.len() == 1 && ids.contains(id) {
+            // Its last id: the entry goes, with no copy of a set another table may share.
+            index.remove(key);
+            return;
+        }
+        Arc::make_mut(ids).remove(id);
         if ids.is_empty() {
             index.remove(key);
         }
@@ -217,6 +223,7 @@ mod tests {
         let mut table: TaskTable = [task("a-1", "a"), task("a-2", "a"), task("b-1", "b")].into_iter().collect();
         let copy = table.clone();
         assert!(Arc::ptr_eq(&table.by_id["a-1"], &copy.by_id["a-1"]), "a copy shares the records");
+        assert!(Arc::ptr_eq(&table.by_service["a"], &copy.by_service["a"]), "and the index sets");
         table.get_mut("a-1").unwrap().message = "changed".into();
         table.change_of_service("b", |t| t.message = "changed too".into());
         table.values_mut().filter(|t| t.id == "a-2").for_each(|t| t.message = "and this".into());
@@ -224,6 +231,14 @@ mod tests {
         assert_eq!(table.values().map(|t| t.message.as_str()).collect::<Vec<_>>(), ["changed", "and this", "changed too"]);
         let removed = table.remove("a-1").unwrap();
         assert_eq!((removed.message.as_str(), copy.get("a-1").unwrap().message.as_str()), ("changed", ""));
+        table.insert(task("c-1", "c"));
+        table.remove("b-1");
+        assert_eq!(ids(copy.of_service("a")), ["a-1", "a-2"], "the copy's index keeps its ids");
+        assert_eq!(ids(copy.of_service("b")), ["b-1"]);
+        assert_eq!(ids(copy.on_node(0)), ["a-1", "a-2", "b-1"]);
+        assert_eq!(ids(table.of_service("a")), ["a-2"]);
+        assert_eq!(ids(table.on_node(0)), ["a-2", "c-1"]);
+        assert!(!table.by_service.contains_key("b"), "an emptied set leaves the index");
     }
 
     #[test]
