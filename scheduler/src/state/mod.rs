@@ -123,6 +123,11 @@ impl ClusterState {
         self.services.get(name).map(|s| &**s)
     }
 
+    /// The record of service `name` to change, copied first if a copy of the state shares it.
+    fn service_mut(&mut self, name: &str) -> Option<&mut ServiceRecord> {
+        self.services.get_mut(name).map(Arc::make_mut)
+    }
+
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
         self.tasks.values()
     }
@@ -327,7 +332,7 @@ impl ClusterState {
             Command::Autoscale { name, from, to, reason, now_ms } => self.autoscale(&name, from, to, reason, now_ms),
             Command::RecordEvents { events, now_ms } => {
                 for event in events {
-                    if let Some(service) = self.services.get_mut(&event.service).map(Arc::make_mut) {
+                    if let Some(service) = self.service_mut(&event.service) {
                         service.record(now_ms, event.message);
                     }
                 }
@@ -388,7 +393,7 @@ impl ClusterState {
             _ => format!("task {task_id} failed: {}", task.message),
         };
         let service = task.service.clone();
-        if let Some(record) = self.services.get_mut(&service).map(Arc::make_mut) {
+        if let Some(record) = self.service_mut(&service) {
             record.record(now_ms, what);
         }
     }
@@ -400,7 +405,7 @@ impl ClusterState {
         let unresolved = (!unresolved_reason.is_empty())
             .then(|| format!("the digest of {} could not be resolved ({unresolved_reason}); its tasks will pull it by tag", spec.image));
         let in_use = self.revisions_in_use(&name);
-        let Some(service) = self.services.get_mut(&name).map(Arc::make_mut) else {
+        let Some(service) = self.service_mut(&name) else {
             let count = spec.count;
             let first = Revision { revision: 1, spec, image_digest, created_ms: now_ms, rolled_back_from: None };
             let mut service = ServiceRecord {
@@ -465,7 +470,7 @@ impl ClusterState {
     }
 
     fn scale_service(&mut self, name: &str, count: u32, now_ms: u64) -> Result<Outcome, Rejection> {
-        let service = self.services.get_mut(name).map(Arc::make_mut).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
+        let service = self.service_mut(name).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
         if count > crate::spec::validate::MAX_COUNT {
             return Err(invalid(format!("count must be 0 to {}, got {count}", crate::spec::validate::MAX_COUNT)));
         }
@@ -509,7 +514,7 @@ impl ClusterState {
     /// The autoscaler's decision: `from` must still be the desired count (else the decision was
     /// made on a state that has moved on, and the leader decides again), `to` within the bounds.
     fn autoscale(&mut self, name: &str, from: u32, to: u32, reason: String, now_ms: u64) -> Result<Outcome, Rejection> {
-        let service = self.services.get_mut(name).map(Arc::make_mut).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
+        let service = self.service_mut(name).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
         let Some(bounds) = service.current_revision().spec.autoscale.clone() else {
             return Err(Rejection { kind: RejectionKind::Conflict, message: format!("{name} does not autoscale") });
         };
@@ -569,7 +574,7 @@ impl ClusterState {
     }
 
     fn rollback_service(&mut self, name: &str, to: Option<u64>, now_ms: u64) -> Result<Outcome, Rejection> {
-        let service = self.services.get_mut(name).map(Arc::make_mut).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
+        let service = self.service_mut(name).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
         let target = match to {
             Some(rev) => rev,
             None if service.current > 1 => service.current - 1,
@@ -592,7 +597,7 @@ impl ClusterState {
         }
         self.refuse_claimed_routes(&old.spec)?;
         let in_use = self.revisions_in_use(name);
-        let service = self.services.get_mut(name).map(Arc::make_mut).expect("found above");
+        let service = self.service_mut(name).expect("found above");
         let revision = service.revisions.last().map_or(0, |r| r.revision) + 1;
         std::sync::Arc::make_mut(&mut service.revisions).push(std::sync::Arc::new(Revision {
             revision,
