@@ -7,12 +7,14 @@
 //! every 500 ms otherwise (node timeouts, crash-loop backoffs, autoscaling). A burst ends when
 //! entries pause for [`SETTLE`], or [`MAX_SETTLE`] after it began: under a steady stream of
 //! writes the leader looks at most every [`MAX_SETTLE`], not after each write, since each look
-//! reads the whole state. A burst of entries that changed nothing (scales to the current count)
-//! brings no look. A new leader waits until it has
-//! applied an entry of its own term, so that it decides from everything earlier leaders
-//! committed. A round's commands are proposed
-//! pipelined ([`propose_round`]), so they share fsyncs. The controllers' memory (the
-//! autoscaler's stabilization windows) starts afresh each time this server becomes leader.
+//! reads the whole state. Where a look itself takes long (a large state), bursts wait longer, so
+//! that looks take at most about one [`LOOK_SHARE`]th of the leader's time ([`longest_settle`]).
+//! A burst of entries that changed nothing (scales to the current count) brings no look.
+//!
+//! A new leader waits until it has applied an entry of its own term, so that it decides from
+//! everything earlier leaders committed. A round's commands are proposed pipelined
+//! ([`propose_round`]), so they share fsyncs. The controllers' memory (the autoscaler's
+//! stabilization windows) starts afresh each time this server becomes leader.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,8 +32,18 @@ const PERIOD: Duration = Duration::from_millis(500);
 /// The pause in applied changes that ends a burst.
 const SETTLE: Duration = Duration::from_millis(5);
 
-/// The longest a burst of applied changes delays a look.
+/// The longest a burst of applied changes delays a look, where looks are quick.
 const MAX_SETTLE: Duration = Duration::from_millis(50);
+
+/// Under a steady stream of writes, a look may take this fraction (1/N) of the leader's time.
+const LOOK_SHARE: u32 = 50;
+
+/// The longest a burst delays a look, given how long the last look took: [`MAX_SETTLE`], or
+/// [`LOOK_SHARE`] times the last look where that is longer, and never beyond the [`PERIOD`] of
+/// the timer's looks.
+fn longest_settle(last_look: Duration) -> Duration {
+    last_look.saturating_mul(LOOK_SHARE).clamp(MAX_SETTLE, PERIOD)
+}
 
 /// Runs the leader's duties forever (it idles while this server follows).
 pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_timeout: Duration) {
@@ -40,12 +52,14 @@ pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_ti
     let mut applied = consensus.raft().watch_status();
     // The state's change count at the last round of this leadership.
     let mut looked_at: Option<u64> = None;
+    // How long the last round took to copy the state and run the controllers.
+    let mut last_look = Duration::ZERO;
     loop {
         let burst = tokio::select! {
             _ = ticker.tick() => false,
             changed = applied.changed() => match changed {
                 Ok(()) => {
-                    settle(&mut applied).await;
+                    settle(&mut applied, longest_settle(last_look)).await;
                     true
                 }
                 Err(_) => {
@@ -66,6 +80,7 @@ pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_ti
             continue;
         }
         let (since, controllers) = leading.get_or_insert_with(|| (Instant::now(), leader_controllers(node_timeout.as_millis() as u64)));
+        let look = Instant::now();
         let state = {
             let applied = consensus.raft().state();
             // Entries that changed nothing (a scale to the current count, an apply of the same
@@ -87,13 +102,15 @@ pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_ti
             cpu: heartbeats.cpu_samples(now),
             ingress: heartbeats.ingress_reports(now),
         };
-        propose_round(&consensus, run_controllers(controllers, snapshot)).await;
+        let commands = run_controllers(controllers, snapshot);
+        last_look = look.elapsed();
+        propose_round(&consensus, commands).await;
     }
 }
 
-/// Returns once applied changes have paused for [`SETTLE`], or [`MAX_SETTLE`] after the call.
-async fn settle(applied: &mut watch::Receiver<NodeStatus>) {
-    let latest = Instant::now() + MAX_SETTLE;
+/// Returns once applied changes have paused for [`SETTLE`], or `longest` after the call.
+async fn settle(applied: &mut watch::Receiver<NodeStatus>, longest: Duration) {
+    let latest = Instant::now() + longest;
     loop {
         let until = (Instant::now() + SETTLE).min(latest);
         match tokio::time::timeout_at(until.into(), applied.changed()).await {
@@ -128,6 +145,22 @@ async fn propose_round(consensus: &Consensus, commands: Vec<crate::state::Comman
         }
         if failed {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_waits_longer_only_where_looks_take_long() {
+        for (last_look_ms, longest_ms) in [(0, 50), (1, 50), (2, 100), (5, 250), (10, 500), (400, 500)] {
+            assert_eq!(
+                longest_settle(Duration::from_millis(last_look_ms)),
+                Duration::from_millis(longest_ms),
+                "a look of {last_look_ms} ms"
+            );
         }
     }
 }
