@@ -266,12 +266,10 @@ impl ClusterState {
     /// Refuses a count change that would take the sum of desired counts past its limit.
     fn check_desired_total(&self, before: u32, after: u32) -> Result<(), Rejection> {
         if after <= before {
-            // No more tasks than before: within the limit whatever the others want (and the
-            // sum below walks every service, on every server, for every write).
+            // No more tasks than before: within the limit whatever the others want.
             return Ok(());
         }
-        let total: u64 = self.services.values().map(|s| u64::from(s.desired_count)).sum();
-        let after_total = total - u64::from(before) + u64::from(after);
+        let after_total = self.services.desired_total() - u64::from(before) + u64::from(after);
         if after_total > MAX_DESIRED_TASKS {
             return Err(Rejection {
                 kind: RejectionKind::Conflict,

@@ -17,12 +17,13 @@ mod credentials;
 mod enums_proto;
 mod limits;
 mod model;
+mod service_table;
 mod task_table;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use service_table::{ServiceMut, ServiceTable};
 use task_table::TaskTable;
 
 pub use command::{COMMAND_VERSION, Command, DecodeError, HolderCheck, ServiceEvent};
@@ -86,10 +87,10 @@ fn invalid(message: String) -> Rejection {
 /// Everything the servers agree on.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
-    /// Shared (`Arc`) between copies of the state, as the task records are (see
+    /// Shared between copies of the state, as the task records are (see [`service_table`],
     /// [`task_table`]): the leader's controllers copy the state for every look, and a record is
     /// copied only when it changes while a copy holds it. Stored as the records themselves.
-    services: BTreeMap<String, Arc<ServiceRecord>>,
+    services: ServiceTable,
     tasks: TaskTable,
     nodes: BTreeMap<u64, Node>,
     next_node_id: u64,
@@ -116,16 +117,16 @@ impl ClusterState {
     }
 
     pub fn services(&self) -> impl Iterator<Item = &ServiceRecord> {
-        self.services.values().map(|s| &**s)
+        self.services.values()
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceRecord> {
-        self.services.get(name).map(|s| &**s)
+        self.services.get(name)
     }
 
     /// The record of service `name` to change, copied first if a copy of the state shares it.
-    fn service_mut(&mut self, name: &str) -> Option<&mut ServiceRecord> {
-        self.services.get_mut(name).map(Arc::make_mut)
+    fn service_mut(&mut self, name: &str) -> Option<ServiceMut<'_>> {
+        self.services.get_mut(name)
     }
 
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
@@ -332,7 +333,7 @@ impl ClusterState {
             Command::Autoscale { name, from, to, reason, now_ms } => self.autoscale(&name, from, to, reason, now_ms),
             Command::RecordEvents { events, now_ms } => {
                 for event in events {
-                    if let Some(service) = self.service_mut(&event.service) {
+                    if let Some(mut service) = self.service_mut(&event.service) {
                         service.record(now_ms, event.message);
                     }
                 }
@@ -393,7 +394,7 @@ impl ClusterState {
             _ => format!("task {task_id} failed: {}", task.message),
         };
         let service = task.service.clone();
-        if let Some(record) = self.service_mut(&service) {
+        if let Some(mut record) = self.service_mut(&service) {
             record.record(now_ms, what);
         }
     }
@@ -405,7 +406,7 @@ impl ClusterState {
         let unresolved = (!unresolved_reason.is_empty())
             .then(|| format!("the digest of {} could not be resolved ({unresolved_reason}); its tasks will pull it by tag", spec.image));
         let in_use = self.revisions_in_use(&name);
-        let Some(service) = self.service_mut(&name) else {
+        let Some(mut service) = self.service_mut(&name) else {
             let count = spec.count;
             let first = Revision { revision: 1, spec, image_digest, created_ms: now_ms, rolled_back_from: None };
             let mut service = ServiceRecord {
@@ -423,7 +424,7 @@ impl ClusterState {
                 service.record(now_ms, format!("revision 1: {message}"));
             }
             let summary = service.summary();
-            self.services.insert(name, Arc::new(service));
+            self.services.insert(service);
             return Outcome::Service { service: summary, changed: true };
         };
         let current = service.current_revision();
@@ -435,10 +436,8 @@ impl ClusterState {
                 let (from, to) = (service.desired_count, spec.count);
                 service.set_desired_count(to, now_ms);
                 service.updated_ms = now_ms;
-                service.record(
-                    now_ms,
-                    format!("apply set the count from {from} back to the file's {to} (revision {} unchanged)", service.current),
-                );
+                let message = format!("apply set the count from {from} back to the file's {to} (revision {} unchanged)", service.current);
+                service.record(now_ms, message);
                 return Outcome::Service { service: service.summary(), changed: true };
             }
             return Outcome::Service { service: service.summary(), changed: false };
@@ -470,7 +469,7 @@ impl ClusterState {
     }
 
     fn scale_service(&mut self, name: &str, count: u32, now_ms: u64) -> Result<Outcome, Rejection> {
-        let service = self.service_mut(name).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
+        let mut service = self.service_mut(name).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
         if count > crate::spec::validate::MAX_COUNT {
             return Err(invalid(format!("count must be 0 to {}, got {count}", crate::spec::validate::MAX_COUNT)));
         }
@@ -514,7 +513,7 @@ impl ClusterState {
     /// The autoscaler's decision: `from` must still be the desired count (else the decision was
     /// made on a state that has moved on, and the leader decides again), `to` within the bounds.
     fn autoscale(&mut self, name: &str, from: u32, to: u32, reason: String, now_ms: u64) -> Result<Outcome, Rejection> {
-        let service = self.service_mut(name).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
+        let mut service = self.service_mut(name).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
         let Some(bounds) = service.current_revision().spec.autoscale.clone() else {
             return Err(Rejection { kind: RejectionKind::Conflict, message: format!("{name} does not autoscale") });
         };
@@ -574,7 +573,7 @@ impl ClusterState {
     }
 
     fn rollback_service(&mut self, name: &str, to: Option<u64>, now_ms: u64) -> Result<Outcome, Rejection> {
-        let service = self.service_mut(name).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
+        let service = self.service(name).ok_or_else(|| not_found(format!("no service named \"{name}\"")))?;
         let target = match to {
             Some(rev) => rev,
             None if service.current > 1 => service.current - 1,
@@ -597,7 +596,7 @@ impl ClusterState {
         }
         self.refuse_claimed_routes(&old.spec)?;
         let in_use = self.revisions_in_use(name);
-        let service = self.service_mut(name).expect("found above");
+        let mut service = self.service_mut(name).expect("found above");
         let revision = service.revisions.last().map_or(0, |r| r.revision) + 1;
         std::sync::Arc::make_mut(&mut service.revisions).push(std::sync::Arc::new(Revision {
             revision,

@@ -324,6 +324,17 @@ fn the_sum_of_desired_counts_is_bounded() {
     // Scaling down is always allowed, and frees room.
     state.apply(Command::ScaleService { name: "s0".into(), count: 0, now_ms: 3 }).unwrap();
     apply_spec(&mut state, ServiceSpec { name: "one-more".into(), ..spec("quotes:1", 1) }, 4).unwrap();
+    // The sum is kept, not stored: a state read from its snapshot counts it again.
+    let mut read = ClusterState::from_snapshot(&state.to_snapshot()).unwrap();
+    let more = |name: &str, count| ServiceSpec { name: name.into(), ..spec("quotes:1", count) };
+    assert!(apply_spec(&mut read, more("two-more", max), 5).is_err(), "the limit holds in a state read back");
+    // A deleted service's count is free again, and no more than that.
+    read.apply(Command::DeleteService { name: "s1".into(), now_ms: 6 }).unwrap();
+    apply_spec(&mut read, more("two-more", max), 7).unwrap();
+    assert!(apply_spec(&mut read, more("three-more", max), 8).is_err());
+    // A scale up counts what it adds: s0 has 0 of the room's max - 1.
+    assert!(read.apply(Command::ScaleService { name: "s0".into(), count: max, now_ms: 9 }).is_err());
+    read.apply(Command::ScaleService { name: "s0".into(), count: max - 1, now_ms: 10 }).unwrap();
 }
 
 #[test]
