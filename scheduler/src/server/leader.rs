@@ -13,7 +13,8 @@
 //!
 //! A new leader waits until it has applied an entry of its own term, so that it decides from
 //! everything earlier leaders committed. A round's commands are proposed pipelined
-//! ([`propose_round`]), so they share fsyncs. The controllers' memory (the autoscaler's
+//! ([`propose_round`]), so they share fsyncs. The controllers run on a thread of their own at a
+//! lower priority ([`LookThread`]), not on an async worker. Their memory (the autoscaler's
 //! stabilization windows) starts afresh each time this server becomes leader.
 
 use std::sync::Arc;
@@ -22,8 +23,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::heartbeats::Heartbeats;
+use super::look_thread::LookThread;
 use super::now_ms;
-use crate::controller::{Controller, Snapshot, leader_controllers, run_controllers};
+use crate::controller::{Controller, Snapshot, leader_controllers};
 use crate::raft::{Consensus, NodeStatus, Role};
 
 /// How often the leader looks when nothing changes.
@@ -47,6 +49,7 @@ fn longest_settle(last_look: Duration) -> Duration {
 
 /// Runs the leader's duties forever (it idles while this server follows).
 pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_timeout: Duration) {
+    let look_thread = LookThread::start().expect("start the leader's look thread");
     let mut leading: Option<(Instant, Vec<Box<dyn Controller>>)> = None;
     let mut ticker = tokio::time::interval(PERIOD);
     let mut applied = consensus.raft().watch_status();
@@ -102,7 +105,8 @@ pub async fn run(consensus: Arc<Consensus>, heartbeats: Arc<Heartbeats>, node_ti
             cpu: heartbeats.cpu_samples(now),
             ingress: heartbeats.ingress_reports(now),
         };
-        let commands = run_controllers(controllers, snapshot);
+        let (back, commands) = look_thread.look(std::mem::take(controllers), snapshot).await;
+        *controllers = back;
         last_look = look.elapsed();
         propose_round(&consensus, commands).await;
     }

@@ -21,6 +21,7 @@ mod heartbeats;
 pub mod image_pin;
 mod leader;
 mod log_api;
+mod look_thread;
 mod peer_api;
 pub mod pki_api;
 mod route_api;
