@@ -14,8 +14,10 @@
 //! etcd write is a `KV.Put` of a 16-byte key over etcd's gRPC API, by default with mutual TLS
 //! too (clients and peers, certificates from a CA made for the run; `--etcd-plaintext` runs it
 //! as etcd's default, plain HTTP/2). By default each sched client flips its service between 1
-//! and 2 tasks, so the leader's reconciler follows each write with a command of its own;
-//! `--sched-write same` scales to the count the service has, one Raft entry per write like a put.
+//! and 2 tasks, so the leader's reconciler follows each write with a command of its own; or it
+//! scales to the count the service has, one Raft entry per write like a put. By default both
+//! are measured, each point of each round beside the same etcd measurement
+//! (`--sched-write flip|same` runs one of them).
 //! Both run with etcd's default timing (100 ms heartbeat, 1 s election timeout). The points:
 //! - 1 client to the leader, 1 client through a follower (which forwards, in both systems);
 //! - 64 and 256 concurrent clients spread over the three members;
@@ -77,6 +79,14 @@ impl SchedWrite {
             SchedWrite::Same => "Scale to the current count (1 Raft entry per write, no follow-up)",
         }
     }
+
+    /// Its name in the table.
+    fn label(self) -> &'static str {
+        match self {
+            SchedWrite::Flip => "scale 1<->2 + reconciler",
+            SchedWrite::Same => "one entry per write",
+        }
+    }
 }
 
 struct SchedWriter {
@@ -116,6 +126,21 @@ struct Point {
     cpu_per_write: Duration,
     /// CPU time of this program (the clients) per acknowledged write.
     client_cpu_per_write: Duration,
+}
+
+impl Point {
+    /// The point in one line, for the progress output.
+    fn line(&self) -> String {
+        format!(
+            "{:.0}/s p50 {} p99 {} cpu/write {} µs, clients {} µs ({} failed)",
+            self.writes_per_sec,
+            ms(self.p50),
+            ms(self.p99),
+            self.cpu_per_write.as_micros(),
+            self.client_cpu_per_write.as_micros(),
+            self.failed
+        )
+    }
 }
 
 /// Runs `writers` in a closed loop for `time`; `pids` are the system's processes, whose CPU
@@ -279,7 +304,8 @@ struct Options {
     etcd_security: etcd::Security,
     /// Run only the points with these many clients (all when empty).
     clients: Vec<usize>,
-    sched_write: SchedWrite,
+    /// The sched writes measured, each beside the same etcd measurement.
+    sched_writes: Vec<SchedWrite>,
 }
 
 fn options() -> Result<Options> {
@@ -289,7 +315,7 @@ fn options() -> Result<Options> {
         failovers: 3,
         etcd_security: etcd::Security::MutualTls,
         clients: Vec::new(),
-        sched_write: SchedWrite::Flip,
+        sched_writes: vec![SchedWrite::Same, SchedWrite::Flip],
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -298,10 +324,11 @@ fn options() -> Result<Options> {
             continue;
         }
         if flag == "--sched-write" {
-            options.sched_write = match args.next().as_deref() {
-                Some("flip") => SchedWrite::Flip,
-                Some("same") => SchedWrite::Same,
-                other => bail!("--sched-write takes flip or same, got {other:?}"),
+            options.sched_writes = match args.next().as_deref() {
+                Some("flip") => vec![SchedWrite::Flip],
+                Some("same") => vec![SchedWrite::Same],
+                Some("both") => vec![SchedWrite::Same, SchedWrite::Flip],
+                other => bail!("--sched-write takes both, flip or same, got {other:?}"),
             };
             continue;
         }
@@ -321,14 +348,15 @@ fn options() -> Result<Options> {
             }
             "-h" | "--help" => {
                 println!(
-                    "raft-commit [--rounds N (3)] [--seconds S per point (5)] [--failovers N (3)] [--etcd-plaintext] [--clients N ...] [--sched-write flip|same]\n\n\
+                    "raft-commit [--rounds N (3)] [--seconds S per point (5)] [--failovers N (3)] [--etcd-plaintext] [--clients N ...] [--sched-write both|flip|same]\n\n\
                      \x20 --rounds N       rounds of every point; the table gives medians\n\
                      \x20 --seconds S      how long each point of each round runs\n\
                      \x20 --failovers N    leader kills per system after the points (0: none)\n\
                      \x20 --etcd-plaintext etcd without TLS (its default); sched always uses mutual TLS\n\
                      \x20 --clients N      run only the points with N clients (1, 64 or 256; repeatable)\n\
-                     \x20 --sched-write    flip (default): Scale between 1 and 2 tasks, each followed by the\n\
-                     \x20                  reconciler's own command; same: Scale to the current count, one entry"
+                     \x20 --sched-write    same: Scale to the current count, one Raft entry per write (as an etcd\n\
+                     \x20                  put); flip: Scale between 1 and 2 tasks, each followed by the\n\
+                     \x20                  reconciler's own command; both (default): each beside the same etcd run"
                 );
                 std::process::exit(0);
             }
@@ -359,35 +387,31 @@ fn main() -> Result<()> {
     })?;
 
     let points = points(&options.clients);
-    let mut results: Vec<(Vec<Point>, Vec<Point>)> = vec![(Vec::new(), Vec::new()); points.len()];
+    let kinds = &options.sched_writes;
+    // Per point: each sched write's rounds, and etcd's.
+    let mut results: Vec<(Vec<Vec<Point>>, Vec<Point>)> = vec![(vec![Vec::new(); kinds.len()], Vec::new()); points.len()];
     for round in 0..options.rounds {
         for (p, (label, clients, target)) in points.iter().enumerate() {
             let (s, e) = runtime.block_on(async {
-                if round % 2 == 0 {
-                    let s = sched.point(*clients, *target, time, options.sched_write).await?;
-                    Ok::<_, anyhow::Error>((s, etcd_point(&etcd, *clients, *target, time).await?))
-                } else {
-                    let e = etcd_point(&etcd, *clients, *target, time).await?;
-                    Ok((sched.point(*clients, *target, time, options.sched_write).await?, e))
+                let mut s = Vec::new();
+                // The rounds alternate which system goes first.
+                let etcd_first = round % 2 == 1;
+                let mut e = if etcd_first { Some(etcd_point(&etcd, *clients, *target, time).await?) } else { None };
+                for kind in kinds {
+                    s.push(sched.point(*clients, *target, time, *kind).await?);
                 }
+                if e.is_none() {
+                    e = Some(etcd_point(&etcd, *clients, *target, time).await?);
+                }
+                Ok::<_, anyhow::Error>((s, e.expect("measured above")))
             })?;
-            eprintln!(
-                "round {}: {label}: sched {:.0}/s p50 {} p99 {} cpu/write {} µs, clients {} µs ({} failed); etcd {:.0}/s p50 {} p99 {} cpu/write {} µs, clients {} µs ({} failed)",
-                round + 1,
-                s.writes_per_sec,
-                ms(s.p50),
-                ms(s.p99),
-                s.cpu_per_write.as_micros(),
-                s.client_cpu_per_write.as_micros(),
-                s.failed,
-                e.writes_per_sec,
-                ms(e.p50),
-                ms(e.p99),
-                e.cpu_per_write.as_micros(),
-                e.client_cpu_per_write.as_micros(),
-                e.failed
-            );
-            results[p].0.push(s);
+            for (kind, s) in kinds.iter().zip(&s) {
+                eprintln!("round {}: {label}, {}: sched {}", round + 1, kind.label(), s.line());
+            }
+            eprintln!("round {}: {label}: etcd {}", round + 1, e.line());
+            for (k, s) in s.into_iter().enumerate() {
+                results[p].0[k].push(s);
+            }
             results[p].1.push(e);
         }
     }
@@ -409,29 +433,34 @@ fn main() -> Result<()> {
         options.rounds,
         options.seconds
     );
-    println!("sched write: {}", options.sched_write.describe());
+    for kind in kinds {
+        println!("sched write, {}: {}", kind.label(), kind.describe());
+    }
     println!();
     println!(
         "| point | sched writes/s | etcd writes/s | sched/etcd | sched p50 ms | etcd p50 ms | sched p99 ms | etcd p99 ms | sched CPU/write µs | etcd CPU/write µs |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for ((label, _, _), (s, e)) in points.iter().zip(&results) {
-        let (sw, ew) = (median(s, |p| p.writes_per_sec), median(e, |p| p.writes_per_sec));
-        let (s50, e50) = (median(s, |p| p.p50).p50, median(e, |p| p.p50).p50);
-        let (s99, e99) = (median(s, |p| p.p99).p99, median(e, |p| p.p99).p99);
-        let (scpu, ecpu) = (median(s, |p| p.cpu_per_write).cpu_per_write, median(e, |p| p.cpu_per_write).cpu_per_write);
-        println!(
-            "| {label} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} |",
-            sw.writes_per_sec,
-            ew.writes_per_sec,
-            sw.writes_per_sec / ew.writes_per_sec,
-            ms(s50),
-            ms(e50),
-            ms(s99),
-            ms(e99),
-            scpu.as_micros(),
-            ecpu.as_micros()
-        );
+    for ((label, _, _), (by_kind, e)) in points.iter().zip(&results) {
+        for (kind, s) in kinds.iter().zip(by_kind) {
+            let (sw, ew) = (median(s, |p| p.writes_per_sec), median(e, |p| p.writes_per_sec));
+            let (s50, e50) = (median(s, |p| p.p50).p50, median(e, |p| p.p50).p50);
+            let (s99, e99) = (median(s, |p| p.p99).p99, median(e, |p| p.p99).p99);
+            let (scpu, ecpu) = (median(s, |p| p.cpu_per_write).cpu_per_write, median(e, |p| p.cpu_per_write).cpu_per_write);
+            println!(
+                "| {label}, {} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} |",
+                kind.label(),
+                sw.writes_per_sec,
+                ew.writes_per_sec,
+                sw.writes_per_sec / ew.writes_per_sec,
+                ms(s50),
+                ms(e50),
+                ms(s99),
+                ms(e99),
+                scpu.as_micros(),
+                ecpu.as_micros()
+            );
+        }
     }
     if options.failovers > 0 {
         let (mut s, mut e) = failovers;
