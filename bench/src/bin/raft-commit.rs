@@ -13,11 +13,11 @@
 //! fsynced on a majority, applied, answered) over gRPC with mutual TLS, as `sched` calls; an
 //! etcd write is a `KV.Put` of a 16-byte key over etcd's gRPC API, by default with mutual TLS
 //! too (clients and peers, certificates from a CA made for the run; `--etcd-plaintext` runs it
-//! as etcd's default, plain HTTP/2). By default each sched client flips its service between 1
-//! and 2 tasks, so the leader's reconciler follows each write with a command of its own; or it
-//! scales to the count the service has, one Raft entry per write like a put. By default both
-//! are measured, each point of each round beside the same etcd measurement
-//! (`--sched-write flip|same` runs one of them).
+//! as etcd's default, plain HTTP/2). A sched client either scales its service to the count it
+//! has, one Raft entry per write like a put, or flips it between 1 and 2 tasks, so that the
+//! leader's reconciler follows each write with commands of its own. By default both are
+//! measured, each point of each round beside the same etcd measurement (`--sched-write
+//! same|flip` runs one of them).
 //! Both run with etcd's default timing (100 ms heartbeat, 1 s election timeout). The points:
 //! - 1 client to the leader, 1 client through a follower (which forwards, in both systems);
 //! - 64 and 256 concurrent clients spread over the three members;
