@@ -393,17 +393,17 @@ fn main() -> Result<()> {
     for round in 0..options.rounds {
         for (p, (label, clients, target)) in points.iter().enumerate() {
             let (s, e) = runtime.block_on(async {
-                let mut s = Vec::new();
                 // The rounds alternate which system goes first.
-                let etcd_first = round % 2 == 1;
-                let mut e = if etcd_first { Some(etcd_point(&etcd, *clients, *target, time).await?) } else { None };
+                let etcd_first = if round % 2 == 1 { Some(etcd_point(&etcd, *clients, *target, time).await?) } else { None };
+                let mut s = Vec::new();
                 for kind in kinds {
                     s.push(sched.point(*clients, *target, time, *kind).await?);
                 }
-                if e.is_none() {
-                    e = Some(etcd_point(&etcd, *clients, *target, time).await?);
-                }
-                Ok::<_, anyhow::Error>((s, e.expect("measured above")))
+                let e = match etcd_first {
+                    Some(e) => e,
+                    None => etcd_point(&etcd, *clients, *target, time).await?,
+                };
+                Ok::<_, anyhow::Error>((s, e))
             })?;
             for (kind, s) in kinds.iter().zip(&s) {
                 eprintln!("round {}: {label}, {}: sched {}", round + 1, kind.label(), s.line());
